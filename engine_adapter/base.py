@@ -1,0 +1,119 @@
+"""The Engine contract: what the decision core and the gateway need from an inference engine.
+
+Every engine (SGLang over HTTP, SGLang in-process, the simulator) implements `Engine`.
+Chunks carry *deltas* of text and *cumulative* token counts, whatever the engine streams,
+so callers never need to know whether the engine streams incrementally.
+"""
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    rid: str  # unique and prefix-free: SGLang aborts by prefix
+    prompt: str | None = None
+    input_ids: list[int] | None = None
+    sampling_params: dict[str, Any] = field(default_factory=dict)  # SGLang names: max_new_tokens, ...
+    stream: bool = True
+    priority: int | None = None
+    traceparent: str | None = None
+    # Hints only the simulator uses (a real engine tokenizes and hashes for itself).
+    prompt_tokens: int | None = None
+    hash_ids: list[int] | None = None
+    output_tokens: int | None = None  # replay: force the recorded output length
+
+
+@dataclass(slots=True)
+class Chunk:
+    text: str  # new text since the previous chunk
+    completion_tokens: int  # cumulative
+    prompt_tokens: int
+    cached_tokens: int = 0
+    finish_reason: str | None = None  # None until the last chunk: "stop" | "length" | "abort"
+    status_code: int | None = None  # set on in-band aborts (e.g. 503 queue full)
+    message: str | None = None  # abort or error message
+    e2e_latency: float | None = None  # seconds, engine-measured, last chunk only
+    num_retractions: int = 0
+
+
+@dataclass(slots=True)
+class EngineLoad:
+    running: int
+    waiting: int
+    used_tokens: int  # KV tokens in use
+    total_tokens: int  # KV capacity in tokens
+    waiting_uncached_tokens: int = 0
+    gen_throughput: float = 0.0  # output tokens/s
+    cache_hit_rate: float = 0.0
+    timestamp: float = 0.0
+
+    @property
+    def kv_usage(self) -> float:
+        return self.used_tokens / self.total_tokens if self.total_tokens else 0.0
+
+
+@dataclass(slots=True)
+class StepProfile:
+    """Step-time model (seconds): prefill a + b*tokens; decode c + d*batch + e*kv_tokens."""
+
+    prefill_a: float
+    prefill_b: float
+    decode_c: float
+    decode_d: float
+    decode_e: float
+
+    def prefill_time(self, tokens: float) -> float:
+        return self.prefill_a + self.prefill_b * tokens
+
+    def decode_time(self, batch: float, kv_tokens: float) -> float:
+        return self.decode_c + self.decode_d * batch + self.decode_e * kv_tokens
+
+
+@dataclass(slots=True)
+class EngineInfo:
+    name: str
+    kind: str  # "sglang" | "sglang-inprocess" | "sim"
+    model: str
+    url: str | None
+    max_total_tokens: int  # KV capacity in tokens
+    simulated: bool
+    profile: StepProfile | None = None  # prior for the step-time predictor
+    version: str | None = None
+
+
+class EngineError(Exception):
+    """The engine could not serve the request (connection refused, died mid-stream, bad reply)."""
+
+    def __init__(self, message: str, *, status_code: int = 502, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.retryable = retryable
+
+
+class EngineOverloaded(EngineError):
+    """The engine refused the request because its queue is full (SGLang's 503)."""
+
+    def __init__(self, message: str = "engine queue is full") -> None:
+        super().__init__(message, status_code=503, retryable=True)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    name: str
+
+    def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        """Stream chunks; the last one has `finish_reason` set. Raises EngineError."""
+        ...
+
+    async def abort(self, rid: str) -> None: ...
+
+    async def load(self) -> EngineLoad: ...
+
+    async def info(self) -> EngineInfo: ...
+
+    async def health(self) -> bool: ...
+
+    async def close(self) -> None: ...
