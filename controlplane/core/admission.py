@@ -1,0 +1,167 @@
+"""Admission: forecast a request's TTFT and TPOT on each engine and decide admit / defer / reject.
+
+Everything here is a pure function of an explicit `AdmissionInputs`, which the core records with
+each decision, so an audit can re-derive any decision bit for bit (`decide(inputs) == outputs`).
+
+The forecast is a small queueing model over SGLang's chunked-prefill scheduler (docs/admission.md):
+- a decode step with batch B over K KV tokens takes  s = c + d*B + e*K;
+- a step carries up to `chunk - B` prefill tokens and then costs  s + a + b*tokens;
+- prefilling T tokens therefore takes  max(1, T/(chunk-B)) * (s + a) + b*T;
+- an engine frees window slots at rate  window / mean_service  (service = prefill + output * TPOT);
+TTFT = max(slot wait + prefill of the request's own prompt, prefill of all work ahead plus its own),
+TPOT = the decode step at the batch the request joins, e2e = TTFT + predicted output * TPOT.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class EngineView:
+    """One engine as the forecast sees it at decision time."""
+
+    name: str
+    window: int
+    in_flight: int
+    waiting_tokens: float  # prompt tokens dispatched to the engine and not yet prefilled
+    kv_tokens: float  # KV tokens held by in-flight requests
+    mean_service_s: float  # predicted service time of one request at the current batch
+    prefill_a: float
+    prefill_b: float
+    decode_c: float
+    decode_d: float
+    decode_e: float
+    chunk: int
+
+    @property
+    def free_slots(self) -> int:
+        return max(0, self.window - self.in_flight)
+
+    def decode_step(self, batch: float, kv_tokens: float) -> float:
+        return self.decode_c + self.decode_d * batch + self.decode_e * kv_tokens
+
+    def prefill_through(self, tokens: float, batch: float, kv_tokens: float) -> float:
+        per_step = max(1.0, self.chunk - batch)
+        steps = max(1.0, tokens / per_step)
+        return steps * (self.decode_step(batch, kv_tokens) + self.prefill_a) + self.prefill_b * tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    engine: str
+    ttft_s: float
+    tpot_s: float
+    e2e_s: float
+    slot_wait_s: float
+
+
+def forecast(
+    engine: EngineView, ahead_requests: float, ahead_tokens: float, prompt_tokens: float, output_tokens: float
+) -> Forecast:
+    batch = min(engine.in_flight + 1, max(engine.window, 1))
+    kv = engine.kv_tokens + prompt_tokens + output_tokens / 2
+    if ahead_requests < engine.free_slots:
+        slot_wait = 0.0
+    else:
+        slot_wait = (ahead_requests - engine.free_slots + 1) * engine.mean_service_s / max(engine.window, 1)
+    own = engine.prefill_through(prompt_tokens, batch, kv)
+    everything = engine.prefill_through(engine.waiting_tokens + ahead_tokens + prompt_tokens, batch, kv)
+    ttft = max(slot_wait + own, everything)
+    tpot = engine.decode_step(batch, kv)
+    return Forecast(engine.name, ttft, tpot, ttft + output_tokens * tpot, slot_wait)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionInputs:
+    prompt_tokens: float
+    output_tokens: float  # predicted
+    ttft_slo_ms: float | None
+    tpot_slo_ms: float | None
+    deadline_s: float | None
+    on_miss: str  # "reject" | "defer"
+    margin: float
+    admission: bool  # admission control on; when off, everything is admitted
+    ahead_requests: float  # queued requests that will run before this one, per engine
+    ahead_tokens: float  # their prompt tokens, per engine
+    inflight_tpot_slo_ms: float | None  # the tightest TPOT SLO among requests already running
+    engines: tuple[EngineView, ...]  # healthy engines only
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionResult:
+    decision: str  # "admit" | "defer" | "reject"
+    reason: str
+    engine: str | None
+    ttft_ms: float | None
+    tpot_ms: float | None
+    e2e_ms: float | None
+    retry_after_s: float | None = None
+
+
+def decide(x: AdmissionInputs) -> AdmissionResult:
+    if not x.engines:
+        return AdmissionResult("reject", "no_healthy_engine", None, None, None, None, retry_after_s=5.0)
+    forecasts = [forecast(e, x.ahead_requests, x.ahead_tokens, x.prompt_tokens, x.output_tokens) for e in x.engines]
+    best = min(forecasts, key=lambda f: (f.ttft_s, f.e2e_s))
+    ms = (best.ttft_s * 1e3, best.tpot_s * 1e3, best.e2e_s * 1e3)
+    queued = best.slot_wait_s > 0
+
+    def result(decision: str, reason: str, retry_after: float | None = None) -> AdmissionResult:
+        return AdmissionResult(decision, reason, best.engine, *ms, retry_after_s=retry_after)
+
+    if not x.admission:
+        return result("defer" if queued else "admit", "admission_off")
+    if x.deadline_s is not None and best.e2e_s > x.margin * x.deadline_s:
+        return result("reject", "deadline_unattainable", _retry_after(best.e2e_s - x.margin * x.deadline_s))
+    if x.ttft_slo_ms is not None and ms[0] > x.margin * x.ttft_slo_ms:
+        if x.on_miss == "defer":
+            return result("defer", "ttft_unattainable_deferred")
+        return result("reject", "ttft_unattainable", _retry_after(best.ttft_s - x.margin * x.ttft_slo_ms / 1e3))
+    tpot_slos = [v for v in (x.tpot_slo_ms, x.inflight_tpot_slo_ms) if v is not None]
+    if tpot_slos and ms[1] > x.margin * min(tpot_slos):
+        own = x.tpot_slo_ms is not None and min(tpot_slos) == x.tpot_slo_ms
+        reason = "tpot_unattainable" if own else "protects_running"
+        if x.on_miss == "defer":
+            return result("defer", reason + "_deferred")
+        engine = next(e for e in x.engines if e.name == best.engine)
+        return result("reject", reason, _retry_after(engine.mean_service_s / max(engine.window, 1)))
+    return result("defer" if queued else "admit", "queued_within_slo" if queued else "within_slo")
+
+
+def _retry_after(seconds: float) -> float:
+    """Whole seconds (HTTP's Retry-After unit), at least 1."""
+    return float(max(1, math.ceil(seconds)))
+
+
+@dataclass(slots=True)
+class TokenBucket:
+    """A rate limit: `rate` units per second, bursts up to `burst`. Pure: time is passed in."""
+
+    rate: float
+    burst: float
+    level: float
+    stamp: float
+
+    @classmethod
+    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate, burst, burst, now)
+
+    def _refill(self, now: float) -> None:
+        if now > self.stamp:
+            self.level = min(self.burst, self.level + (now - self.stamp) * self.rate)
+            self.stamp = now
+
+    def wait_for(self, now: float, amount: float) -> float:
+        """Seconds until `amount` is available (0 if it is now)."""
+        self._refill(now)
+        missing = min(amount, self.burst) - self.level
+        return 0.0 if missing <= 0 else missing / self.rate
+
+    def take(self, now: float, amount: float) -> None:
+        self._refill(now)
+        self.level -= amount  # may go negative: reconciled charges (tokens/min) are paid back later
+
+    def give(self, now: float, amount: float) -> None:
+        self._refill(now)
+        self.level = min(self.burst, self.level + amount)

@@ -1,0 +1,443 @@
+"""The decision core: admission, fair queueing and dispatch, driven by timestamped events.
+
+Pure: no I/O, no clock, no await. `now` is passed into every call; decisions come back as actions
+(`Dispatch`, `Reject`) plus `Decision` records. The gateway drives it with the wall clock, replay
+with a virtual clock: one code path for both.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import asdict, dataclass, field
+from typing import Protocol
+
+from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, decide, forecast
+from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
+from controlplane.core.policy import Policy
+from engine_adapter.base import StepProfile
+from fairness import Outcome, Scheduler, Work, make_scheduler
+
+
+class Prediction(Protocol):
+    tokens: float
+
+
+class OutputPredictor(Protocol):
+    def predict(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None) -> Prediction: ...
+    def observe(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None, actual: int) -> None: ...
+
+
+class StepModel(Protocol):
+    def prefill_time(self, tokens: float) -> float: ...
+    def decode_time(self, batch: float, kv_tokens: float) -> float: ...
+    def observe_prefill(self, tokens: float, seconds: float) -> None: ...
+    def observe_decode(self, batch: float, kv_tokens: float, seconds: float) -> None: ...
+    def profile(self) -> StepProfile: ...
+
+
+class ForecastLog(Protocol):
+    def record(self, kind: str, predicted: float, actual: float) -> None: ...
+
+
+@dataclass(slots=True)
+class Tracked:
+    spec: RequestSpec
+    slo_class: str
+    arrival: float
+    predicted_output: float
+    work: Work
+    forecast_ttft_s: float | None
+    forecast_tpot_s: float | None
+    deadline: float | None = None
+    engine: str | None = None
+    dispatched_at: float | None = None
+    first_token_at: float | None = None
+    batch_at_dispatch: int = 1
+    kv_at_dispatch: float = 0.0
+
+
+@dataclass(slots=True)
+class EngineState:
+    spec: EngineSpec
+    model: StepModel
+    healthy: bool = True
+    in_flight: dict[str, Tracked] = field(default_factory=dict)
+    waiting_tokens: float = 0.0  # dispatched prompt tokens without a first token yet
+    kv_tokens: float = 0.0  # prompt + predicted output of in-flight requests
+    reported_waiting_tokens: float = 0.0  # from the engine's own load report
+    reported_kv_tokens: float = 0.0
+    window: int = 1
+
+
+class DecisionCore:
+    def __init__(
+        self,
+        policy: Policy,
+        engines: list[tuple[EngineSpec, StepModel]],
+        predictor: OutputPredictor,
+        errors: ForecastLog | None = None,
+    ) -> None:
+        self.policy = policy.validate()
+        self.predictor = predictor
+        self.errors = errors
+        self.engines = {spec.name: EngineState(spec, model) for spec, model in engines}
+        self.requests: dict[str, Tracked] = {}
+        self.scheduler = self._new_scheduler(policy)
+        self._rps: dict[str, TokenBucket] = {}
+        self._tpm: dict[str, TokenBucket] = {}
+        self._deadlines: list[tuple[float, str]] = []  # heap of queued requests' deadlines
+        self._queued_total = 0
+        self._queued_tokens_total = 0.0
+        self._backlogged_weight = 0.0
+        self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
+        self._mean_request_tokens = 1024.0  # EWMA of prompt + output: sizes the windows
+        self._resize_windows()
+
+    # -- events -----------------------------------------------------------------------------
+    def arrive(self, now: float, spec: RequestSpec) -> list[Action]:
+        if spec.rid in self.requests:
+            raise ValueError(f"duplicate rid {spec.rid!r}")
+        tp = self.policy.tenant(spec.tenant)
+        cls_name = spec.slo_class or tp.slo_class
+        cls = self.policy.slo(cls_name)
+        version = self.policy.version
+
+        def refuse(status: int, code: str, message: str, retry: float | None, **extra: object) -> list[Action]:
+            return [
+                Reject(spec.rid, status, code, message, retry),
+                Decision(now, spec.rid, spec.tenant, "reject", code, None, version,
+                         {"slo_class": cls_name, **extra}, {"retry_after_s": retry}),
+            ]
+
+        if tp.paused:
+            return refuse(429, "tenant_paused", f"tenant {spec.tenant!r} is paused by the operator", 30.0)
+        limited = self._rate_limited(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm)
+        if limited is not None:
+            code, wait = limited
+            return refuse(429, code, f"rate limit exceeded for tenant {spec.tenant!r}", wait)
+
+        predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
+            spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
+        inputs = self._admission_inputs(spec, cls_name, predicted)
+        result = decide(inputs)
+        if result.decision == "reject":
+            status = 503 if result.reason == "no_healthy_engine" else 429
+            message = _REJECT_MESSAGES.get(result.reason, result.reason)
+            return [
+                Reject(spec.rid, status, result.reason, message, result.retry_after_s),
+                Decision(now, spec.rid, spec.tenant, "reject", result.reason, result.engine, version,
+                         _inputs_record(inputs, cls_name), asdict(result)),
+            ]
+
+        work = Work(spec.prompt_tokens, int(round(predicted)))
+        tracked = Tracked(spec, cls_name, now, predicted, work,
+                          result.ttft_ms / 1e3 if result.ttft_ms is not None else None,
+                          result.tpot_ms / 1e3 if result.tpot_ms is not None else None)
+        if cls.deadline_s is not None:
+            tracked.deadline = now + cls.deadline_s
+            heapq.heappush(self._deadlines, (tracked.deadline, spec.rid))
+        self.requests[spec.rid] = tracked
+        self._take_rate(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm, predicted)
+        self._enqueue(tracked)
+        actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
+                                          version, _inputs_record(inputs, cls_name), asdict(result))]
+        actions += self._pump(now)
+        return actions
+
+    def first_token(self, now: float, rid: str) -> None:
+        t = self.requests.get(rid)
+        if t is None or t.engine is None or t.first_token_at is not None:
+            return
+        t.first_token_at = now
+        self.engines[t.engine].waiting_tokens -= t.spec.prompt_tokens
+
+    def finish(self, now: float, rid: str, report: FinishReport) -> list[Action]:
+        t = self.requests.pop(rid, None)
+        if t is None or t.engine is None:
+            raise KeyError(f"finish for unknown or undispatched request {rid!r}")
+        eng = self.engines[t.engine]
+        del eng.in_flight[rid]
+        if t.first_token_at is None:
+            eng.waiting_tokens -= t.spec.prompt_tokens
+        eng.kv_tokens -= t.spec.prompt_tokens + t.predicted_output
+        self._inflight_tpot[t.slo_class] -= 1
+        first = report.first_token_at if report.first_token_at is not None else t.first_token_at
+        computed = max(0, report.prompt_tokens - report.cached_tokens)
+        actual = Work(computed, report.completion_tokens)
+        ttft = first - t.dispatched_at if first is not None and t.dispatched_at is not None else None
+        tpot = (now - first) / (report.completion_tokens - 1) if first is not None and report.completion_tokens > 1 else None
+        if report.status == "ok":
+            self._learn(t, eng, report, ttft, tpot)
+        ttft_total = first - t.arrival if first is not None else None
+        self.scheduler.finish(t.spec.tenant, t.work, Outcome(
+            actual, self._latency_factor(t.slo_class, ttft_total, tpot),
+            gpu_seconds=eng.model.prefill_time(computed) + report.completion_tokens * (
+                eng.model.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
+        tpm = self._tpm.get(t.spec.tenant)
+        if tpm is not None:  # reconcile the tokens/min charge with the truth
+            tpm.give(now, t.spec.prompt_tokens + t.predicted_output - report.prompt_tokens - report.completion_tokens)
+        return self._pump(now)
+
+    def abort(self, now: float, rid: str, reason: str = "client_disconnected") -> list[Action]:
+        """Remove a request that is still queued. A running one is aborted by the driver, which
+        then reports `finish(status="aborted")`."""
+        t = self.requests.get(rid)
+        if t is None or t.engine is not None:
+            return []
+        self._dequeue(t)
+        del self.requests[rid]
+        return [Decision(now, rid, t.spec.tenant, "abort", reason, None, self.policy.version)]
+
+    def tick(self, now: float) -> list[Action]:
+        """Expire deferred requests whose deadline has passed."""
+        actions: list[Action] = []
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, rid = heapq.heappop(self._deadlines)
+            t = self.requests.get(rid)
+            if t is None or t.engine is not None:
+                continue
+            self._dequeue(t)
+            del self.requests[rid]
+            actions.append(Reject(rid, 429, "deadline_expired",
+                                  "the request's deadline passed before it could be scheduled", None))
+            actions.append(Decision(now, rid, t.spec.tenant, "expire", "deadline_expired", None, self.policy.version))
+        return actions
+
+    def engine_load(self, now: float, name: str, waiting_tokens: float, kv_tokens: float) -> list[Action]:
+        eng = self.engines[name]
+        eng.reported_waiting_tokens, eng.reported_kv_tokens = waiting_tokens, kv_tokens
+        self._resize_windows()  # the learned step model and request sizes move the windows
+        return self.engine_health(now, name, True)
+
+    def engine_health(self, now: float, name: str, healthy: bool) -> list[Action]:
+        self.engines[name].healthy = healthy
+        return self._pump(now) if healthy else []
+
+    def set_policy(self, now: float, policy: Policy) -> list[Action]:
+        """Swap the policy atomically; it governs the very next decision."""
+        old, self.policy = self.policy, policy.validate()
+        if policy.scheduler != old.scheduler:
+            queued = self._drain_scheduler()
+            self.scheduler = self._new_scheduler(policy)
+            for t in queued:
+                self.scheduler.push(t.spec.tenant, t.spec.rid, t.work)
+        else:
+            self._configure_scheduler(self.scheduler, policy)
+        self._backlogged_weight = sum(self.policy.tenant(n).weight for n in self.scheduler.backlogged())
+        self._resize_windows()
+        return self._pump(now)
+
+    # -- views ------------------------------------------------------------------------------
+    def queued(self) -> int:
+        return self._queued_total
+
+    def in_flight(self) -> int:
+        return sum(len(e.in_flight) for e in self.engines.values())
+
+    def engine_view(self, eng: EngineState) -> EngineView:
+        p = eng.model.profile()
+        a, b, c, d, e = p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e
+        batch = max(1, min(eng.window, len(eng.in_flight) + 1))
+        kv = max(eng.kv_tokens, eng.reported_kv_tokens)
+        tpot = eng.model.decode_time(batch, kv)
+        mean_service = eng.model.prefill_time(self._mean_request_tokens / 2) + self._mean_request_tokens / 2 * tpot
+        return EngineView(eng.spec.name, eng.window, len(eng.in_flight),
+                          max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, mean_service,
+                          a, b, c, d, e, eng.spec.chunk)
+
+    def typical_forecast(self, name: str) -> tuple[float, float]:
+        """TTFT and TPOT (s) a typical new request would see on this engine now."""
+        half = self._mean_request_tokens / 2
+        f = forecast(self.engine_view(self.engines[name]), self._queued_total / max(1, len(self.engines)),
+                     self._queued_tokens_total / max(1, len(self.engines)), half, half)
+        return f.ttft_s, f.tpot_s
+
+    # -- internals --------------------------------------------------------------------------
+    def _new_scheduler(self, policy: Policy) -> Scheduler:
+        params = {"alpha": policy.holistic_alpha} if policy.scheduler == "equinox" else {}
+        scheduler = make_scheduler(policy.scheduler, {n: t.weight for n, t in policy.tenants.items()}, **params)
+        self._configure_scheduler(scheduler, policy)
+        return scheduler
+
+    @staticmethod
+    def _configure_scheduler(scheduler: Scheduler, policy: Policy) -> None:
+        for name, tp in policy.tenants.items():
+            scheduler.set_weight(name, tp.weight)
+            scheduler.set_paused(name, tp.paused)
+        if hasattr(scheduler, "set_alpha"):
+            scheduler.set_alpha(policy.holistic_alpha)
+
+    def _drain_scheduler(self) -> list[Tracked]:
+        queued = [t for t in self.requests.values() if t.engine is None]
+        queued.sort(key=lambda t: t.arrival)
+        return queued
+
+    def _enqueue(self, t: Tracked) -> None:
+        tenant = t.spec.tenant
+        if self.scheduler.queued(tenant) == 0:
+            self._backlogged_weight += self.policy.tenant(tenant).weight
+        self.scheduler.push(tenant, t.spec.rid, t.work)
+        self._queued_total += 1
+        self._queued_tokens_total += t.spec.prompt_tokens
+
+    def _dequeue(self, t: Tracked, removed: bool = False) -> None:
+        tenant = t.spec.tenant
+        if not removed:
+            self.scheduler.remove(tenant, t.spec.rid)
+        if self.scheduler.queued(tenant) == 0:
+            self._backlogged_weight -= self.policy.tenant(tenant).weight
+        self._queued_total -= 1
+        self._queued_tokens_total -= t.spec.prompt_tokens
+
+    def _ahead(self, tenant: str) -> tuple[float, float]:
+        """Queued requests and prompt tokens that will run before a new request of `tenant`.
+
+        FCFS: everything queued. Fair policies: the tenant's own queue plus, from the others, what
+        its weight entitles them to in the meantime (an O(1) bound, exact for equal-size requests).
+        """
+        total, tokens = float(self._queued_total), self._queued_tokens_total
+        if self.policy.scheduler == "fcfs" or total == 0:
+            return total, tokens
+        weight = self.policy.tenant(tenant).weight
+        own = float(self.scheduler.queued(tenant))
+        others_weight = self._backlogged_weight - (weight if own else 0.0)
+        scale = (own + 1) * others_weight / weight
+        ahead = min(total, own + scale)
+        return ahead, tokens * ahead / total
+
+    def _admission_inputs(self, spec: RequestSpec, cls_name: str, predicted: float) -> AdmissionInputs:
+        cls = self.policy.slo(cls_name)
+        healthy = [e for e in self.engines.values() if e.healthy]
+        ahead, ahead_tokens = self._ahead(spec.tenant)
+        n = max(1, len(healthy))
+        running = [self.policy.slo(c).tpot_ms for c, k in self._inflight_tpot.items() if k > 0]
+        running_slos = [v for v in running if v is not None]
+        return AdmissionInputs(
+            prompt_tokens=spec.prompt_tokens, output_tokens=predicted,
+            ttft_slo_ms=cls.ttft_ms, tpot_slo_ms=cls.tpot_ms, deadline_s=cls.deadline_s, on_miss=cls.on_miss,
+            margin=self.policy.admission_margin, admission=self.policy.admission,
+            ahead_requests=ahead / n, ahead_tokens=ahead_tokens / n,
+            inflight_tpot_slo_ms=min(running_slos) if running_slos else None,
+            engines=tuple(self.engine_view(e) for e in healthy),
+        )
+
+    def _pump(self, now: float) -> list[Action]:
+        actions: list[Action] = []
+        while True:
+            free = [e for e in self.engines.values() if e.healthy and len(e.in_flight) < e.window]
+            if not free or self._queued_total == 0:
+                return actions
+            popped = self.scheduler.pop()
+            if popped is None:  # only paused tenants have queued requests
+                return actions
+            _, rid, _ = popped
+            t = self.requests[str(rid)]
+            self._dequeue(t, removed=True)
+            views = [self.engine_view(e) for e in free]
+            best = min(views, key=lambda v: (forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output).ttft_s,
+                                             v.in_flight))
+            eng = self.engines[best.name]
+            t.engine, t.dispatched_at = best.name, now
+            eng.in_flight[t.spec.rid] = t
+            eng.waiting_tokens += t.spec.prompt_tokens
+            eng.kv_tokens += t.spec.prompt_tokens + t.predicted_output
+            t.batch_at_dispatch, t.kv_at_dispatch = len(eng.in_flight), eng.kv_tokens
+            self._inflight_tpot[t.slo_class] = self._inflight_tpot.get(t.slo_class, 0) + 1
+            cls = self.policy.slo(t.slo_class)
+            priority = cls.priority if self.policy.pass_priority else None
+            actions.append(Dispatch(t.spec.rid, best.name, priority))
+            actions.append(Decision(now, t.spec.rid, t.spec.tenant, "dispatch", self.policy.scheduler, best.name,
+                                    self.policy.version,
+                                    {"candidates": [v.name for v in views], "queued_s": now - t.arrival,
+                                     "counters": self.scheduler.counters(t.spec.tenant)},
+                                    {"priority": priority}))
+
+    def _rate_limited(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None) -> tuple[str, float] | None:
+        if rps is not None:
+            bucket = self._bucket(self._rps, spec.tenant, rps, max(1.0, rps), now)
+            wait = bucket.wait_for(now, 1.0)
+            if wait > 0:
+                return "rate_limited_requests", float(max(1, int(wait + 0.999)))
+        if tpm is not None:
+            bucket = self._bucket(self._tpm, spec.tenant, tpm / 60.0, tpm, now)
+            wait = bucket.wait_for(now, spec.prompt_tokens + 1)
+            if wait > 0:
+                return "rate_limited_tokens", float(max(1, int(wait + 0.999)))
+        return None
+
+    def _take_rate(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None, predicted: float) -> None:
+        if rps is not None:
+            self._rps[spec.tenant].take(now, 1.0)
+        if tpm is not None:
+            self._tpm[spec.tenant].take(now, spec.prompt_tokens + predicted)
+
+    @staticmethod
+    def _bucket(buckets: dict[str, TokenBucket], tenant: str, rate: float, burst: float, now: float) -> TokenBucket:
+        b = buckets.get(tenant)
+        if b is None or b.rate != rate:  # a policy change of the limit starts a fresh bucket
+            b = buckets[tenant] = TokenBucket.full(rate, burst, now)
+        return b
+
+    def _latency_factor(self, cls_name: str, ttft: float | None, tpot: float | None) -> float:
+        cls = self.policy.slo(cls_name)
+        factor = 1.0
+        if cls.ttft_ms is not None and ttft is not None and ttft > 0:
+            factor *= min(1.0, cls.ttft_ms / 1e3 / ttft)
+        if cls.tpot_ms is not None and tpot is not None and tpot > 0:
+            factor *= min(1.0, cls.tpot_ms / 1e3 / tpot)
+        return factor
+
+    def _learn(self, t: Tracked, eng: EngineState, report: FinishReport, ttft: float | None, tpot: float | None) -> None:
+        self.predictor.observe(t.spec.tenant, report.prompt_tokens, t.spec.max_tokens, t.slo_class,
+                               report.completion_tokens)
+        computed = max(1, report.prompt_tokens - report.cached_tokens)
+        # With the window keeping the engine's own queue short, TTFT from dispatch is ~ the prefill.
+        if ttft is not None:
+            eng.model.observe_prefill(computed, ttft)
+        if tpot is not None:
+            eng.model.observe_decode(t.batch_at_dispatch, t.kv_at_dispatch, tpot)
+        total = report.prompt_tokens + report.completion_tokens
+        self._mean_request_tokens += 0.02 * (total - self._mean_request_tokens)
+        if self.errors is not None:
+            self.errors.record("output_tokens", t.predicted_output, report.completion_tokens)
+            if t.forecast_ttft_s is not None and report.first_token_at is not None:
+                self.errors.record("ttft", t.forecast_ttft_s, report.first_token_at - t.arrival)
+            if t.forecast_tpot_s is not None and tpot is not None:
+                self.errors.record("tpot", t.forecast_tpot_s, tpot)
+
+    def _resize_windows(self) -> None:
+        """Per-engine in-flight window: the largest batch whose decode step meets the tightest TPOT
+        SLO (with the margin) and whose KV fits, so sluice's queue order is the order that runs."""
+        tpots = [c.tpot_ms for c in self.policy.slo_classes.values() if c.tpot_ms is not None]
+        for eng in self.engines.values():
+            if self.policy.window:
+                eng.window = self.policy.window
+                continue
+            kv_fit = max(1, int(eng.spec.kv_capacity / max(1.0, self._mean_request_tokens)))
+            limit = min(eng.spec.max_running, kv_fit)
+            if tpots:
+                budget = self.policy.admission_margin * min(tpots) / 1e3
+                per = self._mean_request_tokens
+                lo, hi = 1, limit
+                while lo < hi:  # largest batch B with decode_time(B, B * tokens) <= budget
+                    mid = (lo + hi + 1) // 2
+                    if eng.model.decode_time(mid, mid * per) <= budget:
+                        lo = mid
+                    else:
+                        hi = mid - 1
+                limit = lo
+            eng.window = max(1, limit)
+
+
+_REJECT_MESSAGES = {
+    "ttft_unattainable": "the time-to-first-token SLO cannot be met at the current load",
+    "tpot_unattainable": "the time-per-output-token SLO cannot be met at the current load",
+    "protects_running": "admitting the request would push running requests past their SLO",
+    "deadline_unattainable": "the request's deadline cannot be met at the current load",
+    "no_healthy_engine": "no healthy engine is available",
+}
+
+
+def _inputs_record(inputs: AdmissionInputs, cls_name: str) -> dict[str, object]:
+    record = asdict(inputs)
+    record["slo_class"] = cls_name
+    return record

@@ -1,0 +1,78 @@
+"""What goes into the decision core (requests, finishes) and what comes out (actions)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    rid: str
+    tenant: str
+    prompt_tokens: int  # estimated until the engine reports the real count
+    max_tokens: int
+    slo_class: str | None = None  # None: the tenant's class
+    stream: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class FinishReport:
+    """What the driver saw when a dispatched request ended."""
+
+    status: str  # "ok" | "aborted" | "error"
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    first_token_at: float | None  # same clock as the core's `now`
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSpec:
+    """An engine as the core plans for it (from Engine.info())."""
+
+    name: str
+    kv_capacity: int
+    prefill_a: float
+    prefill_b: float
+    decode_c: float
+    decode_d: float
+    decode_e: float
+    chunk: int = 8192
+    max_running: int = 256
+
+
+# -- actions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    rid: str
+    engine: str
+    priority: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    rid: str
+    status: int  # 429 (policy refused) | 503 (no engine)
+    code: str  # machine-readable reason, e.g. "ttft_unattainable"
+    message: str
+    retry_after_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """A record of one decision and the inputs that produced it (written to `decisions`)."""
+
+    ts: float
+    rid: str
+    tenant: str
+    kind: str  # admit | defer | reject | dispatch | expire | abort
+    reason: str
+    engine: str | None
+    policy_version: int
+    inputs: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+Action = Dispatch | Reject | Decision

@@ -1,0 +1,199 @@
+"""The OpenAI-compatible gateway (ASGI).
+
+The two completion endpoints are plain ASGI callables: they need exact control of when the
+response starts (a refusal must be a real 429, not a 200 stream) and must notice a client that
+disconnects while queued or streaming. Everything else is ordinary Starlette.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from controlplane.gateway import openai_api as oa
+from controlplane.gateway.errors import ApiError
+from controlplane.service import Sluice, Ticket
+from engine_adapter.base import Chunk, EngineError
+
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no")]
+
+
+async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"request body is larger than the limit of {limit} bytes", code="body_too_large")
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("client disconnected while sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"request body is larger than the limit of {limit} bytes", code="body_too_large")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+async def send_error(send: Send, err: ApiError) -> None:
+    await send({"type": "http.response.start", "status": err.status, "headers": err.headers()})
+    await send({"type": "http.response.body", "body": err.to_bytes()})
+
+
+class _DisconnectWatch:
+    """Cancels the handling task when the client disconnects (queued or mid-stream), until disarmed."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.gone = False
+        self.armed = True
+        self._task = asyncio.current_task()
+        self._watcher = asyncio.create_task(self._watch(receive))
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if self.armed:
+            self.gone = True
+            self._task.cancel()  # type: ignore[union-attr]
+
+    def disarm(self) -> None:
+        self.armed = False
+        self._watcher.cancel()
+
+
+class CompletionsEndpoint:
+    """POST /v1/chat/completions and /v1/completions."""
+
+    def __init__(self, sluice: Sluice, kind: str) -> None:
+        self.sluice = sluice
+        self.kind = kind
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["method"] != "POST":
+            return await send_error(send, ApiError(405, "use POST", code="method_not_allowed"))
+        sluice = self.sluice
+        headers = dict(scope["headers"])
+        try:
+            tenant = sluice.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+            ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
+            if ctype != b"application/json":
+                raise ApiError(415, "Content-Type must be application/json", code="unsupported_media_type")
+            body = await read_body(receive, headers, sluice.config.server.max_body_bytes)
+            req = oa.parse_completion(body, self.kind, max_tokens_limit=sluice.config.server.max_tokens_limit)
+            if req.model not in sluice.model_names:
+                raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found", param="model")
+            ticket = sluice.submit(tenant, req)
+        except ApiError as err:
+            return await send_error(send, err)
+        except ConnectionError:
+            return
+        await self._serve(ticket, receive, send)
+
+    async def _serve(self, ticket: Ticket, receive: Receive, send: Send) -> None:
+        sluice, req = self.sluice, ticket.request
+        gone = _DisconnectWatch(receive)
+        started = False
+        last: Chunk | None = None
+        status, http_status, error = "error", 500, "internal_error"
+        try:
+            await sluice.wait_dispatch(ticket)
+            created = int(time.time())
+            texts: list[str] = []
+            first = True
+            async for chunk in sluice.stream(ticket):
+                last = chunk
+                if req.stream:
+                    if not started:
+                        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                        started = True
+                    if chunk.text or chunk.finish_reason or first:
+                        await send({"type": "http.response.body", "more_body": True, "body": oa.stream_chunk(
+                            self.kind, ticket.rid, req.model, created, chunk.text, chunk.finish_reason, first)})
+                        first = False
+                else:
+                    texts.append(chunk.text)
+            usage = oa.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens) if last else None
+            if last is None or last.finish_reason is None:
+                raise EngineError("the engine ended the stream without a final chunk")
+            gone.disarm()  # the response is complete: a disconnect from here on is not an abort
+            if req.stream:
+                tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
+                await send({"type": "http.response.body", "body": tail + oa.DONE})
+            else:
+                payload = oa.full_response(self.kind, ticket.rid, req.model, created, "".join(texts),
+                                           last.finish_reason, usage)
+                await send({"type": "http.response.start", "status": 200,
+                            "headers": [(b"content-type", b"application/json")]})
+                await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+            status, http_status, error = "ok", 200, None
+            if last.finish_reason == "abort":
+                status, error = "aborted", last.message or "aborted by the engine"
+        except ApiError as err:  # refused or expired while queued
+            status, http_status, error = ticket.row.get("status") or "rejected", err.status, err.code
+            if not gone.gone:
+                await send_error(send, err)
+        except EngineError as exc:
+            err = ApiError(exc.status_code, f"engine {ticket.engine}: {exc}", code="engine_error",
+                           retry_after=1.0 if exc.status_code == 503 else None)
+            status, http_status, error = "error", exc.status_code, str(exc)
+            if started:  # headers are gone: end the stream with an error event, as SGLang does
+                await send({"type": "http.response.body", "body": oa.error_event(err) + oa.DONE})
+            else:
+                await send_error(send, err)
+        except asyncio.CancelledError:
+            if not gone.gone:
+                raise  # the server is shutting down, not a client going away
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status, http_status, error = "aborted", 499, "client_disconnected"
+        finally:
+            gone.disarm()
+            sluice.close(ticket, status, http_status, chunk=last, error=error)
+
+
+def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Starlette:
+    async def models(request: Request) -> Response:
+        try:
+            sluice.authenticate(request.headers.get("authorization"))
+        except ApiError as err:
+            return JSONResponse(err.body(), err.status, headers={"WWW-Authenticate": 'Bearer realm="sluice"'})
+        now = int(time.time())
+        data = [{"id": m, "object": "model", "created": now, "owned_by": "sluice"} for m in sorted(sluice.model_names)]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        healthy = [n for n, e in sluice.core.engines.items() if e.healthy] if sluice.core else []
+        body = {"status": "ok" if healthy else "unavailable", "engines": healthy}
+        return JSONResponse(body, 200 if healthy else 503, headers=None if healthy else {"Retry-After": "5"})
+
+    routes = [
+        Route("/v1/chat/completions", CompletionsEndpoint(sluice, "chat"), methods=["POST"]),
+        Route("/v1/completions", CompletionsEndpoint(sluice, "text"), methods=["POST"]),
+        Route("/v1/models", models),
+        Route("/health", health),
+        *(extra_routes or []),
+    ]
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    return app
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    return JSONResponse(ApiError(404, f"no route for {request.url.path}", code="not_found").body(), 404)
+
+
+async def _not_allowed(request: Request, exc: Exception) -> Response:
+    return JSONResponse(ApiError(405, f"method {request.method} not allowed", code="method_not_allowed").body(), 405)
+
+
+__all__ = ["Mount", "build_app"]

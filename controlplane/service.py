@@ -1,0 +1,287 @@
+"""The serving runtime: drives the pure decision core with the wall clock and real engines.
+
+One `Sluice` per process. Every request becomes a `Ticket`: admitted or refused by the core,
+queued until the core dispatches it, streamed from the chosen engine, and closed exactly once,
+whatever happens (finish, client gone, engine dead), so the core's bookkeeping stays consistent
+and every request leaves one row in the store.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from controlplane.config import Config, TenantConfig, hash_key
+from controlplane.core.core import DecisionCore
+from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
+from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
+from controlplane.gateway.errors import ApiError
+from controlplane.gateway.openai_api import CompletionRequest
+from controlplane.predict.errors import ForecastErrors
+from controlplane.predict.output_length import OutputLengthPredictor
+from controlplane.predict.step_time import StepTimeModel
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest, StepProfile
+
+log = logging.getLogger("sluice")
+
+# A step-time prior for engines that report none (a real SGLang server): H100-class, 8B model.
+DEFAULT_PROFILE = StepProfile(prefill_a=0.008, prefill_b=0.00006, decode_c=0.007, decode_d=0.00005, decode_e=2e-8)
+
+
+def policy_from_config(config: Config) -> Policy:
+    s = config.scheduler
+    return Policy(
+        version=1, scheduler=s.policy, holistic_alpha=s.holistic_alpha, admission=s.admission,
+        admission_margin=s.admission_margin, pass_priority=s.pass_priority, window=s.window,
+        slo_classes={n: SLOClassPolicy(c.ttft_ms, c.tpot_ms, c.deadline_s, c.on_miss, c.priority)
+                     for n, c in config.slo_classes.items()},
+        tenants={t.name: TenantPolicy(t.weight, t.slo_class, False, t.rate_limit_rps, t.rate_limit_tpm)
+                 for t in config.tenants},
+    ).validate()
+
+
+@dataclass(slots=True)
+class Ticket:
+    """One request's life in the gateway; `row` becomes its record in the `requests` table."""
+
+    rid: str
+    tenant: str
+    request: CompletionRequest
+    slo_class: str
+    arrival: float
+    row: dict[str, Any]
+    waiter: asyncio.Future[Dispatch | Reject]
+    engine: str | None = None
+    priority: int | None = None
+    dispatched_at: float | None = None
+    first_token_at: float | None = None
+    closed: bool = False
+    decisions: list[Decision] = field(default_factory=list)
+
+
+class Sluice:
+    def __init__(self, config: Config, engines: dict[str, Engine], *, recorder: Any = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.engines = engines
+        self.clock = clock
+        self.recorder = recorder  # telemetry sink: spans, request rows, decisions, metrics (see observe.py)
+        self.keys = config.tenant_by_key_hash()
+        self.tenants = {t.name: t for t in config.tenants}
+        self.model_names = {config.server.model_name} | {e.model for e in config.engines}
+        self.tickets: dict[str, Ticket] = {}
+        self.core: DecisionCore | None = None
+        self.infos: dict[str, Any] = {}
+        self.predictor = OutputLengthPredictor(seed=0, torch_expert=True)
+        self.errors = ForecastErrors()
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
+        self.engine_loads: dict[str, Any] = {}  # last EngineLoad per engine, for the admin state
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = threading.Event()
+        self._trainer: threading.Thread | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        specs = []
+        for name, engine in self.engines.items():
+            try:
+                info = await engine.info()
+            except EngineError as exc:
+                raise RuntimeError(f"engine {name!r} is not reachable: {exc}") from None
+            self.infos[name] = info
+            p = info.profile or DEFAULT_PROFILE
+            spec = EngineSpec(name, info.max_total_tokens, p.prefill_a, p.prefill_b, p.decode_c, p.decode_d,
+                              p.decode_e)
+            specs.append((spec, StepTimeModel(p)))
+        self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, self.errors)
+        self._tasks = [asyncio.create_task(self._poll_engines()), asyncio.create_task(self._tick())]
+        self._trainer = threading.Thread(target=self._train, name="sluice-trainer", daemon=True)
+        self._trainer.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for engine in self.engines.values():
+            await engine.close()
+
+    def _train(self) -> None:
+        """Background training of the output-length model's torch expert (never on the event loop)."""
+        while not self._stop.wait(1.0):
+            try:
+                self.predictor.train_pending(64)
+            except Exception:  # a training failure must never take serving down
+                log.exception("output-length trainer step failed")
+
+    async def _poll_engines(self) -> None:
+        while True:
+            for name, engine in self.engines.items():
+                try:
+                    load = await engine.load()
+                    self.engine_loads[name] = load
+                    self._apply(self.core.engine_load(self.clock(), name, load.waiting_uncached_tokens,
+                                                      load.used_tokens))
+                except EngineError:
+                    self.engine_loads.pop(name, None)
+                    self._apply(self.core.engine_health(self.clock(), name, await engine.health()))
+                except Exception:
+                    log.exception("polling engine %s failed", name)
+            await asyncio.sleep(0.5)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.05)
+            self._apply(self.core.tick(self.clock()))
+
+    # -- authentication ------------------------------------------------------------------------
+    def authenticate(self, authorization: str | None) -> TenantConfig:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        tenant = self.keys.get(hash_key(authorization[7:].strip()))
+        if tenant is None:
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+        return tenant
+
+    # -- the request path ------------------------------------------------------------------------
+    def submit(self, tenant: TenantConfig, req: CompletionRequest) -> Ticket:
+        """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
+        assert self.core is not None
+        now = self.clock()
+        rid = uuid.uuid4().hex  # fixed length, so no rid is a prefix of another (SGLang aborts by prefix)
+        slo_class = self.core.policy.tenant(tenant.name).slo_class
+        ticket = Ticket(rid, tenant.name, req, slo_class, now, _new_row(rid, tenant.name, slo_class, req, now),
+                        asyncio.get_running_loop().create_future())
+        self.tickets[rid] = ticket
+        self._apply(self.core.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens,
+                                                      None, req.stream)))
+        if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
+            rej = ticket.waiter.result()
+            self.close(ticket, "rejected", rej.status, error=rej.code)
+            raise ApiError(rej.status, rej.message, code=rej.code, retry_after=rej.retry_after_s)
+        return ticket
+
+    async def wait_dispatch(self, ticket: Ticket) -> None:
+        """Wait in sluice's queue until the core dispatches the request (or expires it)."""
+        outcome = await ticket.waiter
+        if isinstance(outcome, Reject):
+            self.close(ticket, "expired" if outcome.code == "deadline_expired" else "rejected", outcome.status,
+                       error=outcome.code)
+            raise ApiError(outcome.status, outcome.message, code=outcome.code, retry_after=outcome.retry_after_s)
+
+    async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
+        """The engine's chunks for a dispatched ticket. Closing the iterator early aborts the request."""
+        assert ticket.engine is not None
+        engine = self.engines[ticket.engine]
+        req = ticket.request
+        greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
+                               stream=True, priority=ticket.priority,
+                               traceparent=ticket.row.get("traceparent"), prompt_tokens=req.prompt_tokens)
+        gen = engine.submit(greq)
+        try:
+            async for chunk in gen:
+                if ticket.first_token_at is None and (chunk.completion_tokens or chunk.finish_reason):
+                    ticket.first_token_at = self.clock()
+                    self.core.first_token(ticket.first_token_at, ticket.rid)
+                yield chunk
+        except EngineOverloaded:
+            raise
+        except EngineError:
+            self._apply(self.core.engine_health(self.clock(), ticket.engine, False))
+            raise
+        finally:
+            await gen.aclose()
+
+    def close(self, ticket: Ticket, status: str, http_status: int, *, chunk: Chunk | None = None,
+              error: str | None = None) -> None:
+        """End a ticket exactly once: reconcile the core, write the request row, notify listeners."""
+        if ticket.closed:
+            return
+        ticket.closed = True
+        now = self.clock()
+        self.tickets.pop(ticket.rid, None)
+        assert self.core is not None
+        if ticket.engine is not None:
+            report = FinishReport(
+                status if status in ("ok", "aborted") else "error",
+                chunk.prompt_tokens if chunk else ticket.request.prompt_tokens,
+                chunk.cached_tokens if chunk else 0,
+                chunk.completion_tokens if chunk else 0,
+                ticket.first_token_at)
+            self._apply(self.core.finish(now, ticket.rid, report))
+        elif status in ("aborted", "error"):
+            self._apply(self.core.abort(now, ticket.rid, reason=error or status))
+        row = ticket.row
+        row.update(status=status, http_status=http_status, error=error, finish_ts=now, engine=ticket.engine,
+                   dispatch_ts=ticket.dispatched_at, first_token_ts=ticket.first_token_at)
+        if chunk is not None:
+            row.update(prompt_tokens=chunk.prompt_tokens, cached_tokens=chunk.cached_tokens,
+                       completion_tokens=chunk.completion_tokens, finish_reason=chunk.finish_reason)
+        _derive_latencies(row, self.core.policy.slo(ticket.slo_class))
+        if self.recorder is not None:
+            self.recorder.request_finished(row, ticket.decisions)
+        self._emit("request", row)
+
+    # -- actions from the core ---------------------------------------------------------------------
+    def _apply(self, actions: list[Any]) -> None:
+        for action in actions:
+            if isinstance(action, Decision):
+                ticket = self.tickets.get(action.rid)
+                if ticket is not None:
+                    ticket.decisions.append(action)
+                    if action.kind in ("admit", "defer", "reject"):
+                        ticket.row.update(decision=action.kind, reason=action.reason,
+                                          policy_version=action.policy_version,
+                                          predicted_output_tokens=action.inputs.get("output_tokens"),
+                                          predicted_ttft_ms=action.outputs.get("ttft_ms"),
+                                          predicted_tpot_ms=action.outputs.get("tpot_ms"))
+                if self.recorder is not None:
+                    self.recorder.decision(action)
+                continue
+            ticket = self.tickets.get(action.rid)
+            if ticket is None or ticket.waiter.done():
+                continue
+            if isinstance(action, Dispatch):
+                ticket.engine, ticket.priority, ticket.dispatched_at = action.engine, action.priority, self.clock()
+            ticket.waiter.set_result(action)
+
+    def _emit(self, kind: str, payload: dict[str, Any]) -> None:
+        for listener in list(self.listeners):
+            listener(kind, payload)
+
+    # -- policy --------------------------------------------------------------------------------
+    def set_policy(self, policy: Policy) -> None:
+        assert self.core is not None
+        self._apply(self.core.set_policy(self.clock(), policy))
+        self._emit("policy", policy.to_dict())
+
+
+def _new_row(rid: str, tenant: str, slo_class: str, req: CompletionRequest, now: float) -> dict[str, Any]:
+    return {"rid": rid, "trace_id": None, "tenant": tenant, "slo_class": slo_class, "model": req.model,
+            "engine": None, "stream": req.stream, "status": None, "http_status": None, "decision": None,
+            "reason": None, "finish_reason": None, "error": None, "arrival_ts": now, "dispatch_ts": None,
+            "first_token_ts": None, "finish_ts": None, "queue_ms": None, "ttft_ms": None, "tpot_ms": None,
+            "e2e_ms": None, "prompt_tokens": req.prompt_tokens, "cached_tokens": 0, "completion_tokens": 0,
+            "max_tokens": req.max_tokens, "predicted_output_tokens": None, "predicted_ttft_ms": None,
+            "predicted_tpot_ms": None, "policy_version": None, "slo_met": None}
+
+
+def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:
+    arrival, first, end = row["arrival_ts"], row["first_token_ts"], row["finish_ts"]
+    if row["dispatch_ts"] is not None:
+        row["queue_ms"] = (row["dispatch_ts"] - arrival) * 1e3
+    if first is not None:
+        row["ttft_ms"] = (first - arrival) * 1e3
+        if row["completion_tokens"] > 1:
+            row["tpot_ms"] = (end - first) * 1e3 / (row["completion_tokens"] - 1)
+    row["e2e_ms"] = (end - arrival) * 1e3
+    if row["status"] == "ok":
+        row["slo_met"] = (
+            (slo.ttft_ms is None or (row["ttft_ms"] is not None and row["ttft_ms"] <= slo.ttft_ms))
+            and (slo.tpot_ms is None or row["tpot_ms"] is None or row["tpot_ms"] <= slo.tpot_ms)
+            and (slo.deadline_s is None or row["e2e_ms"] <= slo.deadline_s * 1e3))
