@@ -1,0 +1,228 @@
+"""Prometheus metrics (``sluice_*``) on their own registry, with bounded label cardinality.
+
+Tenant labels: the first ``max_tenants`` distinct tenants seen get their own label value; every
+later tenant is reported as ``"other"`` (first-come, stable for the life of the process: a label
+never changes meaning mid-series). Engines and rejection reasons are bounded the same way
+(``max_engines``, ``max_reasons``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+OTHER = "other"
+
+# OpenTelemetry GenAI semconv advisory buckets (seconds)
+TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+# absolute percentage error as a fraction (0.1 = 10 %)
+APE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+
+OUTCOMES = ("ok", "rejected", "aborted", "error", "expired")
+
+
+class _Bounded:
+    """First-N-seen label values; the rest map to "other"."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, value: Any) -> str:
+        v = "" if value is None else str(value)
+        if v in self.seen:
+            return v
+        with self._lock:
+            if v in self.seen:
+                return v
+            if len(self.seen) < self.limit and v != OTHER:
+                self.seen.add(v)
+                return v
+        return OTHER
+
+
+class Metrics:
+    """All of sluice's Prometheus metrics. Every method is cheap and thread-safe."""
+
+    def __init__(self, max_tenants: int = 50, *, max_engines: int = 64, max_reasons: int = 32) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.tenant_label = _Bounded(max_tenants)
+        self.engine_label = _Bounded(max_engines)
+        self.reason_label = _Bounded(max_reasons)
+        self.class_label = _Bounded(32)
+        r = self.registry
+        self.requests_total = Counter(
+            "sluice_requests", "Finished requests by outcome", ["tenant", "slo_class", "outcome"], registry=r
+        )
+        self.admission_decisions_total = Counter(
+            "sluice_admission_decisions", "Admission decisions", ["decision", "reason"], registry=r
+        )
+        self.queue_depth = Gauge("sluice_queue_depth", "Queued requests per tenant", ["tenant"], registry=r)
+        self.in_flight = Gauge("sluice_in_flight", "Requests dispatched to an engine", ["engine"], registry=r)
+        self.ttft_seconds = Histogram(
+            "sluice_ttft_seconds", "Time to first token", ["tenant", "slo_class"], buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.tpot_seconds = Histogram(
+            "sluice_tpot_seconds", "Time per output token after the first", ["tenant", "slo_class"],
+            buckets=TPOT_BUCKETS, registry=r,
+        )
+        self.tokens_total = Counter(
+            "sluice_tokens", "Tokens by kind (prompt, completion, cached prompt)", ["tenant", "kind"], registry=r
+        )
+        self.engine_running = Gauge("sluice_engine_running", "Engine's running requests", ["engine"], registry=r)
+        self.engine_waiting = Gauge("sluice_engine_waiting", "Engine's waiting requests", ["engine"], registry=r)
+        self.engine_kv_usage = Gauge("sluice_engine_kv_usage", "Engine's KV-cache usage (0..1)", ["engine"],
+                                     registry=r)
+        self.forecast_error = Histogram(
+            "sluice_forecast_error", "Absolute percentage error of forecasts, |pred - actual| / actual",
+            ["kind"], buckets=APE_BUCKETS, registry=r,
+        )
+        self._gpu = _GpuCollector()
+        r.register(self._gpu)
+        self._store = _StoreCollector()
+        r.register(self._store)
+
+    # -------------------------------------------------------------- request lifecycle
+
+    def observe_request(self, row: Mapping[str, Any]) -> None:
+        """Count a finished request from its request row (the dict given to ``Store.record_request``).
+
+        Uses ``tenant``, ``slo_class``, ``status``, ``ttft_ms``, ``tpot_ms``, ``prompt_tokens``,
+        ``completion_tokens``, ``cached_tokens``, and, when present with their actual values,
+        ``predicted_ttft_ms``/``predicted_tpot_ms``/``predicted_output_tokens`` for forecast error.
+        """
+        tenant = self.tenant_label(row.get("tenant") or "default")
+        cls = self.class_label(row.get("slo_class") or "")
+        status = row.get("status") or "ok"
+        outcome = status if status in OUTCOMES else "error"
+        self.requests_total.labels(tenant, cls, outcome).inc()
+        if row.get("ttft_ms") is not None:
+            self.ttft_seconds.labels(tenant, cls).observe(float(row["ttft_ms"]) / 1000.0)
+        if row.get("tpot_ms") is not None:
+            self.tpot_seconds.labels(tenant, cls).observe(float(row["tpot_ms"]) / 1000.0)
+        for key, kind in (("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
+                          ("cached_tokens", "cached")):
+            n = row.get(key)
+            if n:
+                self.tokens_total.labels(tenant, kind).inc(int(n))
+        if outcome == "ok":
+            for pred, actual, kind in (("predicted_ttft_ms", "ttft_ms", "ttft"),
+                                       ("predicted_tpot_ms", "tpot_ms", "tpot"),
+                                       ("predicted_output_tokens", "completion_tokens", "output_tokens")):
+                self.observe_forecast(kind, row.get(pred), row.get(actual))
+
+    def observe_decision(self, decision: str, reason: str | None = None) -> None:
+        self.admission_decisions_total.labels(str(decision), self.reason_label(reason or "")).inc()
+
+    def observe_forecast(self, kind: str, predicted: float | None, actual: float | None) -> None:
+        """Record |predicted - actual| / actual (skipped when either is missing or actual is 0)."""
+        if predicted is None or actual is None or float(actual) == 0.0:
+            return
+        self.forecast_error.labels(kind).observe(abs(float(predicted) - float(actual)) / abs(float(actual)))
+
+    # -------------------------------------------------------------- gauges
+
+    def set_queue_depths(self, depths: Mapping[str, int]) -> None:
+        """Set every tenant's queue depth at once (tenants over the bound are summed into "other";
+        tenants absent from ``depths`` read 0)."""
+        agg: dict[str, float] = {}
+        for tenant, n in depths.items():
+            label = self.tenant_label(tenant)
+            agg[label] = agg.get(label, 0) + n
+        for labels in list(_label_values(self.queue_depth)):
+            if labels[0] not in agg:
+                self.queue_depth.labels(*labels).set(0)
+        for label, n in agg.items():
+            self.queue_depth.labels(label).set(n)
+
+    def set_in_flight(self, engine: str, n: int) -> None:
+        self.in_flight.labels(self.engine_label(engine)).set(n)
+
+    def set_engine_load(self, engine: str, running: float | None, waiting: float | None,
+                        kv_usage: float | None) -> None:
+        e = self.engine_label(engine)
+        if running is not None:
+            self.engine_running.labels(e).set(running)
+        if waiting is not None:
+            self.engine_waiting.labels(e).set(waiting)
+        if kv_usage is not None:
+            self.engine_kv_usage.labels(e).set(kv_usage)
+
+    def set_gpu_samples(self, samples: Iterable[Mapping[str, Any]]) -> None:
+        """The latest GPU readings (``GpuSampler.sample()`` dicts), exported on the next scrape."""
+        self._gpu.latest = [dict(s) for s in samples]
+
+    def bind_store(self, stats: Callable[[], Mapping[str, Any]] | Any) -> None:
+        """Export the store's lag, pending, written and dropped counts, read at scrape time."""
+        self._store.stats = stats if callable(stats) else stats.stats
+
+    def render(self) -> tuple[bytes, str]:
+        """The text exposition and its content type, for a ``GET /metrics`` response."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def _label_values(metric: Any) -> Iterable[tuple[str, ...]]:
+    return list(metric._metrics.keys())  # prometheus_client keeps children keyed by label tuple
+
+
+class _GpuCollector(Collector):
+    def __init__(self) -> None:
+        self.latest: list[dict[str, Any]] = []
+
+    def collect(self) -> Iterable[Metric]:
+        gauges = {
+            "power_w": GaugeMetricFamily("sluice_gpu_power_watts", "GPU power draw", labels=["gpu", "name"]),
+            "sm_clock_mhz": GaugeMetricFamily("sluice_gpu_sm_clock_mhz", "GPU SM clock", labels=["gpu", "name"]),
+            "utilization": GaugeMetricFamily("sluice_gpu_utilization", "GPU utilisation (0..1)",
+                                             labels=["gpu", "name"]),
+            "memory_used_bytes": GaugeMetricFamily("sluice_gpu_memory_used_bytes", "GPU memory used",
+                                                   labels=["gpu", "name"]),
+        }
+        energy = CounterMetricFamily("sluice_gpu_energy_joules", "GPU energy since driver load",
+                                     labels=["gpu", "name"])
+        for s in self.latest:
+            labels = [str(s.get("gpu", "")), str(s.get("name") or "")]
+            for key, fam in gauges.items():
+                if s.get(key) is not None:
+                    fam.add_metric(labels, float(s[key]))
+            if s.get("energy_j") is not None:
+                energy.add_metric(labels, float(s["energy_j"]))
+        yield from gauges.values()
+        yield energy
+
+
+class _StoreCollector(Collector):
+    def __init__(self) -> None:
+        self.stats: Callable[[], Mapping[str, Any]] | None = None
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily("sluice_store_lag_seconds", "Age of the oldest row not yet written")
+        pending = GaugeMetricFamily("sluice_store_pending_rows", "Rows queued for the store", labels=["table"])
+        written = CounterMetricFamily("sluice_store_written_rows", "Rows written to the store", labels=["table"])
+        dropped = CounterMetricFamily("sluice_store_dropped_rows", "Rows given up (counted loss)",
+                                      labels=["table"])
+        failures = CounterMetricFamily("sluice_store_write_failures", "Failed batch writes (retried)")
+        if self.stats is not None:
+            try:
+                st = self.stats()
+            except Exception:  # a closed store: export nothing rather than fail the scrape
+                st = None
+            if st:
+                lag.add_metric([], float(st.get("lag_s") or 0.0))
+                for t, n in st.get("pending", {}).items():
+                    pending.add_metric([t], n)
+                for t, n in st.get("written", {}).items():
+                    written.add_metric([t], n)
+                for t, n in st.get("dropped", {}).items():
+                    dropped.add_metric([t], n)
+                failures.add_metric([], st.get("write_failures", 0))
+        yield from (lag, pending, written, dropped, failures)

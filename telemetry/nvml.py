@@ -1,0 +1,185 @@
+"""GPU readings through NVML (nvidia-ml-py's ``pynvml``), or from a simulated engine.
+
+No GPU, no driver or no library is a normal state: ``sample()`` returns ``[]`` and ``status``
+says ``"no GPU: <reason>"``. A reading a device does not support is ``None``.
+
+Every source yields dicts with the ``gpu_samples`` columns: ``ts, gpu, name, simulated, power_w,
+energy_j, sm_clock_mhz, utilization (0..1), memory_used_bytes, memory_total_bytes``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+log = logging.getLogger("sluice.telemetry.nvml")
+
+SAMPLE_KEYS = ("ts", "gpu", "name", "simulated", "power_w", "energy_j", "sm_clock_mhz", "utilization",
+               "memory_used_bytes", "memory_total_bytes")
+NVML_CLOCK_SM = 1
+
+
+class GpuSource(Protocol):
+    """Anything that reports GPU readings: the NVML sampler or a simulated engine."""
+
+    @property
+    def status(self) -> str: ...
+
+    def sample(self) -> list[dict[str, Any]]: ...
+
+
+class GpuSampler:
+    """Reads every GPU through NVML. ``nvml_module`` injects a fake (same call names) for tests."""
+
+    def __init__(self, nvml_module: Any | None = None, clock: Callable[[], float] = time.time) -> None:
+        self._nvml = nvml_module
+        self._clock = clock
+        self._handles: list[tuple[int, Any, str]] | None = None
+        self._status = "not started"
+        self._lock = threading.Lock()
+        self._warned: set[tuple[int, str]] = set()
+
+    @property
+    def status(self) -> str:
+        """``"ok"`` or ``"no GPU: <reason>"`` (``"not started"`` before the first sample)."""
+        return self._status
+
+    def _init(self) -> None:
+        if self._handles is not None:
+            return
+        self._handles = []
+        try:
+            nvml = self._nvml
+            if nvml is None:
+                import pynvml as nvml  # nvidia-ml-py; importing never loads the library
+
+                self._nvml = nvml
+            nvml.nvmlInit()
+            count = int(nvml.nvmlDeviceGetCount())
+            for i in range(count):
+                h = nvml.nvmlDeviceGetHandleByIndex(i)
+                name = nvml.nvmlDeviceGetName(h)
+                if isinstance(name, bytes):
+                    name = name.decode(errors="replace")
+                self._handles.append((i, h, str(name)))
+        except ImportError as exc:
+            self._status = f"no GPU: NVML bindings not installed ({exc})"
+            return
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            self._status = f"no GPU: {_describe(exc)}"
+            self._handles = []
+            return
+        self._status = "ok" if self._handles else "no GPU: NVML reports zero devices"
+
+    def sample(self) -> list[dict[str, Any]]:
+        """One reading per GPU now; ``[]`` when there is no GPU."""
+        with self._lock:
+            self._init()
+            if not self._handles:
+                return []
+            ts = self._clock()
+            nvml = self._nvml
+            out = []
+            for i, h, name in self._handles:
+                power = self._read(i, "power", lambda: nvml.nvmlDeviceGetPowerUsage(h))  # mW
+                energy = self._read(i, "energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(h))  # mJ
+                clock = self._read(i, "clock", lambda: nvml.nvmlDeviceGetClockInfo(
+                    h, getattr(nvml, "NVML_CLOCK_SM", NVML_CLOCK_SM)))
+                util = self._read(i, "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(h))
+                mem = self._read(i, "memory", lambda: nvml.nvmlDeviceGetMemoryInfo(h))
+                out.append({
+                    "ts": ts,
+                    "gpu": i,
+                    "name": name,
+                    "simulated": False,
+                    "power_w": power / 1000.0 if power is not None else None,
+                    "energy_j": energy / 1000.0 if energy is not None else None,
+                    "sm_clock_mhz": float(clock) if clock is not None else None,
+                    "utilization": util.gpu / 100.0 if util is not None else None,
+                    "memory_used_bytes": int(mem.used) if mem is not None else None,
+                    "memory_total_bytes": int(mem.total) if mem is not None else None,
+                })
+            return out
+
+    def _read(self, gpu: int, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # NotSupported (e.g. utilisation under MIG), GPU lost, ...
+            if (gpu, what) not in self._warned:
+                self._warned.add((gpu, what))
+                log.info("GPU %d: %s unavailable: %s", gpu, what, _describe(exc))
+            if "lost" in type(exc).__name__.lower():
+                self._status = f"no GPU: GPU {gpu} is lost"
+            return None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handles and self._nvml is not None:
+                try:
+                    self._nvml.nvmlShutdown()
+                except Exception:
+                    pass
+            self._handles = None
+            self._status = "not started"
+
+
+class SimulatedGpuSource:
+    """Readings from a simulated engine: ``readings()`` returns dicts with the sample keys.
+
+    ``simulated`` is forced to True and ``ts`` filled in when absent.
+    """
+
+    def __init__(self, readings: Callable[[], Iterable[Mapping[str, Any]]],
+                 clock: Callable[[], float] = time.time) -> None:
+        self._readings = readings
+        self._clock = clock
+        self._status = "ok"
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    def sample(self) -> list[dict[str, Any]]:
+        try:
+            rows = [dict(r) for r in self._readings()]
+        except Exception as exc:
+            self._status = f"no GPU: simulated source failed ({exc})"
+            return []
+        ts = self._clock()
+        out = []
+        for i, r in enumerate(rows):
+            row = {k: r.get(k) for k in SAMPLE_KEYS}
+            row["ts"] = r.get("ts", ts)
+            row["gpu"] = r.get("gpu", r.get("index", i))
+            row["simulated"] = True
+            out.append(row)
+        self._status = "ok" if out else "no GPU: simulated source has no GPUs"
+        return out
+
+
+class CombinedGpuSource:
+    """Real and simulated GPUs together (status "ok" if any source is ok)."""
+
+    def __init__(self, *sources: GpuSource) -> None:
+        self.sources = sources
+
+    @property
+    def status(self) -> str:
+        statuses = [s.status for s in self.sources]
+        if any(st == "ok" for st in statuses):
+            return "ok"
+        return statuses[0] if statuses else "no GPU: no sources"
+
+    def sample(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for s in self.sources:
+            out.extend(s.sample())
+        return out
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if type(exc).__name__ not in text else text

@@ -1,0 +1,287 @@
+"""sluice's own spans: a TracerProvider that writes to the DuckDB store and, optionally, OTLP/HTTP.
+
+The gateway makes one server span per request (``tracer.start_as_current_span("chat <model>",
+kind=SpanKind.SERVER)``), sets ``GenAI``/``Sluice`` attributes (``annotate_request_span``) and
+forwards ``traceparent_of(span)`` to SGLang, whose spans then join the same trace (they come back
+through the OTLP receiver).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+from opentelemetry import trace as trace_api
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from .otlp_export import make_otlp_exporter
+
+log = logging.getLogger("sluice.telemetry.tracing")
+
+
+class GenAI:
+    """OpenTelemetry GenAI semantic-convention attribute names (current, Development status)."""
+
+    OPERATION_NAME = "gen_ai.operation.name"  # "chat", "text_completion", "generate_content"
+    PROVIDER_NAME = "gen_ai.provider.name"
+    REQUEST_MODEL = "gen_ai.request.model"
+    REQUEST_MAX_TOKENS = "gen_ai.request.max_tokens"
+    REQUEST_TEMPERATURE = "gen_ai.request.temperature"
+    REQUEST_TOP_P = "gen_ai.request.top_p"
+    REQUEST_TOP_K = "gen_ai.request.top_k"
+    REQUEST_SEED = "gen_ai.request.seed"
+    REQUEST_STREAM = "gen_ai.request.stream"
+    REQUEST_CHOICE_COUNT = "gen_ai.request.choice.count"
+    RESPONSE_ID = "gen_ai.response.id"
+    RESPONSE_MODEL = "gen_ai.response.model"
+    RESPONSE_FINISH_REASONS = "gen_ai.response.finish_reasons"
+    RESPONSE_TIME_TO_FIRST_CHUNK = "gen_ai.response.time_to_first_chunk"  # seconds
+    USAGE_INPUT_TOKENS = "gen_ai.usage.input_tokens"
+    USAGE_OUTPUT_TOKENS = "gen_ai.usage.output_tokens"
+    USAGE_CACHE_READ_INPUT_TOKENS = "gen_ai.usage.cache_read.input_tokens"
+    CONVERSATION_ID = "gen_ai.conversation.id"
+    ERROR_TYPE = "error.type"
+    SERVER_ADDRESS = "server.address"
+    SERVER_PORT = "server.port"
+
+
+class Sluice:
+    """sluice's own span attributes."""
+
+    RID = "sluice.rid"
+    TENANT = "sluice.tenant"
+    SLO_CLASS = "sluice.slo_class"
+    DECISION = "sluice.decision"  # admit | reject | defer
+    REASON = "sluice.reason"
+    POLICY_VERSION = "sluice.policy_version"
+    ENGINE = "sluice.engine"
+    STATUS = "sluice.status"  # ok | rejected | aborted | error | expired
+    QUEUE_MS = "sluice.queue_ms"
+    PREDICTED_TTFT_MS = "sluice.predicted.ttft_ms"
+    PREDICTED_TPOT_MS = "sluice.predicted.tpot_ms"
+    PREDICTED_OUTPUT_TOKENS = "sluice.predicted.output_tokens"
+    SLO_MET = "sluice.slo_met"
+
+
+# request-row key -> span attribute, for annotate_request_span
+_ROW_TO_ATTR: dict[str, str] = {
+    "rid": Sluice.RID,
+    "tenant": Sluice.TENANT,
+    "slo_class": Sluice.SLO_CLASS,
+    "decision": Sluice.DECISION,
+    "reason": Sluice.REASON,
+    "policy_version": Sluice.POLICY_VERSION,
+    "engine": Sluice.ENGINE,
+    "status": Sluice.STATUS,
+    "queue_ms": Sluice.QUEUE_MS,
+    "predicted_ttft_ms": Sluice.PREDICTED_TTFT_MS,
+    "predicted_tpot_ms": Sluice.PREDICTED_TPOT_MS,
+    "predicted_output_tokens": Sluice.PREDICTED_OUTPUT_TOKENS,
+    "slo_met": Sluice.SLO_MET,
+    "model": GenAI.REQUEST_MODEL,
+    "max_tokens": GenAI.REQUEST_MAX_TOKENS,
+    "stream": GenAI.REQUEST_STREAM,
+    "prompt_tokens": GenAI.USAGE_INPUT_TOKENS,
+    "completion_tokens": GenAI.USAGE_OUTPUT_TOKENS,
+    "cached_tokens": GenAI.USAGE_CACHE_READ_INPUT_TOKENS,
+}
+
+
+def annotate_request_span(span: trace_api.Span, row: Mapping[str, Any]) -> None:
+    """Set the span's gen_ai.*/sluice.* attributes from a request row (the ``record_request`` dict).
+
+    Also ``gen_ai.response.id`` (= rid), ``gen_ai.response.finish_reasons`` from
+    ``finish_reason``, ``gen_ai.response.time_to_first_chunk`` from ``ttft_ms`` and, for a
+    status other than ok, ``error.type`` and an ERROR span status.
+    """
+    if not span.is_recording():
+        return
+    attrs: dict[str, Any] = {}
+    for key, attr in _ROW_TO_ATTR.items():
+        value = row.get(key)
+        if value is not None:
+            attrs[attr] = value
+    if row.get("rid"):
+        attrs[GenAI.RESPONSE_ID] = str(row["rid"])
+    if row.get("finish_reason"):
+        attrs[GenAI.RESPONSE_FINISH_REASONS] = [str(row["finish_reason"])]
+    if row.get("ttft_ms") is not None:
+        attrs[GenAI.RESPONSE_TIME_TO_FIRST_CHUNK] = float(row["ttft_ms"]) / 1000.0
+    status = row.get("status")
+    if status and status != "ok":
+        attrs[GenAI.ERROR_TYPE] = str(row.get("reason") or status)
+        span.set_status(trace_api.Status(trace_api.StatusCode.ERROR, str(row.get("error") or status)))
+    span.set_attributes(attrs)
+
+
+def traceparent_of(span: trace_api.Span) -> str | None:
+    """The W3C ``traceparent`` header value for ``span`` (None for an invalid span context).
+
+    A span that was sampled out still has a valid context; its header carries flags ``00`` so
+    that the engine's parent-based sampler makes the same choice.
+    """
+    ctx = span.get_span_context()
+    if not ctx.is_valid:
+        return None
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags) & 0xFF:02x}"
+
+
+class SpanSink(Protocol):
+    def record_spans(self, rows: list[dict[str, Any]], events: list[dict[str, Any]] | None = None) -> bool: ...
+
+
+_KIND = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
+
+
+def _attr_json(attrs: Mapping[str, Any] | None) -> str | None:
+    if not attrs:
+        return None
+    return json.dumps(
+        {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()},
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+def spans_to_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Convert SDK spans into ``spans`` and ``span_events`` rows."""
+    rows: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    resource_cache: dict[int, tuple[str, str | None]] = {}
+    for span in spans:
+        ctx = span.context
+        if ctx is None:
+            continue
+        trace_id = f"{ctx.trace_id:032x}"
+        span_id = f"{ctx.span_id:016x}"
+        res = span.resource
+        cached = resource_cache.get(id(res))
+        if cached is None:
+            rattrs = dict(res.attributes) if res is not None else {}
+            cached = (str(rattrs.get("service.name", "unknown_service")), _attr_json(rattrs))
+            resource_cache[id(res)] = cached
+        links = None
+        if span.links:
+            links = json.dumps(
+                [
+                    {
+                        "trace_id": f"{link.context.trace_id:032x}",
+                        "span_id": f"{link.context.span_id:016x}",
+                        "attributes": json.loads(_attr_json(link.attributes) or "{}"),
+                    }
+                    for link in span.links
+                ],
+                separators=(",", ":"),
+            )
+        scope = span.instrumentation_scope.name if span.instrumentation_scope is not None else None
+        rows.append(
+            {
+                "trace_id": trace_id,
+                "span_id": span_id,
+                "parent_span_id": f"{span.parent.span_id:016x}" if span.parent is not None else None,
+                "name": span.name,
+                "kind": _KIND.get(span.kind.value, "UNSPECIFIED"),
+                "service": cached[0],
+                "scope": scope,
+                "start_ts": span.start_time / 1e9 if span.start_time else None,
+                "end_ts": span.end_time / 1e9 if span.end_time else None,
+                "status_code": span.status.status_code.name,
+                "status_message": span.status.description,
+                "attributes": _attr_json(span.attributes),
+                "resource": cached[1],
+                "links": links,
+            }
+        )
+        for ev in span.events:
+            events.append(
+                {
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                    "ts": ev.timestamp / 1e9,
+                    "name": ev.name,
+                    "attributes": _attr_json(ev.attributes),
+                }
+            )
+    return rows, events
+
+
+class StoreSpanExporter(SpanExporter):
+    """A SpanExporter that converts finished spans to rows and queues them in the store."""
+
+    def __init__(self, store: SpanSink) -> None:
+        self._store = store
+        self._shutdown = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if self._shutdown:
+            return SpanExportResult.FAILURE
+        try:
+            rows, events = spans_to_rows(spans)
+            ok = self._store.record_spans(rows, events)
+        except Exception:  # the processor's thread must survive a closed or broken store
+            log.exception("span export to the store failed")
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS if ok else SpanExportResult.FAILURE
+
+    def shutdown(self) -> None:
+        self._shutdown = True
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+def setup_tracing(
+    service_name: str = "sluice",
+    sample_ratio: float = 1.0,
+    store: SpanSink | None = None,
+    otlp_endpoint: str | None = None,
+    *,
+    otlp_headers: Mapping[str, str] | None = None,
+    otlp_compression: str | None = None,
+    otlp_timeout_s: float = 10.0,
+    resource_attributes: Mapping[str, Any] | None = None,
+    schedule_delay_millis: int = 500,
+    max_queue_size: int = 8192,
+    max_export_batch_size: int = 1024,
+    extra_exporters: Sequence[SpanExporter] = (),
+) -> TracerProvider:
+    """Build sluice's own TracerProvider (never installed globally; call ``.shutdown()`` on exit).
+
+    Sampling is ``ParentBased(TraceIdRatioBased(sample_ratio))``: a request that arrives with a
+    sampled ``traceparent`` is always traced, a fresh one with probability ``sample_ratio``.
+    Spans go to ``store`` (a BatchSpanProcessor into ``StoreSpanExporter``) and, when
+    ``otlp_endpoint`` is set (a full URL ending in ``/v1/traces``), to an OTLP/HTTP protobuf
+    exporter (``otlp_compression``: ``"gzip"``, ``"deflate"`` or None).
+    """
+    if not 0.0 <= sample_ratio <= 1.0:
+        raise ValueError(f"sample_ratio must be in [0, 1], got {sample_ratio}")
+    attrs: dict[str, Any] = {"service.name": service_name}
+    attrs.update(resource_attributes or {})
+    provider = TracerProvider(
+        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
+        resource=Resource.create(attrs),
+    )
+
+    def batch(exporter: SpanExporter) -> BatchSpanProcessor:
+        return BatchSpanProcessor(
+            exporter,
+            max_queue_size=max_queue_size,
+            schedule_delay_millis=schedule_delay_millis,
+            max_export_batch_size=min(max_export_batch_size, max_queue_size),
+        )
+
+    if store is not None:
+        provider.add_span_processor(batch(StoreSpanExporter(store)))
+    if otlp_endpoint:
+        provider.add_span_processor(
+            batch(make_otlp_exporter(otlp_endpoint, headers=otlp_headers, compression=otlp_compression,
+                                     timeout_s=otlp_timeout_s))
+        )
+    for exporter in extra_exporters:
+        provider.add_span_processor(batch(exporter))
+    return provider
