@@ -1,4 +1,7 @@
-"""First come, first served across all tenants: the baseline with no fairness at all."""
+"""First come, first served across all tenants: the baseline with no fairness at all.
+
+The counters (U, R) are still kept, for display and comparison; they never drive the order.
+"""
 from __future__ import annotations
 
 import heapq
@@ -10,42 +13,45 @@ from fairness.base import Scheduler, TenantState, Work
 class FCFS(Scheduler):
     name = "fcfs"
 
-    def __init__(self, weights: dict[str, float] | None = None) -> None:
-        super().__init__(weights)
+    def __init__(self, weights: dict[str, float] | None = None, **accounting: float | str) -> None:
         self._seq = 0
         self._order: list[tuple[int, str]] = []  # heap of (arrival seq, tenant) of queue heads
         self._head_seq: dict[str, int] = {}
         self._seqs: dict[Hashable, int] = {}
+        super().__init__(weights, **accounting)  # type: ignore[arg-type]
 
     def push(self, tenant: str, key: Hashable, predicted: Work) -> None:
+        if key in self._where:
+            raise ValueError(f"request key {key!r} is already queued (tenant {self._where[key]!r})")
         self._seq += 1
         self._seqs[key] = self._seq
-        was_empty = not self.tenant(tenant).queue
         super().push(tenant, key, predicted)
-        if was_empty:
-            self._index_head(self.tenants[tenant])
 
     def pop(self) -> tuple[str, Hashable, Work] | None:
         popped = super().pop()
         if popped is not None:
             tenant, key, _ = popped
-            self._seqs.pop(key, None)
+            del self._seqs[key]
             self._index_head(self.tenants[tenant])
         return popped
 
     def remove(self, tenant: str, key: Hashable) -> bool:
         removed = super().remove(tenant, key)
         if removed:
-            self._seqs.pop(key, None)
-            self._index_head(self.tenants[tenant])
+            del self._seqs[key]
         return removed
 
-    def set_paused(self, name: str, paused: bool) -> None:
-        super().set_paused(name, paused)
-        self._index_head(self.tenant(name))
+    def _on_active(self, state: TenantState) -> None:
+        self._index_head(state)
+
+    def _on_idle(self, state: TenantState) -> None:
+        self._head_seq.pop(state.name, None)
+
+    def _on_head_changed(self, state: TenantState) -> None:
+        self._index_head(state)
 
     def _index_head(self, state: TenantState) -> None:
-        if state.queue and not state.paused:
+        if state.active:
             seq = self._seqs[state.queue[0][0]]
             if self._head_seq.get(state.name) != seq:
                 self._head_seq[state.name] = seq
