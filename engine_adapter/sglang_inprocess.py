@@ -1,0 +1,226 @@
+"""SGLang in-process: `sglang.Engine` inside the sluice process (the optional ``sglang`` extra).
+
+For single-box users who do not want a separate ``sglang.launch_server``. It needs CUDA and the
+multi-GB ``sglang`` wheel, so ``sglang`` is imported lazily, only when an engine is built here.
+Chunks are the same dicts as the HTTP stream (cumulative text by default), decoded with the same
+rules as `SGLangHTTPEngine` (delta text, cumulative counts, finish-reason dicts, in-band aborts).
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from engine_adapter.base import (
+    Chunk,
+    EngineError,
+    EngineInfo,
+    EngineLoad,
+    EngineOverloaded,
+    GenerateRequest,
+    StepProfile,
+)
+from engine_adapter.sglang_http import (
+    _abort_error,
+    _chunk_error,
+    _final_chunk,
+    _max_total_tokens,
+    _parse_v1_loads,
+    synthetic_input_ids,
+)
+
+__all__ = ["SGLangInProcessEngine", "SGLANG_MISSING"]
+
+SGLANG_MISSING = (
+    "SGLangInProcessEngine needs the optional 'sglang' extra (CUDA GPU required): "
+    "pip install 'sluice[sglang]'. Without it, run SGLang as a server "
+    "(python -m sglang.launch_server) and use SGLangHTTPEngine, or use the simulator."
+)
+
+
+class SGLangInProcessEngine:
+    """An `Engine` wrapping `sglang.Engine` in this process.
+
+    Args:
+        name: the engine's name in sluice.
+        engine: an already built `sglang.Engine` (or an object with the same methods); when None one
+            is built from `server_args` (e.g. ``model_path="meta-llama/Llama-3.1-8B-Instruct"``).
+        profile: optional step-time prior reported by `info()`.
+        **server_args: keyword arguments for ``sglang.Engine(...)`` (SGLang's ServerArgs fields).
+
+    Raises ImportError with `SGLANG_MISSING` when `engine` is None and sglang is not installed.
+    """
+
+    kind = "sglang-inprocess"
+
+    def __init__(self, name: str, *, engine: Any = None, profile: StepProfile | None = None,
+                 **server_args: Any) -> None:
+        self.name = name
+        self.profile = profile
+        if engine is None:
+            try:
+                import sglang
+            except ImportError as e:
+                raise ImportError(SGLANG_MISSING) from e
+            engine = sglang.Engine(**server_args)
+        self._engine = engine
+        self._closed = False
+
+    @property
+    def sglang_engine(self) -> Any:
+        return self._engine
+
+    async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        kw: dict[str, Any] = {}
+        if request.prompt is not None:
+            kw["prompt"] = request.prompt
+        elif request.input_ids is not None:
+            kw["input_ids"] = request.input_ids
+        elif request.prompt_tokens:
+            kw["input_ids"] = synthetic_input_ids(request.prompt_tokens, request.hash_ids, request.rid)
+        else:
+            raise EngineError(f"{self.name}: request {request.rid} has neither prompt nor input_ids",
+                              status_code=400, retryable=False)
+        sp = dict(request.sampling_params)
+        if request.output_tokens is not None:
+            sp["max_new_tokens"] = request.output_tokens
+            sp.setdefault("ignore_eos", True)
+        kw["sampling_params"] = sp
+        kw["rid"] = request.rid
+        if request.priority is not None:
+            kw["priority"] = request.priority
+        if request.traceparent:
+            kw["external_trace_header"] = {"traceparent": request.traceparent}
+        rid = request.rid
+        finished = False
+        yielded = False
+        try:
+            if not request.stream:
+                out = await self._engine.async_generate(stream=False, **kw)
+                finished = True
+                yield self._decode_final(out)
+                return
+            gen = await self._engine.async_generate(stream=True, **kw)
+            sent = 0
+            incremental: bool | None = None
+            try:
+                async for out in gen:
+                    meta = out.get("meta_info")
+                    if meta is None:
+                        finished = True
+                        raise _chunk_error(self.name, out)
+                    text = out.get("text") or ""
+                    completion = meta.get("completion_tokens", 0)
+                    if incremental is None:
+                        ids = out.get("output_ids")
+                        if ids is not None and len(ids) < completion:
+                            incremental = True
+                    if incremental:
+                        delta = text
+                    else:
+                        delta = text[sent:]
+                        sent = len(text)
+                    fr = meta.get("finish_reason")
+                    if fr is None:
+                        if delta or completion:
+                            yielded = True
+                            yield Chunk(delta, completion, meta.get("prompt_tokens", 0),
+                                        meta.get("cached_tokens", 0) or 0)
+                        continue
+                    finished = True
+                    chunk = _final_chunk(delta, completion, meta, fr)
+                    if chunk.finish_reason == "abort" and chunk.status_code and not yielded:
+                        raise _abort_error(self.name, chunk)
+                    yield chunk
+                    return
+            finally:
+                aclose = getattr(gen, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+            finished = True
+            raise EngineError(f"{self.name}: stream for {rid} ended before its final chunk",
+                              retryable=not yielded)
+        except EngineError:
+            raise
+        except (GeneratorExit, asyncio.CancelledError):
+            raise
+        except ValueError as e:  # SGLang's request validation errors (e.g. a duplicate rid)
+            finished = True
+            raise EngineError(f"{self.name}: {e}", status_code=400, retryable=False) from e
+        except Exception as e:
+            status = getattr(e, "status_code", None)
+            if status == 503:
+                finished = True
+                raise EngineOverloaded(f"{self.name}: {getattr(e, 'detail', e)}") from e
+            raise EngineError(f"{self.name}: {type(e).__name__}: {e}",
+                              status_code=int(status) if isinstance(status, int) else 500,
+                              retryable=not yielded) from e
+        finally:
+            if not finished:
+                await self.abort(rid)
+
+    def _decode_final(self, out: Any) -> Chunk:
+        if not isinstance(out, dict) or out.get("meta_info") is None:
+            raise _chunk_error(self.name, out if isinstance(out, dict) else {})
+        meta = out["meta_info"]
+        chunk = _final_chunk(out.get("text") or "", meta.get("completion_tokens", 0), meta,
+                             meta.get("finish_reason"))
+        if chunk.finish_reason == "abort" and chunk.status_code and not chunk.completion_tokens:
+            raise _abort_error(self.name, chunk)
+        return chunk
+
+    async def abort(self, rid: str) -> None:
+        """``tokenizer_manager.abort_request(rid=...)``: SGLang's Engine has no public abort."""
+        try:
+            self._engine.tokenizer_manager.abort_request(rid=rid)
+        except Exception:  # the request may be gone already; abort is best-effort
+            pass
+
+    async def load(self) -> EngineLoad:
+        tm = self._engine.tokenizer_manager
+        get_loads = getattr(tm, "get_loads", None)
+        try:
+            if get_loads is not None:
+                snaps = await get_loads(include=["core"], dp_rank=None)
+                loads = [s.to_dict({"core"}) if hasattr(s, "to_dict") else dict(s) for s in snaps]
+                return _parse_v1_loads({"loads": loads, "timestamp": time.time()})
+        except EngineError:
+            raise
+        except Exception as e:
+            raise EngineError(f"{self.name}: get_loads failed: {e}") from e
+        raise EngineError(f"{self.name}: this sglang version has no tokenizer_manager.get_loads",
+                          retryable=False)
+
+    async def info(self) -> EngineInfo:
+        e = self._engine
+        sa = getattr(getattr(e, "tokenizer_manager", None), "server_args", None) or \
+            getattr(e, "server_args", None)
+        model = getattr(sa, "served_model_name", None) or getattr(sa, "model_path", None) or "unknown"
+        sched = getattr(e, "scheduler_info", None)
+        max_tokens = _max_total_tokens({"scheduler_info": sched} if isinstance(sched, dict) else {})
+        if not max_tokens and isinstance(sched, dict):
+            max_tokens = int(sched.get("max_total_num_tokens") or 0)
+        try:
+            import sglang
+
+            version = getattr(sglang, "__version__", None)
+        except ImportError:
+            version = None
+        return EngineInfo(name=self.name, kind=self.kind, model=str(model), url=None,
+                          max_total_tokens=max_tokens, simulated=False, profile=self.profile,
+                          version=version)
+
+    async def health(self) -> bool:
+        if self._closed:
+            return False
+        tm = getattr(self._engine, "tokenizer_manager", None)
+        return tm is not None and not getattr(tm, "gracefully_exit", False)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        shutdown = getattr(self._engine, "shutdown", None)
+        if shutdown is not None:
+            await asyncio.to_thread(shutdown)
