@@ -382,10 +382,21 @@ class OtlpReceiver:
 
     def handle(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Response:
         status, headers, out = self._handle(body, content_type, content_encoding)
+        self.count(status)
+        return status, headers, out
+
+    def count(self, status: int) -> None:
         with self._lock:
             self.stats.requests += 1
             self.stats.responses[status] = self.stats.responses.get(status, 0) + 1
-        return status, headers, out
+
+    def too_large(self, content_type: str | None) -> Response:
+        """The 413 response for a body over the limit before it is even read whole."""
+        media = _media_type(content_type)
+        h, b = _status_body(media if media in (PROTOBUF, JSON) else JSON, code_pb2.RESOURCE_EXHAUSTED,
+                            f"body exceeds {self.max_bytes} bytes")
+        self.count(413)
+        return 413, h, b
 
     def _handle(self, body: bytes, content_type: str | None, content_encoding: str | None) -> Response:
         media = _media_type(content_type)
@@ -458,23 +469,21 @@ def otlp_routes(receiver: OtlpReceiver, path: str = "/v1/traces") -> list[Any]:
     from starlette.routing import Route
 
     async def post_traces(request: Request) -> HttpResponse:
-        media = _media_type(request.headers.get("content-type"))
+        ctype = request.headers.get("content-type")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > receiver.max_bytes:
-            h, b = _status_body(media if media in (PROTOBUF, JSON) else JSON, code_pb2.RESOURCE_EXHAUSTED,
-                                f"body exceeds {receiver.max_bytes} bytes")
-            return HttpResponse(b, status_code=413, headers=h)
+            status, headers, out = receiver.too_large(ctype)
+            return HttpResponse(out, status_code=status, headers=headers)
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > receiver.max_bytes:  # compressed or not, never buffer more than the limit
-                h, b = _status_body(media if media in (PROTOBUF, JSON) else JSON, code_pb2.RESOURCE_EXHAUSTED,
-                                    f"body exceeds {receiver.max_bytes} bytes")
-                return HttpResponse(b, status_code=413, headers=h)
+                status, headers, out = receiver.too_large(ctype)
+                return HttpResponse(out, status_code=status, headers=headers)
             chunks.append(chunk)
         body = b"".join(chunks)
-        args = (body, request.headers.get("content-type"), request.headers.get("content-encoding"))
+        args = (body, ctype, request.headers.get("content-encoding"))
         if len(body) > 64 * 1024:
             status, headers, out = await run_in_threadpool(receiver.handle, *args)
         else:
