@@ -1,0 +1,151 @@
+"""Check the simulator's default profile against SGLang's published H100 / Llama-3.1-8B figures.
+
+    .venv/bin/python bench/bench_calibration.py [--profile h100-llama3.1-8b] [--seeds 5]
+
+Runs SGLang CI's benchmark workloads on the virtual clock (no sleeping: a SimCore driven by its
+own event times) and prints every figure as a ratio to the published threshold:
+
+  1. bs=1 decode: 1 prompt, random 256 in / 1024 out      -> output tok/s, floor 135  (ratio >= 1)
+  2. offline: 500 prompts at rate=inf, random uniform      -> output tok/s, floors 3,800 (older
+     [1, 4096] in / [1, 2048] out (range ratio 0)              test) / 4,000 (newer); we ask for
+                                                              3,800..4,300
+  3. online: 100 prompts, Poisson 1 req/s, same lengths    -> median TTFT, ceiling 86 ms (ratio < 1);
+                                                              also median ITL (< 10 ms) and median
+                                                              E2E (< 11,000 ms)
+
+The thresholds are SGLang's CI pass floors/ceilings (test/srt/test_bench_serving.py,
+test_bench_one_batch.py), see shared/reference/workloads-and-calibration.md section 2.6.
+Exit status 1 if a check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from engine_adapter.base import StepProfile  # noqa: E402
+from engine_adapter.sim.core import SimCore, SimEvent, SimRequest  # noqa: E402
+from engine_adapter.sim.profile import SimProfile, load_profile  # noqa: E402
+
+BS1_FLOOR = 135.0
+OFFLINE_RANGE = (3800.0, 4300.0)
+OFFLINE_NEWER_FLOOR = 4000.0
+TTFT_CEIL_MS = 86.0
+ITL_CEIL_MS = 10.0
+E2E_CEIL_MS = 11_000.0
+
+
+def run(profile: SimProfile, arrivals: list[float], reqs: list[SimRequest], per_token: bool,
+        seed: int = 0) -> tuple[list[SimEvent], SimCore]:
+    """Drive a SimCore on the virtual clock: submissions at their arrival times, steps at their ends."""
+    core = SimCore(profile, seed=seed)
+    events: list[SimEvent] = []
+    order = sorted(range(len(reqs)), key=lambda i: arrivals[i])
+    i = 0
+    while i < len(order) or core.next_time() is not None:
+        nxt = core.next_time()
+        if i < len(order) and (nxt is None or arrivals[order[i]] <= nxt):
+            t = arrivals[order[i]]
+            events += core.advance(t, per_token)
+            while i < len(order) and arrivals[order[i]] == t:
+                core.submit(t, reqs[order[i]])
+                i += 1
+        else:
+            events += core.advance(nxt, per_token)  # type: ignore[arg-type]
+    return events, core
+
+
+def random_requests(n: int, max_in: int, max_out: int, rng: np.random.Generator, tag: str) -> list[SimRequest]:
+    ins = rng.integers(1, max_in + 1, n)
+    outs = rng.integers(1, max_out + 1, n)
+    return [SimRequest(f"{tag}-{k}", int(i), int(o), output_tokens=int(o)) for k, (i, o) in enumerate(zip(ins, outs))]
+
+
+def check_bs1(profile: SimProfile) -> float:
+    req = SimRequest("bs1", 256, 1024, output_tokens=1024)
+    events, _ = run(profile, [0.0], [req], per_token=False)
+    fin = [e for e in events if e.kind == "finish"][0]
+    return fin.completion_tokens / fin.time
+
+
+def check_offline(profile: SimProfile, seed: int) -> tuple[float, int]:
+    reqs = random_requests(500, 4096, 2048, np.random.default_rng(seed), "off")
+    events, core = run(profile, [0.0] * len(reqs), reqs, per_token=False, seed=seed)
+    fins = [e for e in events if e.kind == "finish"]
+    assert len(fins) == 500 and all(e.finish_reason == "length" for e in fins)
+    return sum(e.completion_tokens for e in fins) / max(e.time for e in fins), core.stats.retractions
+
+
+def check_online(profile: SimProfile, seed: int) -> tuple[float, float, float]:
+    rng = np.random.default_rng(1000 + seed)
+    reqs = random_requests(100, 4096, 2048, rng, "on")
+    arrivals = list(np.cumsum(rng.exponential(1.0, len(reqs))))
+    events, _ = run(profile, arrivals, reqs, per_token=True, seed=seed)
+    arrival = {r.rid: t for r, t in zip(reqs, arrivals)}
+    last: dict[str, float] = {}
+    ttft, itl, e2e = [], [], []
+    for e in events:
+        if e.kind == "first_token":
+            ttft.append(e.time - arrival[e.rid])
+        elif e.rid in last:
+            itl.append(e.time - last[e.rid])
+        if e.kind == "finish":
+            e2e.append(e.time - arrival[e.rid])
+        last[e.rid] = e.time
+    return statistics.median(ttft) * 1e3, statistics.median(itl) * 1e3, statistics.median(e2e) * 1e3
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="h100-llama3.1-8b")
+    ap.add_argument("--seeds", type=int, default=5, help="workload seeds for checks 2 and 3")
+    ap.add_argument("--raw", action="store_true",
+                    help="use the uncorrected fit (calibration.raw_step) to show what the corrections change")
+    args = ap.parse_args(argv)
+    profile = load_profile(args.profile)
+    if args.raw:
+        raw = profile.calibration.get("raw_step")
+        if not raw:
+            print(f"profile {profile.name} has no calibration.raw_step", file=sys.stderr)
+            return 2
+        profile = dataclasses.replace(profile, name=profile.name + " (raw fit)", step=StepProfile(**raw))
+    t0 = time.perf_counter()
+    ok = True
+
+    bs1 = check_bs1(profile)
+    ok &= bs1 >= BS1_FLOOR
+    print(f"1. bs=1 decode            {bs1:8.1f} tok/s   ratio to 135 floor       {bs1 / BS1_FLOOR:5.3f}"
+          f"   {'PASS' if bs1 >= BS1_FLOOR else 'FAIL'}")
+
+    off = [check_offline(profile, s) for s in range(args.seeds)]
+    tput = [x for x, _ in off]
+    med = statistics.median(tput)
+    good = all(OFFLINE_RANGE[0] <= x <= OFFLINE_RANGE[1] for x in tput)
+    ok &= good
+    print(f"2. offline throughput     {med:8.1f} tok/s   ratio to 3,800 floor     {med / OFFLINE_RANGE[0]:5.3f}"
+          f"   (to 4,000: {med / OFFLINE_NEWER_FLOOR:5.3f}; seeds {min(tput):.0f}..{max(tput):.0f};"
+          f" retractions {sum(r for _, r in off)})   {'PASS' if good else 'FAIL'}")
+
+    on = [check_online(profile, s) for s in range(args.seeds)]
+    ttft = statistics.median(x[0] for x in on)
+    itl = statistics.median(x[1] for x in on)
+    e2e = statistics.median(x[2] for x in on)
+    good = all(x[0] < TTFT_CEIL_MS for x in on)
+    ok &= good
+    print(f"3. median TTFT @1 req/s   {ttft:8.1f} ms      ratio to 86 ms ceiling   {ttft / TTFT_CEIL_MS:5.3f}"
+          f"   (seeds {min(x[0] for x in on):.1f}..{max(x[0] for x in on):.1f})   {'PASS' if good else 'FAIL'}")
+    print(f"   (info) median ITL      {itl:8.2f} ms      ratio to 10 ms ceiling   {itl / ITL_CEIL_MS:5.3f}")
+    print(f"   (info) median E2E      {e2e:8.0f} ms      ratio to 11,000 ceiling  {e2e / E2E_CEIL_MS:5.3f}")
+    print(f"profile {profile.name}; {args.seeds} seeds; {time.perf_counter() - t0:.1f} s wall")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,228 @@
+"""SimEngine: the calibrated simulator behind the `Engine` protocol, on the asyncio wall clock.
+
+One background task drives a `SimCore`: it sleeps until the end of the step in progress (divided
+by `speedup`), advances the core to now and hands each request its newest event. Each `submit`
+stream wakes on its own event and yields one `Chunk` per wake-up, coalescing the tokens produced
+since the previous chunk (chunks carry text deltas and cumulative counts, so that is lossless).
+The text is synthetic and says so; the timings are the point.
+
+With the zero-delay profile every step takes no time: a request completes as soon as the driver
+runs, and its stream yields the first token and the final chunk only.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from engine_adapter.base import Chunk, EngineError, EngineInfo, EngineLoad, GenerateRequest
+from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
+from engine_adapter.sim.profile import DEFAULT_PROFILE, SimProfile, load_profile
+from engine_adapter.tokens import estimate_tokens
+
+DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
+VOCAB = ("synthetic", "simulated", "tokens", "from", "the", "sluice", "sim", "engine", "lorem", "ipsum",
+         "dolor", "sit", "amet")
+VERSION = "sluice-sim/1"
+
+
+class _Stream:
+    __slots__ = ("latest", "wake", "offset")
+
+    def __init__(self, offset: int) -> None:
+        self.latest: SimEvent | None = None
+        self.wake = asyncio.Event()
+        self.offset = offset  # where this request starts in the vocabulary
+
+
+def synthetic_text(offset: int, start: int, end: int) -> str:
+    """Words for tokens [start, end) of a request: one word and a space per token."""
+    n = len(VOCAB)
+    return "".join(VOCAB[(offset + i) % n] + " " for i in range(start, end))
+
+
+class SimEngine:
+    def __init__(self, name: str, profile: SimProfile | str | Path = DEFAULT_PROFILE, seed: int = 0,
+                 speedup: float = 1.0) -> None:
+        if speedup <= 0:
+            raise ValueError("speedup must be > 0")
+        self.name = name
+        self.profile = profile if isinstance(profile, SimProfile) else load_profile(profile)
+        self.seed = seed
+        self.speedup = float(speedup)
+        self.core = SimCore(self.profile, seed=seed)
+        s = self.profile.step
+        self._zero_delay = not any((s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e))
+        self._streams: dict[str, _Stream] = {}
+        self._t0: float | None = None
+        self._last_now = 0.0
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._closed = False
+        self._error: BaseException | None = None
+
+    # -- clock and driver ----------------------------------------------------------------------
+    def _now(self) -> float:
+        """Simulated seconds since the engine started (wall time x speedup), never decreasing."""
+        try:
+            loop_time = asyncio.get_running_loop().time()
+        except RuntimeError:  # no loop (e.g. a generator finalised at shutdown): last known time
+            return self._last_now
+        if self._t0 is None:
+            self._t0 = loop_time
+        self._last_now = max(self._last_now, (loop_time - self._t0) * self.speedup)
+        return self._last_now
+
+    def _sync(self, now: float) -> None:
+        """Advance the core to `now` and hand the events to their streams."""
+        events = self.core.advance(now, per_token=not self._zero_delay)
+        streams = self._streams
+        for ev in events:
+            st = streams.get(ev.rid)
+            if st is not None:
+                st.latest = ev
+                st.wake.set()
+
+    def _ensure_driver(self) -> None:
+        if self._error is not None:
+            raise EngineError(f"simulated engine failed: {self._error!r}")
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done() or self._task.get_loop() is not loop:
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._drive(), name=f"sim-engine-{self.name}")
+
+    async def _drive(self) -> None:
+        assert self._wake is not None
+        try:
+            while not self._closed:
+                nt = self.core.next_time()
+                if nt is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                now = self._now()
+                if nt > now:
+                    await asyncio.sleep((nt - now) / self.speedup)
+                    continue
+                self._sync(now)
+                await asyncio.sleep(0)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # pragma: no cover - a bug in the model: fail streams, don't hang
+            self._error = exc
+            for st in self._streams.values():
+                st.wake.set()
+            raise
+
+    # -- Engine protocol ----------------------------------------------------------------------------
+    def _prompt_tokens(self, request: GenerateRequest) -> int:
+        if request.prompt_tokens is not None:
+            return max(1, int(request.prompt_tokens))
+        if request.input_ids is not None:
+            return max(1, len(request.input_ids))
+        return estimate_tokens(request.prompt or "")
+
+    async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
+        if self._closed:
+            raise EngineError("simulated engine is closed", status_code=503)
+        rid = request.rid
+        if rid in self._streams:
+            raise EngineError(f"duplicate rid {rid!r}", status_code=400, retryable=False)
+        prompt_tokens = self._prompt_tokens(request)
+        if prompt_tokens + 1 > self.profile.kv_capacity_tokens:
+            raise EngineError(f"prompt of {prompt_tokens} tokens exceeds the KV capacity "
+                              f"({self.profile.kv_capacity_tokens})", status_code=400, retryable=False)
+        max_new = request.sampling_params.get("max_new_tokens")
+        max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
+        if max_new < 0:
+            raise EngineError("max_new_tokens must be >= 0", status_code=400, retryable=False)
+        self._ensure_driver()
+        now = self._now()
+        self._sync(now)
+        was_idle = self.core.next_time() is None
+        st = self._streams[rid] = _Stream(0)  # every reply reads "synthetic simulated tokens from ..."
+        self.core.submit(now, SimRequest(rid, prompt_tokens, max_new, request.output_tokens,
+                                         request.hash_ids, request.priority))
+        if was_idle and self._wake is not None:
+            self._wake.set()
+        start = now
+        sent = 0
+        finished = False
+        try:
+            while True:
+                await st.wake.wait()
+                st.wake.clear()
+                if self._error is not None:
+                    raise EngineError(f"simulated engine failed: {self._error!r}")
+                ev, st.latest = st.latest, None
+                if ev is None:  # woken by close()
+                    if self._closed:
+                        finished = True
+                        yield Chunk("", sent, prompt_tokens, 0, finish_reason="abort",
+                                    message="engine closed")
+                        return
+                    continue
+                text = synthetic_text(st.offset, sent, ev.completion_tokens)
+                sent = ev.completion_tokens
+                if ev.kind == "finish":
+                    finished = True
+                    yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, finish_reason=ev.finish_reason,
+                                message=ev.message, e2e_latency=(ev.time - start) / self.speedup,
+                                num_retractions=ev.num_retractions)
+                    return
+                yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, num_retractions=ev.num_retractions)
+        finally:
+            self._streams.pop(rid, None)
+            if not finished:  # the consumer went away (or was cancelled): free the engine's work
+                now = self._now()
+                self._sync(now)
+                self.core.abort(now, rid)
+
+    async def abort(self, rid: str) -> None:
+        now = self._now()
+        self._sync(now)
+        if self.core.abort(now, rid):
+            self._sync(now)  # deliver the "abort" finish to the stream now
+
+    async def load(self) -> EngineLoad:
+        now = self._now()
+        self._sync(now)
+        load = self.core.load(now)
+        load.timestamp = time.time()
+        return load
+
+    async def info(self) -> EngineInfo:
+        return EngineInfo(name=self.name, kind="sim", model=self.profile.model, url=None,
+                          max_total_tokens=self.profile.kv_capacity_tokens, simulated=True,
+                          profile=self.profile.step, version=f"{VERSION} profile={self.profile.name}")
+
+    async def health(self) -> bool:
+        return not self._closed and self._error is None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        now = self._now()
+        self._sync(now)
+        for rid in list(self._streams):
+            self.core.abort(now, rid)
+        self._sync(now)
+        for st in self._streams.values():
+            st.wake.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    # -- simulated GPU ------------------------------------------------------------------------------
+    def gpu(self) -> dict[str, float]:
+        """NVML-like readings of the simulated GPU (power_w, energy_j, sm_clock_mhz, ...)."""
+        return self.core.gpu(self._now())
+
+    def set_frequency(self, mhz: float) -> float:
+        """Lock the simulated SM clock; returns the clamped value."""
+        return self.core.set_frequency(mhz)
