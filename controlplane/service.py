@@ -22,6 +22,7 @@ from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishRepor
 from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
 from controlplane.gateway.errors import ApiError
 from controlplane.gateway.openai_api import CompletionRequest
+from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
@@ -61,6 +62,9 @@ class Ticket:
     dispatched_at: float | None = None
     first_token_at: float | None = None
     closed: bool = False
+    spans: dict[str, Any] | None = None  # the recorder's open spans
+    task: asyncio.Task[Any] | None = None  # the handler serving it, cancelled by an operator abort
+    abort_reason: str | None = None
     decisions: list[Decision] = field(default_factory=list)
 
 
@@ -79,6 +83,7 @@ class Sluice:
         self.infos: dict[str, Any] = {}
         self.predictor = OutputLengthPredictor(seed=0, torch_expert=True)
         self.errors = ForecastErrors()
+        self.stats = LiveStats()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
         self.engine_loads: dict[str, Any] = {}  # last EngineLoad per engine, for the admin state
         self._tasks: list[asyncio.Task[None]] = []
@@ -98,7 +103,7 @@ class Sluice:
             spec = EngineSpec(name, info.max_total_tokens, p.prefill_a, p.prefill_b, p.decode_c, p.decode_d,
                               p.decode_e)
             specs.append((spec, StepTimeModel(p)))
-        self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, self.errors)
+        self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, _ForecastTee(self))
         self._tasks = [asyncio.create_task(self._poll_engines()), asyncio.create_task(self._tick())]
         self._trainer = threading.Thread(target=self._train, name="sluice-trainer", daemon=True)
         self._trainer.start()
@@ -158,6 +163,8 @@ class Sluice:
         ticket = Ticket(rid, tenant.name, req, slo_class, now, _new_row(rid, tenant.name, slo_class, req, now),
                         asyncio.get_running_loop().create_future())
         self.tickets[rid] = ticket
+        if self.recorder is not None:
+            self.recorder.begin(ticket)
         self._apply(self.core.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens,
                                                       None, req.stream)))
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
@@ -170,8 +177,8 @@ class Sluice:
         """Wait in sluice's queue until the core dispatches the request (or expires it)."""
         outcome = await ticket.waiter
         if isinstance(outcome, Reject):
-            self.close(ticket, "expired" if outcome.code == "deadline_expired" else "rejected", outcome.status,
-                       error=outcome.code)
+            status = {"deadline_expired": "expired", "aborted": "aborted"}.get(outcome.code, "rejected")
+            self.close(ticket, status, outcome.status, error=outcome.code)
             raise ApiError(outcome.status, outcome.message, code=outcome.code, retry_after=outcome.retry_after_s)
 
     async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
@@ -179,15 +186,18 @@ class Sluice:
         assert ticket.engine is not None
         engine = self.engines[ticket.engine]
         req = ticket.request
+        traceparent = self.recorder.engine_call(ticket) if self.recorder is not None else None
         greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
-                               stream=True, priority=ticket.priority,
-                               traceparent=ticket.row.get("traceparent"), prompt_tokens=req.prompt_tokens)
+                               stream=True, priority=ticket.priority, traceparent=traceparent,
+                               prompt_tokens=req.prompt_tokens)
         gen = engine.submit(greq)
         try:
             async for chunk in gen:
                 if ticket.first_token_at is None and (chunk.completion_tokens or chunk.finish_reason):
                     ticket.first_token_at = self.clock()
                     self.core.first_token(ticket.first_token_at, ticket.rid)
+                    if self.recorder is not None:
+                        self.recorder.first_token(ticket)
                 yield chunk
         except EngineOverloaded:
             raise
@@ -223,9 +233,30 @@ class Sluice:
             row.update(prompt_tokens=chunk.prompt_tokens, cached_tokens=chunk.cached_tokens,
                        completion_tokens=chunk.completion_tokens, finish_reason=chunk.finish_reason)
         _derive_latencies(row, self.core.policy.slo(ticket.slo_class))
+        self.stats.record(row)
         if self.recorder is not None:
-            self.recorder.request_finished(row, ticket.decisions)
+            self.recorder.request_finished(ticket, row)
         self._emit("request", row)
+
+    def abort(self, rid: str, reason: str) -> bool:
+        """An operator abort: a queued request is refused, a running one is cut off at the engine."""
+        ticket = self.tickets.get(rid)
+        if ticket is None or ticket.closed:
+            return False
+        ticket.abort_reason = reason
+        if not ticket.waiter.done():
+            ticket.waiter.set_result(Reject(rid, 503, "aborted", f"request aborted: {reason}", None))
+        elif ticket.task is not None:
+            ticket.task.cancel()
+        return True
+
+    def live_row(self, ticket: Ticket) -> dict[str, Any]:
+        """A queued or running request as the admin API lists it."""
+        row = dict(ticket.row)
+        row.update(status="running" if ticket.engine else "queued", engine=ticket.engine)
+        if ticket.first_token_at is not None:
+            row["ttft_ms"] = (ticket.first_token_at - ticket.arrival) * 1e3
+        return row
 
     # -- actions from the core ---------------------------------------------------------------------
     def _apply(self, actions: list[Any]) -> None:
@@ -259,6 +290,18 @@ class Sluice:
         assert self.core is not None
         self._apply(self.core.set_policy(self.clock(), policy))
         self._emit("policy", policy.to_dict())
+
+
+class _ForecastTee:
+    """Forecast errors go to the rolling summary (admin API) and to the recorder (Prometheus)."""
+
+    def __init__(self, sluice: Sluice) -> None:
+        self.sluice = sluice
+
+    def record(self, kind: str, predicted: float, actual: float) -> None:
+        self.sluice.errors.record(kind, predicted, actual)
+        if self.sluice.recorder is not None:
+            self.sluice.recorder.forecast(kind, predicted, actual)
 
 
 def _new_row(rid: str, tenant: str, slo_class: str, req: CompletionRequest, now: float) -> dict[str, Any]:

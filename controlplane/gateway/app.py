@@ -104,6 +104,7 @@ class CompletionsEndpoint:
     async def _serve(self, ticket: Ticket, receive: Receive, send: Send) -> None:
         sluice, req = self.sluice, ticket.request
         gone = _DisconnectWatch(receive)
+        ticket.task = asyncio.current_task()
         started = False
         last: Chunk | None = None
         status, http_status, error = "error", 500, "internal_error"
@@ -153,10 +154,16 @@ class CompletionsEndpoint:
             else:
                 await send_error(send, err)
         except asyncio.CancelledError:
-            if not gone.gone:
-                raise  # the server is shutting down, not a client going away
+            if not gone.gone and ticket.abort_reason is None:
+                raise  # the server is shutting down, not a client going away or an operator abort
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            status, http_status, error = "aborted", 499, "client_disconnected"
+            status, http_status, error = "aborted", 499, ticket.abort_reason or "client_disconnected"
+            if not gone.gone:  # an operator abort: tell the client
+                err = ApiError(503, f"request aborted: {ticket.abort_reason}", code="aborted")
+                if started:
+                    await send({"type": "http.response.body", "body": oa.error_event(err) + oa.DONE})
+                else:
+                    await send_error(send, err)
         finally:
             gone.disarm()
             sluice.close(ticket, status, http_status, chunk=last, error=error)

@@ -1,0 +1,348 @@
+"""The admin API, `/admin/v1/...` (docs/admin-api.md): state, policy, tenants, requests, events.
+
+Only the admin token opens it; a tenant key gets 403, anything else 401.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.schemas import SchemaGenerator
+
+from controlplane.config import hash_key
+from controlplane.gateway.errors import ApiError
+from controlplane.livestats import LiveStats
+from controlplane.policy_store import PolicyStore
+from controlplane.service import Sluice
+
+Handler = Callable[[Request], Awaitable[Response]]
+MAX_ADMIN_BODY = 256 * 1024
+
+
+class AdminAPI:
+    def __init__(self, sluice: Sluice, stats: LiveStats, policies: PolicyStore, *, token: str | None,
+                 gpus: Callable[[], tuple[list[dict[str, Any]], str]] | None = None,
+                 trace: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+        self.sluice, self.stats, self.policies = sluice, stats, policies
+        self.token = token
+        self.gpus = gpus or (lambda: ([], "no GPU: no sampler configured"))
+        self.trace_lookup = trace
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _guard(self, handler: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            try:
+                self._authorize(request.headers.get("authorization"))
+                return await handler(request)
+            except ApiError as err:
+                return JSONResponse(err.body(), err.status, headers=dict(
+                    (k.decode(), v.decode()) for k, v in err.headers() if k != b"content-type"))
+        guarded.__doc__ = handler.__doc__
+        return guarded
+
+    def _authorize(self, header: str | None) -> None:
+        if not header or not header.startswith("Bearer "):
+            raise ApiError(401, "admin token required: 'Authorization: Bearer <admin token>'", code="unauthorized")
+        presented = header[7:].strip()
+        if self.token and hmac.compare_digest(presented.encode(), self.token.encode()):
+            return
+        if hash_key(presented) in self.sluice.keys:
+            raise ApiError(403, "a tenant key cannot use the admin API", code="forbidden")
+        raise ApiError(401, "invalid admin token", code="unauthorized")
+
+    @staticmethod
+    async def _json(request: Request) -> dict[str, Any]:
+        body = await request.body()
+        if len(body) > MAX_ADMIN_BODY:
+            raise ApiError(413, f"body larger than {MAX_ADMIN_BODY} bytes", code="body_too_large")
+        if not body:
+            return {}
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "body must be a JSON object", code="invalid_json")
+        return data
+
+    @staticmethod
+    def _actor(request: Request) -> str:
+        return (request.headers.get("x-sluice-actor") or "admin")[:64]
+
+    # -- state ------------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        core = self.sluice.core
+        assert core is not None
+        now = time.time()
+        policy = core.policy
+        backlogged = set(core.scheduler.backlogged())
+        service = {n: self.stats.tenant(n, now) for n in set(policy.tenants) | set(self.stats.tenants)}
+        total_service = sum(s["service"] for s in service.values()) or 1.0
+        bw = sum(policy.tenant(n).weight for n in backlogged) or 1.0
+        in_flight: dict[str, int] = {}
+        for e in core.engines.values():
+            for t in e.in_flight.values():
+                in_flight[t.spec.tenant] = in_flight.get(t.spec.tenant, 0) + 1
+        tenants = []
+        for name in sorted(service):
+            tp, s = policy.tenant(name), service[name]
+            tenants.append({
+                "name": name, "weight": tp.weight, "slo_class": tp.slo_class, "paused": tp.paused,
+                "share": s.pop("service") / total_service,
+                "fair_share": tp.weight / bw if name in backlogged else 0.0,
+                "counters": core.scheduler.counters(name), "queued": core.scheduler.queued(name),
+                "in_flight": in_flight.get(name, 0), **s})
+        engines = []
+        for name, e in core.engines.items():
+            load = self.sluice.engine_loads.get(name)
+            info = self.sluice.infos.get(name)
+            ttft, tpot = core.typical_forecast(name)
+            engines.append({
+                "name": name, "kind": info.kind if info else None, "simulated": bool(info and info.simulated),
+                "healthy": e.healthy, "url": info.url if info else None,
+                "running": load.running if load else len(e.in_flight), "waiting": load.waiting if load else 0,
+                "kv_usage": load.kv_usage if load else None, "gen_throughput": load.gen_throughput if load else None,
+                "window": e.window, "in_flight": len(e.in_flight),
+                "forecast": {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3}})
+        gpus, gpu_status = self.gpus()
+        totals = self.stats.totals(now) | {"queued": core.queued(), "in_flight": core.in_flight()}
+        return {"now": now, "policy_version": policy.version, "scheduler": policy.scheduler, "totals": totals,
+                "tenants": tenants, "engines": engines, "gpus": gpus, "gpu_status": gpu_status,
+                "forecast_errors": self.sluice.errors.state()}
+
+    async def get_state(self, request: Request) -> Response:
+        """
+        summary: Tenants, engines, totals, GPUs and forecasts now.
+        responses:
+          200: {description: The state document of docs/admin-api.md.}
+        """
+        return JSONResponse(self.state())
+
+    async def get_gpus(self, request: Request) -> Response:
+        """
+        summary: GPU readings (NVML or simulated).
+        responses:
+          200: {description: "gpus and gpu_status."}
+        """
+        gpus, status = self.gpus()
+        return JSONResponse({"gpus": gpus, "gpu_status": status})
+
+    # -- policy -----------------------------------------------------------------------------
+    async def get_policy(self, request: Request) -> Response:
+        """
+        summary: The whole policy document.
+        responses:
+          200: {description: The policy.}
+        """
+        return JSONResponse(self.policies.current.to_dict())
+
+    async def patch_policy(self, request: Request) -> Response:
+        """
+        summary: Merge a change into the policy, validated whole, audited, applied atomically.
+        requestBody:
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [reason, changes]
+                properties:
+                  reason: {type: string}
+                  changes: {type: object}
+                  expected_version: {type: integer}
+        responses:
+          200: {description: The new policy.}
+          409: {description: expected_version is stale.}
+          422: {description: Invalid change; nothing applied.}
+        """
+        body = await self._json(request)
+        unknown = set(body) - {"reason", "changes", "expected_version"}
+        if unknown:
+            raise ApiError(422, f"unknown keys {sorted(unknown)}", code="invalid_request")
+        policy = self.policies.change(body.get("changes"), reason=body.get("reason"), actor=self._actor(request),
+                                      expected_version=body.get("expected_version"))
+        return JSONResponse(policy.to_dict())
+
+    async def policy_history(self, request: Request) -> Response:
+        """
+        summary: The audit log of policy changes, newest first.
+        responses:
+          200: {description: "changes: version, ts, actor, reason, before, after."}
+        """
+        limit = _int_param(request, "limit", 50, 1000)
+        return JSONResponse({"changes": list(self.policies.history)[:limit]})
+
+    # -- tenants ----------------------------------------------------------------------------
+    def _tenant_change(self, request: Request, changes: dict[str, Any], reason: str) -> Response:
+        name = request.path_params["name"]
+        if name not in self.policies.current.tenants:
+            raise ApiError(404, f"unknown tenant {name!r}", code="tenant_not_found")
+        policy = self.policies.change({"tenants": {name: changes}}, reason=reason, actor=self._actor(request))
+        return JSONResponse(policy.to_dict())
+
+    async def patch_tenant(self, request: Request) -> Response:
+        """
+        summary: Change a tenant's weight (or other tenant policy fields) with a reason.
+        responses:
+          200: {description: The new policy.}
+          404: {description: Unknown tenant.}
+        """
+        body = await self._json(request)
+        reason = body.pop("reason", None)
+        return self._tenant_change(request, body, reason)
+
+    async def pause_tenant(self, request: Request) -> Response:
+        """
+        summary: Pause a tenant; its new requests get 429 tenant_paused.
+        responses:
+          200: {description: The new policy.}
+        """
+        body = await self._json(request)
+        return self._tenant_change(request, {"paused": True}, body.get("reason") or "paused by operator")
+
+    async def resume_tenant(self, request: Request) -> Response:
+        """
+        summary: Resume a paused tenant.
+        responses:
+          200: {description: The new policy.}
+        """
+        body = await self._json(request)
+        return self._tenant_change(request, {"paused": False}, body.get("reason") or "resumed by operator")
+
+    # -- requests ---------------------------------------------------------------------------
+    async def list_requests(self, request: Request) -> Response:
+        """
+        summary: Recent and in-flight requests, newest first, filtered by tenant and status.
+        responses:
+          200: {description: requests.}
+        """
+        tenant = request.query_params.get("tenant")
+        status = request.query_params.get("status")
+        limit = _int_param(request, "limit", 100, 10_000)
+        live = [self.sluice.live_row(t) for t in reversed(list(self.sluice.tickets.values()))]
+        rows = []
+        for row in [*live, *reversed(self.stats.requests)]:
+            if (tenant and row["tenant"] != tenant) or (status and row["status"] != status):
+                continue
+            rows.append({k: row.get(k) for k in _REQUEST_FIELDS})
+            if len(rows) >= limit:
+                break
+        return JSONResponse({"requests": rows})
+
+    async def get_trace(self, request: Request) -> Response:
+        """
+        summary: A request's trace, sluice's spans and the engine's.
+        responses:
+          200: {description: "trace_id and spans."}
+          404: {description: Unknown request or no trace stored.}
+        """
+        rid = request.path_params["rid"]
+        trace = self.trace_lookup(rid) if self.trace_lookup else None
+        if trace is None:
+            raise ApiError(404, f"no trace stored for request {rid!r}", code="trace_not_found")
+        return JSONResponse(trace)
+
+    async def abort_request(self, request: Request) -> Response:
+        """
+        summary: Abort a queued or running request.
+        responses:
+          200: {description: Aborted.}
+          404: {description: Unknown or finished request.}
+        """
+        rid = request.path_params["rid"]
+        if not self.sluice.abort(rid, reason=f"aborted by {self._actor(request)}"):
+            raise ApiError(404, f"request {rid!r} is not queued or running", code="request_not_found")
+        return JSONResponse({"rid": rid, "aborted": True})
+
+    # -- events -----------------------------------------------------------------------------
+    async def events(self, request: Request) -> Response:
+        """
+        summary: Server-Sent Events (request, policy, state) for the console.
+        responses:
+          200: {description: text/event-stream.}
+        """
+        queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=2000)
+
+        def listener(kind: str, payload: dict[str, Any]) -> None:
+            if kind == "request":
+                payload = {k: payload.get(k) for k in _REQUEST_FIELDS}
+            try:
+                queue.put_nowait((kind, payload))
+            except asyncio.QueueFull:
+                pass  # a slow console misses events; the next state snapshot catches it up
+
+        async def stream():  # type: ignore[no-untyped-def]
+            self.sluice.listeners.append(listener)
+            try:
+                last_state = last_beat = 0.0
+                while True:
+                    now = time.monotonic()
+                    if now - last_state >= 1.0:
+                        last_state = now
+                        yield _sse("state", self.state())
+                    if now - last_beat >= 15.0:
+                        last_beat = now
+                        yield b": keepalive\n\n"
+                    try:
+                        kind, payload = await asyncio.wait_for(queue.get(), timeout=0.25)
+                        yield _sse(kind, payload)
+                    except TimeoutError:
+                        pass
+            finally:
+                self.sluice.listeners.remove(listener)
+
+        return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    async def openapi(self, request: Request) -> Response:
+        """
+        summary: This API's OpenAPI schema.
+        responses:
+          200: {description: OpenAPI 3 document.}
+        """
+        return JSONResponse(_SCHEMAS.get_schema(self.routes()))
+
+    def routes(self) -> list[Route]:
+        g = self._guard
+        p = "/admin/v1"
+        return [
+            Route(f"{p}/state", g(self.get_state), methods=["GET"]),
+            Route(f"{p}/gpus", g(self.get_gpus), methods=["GET"]),
+            Route(f"{p}/policy", g(self.get_policy), methods=["GET"]),
+            Route(f"{p}/policy", g(self.patch_policy), methods=["PATCH"]),
+            Route(f"{p}/policy/history", g(self.policy_history), methods=["GET"]),
+            Route(f"{p}/tenants/{{name}}", g(self.patch_tenant), methods=["PATCH"]),
+            Route(f"{p}/tenants/{{name}}/pause", g(self.pause_tenant), methods=["POST"]),
+            Route(f"{p}/tenants/{{name}}/resume", g(self.resume_tenant), methods=["POST"]),
+            Route(f"{p}/requests", g(self.list_requests), methods=["GET"]),
+            Route(f"{p}/requests/{{rid}}/trace", g(self.get_trace), methods=["GET"]),
+            Route(f"{p}/requests/{{rid}}/abort", g(self.abort_request), methods=["POST"]),
+            Route(f"{p}/events", g(self.events), methods=["GET"]),
+            Route(f"{p}/openapi.json", g(self.openapi), methods=["GET"]),
+        ]
+
+
+_SCHEMAS = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "sluice admin API", "version": "1"},
+                            "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
+                            "security": [{"admin": []}]})
+
+_REQUEST_FIELDS = ("rid", "trace_id", "tenant", "slo_class", "engine", "status", "arrival_ts", "ttft_ms", "tpot_ms",
+                   "e2e_ms", "prompt_tokens", "completion_tokens", "decision", "reason")
+
+
+def _sse(kind: str, payload: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(payload, default=str)}\n\n".encode()
+
+
+def _int_param(request: Request, name: str, default: int, maximum: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise ApiError(400, f"'{name}' must be an integer in [1, {maximum}]", code="invalid_value", param=name)
+    return int(raw)

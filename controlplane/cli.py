@@ -1,0 +1,102 @@
+"""The `sluice` command line."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from controlplane.config import ConfigError, load_config
+
+
+def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from controlplane.devsetup import dev_config
+
+    if args.config:
+        config = load_config(args.config)
+    else:
+        config, _ = dev_config(args.state_dir)
+        print(f"sluice: no --config given; using the local dev setup in {args.state_dir}/ "
+              f"(tenant keys in {args.state_dir}/keys.toml, admin token in {args.state_dir}/admin.token)",
+              file=sys.stderr)
+    if getattr(args, "host", None):
+        config.server.host = args.host
+    if getattr(args, "port", None):
+        config.server.port = args.port
+    return config
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from controlplane.server import serve
+
+    config = _config(args)
+    print(f"sluice: serving on http://{config.server.host}:{config.server.port} "
+          f"({len(config.engines)} engine(s): {', '.join(e.name + '/' + e.kind for e in config.engines)})",
+          file=sys.stderr)
+    asyncio.run(serve(config))
+    return 0
+
+
+def cmd_sim_server(args: argparse.Namespace) -> int:
+    from engine_adapter.sglang_server import serve_sglang
+    from engine_adapter.sim.engine import SimEngine
+    from engine_adapter.sim.profile import load_profile, zero_delay
+
+    profile = zero_delay() if args.profile == "zero-delay" else load_profile(args.profile)
+    engine = SimEngine("sim", profile, seed=args.seed, speedup=args.speedup)
+    print(f"sluice sim-server: SGLang API on http://{args.host}:{args.port} (simulated {profile.name})",
+          file=sys.stderr)
+    asyncio.run(serve_sglang(engine, host=args.host, port=args.port, model_name=args.model))
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from controlplane.config import hash_key, new_key
+
+    key = new_key()
+    print(f"key:            {key}\napi_key_sha256: {hash_key(key)}")
+    print("Give the key to the tenant; put only api_key_sha256 in the config.", file=sys.stderr)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sluice", description="A control plane for LLM serving on SGLang.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the gateway (embedded simulated engine unless configured)")
+    p.add_argument("--config", help="TOML config (default: a local dev setup in --state-dir)")
+    p.add_argument("--state-dir", default=".sluice")
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("sim-server", help="the simulated engine behind SGLang's own HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=30000)
+    p.add_argument("--profile", default="h100-llama3.1-8b", help="a profile name or 'zero-delay'")
+    p.add_argument("--model", default="meta-llama/Llama-3.1-8B-Instruct")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--speedup", type=float, default=1.0)
+    p.set_defaults(func=cmd_sim_server)
+
+    p = sub.add_parser("keys", help="generate a tenant API key and its hash for the config")
+    p.set_defaults(func=cmd_keys)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"sluice: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Assemble and run `sluice serve`: engines, the runtime, telemetry, the gateway and the admin API."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from controlplane.admin.api import AdminAPI
+from controlplane.config import Config
+from controlplane.engines import build_engines
+from controlplane.gateway.app import build_app
+from controlplane.observe import Recorder
+from controlplane.policy_store import PolicyStore
+from controlplane.service import Sluice
+from engine_adapter.base import Engine
+from telemetry import queries
+from telemetry.metrics import Metrics
+from telemetry.nvml import CombinedGpuSource, GpuSampler, SimulatedGpuSource
+from telemetry.otlp_receiver import OtlpReceiver, otlp_routes
+from telemetry.store import Store
+from telemetry.tracing import setup_tracing
+
+log = logging.getLogger("sluice")
+
+
+class Telemetry:
+    """The store, metrics, tracing and GPU sampling of one serve process."""
+
+    def __init__(self, config: Config, engines: dict[str, Engine], *, store: bool = True) -> None:
+        t = config.telemetry
+        self.store = Store(config.server.db_path, flush_interval_s=t.flush_interval_s) if store else None
+        self.metrics = Metrics()
+        if self.store is not None:
+            self.metrics.bind_store(self.store)
+        provider = setup_tracing("sluice", t.trace_sample_ratio, self.store, t.otlp_endpoint)
+        self.recorder = Recorder(self.store, self.metrics, provider)
+        self.receiver = OtlpReceiver(self.store)
+        simulated = [e for e in engines.values() if hasattr(e, "gpu")]
+        sources: list[Any] = [GpuSampler()]
+        if simulated:
+            sources.append(SimulatedGpuSource(lambda: [dict(e.gpu(), name=f"{e.name} (simulated)", gpu=i)  # type: ignore[attr-defined]
+                                                       for i, e in enumerate(simulated)]))
+        self.gpus = CombinedGpuSource(*sources)
+        self.last_gpus: list[dict[str, Any]] = []
+
+    def gpu_state(self) -> tuple[list[dict[str, Any]], str]:
+        return self.last_gpus, self.gpus.status
+
+    def trace_of(self, rid: str) -> dict[str, Any] | None:
+        if self.store is None:
+            return None
+        self.store.flush(timeout_s=5)
+        return queries.trace_for_request(self.store, rid)
+
+    async def sample_loop(self, sluice: Sluice) -> None:
+        """Once a second: GPU samples into the store, gauges for Prometheus."""
+        while True:
+            try:
+                self.last_gpus = await asyncio.to_thread(self.gpus.sample)
+                self.metrics.set_gpu_samples(self.last_gpus)
+                if self.store is not None and self.last_gpus:
+                    self.store.record_gpu_samples(self.last_gpus)
+                core = sluice.core
+                if core is not None:
+                    self.metrics.set_queue_depths({n: core.scheduler.queued(n) for n in core.scheduler.tenants})
+                    for name, eng in core.engines.items():
+                        self.metrics.set_in_flight(name, len(eng.in_flight))
+                        load = sluice.engine_loads.get(name)
+                        if load is not None:
+                            self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage)
+            except Exception:
+                log.exception("telemetry sampling failed")
+            await asyncio.sleep(1.0)
+
+    def routes(self) -> list[Any]:
+        async def metrics(request: Request) -> Response:
+            body, ctype = self.metrics.render()
+            return Response(body, media_type=ctype)
+
+        return [Route("/metrics", metrics, methods=["GET"]), *otlp_routes(self.receiver)]
+
+
+def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
+               store: bool = True) -> tuple[Starlette, Sluice]:
+    engines = engines if engines is not None else build_engines(config)
+    telemetry = Telemetry(config, engines, store=store)
+    sluice = Sluice(config, engines, recorder=telemetry.recorder)
+    admin = AdminAPI(sluice, sluice.stats, PolicyStore(sluice), token=config.admin_token(),
+                     gpus=telemetry.gpu_state, trace=telemetry.trace_of)
+    app = build_app(sluice, [*admin.routes(), *telemetry.routes()])
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        await sluice.start()
+        sampler = asyncio.create_task(telemetry.sample_loop(sluice))
+        try:
+            yield
+        finally:
+            sampler.cancel()
+            await sluice.stop()
+            telemetry.recorder.close()  # flush spans and rows, checkpoint the DuckDB file
+
+    app.router.lifespan_context = lifespan
+    app.state.sluice, app.state.telemetry = sluice, telemetry
+    return app, sluice
+
+
+def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
+                          timeout_graceful_shutdown=5)
+
+
+async def serve(config: Config) -> None:
+    app, _ = create_app(config)
+    server = uvicorn.Server(uvicorn_config(app, config.server.host, config.server.port))
+    await server.serve()

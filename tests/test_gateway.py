@@ -1,0 +1,174 @@
+"""The OpenAI-compatible gateway over real HTTP on loopback: the official client, bad input, faults."""
+from __future__ import annotations
+
+import http.client
+import json
+import time
+
+import openai
+import pytest
+
+from tests.fake_engine import FakeEngine
+from tests.gateway_fixtures import KEYS, running_gateway
+
+
+def raw(server, method, path, body=None, headers=None):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    data = body if isinstance(body, bytes) else (json.dumps(body).encode() if body is not None else None)
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json", **(headers or {})})
+    resp = conn.getresponse()
+    out = resp.status, dict(resp.getheaders()), resp.read()
+    conn.close()
+    return out
+
+
+def auth(tenant="acme"):
+    return {"Authorization": f"Bearer {KEYS[tenant]}"}
+
+
+def wait_until(pred, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+@pytest.fixture
+def fake_gateway(tmp_path):
+    engine = FakeEngine()
+    with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
+        yield server, sluice, engine
+
+
+def test_openai_client_chat_and_completions(fake_gateway):
+    server, sluice, engine = fake_gateway
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS["acme"], max_retries=0)
+    chat = client.chat.completions.create(model="sluice-default", messages=[{"role": "user", "content": "hi"}],
+                                          max_tokens=5)
+    assert chat.choices[0].message.content == "w1 w2 w3 w4 w5 "
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.usage.completion_tokens == 5 and chat.usage.total_tokens == chat.usage.prompt_tokens + 5
+
+    stream = client.chat.completions.create(model="sluice-default", messages=[{"role": "user", "content": "hi"}],
+                                            max_tokens=4, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "w1 w2 w3 w4 "
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 4 and chunks[-1].choices == []
+
+    comp = client.completions.create(model="sluice-default", prompt="Once upon", max_tokens=3)
+    assert comp.choices[0].text == "w1 w2 w3 " and comp.usage.completion_tokens == 3
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="sluice-default", prompt="x", max_tokens=2, stream=True) if c.choices)
+    assert streamed == "w1 w2 "
+    models = client.models.list()
+    assert "sluice-default" in [m.id for m in models.data]
+    assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+
+
+@pytest.mark.parametrize("body,headers,status,code", [
+    (b"{not json", None, 400, "invalid_json"),
+    (b"[1,2]", None, 400, "invalid_json"),
+    ({"model": "sluice-default"}, None, 400, "missing_required_parameter"),
+    ({"model": "sluice-default", "messages": "hi"}, None, 400, "missing_required_parameter"),
+    ({"model": "sluice-default", "messages": [{"role": "wizard", "content": "x"}]}, None, 400, "invalid_value"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": 3}]}, None, 400, "invalid_type"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "max_tokens": -1}, None, 400,
+     "invalid_value"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 10**9}, None, 400,
+     "invalid_value"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "max_tokens": "10"}, None, 400,
+     "invalid_type"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "temperature": 9}, None, 400,
+     "invalid_value"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "stream": "yes"}, None, 400,
+     "invalid_type"),
+    ({"model": "gpt-nope", "messages": [{"role": "user", "content": "x"}]}, None, 404, "model_not_found"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x" * 100_000}]}, None, 413,
+     "body_too_large"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]}, {"Authorization": ""}, 401,
+     "invalid_api_key"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]},
+     {"Authorization": "Bearer sk-wrong"}, 401, "invalid_api_key"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]},
+     {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+])
+def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, code):
+    server, sluice, _ = fake_gateway
+    got, hdrs, data = raw(server, "POST", "/v1/chat/completions", body, {**auth(), **(headers or {})})
+    assert got == status
+    err = json.loads(data)["error"]
+    assert err["code"] == code and err["message"] and err["type"]
+    assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+
+
+def test_client_disconnect_mid_stream_aborts_the_engine_request(tmp_path):
+    engine = FakeEngine(delay=0.05)
+    with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "sluice-default", "prompt": "x", "max_tokens": 200, "stream": True}),
+            headers={"Content-Type": "application/json", **auth()})
+        resp = conn.getresponse()
+        assert resp.status == 200
+        resp.fp.readline()  # the first event arrived: the request is running at the engine
+        conn.sock.close()
+        conn.close()
+        wait_until(lambda: engine.aborted)
+        wait_until(lambda: sluice.core.in_flight() == 0)
+        rid = engine.aborted[0]
+        assert rid == engine.submitted[0].rid
+        wait_until(lambda: any(r["rid"] == rid for r in sluice.stats.requests))
+        row = next(r for r in sluice.stats.requests if r["rid"] == rid)
+        assert row["status"] == "aborted" and row["error"] == "client_disconnected"
+
+
+def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event(tmp_path):
+    engine = FakeEngine(die_after=3)
+    with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
+        status, _, data = raw(server, "POST", "/v1/completions",
+                              {"model": "sluice-default", "prompt": "x", "max_tokens": 50, "stream": True}, auth())
+        assert status == 200
+        events = [line[6:] for line in data.decode().splitlines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        assert "error" in json.loads(events[-2]) and json.loads(events[-2])["error"]["code"] == "engine_error"
+        assert sluice.core.in_flight() == 0
+        # the failed engine is out of rotation until its next successful load poll
+        status, _, data = raw(server, "POST", "/v1/completions",
+                              {"model": "sluice-default", "prompt": "x", "max_tokens": 50}, auth())
+        assert status == 503 and json.loads(data)["error"]["code"] == "no_healthy_engine"
+        wait_until(lambda: sluice.core.engines["fake"].healthy)
+        status, _, data = raw(server, "POST", "/v1/completions",
+                              {"model": "sluice-default", "prompt": "x", "max_tokens": 50}, auth())
+        assert status == 502 and json.loads(data)["error"]["code"] == "engine_error"
+
+
+def test_no_healthy_engine_is_503_with_retry_after(tmp_path):
+    engine = FakeEngine(healthy=False)
+    with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
+        wait_until(lambda: not sluice.core.engines["fake"].healthy)
+        status, headers, data = raw(server, "POST", "/v1/completions",
+                                    {"model": "sluice-default", "prompt": "x", "max_tokens": 5}, auth())
+        assert status == 503 and int(headers["retry-after"]) >= 1
+        assert json.loads(data)["error"]["code"] == "no_healthy_engine"
+
+
+def test_concurrent_tenants_all_complete(tmp_path):
+    import concurrent.futures
+
+    engine = FakeEngine(delay=0.002)
+    with running_gateway(tmp_path, {"fake": engine}, window=2) as (server, sluice):
+        def one(i):
+            tenant = "acme" if i % 2 else "globex"
+            client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS[tenant], max_retries=0)
+            r = client.completions.create(model="sluice-default", prompt="p", max_tokens=5)
+            return r.usage.completion_tokens
+
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(one, range(24))) == [5] * 24
+        assert max(len(set(r.rid for r in engine.submitted)), 0) == 24
+        wait_until(lambda: len(sluice.stats.requests) == 24)
+        assert {r["tenant"] for r in sluice.stats.requests} == {"acme", "globex"}
+        assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
