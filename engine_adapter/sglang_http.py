@@ -210,90 +210,104 @@ class SGLangHTTPEngine:
                 async with sess.post(
                     self._generate_url, data=data, headers=headers, timeout=self._gen_timeout
                 ) as resp:
-                    if resp.status != 200:
-                        body = await resp.read()
-                        need_abort = False
-                        raise _http_error(self.name, resp.status, body)
-                    if not request.stream:
-                        obj = _loads(await resp.read())
-                        need_abort = False
-                        yielded = True
-                        yield self._final_from_json(obj, rid)
-                        return
-                    # ---- the streaming hot loop ----
-                    content = resp.content
-                    incremental = self._incremental
-                    sent = 0  # characters of cumulative text already delivered
-                    prev_text = ""  # only used to detect the mode when output_ids are absent
-                    buf = b""
-                    done = False
-                    while not done:
-                        piece = await content.readany()
-                        if not piece:
-                            break
-                        if buf:
-                            piece = buf + piece
-                            buf = b""
-                        start = 0
-                        while True:
-                            nl = piece.find(b"\n", start)
-                            if nl < 0:
-                                if start < len(piece):
-                                    buf = piece[start:]
-                                break
-                            line = piece[start:nl]
-                            start = nl + 1
-                            if not line.startswith(_DATA):
-                                continue  # blank separators, comments, event:/id: fields
-                            payload = line[5:].strip()
-                            if payload == _DONE:
-                                done = True
-                                break
-                            obj = _loads(payload)
-                            meta = obj.get("meta_info")
-                            if meta is None:
-                                need_abort = False
-                                raise _chunk_error(self.name, obj)
-                            text = obj.get("text") or ""
-                            completion = meta.get("completion_tokens", 0)
-                            if incremental is None:
-                                ids = obj.get("output_ids")
-                                if ids is not None:
-                                    if len(ids) < completion:
-                                        incremental = True
-                                elif text and prev_text and not text.startswith(prev_text):
-                                    incremental = True
-                                prev_text = text
-                            if incremental:
-                                delta = text
-                            else:
-                                delta = text[sent:]
-                                sent = len(text)
-                            fr = meta.get("finish_reason")
-                            if fr is None:
-                                if not delta and not completion:
-                                    continue  # nothing to report yet
-                                yielded = True
-                                yield Chunk(
-                                    delta,
-                                    completion,
-                                    meta.get("prompt_tokens", 0),
-                                    meta.get("cached_tokens", 0) or 0,
-                                )
-                                continue
-                            # ---- the final chunk ----
+                    try:
+                        if resp.status != 200:
+                            body = await resp.read()
                             need_abort = False
-                            chunk = _final_chunk(delta, completion, meta, fr)
-                            if chunk.finish_reason == "abort" and chunk.status_code and not yielded:
-                                raise _abort_error(self.name, chunk)
+                            raise _http_error(self.name, resp.status, body)
+                        if not request.stream:
+                            obj = _loads(await resp.read())
+                            need_abort = False
                             yielded = True
-                            yield chunk
+                            yield self._final_from_json(obj, rid)
                             return
-                    need_abort = False
-                    raise EngineError(
-                        f"{self.name}: stream for {rid} ended before its final chunk",
-                        retryable=not yielded,
-                    )
+                        # ---- the streaming hot loop ----
+                        content = resp.content
+                        incremental = self._incremental
+                        sent = 0  # characters of cumulative text already delivered
+                        prev_text = ""  # only used to detect the mode when output_ids are absent
+                        buf = b""
+                        done = False
+                        while not done:
+                            piece = await content.readany()
+                            if not piece:
+                                break
+                            if buf:
+                                piece = buf + piece
+                                buf = b""
+                            start = 0
+                            while True:
+                                nl = piece.find(b"\n", start)
+                                if nl < 0:
+                                    if start < len(piece):
+                                        buf = piece[start:]
+                                    break
+                                line = piece[start:nl]
+                                start = nl + 1
+                                if not line.startswith(_DATA):
+                                    continue  # blank separators, comments, event:/id: fields
+                                payload = line[5:].strip()
+                                if payload == _DONE:
+                                    done = True
+                                    break
+                                obj = _loads(payload)
+                                meta = obj.get("meta_info")
+                                if meta is None:
+                                    need_abort = False
+                                    raise _chunk_error(self.name, obj)
+                                text = obj.get("text") or ""
+                                completion = meta.get("completion_tokens", 0)
+                                if incremental is None:
+                                    ids = obj.get("output_ids")
+                                    if ids is not None:
+                                        if len(ids) < completion:
+                                            incremental = True
+                                    elif text and prev_text and not text.startswith(prev_text):
+                                        incremental = True
+                                    prev_text = text
+                                if incremental:
+                                    delta = text
+                                else:
+                                    delta = text[sent:]
+                                    sent = len(text)
+                                fr = meta.get("finish_reason")
+                                if fr is None:
+                                    if not delta and not completion:
+                                        continue  # nothing to report yet
+                                    yielded = True
+                                    yield Chunk(
+                                        delta,
+                                        completion,
+                                        meta.get("prompt_tokens", 0),
+                                        meta.get("cached_tokens", 0) or 0,
+                                    )
+                                    continue
+                                # ---- the final chunk ----
+                                need_abort = False
+                                chunk = _final_chunk(delta, completion, meta, fr)
+                                if chunk.finish_reason == "abort" and chunk.status_code and not yielded:
+                                    raise _abort_error(self.name, chunk)
+                                yielded = True
+                                yield chunk
+                                # read the rest ("data: [DONE]" and the end of the body) so that
+                                # the connection goes back to the pool
+                                while await content.readany():
+                                    pass
+                                return
+                        need_abort = False
+                        raise EngineError(
+                            f"{self.name}: stream for {rid} ended before its final chunk",
+                            retryable=not yielded,
+                        )
+                    except (GeneratorExit, asyncio.CancelledError):
+                        # Abort while the response is still open: the engine must still know the
+                        # rid when /abort_request arrives (closing the connection first would let
+                        # a server that aborts on disconnect forget it).
+                        consumer_left = True
+                        if need_abort:
+                            need_abort = False
+                            await self._abort_now(rid)
+                        raise
             except EngineError:
                 raise
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
@@ -309,14 +323,12 @@ class SGLangHTTPEngine:
             raise
         finally:
             if need_abort:
-                task = asyncio.get_running_loop().create_task(self._abort_quietly(rid))
-                self._bg.add(task)
-                task.add_done_callback(self._bg.discard)
-                if consumer_left:
-                    try:
-                        await asyncio.shield(task)
-                    except Exception:  # never raise from here; cancellation still propagates
-                        pass
+                if consumer_left:  # cancelled before the response headers arrived
+                    await self._abort_now(rid)
+                else:  # transport failure: tell the engine without delaying the error
+                    task = asyncio.get_running_loop().create_task(self._abort_quietly(rid))
+                    self._bg.add(task)
+                    task.add_done_callback(self._bg.discard)
 
     def _final_from_json(self, obj: Any, rid: str) -> Chunk:
         if isinstance(obj, list):
@@ -347,6 +359,16 @@ class SGLangHTTPEngine:
                     raise EngineError(f"{self.name}: /abort_request {rid} returned {r.status}")
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
             raise EngineError(f"{self.name}: /abort_request {rid} failed: {_describe(e)}") from e
+
+    async def _abort_now(self, rid: str) -> None:
+        """Send the abort in a task and wait for it, shielded; never raises (cancellation aside)."""
+        task = asyncio.get_running_loop().create_task(self._abort_quietly(rid))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        try:
+            await asyncio.shield(task)
+        except Exception:
+            pass
 
     async def _abort_quietly(self, rid: str) -> None:
         try:
