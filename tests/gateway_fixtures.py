@@ -14,7 +14,7 @@ KEYS = {"acme": "sk-test-acme", "globex": "sk-test-globex"}
 ADMIN = "admin-secret-token"
 
 
-def test_config(tmp: Path, engines: list[str], **scheduler: Any) -> Config:
+def make_config(tmp: Path, engines: list[str], **scheduler: Any) -> Config:
     token = tmp / "admin.token"
     token.write_text(ADMIN)
     return Config(
@@ -28,7 +28,7 @@ def test_config(tmp: Path, engines: list[str], **scheduler: Any) -> Config:
 
 @contextlib.contextmanager
 def running_gateway(tmp: Path, engines: dict[str, Any], **scheduler: Any) -> Iterator[tuple[ServerThread, Any]]:
-    config = test_config(tmp, list(engines), **scheduler)
+    config = make_config(tmp, list(engines), **scheduler)
     app, sluice = create_app(config, engines)
     with ServerThread(app) as server:
         yield server, sluice
