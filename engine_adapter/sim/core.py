@@ -107,6 +107,20 @@ class _Step:
     power_w: float
 
 
+@dataclass(slots=True, frozen=True)
+class StepInfo:
+    """The step in progress: its span and composition (for introspection, attribution and tests)."""
+
+    start: float
+    end: float
+    n_decode: int
+    kv_decode: int
+    n_prefill: int
+    prefill_rids: tuple[str, ...]
+    decode_rids: tuple[str, ...]
+    power_w: float
+
+
 @dataclass(slots=True)
 class SimStats:
     steps: int = 0
@@ -212,6 +226,14 @@ class SimCore:
                 events.extend(self._pending)
                 self._pending = []
         return events
+
+    def current_step(self) -> StepInfo | None:
+        """The step in progress (planned, not yet completed), or None when idle."""
+        st = self._step
+        if st is None:
+            return None
+        return StepInfo(st.start, st.end, len(st.decoders), st.kv_decode, st.n_prefill,
+                        tuple(r.req.rid for r, _ in st.prefill), tuple(r.req.rid for r in st.decoders), st.power_w)
 
     def load(self, now: float) -> EngineLoad:
         st = self.stats
@@ -351,11 +373,20 @@ class SimCore:
         self._dirty = False
         cap = self._cap
         running = self._running
-        decoders = [r for r in running.values() if r.prefilled]
+        decoders = []
+        unprefilled = 0  # prompt tokens admitted requests still have to prefill (already committed)
+        for r in running.values():
+            if r.prefilled:
+                decoders.append(r)
+            else:
+                unprefilled += r.prefill_target - r.scheduled
         n = len(decoders)
-        # 1. room for one more KV token per decoding request, retracting the newest if needed
-        while n and self._used + n > cap:
+        # 1. room for one more KV token per decoding request (and for the committed prefills),
+        #    retracting the newest running request while it does not fit
+        while n and self._used + n + unprefilled > cap:
             victim = next(reversed(running.values()))
+            if not victim.prefilled:
+                unprefilled -= victim.prefill_target - victim.scheduled
             if len(running) == 1:  # alone and the pool is full: it has hit the context limit
                 self._finish(victim, t, "length", self._pending)
             else:
@@ -499,7 +530,7 @@ class SimCore:
         """
         decoders = step.decoders
         n = len(decoders)
-        if not n:
+        if not n or n != len(self._running):  # a starved prefill pending: step one at a time
             return False
         kmax = min(r.target - r.generated for r in decoders) - 1  # steps with no finish
         if kmax < 2:
