@@ -103,7 +103,7 @@ def random_program(seed: int, n: int = 400) -> list[tuple]:
 
 
 @pytest.mark.parametrize("policy", sorted(POLICIES))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(program=ops)
 def test_no_request_lost_or_duplicated(policy: str, program: list[tuple]) -> None:
     sched = make_scheduler(policy, {"a": 1.0, "b": 2.0})
@@ -191,7 +191,7 @@ def _vtc_check(s: Scheduler) -> None:
     assert nxt[0] == best.name
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(program=ops)
 def test_vtc_picks_the_minimum_counter(program: list[tuple]) -> None:
     run_ops(VTC({"a": 1.0, "b": 2.0}), program, check=_vtc_check)
@@ -315,23 +315,23 @@ def _equinox_check(s: Scheduler) -> None:
     assert h[nxt[0]] <= min(h.values()) + slack + 1e-9 * max(1.0, max(h.values()))
 
 
-@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("alpha", [0.0, 0.5, 1.0])
 @pytest.mark.parametrize("tolerance", [0.0, 0.05])
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(program=ops)
 def test_equinox_serves_the_lowest_holistic_score(alpha: float, tolerance: float, program: list[tuple]) -> None:
     run_ops(Equinox({"a": 1.0, "b": 2.0}, alpha=alpha, tolerance=tolerance), program, check=_equinox_check)
 
 
 @pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 0.9, 1.0])
-@pytest.mark.parametrize("tolerance", [0.0, 0.05, 0.3])
-@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("tolerance", [0.0, 0.05])
+@pytest.mark.parametrize("seed", range(2))
 def test_equinox_serves_the_lowest_holistic_score_dense(alpha: float, tolerance: float, seed: int) -> None:
     run_ops(Equinox({"a": 1.0, "b": 2.0}, alpha=alpha, tolerance=tolerance), random_program(seed),
             check=_equinox_check)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(program=ops, lf=st.just(1.0))
 def test_equinox_alpha_1_orders_like_vtc(program: list[tuple], lf: float) -> None:
     """With alpha = 1 and no latency penalty, Equinox makes VTC's decisions, op for op."""
