@@ -122,8 +122,9 @@ def annotate_request_span(span: trace_api.Span, row: Mapping[str, Any]) -> None:
 def traceparent_of(span: trace_api.Span) -> str | None:
     """The W3C ``traceparent`` header value for ``span`` (None for an invalid span context).
 
-    A span that was sampled out still has a valid context; its header carries flags ``00`` so
-    that the engine's parent-based sampler makes the same choice.
+    The flags are the span's own: a span that was sampled out still has a valid context and its
+    header has the sampled bit (0x01) clear, so the engine's parent-based sampler makes the same
+    choice (the SDK may also set W3C level-2's random bit, 0x02).
     """
     ctx = span.get_span_context()
     if not ctx.is_valid:
