@@ -66,6 +66,7 @@ class Metrics:
             "sluice_admission_decisions", "Admission decisions", ["decision", "reason"], registry=r
         )
         self.queue_depth = Gauge("sluice_queue_depth", "Queued requests per tenant", ["tenant"], registry=r)
+        self._queue_labels: set[str] = set()
         self.in_flight = Gauge("sluice_in_flight", "Requests dispatched to an engine", ["engine"], registry=r)
         self.ttft_seconds = Histogram(
             "sluice_ttft_seconds", "Time to first token", ["tenant", "slo_class"], buckets=TTFT_BUCKETS,
@@ -138,11 +139,11 @@ class Metrics:
         for tenant, n in depths.items():
             label = self.tenant_label(tenant)
             agg[label] = agg.get(label, 0) + n
-        for labels in list(_label_values(self.queue_depth)):
-            if labels[0] not in agg:
-                self.queue_depth.labels(*labels).set(0)
+        for label in self._queue_labels - agg.keys():
+            self.queue_depth.labels(label).set(0)
         for label, n in agg.items():
             self.queue_depth.labels(label).set(n)
+        self._queue_labels |= agg.keys()
 
     def set_in_flight(self, engine: str, n: int) -> None:
         self.in_flight.labels(self.engine_label(engine)).set(n)
@@ -168,10 +169,6 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type, for a ``GET /metrics`` response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
-
-
-def _label_values(metric: Any) -> Iterable[tuple[str, ...]]:
-    return list(metric._metrics.keys())  # prometheus_client keeps children keyed by label tuple
 
 
 class _GpuCollector(Collector):
