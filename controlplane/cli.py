@@ -50,6 +50,28 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from controlplane.demo import run_demo
+
+    return run_demo(args.port, args.state_dir, headless_s=args.headless, scale=args.scale)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from telemetry.store import Store, StoreLockedError
+
+    try:
+        store = Store(args.db, autostart=False)
+    except StoreLockedError as exc:
+        print(f"sluice export: {exc}. Stop `sluice serve` first (DuckDB allows one writer).", file=sys.stderr)
+        return 1
+    try:
+        for table, path in store.export_parquet(args.parquet).items():
+            print(f"{table}: {path}")
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from controlplane.config import hash_key, new_key
 
@@ -79,6 +101,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--speedup", type=float, default=1.0)
     p.set_defaults(func=cmd_sim_server)
+
+    p = sub.add_parser("demo", help="serve the simulated engine under a multi-tenant load, with the console")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--state-dir", default=".sluice")
+    p.add_argument("--scale", type=float, default=1.0, help="multiply the built-in load's request rates")
+    p.add_argument("--headless", type=float, metavar="SECONDS", help="no console: run the load this long, report")
+    p.set_defaults(func=cmd_demo)
+
+    from tui.cli import add_console_arguments, console_main
+
+    p = sub.add_parser("console", help="the operator console (admin token from $SLUICE_ADMIN_TOKEN or --token-file)")
+    add_console_arguments(p)
+    p.set_defaults(func=console_main)
+
+    from replay.simulate import add_arguments as add_simulate_arguments, run as run_simulate
+
+    p = sub.add_parser("simulate", help="replay a workload on a virtual clock under one or more policies")
+    add_simulate_arguments(p)
+    p.set_defaults(func=run_simulate)
+
+    p = sub.add_parser("export", help="export the DuckDB store as Parquet (one file per table)")
+    p.add_argument("--db", default=".sluice/sluice.duckdb")
+    p.add_argument("--parquet", required=True, metavar="DIR")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("keys", help="generate a tenant API key and its hash for the config")
     p.set_defaults(func=cmd_keys)
