@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import time
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -381,3 +383,16 @@ def test_invariants_random_workloads(reqs, cap, chunk, per_token):
         if fin[rid].finish_reason != "abort":  # only an oversized prompt is aborted
             assert fin[rid].completion_tokens == n or fin[rid].finish_reason == "length"
     assert core.load(1e9).used_tokens == 0 and core.active() == 0
+
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+@pytest.mark.skipif(not (SHARED / "calibration" / "SOURCES.md").exists(),
+                    reason="shared/calibration (the public calibration data) is not next to the repository")
+def test_calibration_script_reproduces_the_committed_profile(capsys):
+    path = Path(__file__).resolve().parents[1] / "bench" / "calibrate_sim.py"
+    spec = importlib.util.spec_from_file_location("calibrate_sim", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--check"]) == 0, capsys.readouterr().out

@@ -60,6 +60,12 @@ async def test_finish_reason_stop_when_output_shorter(engine):
     assert chunks[-1].finish_reason == "stop" and chunks[-1].completion_tokens == 5
 
 
+async def test_non_streaming_yields_one_final_chunk(engine):
+    chunks = await collect(engine, req("ns", n_out=12, max_new=12, stream=False))
+    assert len(chunks) == 1 and chunks[0].finish_reason == "length" and chunks[0].completion_tokens == 12
+    assert len(chunks[0].text.split()) == 12
+
+
 async def test_prompt_tokens_sources_and_default_max_new(engine):
     a = await collect(engine, GenerateRequest("p1", input_ids=list(range(77)), output_tokens=3))
     b = await collect(engine, GenerateRequest("p2", prompt="x" * 41, output_tokens=3))

@@ -163,6 +163,8 @@ class SimEngine:
                                     message="engine closed")
                         return
                     continue
+                if ev.kind != "finish" and not request.stream:
+                    continue  # non-streaming: one chunk at the end, with all the text
                 text = synthetic_text(st.offset, sent, ev.completion_tokens)
                 sent = ev.completion_tokens
                 if ev.kind == "finish":
@@ -189,6 +191,7 @@ class SimEngine:
         now = self._now()
         self._sync(now)
         load = self.core.load(now)
+        load.gen_throughput *= self.speedup  # per wall second
         load.timestamp = time.time()
         return load
 
