@@ -37,7 +37,7 @@ import hashlib
 import math
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from statistics import NormalDist
 
 from engine_adapter.base import EngineLoad
