@@ -68,21 +68,29 @@ class TenantState:
 
 
 class LazyHeap:
-    """A min-heap of (key, order) per name with lazy invalidation: O(log n) set/discard/top.
+    """A min-heap of (key, order) per name with lazy updates: O(log n) amortised set/discard/top.
 
-    A name has at most one live entry; superseded entries stay in the heap until they surface
-    at the top (then they are dropped) or the heap is compacted (when it holds more than twice
-    the live entries).
+    A name has at most one live heap entry, whose key is a lower bound of the name's current
+    key. A key that goes up only records the new value (the entry is still a lower bound); the
+    entry is re-keyed when it reaches the top. A key that goes down pushes a new entry and the
+    old one becomes stale; stale entries are dropped when they reach the top, or all at once
+    when the heap holds more than twice the live names. `top` returns the exact minimum of
+    (current key, order).
     """
 
-    __slots__ = ("heap", "live", "_seq")
+    __slots__ = ("heap", "live", "current", "_seq")
 
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, int, str]] = []
-        self.live: dict[str, tuple[float, int, int]] = {}
+        self.live: dict[str, tuple[float, int, int]] = {}  # name -> (key in heap, order, seq)
+        self.current: dict[str, float] = {}  # name -> its current key (>= the key in the heap)
         self._seq = 0
 
     def set(self, name: str, key: float, order: int) -> None:
+        entry = self.live.get(name)
+        self.current[name] = key
+        if entry is not None and key >= entry[0]:
+            return  # the heap entry is still a lower bound: re-keyed lazily in top()
         self._seq += 1
         self.live[name] = (key, order, self._seq)
         heapq.heappush(self.heap, (key, order, self._seq, name))
@@ -90,32 +98,42 @@ class LazyHeap:
             self.compact()
 
     def discard(self, name: str) -> None:
-        self.live.pop(name, None)
+        if self.live.pop(name, None) is not None:
+            del self.current[name]
 
     def top(self) -> tuple[float, str] | None:
-        heap, live = self.heap, self.live
+        heap, live, current = self.heap, self.live, self.current
         while heap:
-            key, _, seq, name = heap[0]
+            key, order, seq, name = heap[0]
             entry = live.get(name)
-            if entry is not None and entry[2] == seq:
-                return key, name
-            heapq.heappop(heap)
+            if entry is None or entry[2] != seq:
+                heapq.heappop(heap)  # stale
+                continue
+            now = current[name]
+            if now > key:  # an outdated lower bound: re-key it and look again
+                self._seq += 1
+                live[name] = (now, order, self._seq)
+                heapq.heapreplace(heap, (now, order, self._seq, name))
+                continue
+            return key, name
         return None
 
     def compact(self) -> None:
-        self.heap = [(k, o, s, n) for n, (k, o, s) in self.live.items()]
-        heapq.heapify(self.heap)
+        self.rebuild((n, self.current[n], o) for n, (_, o, _) in list(self.live.items()))
 
     def rebuild(self, keys: Iterable[tuple[str, float, int]]) -> None:
         """Replace every entry: `keys` yields (name, key, order)."""
-        self.live.clear()
+        live: dict[str, tuple[float, int, int]] = {}
+        current: dict[str, float] = {}
         heap = []
+        seq = self._seq
         for name, key, order in keys:
-            self._seq += 1
-            self.live[name] = (key, order, self._seq)
-            heap.append((key, order, self._seq, name))
+            seq += 1
+            live[name] = (key, order, seq)
+            current[name] = key
+            heap.append((key, order, seq, name))
         heapq.heapify(heap)
-        self.heap = heap
+        self._seq, self.heap, self.live, self.current = seq, heap, live, current
 
     def __len__(self) -> int:
         return len(self.live)

@@ -208,12 +208,13 @@ def service_difference(
         for g in names[x + 1:]:
             cg, wg = curves.get(g, empty), w.get(g, 1.0)
             for lo, hi in _intersect(spans[f], spans[g]):
-                inner = np.concatenate([cf.knots, cg.knots])
-                inner = np.unique(inner[(inner > lo) & (inner < hi)])
-                # points in time order: lo (left limit), each inner knot (left, then right), hi (left)
-                pts = np.concatenate([[lo], np.repeat(inner, 2), [hi]])
+                inner = np.concatenate([cf.knots, cg.knots, [lo]])
+                inner = np.unique(inner[(inner >= lo) & (inner < hi)])
+                # points in time order: lo and each knot inside (left limit, then right value: a
+                # jump at t is service in [t, t2)), then hi (left limit: [t1, hi) excludes hi)
+                pts = np.concatenate([np.repeat(inner, 2), [hi]])
                 side_right = np.zeros(len(pts), dtype=bool)
-                side_right[2::2][: len(inner)] = True
+                side_right[1::2][: len(inner)] = True
                 d = (np.where(side_right, cf.at(pts), cf.before(pts)) / wf
                      - np.where(side_right, cg.at(pts), cg.before(pts)) / wg)
                 # largest |D(t2) - D(t1)| with t1 <= t2: compare with the running min and max

@@ -96,7 +96,9 @@ def test_service_difference_matches_a_fine_grid(rs: list[Served], ia: list, ib: 
     got = service_difference(rs, back, {"a": 1.0, "b": 2.0})
     # brute force: both backlogged on [lo, hi); service in [t1, t2) = left limits
     knots = sorted({x for r in rs for x in (r.start, r.end)} | {x for iv in back.values() for p in iv for x in p})
-    grid = sorted(set(knots) | {(x + y) / 2 for x, y in zip(knots, knots[1:], strict=False)})
+    # the supremum may sit just after a jump: sample right after every knot as well
+    grid = sorted(set(knots) | {(x + y) / 2 for x, y in zip(knots, knots[1:], strict=False)}
+                  | {x + 1e-7 for x in knots})
 
     def left(tenant: str, t: float) -> float:
         return _brute_curve(rs, tenant, t - 1e-9)
@@ -117,7 +119,7 @@ def test_service_difference_matches_a_fine_grid(rs: list[Served], ia: list, ib: 
             if both(t1, t2):
                 d = abs((left("a", t2) - left("a", t1)) / 1.0 - (left("b", t2) - left("b", t1)) / 2.0)
                 best = max(best, d)
-    assert got.value == pytest.approx(best, abs=1e-5)
+    assert got.value == pytest.approx(best, abs=1e-4)
 
 
 def test_service_difference_simple_case_and_pair() -> None:
