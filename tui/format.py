@@ -1,0 +1,331 @@
+"""Pure helpers of the console: number formatting, text sparklines and bars, policy diffs,
+request filtering and the trace waterfall layout. No Textual here, so they are cheap to test."""
+
+from __future__ import annotations
+
+import difflib
+import json
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rich.text import Text
+
+SPARK_CHARS = "▁▂▃▄▅▆▇█"
+IN_FLIGHT = frozenset({"queued", "running"})
+STATUS_STYLE = {
+    "queued": "yellow",
+    "running": "bold cyan",
+    "ok": "green",
+    "rejected": "bold red",
+    "aborted": "magenta",
+    "error": "red",
+    "expired": "dark_orange",
+}
+SERVICE_STYLE = {"sluice": "dodger_blue2", "sglang": "dark_orange", "engine": "dark_orange"}
+
+
+# -- numbers ---------------------------------------------------------------------------------------
+
+def num(value: Any, digits: int = 1, dash: str = "–") -> str:
+    """A float with `digits` decimals, an int as is, None as a dash."""
+    if value is None:
+        return dash
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return str(value)
+    try:
+        return f"{float(value):.{digits}f}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def si(value: Any, digits: int = 1) -> str:
+    """Large numbers with k/M/G suffixes: 12345 -> '12.3k'."""
+    if value is None:
+        return "–"
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(v) >= scale:
+            return f"{v / scale:.{digits}f}{unit}"
+    return f"{v:.{digits}f}" if v != int(v) else f"{int(v)}"
+
+
+def pct(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "–"
+    try:
+        return f"{float(value) * 100:.{digits}f}%"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def ms(value: Any) -> str:
+    if value is None:
+        return "–"
+    v = float(value)
+    if v >= 10_000:
+        return f"{v / 1000:.1f}s"
+    if v >= 100:
+        return f"{v:.0f}ms"
+    return f"{v:.1f}ms"
+
+
+def utc_time(ts: Any, with_date: bool = False) -> str:
+    """Epoch seconds to 'HH:MM:SS' (UTC, so that every operator reads the same thing)."""
+    if ts is None:
+        return "–"
+    t = time.gmtime(float(ts))
+    return time.strftime("%Y-%m-%d %H:%M:%S" if with_date else "%H:%M:%S", t)
+
+
+def gib(n: Any) -> str:
+    if n is None:
+        return "–"
+    return f"{float(n) / 2**30:.0f}"
+
+
+# -- bars and sparklines ---------------------------------------------------------------------------
+
+def bar(fraction: Any, width: int = 10) -> str:
+    """A horizontal bar of `width` cells for a fraction in [0, 1] (eighth-block resolution)."""
+    if fraction is None:
+        return " " * width
+    f = min(max(float(fraction), 0.0), 1.0)
+    eighths = round(f * width * 8)
+    full, rest = divmod(eighths, 8)
+    partial = " ▏▎▍▌▋▊▉"[rest] if rest else ""
+    return ("█" * full + partial).ljust(width)
+
+
+def spark(values: Iterable[float], width: int = 20, lo: float | None = None, hi: float | None = None) -> str:
+    """A one-line text sparkline of the last `width` values."""
+    vals = list(values)[-width:]
+    if not vals:
+        return " " * width
+    low = min(vals) if lo is None else lo
+    high = max(vals) if hi is None else hi
+    span = high - low
+    top = len(SPARK_CHARS) - 1
+    if span <= 0:
+        chars = SPARK_CHARS[top // 2 if high > 0 else 0] * len(vals)
+    else:
+        chars = "".join(
+            SPARK_CHARS[min(top, max(0, int((v - low) / span * top + 0.5)))] for v in vals
+        )
+    return chars.rjust(width)
+
+
+# -- policy diffs ----------------------------------------------------------------------------------
+
+def merge_patch_diff(before: Any, after: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns `before` into `after` (objects only).
+
+    Keys removed in `after` map to None (deletion); nested objects are diffed recursively; any
+    other changed value (numbers, lists, strings) is replaced whole. Returns {} when equal.
+    """
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return after
+    patch: dict[str, Any] = {}
+    for key, new in after.items():
+        if key not in before:
+            patch[key] = new
+            continue
+        old = before[key]
+        if isinstance(old, Mapping) and isinstance(new, Mapping):
+            sub = merge_patch_diff(old, new)
+            if sub:
+                patch[key] = sub
+        elif old != new or isinstance(old, bool) != isinstance(new, bool):
+            patch[key] = new  # 1 == 1.0 is no change in JSON, but true -> 1 is
+    for key in before:
+        if key not in after:
+            patch[key] = None
+    return patch
+
+
+def changed_paths(patch: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the leaves of a merge patch: {'a': {'b': 1}} -> ['a.b']."""
+    if not isinstance(patch, Mapping) or not patch:
+        return [prefix] if prefix else []
+    out: list[str] = []
+    for key, value in patch.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.extend(changed_paths(value, path))
+        else:
+            out.append(path)
+    return out
+
+
+def policy_document(policy: Mapping[str, Any]) -> dict[str, Any]:
+    """The editable part of a policy: everything but its version."""
+    return {k: v for k, v in policy.items() if k != "version"}
+
+
+def dump_json(doc: Any) -> str:
+    return json.dumps(doc, indent=2, ensure_ascii=False)
+
+
+def unified_diff(before: Any, after: Any, context: int = 2) -> list[str]:
+    """A unified diff of two JSON documents, pretty-printed with sorted keys."""
+    a = json.dumps(before, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    b = json.dumps(after, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
+    return list(difflib.unified_diff(a, b, "current", "proposed", n=context, lineterm=""))
+
+
+def diff_text(lines: Sequence[str]) -> Text:
+    """Colour a unified diff for display."""
+    text = Text()
+    for line in lines:
+        if line.startswith(("+++", "---")):
+            style = "bold"
+        elif line.startswith("+"):
+            style = "green"
+        elif line.startswith("-"):
+            style = "red"
+        elif line.startswith("@@"):
+            style = "cyan"
+        else:
+            style = "dim"
+        text.append(line + "\n", style=style)
+    if not lines:
+        text.append("(no differences)", style="dim")
+    return text
+
+
+# -- requests --------------------------------------------------------------------------------------
+
+REQUEST_FILTER_FIELDS = ("rid", "tenant", "status", "engine", "slo_class", "decision", "trace_id")
+
+
+def request_matches(req: Mapping[str, Any], terms: Sequence[str]) -> bool:
+    """Every term must match: `key:value` matches that field exactly (status:running, tenant:acme);
+    a bare term is a substring of rid, tenant, status, engine, class or decision."""
+    for term in terms:
+        key, sep, value = term.partition(":")
+        if sep and key in REQUEST_FILTER_FIELDS:
+            if key == "status" and value in ("inflight", "in-flight", "live"):
+                if req.get("status") not in IN_FLIGHT:
+                    return False
+                continue
+            if str(req.get(key) or "").lower() != value:
+                return False
+        elif not any(term in str(req.get(f) or "").lower() for f in REQUEST_FILTER_FIELDS[:6]):
+            return False
+    return True
+
+
+def filter_terms(text: str) -> list[str]:
+    return [t for t in text.lower().split() if t]
+
+
+# -- trace waterfall -------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class WaterfallRow:
+    span: Mapping[str, Any]
+    depth: int
+    offset_ms: float
+    duration_ms: float
+
+
+def waterfall_rows(spans: Sequence[Mapping[str, Any]]) -> tuple[list[WaterfallRow], float, float]:
+    """Order spans as a tree (parents before children, siblings by start) with their depth.
+
+    Returns (rows, trace start ts, trace duration in seconds). Spans whose parent is not in the
+    trace (for example an engine span whose parent was sampled out) become roots.
+    """
+    if not spans:
+        return [], 0.0, 0.0
+    by_id = {s.get("span_id"): s for s in spans}
+    children: dict[Any, list[Mapping[str, Any]]] = {}
+    roots: list[Mapping[str, Any]] = []
+    for s in spans:
+        parent = s.get("parent_span_id")
+        if parent and parent in by_id and parent != s.get("span_id"):
+            children.setdefault(parent, []).append(s)
+        else:
+            roots.append(s)
+
+    def start(s: Mapping[str, Any]) -> float:
+        return float(s.get("start_ts") or 0.0)
+
+    t0 = min(start(s) for s in spans)
+    t1 = max(float(s.get("end_ts") or s.get("start_ts") or 0.0) for s in spans)
+    rows: list[WaterfallRow] = []
+    seen: set[Any] = set()
+    stack = [(r, 0) for r in sorted(roots, key=start, reverse=True)]
+    while stack:
+        s, depth = stack.pop()
+        sid = s.get("span_id")
+        if sid in seen:
+            continue
+        seen.add(sid)
+        end = float(s.get("end_ts") or s.get("start_ts") or 0.0)
+        rows.append(WaterfallRow(s, depth, (start(s) - t0) * 1000.0, max(0.0, end - start(s)) * 1000.0))
+        for c in sorted(children.get(sid, []), key=start, reverse=True):
+            stack.append((c, depth + 1))
+    return rows, t0, max(t1 - t0, 0.0)
+
+
+def waterfall_line(row: WaterfallRow, total_ms: float, bar_width: int, name_width: int = 32) -> Text:
+    """One line of the waterfall: indented name, service, a bar placed on the time axis, duration."""
+    span = row.span
+    service = str(span.get("service") or "?")
+    style = SERVICE_STYLE.get(service, "magenta")
+    name = ("  " * row.depth + str(span.get("name") or "?"))
+    if len(name) > name_width:
+        name = name[: name_width - 1] + "…"
+    text = Text(no_wrap=True, overflow="crop")
+    text.append(name.ljust(name_width) + " ")
+    text.append(service[:8].ljust(8) + " ", style=style)
+    width = max(bar_width, 1)
+    if total_ms <= 0:
+        lo, hi = 0, width
+    else:
+        lo = min(width - 1, int(row.offset_ms / total_ms * width))
+        hi = max(lo + 1, min(width, round((row.offset_ms + row.duration_ms) / total_ms * width)))
+    cells = [" "] * width
+    for i in range(lo, hi):
+        cells[i] = "█"
+    for ev in span.get("events") or []:
+        ts = ev.get("ts")
+        if ts is None or total_ms <= 0:
+            continue
+        start = float(span.get("start_ts") or 0.0)
+        pos = int((row.offset_ms + (float(ts) - start) * 1000.0) / total_ms * width)
+        if 0 <= pos < width:
+            cells[pos] = "◆"
+    text.append("".join(cells[:lo]))
+    bar_part = "".join(cells[lo:hi])
+    text.append(bar_part, style=style)
+    text.append("".join(cells[hi:]))
+    text.append(" " + ms(row.duration_ms).rjust(8))
+    return text
+
+
+def axis_line(total_ms: float, bar_width: int, name_width: int = 32) -> Text:
+    """The time axis above the bars: 0 on the left, the trace duration on the right."""
+    text = Text(no_wrap=True, overflow="crop", style="dim")
+    text.append("span".ljust(name_width) + " " + "service".ljust(8) + " ")
+    left = "0"
+    mid = ms(total_ms / 2)
+    right = ms(total_ms)
+    width = max(bar_width, len(left) + len(mid) + len(right) + 2)
+    axis = [" "] * width
+    for i, ch in enumerate(left):
+        axis[i] = ch
+    m = width // 2 - len(mid) // 2
+    for i, ch in enumerate(mid):
+        axis[m + i] = ch
+    for i, ch in enumerate(right):
+        axis[width - len(right) + i] = ch
+    text.append("".join(axis))
+    text.append(" " + "duration".rjust(8))
+    return text

@@ -1,0 +1,155 @@
+"""Overview: totals with sparklines, engines and GPUs."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Grid, Vertical
+from textual.widgets import Label, Sparkline, Static
+
+from .format import bar, gib, ms, num, pct, si, spark
+from .tables import KeyedTable
+
+HISTORY = 300  # samples kept per series (one a second: the last five minutes)
+TABLE_SPARK = 24  # points in the per-engine / per-GPU text sparklines
+
+
+def _gpu_power(state: dict[str, Any]) -> float:
+    return float(sum(float(g.get("power_w") or 0.0) for g in state.get("gpus") or []))
+
+
+# (id, title, extractor, formatter)
+CARDS: list[tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[Any], str]]] = [
+    ("request_rate", "Requests/s", lambda s: s["totals"].get("request_rate"), lambda v: num(v, 1)),
+    ("goodput", "Goodput/s", lambda s: s["totals"].get("goodput"), lambda v: num(v, 1)),
+    ("attainment", "SLO attainment", lambda s: s["totals"].get("attainment"), lambda v: pct(v, 1)),
+    ("rejections_per_s", "Rejections/s", lambda s: s["totals"].get("rejections_per_s"), lambda v: num(v, 2)),
+    ("output_tokens_per_s", "Output tok/s", lambda s: s["totals"].get("output_tokens_per_s"), si),
+    ("gpu_power", "GPU power W", _gpu_power, lambda v: num(v, 0)),
+]
+
+
+class StatCard(Vertical):
+    """A titled number with a sparkline of its recent history."""
+
+    def __init__(self, key: str, title: str) -> None:
+        super().__init__(id=f"card-{key}", classes="card")
+        self.border_title = title
+
+    def compose(self) -> ComposeResult:
+        yield Static("–", classes="card-value")
+        yield Sparkline([], classes="card-spark")
+
+    def show(self, value: str, history: list[float]) -> None:
+        self.query_one(".card-value", Static).update(value)
+        self.query_one(Sparkline).data = history
+
+
+ENGINE_COLUMNS = [
+    ("name", "Engine", 12), ("kind", "Type", 12), ("health", "Health", 7), ("running", "Run", 4),
+    ("waiting", "Wait", 4), ("window", "Win", 4), ("kv", "KV cache", 16), ("tput", "Gen tok/s", 9),
+    ("trend", "Throughput (last min)", TABLE_SPARK), ("fc_ttft", "Fc TTFT", 8), ("fc_tpot", "Fc TPOT", 8),
+]
+
+GPU_COLUMNS = [
+    ("idx", "GPU", 3), ("name", "Name", 18), ("power", "Power W", 7), ("ptrend", "Power (last min)", TABLE_SPARK),
+    ("energy", "Energy kJ", 9), ("clock", "SM MHz", 6), ("util", "Util", 16), ("mem", "Mem GiB", 9),
+]
+
+
+class OverviewPane(Vertical):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.series: dict[str, deque[float]] = {key: deque(maxlen=HISTORY) for key, *_ in CARDS}
+        self.engine_tput: dict[str, deque[float]] = {}
+        self.gpu_power: dict[str, deque[float]] = {}
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="cards"):
+            for key, title, *_ in CARDS:
+                yield StatCard(key, title)
+        yield Static("", id="overview-status")
+        yield Label("Engines", classes="section-title")
+        yield KeyedTable(ENGINE_COLUMNS, id="engines", cursor_type="row", zebra_stripes=True)
+        yield Label("GPUs", classes="section-title")
+        yield Static("", id="gpu-status")
+        yield KeyedTable(GPU_COLUMNS, id="gpus", cursor_type="row", zebra_stripes=True)
+
+    def update_state(self, state: dict[str, Any], new_sample: bool) -> None:
+        totals = state.get("totals") or {}
+        state = {**state, "totals": totals}
+        for key, _title, extract, fmt in CARDS:
+            value = extract(state)
+            series = self.series[key]
+            if new_sample and value is not None:
+                series.append(float(value))
+            self.query_one(f"#card-{key}", StatCard).show(fmt(value), list(series))
+        status = Text()
+        status.append(f"queued {num(totals.get('queued'))}   in flight {num(totals.get('in_flight'))}   ")
+        status.append(f"scheduler {state.get('scheduler', '?')}   policy v{state.get('policy_version', '?')}")
+        self.query_one("#overview-status", Static).update(status)
+        self._engines(state.get("engines") or [], new_sample)
+        self._gpus(state, new_sample)
+
+    def _engines(self, engines: list[dict[str, Any]], new_sample: bool) -> None:
+        rows: dict[str, tuple[Any, ...]] = {}
+        for e in engines:
+            name = str(e.get("name"))
+            hist = self.engine_tput.setdefault(name, deque(maxlen=HISTORY))
+            if new_sample:
+                hist.append(float(e.get("gen_throughput") or 0.0))
+            simulated = bool(e.get("simulated"))
+            kind = Text("simulated" if simulated else f"real {e.get('kind') or ''}".strip(),
+                        style="italic" if simulated else "bold")
+            healthy = e.get("healthy")
+            health = Text("● up", style="green") if healthy else Text("● down", style="bold red")
+            kv = e.get("kv_usage")
+            fc = e.get("forecast") or {}
+            rows[name] = (
+                Text(name), kind, health, num(e.get("running")), num(e.get("waiting")), num(e.get("window")),
+                Text(bar(kv, 10) + " " + pct(kv, 0).rjust(4), style=_load_style(kv)),
+                si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK, lo=0.0), style="cyan"),
+                ms(fc.get("ttft_ms")), ms(fc.get("tpot_ms")),
+            )
+        self.query_one("#engines", KeyedTable).sync(rows)
+
+    def _gpus(self, state: dict[str, Any], new_sample: bool) -> None:
+        gpus = state.get("gpus") or []
+        gpu_status = str(state.get("gpu_status") or "")
+        self.query_one("#gpu-status", Static).update(
+            "" if gpu_status in ("", "ok") else Text(gpu_status, style="dim italic")
+        )
+        rows: dict[str, tuple[Any, ...]] = {}
+        for g in gpus:
+            key = str(g.get("index"))
+            hist = self.gpu_power.setdefault(key, deque(maxlen=HISTORY))
+            if new_sample:
+                hist.append(float(g.get("power_w") or 0.0))
+            util = g.get("utilization")
+            energy = g.get("energy_j")
+            mem = f"{gib(g.get('memory_used_bytes'))}/{gib(g.get('memory_total_bytes'))}"
+            name = str(g.get("name") or "")
+            rows[key] = (
+                key, Text(name, style="italic" if g.get("simulated") else ""), num(g.get("power_w"), 0),
+                Text(spark(hist, TABLE_SPARK, lo=0.0), style="yellow"),
+                num(None if energy is None else float(energy) / 1000.0, 1), num(g.get("sm_clock_mhz")),
+                Text(bar(util, 10) + " " + pct(util, 0).rjust(4), style=_load_style(util)), mem,
+            )
+        self.query_one("#gpus", KeyedTable).sync(rows)
+
+
+def _load_style(fraction: Any) -> str:
+    if fraction is None:
+        return "dim"
+    f = float(fraction)
+    if f >= 0.9:
+        return "red"
+    if f >= 0.7:
+        return "yellow"
+    return "green"
+
+
