@@ -22,11 +22,16 @@ Experts (names as they appear in `Prediction.by_expert`):
 
 Gating: when a request finishes, every expert that can answer is scored on it *before* it learns
 from it: err_i <- err_i + beta * (|p_i - actual| - err_i), with beta = max(1/n, gate_alpha). Scores are
-kept globally and per tenant (the tenant's score is used once it has `min_scored` samples). An
-expert is cold (weight 0) until it has been scored `min_scored` times. Among warm experts that
-answer, weight_i = err_i^-power / sum_j err_j^-power (inverse-error weighting; power 2 by default).
-If no answering expert is warm, they share equally; if none answers, the prior `default_tokens`
-is used. Every expert's output and the mixture are clamped to [1, max_tokens].
+kept at three levels: global, per tenant, and per (tenant, prompt bucket); a request uses the most
+specific level that has `min_scored` samples for that expert. An expert is cold (weight 0) until it
+has been scored `min_scored` times globally. Among warm experts that answer,
+
+    weight_i = err_i^-power / sum_j err_j^-power        (inverse-error weighting, power 8)
+
+A high power makes the gate close to "the best expert in this context" while still blending experts
+of similar error; on the Azure conversation trace power 8 beat 1, 2 and 4 (docs/predictors.md).
+If no answering expert is warm, they share equally; if none answers, the prior `default_tokens` is
+used. Every expert's output and the mixture are clamped to [1, max_tokens].
 
 Pure: no clock, no I/O, no asyncio; torch is imported lazily by the MLP expert's trainer only.
 """
@@ -348,7 +353,7 @@ class MLPExpert:
             self._snap = snap  # atomic swap
             return steps
 
-    def _init_numpy(self, scale: float) -> dict[str, np.ndarray]:
+    def _init_numpy(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(self.seed)
         d_in = self.emb_dim + 2
         return {
@@ -369,7 +374,7 @@ class MLPExpert:
             scale = float(max(1.0, data[:, 5].mean()))
             params = {
                 k: torch.tensor(v, dtype=torch.float32, requires_grad=True)
-                for k, v in self._init_numpy(scale).items()
+                for k, v in self._init_numpy().items()
             }
             opt = torch.optim.Adam(list(params.values()), lr=self.lr)
             self._trainer = {"params": params, "opt": opt, "scale": scale, "steps": 0, "version": 0}
@@ -447,6 +452,10 @@ class OutputLengthPredictor:
     torch_expert: include the MLP expert (trained only when `train_pending` runs, or inline).
     train_every: if set, `observe()` calls `train_pending(train_steps)` after every `train_every`
         observations (replay); serving leaves it None and trains from a background thread.
+    min_scored, gate_alpha, gate_power, gate_by_bucket: the gate (module docstring).
+    default_tokens: the answer before any expert can answer (clamped to max_tokens).
+    tenant_alpha, bucket_alpha: EWMA floor of the running means (effective memory ~ 2/alpha).
+    mlp_options: keyword arguments of MLPExpert (buffer_size, batch_size, passes, lr, hidden, ...).
     """
 
     def __init__(
