@@ -74,8 +74,9 @@ class LazyHeap:
     key. A key that goes up only records the new value (the entry is still a lower bound); the
     entry is re-keyed when it reaches the top. A key that goes down pushes a new entry and the
     old one becomes stale; stale entries are dropped when they reach the top, or all at once
-    when the heap holds more than twice the live names. `top` returns the exact minimum of
-    (current key, order).
+    when the heap holds more than twice the names present. A discarded name keeps its entry
+    until it reaches the top, so a name that comes back soon with a key no lower costs no push.
+    `top` returns the exact minimum of (current key, order) over the names present.
     """
 
     __slots__ = ("heap", "live", "current", "_seq")
@@ -83,7 +84,7 @@ class LazyHeap:
     def __init__(self) -> None:
         self.heap: list[tuple[float, int, int, str]] = []
         self.live: dict[str, tuple[float, int, int]] = {}  # name -> (key in heap, order, seq)
-        self.current: dict[str, float] = {}  # name -> its current key (>= the key in the heap)
+        self.current: dict[str, float] = {}  # names present -> current key (>= the key in the heap)
         self._seq = 0
 
     def set(self, name: str, key: float, order: int) -> None:
@@ -94,12 +95,11 @@ class LazyHeap:
         self._seq += 1
         self.live[name] = (key, order, self._seq)
         heapq.heappush(self.heap, (key, order, self._seq, name))
-        if len(self.heap) > 2 * len(self.live) + 64:
+        if len(self.heap) > 2 * len(self.current) + 64:
             self.compact()
 
     def discard(self, name: str) -> None:
-        if self.live.pop(name, None) is not None:
-            del self.current[name]
+        self.current.pop(name, None)  # its entry goes when it surfaces (or when set() revives it)
 
     def top(self) -> tuple[float, str] | None:
         heap, live, current = self.heap, self.live, self.current
@@ -109,7 +109,11 @@ class LazyHeap:
             if entry is None or entry[2] != seq:
                 heapq.heappop(heap)  # stale
                 continue
-            now = current[name]
+            now = current.get(name)
+            if now is None:  # discarded
+                del live[name]
+                heapq.heappop(heap)
+                continue
             if now > key:  # an outdated lower bound: re-key it and look again
                 self._seq += 1
                 live[name] = (now, order, self._seq)
@@ -119,7 +123,8 @@ class LazyHeap:
         return None
 
     def compact(self) -> None:
-        self.rebuild((n, self.current[n], o) for n, (_, o, _) in list(self.live.items()))
+        live = self.live
+        self.rebuild([(n, k, live[n][1]) for n, k in self.current.items()])
 
     def rebuild(self, keys: Iterable[tuple[str, float, int]]) -> None:
         """Replace every entry: `keys` yields (name, key, order)."""
@@ -136,7 +141,7 @@ class LazyHeap:
         self._seq, self.heap, self.live, self.current = seq, heap, live, current
 
     def __len__(self) -> int:
-        return len(self.live)
+        return len(self.current)
 
 
 class Scheduler:

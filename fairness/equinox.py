@@ -103,7 +103,7 @@ class Equinox(Scheduler):
     def _rebuild(self, mode: str, k: float) -> None:
         self._mode, self._k = mode, k
         self.rebuilds += 1
-        active = [self.tenants[n] for n in self._sel.live]
+        active = [self.tenants[n] for n in self._sel.current]
         # exact sums, so rounding in the running sums never accumulates across rebuilds
         self._sum_user = sum(t.user for t in active)
         self._sum_resource = sum(t.resource for t in active)
@@ -116,7 +116,7 @@ class Equinox(Scheduler):
         m_user, m_res = self.means()
         if m_res <= 0 or m_user <= 0:
             return 0.0
-        active = [self.tenants[n] for n in self._sel.live]
+        active = [self.tenants[n] for n in self._sel.current]
         spread = max(t.resource for t in active) - min(t.resource for t in active)
         k = (1 - self.alpha) * m_user / (self.alpha * m_res)
         return (self.alpha / m_user) * abs(k - self._k) * spread
