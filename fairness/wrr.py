@@ -12,6 +12,7 @@ At finish the deficit of a still-backlogged tenant absorbs the prediction error
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Hashable
 
 from fairness.base import Outcome, Scheduler, TenantState, Work
 
@@ -44,7 +45,7 @@ class WRR(Scheduler):
         super().set_weight(name, weight)
         self._min_weight = min(self._min_weight, float(weight))
 
-    def push(self, tenant: str, key, predicted: Work) -> None:  # type: ignore[no-untyped-def]
+    def push(self, tenant: str, key: Hashable, predicted: Work) -> None:
         cost = self.token_cost(predicted)
         if cost > self._max_cost:
             self._max_cost = cost
