@@ -3,6 +3,7 @@ change (diff + required reason), show an audited change, and the help screen."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rich.text import Text
@@ -13,7 +14,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, Markdown, Static
 
-from .format import changed_paths, diff_text, dump_json, num
+from .format import changed_paths, diff_text, num
 
 
 class WeightScreen(ModalScreen[tuple[float, str] | None]):
@@ -136,7 +137,7 @@ class PolicyReviewScreen(ModalScreen[str | None]):
                         classes="dialog-title")
             with VerticalScroll(id="review-diff"):
                 yield Static(diff_text(self.diff_lines), id="review-diff-text")
-            yield Static(Text("PATCH changes: " + dump_json(self.changes).replace("\n", " "),
+            yield Static(Text("PATCH changes: " + json.dumps(self.changes, ensure_ascii=False),
                               style="dim", overflow="ellipsis", no_wrap=True), id="review-patch")
             yield Input(placeholder="reason (required, recorded in the audit log)", id="review-reason")
             yield Static("", id="review-error", classes="dialog-error")

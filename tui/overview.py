@@ -112,7 +112,7 @@ class OverviewPane(Vertical):
             rows[name] = (
                 Text(name), kind, health, num(e.get("running")), num(e.get("waiting")), num(e.get("window")),
                 Text(bar(kv, 10) + " " + pct(kv, 0).rjust(4), style=_load_style(kv)),
-                si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK, lo=0.0), style="cyan"),
+                si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK), style="cyan"),
                 ms(fc.get("ttft_ms")), ms(fc.get("tpot_ms")),
             )
         self.query_one("#engines", KeyedTable).sync(rows)
@@ -135,7 +135,7 @@ class OverviewPane(Vertical):
             name = str(g.get("name") or "")
             rows[key] = (
                 key, Text(name, style="italic" if g.get("simulated") else ""), num(g.get("power_w"), 0),
-                Text(spark(hist, TABLE_SPARK, lo=0.0), style="yellow"),
+                Text(spark(hist, TABLE_SPARK), style="yellow"),
                 num(None if energy is None else float(energy) / 1000.0, 1), num(g.get("sm_clock_mhz")),
                 Text(bar(util, 10) + " " + pct(util, 0).rjust(4), style=_load_style(util)), mem,
             )
