@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -60,10 +61,15 @@ class Telemetry:
         self.store.flush(timeout_s=5)
         return queries.trace_for_request(self.store, rid)
 
-    async def sample_loop(self, sluice: Sluice) -> None:
-        """Once a second: GPU samples into the store, gauges for Prometheus."""
+    async def sample_loop(self, sluice: Sluice, retention_days: float | None) -> None:
+        """Once a second: GPU samples into the store, gauges for Prometheus; hourly: retention."""
+        last_prune = 0.0
         while True:
             try:
+                now = time.monotonic()
+                if self.store is not None and retention_days and now - last_prune > 3600:
+                    last_prune = now
+                    await asyncio.to_thread(self.store.prune, retention_days * 86400)
                 self.last_gpus = await asyncio.to_thread(self.gpus.sample)
                 self.metrics.set_gpu_samples(self.last_gpus)
                 if self.store is not None and self.last_gpus:
@@ -100,7 +106,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await sluice.start()
-        sampler = asyncio.create_task(telemetry.sample_loop(sluice))
+        sampler = asyncio.create_task(telemetry.sample_loop(sluice, config.telemetry.retention_days))
         try:
             yield
         finally:
