@@ -5,6 +5,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from typing import Any
 
 from controlplane.config import ConfigError, load_config
 
@@ -26,6 +27,16 @@ def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     return config
 
 
+def _run(main: Any) -> None:
+    """Run a server coroutine on uvloop (what SGLang uses too) when it is installed."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvicorn[standard] brings it
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from controlplane.server import serve
 
@@ -33,7 +44,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"sluice: serving on http://{config.server.host}:{config.server.port} "
           f"({len(config.engines)} engine(s): {', '.join(e.name + '/' + e.kind for e in config.engines)})",
           file=sys.stderr)
-    asyncio.run(serve(config))
+    _run(serve(config))
     return 0
 
 
@@ -46,7 +57,7 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
     engine = SimEngine("sim", profile, seed=args.seed, speedup=args.speedup)
     print(f"sluice sim-server: SGLang API on http://{args.host}:{args.port} (simulated {profile.name})",
           file=sys.stderr)
-    asyncio.run(serve_sglang(engine, host=args.host, port=args.port, model_name=args.model))
+    _run(serve_sglang(engine, host=args.host, port=args.port, model_name=args.model))
     return 0
 
 

@@ -120,8 +120,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
 
 
 def uvicorn_config(app: Any, host: str, port: int) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on",
-                          timeout_graceful_shutdown=5)
+    return uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on", loop="auto",
+                          http="auto", access_log=False, timeout_graceful_shutdown=5)
 
 
 async def serve(config: Config) -> None:

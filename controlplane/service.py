@@ -8,6 +8,7 @@ and every request leaves one row in the store.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import threading
 import time
@@ -105,6 +106,8 @@ class Sluice:
             specs.append((spec, StepTimeModel(p)))
         self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, _ForecastTee(self))
         self._tasks = [asyncio.create_task(self._poll_engines()), asyncio.create_task(self._tick())]
+        if self.predictor.mlp is not None:  # import torch now, not under load with the GIL held
+            await asyncio.to_thread(importlib.import_module, "torch")
         self._trainer = threading.Thread(target=self._train, name="sluice-trainer", daemon=True)
         self._trainer.start()
 

@@ -66,6 +66,7 @@ class EngineState:
     reported_waiting_tokens: float = 0.0  # from the engine's own load report
     reported_kv_tokens: float = 0.0
     window: int = 1
+    profile: StepProfile | None = None  # the model's estimate, refreshed with each load report
 
 
 class DecisionCore:
@@ -79,7 +80,7 @@ class DecisionCore:
         self.policy = policy.validate()
         self.predictor = predictor
         self.errors = errors
-        self.engines = {spec.name: EngineState(spec, model) for spec, model in engines}
+        self.engines = {spec.name: EngineState(spec, model, profile=model.profile()) for spec, model in engines}
         self.requests: dict[str, Tracked] = {}
         self.scheduler = self._new_scheduler(policy)
         self._rps: dict[str, TokenBucket] = {}
@@ -170,8 +171,8 @@ class DecisionCore:
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.finish(t.spec.tenant, t.work, Outcome(
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
-            gpu_seconds=eng.model.prefill_time(computed) + report.completion_tokens * (
-                eng.model.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
+            gpu_seconds=eng.profile.prefill_time(computed) + report.completion_tokens * (
+                eng.profile.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
         tpm = self._tpm.get(t.spec.tenant)
         if tpm is not None:  # reconcile the tokens/min charge with the truth
             tpm.give(now, t.spec.prompt_tokens + t.predicted_output - report.prompt_tokens - report.completion_tokens)
@@ -205,6 +206,7 @@ class DecisionCore:
     def engine_load(self, now: float, name: str, waiting_tokens: float, kv_tokens: float) -> list[Action]:
         eng = self.engines[name]
         eng.reported_waiting_tokens, eng.reported_kv_tokens = waiting_tokens, kv_tokens
+        eng.profile = eng.model.profile()  # re-solving the learned model per request would cost more than it tells
         self._resize_windows()  # the learned step model and request sizes move the windows
         return self.engine_health(now, name, True)
 
@@ -234,12 +236,13 @@ class DecisionCore:
         return sum(len(e.in_flight) for e in self.engines.values())
 
     def engine_view(self, eng: EngineState) -> EngineView:
-        p = eng.model.profile()
+        p = eng.profile
+        assert p is not None
         a, b, c, d, e = p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e
         batch = max(1, min(eng.window, len(eng.in_flight) + 1))
         kv = max(eng.kv_tokens, eng.reported_kv_tokens)
-        tpot = eng.model.decode_time(batch, kv)
-        mean_service = eng.model.prefill_time(self._mean_request_tokens / 2) + self._mean_request_tokens / 2 * tpot
+        tpot = p.decode_time(batch, kv)
+        mean_service = p.prefill_time(self._mean_request_tokens / 2) + self._mean_request_tokens / 2 * tpot
         return EngineView(eng.spec.name, eng.window, len(eng.in_flight),
                           max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, mean_service,
                           a, b, c, d, e, eng.spec.chunk)
@@ -420,7 +423,7 @@ class DecisionCore:
                 lo, hi = 1, limit
                 while lo < hi:  # largest batch B with decode_time(B, B * tokens) <= budget
                     mid = (lo + hi + 1) // 2
-                    if eng.model.decode_time(mid, mid * per) <= budget:
+                    if eng.profile.decode_time(mid, mid * per) <= budget:
                         lo = mid
                     else:
                         hi = mid - 1
