@@ -16,6 +16,8 @@ and which counters drive the choice.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import heapq
 from collections import deque
 from collections.abc import Hashable, Iterable
@@ -144,7 +146,7 @@ class LazyHeap:
         return len(self.current)
 
 
-class Scheduler:
+class Scheduler(ABC):
     """Per-tenant FIFO queues; subclasses choose which backlogged tenant goes next.
 
     Protocol for the caller: `push` on arrival, `pop` when an engine slot is free (the predicted
@@ -399,8 +401,9 @@ class Scheduler:
         return min(t.user for t in act), min(t.resource for t in act)
 
     # -- policy hooks --------------------------------------------------------------------
+    @abstractmethod
     def _select(self) -> TenantState | None:
-        raise NotImplementedError  # every concrete policy overrides this
+        """The backlogged, unpaused tenant to serve next (each policy's rule)."""
 
     def _on_backlogged(self, state: TenantState) -> None:
         """The tenant is becoming backlogged (called before it counts as active): VTC's lift point."""
