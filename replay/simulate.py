@@ -1,0 +1,212 @@
+"""`sluice simulate`: replay a workload through the decision core and simulated engines in virtual
+time, under one or several policies, and print per-tenant outcomes side by side (seconds).
+
+    sluice simulate --workload vtc-overload --policy all --duration 120 --json out.json
+    sluice simulate --workload azure-conv --policy equinox --admission --scale-rate 2
+    sluice simulate --workload servegen:m-small --policy vtc --duration 600 --engines 2
+    sluice simulate --workload trace.jsonl --policy fcfs --config sluice.toml
+
+Workloads: a canonical JSONL file, or one of the public traces in shared/traces
+(`azure-conv`, `azure-code`, `mooncake`, `servegen:<group>` = the busiest hour of a ServeGen
+language group) or VTC's synthetic suites (`vtc-overload`, `vtc-weighted`, weights 1:2:3:4).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from controlplane.core.policy import Policy, TenantPolicy
+from replay.runner import VirtualResult, default_policy, format_result, run_virtual
+from replay.workload import WorkloadRequest, read_workload, scale_rate, window
+
+POLICIES = ("fcfs", "vtc", "equinox", "wrr")
+NAMED = ("azure-conv", "azure-code", "mooncake", "servegen:m-small", "servegen:m-mid", "servegen:m-large",
+         "vtc-overload", "vtc-weighted")
+
+
+def load_named_workload(name: str, *, duration_s: float | None = None, seed: int = 0, scale: float = 1.0
+                        ) -> tuple[list[WorkloadRequest], dict[str, float]]:
+    """(workload, tenant weights it implies) for a file path or a named public/synthetic workload,
+    its request rate multiplied by `scale` and cut to its first `duration_s` seconds."""
+    if not scale > 0:
+        raise ValueError("--scale-rate must be > 0")
+    from replay.loaders import load_azure, load_length_table, load_mooncake, shared_trace, vtc_overload, vtc_weighted
+
+    weights: dict[str, float] = {}
+    if name == "azure-conv":
+        reqs = load_azure(shared_trace("AzureLLMInferenceTrace_conv.csv"), "conv")
+    elif name == "azure-code":
+        reqs = load_azure(shared_trace("AzureLLMInferenceTrace_code.csv"), "code")
+    elif name == "mooncake":
+        reqs = load_mooncake(shared_trace("synthetic_trace.jsonl"))
+    elif name.startswith("servegen:"):
+        from replay.servegen import busiest_hour, load_servegen, sample_servegen
+
+        group = name.split(":", 1)[1] or "m-small"
+        profile = load_servegen(group=group)
+        fallback: Any = "pooled"
+        if not any(c.has_lengths for c in profile.clients.values()):
+            fallback = load_length_table(shared_trace("AzureLLMInferenceTrace_conv.csv"), "ContextTokens",
+                                         "GeneratedTokens")
+        start = busiest_hour(profile)
+        return sample_servegen(profile, start_s=start, duration_s=duration_s or 3600.0, seed=seed,
+                               fallback_lengths=fallback, rate_scale=scale), weights
+    elif name == "vtc-overload":  # generated long enough to span `duration_s` once scaled
+        reqs = vtc_overload((duration_s or 360.0) * scale, seed=42 + seed)
+    elif name == "vtc-weighted":
+        reqs, weights = vtc_weighted((duration_s or 360.0) * scale, seed=42 + seed)
+    else:
+        path = Path(name)
+        if not path.exists():
+            raise FileNotFoundError(f"no workload file {name!r}; named workloads: {', '.join(NAMED)}")
+        reqs = read_workload(path)
+    if scale != 1.0:
+        reqs = scale_rate(reqs, scale)
+    if duration_s:
+        reqs = window(reqs, 0, duration_s * 1e3)
+    return reqs, weights
+
+
+def build_policy(scheduler: str, *, admission: bool | None, config: str | None, weights: dict[str, float]) -> Policy:
+    """The policy a `sluice serve` with this config would start with, with the scheduler (and, if
+    given, the admission switch) overridden; tenants the config does not name get `weights`."""
+    if config:
+        from controlplane.config import load_config
+        from controlplane.service import policy_from_config
+
+        base = policy_from_config(load_config(config))
+        tenants = dict(base.tenants)
+        for t, w in weights.items():
+            tenants.setdefault(t, TenantPolicy(w))
+        return dataclasses.replace(base, scheduler=scheduler, tenants=tenants,
+                                   admission=base.admission if admission is None else admission).validate()
+    return default_policy(scheduler, admission=bool(admission), weights=weights)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workload", required=True,
+                        help=f"a canonical JSONL file or one of: {', '.join(NAMED)}")
+    parser.add_argument("--policy", default="all", help=f"{'|'.join(POLICIES)}|all, or a comma-separated list")
+    parser.add_argument("--admission", action="store_true", default=None,
+                        help="SLO-aware admission on (default: the config's setting, else off)")
+    parser.add_argument("--config", help="sluice.toml: tenants, weights, SLO classes, scheduler settings")
+    parser.add_argument("--scale-rate", type=float, default=1.0, help="multiply the request rate (timestamps / X)")
+    parser.add_argument("--duration", type=float, help="seconds of workload to replay (from its start; for "
+                        "servegen: of its busiest hour; for vtc-*: the generated duration)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--engines", type=int, default=1, help="simulated engines (default 1)")
+    parser.add_argument("--profile", default="h100-llama3.1-8b", help="simulator profile")
+    parser.add_argument("--no-torch", action="store_true", help="output-length predictor without its MLP expert")
+    parser.add_argument("--json", dest="json_out", help="write every run's outcome to this JSON file")
+    parser.add_argument("--requests", action="store_true", help="include per-request records in the JSON")
+
+
+def _policies(spec: str) -> list[str]:
+    names = list(POLICIES) if spec == "all" else [p.strip() for p in spec.split(",") if p.strip()]
+    bad = [p for p in names if p not in POLICIES]
+    if bad or not names:
+        raise ValueError(f"unknown policy {bad or spec!r}; use {'|'.join(POLICIES)}|all")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        names = _policies(args.policy)
+        workload, weights = load_named_workload(args.workload, duration_s=args.duration, seed=args.seed,
+                                                scale=args.scale_rate)
+    except (ValueError, FileNotFoundError, KeyError) as exc:
+        print(f"sluice simulate: {exc}", file=sys.stderr)
+        return 2
+    if not workload:
+        print("sluice simulate: the workload is empty", file=sys.stderr)
+        return 2
+    results: dict[str, VirtualResult] = {}
+    for name in names:
+        policy = build_policy(name, admission=args.admission, config=args.config, weights=weights)
+        label = name + ("+admission" if policy.admission else "")
+        print(f"sluice simulate: {label}: {len(workload)} requests on {args.engines} simulated engine(s)...",
+              file=sys.stderr)
+        results[label] = run_virtual(workload, policy, engines=args.engines, profile=args.profile, seed=args.seed,
+                                     torch_expert=not args.no_torch)
+    print(format_side_by_side(results))
+    if len(results) == 1:
+        print()
+        print(format_result(next(iter(results.values()))))
+    if args.json_out:
+        doc = {"workload": args.workload, "requests": len(workload), "scale_rate": args.scale_rate,
+               "duration": args.duration, "seed": args.seed, "engines": args.engines, "profile": args.profile,
+               "runs": {k: r.to_dict(requests=args.requests) for k, r in results.items()}}
+        Path(args.json_out).write_text(json.dumps(doc, indent=1))
+        print(f"sluice simulate: wrote {args.json_out}", file=sys.stderr)
+    return 0
+
+
+def simulate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="sluice simulate", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def _f(x: float | None, d: int = 3, scale: float = 1.0) -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x * scale:.{d}f}"
+
+
+def format_side_by_side(results: dict[str, VirtualResult]) -> str:
+    """One row per tenant, one column group per policy: admitted %, goodput (req/s), SLO attainment
+    of admitted requests (%), TTFT p50 / p99 (s), share over weight."""
+    cols = [("adm%", lambda o: _f(o.admitted / o.requests if o.requests else None, 1, 100)),
+            ("good/s", lambda o: _f(o.goodput_rps, 2)),
+            ("SLO%", lambda o: _f(o.slo_attainment_admitted, 1, 100)),
+            ("TTFT50", lambda o: _f(o.ttft_p50_s)),
+            ("TTFT99", lambda o: _f(o.ttft_p99_s)),
+            ("sh/w", lambda o: "-" if o.tenant == "__all__" else _f(
+                o.share_ratio_backlogged if o.share_ratio_backlogged is not None else o.share_ratio, 2))]
+    tenants: list[str] = []
+    for r in results.values():
+        tenants += [t for t in r.per_tenant if t not in tenants]
+    tenants.append("__all__")
+    head1 = ["", ""]
+    head2 = ["tenant", "req"]
+    rows = []
+    for t in tenants:
+        first = next(iter(results.values()))
+        o0 = first.overall if t == "__all__" else first.per_tenant.get(t)
+        rows.append(["all" if t == "__all__" else t, str(o0.requests if o0 else "-")])
+    for label, r in results.items():
+        for k, (name, fn) in enumerate(cols):
+            head1.append(label if k == 0 else "")
+            head2.append(name)
+            for row, t in zip(rows, tenants):
+                o = r.overall if t == "__all__" else r.per_tenant.get(t)
+                row.append(fn(o) if o is not None else "-")
+    widths = [max(len(h1), len(h2), *(len(r[k]) for r in rows)) for k, (h1, h2) in enumerate(zip(head1, head2))]
+    sep = lambda k: " | " if k >= 2 and (k - 2) % len(cols) == 0 else "  "  # noqa: E731
+
+    def line(vals: list[str]) -> str:
+        out = ""
+        for k, (v, w) in enumerate(zip(vals, widths)):
+            out += (sep(k) if k else "") + (v.ljust(w) if k == 0 else v.rjust(w))
+        return out
+
+    out = ["times in seconds; SLO% = SLO attainment of admitted requests; sh/w = share of service "
+           "(while all tenants were backlogged, when they were) over weight share",
+           line(head1), line(head2), line(["-" * w for w in widths])]
+    out += [line(r) for r in rows[:-1]]
+    out += [line(["-" * w for w in widths]), line(rows[-1]), ""]
+    for label, r in results.items():
+        fz, fc = r.fairness, r.forecast.get("ttft", {})
+        out.append(f"{label:>20}: Jain {_f(fz['jain_weighted'])}"
+                   + (f" (backlogged {_f(fz['jain_backlogged'])})" if "jain_backlogged" in fz else "")
+                   + f"  max service diff {_f(fz['service_difference'], 0)}"
+                   f"  TTFT forecast MdAPE {_f(fc.get('median_ape'), 1, 100)}%"
+                   f"  {r.makespan_s:.0f} virtual s in {r.wall_s:.1f} s ({r.virtual_per_wall:.0f}x)")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(simulate_main(sys.argv[1:]))
