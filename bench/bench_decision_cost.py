@@ -1,0 +1,108 @@
+"""Decision cost per request through the DecisionCore at 10, 1,000 and 10,000 tenants, per policy.
+
+One request = arrive (admission forecast + enqueue) + the dispatch it eventually gets (scheduler
+pop, engine choice) + first_token + finish (counters reconciled, predictors and step model learn,
+next dispatch). The core runs one engine with the default H100 profile prior, admission on (an SLO
+loose enough that everything is admitted, so the full forecast path runs) and every tenant
+backlogged: before timing, each tenant gets two queued requests; then, per iteration, a new
+request arrives for the next tenant (round robin) and the oldest running request finishes,
+which dispatches the next one. Target: the cost per request within 2x across tenant counts.
+
+    .venv/bin/python bench/bench_decision_cost.py [--requests 20000] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from controlplane.core.core import DecisionCore  # noqa: E402
+from controlplane.core.events import Dispatch, FinishReport, RequestSpec  # noqa: E402
+from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy  # noqa: E402
+from controlplane.predict.errors import ForecastErrors  # noqa: E402
+from controlplane.predict.output_length import OutputLengthPredictor  # noqa: E402
+from engine_adapter.sim.profile import load_profile  # noqa: E402
+from replay.runner import engine_specs  # noqa: E402
+
+POLICIES = ("fcfs", "vtc", "equinox", "wrr")
+TENANTS = (10, 1_000, 10_000)
+
+
+def build(policy: str, tenants: int) -> tuple[DecisionCore, list[str]]:
+    names = [f"t{i:05d}" for i in range(tenants)]
+    pol = Policy(scheduler=policy, admission=True, window=64,
+                 slo_classes={"interactive": SLOClassPolicy(1e8, 1e6)},
+                 tenants={n: TenantPolicy(1.0 + (i % 4)) for i, n in enumerate(names)})
+    core = DecisionCore(pol, engine_specs(load_profile("h100-llama3.1-8b"), 1),
+                        OutputLengthPredictor(seed=0, torch_expert=False), ForecastErrors())
+    return core, names
+
+
+def measure(policy: str, tenants: int, requests: int) -> dict[str, Any]:
+    core, names = build(policy, tenants)
+    running: deque[str] = deque()
+    now = 0.0
+    seq = 0
+
+    def arrive(tenant: str) -> None:
+        nonlocal seq
+        rid = f"r{seq:09d}"
+        seq += 1
+        for a in core.arrive(now, RequestSpec(rid, tenant, 512 + (seq % 7) * 64, 256)):
+            if isinstance(a, Dispatch):
+                running.append(a.rid)
+
+    def finish_one() -> None:
+        rid = running.popleft()
+        core.first_token(now, rid)
+        for a in core.finish(now + 0.001, rid, FinishReport("ok", 512, 0, 100 + seq % 50, now)):
+            if isinstance(a, Dispatch):
+                running.append(a.rid)
+
+    for rnd in range(2):  # everyone backlogged
+        for n in names:
+            now += 1e-4
+            arrive(n)
+    k = 0
+    warm = min(2000, requests // 5)
+    gc.collect()
+    t0 = 0.0
+    for i in range(warm + requests):
+        if i == warm:
+            t0 = time.perf_counter()
+        now += 1e-3
+        arrive(names[k])
+        k = (k + 1) % len(names)
+        finish_one()
+    dt = time.perf_counter() - t0
+    return {"policy": policy, "tenants": tenants, "requests": requests, "us_per_request": dt / requests * 1e6,
+            "queued": core.queued(), "backlogged": len(core.scheduler.backlogged())}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=20_000)
+    ap.add_argument("--json", dest="json_out")
+    args = ap.parse_args()
+    rows = []
+    print(f"{'policy':>8} " + " ".join(f"{n:>12,} ten" for n in TENANTS) + "   max/min")
+    for p in POLICIES:
+        res = [measure(p, n, args.requests) for n in TENANTS]
+        rows += res
+        costs = [r["us_per_request"] for r in res]
+        print(f"{p:>8} " + " ".join(f"{c:>13.1f}us" for c in costs) + f"   {max(costs) / min(costs):.2f}x"
+              + ("" if max(costs) / min(costs) <= 2.0 else "  (target 2x MISSED)"))
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
