@@ -67,14 +67,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.port, args.state_dir, headless_s=args.headless, scale=args.scale)
 
 
-def cmd_simulate(args: argparse.Namespace) -> int:
-    import replay.simulate as simulate  # its own argument parser: replay owns the options
-
-    sub = argparse.ArgumentParser(prog="sluice simulate")
-    simulate.add_arguments(sub)
-    return int(simulate.run(sub.parse_args(args.argv)) or 0)
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from telemetry.store import Store, StoreLockedError
 
@@ -134,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_console_arguments(p)
     p.set_defaults(func=console_main)
 
-    p = sub.add_parser("simulate", add_help=False,
-                       help="replay a workload on a virtual clock under one or more policies (--help for options)")
-    p.add_argument("argv", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_simulate)
+    from replay.simulate import add_arguments as add_simulate_arguments, run as run_simulate
+
+    p = sub.add_parser("simulate", help="replay a workload on a virtual clock under one or more policies")
+    add_simulate_arguments(p)
+    p.set_defaults(func=run_simulate)
 
     p = sub.add_parser("export", help="export the DuckDB store as Parquet (one file per table)")
     p.add_argument("--db", default=".sluice/sluice.duckdb")
