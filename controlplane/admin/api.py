@@ -103,7 +103,7 @@ class AdminAPI:
         for name, e in core.engines.items():
             load = self.sluice.engine_loads.get(name)
             info = self.sluice.infos.get(name)
-            ttft, tpot = core.typical_forecast(name)
+            ttft, tpot = core.typical_forecast(name, now)
             engines.append({
                 "name": name, "kind": info.kind if info else None, "simulated": bool(info and info.simulated),
                 "healthy": e.healthy, "url": info.url if info else None,

@@ -7,9 +7,13 @@ The forecast is a small queueing model over SGLang's chunked-prefill scheduler (
 - a decode step with batch B over K KV tokens takes  s = c + d*B + e*K;
 - a step carries up to `chunk - B` prefill tokens and then costs  s + a + b*tokens;
 - prefilling T tokens therefore takes  max(1, T/(chunk-B)) * (s + a) + b*T;
-- an engine frees window slots at rate  window / mean_service  (service = prefill + output * TPOT);
+- a busy engine first finishes the step in progress: half a step on average;
+- the k-th request ahead of a full window waits for the k-th predicted departure of the requests
+  in flight (past the last one, further departures come at rate window / mean_service);
+- prefill of other requests rides in the decode steps: at a prefill rate of L tokens/s and R
+  requests/s, a step takes  (s + a*min(1, R*s)) / (1 - b*L);
 TTFT = max(slot wait + prefill of the request's own prompt, prefill of all work ahead plus its own),
-TPOT = the decode step at the batch the request joins, e2e = TTFT + predicted output * TPOT.
+TPOT = that step time at the batch the request joins, e2e = TTFT + predicted output * TPOT.
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ class EngineView:
     waiting_tokens: float  # prompt tokens dispatched to the engine and not yet prefilled
     kv_tokens: float  # KV tokens held by in-flight requests
     mean_service_s: float  # predicted service time of one request at the current batch
+    prefill_rate: float  # prompt tokens/s dispatched to this engine lately
+    dispatch_rate: float  # requests/s dispatched to this engine lately
+    departures: tuple[float, ...]  # sorted predicted seconds until in-flight requests finish (as many as needed)
     prefill_a: float
     prefill_b: float
     decode_c: float
@@ -41,10 +48,27 @@ class EngineView:
     def decode_step(self, batch: float, kv_tokens: float) -> float:
         return self.decode_c + self.decode_d * batch + self.decode_e * kv_tokens
 
+    def step_time(self, batch: float, kv_tokens: float) -> float:
+        """A decode step with the other requests' prefill riding in it (the TPOT a request sees)."""
+        s = self.decode_step(batch, kv_tokens)
+        with_prefill = min(1.0, self.dispatch_rate * s)
+        return (s + self.prefill_a * with_prefill) / max(0.1, 1.0 - self.prefill_b * self.prefill_rate)
+
     def prefill_through(self, tokens: float, batch: float, kv_tokens: float) -> float:
-        per_step = max(1.0, self.chunk - batch)
-        steps = max(1.0, tokens / per_step)
-        return steps * (self.decode_step(batch, kv_tokens) + self.prefill_a) + self.prefill_b * tokens
+        s = self.decode_step(batch, kv_tokens)
+        steps = max(1.0, tokens / max(1.0, self.chunk - batch))
+        busy = 0.5 * s if self.in_flight else 0.0
+        return busy + steps * (s + self.prefill_a) + self.prefill_b * tokens
+
+    def slot_wait(self, ahead: float) -> float:
+        """Seconds until a window slot frees for a request with `ahead` requests before it."""
+        if ahead < self.free_slots:
+            return 0.0
+        j = int(ahead - self.free_slots)
+        if j < len(self.departures):
+            return self.departures[j]
+        last = self.departures[-1] if self.departures else 0.0
+        return last + (j - len(self.departures) + 1) * self.mean_service_s / max(self.window, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,14 +85,11 @@ def forecast(
 ) -> Forecast:
     batch = min(engine.in_flight + 1, max(engine.window, 1))
     kv = engine.kv_tokens + prompt_tokens + output_tokens / 2
-    if ahead_requests < engine.free_slots:
-        slot_wait = 0.0
-    else:
-        slot_wait = (ahead_requests - engine.free_slots + 1) * engine.mean_service_s / max(engine.window, 1)
+    slot_wait = engine.slot_wait(ahead_requests)
     own = engine.prefill_through(prompt_tokens, batch, kv)
     everything = engine.prefill_through(engine.waiting_tokens + ahead_tokens + prompt_tokens, batch, kv)
     ttft = max(slot_wait + own, everything)
-    tpot = engine.decode_step(batch, kv)
+    tpot = engine.step_time(batch, kv)
     return Forecast(engine.name, ttft, tpot, ttft + output_tokens * tpot, slot_wait)
 
 

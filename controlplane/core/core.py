@@ -7,6 +7,8 @@ with a virtual clock: one code path for both.
 from __future__ import annotations
 
 import heapq
+import math
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -53,6 +55,11 @@ class Tracked:
     first_token_at: float | None = None
     batch_at_dispatch: int = 1
     kv_at_dispatch: float = 0.0
+    engine_waiting_at_dispatch: float = 0.0  # other prompt tokens the engine still had to prefill
+    expected_finish: float = 0.0  # predicted at dispatch: when its window slot frees
+    prefilled_at_first_token: float = 0.0  # the engine's cumulative prefill tokens then
+    dispatched_at_first_token: int = 0  # and its cumulative dispatches
+    batch_at_first_token: int = 1
 
 
 @dataclass(slots=True)
@@ -66,7 +73,21 @@ class EngineState:
     reported_waiting_tokens: float = 0.0  # from the engine's own load report
     reported_kv_tokens: float = 0.0
     window: int = 1
+    prior_window: int = 1  # the window the engine's own profile gives: a floor when learning goes wrong
     profile: StepProfile | None = None  # the model's estimate, refreshed with each load report
+    prefilled: float = 0.0  # cumulative prompt tokens dispatched
+    dispatched: int = 0  # cumulative requests dispatched
+    recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, prompt tokens) of dispatches
+    recent_tokens: float = 0.0
+
+    def rates(self, now: float) -> tuple[float, float]:
+        """(prompt tokens/s, requests/s) dispatched over the last RATE_WINDOW_S."""
+        while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
+            self.recent_tokens -= self.recent.popleft()[1]
+        return self.recent_tokens / RATE_WINDOW_S, len(self.recent) / RATE_WINDOW_S
+
+
+RATE_WINDOW_S = 5.0
 
 
 class DecisionCore:
@@ -92,6 +113,8 @@ class DecisionCore:
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
         self._mean_request_tokens = 1024.0  # EWMA of prompt + output: sizes the windows
         self._resize_windows()
+        for eng in self.engines.values():
+            eng.prior_window = eng.window
 
     # -- events -----------------------------------------------------------------------------
     def arrive(self, now: float, spec: RequestSpec) -> list[Action]:
@@ -118,7 +141,7 @@ class DecisionCore:
 
         predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
             spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
-        inputs = self._admission_inputs(spec, cls_name, predicted)
+        inputs = self._admission_inputs(now, spec, cls_name, predicted)
         result = decide(inputs)
         if result.decision == "reject":
             status = 503 if result.reason == "no_healthy_engine" else 429
@@ -149,7 +172,10 @@ class DecisionCore:
         if t is None or t.engine is None or t.first_token_at is not None:
             return
         t.first_token_at = now
-        self.engines[t.engine].waiting_tokens -= t.spec.prompt_tokens
+        eng = self.engines[t.engine]
+        eng.waiting_tokens -= t.spec.prompt_tokens
+        t.prefilled_at_first_token, t.batch_at_first_token = eng.prefilled, len(eng.in_flight)
+        t.dispatched_at_first_token = eng.dispatched
 
     def finish(self, now: float, rid: str, report: FinishReport) -> list[Action]:
         t = self.requests.pop(rid, None)
@@ -167,7 +193,7 @@ class DecisionCore:
         ttft = first - t.dispatched_at if first is not None and t.dispatched_at is not None else None
         tpot = (now - first) / (report.completion_tokens - 1) if first is not None and report.completion_tokens > 1 else None
         if report.status == "ok":
-            self._learn(t, eng, report, ttft, tpot)
+            self._learn(now, t, eng, report, ttft, tpot)
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.finish(t.spec.tenant, t.work, Outcome(
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
@@ -235,22 +261,42 @@ class DecisionCore:
     def in_flight(self) -> int:
         return sum(len(e.in_flight) for e in self.engines.values())
 
-    def engine_view(self, eng: EngineState) -> EngineView:
+    def engine_view(self, eng: EngineState, now: float, ahead: float = 0.0) -> EngineView:
+        """The engine as the forecast sees it; `ahead` requests queued before the one forecast."""
         p = eng.profile
         assert p is not None
-        a, b, c, d, e = p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e
         batch = max(1, min(eng.window, len(eng.in_flight) + 1))
         kv = max(eng.kv_tokens, eng.reported_kv_tokens)
-        tpot = p.decode_time(batch, kv)
-        mean_service = p.prefill_time(self._mean_request_tokens / 2) + self._mean_request_tokens / 2 * tpot
-        return EngineView(eng.spec.name, eng.window, len(eng.in_flight),
-                          max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, mean_service,
-                          a, b, c, d, e, eng.spec.chunk)
+        prefill_rate, dispatch_rate = eng.rates(now)
+        view = EngineView(eng.spec.name, eng.window, len(eng.in_flight),
+                          max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, 0.0, prefill_rate,
+                          dispatch_rate, (), p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e,
+                          eng.spec.chunk)
+        half = self._mean_request_tokens / 2
+        mean_service = view.prefill_through(half, batch, kv) + half * view.step_time(batch, kv)
+        departures: tuple[float, ...] = ()
+        if ahead >= view.free_slots and eng.in_flight:  # only a queued request needs them
+            step = view.step_time(batch, kv)
+            need = min(len(eng.in_flight), int(ahead - view.free_slots) + 1)
+            departures = tuple(heapq.nsmallest(need, (self._remaining(t, now, step)
+                                                      for t in eng.in_flight.values())))
+        return EngineView(view.name, view.window, view.in_flight, view.waiting_tokens, kv, mean_service,
+                          prefill_rate, dispatch_rate, departures, p.prefill_a, p.prefill_b, p.decode_c,
+                          p.decode_d, p.decode_e, eng.spec.chunk)
 
-    def typical_forecast(self, name: str) -> tuple[float, float]:
+    @staticmethod
+    def _remaining(t: Tracked, now: float, step: float) -> float:
+        """Predicted seconds until an in-flight request finishes, from its progress at today's pace."""
+        if t.first_token_at is None:
+            return max(step, t.expected_finish - now)
+        done = (now - t.first_token_at) / step
+        return max(step, (t.predicted_output - 1 - done) * step)
+
+    def typical_forecast(self, name: str, now: float) -> tuple[float, float]:
         """TTFT and TPOT (s) a typical new request would see on this engine now."""
         half = self._mean_request_tokens / 2
-        f = forecast(self.engine_view(self.engines[name]), self._queued_total / max(1, len(self.engines)),
+        ahead = self._queued_total / max(1, len(self.engines))
+        f = forecast(self.engine_view(self.engines[name], now, ahead), ahead,
                      self._queued_tokens_total / max(1, len(self.engines)), half, half)
         return f.ttft_s, f.tpot_s
 
@@ -307,7 +353,7 @@ class DecisionCore:
         ahead = min(total, own + scale)
         return ahead, tokens * ahead / total
 
-    def _admission_inputs(self, spec: RequestSpec, cls_name: str, predicted: float) -> AdmissionInputs:
+    def _admission_inputs(self, now: float, spec: RequestSpec, cls_name: str, predicted: float) -> AdmissionInputs:
         cls = self.policy.slo(cls_name)
         healthy = [e for e in self.engines.values() if e.healthy]
         ahead, ahead_tokens = self._ahead(spec.tenant)
@@ -320,7 +366,7 @@ class DecisionCore:
             margin=self.policy.admission_margin, admission=self.policy.admission,
             ahead_requests=ahead / n, ahead_tokens=ahead_tokens / n,
             inflight_tpot_slo_ms=min(running_slos) if running_slos else None,
-            engines=tuple(self.engine_view(e) for e in healthy),
+            engines=tuple(self.engine_view(e, now, ahead / n) for e in healthy),
         )
 
     def _pump(self, now: float) -> list[Action]:
@@ -335,14 +381,20 @@ class DecisionCore:
             _, rid, _ = popped
             t = self.requests[str(rid)]
             self._dequeue(t, removed=True)
-            views = [self.engine_view(e) for e in free]
-            best = min(views, key=lambda v: (forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output).ttft_s,
-                                             v.in_flight))
+            views = [self.engine_view(e, now) for e in free]
+            forecasts = [forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output) for v in views]
+            i = min(range(len(views)), key=lambda k: (forecasts[k].ttft_s, views[k].in_flight))
+            best, fc = views[i], forecasts[i]
             eng = self.engines[best.name]
-            t.engine, t.dispatched_at = best.name, now
+            t.engine, t.dispatched_at, t.expected_finish = best.name, now, now + fc.e2e_s
+            t.engine_waiting_at_dispatch = max(eng.waiting_tokens, eng.reported_waiting_tokens)
             eng.in_flight[t.spec.rid] = t
             eng.waiting_tokens += t.spec.prompt_tokens
             eng.kv_tokens += t.spec.prompt_tokens + t.predicted_output
+            eng.prefilled += t.spec.prompt_tokens
+            eng.dispatched += 1
+            eng.recent.append((now, t.spec.prompt_tokens))
+            eng.recent_tokens += t.spec.prompt_tokens
             t.batch_at_dispatch, t.kv_at_dispatch = len(eng.in_flight), eng.kv_tokens
             self._inflight_tpot[t.slo_class] = self._inflight_tpot.get(t.slo_class, 0) + 1
             cls = self.policy.slo(t.slo_class)
@@ -389,15 +441,22 @@ class DecisionCore:
             factor *= min(1.0, cls.tpot_ms / 1e3 / tpot)
         return factor
 
-    def _learn(self, t: Tracked, eng: EngineState, report: FinishReport, ttft: float | None, tpot: float | None) -> None:
+    def _learn(self, now: float, t: Tracked, eng: EngineState, report: FinishReport, ttft: float | None,
+               tpot: float | None) -> None:
+        """Feed the predictors with what this request really cost, with the parts of its timings
+        that were other requests' work taken out (docs/admission.md, "Learning from outcomes")."""
         self.predictor.observe(t.spec.tenant, report.prompt_tokens, t.spec.max_tokens, t.slo_class,
                                report.completion_tokens)
         computed = max(1, report.prompt_tokens - report.cached_tokens)
-        # With the window keeping the engine's own queue short, TTFT from dispatch is ~ the prefill.
-        if ttft is not None:
+        # Per-request timings mix other requests' work into every step; learn step times only from
+        # the clean cases where the step composition is known: a prefill on an idle engine (one
+        # step of a + b*tokens), a decode with no prefill dispatched meanwhile (steps of
+        # c + d*batch + e*kv). Forecast bias under load is corrected by the calibration factors.
+        if ttft is not None and t.batch_at_dispatch == 1 and t.engine_waiting_at_dispatch == 0:
             eng.model.observe_prefill(computed, ttft)
-        if tpot is not None:
-            eng.model.observe_decode(t.batch_at_dispatch, t.kv_at_dispatch, tpot)
+        if tpot is not None and eng.dispatched == t.dispatched_at_first_token:
+            batch = (t.batch_at_first_token + len(eng.in_flight) + 1) / 2
+            eng.model.observe_decode(batch, t.kv_at_dispatch, tpot)
         total = report.prompt_tokens + report.completion_tokens
         self._mean_request_tokens += 0.02 * (total - self._mean_request_tokens)
         if self.errors is not None:
@@ -417,9 +476,12 @@ class DecisionCore:
                 continue
             kv_fit = max(1, int(eng.spec.kv_capacity / max(1.0, self._mean_request_tokens)))
             limit = min(eng.spec.max_running, kv_fit)
-            if tpots:
-                budget = self.policy.admission_margin * min(tpots) / 1e3
-                per = self._mean_request_tokens
+            budget = self.policy.admission_margin * min(tpots) / 1e3 if tpots else None
+            per = self._mean_request_tokens
+            if budget is not None and eng.profile.decode_time(1, per) > budget:
+                # Not even one request meets the SLO by the learned model: trust the profile's window.
+                limit = eng.prior_window
+            elif budget is not None:
                 lo, hi = 1, limit
                 while lo < hi:  # largest batch B with decode_time(B, B * tokens) <= budget
                     mid = (lo + hi + 1) // 2
