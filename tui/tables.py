@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.text import Text
 from textual.widgets import DataTable
-from textual.widgets.data_table import CellDoesNotExist, RowDoesNotExist
+from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
 
 
 class KeyedTable(DataTable[Any]):
@@ -25,8 +25,16 @@ class KeyedTable(DataTable[Any]):
         self.column_spec = list(columns)
         self._col_keys = [key for key, _label, _width in self.column_spec]
         self._cells: dict[str, tuple[Any, ...]] = {}
+        self._row_keys: dict[str, RowKey] = {}
+        self._column_keys: list[ColumnKey] = []
         for key, label, width in self.column_spec:
-            self.add_column(label, key=key, width=width)
+            self._column_keys.append(self.add_column(label, key=key, width=width))
+        # Batched cell writes: `update_cell` does `_data[row][col] = value; _update_count += 1;
+        # refresh()`, and the refresh (~25 us) dominates when thousands of cells change at once.
+        # With textual pinned (8.2.8) we write the same dict and refresh once per sync; if those
+        # internals ever go away we fall back to update_cell.
+        self._batch_writes = isinstance(getattr(self, "_data", None), dict) and isinstance(
+            getattr(self, "_update_count", None), int)
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -62,19 +70,30 @@ class KeyedTable(DataTable[Any]):
             except RowDoesNotExist:
                 pass
             del self._cells[key]
+            self._row_keys.pop(key, None)
             structural = True
-        col_keys = self._col_keys
+        col_keys = self._column_keys
+        data: dict[RowKey, dict[ColumnKey, Any]] | None = self._data if self._batch_writes else None
+        written = 0
         for key, cells in rows.items():
             old = self._cells.get(key)
             if old is None:
-                self.add_row(*cells, key=key)
+                self._row_keys[key] = self.add_row(*cells, key=key)
                 structural = True
-            elif old != cells:
+            elif old is not cells:
+                row_data = data[self._row_keys[key]] if data is not None else None
                 for col, before, after in zip(col_keys, old, cells):
                     if before is after or (before == after and _same_style(before, after)):
                         continue
-                    self.update_cell(key, col, after)
+                    if row_data is not None:
+                        row_data[col] = after
+                        written += 1
+                    else:
+                        self.update_cell(key, col, after)
             self._cells[key] = cells
+        if written:
+            self._update_count += 1
+            self.refresh()
         if gone and cursor is not None:
             self._restore_cursor(cursor)
         return structural

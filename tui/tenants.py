@@ -31,63 +31,61 @@ def _share_ratio(t: dict[str, Any]) -> float | None:
     return float(share) / float(fair)
 
 
-# key, label, width, raw value (for sorting)
-COLUMNS: list[tuple[str, str, int, Callable[[dict[str, Any]], Any]]] = [
-    ("name", "Tenant", 14, lambda t: str(t.get("name"))),
-    ("slo_class", "Class", 11, lambda t: str(t.get("slo_class") or "")),
-    ("weight", "Weight", 6, lambda t: t.get("weight")),
-    ("state", "State", 8, lambda t: bool(t.get("paused"))),
-    ("share", "Share", 6, lambda t: t.get("share")),
-    ("fair_share", "Fair", 6, lambda t: t.get("fair_share")),
-    ("ratio", "Share/fair", 10, _share_ratio),
-    ("user", "U (user)", 8, _counter("user")),
-    ("resource", "R (res.)", 8, _counter("resource")),
-    ("holistic", "H", 5, _counter("holistic")),
-    ("queued", "Queue", 5, lambda t: t.get("queued")),
-    ("in_flight", "In fl.", 6, lambda t: t.get("in_flight")),
-    ("ttft_p50_ms", "TTFT p50", 8, lambda t: t.get("ttft_p50_ms")),
-    ("ttft_p99_ms", "TTFT p99", 8, lambda t: t.get("ttft_p99_ms")),
-    ("attainment", "Attain", 6, lambda t: t.get("attainment")),
-    ("rejected", "Rejected", 8, lambda t: t.get("rejected")),
-    ("admitted", "Admitted", 8, lambda t: t.get("admitted")),
+def _ratio_cell(ratio: float | None) -> Any:
+    if ratio is None:
+        return Text("–", style="dim")
+    style = "green" if 0.8 <= ratio <= 1.25 else ("yellow" if 0.5 <= ratio <= 2.0 else "red")
+    return Text(f"{ratio:.2f}×", style=style)
+
+
+def _attainment_cell(value: Any) -> Any:
+    if value is None:
+        return "–"
+    style = "green" if value >= 0.99 else "yellow" if value >= 0.95 else "red"
+    return Text(pct(value, 1), style=style)
+
+
+PAUSED = Text("paused", style="bold yellow")
+ACTIVE = Text("active", style="green")
+
+# key, label, width, raw value (compared between updates, and sorted on), cell from the raw value
+COLUMNS: list[tuple[str, str, int, Callable[[dict[str, Any]], Any], Callable[[Any], Any]]] = [
+    ("name", "Tenant", 14, lambda t: str(t.get("name")), Text),
+    ("slo_class", "Class", 11, lambda t: str(t.get("slo_class") or "–"), Text),
+    ("weight", "Weight", 6, lambda t: t.get("weight"), lambda v: num(v, 2)),
+    ("state", "State", 6, lambda t: bool(t.get("paused")), lambda v: PAUSED if v else ACTIVE),
+    ("share", "Share", 6, lambda t: t.get("share"), lambda v: pct(v, 1)),
+    ("fair_share", "Fair", 6, lambda t: t.get("fair_share"), lambda v: pct(v, 1)),
+    ("ratio", "Shr/fair", 8, _share_ratio, _ratio_cell),
+    ("user", "U (user)", 8, _counter("user"), si),
+    ("resource", "R (res.)", 8, _counter("resource"), si),
+    ("holistic", "H", 5, _counter("holistic"), lambda v: num(v, 2)),
+    ("queued", "Queue", 5, lambda t: t.get("queued"), num),
+    ("in_flight", "In fl.", 6, lambda t: t.get("in_flight"), num),
+    ("ttft_p50_ms", "TTFT p50", 8, lambda t: t.get("ttft_p50_ms"), ms),
+    ("ttft_p99_ms", "TTFT p99", 8, lambda t: t.get("ttft_p99_ms"), ms),
+    ("attainment", "Attain", 6, lambda t: t.get("attainment"), _attainment_cell),
+    ("rejected", "Rejected", 8, lambda t: t.get("rejected"),
+     lambda v: Text(num(v), style="red") if v else num(v)),
+    ("admitted", "Admitted", 8, lambda t: t.get("admitted"), num),
 ]
 COLUMN_KEYS = [c[0] for c in COLUMNS]
 RAW = {c[0]: c[3] for c in COLUMNS}
 LABELS = {c[0]: c[1] for c in COLUMNS}
+_RAW_FMT = [(c[3], c[4]) for c in COLUMNS]
 
 
-def tenant_cells(t: dict[str, Any]) -> tuple[Any, ...]:
-    """The displayed cells of one tenant row (same order as COLUMNS)."""
-    ratio = _share_ratio(t)
-    if ratio is None:
-        ratio_cell = Text("–", style="dim")
-    else:
-        style = "green" if 0.8 <= ratio <= 1.25 else ("yellow" if 0.5 <= ratio <= 2.0 else "red")
-        ratio_cell = Text(f"{ratio:.2f}×", style=style)
-    counters = t.get("counters") or {}
-    attainment = t.get("attainment")
-    att_style = "" if attainment is None else ("green" if attainment >= 0.99 else
-                                               "yellow" if attainment >= 0.95 else "red")
-    paused = bool(t.get("paused"))
-    return (
-        Text(str(t.get("name"))),
-        Text(str(t.get("slo_class") or "–")),
-        num(t.get("weight"), 2),
-        Text("paused", style="bold yellow") if paused else Text("active", style="green"),
-        pct(t.get("share"), 1),
-        pct(t.get("fair_share"), 1),
-        ratio_cell,
-        si(counters.get("user")),
-        si(counters.get("resource")),
-        num(counters.get("holistic"), 2),
-        num(t.get("queued")),
-        num(t.get("in_flight")),
-        ms(t.get("ttft_p50_ms")),
-        ms(t.get("ttft_p99_ms")),
-        Text(pct(attainment, 1), style=att_style),
-        Text(num(t.get("rejected")), style="red" if t.get("rejected") else ""),
-        num(t.get("admitted")),
-    )
+def tenant_cells(t: dict[str, Any], old: dict[str, Any] | None = None,
+                 old_cells: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    """The displayed cells of one tenant row (same order as COLUMNS). Given the previous raw row
+    and its cells, only the cells whose raw value changed are formatted again."""
+    if old is None or old_cells is None:
+        return tuple(fmt(raw(t)) for raw, fmt in _RAW_FMT)
+    out = []
+    for (raw, fmt), cell in zip(_RAW_FMT, old_cells):
+        value = raw(t)
+        out.append(cell if value == raw(old) else fmt(value))
+    return tuple(out)
 
 
 def _sort_value(t: dict[str, Any], column: str) -> Any:
@@ -133,7 +131,7 @@ class TenantsPane(Vertical):
         with Horizontal(classes="toolbar"):
             yield Input(placeholder="/ filter tenants by name or class", id="tenant-filter")
             yield Label("", id="tenant-summary")
-        yield KeyedTable([(k, label, w) for k, label, w, _ in COLUMNS], id="tenant-table",
+        yield KeyedTable([(k, label, w) for k, label, w, _, _ in COLUMNS], id="tenant-table",
                          cursor_type="row", zebra_stripes=True)
 
     @property
@@ -159,11 +157,14 @@ class TenantsPane(Vertical):
                                  for term in terms):
                 continue
             old = previous.get(name)
-            cells = table.cells_of(name) if old is not None and old == t else None
-            if cells is None:
-                cells = tenant_cells(t)
-                if old is None or RAW[sort_col](old) != RAW[sort_col](t):
+            shown = table.cells_of(name)
+            if shown is not None and old is not None:
+                cells = shown if old == t else tenant_cells(t, old, shown)
+                if cells is not shown and RAW[sort_col](old) != RAW[sort_col](t):
                     sort_dirty = True
+            else:
+                cells = tenant_cells(t)
+                sort_dirty = True
             rows[name] = cells
         structural = table.sync(rows)
         if structural or sort_dirty:

@@ -1,0 +1,169 @@
+"""Refresh cost of the operator console with 1,000 tenants and 10,000 recent requests.
+
+Runs `SluiceConsole` headless (Textual's test driver, no server: `live=False`) and feeds it what
+its workers would post:
+
+- a state update: a `/state` body with N tenants where *every* tenant's counters, share and
+  latencies changed (worst case), applied with `ingest_state` (the message handler's code path);
+- a requests update: M request events (status changes and new requests) merged into a store of
+  10,000 requests, then the capped requests table re-rendered in place (`render_rows`).
+
+It reports milliseconds per update (median and p95 of the handler, and of the handler plus the
+repaint that follows), and Python heap (tracemalloc) and RSS before and after many updates.
+
+    .venv/bin/python bench/bench_console.py [--tenants 1000] [--requests 10000] [--updates 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import resource
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tui.app import SluiceConsole  # noqa: E402
+
+NOW = 1763800000.0
+
+
+def big_state(i: int, n_tenants: int) -> dict[str, Any]:
+    tenants = []
+    for k in range(n_tenants):
+        tenants.append({
+            "name": f"tenant-{k:05d}", "weight": 1.0 + (k % 4), "slo_class": "interactive" if k % 3 else "batch",
+            "paused": k % 97 == 0, "share": ((k * 7 + i) % 100) / 1000.0, "fair_share": 1.0 / n_tenants,
+            "counters": {"user": 1000.0 + k + i * 3.5, "resource": 10.0 + k / 10 + i * 0.01,
+                         "holistic": 0.9 + ((k + i) % 20) / 100},
+            "queued": (k + i) % 5, "in_flight": (k * 3 + i) % 7,
+            "ttft_p50_ms": 80.0 + (k + i) % 50, "ttft_p99_ms": 300.0 + (k * 3 + i) % 200, "tpot_p50_ms": 21.0,
+            "attainment": 0.95 + ((k + i) % 5) / 100, "admitted": 1000 + i, "rejected": (k + i) % 3,
+            "finished": 990 + i,
+        })
+    engines = [{"name": f"sim-{e}", "kind": "sim", "simulated": True, "healthy": True, "url": None,
+                "running": 12, "waiting": i % 4, "kv_usage": ((e + i) % 10) / 10, "gen_throughput": 2000.0 + i,
+                "window": 16, "in_flight": 12, "forecast": {"ttft_ms": 95.0, "tpot_ms": 22.0}} for e in range(8)]
+    gpus = [{"index": g, "name": "H100 (simulated)", "simulated": True, "power_w": 400.0 + (i + g) % 50,
+             "energy_j": 1e5 + i * 400.0, "sm_clock_mhz": 1980, "utilization": 0.9,
+             "memory_used_bytes": 7e10, "memory_total_bytes": 8e10} for g in range(8)]
+    return {"now": NOW + i, "policy_version": 3, "scheduler": "equinox",
+            "totals": {"request_rate": 120.0 + i % 7, "goodput": 110.0, "attainment": 0.97,
+                       "rejections_per_s": 0.4, "queued": 70, "in_flight": 160, "output_tokens_per_s": 24000.0},
+            "tenants": tenants, "engines": engines, "gpus": gpus, "gpu_status": "ok"}
+
+
+STATUSES = ("queued", "running", "ok", "ok", "ok", "rejected", "aborted", "error")
+
+
+def request(n: int, status: str | None = None) -> dict[str, Any]:
+    return {"rid": f"req-{n:08d}", "trace_id": f"{n:032x}", "tenant": f"tenant-{n % 1000:05d}",
+            "slo_class": "interactive", "engine": f"sim-{n % 8}", "status": status or STATUSES[n % len(STATUSES)],
+            "arrival_ts": NOW + n * 0.01, "ttft_ms": 90.0 + n % 40, "tpot_ms": 21.0, "e2e_ms": 1500.0 + n % 300,
+            "prompt_tokens": 500 + n % 300, "completion_tokens": 100 + n % 200, "decision": "admit", "reason": ""}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+async def run(n_tenants: int, n_requests: int, updates: int, tab: str, memory_updates: int) -> dict[str, Any]:
+    if memory_updates:
+        tracemalloc.start()  # from the very start, so that replaced objects are not counted as growth
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False, max_requests=500, max_store=n_requests)
+    out: dict[str, Any] = {"tab": tab}
+    async with app.run_test(size=(200, 60)) as pilot:
+        app.action_show_tab(tab)
+        await pilot.pause()
+        t = time.perf_counter()
+        app.ingest_state(big_state(0, n_tenants))
+        out["first_state_ms"] = (time.perf_counter() - t) * 1000
+        t = time.perf_counter()
+        app.ingest_requests([request(n) for n in range(n_requests)], render=False)
+        app.requests_pane.render_rows()
+        out["first_requests_ms"] = (time.perf_counter() - t) * 1000
+        await pilot.pause()
+
+        async def cycle(i: int) -> tuple[float, float, float, float]:
+            t0 = time.perf_counter()
+            app.ingest_state(big_state(i, n_tenants))
+            t1 = time.perf_counter()
+            await pilot.pause()  # let the repaint happen
+            t2 = time.perf_counter()
+            # 50 request events: 25 status changes of existing ones, 25 new requests
+            base = n_requests + i * 25
+            events = [request(base - 5000 + j * 7, "ok") for j in range(25)] + [request(base + j) for j in range(25)]
+            app.ingest_requests(events, render=False)
+            app.requests_pane.render_rows()
+            t3 = time.perf_counter()
+            await pilot.pause()
+            t4 = time.perf_counter()
+            return (t1 - t0) * 1000, (t2 - t0) * 1000, (t3 - t2) * 1000, (t4 - t2) * 1000
+
+        for i in range(1, 21):  # warm up caches
+            await cycle(i)
+        # timing pass (no tracing: tracemalloc slows allocation-heavy code several-fold)
+        rss_before = rss_mib()
+        samples = [await cycle(i) for i in range(21, 21 + updates)] or [(0.0, 0.0, 0.0, 0.0)]
+        rss_after = rss_mib()
+        # memory pass (one tab only, it is slow under tracing): traced heap at checkpoints; it
+        # must level off once the bounded structures (request store, deques, DataTable's LRU
+        # render caches of 10,000 cells per table) are full
+        checkpoints: list[tuple[int, float]] = []
+        if memory_updates:
+            i = 21 + updates
+            for done in range(1, memory_updates + 1):
+                await cycle(i)
+                i += 1
+                if done % max(1, memory_updates // 4) == 0:
+                    gc.collect()
+                    checkpoints.append((done, tracemalloc.get_traced_memory()[0] / 2**20))
+            tracemalloc.stop()
+        for idx, name in enumerate(("state_handler", "state_with_repaint", "requests_handler",
+                                    "requests_with_repaint")):
+            values = [s[idx] for s in samples]
+            out[name] = (statistics.median(values), pct(values, 0.95))
+        out["heap_mib"] = checkpoints
+        out["maxrss_mib"] = (rss_before, rss_after)
+        out["store"] = len(app.requests_pane.store)
+        out["rows"] = (app.tenants.table.row_count, app.requests_pane.table.row_count)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tenants", type=int, default=1000)
+    parser.add_argument("--requests", type=int, default=10_000)
+    parser.add_argument("--updates", type=int, default=50, help="timed updates per tab")
+    parser.add_argument("--memory-updates", type=int, default=400, help="traced updates (tenants tab)")
+    args = parser.parse_args()
+    print(f"console refresh cost: {args.tenants} tenants (all changing every update), "
+          f"{args.requests} requests in store (table capped at 500), {args.updates} updates")
+    for tab in ("tenants", "requests", "overview"):
+        r = asyncio.run(run(args.tenants, args.requests, args.updates, tab, 0))
+        print(f"\n[{tab} tab visible] first state {r['first_state_ms']:.1f} ms, "
+              f"first {args.requests} requests {r['first_requests_ms']:.1f} ms; rows shown {r['rows']}")
+        for name in ("state_handler", "state_with_repaint", "requests_handler", "requests_with_repaint"):
+            med, p95 = r[name]
+            print(f"  {name:<24} median {med:7.2f} ms   p95 {p95:7.2f} ms")
+        rb, ra = r["maxrss_mib"]
+        print(f"  max RSS {rb:.0f} -> {ra:.0f} MiB over the timed updates (store {r['store']} requests)")
+    if args.memory_updates:
+        r = asyncio.run(run(args.tenants, args.requests, 0, "tenants", args.memory_updates))
+        points = ", ".join(f"{n}: {mib:.1f}" for n, mib in r["heap_mib"])
+        print(f"\n[memory, tenants tab, traced from start] python heap (MiB) after N updates: {points}")
+
+
+if __name__ == "__main__":
+    main()
