@@ -17,7 +17,7 @@ from starlette.routing import Route
 from controlplane.admin.api import AdminAPI
 from controlplane.config import Config
 from controlplane.engines import build_engines
-from controlplane.gateway.app import build_app
+from controlplane.gateway.app import Gateway, build_app
 from controlplane.observe import Recorder
 from controlplane.policy_store import PolicyStore
 from controlplane.service import Sluice
@@ -95,7 +95,7 @@ class Telemetry:
 
 
 def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
-               store: bool = True) -> tuple[Starlette, Sluice]:
+               store: bool = True) -> tuple[Gateway, Sluice]:
     engines = engines if engines is not None else build_engines(config)
     telemetry = Telemetry(config, engines, store=store)
     sluice = Sluice(config, engines, recorder=telemetry.recorder)

@@ -3,6 +3,10 @@
 The two completion endpoints are plain ASGI callables: they need exact control of when the
 response starts (a refusal must be a real 429, not a 200 stream) and must notice a client that
 disconnects while queued or streaming. Everything else is ordinary Starlette.
+
+`Gateway`, the ASGI callable that uvicorn serves, sends `POST /v1/chat/completions` and
+`POST /v1/completions` straight to their endpoint (no middleware, router or request object on
+the hot path) and every other request, and the lifespan, to the Starlette app.
 """
 from __future__ import annotations
 
@@ -113,6 +117,7 @@ class CompletionsEndpoint:
             created = int(time.time())
             texts: list[str] = []
             first = True
+            enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if req.stream else None
             async for chunk in sluice.stream(ticket):
                 last = chunk
                 if req.stream:
@@ -120,8 +125,8 @@ class CompletionsEndpoint:
                         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
                         started = True
                     if chunk.text or chunk.finish_reason or first:
-                        await send({"type": "http.response.body", "more_body": True, "body": oa.stream_chunk(
-                            self.kind, ticket.rid, req.model, created, chunk.text, chunk.finish_reason, first)})
+                        await send({"type": "http.response.body", "more_body": True,
+                                    "body": enc.chunk(chunk.text, chunk.finish_reason, first)})  # type: ignore[union-attr]
                         first = False
                 else:
                     texts.append(chunk.text)
@@ -169,7 +174,38 @@ class CompletionsEndpoint:
             sluice.close(ticket, status, http_status, chunk=last, error=error)
 
 
-def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Starlette:
+class Gateway:
+    """The ASGI app: the two completion endpoints directly, everything else through Starlette.
+
+    `state` and `router` are the Starlette app's, so callers configure it (lifespan, state)
+    through this object as they would the Starlette app itself.
+    """
+
+    def __init__(self, starlette: Starlette, fast: dict[str, CompletionsEndpoint]) -> None:
+        self.starlette = starlette
+        self.fast = fast
+
+    @property
+    def state(self) -> Any:
+        return self.starlette.state
+
+    @property
+    def router(self) -> Any:
+        return self.starlette.router
+
+    @property
+    def routes(self) -> list[Any]:
+        return self.starlette.routes
+
+    async def __call__(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            endpoint = self.fast.get(scope["path"])
+            if endpoint is not None:
+                return await endpoint(scope, receive, send)
+        await self.starlette(scope, receive, send)  # lifespan, websockets and every other route
+
+
+def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
     async def models(request: Request) -> Response:
         try:
             sluice.authenticate(request.headers.get("authorization"))
@@ -184,15 +220,17 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Starlett
         body = {"status": "ok" if healthy else "unavailable", "engines": healthy}
         return JSONResponse(body, 200 if healthy else 503, headers=None if healthy else {"Retry-After": "5"})
 
+    chat, text = CompletionsEndpoint(sluice, "chat"), CompletionsEndpoint(sluice, "text")
     routes = [
-        Route("/v1/chat/completions", CompletionsEndpoint(sluice, "chat"), methods=["POST"]),
-        Route("/v1/completions", CompletionsEndpoint(sluice, "text"), methods=["POST"]),
+        # also served by Gateway directly; through Starlette for other methods (405) and path variants
+        Route("/v1/chat/completions", chat, methods=["POST"]),
+        Route("/v1/completions", text, methods=["POST"]),
         Route("/v1/models", models),
         Route("/health", health),
         *(extra_routes or []),
     ]
     app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
-    return app
+    return Gateway(app, {"/v1/chat/completions": chat, "/v1/completions": text})
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -203,4 +241,4 @@ async def _not_allowed(request: Request, exc: Exception) -> Response:
     return JSONResponse(ApiError(405, f"method {request.method} not allowed", code="method_not_allowed").body(), 405)
 
 
-__all__ = ["Mount", "build_app"]
+__all__ = ["Gateway", "Mount", "build_app"]

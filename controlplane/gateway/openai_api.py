@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from json.encoder import encode_basestring_ascii as _json_str
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +180,8 @@ def finish_reason(reason: str | None) -> str | None:
 
 def stream_chunk(kind: str, rid: str, model: str, created: int, text: str | None, reason: str | None,
                  first: bool = False) -> bytes:
+    """One SSE event of a streamed response (a dict through json.dumps: the reference encoding;
+    the gateway uses `StreamEncoder`, which writes the same bytes)."""
     if kind == "chat":
         delta: dict[str, Any] = {}
         if first:
@@ -192,6 +195,50 @@ def stream_chunk(kind: str, rid: str, model: str, created: int, text: str | None
         obj = "text_completion"
     payload = {"id": response_id(kind, rid), "object": obj, "created": created, "model": model, "choices": [choice]}
     return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
+_FINISH_TAILS: dict[str | None, bytes] = {}
+
+
+def _finish_tail(reason: str | None) -> bytes:
+    """`,"logprobs":null,"finish_reason":<reason>}]}` + the event's end, cached per reason."""
+    tail = _FINISH_TAILS.get(reason)
+    if tail is None:
+        mapped = finish_reason(reason)
+        tail = (b',"logprobs":null,"finish_reason":' + (json.dumps(mapped).encode() if mapped else b"null")
+                + b"}]}\n\n")
+        if len(_FINISH_TAILS) < 64:
+            _FINISH_TAILS[reason] = tail
+    return tail
+
+
+class StreamEncoder:
+    """The SSE events of one streamed response, byte for byte what `stream_chunk` writes.
+
+    The part that is the same in every chunk (id, object, created, model) is encoded once per
+    request; a chunk only escapes its text delta (the C JSON string encoder) and appends a cached
+    finish_reason tail.
+    """
+
+    __slots__ = ("_head", "_chat")
+
+    def __init__(self, kind: str, rid: str, model: str, created: int) -> None:
+        self._chat = kind == "chat"
+        obj = "chat.completion.chunk" if self._chat else "text_completion"
+        head = json.dumps({"id": response_id(kind, rid), "object": obj, "created": created, "model": model},
+                          separators=(",", ":"))
+        self._head = b"data: " + head[:-1].encode() + b',"choices":[{"index":0,'
+
+    def chunk(self, text: str | None, reason: str | None, first: bool = False) -> bytes:
+        if self._chat:
+            if text:
+                body = (b'"delta":{"role":"assistant","content":' if first else b'"delta":{"content":') \
+                    + _json_str(text).encode() + b"}"
+            else:
+                body = b'"delta":{"role":"assistant"}' if first else b'"delta":{}'
+        else:
+            body = b'"text":' + _json_str(text).encode() if text else b'"text":""'
+        return self._head + body + _finish_tail(reason)
 
 
 def usage_chunk(kind: str, rid: str, model: str, created: int, u: dict[str, Any]) -> bytes:
