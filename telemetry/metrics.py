@@ -91,6 +91,21 @@ class Metrics:
         r.register(self._gpu)
         self._store = _StoreCollector()
         r.register(self._store)
+        # label children resolved once per (tenant, slo_class) / forecast kind: .labels() takes a
+        # lock and builds tuples, and observe_request would call it up to six times per request
+        self._request_children: dict[tuple[Any, Any], _RequestChildren] = {}
+        self._forecast_children: dict[str, Any] = {}
+        self._decision_children: dict[tuple[Any, Any], Any] = {}
+
+    def _children(self, tenant_raw: Any, cls_raw: Any) -> _RequestChildren:
+        key = (tenant_raw, cls_raw)
+        c = self._request_children.get(key)
+        if c is None:
+            tenant, cls = self.tenant_label(tenant_raw), self.class_label(cls_raw)
+            c = _RequestChildren(self, tenant, cls)
+            if len(self._request_children) < 4096:  # bounded whatever the label values
+                self._request_children[key] = c
+        return c
 
     # -------------------------------------------------------------- request lifecycle
 
@@ -101,20 +116,20 @@ class Metrics:
         ``completion_tokens``, ``cached_tokens``, and, when present with their actual values,
         ``predicted_ttft_ms``/``predicted_tpot_ms``/``predicted_output_tokens`` for forecast error.
         """
-        tenant = self.tenant_label(row.get("tenant") or "default")
-        cls = self.class_label(row.get("slo_class") or "")
+        c = self._children(row.get("tenant") or "default", row.get("slo_class") or "")
         status = row.get("status") or "ok"
         outcome = status if status in OUTCOMES else "error"
-        self.requests_total.labels(tenant, cls, outcome).inc()
-        if row.get("ttft_ms") is not None:
-            self.ttft_seconds.labels(tenant, cls).observe(float(row["ttft_ms"]) / 1000.0)
-        if row.get("tpot_ms") is not None:
-            self.tpot_seconds.labels(tenant, cls).observe(float(row["tpot_ms"]) / 1000.0)
-        for key, kind in (("prompt_tokens", "prompt"), ("completion_tokens", "completion"),
-                          ("cached_tokens", "cached")):
+        c.child("requests", outcome).inc()
+        ttft = row.get("ttft_ms")
+        if ttft is not None:
+            c.child("ttft", "").observe(float(ttft) / 1000.0)
+        tpot = row.get("tpot_ms")
+        if tpot is not None:
+            c.child("tpot", "").observe(float(tpot) / 1000.0)
+        for key, kind in _TOKEN_KINDS:
             n = row.get(key)
             if n:
-                self.tokens_total.labels(tenant, kind).inc(int(n))
+                c.child("tokens", kind).inc(int(n))
         if outcome == "ok":
             for pred, actual, kind in (("predicted_ttft_ms", "ttft_ms", "ttft"),
                                        ("predicted_tpot_ms", "tpot_ms", "tpot"),
@@ -122,13 +137,24 @@ class Metrics:
                 self.observe_forecast(kind, row.get(pred), row.get(actual))
 
     def observe_decision(self, decision: str, reason: str | None = None) -> None:
-        self.admission_decisions_total.labels(str(decision), self.reason_label(reason or "")).inc()
+        key = (decision, reason)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self.admission_decisions_total.labels(str(decision), self.reason_label(reason or ""))
+            if len(self._decision_children) < 1024:
+                self._decision_children[key] = child
+        child.inc()
 
     def observe_forecast(self, kind: str, predicted: float | None, actual: float | None) -> None:
         """Record |predicted - actual| / actual (skipped when either is missing or actual is 0)."""
         if predicted is None or actual is None or float(actual) == 0.0:
             return
-        self.forecast_error.labels(kind).observe(abs(float(predicted) - float(actual)) / abs(float(actual)))
+        child = self._forecast_children.get(kind)
+        if child is None:
+            child = self.forecast_error.labels(kind)
+            if len(self._forecast_children) < 64:
+                self._forecast_children[kind] = child
+        child.observe(abs(float(predicted) - float(actual)) / abs(float(actual)))
 
     # -------------------------------------------------------------- gauges
 
@@ -169,6 +195,34 @@ class Metrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition and its content type, for a ``GET /metrics`` response."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+_TOKEN_KINDS = (("prompt_tokens", "prompt"), ("completion_tokens", "completion"), ("cached_tokens", "cached"))
+
+
+class _RequestChildren:
+    """One (tenant, slo_class)'s metric children, each created on first use (as .labels() would)."""
+
+    __slots__ = ("metrics", "tenant", "cls", "cache")
+
+    def __init__(self, metrics: Metrics, tenant: str, cls: str) -> None:
+        self.metrics, self.tenant, self.cls = metrics, tenant, cls
+        self.cache: dict[tuple[str, str], Any] = {}
+
+    def child(self, metric: str, label: str) -> Any:
+        c = self.cache.get((metric, label))
+        if c is None:
+            m = self.metrics
+            if metric == "requests":
+                c = m.requests_total.labels(self.tenant, self.cls, label)
+            elif metric == "ttft":
+                c = m.ttft_seconds.labels(self.tenant, self.cls)
+            elif metric == "tpot":
+                c = m.tpot_seconds.labels(self.tenant, self.cls)
+            else:
+                c = m.tokens_total.labels(self.tenant, label)
+            self.cache[(metric, label)] = c
+        return c
 
 
 class _GpuCollector(Collector):

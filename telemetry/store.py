@@ -26,7 +26,12 @@ from typing import Any
 
 import duckdb
 
-from .schema import COLUMN_NAMES, INDEXES, TABLES, TIME_COLUMN, coerce_row, ddl, rows_to_arrow
+try:  # optional: faster JSON for the writer thread's lazily encoded columns
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is optional
+    _orjson = None
+
+from .schema import COLUMN_NAMES, INDEXES, TABLES, TIME_COLUMN, coerce_row, ddl, rows_to_arrow, to_json
 
 log = logging.getLogger("sluice.telemetry.store")
 
@@ -35,6 +40,9 @@ LOSSY_TABLES = ("spans", "span_events")
 WRITE_ORDER = DURABLE_TABLES + LOSSY_TABLES
 
 FaultHook = Callable[[str], None]
+
+# JSON columns whose values may be queued as dicts/lists and are encoded on the writer thread
+_LAZY_JSON = {"decisions": ("inputs", "outputs")}
 
 
 class StoreError(Exception):
@@ -131,6 +139,7 @@ class Store:
         self._wcur = self._con.cursor()
         self._cond = threading.Condition()
         self._queues: dict[str, list[dict[str, Any]]] = {t: [] for t in TABLES}
+        self._queued = 0  # rows in self._queues, all tables (kept as a running count)
         self._first_ts: dict[str, float | None] = {t: None for t in TABLES}
         # rows that failed to write: (rows, first_failure_ts, attempts)
         self._retry: dict[str, tuple[list[dict[str, Any]], float, int] | None] = {t: None for t in TABLES}
@@ -221,6 +230,17 @@ class Store:
         r.setdefault("ts", time.time())
         return self._put("decisions", [r])
 
+    def record_decision_fresh(self, ts: float, rid: str, tenant: str | None, kind: str, reason: str | None,
+                              engine: str | None, policy_version: int | None, inputs: Any, outputs: Any) -> bool:
+        """Queue one decision from already well-typed values (the serving hot path).
+
+        ``inputs``/``outputs`` may be dicts: they are JSON-encoded on the writer thread, so the
+        caller hands them over and must not mutate them afterwards.
+        """
+        return self._put("decisions", [{"ts": ts, "rid": rid, "tenant": tenant, "kind": kind, "reason": reason,
+                                        "engine": engine, "policy_version": policy_version, "inputs": inputs,
+                                        "outputs": outputs}])
+
     def record_policy_change(self, row: Mapping[str, Any]) -> bool:
         """Queue one audit-log row asynchronously (prefer ``record_policy_change_now``)."""
         return self._put("policy_changes", [self._policy_row(row)])
@@ -309,7 +329,8 @@ class Store:
             if not q:
                 self._first_ts[table] = time.time()
             q.extend(rows)
-            if self._pending_total() >= self.batch_rows:
+            self._queued += len(rows)
+            if self._queued >= self.batch_rows:
                 self._cond.notify_all()
             return True
 
@@ -331,7 +352,7 @@ class Store:
                     or self._sync
                     or self._tasks
                     or self._flush_requested > self._flush_done
-                    or sum(len(q) for q in self._queues.values()) >= self.batch_rows
+                    or self._queued >= self.batch_rows
                 ):
                     remaining = next_flush - time.monotonic()
                     if remaining <= 0:
@@ -371,6 +392,7 @@ class Store:
                     batches[t] = (retry[0] + rows, retry[1], retry[2])
                 elif rows:
                     batches[t] = (rows, None, 0)
+            self._queued = 0
             self._cond.notify_all()  # room in the queues again
         for s in sync:
             self._write_sync(s)
@@ -391,6 +413,7 @@ class Store:
     def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if self.fault_hook is not None:
             self.fault_hook(table)
+        _encode_lazy_json(table, rows)
         tbl = rows_to_arrow(table, rows)
         cols = ", ".join(f'"{c}"' for c in COLUMN_NAMES[table])
         name = f"_batch_{table}"
@@ -459,6 +482,7 @@ class Store:
                 if rows:
                     left[t] = rows
                     self._dropped[t] += len(rows)
+            self._queued = 0
         for t, rows in left.items():
             log.error("%d %s rows lost: %s", len(rows), t, why)
             if t not in LOSSY_TABLES:
@@ -467,6 +491,7 @@ class Store:
     def _isolate_bad_rows(self, table: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """After a data error: keep the rows that convert, give up (counted) on the others."""
         good, bad = [], []
+        _encode_lazy_json(table, rows)
         for r in rows:
             try:
                 rows_to_arrow(table, [r])
@@ -573,6 +598,28 @@ class Store:
                 "lag_s": max(0.0, now - min(firsts)) if firsts else 0.0,
                 "closed": self._closed,
             }
+
+
+def _encode_lazy_json(table: str, rows: list[dict[str, Any]]) -> None:
+    """JSON text for the dict/list values queued by ``record_decision_fresh`` (in place, idempotent)."""
+    cols = _LAZY_JSON.get(table)
+    if cols:
+        for r in rows:
+            for c in cols:
+                v = r.get(c)
+                if v is not None and not isinstance(v, str):
+                    r[c] = _json_text(v)
+
+
+def _json_text(value: Any) -> str:
+    """``schema.to_json``'s text (NaN and infinities as null, other values through str), via orjson
+    when it is installed."""
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(value, default=str, option=_orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits
+            pass
+    return to_json(value)
 
 
 class _Task:
