@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import os
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +30,11 @@ from controlplane.predict.step_time import StepTimeModel
 from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest, StepProfile
 
 log = logging.getLogger("sluice")
+
+# The output-length trainer may use at most this share of one core (wall time of its steps): at
+# high request rates it would otherwise train up to its step cap every second, on the core that
+# serves requests.
+TRAIN_SHARE = 0.1
 
 # A step-time prior for engines that report none (a real SGLang server): H100-class, 8B model.
 DEFAULT_PROFILE = StepProfile(prefill_a=0.008, prefill_b=0.00006, decode_c=0.007, decode_d=0.00005, decode_e=2e-8)
@@ -121,11 +126,15 @@ class Sluice:
 
     def _train(self) -> None:
         """Background training of the output-length model's torch expert (never on the event loop)."""
-        while not self._stop.wait(1.0):
+        wait = 1.0
+        while not self._stop.wait(wait):
+            t0 = time.perf_counter()
             try:
                 self.predictor.train_pending(64)
             except Exception:  # a training failure must never take serving down
                 log.exception("output-length trainer step failed")
+            busy = time.perf_counter() - t0
+            wait = max(1.0, busy * (1.0 - TRAIN_SHARE) / TRAIN_SHARE)
 
     async def _poll_engines(self) -> None:
         while True:
@@ -161,7 +170,7 @@ class Sluice:
         """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
         assert self.core is not None
         now = self.clock()
-        rid = uuid.uuid4().hex  # fixed length, so no rid is a prefix of another (SGLang aborts by prefix)
+        rid = os.urandom(16).hex()  # fixed length, so no rid is a prefix of another (SGLang aborts by prefix)
         slo_class = self.core.policy.tenant(tenant.name).slo_class
         ticket = Ticket(rid, tenant.name, req, slo_class, now, _new_row(rid, tenant.name, slo_class, req, now),
                         asyncio.get_running_loop().create_future())
