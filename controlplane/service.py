@@ -112,7 +112,7 @@ class Sluice:
         self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, _ForecastTee(self))
         self._tasks = [asyncio.create_task(self._poll_engines()), asyncio.create_task(self._tick())]
         if self.predictor.mlp is not None:  # import torch now, not under load with the GIL held
-            await asyncio.to_thread(importlib.import_module, "torch")
+            await asyncio.to_thread(_import_torch)
         self._trainer = threading.Thread(target=self._train, name="sluice-trainer", daemon=True)
         self._trainer.start()
 
@@ -207,7 +207,7 @@ class Sluice:
             async for chunk in gen:
                 if ticket.first_token_at is None and (chunk.completion_tokens or chunk.finish_reason):
                     ticket.first_token_at = self.clock()
-                    self.core.first_token(ticket.first_token_at, ticket.rid)
+                    self._apply(self.core.first_token(ticket.first_token_at, ticket.rid))
                     if self.recorder is not None:
                         self.recorder.first_token(ticket)
                 yield chunk
@@ -302,6 +302,17 @@ class Sluice:
         assert self.core is not None
         self._apply(self.core.set_policy(self.clock(), policy))
         self._emit("policy", policy.to_dict())
+
+
+def _import_torch() -> None:
+    """torch and what the trainer's first step imports (the optimizer pulls in torch._dynamo:
+    seconds of imports holding the GIL, which would otherwise stall the event loop under load)."""
+    for name in ("torch", "torch.optim", "torch._dynamo"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # an optional part missing: the trainer reports its own errors
+            if name == "torch":
+                raise
 
 
 class _ForecastTee:

@@ -340,7 +340,7 @@ class _Run:
         rec = self.by_rid[ev.rid]
         if ev.kind == "first_token":
             rec.first_token_s = ev.time
-            self.core.first_token(ev.time, ev.rid)
+            self.apply(ev.time, self.core.first_token(ev.time, ev.rid))
         elif ev.kind == "finish":
             rec.cached_tokens, rec.output_tokens = ev.cached_tokens, ev.completion_tokens
             status = "aborted" if ev.finish_reason == "abort" else "ok"

@@ -12,7 +12,10 @@ The forecast is a small queueing model over SGLang's chunked-prefill scheduler (
   in flight (past the last one, further departures come at rate window / mean_service);
 - prefill of other requests rides in the decode steps: at a prefill rate of L tokens/s and R
   requests/s, a step takes  (s + a*min(1, R*s)) / (1 - b*L);
-TTFT = max(slot wait + prefill of the request's own prompt, prefill of all work ahead plus its own),
+- with a TPOT SLO, sluice meters prompt tokens into the engine (a token bucket of `budget` tokens
+  per TPOT budget): the prompt tokens ahead wait for the meter;
+TTFT = max(slot wait + own prefill, meter wait + own prefill, prefill of the engine's queue plus
+its own) (without a meter: the queue ahead counts in the last term),
 TPOT = that step time at the batch the request joins, e2e = TTFT + predicted output * TPOT.
 """
 from __future__ import annotations
@@ -40,6 +43,9 @@ class EngineView:
     decode_d: float
     decode_e: float
     chunk: int
+    prefill_budget: float  # prompt tokens sluice lets into one step (keeps the step within TPOT)
+    meter_level: float  # prompt tokens the prefill meter would let in now (negative: in debt)
+    meter_rate: float  # tokens/s the meter refills at (0: no meter)
 
     @property
     def free_slots(self) -> int:
@@ -52,13 +58,22 @@ class EngineView:
         """A decode step with the other requests' prefill riding in it (the TPOT a request sees)."""
         s = self.decode_step(batch, kv_tokens)
         with_prefill = min(1.0, self.dispatch_rate * s)
-        return (s + self.prefill_a * with_prefill) / max(0.1, 1.0 - self.prefill_b * self.prefill_rate)
+        step = (s + self.prefill_a * with_prefill) / max(0.1, 1.0 - self.prefill_b * self.prefill_rate)
+        if self.meter_rate > 0:  # sluice's meter lets no step carry more than the budget
+            step = min(step, s + self.prefill_a + self.prefill_b * self.prefill_budget)
+        return step
 
     def prefill_through(self, tokens: float, batch: float, kv_tokens: float) -> float:
         s = self.decode_step(batch, kv_tokens)
-        steps = max(1.0, tokens / max(1.0, self.chunk - batch))
+        steps = max(1.0, tokens / max(1.0, min(self.chunk - batch, self.prefill_budget)))
         busy = 0.5 * s if self.in_flight else 0.0
         return busy + steps * (s + self.prefill_a) + self.prefill_b * tokens
+
+    def meter_wait(self, tokens: float) -> float:
+        """Seconds until sluice's prefill meter lets `tokens` more prompt tokens in."""
+        if self.meter_rate <= 0:
+            return 0.0
+        return max(0.0, (tokens - self.meter_level) / self.meter_rate)
 
     def slot_wait(self, ahead: float) -> float:
         """Seconds until a window slot frees for a request with `ahead` requests before it."""
@@ -87,8 +102,13 @@ def forecast(
     kv = engine.kv_tokens + prompt_tokens + output_tokens / 2
     slot_wait = engine.slot_wait(ahead_requests)
     own = engine.prefill_through(prompt_tokens, batch, kv)
-    everything = engine.prefill_through(engine.waiting_tokens + ahead_tokens + prompt_tokens, batch, kv)
-    ttft = max(slot_wait + own, everything)
+    if engine.meter_rate > 0:  # the queue ahead goes through sluice's meter, then the engine
+        metered = engine.meter_wait(ahead_tokens + min(prompt_tokens, engine.prefill_budget))
+        engine_queue = engine.prefill_through(engine.waiting_tokens + prompt_tokens, batch, kv)
+        ttft = max(slot_wait + own, metered + own, engine_queue)
+    else:
+        everything = engine.prefill_through(engine.waiting_tokens + ahead_tokens + prompt_tokens, batch, kv)
+        ttft = max(slot_wait + own, everything)
     tpot = engine.step_time(batch, kv)
     return Forecast(engine.name, ttft, tpot, ttft + output_tokens * tpot, slot_wait)
 

@@ -74,6 +74,8 @@ class EngineState:
     reported_kv_tokens: float = 0.0
     window: int = 1
     prior_window: int = 1  # the window the engine's own profile gives: a floor when learning goes wrong
+    prefill_budget: float = 8192.0  # prompt tokens per step that keep a step within the TPOT budget
+    meter: TokenBucket | None = None  # meters prompt tokens in at prefill_budget per TPOT budget
     profile: StepProfile | None = None  # the model's estimate, refreshed with each load report
     prefilled: float = 0.0  # cumulative prompt tokens dispatched
     dispatched: int = 0  # cumulative requests dispatched
@@ -109,6 +111,10 @@ class DecisionCore:
         self._deadlines: list[tuple[float, str]] = []  # heap of queued requests' deadlines
         self._queued_total = 0
         self._queued_tokens_total = 0.0
+        self._queued_tokens: dict[str, float] = {}  # per tenant
+        self._dispatches: deque[tuple[float, str]] = deque()  # (time, tenant) over the last RATE_WINDOW_S
+        self._dispatch_counts: dict[str, int] = {}
+        self._active_weight = 0.0  # weight of the tenants served over the last RATE_WINDOW_S
         self._backlogged_weight = 0.0
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
         self._mean_request_tokens = 1024.0  # EWMA of prompt + output: sizes the windows
@@ -167,15 +173,17 @@ class DecisionCore:
         actions += self._pump(now)
         return actions
 
-    def first_token(self, now: float, rid: str) -> None:
+    def first_token(self, now: float, rid: str) -> list[Action]:
+        """A prefill is done: the engine's prefill budget has room again."""
         t = self.requests.get(rid)
         if t is None or t.engine is None or t.first_token_at is not None:
-            return
+            return []
         t.first_token_at = now
         eng = self.engines[t.engine]
         eng.waiting_tokens -= t.spec.prompt_tokens
         t.prefilled_at_first_token, t.batch_at_first_token = eng.prefilled, len(eng.in_flight)
         t.dispatched_at_first_token = eng.dispatched
+        return self._pump(now)
 
     def finish(self, now: float, rid: str, report: FinishReport) -> list[Action]:
         t = self.requests.pop(rid, None)
@@ -215,8 +223,8 @@ class DecisionCore:
         return [Decision(now, rid, t.spec.tenant, "abort", reason, None, self.policy.version)]
 
     def tick(self, now: float) -> list[Action]:
-        """Expire deferred requests whose deadline has passed."""
-        actions: list[Action] = []
+        """Expire deferred requests whose deadline has passed; dispatch what the prefill meters allow."""
+        actions: list[Action] = self._pump(now)
         while self._deadlines and self._deadlines[0][0] <= now:
             _, rid = heapq.heappop(self._deadlines)
             t = self.requests.get(rid)
@@ -251,6 +259,7 @@ class DecisionCore:
         else:
             self._configure_scheduler(self.scheduler, policy)
         self._backlogged_weight = sum(self.policy.tenant(n).weight for n in self.scheduler.backlogged())
+        self._active_weight = sum(self.policy.tenant(n).weight for n in self._dispatch_counts)
         self._resize_windows()
         return self._pump(now)
 
@@ -268,10 +277,12 @@ class DecisionCore:
         batch = max(1, min(eng.window, len(eng.in_flight) + 1))
         kv = max(eng.kv_tokens, eng.reported_kv_tokens)
         prefill_rate, dispatch_rate = eng.rates(now)
+        m = eng.meter
+        meter = (min(m.burst, m.level + max(0.0, now - m.stamp) * m.rate), m.rate) if m else (0.0, 0.0)
         view = EngineView(eng.spec.name, eng.window, len(eng.in_flight),
                           max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, 0.0, prefill_rate,
                           dispatch_rate, (), p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e,
-                          eng.spec.chunk)
+                          eng.spec.chunk, eng.prefill_budget, *meter)
         half = self._mean_request_tokens / 2
         mean_service = view.prefill_through(half, batch, kv) + half * view.step_time(batch, kv)
         departures: tuple[float, ...] = ()
@@ -282,7 +293,7 @@ class DecisionCore:
                                                       for t in eng.in_flight.values())))
         return EngineView(view.name, view.window, view.in_flight, view.waiting_tokens, kv, mean_service,
                           prefill_rate, dispatch_rate, departures, p.prefill_a, p.prefill_b, p.decode_c,
-                          p.decode_d, p.decode_e, eng.spec.chunk)
+                          p.decode_d, p.decode_e, eng.spec.chunk, eng.prefill_budget, *meter)
 
     @staticmethod
     def _remaining(t: Tracked, now: float, step: float) -> float:
@@ -327,6 +338,7 @@ class DecisionCore:
         self.scheduler.push(tenant, t.spec.rid, t.work)
         self._queued_total += 1
         self._queued_tokens_total += t.spec.prompt_tokens
+        self._queued_tokens[tenant] = self._queued_tokens.get(tenant, 0.0) + t.spec.prompt_tokens
 
     def _dequeue(self, t: Tracked, removed: bool = False) -> None:
         tenant = t.spec.tenant
@@ -336,27 +348,45 @@ class DecisionCore:
             self._backlogged_weight -= self.policy.tenant(tenant).weight
         self._queued_total -= 1
         self._queued_tokens_total -= t.spec.prompt_tokens
+        self._queued_tokens[tenant] -= t.spec.prompt_tokens
+        if not self.scheduler.queued(tenant):
+            del self._queued_tokens[tenant]
 
-    def _ahead(self, tenant: str) -> tuple[float, float]:
-        """Queued requests and prompt tokens that will run before a new request of `tenant`.
+    def _ahead(self, now: float, tenant: str) -> tuple[float, float]:
+        """Requests and prompt tokens that will be served before a new request of `tenant` is.
 
-        FCFS: everything queued. Fair policies: the tenant's own queue plus, from the others, what
-        its weight entitles them to in the meantime (an O(1) bound, exact for equal-size requests).
+        FCFS: everything queued now. Fair policies: a tenant with nothing queued is served almost
+        at once (the lift rule puts it level with the others): one request per other backlogged
+        weight unit ahead. A backlogged tenant is guaranteed its weight's share of the service:
+        its own queue scaled up by 1/share passes first, counting the others' future arrivals.
         """
         total, tokens = float(self._queued_total), self._queued_tokens_total
         if self.policy.scheduler == "fcfs" or total == 0:
             return total, tokens
         weight = self.policy.tenant(tenant).weight
         own = float(self.scheduler.queued(tenant))
-        others_weight = self._backlogged_weight - (weight if own else 0.0)
-        scale = (own + 1) * others_weight / weight
-        ahead = min(total, own + scale)
-        return ahead, tokens * ahead / total
+        if not own:
+            ahead = min(total, self._backlogged_weight / weight)
+            return ahead, tokens * ahead / total
+        # Its weight's share among the tenants being served: those backlogged now and those served
+        # lately (a light tenant is backlogged only for a moment, yet takes its turn every round).
+        active = self._active_weight_at(now) + (0.0 if tenant in self._dispatch_counts else weight)
+        share = weight / max(self._backlogged_weight, active, weight)
+        return (own + 1) / share - 1, self._queued_tokens[tenant] / share
+
+    def _active_weight_at(self, now: float) -> float:
+        while self._dispatches and self._dispatches[0][0] < now - RATE_WINDOW_S:
+            tenant = self._dispatches.popleft()[1]
+            self._dispatch_counts[tenant] -= 1
+            if not self._dispatch_counts[tenant]:
+                del self._dispatch_counts[tenant]
+                self._active_weight -= self.policy.tenant(tenant).weight
+        return self._active_weight
 
     def _admission_inputs(self, now: float, spec: RequestSpec, cls_name: str, predicted: float) -> AdmissionInputs:
         cls = self.policy.slo(cls_name)
         healthy = [e for e in self.engines.values() if e.healthy]
-        ahead, ahead_tokens = self._ahead(spec.tenant)
+        ahead, ahead_tokens = self._ahead(now, spec.tenant)
         n = max(1, len(healthy))
         running = [self.policy.slo(c).tpot_ms for c, k in self._inflight_tpot.items() if k > 0]
         running_slos = [v for v in running if v is not None]
@@ -371,15 +401,18 @@ class DecisionCore:
 
     def _pump(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        while True:
-            free = [e for e in self.engines.values() if e.healthy and len(e.in_flight) < e.window]
-            if not free or self._queued_total == 0:
+        while self._queued_total:
+            head = self.scheduler.peek()
+            if head is None:  # only paused tenants have queued requests
                 return actions
-            popped = self.scheduler.pop()
-            if popped is None:  # only paused tenants have queued requests
-                return actions
-            _, rid, _ = popped
-            t = self.requests[str(rid)]
+            t = self.requests[str(head[1])]
+            # A slot in the window and prompt tokens in the engine's prefill meter (a prompt longer
+            # than the meter's burst goes when the meter is full, and runs alone).
+            free = [e for e in self.engines.values() if e.healthy and len(e.in_flight) < e.window
+                    and (e.meter is None or e.meter.wait_for(now, t.spec.prompt_tokens) == 0)]
+            if not free:
+                return actions  # the head waits: sluice's order is the order that runs
+            self.scheduler.pop()
             self._dequeue(t, removed=True)
             views = [self.engine_view(e, now) for e in free]
             forecasts = [forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output) for v in views]
@@ -392,9 +425,16 @@ class DecisionCore:
             eng.waiting_tokens += t.spec.prompt_tokens
             eng.kv_tokens += t.spec.prompt_tokens + t.predicted_output
             eng.prefilled += t.spec.prompt_tokens
+            if eng.meter is not None:
+                eng.meter.take(now, t.spec.prompt_tokens)
             eng.dispatched += 1
             eng.recent.append((now, t.spec.prompt_tokens))
             eng.recent_tokens += t.spec.prompt_tokens
+            self._dispatches.append((now, t.spec.tenant))
+            if t.spec.tenant not in self._dispatch_counts:
+                self._dispatch_counts[t.spec.tenant] = 0
+                self._active_weight += self.policy.tenant(t.spec.tenant).weight
+            self._dispatch_counts[t.spec.tenant] += 1
             t.batch_at_dispatch, t.kv_at_dispatch = len(eng.in_flight), eng.kv_tokens
             self._inflight_tpot[t.slo_class] = self._inflight_tpot.get(t.slo_class, 0) + 1
             cls = self.policy.slo(t.slo_class)
@@ -405,6 +445,7 @@ class DecisionCore:
                                     {"candidates": [v.name for v in views], "queued_s": now - t.arrival,
                                      "counters": self.scheduler.counters(t.spec.tenant)},
                                     {"priority": priority}))
+        return actions
 
     def _rate_limited(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None) -> tuple[str, float] | None:
         if rps is not None:
@@ -478,6 +519,20 @@ class DecisionCore:
             limit = min(eng.spec.max_running, kv_fit)
             budget = self.policy.admission_margin * min(tpots) / 1e3 if tpots else None
             per = self._mean_request_tokens
+            p = eng.profile
+            if budget is not None and p.prefill_b > 0:
+                # the prompt tokens one step may prefill and still end within the TPOT budget,
+                # metered in at that many per budget-long step
+                batch = max(1, len(eng.in_flight))  # refreshed with every load report
+                kv = max(eng.kv_tokens, eng.reported_kv_tokens)
+                room = (0.9 * budget - p.decode_time(batch, kv) - p.prefill_a) / p.prefill_b  # 10% headroom
+                eng.prefill_budget = min(float(eng.spec.chunk), max(512.0, room))
+                rate = eng.prefill_budget / budget
+                if eng.meter is None or abs(eng.meter.rate - rate) > 0.05 * rate:
+                    eng.meter = TokenBucket(rate, eng.prefill_budget, eng.prefill_budget,
+                                            eng.meter.stamp if eng.meter else 0.0)
+            else:
+                eng.prefill_budget, eng.meter = float(eng.spec.chunk), None
             if budget is not None and eng.profile.decode_time(1, per) > budget:
                 # Not even one request meets the SLO by the learned model: trust the profile's window.
                 limit = eng.prior_window
