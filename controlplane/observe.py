@@ -1,12 +1,15 @@
 """The recorder: what the serving runtime tells telemetry about each request and decision.
 
-Spans: a SERVER root per request (from arrival to the last byte) and a CLIENT `engine generate`
-child (dispatch to the last chunk) with a `first_token` event; the engine span's `traceparent`
-goes to SGLang so its spans join the trace. Admission and queueing are events on the root, not
-spans of their own: an `admission` event at the decision's time (decision, reason, policy
-version, forecasts) and a `dispatch` event when the request leaves sluice's queue (the queue
-wait is root start -> `dispatch`, also in `sluice.queue_ms`). A request that is not sampled
-costs no span work beyond the root's ids (its traceparent still goes to the engine, unsampled).
+Spans: a SERVER root per request (from arrival to the end of the response) and a CLIENT
+`engine generate` child (dispatch to the last chunk) with a `first_token` event; the engine
+span's `traceparent` goes to SGLang so its spans join the trace. Admission and queueing are
+events on the root, not spans of their own: an `admission` event at the decision's time
+(decision, reason, policy version, forecasts) and a `dispatch` event when the request leaves
+sluice's queue (queue wait = root start -> `dispatch`, also `sluice.queue_ms`).
+
+The spans are built whole when the request ends (`SluiceTracerProvider.emit`): only their ids
+and the sampling decision are made on arrival and at dispatch. A request that is not sampled
+costs two random ids and a traceparent string (sent to the engine with the sampled flag clear).
 Rows: one `requests` row per request (never sampled), one `decisions` row per decision (its
 inputs/outputs JSON is encoded on the store's writer thread), the policy audit log.
 """
@@ -15,16 +18,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from opentelemetry import trace as trace_api
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
 
 from controlplane.core.events import Decision
 from telemetry.metrics import Metrics
 from telemetry.store import Store
-from telemetry.tracing import GenAI, Sluice, annotate_request_span, traceparent_of
+from telemetry.tracing import GenAI, Sluice, SluiceTracerProvider, request_span_attributes
 
-_SERVER = trace_api.SpanKind.SERVER
-_CLIENT = trace_api.SpanKind.CLIENT
 _ADMISSION = ("admit", "defer", "reject")
 _PREDICTED = (("ttft_ms", Sluice.PREDICTED_TTFT_MS), ("tpot_ms", Sluice.PREDICTED_TPOT_MS),
               ("e2e_ms", "sluice.predicted.e2e_ms"))
@@ -34,56 +34,63 @@ def _ns(ts: float) -> int:
     return int(ts * 1e9)
 
 
+class RequestTrace:
+    """A request's span ids (its spans are emitted when it ends)."""
+
+    __slots__ = ("trace_id", "root_id", "sampled", "engine_id", "name")
+
+    def __init__(self, trace_id: int, root_id: int, sampled: bool, name: str) -> None:
+        self.trace_id, self.root_id, self.sampled, self.name = trace_id, root_id, sampled, name
+        self.engine_id: int | None = None
+
+    def traceparent(self, span_id: int) -> str:
+        return f"00-{self.trace_id:032x}-{span_id:016x}-{'01' if self.sampled else '00'}"
+
+
 class Recorder:
-    def __init__(self, store: Store | None, metrics: Metrics | None, provider: TracerProvider | None) -> None:
+    def __init__(self, store: Store | None, metrics: Metrics | None, provider: SluiceTracerProvider | None) -> None:
         self.store = store
         self.metrics = metrics
         self.provider = provider
-        self.tracer = provider.get_tracer("sluice") if provider else trace_api.NoOpTracer()
 
     # -- spans ---------------------------------------------------------------------------------
     def begin(self, ticket: Any) -> None:
+        provider = self.provider
+        if provider is None:
+            return
         req = ticket.request
-        op = "chat" if req.kind == "chat" else "text_completion"
-        root = self.tracer.start_span(f"{op} {req.model}", kind=_SERVER, start_time=_ns(ticket.arrival))
-        ticket.spans = {"root": root}
-        if root.is_recording():
-            root.set_attributes({GenAI.OPERATION_NAME: op, GenAI.REQUEST_MODEL: req.model})
-        ctx = root.get_span_context()
-        if ctx.is_valid:
-            ticket.row["trace_id"] = f"{ctx.trace_id:032x}"
+        name = f"chat {req.model}" if req.kind == "chat" else f"text_completion {req.model}"
+        trace_id, root_id, sampled = provider.new_trace(name, SpanKind.SERVER)
+        ticket.spans = RequestTrace(trace_id, root_id, sampled, name)
+        ticket.row["trace_id"] = f"{trace_id:032x}"
 
     def engine_call(self, ticket: Any) -> str | None:
-        """Start the CLIENT span of the engine call; returns its traceparent for the engine.
-
-        Not sampled: no child span, the root's own (unsampled) traceparent goes to the engine."""
-        root = ticket.spans["root"]
-        if not root.is_recording():
-            return traceparent_of(root)
-        span = self.tracer.start_span("engine generate", context=trace_api.set_span_in_context(root),
-                                      kind=_CLIENT, start_time=_ns(ticket.dispatched_at),
-                                      attributes={Sluice.ENGINE: ticket.engine, Sluice.RID: ticket.rid})
-        ticket.spans["engine"] = span
-        return traceparent_of(span)
+        """The traceparent for the engine: the CLIENT span's when sampled, else the root's, unsampled."""
+        tr: RequestTrace | None = ticket.spans
+        if tr is None:
+            return None
+        if not tr.sampled:
+            return tr.traceparent(tr.root_id)
+        tr.engine_id = self.provider.new_span_id()  # type: ignore[union-attr]
+        return tr.traceparent(tr.engine_id)
 
     def first_token(self, ticket: Any) -> None:
-        span = ticket.spans.get("engine")
-        if span is not None:
-            span.add_event("first_token", timestamp=_ns(ticket.first_token_at))
+        pass  # the first_token event is built from ticket.first_token_at when the request ends
 
     # -- end of a request ------------------------------------------------------------------------
     def request_finished(self, ticket: Any, row: dict[str, Any]) -> None:
-        spans = ticket.spans
-        if spans:
-            root = spans["root"]
-            if root.is_recording():
-                self._end_spans(ticket, root, spans.get("engine"), row)
+        tr: RequestTrace | None = ticket.spans
+        if tr is not None and tr.sampled:
+            self._emit_spans(ticket, tr, row)
         if self.store is not None:
             self.store.record_request(row)
         if self.metrics is not None:
             self.metrics.observe_request(row)
 
-    def _end_spans(self, ticket: Any, root: Any, engine: Any, row: dict[str, Any]) -> None:
+    def _emit_spans(self, ticket: Any, tr: RequestTrace, row: dict[str, Any]) -> None:
+        provider: SluiceTracerProvider = self.provider  # type: ignore[assignment]
+        end = _ns(row["finish_ts"])
+        events: list[tuple[str, int, dict[str, Any]]] = []
         for d in ticket.decisions:
             if d.kind in _ADMISSION:
                 attrs: dict[str, Any] = {Sluice.DECISION: d.kind, Sluice.REASON: d.reason,
@@ -93,17 +100,21 @@ class Recorder:
                     v = outputs.get(key)
                     if v is not None:
                         attrs[attr] = v
-                root.add_event("admission", attrs, _ns(d.ts))
+                events.append(("admission", _ns(d.ts), attrs))
                 break
-        end = _ns(row["finish_ts"])
         if ticket.dispatched_at is not None:
-            root.add_event("dispatch", {Sluice.ENGINE: ticket.engine}, _ns(ticket.dispatched_at))
-        if engine is not None:
-            engine.set_attributes({GenAI.USAGE_INPUT_TOKENS: row["prompt_tokens"],
-                                   GenAI.USAGE_OUTPUT_TOKENS: row["completion_tokens"]})
-            engine.end(end_time=end)
-        annotate_request_span(root, row)
-        root.end(end_time=end)
+            events.append(("dispatch", _ns(ticket.dispatched_at), {Sluice.ENGINE: ticket.engine}))
+        if tr.engine_id is not None:
+            ev = (("first_token", _ns(ticket.first_token_at), {}),) if ticket.first_token_at is not None else ()
+            provider.emit("engine generate", tr.trace_id, tr.engine_id, tr.root_id, SpanKind.CLIENT,
+                          _ns(ticket.dispatched_at), end,
+                          {Sluice.ENGINE: ticket.engine, Sluice.RID: ticket.rid,
+                           GenAI.USAGE_INPUT_TOKENS: row["prompt_tokens"],
+                           GenAI.USAGE_OUTPUT_TOKENS: row["completion_tokens"]}, ev)
+        attrs, error = request_span_attributes(row)
+        attrs[GenAI.OPERATION_NAME] = "chat" if ticket.request.kind == "chat" else "text_completion"
+        provider.emit(tr.name, tr.trace_id, tr.root_id, None, SpanKind.SERVER, _ns(ticket.arrival), end,
+                      attrs, events, error)
 
     def decision(self, d: Decision) -> None:
         if self.store is not None:  # inputs/outputs: fresh dicts from the core, JSON-encoded by the writer

@@ -1,9 +1,10 @@
 """sluice's own spans: a TracerProvider that writes to the DuckDB store and, optionally, OTLP/HTTP.
 
-The gateway makes one server span per request (``tracer.start_as_current_span("chat <model>",
-kind=SpanKind.SERVER)``), sets ``GenAI``/``Sluice`` attributes (``annotate_request_span``) and
-forwards ``traceparent_of(span)`` to SGLang, whose spans then join the same trace (they come back
-through the OTLP receiver).
+A request's spans can be made live (``tracer.start_as_current_span("chat <model>",
+kind=SpanKind.SERVER)``, ``annotate_request_span`` for the ``GenAI``/``Sluice`` attributes,
+``traceparent_of(span)`` forwarded to SGLang) or, as the gateway does, built whole when the
+request ends (``SluiceTracerProvider.new_trace``/``emit`` with ``request_span_attributes``): the
+same spans for a fraction of the CPU. SGLang's spans join the same trace through the OTLP receiver.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from typing import Any, Protocol
 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+try:  # optional: faster attribute JSON on the exporter thread
+    import orjson as _orjson
+except ImportError:  # pragma: no cover
+    _orjson = None
 
 from .otlp_export import make_otlp_exporter
 
@@ -101,21 +108,9 @@ def annotate_request_span(span: trace_api.Span, row: Mapping[str, Any]) -> None:
     """
     if not span.is_recording():
         return
-    attrs: dict[str, Any] = {}
-    for key, attr in _ROW_TO_ATTR.items():
-        value = row.get(key)
-        if value is not None:
-            attrs[attr] = value
-    if row.get("rid"):
-        attrs[GenAI.RESPONSE_ID] = str(row["rid"])
-    if row.get("finish_reason"):
-        attrs[GenAI.RESPONSE_FINISH_REASONS] = [str(row["finish_reason"])]
-    if row.get("ttft_ms") is not None:
-        attrs[GenAI.RESPONSE_TIME_TO_FIRST_CHUNK] = float(row["ttft_ms"]) / 1000.0
-    status = row.get("status")
-    if status and status != "ok":
-        attrs[GenAI.ERROR_TYPE] = str(row.get("reason") or status)
-        span.set_status(trace_api.Status(trace_api.StatusCode.ERROR, str(row.get("error") or status)))
+    attrs, error = request_span_attributes(row)
+    if error is not None:
+        span.set_status(trace_api.Status(trace_api.StatusCode.ERROR, error))
     span.set_attributes(attrs)
 
 
@@ -142,6 +137,11 @@ _KIND = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
 def _attr_json(attrs: Mapping[str, Any] | None) -> str | None:
     if not attrs:
         return None
+    if _orjson is not None:
+        try:
+            return _orjson.dumps(dict(attrs), default=str, option=_orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits
+            pass
     return json.dumps(
         {k: list(v) if isinstance(v, tuple) else v for k, v in attrs.items()},
         separators=(",", ":"),
@@ -236,6 +236,69 @@ class StoreSpanExporter(SpanExporter):
         return True
 
 
+_SAMPLED = trace_api.TraceFlags(trace_api.TraceFlags.SAMPLED)
+_ERROR = trace_api.StatusCode.ERROR
+_UNSET = trace_api.Status(trace_api.StatusCode.UNSET)
+
+
+class SluiceTracerProvider(TracerProvider):
+    """A TracerProvider that can also take spans built whole, after the fact (`emit`).
+
+    The gateway's per-request spans are a fixed shape whose times and attributes are all known when
+    the request ends; building them then as `ReadableSpan`s and handing them to the span
+    processors skips the SDK's live-span machinery (locks, attribute cleaning, contexts), several
+    times the cost of the span itself. Ids and the sampling decision come from this provider's id
+    generator and sampler, as `start_span` would take them.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.scope = InstrumentationScope("sluice")
+
+    def new_trace(self, name: str, kind: trace_api.SpanKind) -> tuple[int, int, bool]:
+        """(trace_id, span_id, sampled) for a new root span."""
+        trace_id = self.id_generator.generate_trace_id()
+        decision = self.sampler.should_sample(None, trace_id, name, kind)
+        return trace_id, self.id_generator.generate_span_id(), decision.decision.is_sampled()
+
+    def new_span_id(self) -> int:
+        return self.id_generator.generate_span_id()
+
+    def emit(self, name: str, trace_id: int, span_id: int, parent_span_id: int | None, kind: trace_api.SpanKind,
+             start_ns: int, end_ns: int, attributes: dict[str, Any], events: Sequence[tuple[str, int, dict[str, Any]]] = (),
+             error: str | None = None) -> None:
+        """Hand one finished, sampled span to the span processors (exporters)."""
+        parent = (trace_api.SpanContext(trace_id, parent_span_id, False, _SAMPLED)
+                  if parent_span_id is not None else None)
+        span = ReadableSpan(
+            name, trace_api.SpanContext(trace_id, span_id, False, _SAMPLED), parent, self.resource, attributes,
+            tuple(Event(n, a, ts) for n, ts, a in events), (), kind,
+            status=trace_api.Status(_ERROR, error) if error is not None else _UNSET,
+            start_time=start_ns, end_time=end_ns, instrumentation_scope=self.scope)
+        self._active_span_processor.on_end(span)
+
+
+def request_span_attributes(row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """``annotate_request_span``'s attributes for a request row, and the ERROR status message
+    (None for an ok request)."""
+    attrs: dict[str, Any] = {}
+    for key, attr in _ROW_TO_ATTR.items():
+        value = row.get(key)
+        if value is not None:
+            attrs[attr] = value
+    if row.get("rid"):
+        attrs[GenAI.RESPONSE_ID] = str(row["rid"])
+    if row.get("finish_reason"):
+        attrs[GenAI.RESPONSE_FINISH_REASONS] = (str(row["finish_reason"]),)
+    if row.get("ttft_ms") is not None:
+        attrs[GenAI.RESPONSE_TIME_TO_FIRST_CHUNK] = float(row["ttft_ms"]) / 1000.0
+    status = row.get("status")
+    if status and status != "ok":
+        attrs[GenAI.ERROR_TYPE] = str(row.get("reason") or status)
+        return attrs, str(row.get("error") or status)
+    return attrs, None
+
+
 def setup_tracing(
     service_name: str = "sluice",
     sample_ratio: float = 1.0,
@@ -250,7 +313,7 @@ def setup_tracing(
     max_queue_size: int = 8192,
     max_export_batch_size: int = 1024,
     extra_exporters: Sequence[SpanExporter] = (),
-) -> TracerProvider:
+) -> SluiceTracerProvider:
     """Build sluice's own TracerProvider (never installed globally; call ``.shutdown()`` on exit).
 
     Sampling is ``ParentBased(TraceIdRatioBased(sample_ratio))``: a request that arrives with a
@@ -263,7 +326,7 @@ def setup_tracing(
         raise ValueError(f"sample_ratio must be in [0, 1], got {sample_ratio}")
     attrs: dict[str, Any] = {"service.name": service_name}
     attrs.update(resource_attributes or {})
-    provider = TracerProvider(
+    provider = SluiceTracerProvider(
         sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
         resource=Resource.create(attrs),
     )
