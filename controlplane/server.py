@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -106,10 +107,16 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await sluice.start()
+        # What exists now (modules, torch, the engines' sessions) lives as long as the server: out of
+        # the cyclic GC's reach, a full collection no longer walks it (tens of ms, several times a
+        # minute under load, with torch imported).
+        gc.collect()
+        gc.freeze()
         sampler = asyncio.create_task(telemetry.sample_loop(sluice, config.telemetry.retention_days))
         try:
             yield
         finally:
+            gc.unfreeze()
             sampler.cancel()
             await sluice.stop()
             telemetry.recorder.close()  # flush spans and rows, checkpoint the DuckDB file

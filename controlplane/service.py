@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -95,6 +96,8 @@ class Sluice:
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = threading.Event()
         self._trainer: threading.Thread | None = None
+        # request ids: a generator seeded from the OS, no system call (and no GIL release) per request
+        self._rid_bits = random.Random(os.urandom(32)).getrandbits
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
@@ -170,7 +173,8 @@ class Sluice:
         """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
         assert self.core is not None
         now = self.clock()
-        rid = os.urandom(16).hex()  # fixed length, so no rid is a prefix of another (SGLang aborts by prefix)
+        # 128 random bits, fixed length: no rid is a prefix of another (SGLang aborts by prefix)
+        rid = f"{self._rid_bits(128):032x}"
         slo_class = self.core.policy.tenant(tenant.name).slo_class
         ticket = Ticket(rid, tenant.name, req, slo_class, now, _new_row(rid, tenant.name, slo_class, req, now),
                         asyncio.get_running_loop().create_future())

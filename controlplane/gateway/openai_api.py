@@ -225,9 +225,9 @@ class StreamEncoder:
     def __init__(self, kind: str, rid: str, model: str, created: int) -> None:
         self._chat = kind == "chat"
         obj = "chat.completion.chunk" if self._chat else "text_completion"
-        head = json.dumps({"id": response_id(kind, rid), "object": obj, "created": created, "model": model},
-                          separators=(",", ":"))
-        self._head = b"data: " + head[:-1].encode() + b',"choices":[{"index":0,'
+        head = (f'data: {{"id":{_json_str(response_id(kind, rid))},"object":"{obj}","created":{int(created)},'
+                f'"model":{_json_str(model)},"choices":[{{"index":0,')
+        self._head = head.encode()
 
     def chunk(self, text: str | None, reason: str | None, first: bool = False) -> bytes:
         if self._chat:
