@@ -61,8 +61,8 @@ def measure(policy: str, tenants: int, requests: int) -> dict[str, Any]:
 
     def finish_one() -> None:
         rid = running.popleft()
-        core.first_token(now, rid)
-        for a in core.finish(now + 0.001, rid, FinishReport("ok", 512, 0, 100 + seq % 50, now)):
+        for a in [*core.first_token(now, rid), *core.finish(now + 0.001, rid,
+                                                           FinishReport("ok", 512, 0, 100 + seq % 50, now))]:
             if isinstance(a, Dispatch):
                 running.append(a.rid)
 

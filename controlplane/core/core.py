@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Protocol
 
 from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, decide, forecast
@@ -155,7 +155,7 @@ class DecisionCore:
             return [
                 Reject(spec.rid, status, result.reason, message, result.retry_after_s),
                 Decision(now, spec.rid, spec.tenant, "reject", result.reason, result.engine, version,
-                         _inputs_record(inputs, cls_name), asdict(result)),
+                         _inputs_record(inputs, cls_name), _shallow(result)),
             ]
 
         work = Work(spec.prompt_tokens, int(round(predicted)))
@@ -169,7 +169,7 @@ class DecisionCore:
         self._take_rate(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm, predicted)
         self._enqueue(tracked)
         actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
-                                          version, _inputs_record(inputs, cls_name), asdict(result))]
+                                          version, _inputs_record(inputs, cls_name), _shallow(result))]
         actions += self._pump(now)
         return actions
 
@@ -557,7 +557,13 @@ _REJECT_MESSAGES = {
 }
 
 
+def _shallow(obj: object) -> dict[str, object]:
+    """A flat dataclass as a dict (dataclasses.asdict deep-copies every value: 10x slower)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
+
+
 def _inputs_record(inputs: AdmissionInputs, cls_name: str) -> dict[str, object]:
-    record = asdict(inputs)
+    record = _shallow(inputs)
+    record["engines"] = [_shallow(e) for e in inputs.engines]
     record["slo_class"] = cls_name
     return record

@@ -67,10 +67,15 @@ class _RLS:
         self.n_rejected = 0
         self.abs_rel_residual = 0.0  # EWMA of |y - x.theta| / y, before the update
         self._theta: np.ndarray | None = self.theta0.copy()
+        self._last_theta = self._theta  # the last solved estimate: observations are scored against it
+
+    # Solving (with the sign constraints) costs ~100 us; observing is an O(n^2) update. The
+    # residual is scored against the last solved estimate, so a stream of observations without
+    # reads costs no solve at all: the estimate is solved when someone asks for it.
 
     def observe(self, x: np.ndarray, y: float, weight: float) -> None:
         if y > 0:
-            r = abs(y - float(x @ self.theta())) / y
+            r = abs(y - float(x @ self._last_theta)) / y
             a = max(1.0 / (self.n_obs + 1), 0.02)
             self.abs_rel_residual += a * (r - self.abs_rel_residual)
         lam = self.lam
@@ -82,7 +87,7 @@ class _RLS:
 
     def theta(self) -> np.ndarray:
         if self._theta is None:
-            self._theta = self._solve()
+            self._theta = self._last_theta = self._solve()
         return self._theta
 
     def _solve(self) -> np.ndarray:
