@@ -1,11 +1,12 @@
 """Gateway overhead and proxy capacity of sluice in front of an SGLang-shaped server, over loopback.
 
-    .venv/bin/python bench/bench_gateway.py [--quick] [--no-pin] [--sluice-loop asyncio|uvloop]
+    .venv/bin/python bench/bench_gateway.py [--quick] [--no-pin] [--sluice-loop uvloop|asyncio]
+                                            [--baseline-root DIR]
 
 Every role is its own process on 127.0.0.1: `sluice sim-server` (SimEngine behind SGLang's HTTP
 API), the sluice gateway (controlplane.server.create_app with a kind="sglang" engine pointing at the
 sim-server, two tenants with known keys, the DuckDB store in a temp dir; run like `sluice serve`:
-asyncio.run + uvicorn_config, so the stock asyncio loop unless --sluice-loop uvloop), and an aiohttp
+uvicorn_config on uvloop, as the CLI runs it, unless --sluice-loop asyncio), and an aiohttp
 client (uvloop). With pinning (default when there are >= 2 CPUs), sluice gets CPU 0 to itself and the
 sim-server and the client share CPU 1, so "sluice on one core" is what is measured.
 
@@ -22,6 +23,10 @@ sim-server and the client share CPU 1, so "sluice on one core" is what is measur
    written); the sim-server alone is measured the same way as a reference. Target >= 1,000 req/s.
    cpu-ceiling = 1 / (sluice CPU s per request): the rate one fully busy core would sustain, which is
    what counts when the client and the sim-server on the other core saturate first.
+
+--baseline-root DIR (another checkout of sluice, e.g. `git worktree add /tmp/base <commit>`) runs a
+second sluice from DIR beside this one: the overhead test alternates three targets (direct, sluice,
+baseline) and the capacity test measures both, so a before/after comparison comes from one run.
 
 Never a pass/fail: the numbers are printed (and written as JSON with --json PATH).
 """
@@ -168,11 +173,11 @@ def warm_sluice(procs: Procs, url: str, seconds: float, cpu: int | None) -> None
 
 
 def start_sluice(procs: Procs, engine_url: str, trace_ratio: float, loop: str, cpu: int | None,
-                 profile_out: str | None = None) -> tuple[subprocess.Popen, str]:
+                 profile_out: str | None = None, root: str | None = None) -> tuple[subprocess.Popen, str]:
     port = free_port()
     d = tempfile.mkdtemp(prefix="sluice-", dir=procs.tmp)
     spec = {"port": port, "dir": d, "engine_url": engine_url, "trace_ratio": trace_ratio, "loop": loop,
-            "profile_out": profile_out}
+            "profile_out": profile_out, "root": root}
     p = procs.start(f"sluice-{port}", [sys.executable, os.path.abspath(__file__), "_sluice", json.dumps(spec)], cpu)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health", proc=p)
@@ -212,6 +217,8 @@ def sim_main(spec: dict[str, Any]) -> None:
 
 
 def sluice_main(spec: dict[str, Any]) -> None:
+    if spec.get("root"):  # a baseline checkout: its packages before this one's
+        sys.path.insert(0, os.path.abspath(spec["root"]))
     from controlplane.config import Config, EngineConfig, ServerConfig, TelemetryConfig, TenantConfig, hash_key
     from controlplane.server import create_app, uvicorn_config
 
@@ -420,33 +427,45 @@ def client_main(spec: dict[str, Any]) -> None:
 def overhead(procs: Procs, args: argparse.Namespace, cpus: dict[str, int | None]) -> dict[str, Any]:
     sim, sim_url = start_sim(procs, "h100-llama3.1-8b", cpus["sim"])
     sl, sl_url = start_sluice(procs, sim_url, 1.0, args.sluice_loop, cpus["sluice"])
+    base = None
+    targets = [["direct", sim_url + "/v1/completions"], ["sluice", sl_url + "/v1/completions"]]
+    pids = {"sluice": sl.pid, "sim": sim.pid}
     try:
+        if args.baseline_root:
+            base, base_url = start_sluice(procs, sim_url, 1.0, args.sluice_loop, cpus["sluice"],
+                                          root=args.baseline_root)
+            targets.append(["baseline", base_url + "/v1/completions"])
+            pids["baseline"] = base.pid
+            warm_sluice(procs, base_url, args.sluice_warmup, cpus["client"])
         warm_sluice(procs, sl_url, args.sluice_warmup, cpus["client"])
         res = run_client(procs, {
             "mode": "open", "rate": args.rate, "block_s": args.block, "duration_s": args.duration,
-            "warmup_s": 3.0, "max_tokens": 64,
-            "targets": [["direct", sim_url + "/v1/completions"], ["sluice", sl_url + "/v1/completions"]],
-            "pids": {"sluice": sl.pid, "sim": sim.pid}}, cpus["client"])
+            "warmup_s": 3.0, "max_tokens": 64, "targets": targets, "pids": pids}, cpus["client"])
     finally:
         procs.stop(sl)
+        if base is not None:
+            procs.stop(base)
         procs.stop(sim)
     out: dict[str, Any] = {"rate": args.rate, "elapsed_s": res["elapsed_s"], "late_sends": res["late_sends"],
                            "max_lateness_ms": res["max_lateness_ms"], "cpu_s": res["cpu_s"]}
-    for label in ("direct", "sluice"):
+    for label, _ in targets:
         v = res["ttft_s"][label]
         out[label] = {"n": len(v), "sent": res["sent"][label], "failures": res["failures"][label],
                       "p50_ms": pct(v, 0.5) * 1e3, "p90_ms": pct(v, 0.9) * 1e3, "p99_ms": pct(v, 0.99) * 1e3,
                       "mean_ms": sum(v) / len(v) * 1e3 if v else float("nan")}
-    out["added_p50_ms"] = out["sluice"]["p50_ms"] - out["direct"]["p50_ms"]
-    out["added_p99_ms"] = out["sluice"]["p99_ms"] - out["direct"]["p99_ms"]
-    n_sluice = out["sluice"]["sent"] or 1
-    # sluice is idle during the direct blocks but for its pollers: CPU per request it served
-    out["sluice_cpu_ms_per_req"] = res["cpu_s"]["sluice"] / n_sluice * 1e3
+    for who in ("sluice", "baseline"):
+        if who not in out:
+            continue
+        prefix = "" if who == "sluice" else "baseline_"
+        out[prefix + "added_p50_ms"] = out[who]["p50_ms"] - out["direct"]["p50_ms"]
+        out[prefix + "added_p99_ms"] = out[who]["p99_ms"] - out["direct"]["p99_ms"]
+        # a sluice is idle in the other targets' blocks but for its pollers: CPU per request it served
+        out[prefix + "sluice_cpu_ms_per_req"] = res["cpu_s"][who] / (out[who]["sent"] or 1) * 1e3
     return out
 
 
 def sweep(procs: Procs, url: str, pids: dict[str, int], args: argparse.Namespace,
-          cpus: dict[str, int | None], who: str) -> list[dict[str, Any]]:
+          cpus: dict[str, int | None], who: str, tag: str = "") -> list[dict[str, Any]]:
     rows = []
     for n in args.concurrency:
         r = run_client(procs, {"mode": "closed", "url": url, "concurrency": n, "warmup_s": args.cap_warmup,
@@ -458,7 +477,7 @@ def sweep(procs: Procs, url: str, pids: dict[str, int], args: argparse.Namespace
                 r[f"{k}_cpu_ms_per_req"] = v / r["done"] * 1e3
             r[f"{who}_util"] = r["cpu_s"][who] / r["elapsed_s"]
         rows.append(r)
-        print(f"  {who:>14} N={n:<4} {r['rps']:7.0f} req/s  failed={r['failed']}  "
+        print(f"  {tag or who:>20} N={n:<4} {r['rps']:7.0f} req/s  failed={r['failed']}  "
               f"{who} CPU {r['cpu_s'][who] / r['elapsed_s'] * 100:5.1f}%  "
               f"{r.get(who + '_cpu_ms_per_req', float('nan')):.3f} ms CPU/req  "
               f"client {r['cpu_s']['client'] / r['elapsed_s'] * 100:5.1f}%  "
@@ -471,16 +490,20 @@ def capacity(procs: Procs, args: argparse.Namespace, cpus: dict[str, int | None]
     sim, sim_url = start_sim(procs, "zero-delay", cpus["sim"])
     try:
         out["sim_alone"] = sweep(procs, sim_url + "/v1/completions", {"sim": sim.pid}, args, cpus, "sim")
+        runs = [("", None)] + ([("baseline_", args.baseline_root)] if args.baseline_root else [])
         for label, ratio in (("tracing_on", 1.0), ("tracing_off", 0.0)):
-            profile_out = os.path.join(args.profile_dir, f"sluice-{label}.prof") \
-                if args.profile_dir else None
-            sl, sl_url = start_sluice(procs, sim_url, ratio, args.sluice_loop, cpus["sluice"], profile_out)
-            try:
-                warm_sluice(procs, sl_url, args.sluice_warmup, cpus["client"])
-                out[label] = sweep(procs, sl_url + "/v1/completions", {"sluice": sl.pid, "sim": sim.pid},
-                                   args, cpus, "sluice")
-            finally:
-                procs.stop(sl)
+            for prefix, root in runs:
+                profile_out = os.path.join(args.profile_dir, f"sluice-{prefix}{label}.prof") \
+                    if args.profile_dir else None
+                sl, sl_url = start_sluice(procs, sim_url, ratio, args.sluice_loop, cpus["sluice"], profile_out,
+                                          root=root)
+                try:
+                    warm_sluice(procs, sl_url, args.sluice_warmup, cpus["client"])
+                    out[prefix + label] = sweep(procs, sl_url + "/v1/completions",
+                                                {"sluice": sl.pid, "sim": sim.pid}, args, cpus,
+                                                "sluice", tag=prefix + label)
+                finally:
+                    procs.stop(sl)
     finally:
         procs.stop(sim)
     return out
@@ -488,7 +511,9 @@ def capacity(procs: Procs, args: argparse.Namespace, cpus: dict[str, int | None]
 
 def summarize_capacity(cap: dict[str, Any]) -> dict[str, Any]:
     s: dict[str, Any] = {}
-    for label in ("sim_alone", "tracing_on", "tracing_off"):
+    for label in ("sim_alone", "tracing_on", "tracing_off", "baseline_tracing_on", "baseline_tracing_off"):
+        if label not in cap:
+            continue
         rows = cap[label]
         best = max(rows, key=lambda r: r["rps"])
         who = "sim" if label == "sim_alone" else "sluice"
@@ -500,6 +525,10 @@ def summarize_capacity(cap: dict[str, Any]) -> dict[str, Any]:
                     "util_at_max": best.get(f"{who}_util")}
     s["sluice_vs_sim_rps"] = s["tracing_on"]["max_rps"] / s["sim_alone"]["max_rps"]
     s["tracing_cpu_ratio_on_off"] = s["tracing_on"]["cpu_ms_per_req"] / s["tracing_off"]["cpu_ms_per_req"]
+    for label in ("tracing_on", "tracing_off"):
+        if "baseline_" + label in s:  # < 1: this checkout needs less CPU per request than the baseline
+            s[f"cpu_ratio_vs_baseline_{label}"] = (s[label]["cpu_ms_per_req"]
+                                                   / s["baseline_" + label]["cpu_ms_per_req"])
     return s
 
 
@@ -510,8 +539,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="short runs (a smoke test, noisy numbers)")
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
-    ap.add_argument("--sluice-loop", choices=("asyncio", "uvloop"), default="asyncio",
-                    help="event loop of the sluice process (`sluice serve` runs asyncio.run: asyncio)")
+    ap.add_argument("--sluice-loop", choices=("asyncio", "uvloop"), default="uvloop",
+                    help="event loop of the sluice process (`sluice serve` runs on uvloop when installed)")
+    ap.add_argument("--baseline-root", help="another sluice checkout to measure beside this one (before/after)")
     ap.add_argument("--rate", type=float, default=100.0, help="overhead test: Poisson arrivals per second")
     ap.add_argument("--duration", type=float, help="overhead test: seconds per target (default 25, quick 6)")
     ap.add_argument("--block", type=float, default=5.0, help="overhead test: seconds per alternation block")
@@ -557,7 +587,9 @@ def main() -> None:
                   f"{args.duration:.0f} s per target in {args.block:.0f} s alternating blocks", flush=True)
             o = overhead(procs, args, cpus)
             results["overhead"] = o
-            for label in ("direct", "sluice"):
+            for label in ("direct", "sluice", "baseline"):
+                if label not in o:
+                    continue
                 r = o[label]
                 print(f"  {label:>7}: n={r['n']:<5} failures={r['failures']:<3} TTFT p50 {r['p50_ms']:7.2f} ms  "
                       f"p90 {r['p90_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms")
@@ -565,6 +597,10 @@ def main() -> None:
                   f"(target p99 <= 2 ms: {'met' if o['added_p99_ms'] <= 2.0 else 'MISSED'}); "
                   f"sluice CPU {o['sluice_cpu_ms_per_req']:.3f} ms/request; client sends late: {o['late_sends']} "
                   f"(max {o['max_lateness_ms']:.1f} ms)", flush=True)
+            if "baseline" in o:
+                print(f"  added by the baseline: p50 {o['baseline_added_p50_ms']:+.2f} ms, "
+                      f"p99 {o['baseline_added_p99_ms']:+.2f} ms; baseline CPU "
+                      f"{o['baseline_sluice_cpu_ms_per_req']:.3f} ms/request", flush=True)
         if not args.skip_capacity:
             print(f"\n2. proxy capacity: zero-delay engine, closed loop, N = {args.concurrency}, "
                   f"max_tokens {args.cap_tokens}, {args.cap_duration:.0f} s per N", flush=True)
@@ -572,13 +608,18 @@ def main() -> None:
             s = summarize_capacity(cap)
             results["capacity"] = cap
             results["capacity_summary"] = s
-            for label in ("sim_alone", "tracing_on", "tracing_off"):
+            for label in ("sim_alone", "tracing_on", "tracing_off", "baseline_tracing_on", "baseline_tracing_off"):
+                if label not in s:
+                    continue
                 r = s[label]
-                print(f"  {label:>12}: max {r['max_rps']:7.0f} req/s (N={r['at_n']}), "
+                print(f"  {label:>20}: max {r['max_rps']:7.0f} req/s (N={r['at_n']}), "
                       f"{r['cpu_ms_per_req']:.3f} ms CPU/request -> one-core ceiling {r['cpu_ceiling_rps']:6.0f} req/s")
             print(f"  sluice/sim-alone throughput: {s['sluice_vs_sim_rps']:.2f}; "
                   f"tracing CPU/request on/off: {s['tracing_cpu_ratio_on_off']:.2f} "
                   f"(target >= 1000 req/s: {'met' if s['tracing_on']['max_rps'] >= 1000 else 'MISSED'})")
+            for label in ("tracing_on", "tracing_off"):
+                if f"cpu_ratio_vs_baseline_{label}" in s:
+                    print(f"  CPU/request vs baseline, {label}: {s[f'cpu_ratio_vs_baseline_{label}']:.2f}")
         try:
             results["machine"]["loadavg_end"] = os.getloadavg()
         except OSError:
