@@ -372,8 +372,10 @@ class _SGLangFacade:
             await run.aclose()
         yield _SSE_DONE
 
-    async def _generate_once(self, req: GenerateRequest, matched: Any) -> Response:
-        rid = req.rid
+    async def _run_to_end(self, req: GenerateRequest, duplicate: Any,
+                          no_output_type: str) -> tuple[str, Chunk] | Response:
+        """Drive a non-streaming request to its last chunk: (text, last chunk), or the error
+        response to send (`duplicate(message)` builds the one for a duplicate rid)."""
         parts: list[str] = []
         last: Chunk | None = None
         run = self.drive(req, False)
@@ -384,7 +386,7 @@ class _SGLangFacade:
                 if ch.finish_reason is not None:
                     break
         except _Duplicate as e:
-            return JSONResponse({"error": {"message": str(e)}}, status_code=400)
+            return duplicate(str(e))
         except EngineOverloaded as e:
             return _oai_error_response(_message(e, _QUEUE_FULL), 503, "503")
         except EngineError as e:
@@ -392,14 +394,23 @@ class _SGLangFacade:
         finally:
             await run.aclose()
         if last is None:
-            return _oai_error_response("the engine returned no output", 500, "500")
+            return _oai_error_response("the engine returned no output", 500, no_output_type)
+        return "".join(parts), last
+
+    async def _generate_once(self, req: GenerateRequest, matched: Any) -> Response:
+        rid = req.rid
+        done = await self._run_to_end(
+            req, lambda msg: JSONResponse({"error": {"message": msg}}, status_code=400), "500")
+        if isinstance(done, Response):
+            return done
+        text, last = done
         if last.finish_reason == "abort" and last.status_code in (500, 503):
             return _oai_error_response(last.message or "aborted", last.status_code, str(last.status_code))
         if last.finish_reason == "abort" and last.status_code == 400:
             return JSONResponse({"error": {"message": last.message or "bad request"}}, status_code=400)
         base = zlib.crc32(rid.encode())
         ids = [1000 + (base + i) % 29000 for i in range(last.completion_tokens)]
-        return Response(_dumps(self._out(rid, "".join(parts), ids, last, matched)),
+        return Response(_dumps(self._out(rid, text, ids, last, matched)),
                         media_type="application/json")
 
     # ---------------------------------------------------------------- control endpoints
@@ -650,28 +661,12 @@ class _SGLangFacade:
         if stream:
             return StreamingResponse(self._openai_stream(req, chat, model, include_usage, continuous),
                                      media_type="text/event-stream")
-        parts: list[str] = []
-        last: Chunk | None = None
-        run = self.drive(req, False)
-        try:
-            async for ch in run:
-                parts.append(ch.text)
-                last = ch
-                if ch.finish_reason is not None:
-                    break
-        except _Duplicate as e:
-            return _oai_error_response(str(e), 400)
-        except EngineOverloaded as e:
-            return _oai_error_response(_message(e, _QUEUE_FULL), 503, "503")
-        except EngineError as e:
-            return _oai_error_response(str(e), e.status_code, str(e.status_code))
-        finally:
-            await run.aclose()
-        if last is None:
-            return _oai_error_response("the engine returned no output", 500, "InternalServerError")
+        done = await self._run_to_end(req, lambda msg: _oai_error_response(msg, 400), "InternalServerError")
+        if isinstance(done, Response):
+            return done
+        content, last = done
         if last.finish_reason == "abort" and last.status_code:
             return _oai_error_response(last.message or "aborted", last.status_code, str(last.status_code))
-        content = "".join(parts)
         fr = last.finish_reason
         if chat:
             choice: dict[str, Any] = {
