@@ -32,6 +32,17 @@ def console(url: str, token: str = ADMIN) -> SluiceConsole:
                          backoff_initial=0.05, backoff_max=0.2)
 
 
+async def select_tenant(pilot, app: SluiceConsole, name: str) -> None:  # type: ignore[no-untyped-def]
+    """Open the tenants tab (loaded from the real server) and put the cursor on `name`."""
+    await wait_until(pilot, lambda: app.tenants.table.row_count == 2, "tenants from the real server")
+    await pilot.press("2")
+    for _ in range(app.tenants.table.row_count):
+        if app.tenants.table.cursor_key() == name:
+            return
+        await pilot.press("down")
+    raise AssertionError(f"tenant {name!r} not in the table")
+
+
 def history(server) -> list[dict]:
     return json.loads(raw(server, "GET", "/admin/v1/policy/history", headers=ADMIN_AUTH)[2])["changes"]
 
@@ -40,10 +51,7 @@ async def test_weight_change_in_the_console_takes_effect_and_is_audited(sluice_s
     server, sluice = sluice_server
     app = console(server.url)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.tenants.table.row_count == 2, "tenants from the real server")
-        await pilot.press("2")
-        while app.tenants.table.cursor_key() != "globex":
-            await pilot.press("down")
+        await select_tenant(pilot, app, "globex")
         await pilot.press("w")
         await wait_until(pilot, lambda: isinstance(app.screen, WeightScreen), "weight dialog")
         await pilot.press("end", *["backspace"] * 6, "4", "enter", *"more for globex", "enter")
@@ -79,10 +87,7 @@ async def test_pausing_a_tenant_in_the_console_refuses_its_requests(sluice_serve
     server, sluice = sluice_server
     app = console(server.url)
     async with app.run_test(size=SIZE) as pilot:
-        await wait_until(pilot, lambda: app.tenants.table.row_count == 2, "tenants")
-        await pilot.press("2")
-        while app.tenants.table.cursor_key() != "acme":
-            await pilot.press("down")
+        await select_tenant(pilot, app, "acme")
         await pilot.press("p")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirmation")
         await pilot.press(*"incident 42", "enter")
