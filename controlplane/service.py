@@ -14,7 +14,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -197,8 +197,15 @@ class Sluice:
             self.close(ticket, status, outcome.status, error=outcome.code)
             raise ApiError(outcome.status, outcome.message, code=outcome.code, retry_after=outcome.retry_after_s)
 
-    async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
-        """The engine's chunks for a dispatched ticket. Closing the iterator early aborts the request."""
+    def open_stream(self, ticket: Ticket) -> AsyncIterator[Sequence[Chunk]]:
+        """The engine's chunks for a dispatched ticket, in batches (those that arrived together).
+
+        The hot path: the caller iterates the engine's own generator (no generator of sluice's in
+        between), so it owes sluice three things: `first_token` at the first chunk with a token or
+        a finish reason (before sending it), `engine_failed` on an EngineError, and `aclose()` on
+        the iterator when it stops early (which aborts the request at the engine). `stream` does
+        all three for callers that want single chunks.
+        """
         assert ticket.engine is not None
         engine = self.engines[ticket.engine]
         req = ticket.request
@@ -206,19 +213,37 @@ class Sluice:
         greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
                                stream=True, priority=ticket.priority, traceparent=traceparent,
                                prompt_tokens=req.prompt_tokens)
-        gen = engine.submit(greq)
-        try:
-            async for chunk in gen:
-                if ticket.first_token_at is None and (chunk.completion_tokens or chunk.finish_reason):
-                    ticket.first_token_at = self.clock()
-                    self._apply(self.core.first_token(ticket.first_token_at, ticket.rid))
-                    if self.recorder is not None:
-                        self.recorder.first_token(ticket)
-                yield chunk
-        except EngineOverloaded:
-            raise
-        except EngineError:
+        batches = getattr(engine, "submit_batches", None)
+        if batches is not None:
+            return batches(greq)
+        return _singles(engine.submit(greq))
+
+    def first_token(self, ticket: Ticket, batch: Sequence[Chunk]) -> None:
+        """Record the first token if `batch` has it (call while ticket.first_token_at is None)."""
+        for chunk in batch:
+            if chunk.completion_tokens or chunk.finish_reason:
+                ticket.first_token_at = self.clock()
+                self._apply(self.core.first_token(ticket.first_token_at, ticket.rid))
+                if self.recorder is not None:
+                    self.recorder.first_token(ticket)
+                return
+
+    def engine_failed(self, ticket: Ticket, exc: EngineError) -> None:
+        """A stream ended in an EngineError: a dead engine is marked unhealthy (an overloaded one is not)."""
+        if not isinstance(exc, EngineOverloaded) and ticket.engine is not None:
             self._apply(self.core.engine_health(self.clock(), ticket.engine, False))
+
+    async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
+        """The engine's chunks for a dispatched ticket. Closing the iterator early aborts the request."""
+        gen = self.open_stream(ticket)
+        try:
+            async for batch in gen:
+                if ticket.first_token_at is None:
+                    self.first_token(ticket, batch)
+                for chunk in batch:
+                    yield chunk
+        except EngineError as exc:
+            self.engine_failed(ticket, exc)
             raise
         finally:
             await gen.aclose()
@@ -306,6 +331,15 @@ class Sluice:
         assert self.core is not None
         self._apply(self.core.set_policy(self.clock(), policy))
         self._emit("policy", policy.to_dict())
+
+
+async def _singles(gen: AsyncIterator[Chunk]) -> AsyncIterator[Sequence[Chunk]]:
+    """An engine without `submit_batches`: one chunk per batch."""
+    try:
+        async for chunk in gen:
+            yield (chunk,)
+    finally:
+        await gen.aclose()  # type: ignore[attr-defined]
 
 
 def _import_torch() -> None:

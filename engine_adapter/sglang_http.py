@@ -12,8 +12,9 @@
   (``/get_model_info``);
 * `health` -> ``GET /health``.
 
-This is the gateway's hot path: per streamed event the work is one bytes-level line split, one
-``json.loads`` and one `Chunk`. Field names, shapes and version renames follow
+This is the gateway's hot path: per read from the socket one bytes-level split into lines, per
+streamed event one ``orjson.loads`` and one `Chunk`; `submit_batches` hands over the events of one
+read together, so the gateway writes them to its client at once. Field names, shapes and version renames follow
 ``shared/reference/sglang-surface.md``; see ``docs/engines.md``.
 """
 from __future__ import annotations
@@ -39,12 +40,26 @@ from engine_adapter.base import (
     StepProfile,
 )
 
+
+def _json_dumps(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
 try:  # orjson is optional; it is only faster, never required.
-    from orjson import loads as _loads  # type: ignore[import-not-found]
+    from orjson import dumps as _orjson_dumps  # type: ignore[import-not-found]
+    from orjson import loads as _loads
 
     _loads_line = _loads
+
+    def _dumps(obj: Any) -> bytes:
+        try:
+            return _orjson_dumps(obj)
+        except TypeError:  # e.g. an integer beyond 64 bits (a seed): json takes any int
+            return _json_dumps(obj)
+
 except ImportError:  # pragma: no cover - depends on the environment
     _loads = json.loads
+    _dumps = _json_dumps
     _decode = json.JSONDecoder().decode
 
     def _loads_line(b: bytes) -> Any:
@@ -195,7 +210,7 @@ class SGLangHTTPEngine:
         body["rid"] = req.rid
         if req.priority is not None:
             body["priority"] = req.priority
-        return json.dumps(body, separators=(",", ":")).encode()
+        return _dumps(body)
 
     async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
         """Stream chunks (delta text, cumulative counts); the last has `finish_reason` set.
@@ -204,12 +219,24 @@ class SGLangHTTPEngine:
         on anything else that prevents a complete answer. Closing the iterator early aborts the
         request at the engine.
         """
+        batches = self.submit_batches(request)
+        try:
+            async for batch in batches:
+                for chunk in batch:
+                    yield chunk
+        finally:
+            await batches.aclose()
+
+    async def submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
+        """`submit`, one non-empty list of chunks per read from the socket: the events that arrived
+        together come together (the gateway sends them to its client in one write). Same errors and
+        the same abort-on-close as `submit`."""
         rid = request.rid
         data = self._body(request)
         headers = {"traceparent": request.traceparent} if request.traceparent else None
         need_abort = False  # the engine may still be working on this rid
         consumer_left = False
-        yielded = False
+        yielded = False  # a chunk has been produced (yielded, or in the batch being built)
         try:
             sess = self._sess()
             need_abort = True
@@ -226,7 +253,7 @@ class SGLangHTTPEngine:
                             obj = _loads(await resp.read())
                             need_abort = False
                             yielded = True
-                            yield self._final_from_json(obj, rid)
+                            yield [self._final_from_json(obj, rid)]
                             return
                         # ---- the streaming hot loop ----
                         content = resp.content
@@ -234,34 +261,33 @@ class SGLangHTTPEngine:
                         sent = 0  # characters of cumulative text already delivered
                         prev_text = ""  # only used to detect the mode when output_ids are absent
                         buf = b""
-                        done = False
-                        while not done:
+                        final: Chunk | None = None
+                        failure: EngineError | None = None
+                        while final is None:
                             piece = await content.readany()
                             if not piece:
                                 break
                             if buf:
                                 piece = buf + piece
-                                buf = b""
-                            start = 0
-                            while True:
-                                nl = piece.find(b"\n", start)
-                                if nl < 0:
-                                    if start < len(piece):
-                                        buf = piece[start:]
-                                    break
-                                line = piece[start:nl]
-                                start = nl + 1
-                                if not line.startswith(_DATA):
+                            lines = piece.split(b"\n")
+                            buf = lines.pop()  # an incomplete last line (b"" after a full one)
+                            batch: list[Chunk] = []
+                            done = False
+                            for line in lines:
+                                if line[:5] != _DATA:
                                     continue  # blank separators, comments, event:/id: fields
-                                payload = line[5:].strip()
-                                if payload == _DONE:
-                                    done = True
-                                    break
+                                payload = line[5:]
+                                if payload[-1:] != b"}":  # [DONE], a CR line end, or not an object
+                                    payload = payload.strip()
+                                    if payload == _DONE:
+                                        done = True
+                                        break
                                 obj = _loads_line(payload)
                                 meta = obj.get("meta_info")
                                 if meta is None:
                                     need_abort = False
-                                    raise _chunk_error(self.name, obj)
+                                    failure = _chunk_error(self.name, obj)
+                                    break
                                 text = obj.get("text") or ""
                                 completion = meta.get("completion_tokens", 0)
                                 if incremental is None:
@@ -274,33 +300,41 @@ class SGLangHTTPEngine:
                                     prev_text = text
                                 if incremental:
                                     delta = text
-                                else:
+                                elif sent:
                                     delta = text[sent:]
+                                    sent = len(text)
+                                else:
+                                    delta = text
                                     sent = len(text)
                                 fr = meta.get("finish_reason")
                                 if fr is None:
                                     if not delta and not completion:
                                         continue  # nothing to report yet
                                     yielded = True
-                                    yield Chunk(
-                                        delta,
-                                        completion,
-                                        meta.get("prompt_tokens", 0),
-                                        meta.get("cached_tokens", 0) or 0,
-                                    )
+                                    batch.append(Chunk(delta, completion, meta.get("prompt_tokens", 0),
+                                                       meta.get("cached_tokens", 0) or 0))
                                     continue
                                 # ---- the final chunk ----
                                 need_abort = False
-                                chunk = _final_chunk(delta, completion, meta, fr)
-                                if chunk.finish_reason == "abort" and chunk.status_code and not yielded:
-                                    raise _abort_error(self.name, chunk)
+                                final = _final_chunk(delta, completion, meta, fr)
+                                if final.finish_reason == "abort" and final.status_code and not yielded:
+                                    failure = _abort_error(self.name, final)
+                                    break
                                 yielded = True
-                                yield chunk
-                                # read the rest ("data: [DONE]" and the end of the body) so that
-                                # the connection goes back to the pool
-                                while await content.readany():
-                                    pass
-                                return
+                                batch.append(final)
+                                break
+                            if batch:
+                                yield batch
+                            if failure is not None:
+                                raise failure
+                            if done:
+                                break
+                        if final is not None:
+                            # read the rest ("data: [DONE]" and the end of the body) so that the
+                            # connection goes back to the pool
+                            while await content.readany():
+                                pass
+                            return
                         need_abort = False
                         raise EngineError(
                             f"{self.name}: stream for {rid} ended before its final chunk",

@@ -117,19 +117,42 @@ class CompletionsEndpoint:
             created = int(time.time())
             texts: list[str] = []
             first = True
-            enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if req.stream else None
-            async for chunk in sluice.stream(ticket):
-                last = chunk
-                if req.stream:
-                    if not started:
-                        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
-                        started = True
-                    if chunk.text or chunk.finish_reason or first:
-                        await send({"type": "http.response.body", "more_body": True,
-                                    "body": enc.chunk(chunk.text, chunk.finish_reason, first)})  # type: ignore[union-attr]
-                        first = False
-                else:
-                    texts.append(chunk.text)
+            stream = req.stream
+            enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if stream else None
+            # the engine's own generator, no hop of sluice's: first-token bookkeeping, engine
+            # failure and abort-on-close are done here (see Sluice.open_stream)
+            batches = sluice.open_stream(ticket)
+            try:
+                async for batch in batches:
+                    if ticket.first_token_at is None:
+                        sluice.first_token(ticket, batch)
+                    last = batch[-1]
+                    if stream:
+                        if not started:
+                            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                            started = True
+                        if len(batch) == 1:
+                            if last.text or last.finish_reason or first:
+                                await send({"type": "http.response.body", "more_body": True,
+                                            "body": enc.chunk(last.text, last.finish_reason, first)})  # type: ignore[union-attr]
+                                first = False
+                            continue
+                        # events that arrived together leave in one write
+                        parts = []
+                        for chunk in batch:
+                            if chunk.text or chunk.finish_reason or first:
+                                parts.append(enc.chunk(chunk.text, chunk.finish_reason, first))  # type: ignore[union-attr]
+                                first = False
+                        if parts:
+                            await send({"type": "http.response.body", "more_body": True, "body": b"".join(parts)})
+                    else:
+                        for chunk in batch:
+                            texts.append(chunk.text)
+            except EngineError as exc:
+                sluice.engine_failed(ticket, exc)
+                raise
+            finally:
+                await batches.aclose()  # type: ignore[attr-defined]  # early exit: aborts at the engine
             usage = oa.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens) if last else None
             if last is None or last.finish_reason is None:
                 raise EngineError("the engine ended the stream without a final chunk")
