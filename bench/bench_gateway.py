@@ -487,7 +487,7 @@ def sweep(procs: Procs, url: str, pids: dict[str, int], args: argparse.Namespace
 
 def capacity(procs: Procs, args: argparse.Namespace, cpus: dict[str, int | None]) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    sim, sim_url = start_sim(procs, "zero-delay", cpus["sim"])
+    sim, sim_url = start_sim(procs, args.cap_profile, cpus["sim"])
     try:
         out["sim_alone"] = sweep(procs, sim_url + "/v1/completions", {"sim": sim.pid}, args, cpus, "sim")
         runs = [("", None)] + ([("baseline_", args.baseline_root)] if args.baseline_root else [])
@@ -549,6 +549,9 @@ def main() -> None:
     ap.add_argument("--cap-duration", type=float, help="capacity: measured seconds per N (default 8, quick 3)")
     ap.add_argument("--cap-warmup", type=float, default=2.0)
     ap.add_argument("--cap-tokens", type=int, default=64, help="capacity: max_tokens per request")
+    ap.add_argument("--cap-profile", default="zero-delay",
+                    help="capacity: the sim-server's profile (zero-delay: first token + final chunk per "
+                         "request; h100-llama3.1-8b: one chunk per token, so CPU/request shows per-chunk cost)")
     ap.add_argument("--sluice-warmup", type=float,
                     help="seconds of light load on a fresh sluice before measuring (default 20, quick 10)")
     ap.add_argument("--skip-overhead", action="store_true")
@@ -602,7 +605,7 @@ def main() -> None:
                       f"p99 {o['baseline_added_p99_ms']:+.2f} ms; baseline CPU "
                       f"{o['baseline_sluice_cpu_ms_per_req']:.3f} ms/request", flush=True)
         if not args.skip_capacity:
-            print(f"\n2. proxy capacity: zero-delay engine, closed loop, N = {args.concurrency}, "
+            print(f"\n2. proxy capacity: {args.cap_profile} engine, closed loop, N = {args.concurrency}, "
                   f"max_tokens {args.cap_tokens}, {args.cap_duration:.0f} s per N", flush=True)
             cap = capacity(procs, args, cpus)
             s = summarize_capacity(cap)

@@ -110,6 +110,7 @@ class CompletionsEndpoint:
         gone = _DisconnectWatch(receive)
         ticket.task = asyncio.current_task()
         started = False
+        held = b""  # the final batch's events, sent with the response's end (one write)
         last: Chunk | None = None
         status, http_status, error = "error", 500, "internal_error"
         try:
@@ -133,9 +134,12 @@ class CompletionsEndpoint:
                             started = True
                         if len(batch) == 1:
                             if last.text or last.finish_reason or first:
-                                await send({"type": "http.response.body", "more_body": True,
-                                            "body": enc.chunk(last.text, last.finish_reason, first)})  # type: ignore[union-attr]
+                                data = enc.chunk(last.text, last.finish_reason, first)  # type: ignore[union-attr]
                                 first = False
+                                if last.finish_reason is not None:
+                                    held = data  # leaves with the usage chunk and [DONE]: one write
+                                    continue
+                                await send({"type": "http.response.body", "more_body": True, "body": data})
                             continue
                         # events that arrived together leave in one write
                         parts = []
@@ -143,7 +147,9 @@ class CompletionsEndpoint:
                             if chunk.text or chunk.finish_reason or first:
                                 parts.append(enc.chunk(chunk.text, chunk.finish_reason, first))  # type: ignore[union-attr]
                                 first = False
-                        if parts:
+                        if last.finish_reason is not None:
+                            held = b"".join(parts)
+                        elif parts:
                             await send({"type": "http.response.body", "more_body": True, "body": b"".join(parts)})
                     else:
                         for chunk in batch:
@@ -159,7 +165,7 @@ class CompletionsEndpoint:
             gone.disarm()  # the response is complete: a disconnect from here on is not an abort
             if req.stream:
                 tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
-                await send({"type": "http.response.body", "body": tail + oa.DONE})
+                await send({"type": "http.response.body", "body": held + tail + oa.DONE})
             else:
                 payload = oa.full_response(self.kind, ticket.rid, req.model, created, "".join(texts),
                                            last.finish_reason, usage)
@@ -178,7 +184,7 @@ class CompletionsEndpoint:
                            retry_after=1.0 if exc.status_code == 503 else None)
             status, http_status, error = "error", exc.status_code, str(exc)
             if started:  # headers are gone: end the stream with an error event, as SGLang does
-                await send({"type": "http.response.body", "body": oa.error_event(err) + oa.DONE})
+                await send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE})
             else:
                 await send_error(send, err)
         except asyncio.CancelledError:
@@ -189,7 +195,7 @@ class CompletionsEndpoint:
             if not gone.gone:  # an operator abort: tell the client
                 err = ApiError(503, f"request aborted: {ticket.abort_reason}", code="aborted")
                 if started:
-                    await send({"type": "http.response.body", "body": oa.error_event(err) + oa.DONE})
+                    await send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE})
                 else:
                     await send_error(send, err)
         finally:
