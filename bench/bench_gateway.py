@@ -1,7 +1,7 @@
 """Gateway overhead and proxy capacity of sluice in front of an SGLang-shaped server, over loopback.
 
     .venv/bin/python bench/bench_gateway.py [--quick] [--no-pin] [--sluice-loop uvloop|asyncio]
-                                            [--baseline-root DIR]
+                                            [--baseline-root DIR] [--cap-profile NAME]
 
 Every role is its own process on 127.0.0.1: `sluice sim-server` (SimEngine behind SGLang's HTTP
 API), the sluice gateway (controlplane.server.create_app with a kind="sglang" engine pointing at the
