@@ -9,7 +9,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
 from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, decide, forecast
@@ -284,16 +284,14 @@ class DecisionCore:
                           dispatch_rate, (), p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e,
                           eng.spec.chunk, eng.prefill_budget, *meter)
         half = self._mean_request_tokens / 2
-        mean_service = view.prefill_through(half, batch, kv) + half * view.step_time(batch, kv)
+        step = view.step_time(batch, kv)
         departures: tuple[float, ...] = ()
         if ahead >= view.free_slots and eng.in_flight:  # only a queued request needs them
-            step = view.step_time(batch, kv)
             need = min(len(eng.in_flight), int(ahead - view.free_slots) + 1)
             departures = tuple(heapq.nsmallest(need, (self._remaining(t, now, step)
                                                       for t in eng.in_flight.values())))
-        return EngineView(view.name, view.window, view.in_flight, view.waiting_tokens, kv, mean_service,
-                          prefill_rate, dispatch_rate, departures, p.prefill_a, p.prefill_b, p.decode_c,
-                          p.decode_d, p.decode_e, eng.spec.chunk, eng.prefill_budget, *meter)
+        return replace(view, mean_service_s=view.prefill_through(half, batch, kv) + half * step,
+                       departures=departures)
 
     @staticmethod
     def _remaining(t: Tracked, now: float, step: float) -> float:
