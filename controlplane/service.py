@@ -233,21 +233,6 @@ class Sluice:
         if not isinstance(exc, EngineOverloaded) and ticket.engine is not None:
             self._apply(self.core.engine_health(self.clock(), ticket.engine, False))
 
-    async def stream(self, ticket: Ticket) -> AsyncIterator[Chunk]:
-        """The engine's chunks for a dispatched ticket. Closing the iterator early aborts the request."""
-        gen = self.open_stream(ticket)
-        try:
-            async for batch in gen:
-                if ticket.first_token_at is None:
-                    self.first_token(ticket, batch)
-                for chunk in batch:
-                    yield chunk
-        except EngineError as exc:
-            self.engine_failed(ticket, exc)
-            raise
-        finally:
-            await gen.aclose()
-
     def close(self, ticket: Ticket, status: str, http_status: int, *, chunk: Chunk | None = None,
               error: str | None = None) -> None:
         """End a ticket exactly once: reconcile the core, write the request row, notify listeners."""
