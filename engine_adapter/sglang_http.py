@@ -186,20 +186,11 @@ class SGLangHTTPEngine:
 
     def _body(self, req: GenerateRequest) -> bytes:
         body: dict[str, Any] = {}
-        if req.prompt is not None:
-            body["text"] = req.prompt
-        elif req.input_ids is not None:
-            body["input_ids"] = req.input_ids
-        elif req.prompt_tokens:
-            # Replay without text: SGLang's "random-ids" approach, with identical 512-token blocks for
-            # identical hash_ids so that the engine's prefix cache sees the recorded sharing.
-            body["input_ids"] = synthetic_input_ids(req.prompt_tokens, req.hash_ids, req.rid)
+        text, ids = prompt_input(req, self.name)
+        if text is not None:
+            body["text"] = text
         else:
-            raise EngineError(
-                f"{self.name}: request {req.rid} has neither prompt nor input_ids",
-                status_code=400,
-                retryable=False,
-            )
+            body["input_ids"] = ids
         sp = req.sampling_params
         if req.output_tokens is not None:
             sp = dict(sp)
@@ -746,6 +737,20 @@ def _block_ids(h: int) -> list[int]:
         base = (h * 2654435761) & 0xFFFFFFFF
         ids = _block_cache[h] = [1000 + (base + i * 40503) % 29000 for i in range(_BLOCK)]
     return ids
+
+
+def prompt_input(req: GenerateRequest, engine: str) -> tuple[str | None, list[int] | None]:
+    """What SGLang is given as the prompt: (text, None) or (None, input_ids). A replayed request
+    known only by its length gets synthetic ids (SGLang's "random-ids" approach), with identical
+    512-token blocks for identical hash_ids so the engine's prefix cache sees the recorded sharing."""
+    if req.prompt is not None:
+        return req.prompt, None
+    if req.input_ids is not None:
+        return None, req.input_ids
+    if req.prompt_tokens:
+        return None, synthetic_input_ids(req.prompt_tokens, req.hash_ids, req.rid)
+    raise EngineError(f"{engine}: request {req.rid} has neither prompt nor input_ids",
+                      status_code=400, retryable=False)
 
 
 def synthetic_input_ids(n: int, hash_ids: list[int] | None, salt: str) -> list[int]:

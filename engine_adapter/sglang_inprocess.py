@@ -27,7 +27,7 @@ from engine_adapter.sglang_http import (
     _final_chunk,
     _max_total_tokens,
     _parse_v1_loads,
-    synthetic_input_ids,
+    prompt_input,
 )
 
 __all__ = ["SGLangInProcessEngine", "SGLANG_MISSING"]
@@ -73,15 +73,11 @@ class SGLangInProcessEngine:
 
     async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
         kw: dict[str, Any] = {}
-        if request.prompt is not None:
-            kw["prompt"] = request.prompt
-        elif request.input_ids is not None:
-            kw["input_ids"] = request.input_ids
-        elif request.prompt_tokens:
-            kw["input_ids"] = synthetic_input_ids(request.prompt_tokens, request.hash_ids, request.rid)
+        text, ids = prompt_input(request, self.name)
+        if text is not None:
+            kw["prompt"] = text
         else:
-            raise EngineError(f"{self.name}: request {request.rid} has neither prompt nor input_ids",
-                              status_code=400, retryable=False)
+            kw["input_ids"] = ids
         sp = dict(request.sampling_params)
         if request.output_tokens is not None:
             sp["max_new_tokens"] = request.output_tokens
