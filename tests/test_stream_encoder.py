@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -29,6 +30,24 @@ def expected(kind: str, text: str | None, reason: str | None, first: bool) -> di
             "choices": [{"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}]}
 
 
+def reference_chunk(kind: str, rid: str, model: str, created: int, text: str | None, reason: str | None,
+                 first: bool = False) -> bytes:
+    """The reference encoding of one SSE event: the chunk as a dict through json.dumps."""
+    if kind == "chat":
+        delta: dict[str, Any] = {}
+        if first:
+            delta["role"] = "assistant"
+        if text:
+            delta["content"] = text
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": oa.finish_reason(reason)}
+        obj = "chat.completion.chunk"
+    else:
+        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": oa.finish_reason(reason)}
+        obj = "text_completion"
+    payload = {"id": oa.response_id(kind, rid), "object": obj, "created": created, "model": model, "choices": [choice]}
+    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
+
+
 def parse_event(raw: bytes) -> dict:
     assert raw.startswith(b"data: ") and raw.endswith(b"\n\n")
     body = raw[6:-2]
@@ -44,7 +63,7 @@ def test_chunk_matches_reference(kind, text, reason, first):
     enc = oa.StreamEncoder(kind, RID, MODEL, CREATED)
     raw = enc.chunk(text, reason, first)
     assert parse_event(raw) == expected(kind, text, reason, first)
-    assert raw == oa.stream_chunk(kind, RID, MODEL, CREATED, text, reason, first)  # byte for byte
+    assert raw == reference_chunk(kind, RID, MODEL, CREATED, text, reason, first)  # byte for byte
 
 
 @pytest.mark.parametrize("kind", ["chat", "text"])

@@ -178,25 +178,6 @@ def finish_reason(reason: str | None) -> str | None:
     return {"abort": "stop"}.get(reason, reason) if reason else None  # OpenAI has no "abort"
 
 
-def stream_chunk(kind: str, rid: str, model: str, created: int, text: str | None, reason: str | None,
-                 first: bool = False) -> bytes:
-    """One SSE event of a streamed response (a dict through json.dumps: the reference encoding;
-    the gateway uses `StreamEncoder`, which writes the same bytes)."""
-    if kind == "chat":
-        delta: dict[str, Any] = {}
-        if first:
-            delta["role"] = "assistant"
-        if text:
-            delta["content"] = text
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason(reason)}
-        obj = "chat.completion.chunk"
-    else:
-        choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish_reason(reason)}
-        obj = "text_completion"
-    payload = {"id": response_id(kind, rid), "object": obj, "created": created, "model": model, "choices": [choice]}
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
 _FINISH_TAILS: dict[str | None, bytes] = {}
 
 
@@ -213,7 +194,7 @@ def _finish_tail(reason: str | None) -> bytes:
 
 
 class StreamEncoder:
-    """The SSE events of one streamed response, byte for byte what `stream_chunk` writes.
+    """The SSE events of one streamed response, byte for byte what a dict through json.dumps gives (tests/test_stream_encoder.py).
 
     The part that is the same in every chunk (id, object, created, model) is encoded once per
     request; a chunk only escapes its text delta (the C JSON string encoder) and appends a cached
