@@ -5,6 +5,7 @@ in memory, whatever the traffic. Time is passed in.
 """
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,7 @@ class LiveStats:
 
     def totals(self, now: float, span_s: float = 10.0) -> dict[str, float]:
         since = now - span_s
-        recent = [e for e in reversed(self._events) if e[0] >= since] if self._events else []
+        recent = list(itertools.takewhile(lambda e: e[0] >= since, reversed(self._events)))  # newest first
         ok = [e for e in recent if e[1] == "ok"]
         good = sum(1 for e in ok if e[2])
         return {"request_rate": len(recent) / span_s, "goodput": good / span_s,
