@@ -57,16 +57,24 @@ class EngineLoad:
 
 @dataclass(slots=True)
 class StepProfile:
-    """Step-time model (seconds): prefill a + b*tokens; decode c + d*batch + e*kv_tokens."""
+    """Step-time model (seconds): prefill a + b*tokens + f*tokens*(context + tokens/2);
+    decode c + d*batch + e*kv_tokens.
+
+    The prefill's f term is attention: each of the `tokens` new tokens attends to the `context`
+    tokens already in the KV (prefix-cache hit plus earlier chunks of the same prompt) and, causally,
+    to half of the chunk on average. Decode's attention is e*kv_tokens. `prefill_f` is last and
+    defaults to 0 so positional constructions and older profile JSON keep their meaning.
+    """
 
     prefill_a: float
     prefill_b: float
     decode_c: float
     decode_d: float
     decode_e: float
+    prefill_f: float = 0.0  # seconds per new token x context token
 
-    def prefill_time(self, tokens: float) -> float:
-        return self.prefill_a + self.prefill_b * tokens
+    def prefill_time(self, tokens: float, context: float = 0.0) -> float:
+        return self.prefill_a + self.prefill_b * tokens + self.prefill_f * tokens * (context + tokens / 2)
 
     def decode_time(self, batch: float, kv_tokens: float) -> float:
         return self.decode_c + self.decode_d * batch + self.decode_e * kv_tokens

@@ -37,6 +37,63 @@ def test_recovers_known_coefficients_from_a_wrong_prior():
     assert st_["prefill"]["observations"] == 3000 and st_["decode"]["observations"] == 3000
 
 
+# prompts long enough that attention is a large share: a 12k prompt alone pays ~2x its linear time
+LONG = StepProfile(prefill_a=0.004, prefill_b=2.0e-5, decode_c=0.0065, decode_d=9.0e-6, decode_e=5.0e-8,
+                   prefill_f=2.0e-9)
+
+
+def feed_prefill_with_context(model: StepTimeModel, truth: StepProfile, n: int, seed: int) -> None:
+    """Chunks of 64..8192 tokens after 0..64k tokens already in the KV (cache hits, earlier chunks)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        tokens = float(rng.integers(64, 8192))
+        context = float(rng.integers(0, 65536)) if rng.random() < 0.7 else 0.0
+        seconds = truth.prefill_time(tokens, context) * (1 + 0.05 * rng.standard_normal())
+        assert model.observe_prefill(tokens, seconds, context=context)
+
+
+def test_step_profile_attention_term():
+    # f * tokens * (context + tokens / 2): 1000 new tokens after 3000 cached ones -> 1000 * 3500 pairs
+    assert LONG.prefill_time(1000, 3000) == pytest.approx(0.004 + 0.02 + 2e-9 * 1000 * 3500)
+    assert LONG.prefill_time(1000) == pytest.approx(0.004 + 0.02 + 2e-9 * 1000 * 500)
+    # chunking a prompt costs the same attention as prefilling it whole (only intercepts differ)
+    whole = LONG.prefill_time(8192) - LONG.prefill_a
+    chunks = sum(LONG.prefill_time(2048, 2048 * k) - LONG.prefill_a for k in range(4))
+    assert chunks == pytest.approx(whole)
+    assert TRUE.prefill_f == 0.0  # the default keeps five-coefficient profiles linear
+
+
+def test_learns_the_attention_term_from_a_linear_prior():
+    linear = StepProfile(LONG.prefill_a, LONG.prefill_b, LONG.decode_c, LONG.decode_d, LONG.decode_e)
+    m = StepTimeModel(linear, forgetting=0.999)
+    before = abs(m.prefill_time(4096, 32768) - LONG.prefill_time(4096, 32768)) / LONG.prefill_time(4096, 32768)
+    assert before > 0.5  # the linear prior misses most of a long-context chunk
+    feed_prefill_with_context(m, LONG, 3000, seed=11)
+    p = m.profile()
+    assert p.prefill_f == pytest.approx(LONG.prefill_f, rel=0.1)
+    assert p.prefill_b == pytest.approx(LONG.prefill_b, rel=0.15)
+    for tokens, context in ((512, 0), (4096, 32768), (8192, 60000)):
+        assert m.prefill_time(tokens, context) == pytest.approx(LONG.prefill_time(tokens, context), rel=0.05)
+    assert m.state()["profile"]["prefill_f"] == p.prefill_f
+    assert m.state()["prior"]["prefill_f"] == 0.0
+
+
+def test_prior_attention_term_is_used_without_data():
+    m = StepTimeModel(LONG)
+    assert m.profile() == LONG
+    for tokens, context in ((100, 0), (2048, 8192), (8192, 120_000)):
+        assert m.prefill_time(tokens, context) == pytest.approx(LONG.prefill_time(tokens, context))
+    assert m.prefill_std(8192, 120_000) > m.prefill_std(8192)  # less sure far from any data
+
+
+def test_context_is_validated_and_positional_weight_still_works():
+    m = StepTimeModel(LONG)
+    assert not m.observe_prefill(100, 0.01, context=-1)
+    assert not m.observe_prefill(100, 0.01, context=math.nan)
+    assert m.observe_prefill(100, 0.01, 0.5)  # weight, positionally, as before the context argument
+    assert m.state()["prefill"]["rejected"] == 2 and m.state()["prefill"]["observations"] == 1
+
+
 def test_stays_at_the_prior_without_data():
     m = StepTimeModel(WRONG)
     assert m.profile() == WRONG
@@ -52,7 +109,7 @@ def test_tracks_a_regime_change_with_forgetting():
     m = StepTimeModel(TRUE, forgetting=0.99)
     feed(m, TRUE, 500, seed=3)
     slower = StepProfile(*(2 * v for v in (TRUE.prefill_a, TRUE.prefill_b, TRUE.decode_c, TRUE.decode_d,
-                                           TRUE.decode_e)))
+                                           TRUE.decode_e)))  # prefill_f stays 0
     feed(m, slower, 1000, seed=4)
     assert m.prefill_time(2000) == pytest.approx(slower.prefill_time(2000), rel=0.05)
     assert m.decode_time(64, 100_000) == pytest.approx(slower.decode_time(64, 100_000), rel=0.05)
@@ -115,11 +172,12 @@ finite = st.floats(min_value=-1e7, max_value=1e7) | st.sampled_from([math.nan, m
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.tuples(finite, finite, finite), max_size=30))
 def test_estimates_stay_physical_whatever_is_observed(obs):
-    m = StepTimeModel(TRUE, forgetting=0.95)
+    m = StepTimeModel(LONG, forgetting=0.95)
     for a, b, c in obs:
         m.observe_prefill(a, b)
+        m.observe_prefill(a, b, context=c)
         m.observe_decode(a, b, c)
     p = m.profile()
-    for v in (p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e):
+    for v in (p.prefill_a, p.prefill_b, p.prefill_f, p.decode_c, p.decode_d, p.decode_e):
         assert math.isfinite(v) and v >= 0.0
-    assert m.prefill_time(1000) >= 0.0 and m.decode_time(8, 1000) >= 0.0
+    assert m.prefill_time(1000) >= 0.0 and m.prefill_time(1000, 50_000) >= 0.0 and m.decode_time(8, 1000) >= 0.0

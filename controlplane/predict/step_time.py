@@ -2,12 +2,15 @@
 
 Two small linear regressions, the shape of `engine_adapter.base.StepProfile`:
 
-    prefill seconds      ~ a + b * tokens                  x = [1, tokens / 1024]
+    prefill seconds      ~ a + b * tokens + f * pairs      x = [1, tokens / 1024, pairs / 2^22]
     decode step seconds  ~ c + d * batch + e * kv_tokens   x = [1, batch / 64, kv_tokens / 65536]
 
-(features are scaled internally so the 2x2 and 3x3 systems stay well conditioned; coefficients are
-reported in the profile's units). Each is a Bayesian linear regression with the profile as the prior
-mean and exponentially forgotten data, kept in information form:
+where pairs = tokens * (context + tokens / 2) is the prefill's attention work: each new token attends
+to the `context` tokens already in the KV (prefix-cache hit, earlier chunks) and, causally, to half
+of its own chunk on average (features are scaled internally so the 3x3 systems stay well
+conditioned; coefficients are reported in the profile's units). Each is a Bayesian linear
+regression with the profile as the prior mean and exponentially forgotten data, kept in information
+form:
 
     I_t = lambda * I_{t-1} + (1 - lambda) * I_0 + w x x^T / sigma^2
     h_t = lambda * h_{t-1} + (1 - lambda) * I_0 theta_0 + w x y / sigma^2
@@ -39,6 +42,7 @@ import numpy as np
 from engine_adapter.base import StepProfile
 
 PREFILL_TOKEN_SCALE = 1024.0
+PREFILL_PAIR_SCALE = float(2**22)  # a 2,896-token prompt alone: ~1 unit; 8,192 tokens over 8,192 cached: 24
 DECODE_BATCH_SCALE = 64.0
 DECODE_KV_SCALE = 65536.0
 
@@ -130,8 +134,9 @@ class StepTimeModel:
     """Online prefill and decode step-time model for one engine, starting from its profile.
 
     prior_rel_std: prior standard deviation of each coefficient, relative to the profile's value
-        (floored so that a zero coefficient can still move: 1 ms per 1024 prefill tokens, 0.1 ms per
-        64 sequences or per 65536 KV tokens, 1 ms / 0.1 ms for the intercepts).
+        (floored so that a zero coefficient can still move: 1 ms per 1024 prefill tokens or per 2^22
+        attention pairs, 0.1 ms per 64 sequences or per 65536 KV tokens, 1 ms / 0.1 ms for the
+        intercepts).
     prefill_noise_s, decode_noise_s: assumed measurement noise (seconds) of one observation. The
         ratio prior_std / noise_std sets how many observations it takes to move off the prior.
     """
@@ -149,29 +154,32 @@ class StepTimeModel:
             raise ValueError(f"forgetting must be in (0, 1], got {forgetting}")
         if not (prior_rel_std > 0 and prefill_noise_s > 0 and decode_noise_s > 0):
             raise ValueError("prior_rel_std and noise levels must be > 0")
-        coefs = (profile.prefill_a, profile.prefill_b, profile.decode_c, profile.decode_d, profile.decode_e)
+        coefs = (profile.prefill_a, profile.prefill_b, profile.decode_c, profile.decode_d, profile.decode_e,
+                 profile.prefill_f)
         if not all(math.isfinite(v) for v in coefs):
             raise ValueError(f"profile has a non-finite coefficient: {profile}")
         self.prior = StepProfile(*coefs)
         self.forgetting = forgetting
         self._scales = _Scales(
-            prefill=np.array([1.0, PREFILL_TOKEN_SCALE]),
+            prefill=np.array([1.0, PREFILL_TOKEN_SCALE, PREFILL_PAIR_SCALE]),
             decode=np.array([1.0, DECODE_BATCH_SCALE, DECODE_KV_SCALE]),
         )
-        p0 = np.array([profile.prefill_a, profile.prefill_b]) * self._scales.prefill
+        p0 = np.array([profile.prefill_a, profile.prefill_b, profile.prefill_f]) * self._scales.prefill
         d0 = np.array([profile.decode_c, profile.decode_d, profile.decode_e]) * self._scales.decode
-        p_floor = np.array([1e-3, 1e-3])
+        p_floor = np.array([1e-3, 1e-3, 1e-3])
         d_floor = np.array([1e-4, 1e-4, 1e-4])
         self._prefill = _RLS(p0, np.maximum(prior_rel_std * np.abs(p0), p_floor), prefill_noise_s, forgetting)
         self._decode = _RLS(d0, np.maximum(prior_rel_std * np.abs(d0), d_floor), decode_noise_s, forgetting)
 
     # -- observations -------------------------------------------------------------------------
-    def observe_prefill(self, tokens: float, seconds: float, weight: float = 1.0) -> bool:
-        """One prefill of `tokens` uncached prompt tokens took `seconds`. Returns False if ignored."""
-        if not _ok(tokens, seconds, weight):
+    def observe_prefill(self, tokens: float, seconds: float, weight: float = 1.0, *,
+                        context: float = 0.0) -> bool:
+        """One prefill of `tokens` uncached prompt tokens after `context` tokens already in the KV (its
+        prefix-cache hit; earlier chunks when a chunk is observed) took `seconds`. False if ignored."""
+        if not (_ok(tokens, seconds, weight) and math.isfinite(context) and context >= 0):
             self._prefill.n_rejected += 1
             return False
-        self._prefill.observe(self._xp(tokens), float(seconds), float(weight))
+        self._prefill.observe(self._xp(tokens, context), float(seconds), float(weight))
         return True
 
     def observe_decode(self, batch: float, kv_tokens: float, seconds: float, weight: float = 1.0) -> bool:
@@ -187,17 +195,18 @@ class StepTimeModel:
         """The current estimate, in the profile's units (seconds, per token, per sequence)."""
         p = self._prefill.theta() / self._scales.prefill
         d = self._decode.theta() / self._scales.decode
-        return StepProfile(float(p[0]), float(p[1]), float(d[0]), float(d[1]), float(d[2]))
+        return StepProfile(float(p[0]), float(p[1]), float(d[0]), float(d[1]), float(d[2]), float(p[2]))
 
-    def prefill_time(self, tokens: float) -> float:
-        return max(0.0, float(self._xp(max(0.0, tokens)) @ self._prefill.theta()))
+    def prefill_time(self, tokens: float, context: float = 0.0) -> float:
+        """Seconds to prefill `tokens` new tokens after `context` tokens already in the KV."""
+        return max(0.0, float(self._xp(max(0.0, tokens), max(0.0, context)) @ self._prefill.theta()))
 
     def decode_time(self, batch: float, kv_tokens: float) -> float:
         return max(0.0, float(self._xd(max(0.0, batch), max(0.0, kv_tokens)) @ self._decode.theta()))
 
-    def prefill_std(self, tokens: float) -> float:
+    def prefill_std(self, tokens: float, context: float = 0.0) -> float:
         """Posterior std (seconds) of the mean prefill time: how sure the model is, not the noise."""
-        return self._prefill.std(self._xp(max(0.0, tokens)))
+        return self._prefill.std(self._xp(max(0.0, tokens), max(0.0, context)))
 
     def decode_std(self, batch: float, kv_tokens: float) -> float:
         """Posterior std (seconds) of the mean decode step time."""
@@ -222,8 +231,9 @@ class StepTimeModel:
             },
         }
 
-    def _xp(self, tokens: float) -> np.ndarray:
-        return np.array([1.0, float(tokens) / PREFILL_TOKEN_SCALE])
+    def _xp(self, tokens: float, context: float = 0.0) -> np.ndarray:
+        t = float(tokens)
+        return np.array([1.0, t / PREFILL_TOKEN_SCALE, t * (float(context) + t / 2) / PREFILL_PAIR_SCALE])
 
     def _xd(self, batch: float, kv_tokens: float) -> np.ndarray:
         return np.array([1.0, float(batch) / DECODE_BATCH_SCALE, float(kv_tokens) / DECODE_KV_SCALE])
@@ -247,4 +257,5 @@ def _as_dict(p: StepProfile) -> dict[str, float]:
         "decode_c": p.decode_c,
         "decode_d": p.decode_d,
         "decode_e": p.decode_e,
+        "prefill_f": p.prefill_f,
     }
