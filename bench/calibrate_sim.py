@@ -5,9 +5,14 @@
 
 Data (read from ../shared/calibration, never copied into the repository; see its SOURCES.md):
   * LLMServingSim layers.csv (H100, Llama-3.1-8B, TP1, eager HF PyTorch, per-op latency for 1..2048
-    tokens): the forward pass, for the prefill (a, b) and decode (c, d) terms;
+    tokens): the forward pass, for the prefill (a, b) and decode (c, d) terms, and its causal
+    attention over the chunk itself, for the prefill attention term (f);
   * DistServe's fitted decode coefficients (OPT-13B, TP1, A100-80G): the per-KV-token decode cost,
     scaled to Llama-3.1-8B's KV bytes per token and to H100's HBM bandwidth (e).
+Cross-checks of f (printed and kept in the profile's calibration block, not used in the fit): the
+FLOPs floor at H100's BF16 peak, and the attention cost relative to the linear layers measured by
+Splitwise (vLLM, H100, Llama-2-70B, prompts up to 8,192 tokens) and fitted by DistServe (OPT-13B,
+A100), each moved to Llama-3.1-8B by the ratio of attention to linear FLOPs.
 
 Method and corrections are documented in docs/simulator.md. The one correction applied to the
 measured forward pass models SGLang's kernels instead of eager Hugging Face PyTorch: the
@@ -31,6 +36,7 @@ SHARED = REPO.parent / "shared"
 CAL = SHARED / "calibration"
 LAYERS_CSV = CAL / "llmservingsim/perf_models/H100/meta-llama/Llama-3.1-8B/tp1/layers.csv"
 DISTSERVE_JSON = CAL / "distserve/profiler-a100-80g.distserve.json"
+SPLITWISE_CSV = CAL / "splitwise/perf_model.csv"
 OUT = REPO / "engine_adapter/sim/profiles/h100-llama3.1-8b.json"
 
 # --- Llama-3.1-8B (config.json of meta-llama/Llama-3.1-8B) ---------------------------------------
@@ -43,9 +49,15 @@ Q_DIM = 32 * HEAD_DIM
 PARAMS = 8_030_261_248
 BYTES = 2  # BF16
 KV_BYTES_PER_TOKEN = 2 * N_LAYERS * N_KV_HEADS * HEAD_DIM * BYTES  # K and V: 131,072 B = 128 KiB
+VOCAB = 128_256
+# attention FLOPs of one new token against one context token: q.k and p.v, 2 FLOPs per multiply-add,
+# over all query heads and layers (GQA shares K/V but not the arithmetic)
+ATTN_FLOPS_PER_PAIR = 4 * N_LAYERS * Q_DIM  # 524,288
+LINEAR_FLOPS_PER_TOKEN = 2 * (PARAMS - 2 * VOCAB * HIDDEN)  # the matmuls a prefill token pays (no logits)
 
 # --- H100 SXM5 80GB (vendor specs; estimates where marked) ---------------------------------------
 HBM_BW = 3.35e12  # B/s
+BF16_PEAK = 989e12  # dense BF16 tensor FLOP/s (vendor spec)
 HBM_EFF = 0.8  # achievable fraction of peak HBM bandwidth for streaming kernels (estimate)
 MEM_TOTAL = 81_559 * 2**20  # bytes, as nvidia-smi reports an H100 80GB HBM3
 F_MAX_MHZ, F_MIN_MHZ = 1980.0, 345.0
@@ -53,6 +65,11 @@ IDLE_W, MAX_W = 70.0, 700.0  # idle draw (estimate) and TDP
 # --- OPT-13B and A100-80G, to rescale DistServe's per-token decode cost -----------------------------
 OPT13B_KV_BYTES_PER_TOKEN = 2 * 40 * 5120 * BYTES  # MHA, 40 layers, hidden 5120: 819,200 B
 A100_80G_BW = 2.039e12  # B/s
+# --- models of the attention cross-checks: (attention FLOPs per token pair, linear FLOPs per token) ---
+OPT13B_FLOPS = (4 * 40 * 5120, 2 * (12_853_473_280 - 50_272 * 5120 - 2050 * 5120))  # tied embeddings
+LLAMA2_70B_FLOPS = (4 * 80 * 8192, 2 * (68_976_648_192 - 2 * 32_000 * 8192))
+SPLITWISE_SERIES = ("llama2-70b", "h100-80gb", "2")  # model, hardware, TP: the most compute-bound H100 series
+SPLITWISE_FIT = (512, 8192)  # prompt tokens (batch 1)
 
 # --- SGLang defaults on one H100 (estimates from SGLang's server_args, see docs/simulator.md) ---------
 MEM_FRACTION_STATIC = 0.88  # tp=1
@@ -73,6 +90,7 @@ ELEMENTWISE_BYTES_PER_TOKEN = BYTES * (
 )
 DECODE_FIT = (1, 256)  # batch sizes (tokens) for c, d
 PREFILL_FIT = (256, 2048)  # tokens for a, b
+ATTN_FIT = (256, 2048)  # tokens for the attention row's quadratic (f); below 256 launch cost dominates
 
 
 def load_layers() -> dict[int, dict[str, float]]:
@@ -111,18 +129,77 @@ def linfit(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     return float(coef[0]), float(coef[1]), err
 
 
+def polyfit_rel(x: np.ndarray, y: np.ndarray, deg: int) -> tuple[np.ndarray, float, float]:
+    """Polynomial least squares on relative error: (coefficients by rising power, max and rms rel. error)."""
+    w = 1.0 / y
+    a = np.vstack([x**k for k in range(deg + 1)]).T
+    coef, *_ = np.linalg.lstsq(a * w[:, None], y * w, rcond=None)
+    rel = np.abs(a @ coef - y) / y
+    return coef, float(rel.max()), float(np.sqrt(np.mean(rel**2)))
+
+
+def splitwise_prompt_fit() -> tuple[np.ndarray, float, int]:
+    """a + b*N + c*N^2 (ms) through Splitwise's batch-1 prompt times of one series: (coef, max rel err, rows)."""
+    model, hw, tp = SPLITWISE_SERIES
+    pts = [(float(r["prompt_size"]), float(r["prompt_time"])) for r in csv.DictReader(SPLITWISE_CSV.open())
+           if (r["model"], r["hardware"], r["tensor_parallel"]) == (model, hw, tp) and r["batch_size"] == "1"
+           and SPLITWISE_FIT[0] <= int(r["prompt_size"]) <= SPLITWISE_FIT[1]]
+    x, y = np.array(pts).T
+    coef, err, _ = polyfit_rel(x, y, 2)
+    return coef, err, len(pts)
+
+
+def attention_ratio(b: float, c: float, flops: tuple[int, int]) -> float:
+    """Cost per attention FLOP over cost per linear FLOP, from a + b*N + c*N^2 of a causal prefill."""
+    per_pair, linear = flops
+    return (c / (per_pair / 2)) / (b / linear)
+
+
 def fit() -> dict:
     rows = load_layers()
     out: dict = {"fits": {}}
-    # prefill: one request's chunk of n tokens, logits for its last token only (as SGLang computes)
+    # prefill attention (f): the attn row is one layer's causal attention of n tokens over themselves
+    # (kv_cache = 0), fitted as alpha + beta*n + gamma*n^2. In the model the quadratic part is
+    # f * n * (0 + n/2) over 32 layers, so f = 2 * 32 * gamma; alpha and beta stay in a and b.
+    na = np.arange(ATTN_FIT[0], ATTN_FIT[1] + 1, dtype=float)
+    (_, _, gamma), err_attn, rms_attn = polyfit_rel(na, np.array([rows[int(k)]["attn"] for k in na]), 2)
+    f = 2 * N_LAYERS * gamma  # ms per token pair
+    # prefill: one request's chunk of n tokens, logits for its last token only (as SGLang computes);
+    # a and b are fitted on the forward without the quadratic part that f carries
     n = np.arange(PREFILL_FIT[0], PREFILL_FIT[1] + 1, dtype=float)
+    quad = f * n * n / 2
     y_eager = np.array([eager_forward_ms(rows, int(k), 1) for k in n])
     y_sg = np.array([sglang_forward_ms(rows, int(k), 1) for k in n])
-    a_raw, b_raw, err_raw = linfit(n, y_eager)
-    a, b, err = linfit(n, y_sg)
+    a_raw, b_raw, _ = linfit(n, y_eager - quad)
+    a, b, _ = linfit(n, y_sg - quad)
+    err_raw = float(np.max(np.abs(a_raw + b_raw * n + quad - y_eager) / y_eager))
+    err = float(np.max(np.abs(a + b * n + quad - y_sg) / y_sg))
     out["fits"]["prefill_raw_eager"] = {"a_ms": a_raw, "b_ms_per_token": b_raw, "max_rel_err": err_raw}
     out["fits"]["prefill"] = {"a_ms": a, "b_ms_per_token": b, "max_rel_err": err,
                               "range_tokens": list(PREFILL_FIT)}
+    # cross-checks of f (not used in the fit)
+    g = rows[PREFILL_FIT[1]]
+    gemm_eff = 2 * HIDDEN * INTERMEDIATE * PREFILL_FIT[1] / (g["gate_proj"] / 1e3) / BF16_PEAK
+    sw, sw_err, sw_rows = splitwise_prompt_fit()
+    rho_sw = attention_ratio(sw[1], sw[2], LLAMA2_70B_FLOPS)
+    ds = json.loads(DISTSERVE_JSON.read_text())["facebook/opt-13b"]["1"]["prefill"]
+    rho_ds = attention_ratio(float(ds[1]), float(ds[2]), OPT13B_FLOPS)
+    per_linear_flop = b / LINEAR_FLOPS_PER_TOKEN  # ms per linear FLOP in this profile
+    out["fits"]["prefill_attn"] = {
+        "f_ms_per_token_pair": f, "range_tokens": list(ATTN_FIT), "attn_row_max_rel_err": err_attn,
+        "attn_row_rms_rel_err": rms_attn,
+        "implied_attn_TFLOPs": ATTN_FLOPS_PER_PAIR / (f / 1e3) / 1e12,
+        "attn_cost_ratio": attention_ratio(b, f / 2, (ATTN_FLOPS_PER_PAIR, LINEAR_FLOPS_PER_TOKEN)),
+        "flops_floor_ms": ATTN_FLOPS_PER_PAIR / BF16_PEAK * 1e3,
+        "gemm_efficiency_at_2048": gemm_eff,
+        "flops_at_gemm_efficiency_ms": ATTN_FLOPS_PER_PAIR / (BF16_PEAK * gemm_eff) * 1e3,
+        "splitwise": {"series": "/".join(SPLITWISE_SERIES), "range_tokens": list(SPLITWISE_FIT), "rows": sw_rows,
+                      "a_ms": float(sw[0]), "b_ms_per_token": float(sw[1]), "c_ms_per_token2": float(sw[2]),
+                      "max_rel_err": sw_err, "attn_cost_ratio": rho_sw,
+                      "f_ms": rho_sw * per_linear_flop * ATTN_FLOPS_PER_PAIR},
+        "distserve_opt13b_a100": {"b_ms_per_token": float(ds[1]), "c_ms_per_token2": float(ds[2]),
+                                  "attn_cost_ratio": rho_ds, "f_ms": rho_ds * per_linear_flop * ATTN_FLOPS_PER_PAIR},
+    }
     # decode: a batch of B sequences is a forward of B tokens with B logits rows
     bsz = np.arange(DECODE_FIT[0], DECODE_FIT[1] + 1, dtype=float)
     y_eager = np.array([eager_forward_ms(rows, int(k), int(k)) for k in bsz])
@@ -150,22 +227,22 @@ def fit() -> dict:
         "implied_bw_of_distserve_scaled_TBps": KV_BYTES_PER_TOKEN / (e_distserve / 1e3) / 1e12,
         "peak_bw_floor_ms_per_kv_token": KV_BYTES_PER_TOKEN / HBM_BW * 1e3,
     }
-    out["raw_s"] = (a_raw / 1e3, b_raw / 1e3, c_raw / 1e3, d_raw / 1e3, e_distserve / 1e3)
+    out["raw_s"] = (a_raw / 1e3, b_raw / 1e3, c_raw / 1e3, d_raw / 1e3, e_distserve / 1e3, f / 1e3)
     # check points (ms) for the docs
     out["fits"]["points"] = {
         str(k): {"eager": round(eager_forward_ms(rows, k, 1), 3), "sglang_model": round(sglang_forward_ms(rows, k, 1), 3),
-                 "prefill_fit": round(a + b * k, 3)} for k in (256, 512, 1024, 2048)
+                 "prefill_fit": round(a + b * k + f * k * k / 2, 3)} for k in (256, 512, 1024, 2048)
     }
     out["fits"]["decode_points"] = {
         str(k): {"eager": round(eager_forward_ms(rows, k, k), 3), "sglang_model": round(sglang_forward_ms(rows, k, k), 3),
                  "decode_fit": round(c + d * k, 3)} for k in (1, 8, 32, 64, 128, 256)
     }
-    out["coef_s"] = (a / 1e3, b / 1e3, c / 1e3, d / 1e3, e / 1e3)
+    out["coef_s"] = (a / 1e3, b / 1e3, c / 1e3, d / 1e3, e / 1e3, f / 1e3)
     return out
 
 
 def build_profile(f: dict) -> dict:
-    a, b, c, d, e = (float(f"{v:.6g}") for v in f["coef_s"])
+    a, b, c, d, e, pf = (float(f"{v:.6g}") for v in f["coef_s"])
     weights = PARAMS * BYTES
     kv_pool = int(MEM_FRACTION_STATIC * MEM_TOTAL) - weights
     kv_tokens = kv_pool // KV_BYTES_PER_TOKEN
@@ -173,7 +250,7 @@ def build_profile(f: dict) -> dict:
         "name": "h100-llama3.1-8b",
         "model": "meta-llama/Llama-3.1-8B-Instruct",
         "gpu": "NVIDIA H100 80GB HBM3",
-        "step": {"prefill_a": a, "prefill_b": b, "decode_c": c, "decode_d": d, "decode_e": e},
+        "step": {"prefill_a": a, "prefill_b": b, "decode_c": c, "decode_d": d, "decode_e": e, "prefill_f": pf},
         "kv_capacity_tokens": kv_tokens,
         "chunked_prefill_size": CHUNKED_PREFILL_SIZE,
         "max_running_requests": MAX_RUNNING_REQUESTS,
@@ -194,6 +271,7 @@ def build_profile(f: dict) -> dict:
             "sources": [
                 "casys-kaist/LLMServingSim profiler/v0/perf_models/H100/meta-llama/Llama-3.1-8B/tp1/layers.csv @3012eb1",
                 "LLMServe/DistServe simdistserve/estimators/profile_data/profiler-a100-80g.distserve.json @4c68ed9",
+                "Mutinifni/splitwise-sim data/perf_model.csv @3780880 (cross-check of prefill_f only)",
             ],
             "correction": (f"decode_e: bandwidth-bound KV read at {HBM_EFF:.0%} of peak HBM instead of "
                            "DistServe's rescaled fit; "
@@ -204,7 +282,7 @@ def build_profile(f: dict) -> dict:
                             f"/ {KV_BYTES_PER_TOKEN} B per token"),
             "fits": {k: v for k, v in f["fits"].items()},
             # the uncorrected fit (eager prefill and decode, DistServe-scaled KV term), for comparison
-            "raw_step": dict(zip(("prefill_a", "prefill_b", "decode_c", "decode_d", "decode_e"),
+            "raw_step": dict(zip(("prefill_a", "prefill_b", "decode_c", "decode_d", "decode_e", "prefill_f"),
                                  (float(f"{v:.6g}") for v in f["raw_s"]))),
         },
     }
@@ -231,10 +309,11 @@ def main(argv: list[str] | None = None) -> int:
     profile = _round(build_profile(fit()))
     text = json.dumps(profile, indent=2) + "\n"
     fits = profile["calibration"]["fits"]
-    print(json.dumps({k: fits[k] for k in ("prefill_raw_eager", "prefill", "decode_raw_eager", "decode", "decode_kv")},
-                     indent=2))
+    print(json.dumps({k: fits[k] for k in ("prefill_raw_eager", "prefill", "prefill_attn", "decode_raw_eager", "decode",
+                                           "decode_kv")}, indent=2))
     s = profile["step"]
-    print(f"step (ms): prefill {s['prefill_a'] * 1e3:.3f} + {s['prefill_b'] * 1e3:.5f}*tokens; "
+    print(f"step (ms): prefill {s['prefill_a'] * 1e3:.3f} + {s['prefill_b'] * 1e3:.5f}*tokens"
+          f" + {s['prefill_f'] * 1e3:.4e}*tokens*(context + tokens/2); "
           f"decode {s['decode_c'] * 1e3:.3f} + {s['decode_d'] * 1e3:.5f}*batch + {s['decode_e'] * 1e3:.3e}*kv_tokens")
     print(f"kv_capacity_tokens {profile['kv_capacity_tokens']}")
     if args.check:

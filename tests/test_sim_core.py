@@ -77,6 +77,37 @@ def test_chunked_prefill_splits_a_long_prompt_and_mixes_decode():
     assert sum(s.n_prefill for s in seen) == 160
 
 
+F = 1e-6  # seconds per new token x context token, large enough to dominate these small prompts
+
+
+def test_each_chunk_pays_attention_over_its_own_context():
+    core = SimCore(small_profile(step=StepProfile(A, B, C, D, E, F)))
+    core.submit(0.0, SimRequest("long", 150, 1, output_tokens=1))
+    seen = []
+    run_all(core, observe=lambda c: seen.append(c.current_step()))
+    # 150 tokens in chunks of 64, 64, 22 after 0, 64, 128 tokens already in the KV
+    assert [(s.n_prefill, s.prefill_pairs) for s in seen] == [(64, 64 * 32), (64, 64 * 96), (22, 22 * 139)]
+    for s in seen:
+        assert s.end - s.start == pytest.approx(A + B * s.n_prefill + F * s.prefill_pairs)
+    # chunking moves attention between steps but not its total: sum of pairs = 150^2 / 2
+    assert sum(s.prefill_pairs for s in seen) == pytest.approx(150 * 150 / 2)
+    assert core.step_time(0, 0, 10, 500.0) == pytest.approx(A + 10 * B + F * 500)
+    assert core.step_time(2, 30, 0, 500.0) == pytest.approx(C + 2 * D + 30 * E)  # no prefill, no attention
+
+
+def test_cached_prefix_is_context_for_the_computed_tokens():
+    core = SimCore(small_profile(step=StepProfile(A, B, C, D, E, F), chunked_prefill_size=8192))
+    core.submit(0.0, SimRequest("a", 1024, 1, output_tokens=1, hash_ids=[1, 2]))
+    t = run_all(core)[-1].time
+    core.submit(t, SimRequest("b", 1100, 1, output_tokens=1, hash_ids=[1, 2, 3]))
+    step = core.current_step()
+    # b hits 1024 cached tokens and computes 76 that attend to them (not free: the KV is read)
+    assert step.n_prefill == 76 and step.prefill_pairs == 76 * (1024 + 38)
+    first = [e for e in run_all(core) if e.kind == "first_token"][0]
+    assert first.cached_tokens == 1024
+    assert first.time - t == pytest.approx(A + B * 76 + F * 76 * (1024 + 38))
+
+
 def test_budget_shrinks_with_decoders():
     core = SimCore(small_profile(chunked_prefill_size=16))
     for i in range(10):
@@ -346,6 +377,8 @@ def test_default_profile_loads_and_matches_calibration_claims():
     s = prof.step
     assert 0.005 < s.decode_c < 0.0074  # <= 7.4 ms: SGLang's bs=1 floor of 135 tok/s
     assert 0 < s.prefill_b < 0.00003 and 0 < s.decode_e < 1e-7
+    # attention between the FLOPs floor at H100's peak (5.3e-10 s per token pair) and 10x it
+    assert 5.3e-10 < s.prefill_f < 5.3e-9
     assert prof.kv_capacity_tokens > 400_000 and prof.chunked_prefill_size == 8192
     with pytest.raises(FileNotFoundError):
         load_profile("no-such-profile")

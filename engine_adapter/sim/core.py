@@ -19,9 +19,11 @@ in short:
      each clipped at 4096) <= kv_capacity`` (SGLang's admission reserve); a request alone is always
      admitted;
   4. its duration, scaled by ``f_max / f``, is
-     ``[n_decode > 0] * (c + d*n_decode + e*kv_decode) + [n_prefill > 0] * (a + b*n_prefill)``
+     ``[n_decode > 0] * (c + d*n_decode + e*kv_decode) + [n_prefill > 0] * (a + b*n_prefill + f*pairs)``
      where ``kv_decode`` is the KV tokens held by the decoding requests (after this step's
-     allocation) and ``n_prefill`` the prefill tokens computed (prefix-cache hits are not computed).
+     allocation), ``n_prefill`` the prefill tokens computed (prefix-cache hits are not computed) and
+     ``pairs`` the attention work of the chunks: ``sum chunk * (context + chunk / 2)``, ``context``
+     being the tokens of that request already in the KV (its cached prefix and earlier chunks).
 * **Tokens.** At the end of a step each decoding request gains one token; a request whose last
   prefill chunk was in the step gains its first token (TTFT). A request finishes when it reaches
   its output length (``"stop"``) or ``max_new_tokens`` (``"length"``); its KV is freed.
@@ -105,6 +107,7 @@ class _Step:
     kv_decode: int
     n_prefill: int
     power_w: float
+    pairs: float  # prefill attention work: sum of chunk * (context + chunk / 2)
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,6 +122,7 @@ class StepInfo:
     prefill_rids: tuple[str, ...]
     decode_rids: tuple[str, ...]
     power_w: float
+    prefill_pairs: float = 0.0  # sum over prefill chunks of chunk * (context + chunk / 2)
 
 
 @dataclass(slots=True)
@@ -140,8 +144,8 @@ class SimCore:
         self.profile = profile
         self.seed = seed
         s = profile.step
-        self._a, self._b, self._c, self._d, self._e = (
-            s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e)
+        self._a, self._b, self._c, self._d, self._e, self._f = (
+            s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e, s.prefill_f)
         self._cap = profile.kv_capacity_tokens
         self._freq = profile.f_max_mhz
         self._scale = 1.0
@@ -233,7 +237,8 @@ class SimCore:
         if st is None:
             return None
         return StepInfo(st.start, st.end, len(st.decoders), st.kv_decode, st.n_prefill,
-                        tuple(r.req.rid for r, _ in st.prefill), tuple(r.req.rid for r in st.decoders), st.power_w)
+                        tuple(r.req.rid for r, _ in st.prefill), tuple(r.req.rid for r in st.decoders), st.power_w,
+                        st.pairs)
 
     def load(self, now: float) -> EngineLoad:
         st = self.stats
@@ -280,13 +285,16 @@ class SimCore:
     def frequency_mhz(self) -> float:
         return self._freq
 
-    def step_time(self, n_decode: int, kv_decode: int, n_prefill: int) -> float:
-        """Duration of a step with this composition at the current frequency (the model's rule)."""
+    def step_time(self, n_decode: int, kv_decode: int, n_prefill: int, prefill_pairs: float = 0.0) -> float:
+        """Duration of a step with this composition at the current frequency (the model's rule).
+
+        `prefill_pairs` is the chunks' attention work, sum of chunk * (context + chunk / 2).
+        """
         t = 0.0
         if n_decode:
             t += self._decode_time(n_decode, kv_decode)
         if n_prefill:
-            t += self._a + self._b * n_prefill
+            t += self._a + self._b * n_prefill + self._f * prefill_pairs
         return t * self._scale
 
     def active(self) -> int:
@@ -402,12 +410,14 @@ class SimCore:
         budget = self.profile.chunked_prefill_size - n
         prefill: list[tuple[_Req, int]] = []
         pending_prefill = 0
+        pairs = 0.0  # attention work of the chunks: each attends to its context and causally to itself
         for r in running.values():
             if r.prefilled:
                 continue
             left = r.prefill_target - r.scheduled
             chunk = min(left, budget) if budget > 0 else 0
             if chunk:
+                pairs += chunk * (r.scheduled + chunk / 2)
                 r.scheduled += chunk
                 r.kv += chunk
                 self._used += chunk
@@ -443,6 +453,7 @@ class SimCore:
                 running[r.req.rid] = r
                 reserve += own
                 chunk = min(r.prefill_target - hit, budget)
+                pairs += chunk * (hit + chunk / 2)
                 r.scheduled = hit + chunk
                 r.kv = hit + chunk
                 self._used += hit + chunk
@@ -453,11 +464,11 @@ class SimCore:
         if not n and not n_prefill:
             self._step = None
             return
-        dur = self.step_time(n, kv_decode, n_prefill)
+        dur = self.step_time(n, kv_decode, n_prefill, pairs)
         p = self.profile
         activity = 1.0 if n_prefill else p.decode_power_fraction
         power = p.idle_w + (p.max_w - p.idle_w) * activity * (self._freq / p.f_max_mhz) ** 3
-        self._step = _Step(t, t + dur, decoders, prefill, kv_decode, n_prefill, power)
+        self._step = _Step(t, t + dur, decoders, prefill, kv_decode, n_prefill, power, pairs)
 
     def _account_energy(self, start: float, end: float, power: float) -> None:
         if self._energy_t is None:

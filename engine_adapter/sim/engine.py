@@ -53,7 +53,7 @@ class SimEngine:
         self.speedup = float(speedup)
         self.core = SimCore(self.profile, seed=seed)
         s = self.profile.step
-        self._zero_delay = not any((s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e))
+        self._zero_delay = not any((s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e, s.prefill_f))
         self._streams: dict[str, _Stream] = {}
         self._t0: float | None = None
         self._last_now = 0.0

@@ -24,7 +24,7 @@ class SimProfile:
     name: str
     model: str
     gpu: str
-    step: StepProfile  # seconds: prefill a + b*tokens; decode c + d*batch + e*kv_tokens (at f_max)
+    step: StepProfile  # seconds at f_max: prefill a + b*tokens + f*tokens*(context + tokens/2); decode c + d*B + e*KV
     kv_capacity_tokens: int  # KV pool size in tokens
     chunked_prefill_size: int  # per-step token budget (decode tokens + prefill chunks)
     max_running_requests: int
@@ -61,7 +61,7 @@ class SimProfile:
 
     def validate(self) -> None:
         s = self.step
-        if min(s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e) < 0:
+        if min(s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e, s.prefill_f) < 0:
             raise ValueError("step-time coefficients must be >= 0")
         if self.kv_capacity_tokens < 2 or self.chunked_prefill_size < 1 or self.max_running_requests < 1:
             raise ValueError("capacities must be positive")
