@@ -59,6 +59,10 @@ def test_state_and_openapi(gateway):
     ({"reason": "r", "changes": "scheduler=vtc"}, 422, "invalid_policy"),
     ({"reason": "r", "changes": {}, "expected_version": 9}, 409, "version_conflict"),
     ({"reason": "r", "changes": {}, "surprise": 1}, 422, "invalid_request"),
+    # issue 9 item 5: deeply nested JSON is a 400 in the usual shape, not a plain-text 500
+    pytest.param(b'{"reason": "r", "changes": ' + b"[" * 50_000, 400, "invalid_json", id="nested-50000"),
+    pytest.param(b'{"reason": "r", "changes": {"tenants": ' + b"[" * 500 + b"]" * 500 + b"}}", 422,
+                 "invalid_policy", id="nested-500"),
 ])
 def test_invalid_policy_changes_are_rejected_whole(gateway, body, status, code):
     server, sluice, _ = gateway
@@ -66,6 +70,12 @@ def test_invalid_policy_changes_are_rejected_whole(gateway, body, status, code):
     got, _, data = raw(server, "PATCH", "/admin/v1/policy", body, ADMIN_AUTH)
     assert got == status and json.loads(data)["error"]["code"] == code
     assert sluice.core.policy is before
+
+
+def test_admin_token_with_a_lowercase_scheme(gateway):
+    server, _, _ = gateway
+    status, _, data = raw(server, "GET", "/admin/v1/policy", headers={"Authorization": f"bearer {ADMIN}"})
+    assert status == 200 and json.loads(data)["version"] == 1
 
 
 def test_mixed_valid_and_invalid_change_applies_nothing(gateway):

@@ -94,6 +94,17 @@ def test_openai_client_chat_and_completions(fake_gateway):
      {"Authorization": "Bearer sk-wrong"}, 401, "invalid_api_key"),
     ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]},
      {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),
+    # issue 9 item 5: 50,000 nested arrays (under the 64 KiB body limit) is a 400, not a plain-text 500
+    pytest.param(b'{"model": "sluice-default", "messages": ' + b"[" * 50_000, None, 400, "invalid_json",
+                 id="nested-50000"),
+    pytest.param(b'{"model": "sluice-default", "messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}", None, 400,
+                 "invalid_json", id="nested-30000-closed"),
+    pytest.param(b'{"model": "sluice-default", "messages": ' + b"[" * 500 + b"]" * 500 + b"}", None, 400,
+                 "invalid_type", id="nested-500"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]},
+     {"Authorization": "bearer sk-wrong"}, 401, "invalid_api_key"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]},
+     {"Authorization": "Basic c2stdGVzdC1hY21lOg=="}, 401, "invalid_api_key"),
 ])
 def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, code):
     server, sluice, _ = fake_gateway
@@ -172,3 +183,31 @@ def test_concurrent_tenants_all_complete(tmp_path):
         wait_until(lambda: len(sluice.stats.requests) == 24)
         assert {r["tenant"] for r in sluice.stats.requests} == {"acme", "globex"}
         assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+
+
+def test_openai_surface_a_real_client_expects(fake_gateway):
+    """Issue 9 item 8: models.retrieve, `"stream": null` read as false, a lowercase `bearer` scheme."""
+    server, sluice, _ = fake_gateway
+    client = openai.OpenAI(base_url=server.url + "/v1", api_key=KEYS["acme"], max_retries=0)
+    model = client.models.retrieve("sluice-default")
+    assert (model.id, model.object, model.owned_by) == ("sluice-default", "model", "sluice")
+    assert client.models.retrieve("meta-llama/Llama-3.1-8B-Instruct").id == "meta-llama/Llama-3.1-8B-Instruct"
+    with pytest.raises(openai.NotFoundError) as err:
+        client.models.retrieve("gpt-nope")
+    assert err.value.body["code"] == "model_not_found"
+    status, _, data = raw(server, "GET", "/v1/models/sluice-default", headers={"Authorization": "Bearer nope"})
+    assert status == 401 and json.loads(data)["error"]["code"] == "invalid_api_key"
+
+    body = {"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2,
+            "stream": None, "stream_options": None}
+    status, headers, data = raw(server, "POST", "/v1/chat/completions", body, auth())
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    assert json.loads(data)["choices"][0]["message"]["content"] == "w1 w2 "
+
+    for scheme in ("bearer", "BEARER", "Bearer"):
+        lower = {"Authorization": f"{scheme} {KEYS['acme']}"}
+        status, _, data = raw(server, "POST", "/v1/completions",
+                              {"model": "sluice-default", "prompt": "x", "max_tokens": 1}, lower)
+        assert status == 200, data
+        assert raw(server, "GET", "/v1/models", headers=lower)[0] == 200
+    assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0

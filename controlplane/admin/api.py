@@ -17,7 +17,8 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
 from controlplane.config import hash_key
-from controlplane.gateway.errors import ApiError
+from controlplane.gateway.app import canonical_bearer
+from controlplane.gateway.errors import ApiError, parse_json
 from controlplane.livestats import LiveStats
 from controlplane.policy_store import PolicyStore
 from controlplane.service import Sluice
@@ -39,7 +40,7 @@ class AdminAPI:
     def _guard(self, handler: Handler) -> Handler:
         async def guarded(request: Request) -> Response:
             try:
-                self._authorize(request.headers.get("authorization"))
+                self._authorize(canonical_bearer(request.headers.get("authorization")))
                 return await handler(request)
             except ApiError as err:
                 return JSONResponse(err.body(), err.status, headers=dict(
@@ -64,10 +65,7 @@ class AdminAPI:
             raise ApiError(413, f"body larger than {MAX_ADMIN_BODY} bytes", code="body_too_large")
         if not body:
             return {}
-        try:
-            data = json.loads(body)
-        except ValueError as exc:
-            raise ApiError(400, f"body is not valid JSON: {exc}", code="invalid_json") from None
+        data = parse_json(body)
         if not isinstance(data, dict):
             raise ApiError(400, "body must be a JSON object", code="invalid_json")
         return data

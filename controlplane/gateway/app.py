@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +26,8 @@ from controlplane.gateway import openai_api as oa
 from controlplane.gateway.errors import ApiError
 from controlplane.service import Sluice, Ticket
 from engine_adapter.base import Chunk, EngineError
+
+log = logging.getLogger("sluice.gateway")
 
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -49,6 +52,16 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
         parts.append(chunk)
         if not message.get("more_body", False):
             return b"".join(parts)
+
+
+def canonical_bearer(header: str | None) -> str | None:
+    """`Authorization` with its scheme spelled `Bearer`: auth schemes are case-insensitive (RFC 9110
+    11.1), and clients that send `bearer` or `BEARER` exist."""
+    if not header:
+        return None
+    if header[:7].lower() == "bearer " and not header.startswith("Bearer "):
+        return "Bearer " + header[7:]
+    return header
 
 
 async def send_error(send: Send, err: ApiError) -> None:
@@ -90,7 +103,7 @@ class CompletionsEndpoint:
         sluice = self.sluice
         headers = dict(scope["headers"])
         try:
-            tenant = sluice.authenticate(headers.get(b"authorization", b"").decode("latin-1") or None)
+            tenant = sluice.authenticate(canonical_bearer(headers.get(b"authorization", b"").decode("latin-1")))
             ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
             if ctype != b"application/json":
                 raise ApiError(415, "Content-Type must be application/json", code="unsupported_media_type")
@@ -103,6 +116,9 @@ class CompletionsEndpoint:
             return await send_error(send, err)
         except ConnectionError:
             return
+        except Exception:  # a bug must still answer in the OpenAI shape, never a plain-text 500
+            log.exception("unexpected error before admission")
+            return await send_error(send, ApiError(500, "internal error", code="internal_error"))
         await self._serve(ticket, receive, send)
 
     async def _serve(self, ticket: Ticket, receive: Receive, send: Send) -> None:
@@ -235,14 +251,28 @@ class Gateway:
 
 
 def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
+    started = int(time.time())
+
+    def model_object(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": started, "owned_by": "sluice"}
+
     async def models(request: Request) -> Response:
         try:
-            sluice.authenticate(request.headers.get("authorization"))
+            sluice.authenticate(canonical_bearer(request.headers.get("authorization")))
         except ApiError as err:
-            return JSONResponse(err.body(), err.status, headers={"WWW-Authenticate": 'Bearer realm="sluice"'})
-        now = int(time.time())
-        data = [{"id": m, "object": "model", "created": now, "owned_by": "sluice"} for m in sorted(sluice.model_names)]
-        return JSONResponse({"object": "list", "data": data})
+            return _error_response(err)
+        return JSONResponse({"object": "list", "data": [model_object(m) for m in sorted(sluice.model_names)]})
+
+    async def model(request: Request) -> Response:
+        """GET /v1/models/{id} (ids may hold slashes: `meta-llama/Llama-3.1-8B-Instruct`)."""
+        try:
+            sluice.authenticate(canonical_bearer(request.headers.get("authorization")))
+            name = request.path_params["model"]
+            if name not in sluice.model_names:
+                raise ApiError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
+        except ApiError as err:
+            return _error_response(err)
+        return JSONResponse(model_object(name))
 
     async def health(request: Request) -> Response:
         healthy = [n for n, e in sluice.core.engines.items() if e.healthy] if sluice.core else []
@@ -255,11 +285,22 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
         Route("/v1/chat/completions", chat, methods=["POST"]),
         Route("/v1/completions", text, methods=["POST"]),
         Route("/v1/models", models),
+        Route("/v1/models/{model:path}", model),
         Route("/health", health),
         *(extra_routes or []),
     ]
-    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed})
+    app = Starlette(routes=routes, exception_handlers={404: _not_found, 405: _not_allowed, Exception: _server_error})
     return Gateway(app, {"/v1/chat/completions": chat, "/v1/completions": text})
+
+
+def _error_response(err: ApiError) -> Response:
+    return JSONResponse(err.body(), err.status, headers={k.decode(): v.decode() for k, v in err.headers()
+                                                         if k != b"content-type"})
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """Anything unexpected (a bug) still answers in the OpenAI shape; the traceback goes to the log."""
+    return JSONResponse(ApiError(500, "internal error", code="internal_error").body(), 500)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
           404: "not_found_error", 405: "invalid_request_error", 409: "conflict_error",
@@ -34,3 +35,18 @@ class ApiError(Exception):
         if self.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="sluice"'))
         return headers
+
+
+def parse_json(raw: bytes | str) -> Any:
+    """A request body as JSON, or a 400 `invalid_json` in the usual shape (never a 500).
+
+    Nesting deeper than the parser's limit (about 1,000 levels: `[[[[...`) is refused like any
+    other malformed body, not left to escape as a RecursionError.
+    """
+    try:
+        return json.loads(raw)
+    except RecursionError:
+        raise ApiError(400, "the request body is nested too deeply to be valid JSON here", code="invalid_json") \
+            from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None

@@ -11,7 +11,7 @@ from json.encoder import encode_basestring_ascii as _json_str
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.gateway.errors import ApiError
+from controlplane.gateway.errors import ApiError, parse_json
 from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -84,10 +84,7 @@ def _content_text(content: Any, i: int) -> str:
 
 
 def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_max_tokens: int = 256) -> CompletionRequest:
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _bad(f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+    body = parse_json(raw)
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", code="invalid_json")
     model = body.get("model")
@@ -128,7 +125,9 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
     if max_tokens > max_tokens_limit:
         raise _bad(f"'{limit_key}' must be at most {max_tokens_limit}, got {max_tokens}", limit_key, "invalid_value")
 
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:  # null means the default, as OpenAI's own API reads it
+        stream = False
     if not isinstance(stream, bool):
         raise _bad("'stream' must be a boolean", "stream", "invalid_type")
     opts = body.get("stream_options")
