@@ -420,8 +420,125 @@ def test_wrr_round_robin_with_equal_weights() -> None:
 
 def test_wrr_deficit_carries_across_rounds() -> None:
     s = WRR(quantum=30.0)
-    s.push("big", 1, Work(0, 45))  # cost 90: needs three visits' worth of quantum at Q = 30 ...
-    s.push("small", 2, Work(0, 5))
-    # ... but Q grows to the largest request seen (90), so one visit always covers a head
-    assert s.quantum_of(s.tenants["big"]) == 90
-    assert s.pop()[0] == "big"
+    s.push("big", "B", Work(0, 150))  # cost 300: ten visits' worth of quantum at Q = 30
+    for i in range(12):
+        s.push("small", f"s{i}", Work(0, 15))  # cost 30: one visit each
+    assert s.quantum_of(s.tenants["big"]) == 30  # Q does not grow to the largest request
+    # big is first in the ring but its head waits for its 10th visit; small dispatches on each
+    # of its visits in between (DRR)
+    assert [s.pop()[1] for _ in range(11)] == [f"s{i}" for i in range(9)] + ["B", "s9"]
+
+
+def _longest_run(seq: list[str]) -> int:
+    longest = run = 1
+    for x, y in zip(seq, seq[1:], strict=False):
+        run = run + 1 if x == y else 1
+        longest = max(longest, run)
+    return longest
+
+
+def test_wrr_one_huge_request_does_not_coarsen_later_rounds() -> None:
+    """The quantum used to grow to the largest cost ever seen: after one 100k-token request every
+    later visit let a tenant dispatch ~3,000 small requests in a row."""
+    s = WRR()
+    for i in range(100):  # a history of small requests, then one huge one, served and finished
+        s.push("a", ("warm", i), Work(10, 10))
+        s.pop()
+    s.push("a", "huge", Work(100_000, 0))
+    tenant, key, work = s.pop()  # type: ignore[misc]
+    s.finish(tenant, work, Outcome(work))
+    for i in range(40):
+        s.push("a", ("a", i), Work(10, 10))
+        s.push("b", ("b", i), Work(10, 10))
+    order = [s.pop()[0] for _ in range(80)]  # type: ignore[index]
+    assert _longest_run(order) <= 2  # equal weights, equal requests: they alternate finely
+    assert all(abs(order[:n].count("a") - order[:n].count("b")) <= 2 for n in range(81))
+    assert s.typical_cost == 30
+
+
+def test_wrr_quantum_follows_the_recent_high_percentile() -> None:
+    s = WRR()
+    for k in range(1, 101):
+        s.push("a", k, Work(k, k))  # cost 3k
+    recent = sorted(3 * k for k in range(37, 101))  # the last 64 costs
+    assert s.typical_cost == recent[int(0.9 * 63)] == 3 * (37 + 56)
+    assert s.quantum_of(s.tenants["a"]) == recent[56]
+    s.set_weight("b", 0.5)  # the lightest tenant's quantum stays about one typical request
+    assert s.quantum_of(s.tenant("b")) == recent[56]
+    assert s.quantum_of(s.tenants["a"]) == 2 * recent[56]
+
+
+def _naive_drr(quantum: float, weights: dict[str, float], program: list[tuple[str, int]]) -> list[int]:
+    """Textbook DRR, one visit at a time: the keys (program positions) in the order popped."""
+    queues: dict[str, list[tuple[int, float]]] = {}
+    ring: list[str] = []
+    deficit: dict[str, float] = {}
+    out: list[int] = []
+    visiting = None
+    for n, (tenant, cost) in enumerate(program):
+        if tenant != "pop":
+            if not queues.get(tenant):
+                queues[tenant] = []
+                ring.append(tenant)
+                deficit[tenant] = 0.0
+            queues[tenant].append((n, cost))
+            continue
+        while ring:
+            name = ring[0]
+            if visiting != name:
+                visiting = name
+                deficit[name] += quantum * weights.get(name, 1.0)
+            if queues[name][0][1] <= deficit[name]:
+                key, c = queues[name].pop(0)
+                deficit[name] -= c
+                out.append(key)
+                if not queues[name]:  # leaves the backlog, forfeits its deficit
+                    ring.pop(0)
+                    visiting = None
+                break
+            visiting = None
+            ring.append(ring.pop(0))
+    return out
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.tuples(st.sampled_from("abc"), st.integers(0, 400)),
+                          st.tuples(st.just("pop"), st.just(0))), min_size=1, max_size=60),
+       st.sampled_from([1.0, 7.0, 30.0]),
+       st.dictionaries(st.sampled_from("abc"), st.sampled_from([0.5, 1.0, 3.0])))
+def test_wrr_skipping_failed_rounds_is_exactly_drr(program: list[tuple[str, int]], quantum: float,
+                                                    weights: dict[str, float]) -> None:
+    """Heads that need up to 800 visits: skipping the rounds in which nobody can dispatch gives
+    exactly the textbook order."""
+    s = WRR(weights, quantum=quantum, w_p=1.0, w_q=0.0)
+    got = []
+    for n, (tenant, cost) in enumerate(program):
+        if tenant == "pop":
+            r = s.pop()
+            if r is not None:
+                got.append(r[1])
+        else:
+            s.push(tenant, n, Work(cost, 0))
+    assert got == _naive_drr(quantum, weights, program)
+
+
+def test_wrr_decision_is_at_most_two_passes_when_every_head_needs_many_visits() -> None:
+    s = WRR({"c": 2.0}, quantum=1.0, w_p=1.0, w_q=0.0)
+    for t, cost in (("a", 1_000_000), ("b", 1_500_000), ("c", 1_000_000)):
+        s.push(t, t, Work(cost, 0))
+    visits = 0
+    quantum_of = s.quantum_of
+
+    def counting(state: object) -> float:
+        nonlocal visits
+        visits += 1
+        return quantum_of(state)  # type: ignore[arg-type]
+
+    s.quantum_of = counting  # type: ignore[method-assign]
+    order = []
+    for _ in range(3):
+        visits = 0
+        order.append(s.pop()[0])  # type: ignore[index]
+        assert visits <= 3 * 3  # two passes of at most 3 visits, and the skip's look at each tenant
+    # c (quantum 2) needs 500k rounds, a 1M, b 1.5M: DRR's order, without a million turns
+    assert order == ["c", "a", "b"]
