@@ -21,7 +21,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,7 @@ __all__ = [
 
 ADMISSION_KINDS = ("admit", "defer", "reject")
 _INPUT_FIELDS = tuple(f.name for f in fields(AdmissionInputs))
+_REQUIRED_INPUTS = tuple(f.name for f in fields(AdmissionInputs) if f.default is MISSING)
 _VIEW_FIELDS = tuple(f.name for f in fields(EngineView))
 _NOT_REDERIVABLE = {"rate_limited_requests": "rate limit (bucket level not recorded)",
                     "rate_limited_tokens": "rate limit (bucket level not recorded)"}
@@ -113,10 +114,10 @@ def _json(value: Any) -> Any:
 def rederive(inputs: Mapping[str, Any]) -> dict[str, Any]:
     """Run `decide()` on a recorded inputs record; returns the AdmissionResult as a dict.
     Raises ValueError if the record is not a complete AdmissionInputs."""
-    missing = [k for k in _INPUT_FIELDS if k not in inputs]
+    missing = [k for k in _REQUIRED_INPUTS if k not in inputs]
     if missing:
         raise ValueError(f"inputs lack {missing}")
-    kw = {k: inputs[k] for k in _INPUT_FIELDS}
+    kw = {k: inputs[k] for k in _INPUT_FIELDS if k in inputs}  # later fields have defaults: older rows lack them
     views = []
     for e in kw["engines"]:
         if not isinstance(e, Mapping) or any(k not in e for k in _VIEW_FIELDS):

@@ -3,8 +3,10 @@
 `run_virtual` drives the very same `DecisionCore` the gateway serves with (controlplane/core) and
 one `SimCore` per engine (engine_adapter/sim) as a discrete-event simulation:
 
-- arrivals come from the workload: `RequestSpec(prompt_tokens=input_length, max_tokens=output_length)`
-  for the core, `SimRequest(output_tokens=output_length, hash_ids=...)` for the engine;
+- arrivals come from the workload: `RequestSpec(prompt_tokens=input_length, max_tokens=cap)` for the
+  core, `SimRequest(max_new_tokens=cap, output_tokens=output_length, hash_ids=...)` for the engine,
+  where cap is the request's `max_tokens` or `DEFAULT_MAX_TOKENS`: only the engine knows where the
+  output will stop, as in serving (the core predicts it; tests/test_replay_no_oracle.py holds this);
 - `Dispatch` -> `SimCore.submit`; the engine's `first_token` -> `core.first_token`, its `finish` ->
   `core.finish(FinishReport)`, whose actions are applied at once;
 - `core.tick` every 0.05 virtual s while requests are queued (deadlines), `core.engine_load` every
@@ -37,7 +39,7 @@ from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import SimProfile, load_profile
-from fairness.metrics import (Served, fairness_summary, request_service, service_curves, shares,
+from fairness.metrics import (Served, demand_fairness, fairness_summary, request_service, service_curves, shares,
                              weighted_jain)
 from replay.report import SLO, RequestResult, SLOSpec, Summary, format_table, resolve_slo, summarize
 from replay.workload import WorkloadRequest
@@ -73,7 +75,8 @@ class RequestRecord:
     slo_class: str | None
     arrival_s: float
     input_tokens: int
-    requested_output_tokens: int
+    requested_output_tokens: int  # the true output length (the engine stops there); never shown to the core
+    max_tokens: int = 0  # the client's cap: what the core sees
     status: str | None = None  # ok | rejected | expired | error | cancelled
     reason: str | None = None  # the core's decision reason or reject code
     decision: str | None = None  # admit | defer | reject
@@ -147,6 +150,8 @@ class TenantOutcome:
     cancelled: int = 0  # still queued or running at the horizon
     good: int = 0  # completed within every bound of its SLO
     goodput_rps: float = 0.0
+    goodput_tps: float = 0.0  # prompt + output tokens/s of the good requests
+    refused: float | None = None  # share of requests refused at arrival (rejected) or expired in the queue
     slo_attainment: float | None = None  # good / requests
     slo_attainment_admitted: float | None = None  # good / admitted
     ttft_p50_s: float | None = None
@@ -154,6 +159,11 @@ class TenantOutcome:
     tpot_p50_s: float | None = None
     tpot_p99_s: float | None = None
     queue_p50_s: float | None = None
+    # forecast error of admitted, completed requests: |predicted - actual| / actual
+    ttft_ape_p50: float | None = None
+    ttft_ape_p90: float | None = None
+    output_ape_p50: float | None = None  # the output-length prediction (the core saw only max_tokens)
+    cache_hit_rate: float | None = None  # prefix-cache hits / prompt tokens of completed requests
     service: float = 0.0  # w_p * prompt + w_q * output of completed requests
     share: float = 0.0  # of all service
     weight_share: float = 0.0  # of the weights of tenants present
@@ -161,6 +171,8 @@ class TenantOutcome:
     # the same, counting only service delivered while every tenant was backlogged (None if never)
     share_backlogged: float | None = None
     share_ratio_backlogged: float | None = None
+    # service that met its SLO over the tenant's weighted max-min fair share of what was asked
+    fair_ratio: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +184,7 @@ class VirtualResult:
     records: list[RequestRecord]
     per_tenant: dict[str, TenantOutcome]
     overall: TenantOutcome
+    per_class: dict[str, TenantOutcome]
     duration_s: float  # the workload's span: last arrival (or the horizon)
     makespan_s: float  # the last event
     wall_s: float
@@ -206,6 +219,7 @@ class VirtualResult:
             "statuses": self.status_counts(),
             "overall": self.overall.to_dict(),
             "per_tenant": {t: o.to_dict() for t, o in self.per_tenant.items()},
+            "per_class": {c: o.to_dict() for c, o in self.per_class.items()},
             "fairness": self.fairness,
             "forecast": self.forecast,
             "engines": self.engines,
@@ -244,12 +258,23 @@ def engine_specs(profile: SimProfile, engines: int) -> list[tuple[EngineSpec, St
                         p.decode_e), StepTimeModel(p)) for i in range(engines)]
 
 
+def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy) -> None:
+    """Every request's SLO class (its own, else its tenant's) must exist in the policy: an unknown
+    class is an error that names it, never silently interactive."""
+    for k, w in enumerate(workload):
+        name = w.slo_class or policy.tenant(w.tenant).slo_class
+        if name not in policy.slo_classes:
+            raise ValueError(f"workload request {k} (tenant {w.tenant!r}): unknown slo_class {name!r}; "
+                             f"the policy's classes are {sorted(policy.slo_classes)}")
+
+
 # -- the run --------------------------------------------------------------------------------------
 
 class _Run:
     def __init__(self, workload: Sequence[WorkloadRequest], policy: Policy, engines: int, profile: SimProfile,
                  seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
                  train_every: int) -> None:
+        _check_classes(workload, policy)
         order = sorted(range(len(workload)), key=lambda i: (workload[i].timestamp_ms, i))
         self.workload = [workload[i] for i in order]
         self.policy = policy
@@ -262,7 +287,7 @@ class _Run:
         width = max(6, len(str(len(workload))))
         self.records = [
             RequestRecord(k, f"r{k:0{width}d}", w.tenant, w.slo_class, w.timestamp_ms / 1e3, max(1, w.input_length),
-                          max(1, w.output_length))
+                          max(1, w.output_length), w.output_cap)
             for k, w in enumerate(self.workload)]
         self.by_rid = {r.rid: r for r in self.records}
         self.record_decisions = record_decisions
@@ -286,8 +311,7 @@ class _Run:
                 self.unqueue(rec.tenant, now)
                 w = self.workload[rec.index]
                 self.sims[a.engine].submit(now, SimRequest(
-                    a.rid, rec.input_tokens, rec.requested_output_tokens, rec.requested_output_tokens,
-                    w.hash_ids, a.priority))
+                    a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
             elif isinstance(a, Reject):
                 rec = self.by_rid[a.rid]
                 rec.retry_after_s = a.retry_after_s
@@ -403,7 +427,7 @@ class _Run:
                 rec = self.records[i]
                 w = self.workload[i]
                 i += 1
-                spec = RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.requested_output_tokens, w.slo_class)
+                spec = RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.max_tokens, w.slo_class)
                 self.apply(now, core.arrive(now, spec))
             if t_tick <= now:
                 self.apply(now, core.tick(now))
@@ -468,7 +492,7 @@ def _slo_of(policy: Policy, rec: RequestRecord, slo: SLOSpec) -> SLO | None:
         return resolve_slo(slo, rec.tenant, rec.slo_class)
     name = rec.slo_class or policy.tenant(rec.tenant).slo_class
     c = policy.slo(name)
-    return SLO(c.ttft_ms, c.tpot_ms, c.deadline_s * 1e3 if c.deadline_s is not None else None)
+    return SLO(c.ttft_budget_ms(rec.input_tokens), c.tpot_ms, c.deadline_s * 1e3 if c.deadline_s is not None else None)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -486,6 +510,9 @@ def _outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: fl
     o.completed = len(ok)
     o.good = sum(1 for r in ok if r.slo_met)
     o.goodput_rps = o.good / duration if duration > 0 else 0.0
+    good_tokens = sum(r.input_tokens + r.output_tokens for r in ok if r.slo_met)
+    o.goodput_tps = good_tokens / duration if duration > 0 else 0.0
+    o.refused = (o.rejected + o.expired) / o.requests if o.requests else None
     o.slo_attainment = o.good / o.requests if o.requests else None
     o.slo_attainment_admitted = o.good / o.admitted if o.admitted else None
     ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
@@ -494,6 +521,14 @@ def _outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: fl
     o.ttft_p50_s, o.ttft_p99_s = _pct(ttft, 50), _pct(ttft, 99)  # type: ignore[arg-type]
     o.tpot_p50_s, o.tpot_p99_s = _pct(tpot, 50), _pct(tpot, 99)  # type: ignore[arg-type]
     o.queue_p50_s = _pct(queue, 50)  # type: ignore[arg-type]
+    ttft_ape = [abs(r.predicted_ttft_s - r.ttft_s) / r.ttft_s for r in ok
+                if r.predicted_ttft_s is not None and r.ttft_s]
+    o.ttft_ape_p50, o.ttft_ape_p90 = _pct(ttft_ape, 50), _pct(ttft_ape, 90)
+    out_ape = [abs(r.predicted_output_tokens - r.output_tokens) / r.output_tokens for r in ok
+               if r.predicted_output_tokens is not None and r.output_tokens]
+    o.output_ape_p50 = _pct(out_ape, 50)
+    prompt = sum(r.input_tokens for r in ok)
+    o.cache_hit_rate = sum(r.cached_tokens for r in ok) / prompt if prompt else None
     o.service = float(sum(request_service(r.input_tokens, r.output_tokens, W_P, W_Q) for r in ok))
     return o
 
@@ -501,6 +536,7 @@ def _outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: fl
 def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks: int) -> VirtualResult:
     policy = run.policy
     for rec in run.records:
+        rec.slo_class = rec.slo_class or policy.tenant(rec.tenant).slo_class
         s = _slo_of(policy, rec, slo)
         if rec.status == OK:
             rec.slo_met = True if s is None else s.met(
@@ -518,6 +554,11 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks:
     weights = {t: policy.tenant(t).weight for t in groups}
     per_tenant = {t: _outcome(t, weights[t], rs, duration) for t, rs in sorted(groups.items())}
     overall = _outcome("__all__", sum(weights.values()), run.records, duration)
+    classes: dict[str, list[RequestRecord]] = {}
+    for r in run.records:
+        classes.setdefault(r.slo_class or "", []).append(r)
+    per_class = {c: _outcome(c, sum(weights[t] for t in {r.tenant for r in rs}), rs, duration)
+                 for c, rs in sorted(classes.items())}
     overall.service = sum(o.service for o in per_tenant.values())
     total_w = sum(weights.values())
     for o in per_tenant.values():
@@ -535,8 +576,19 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks:
     ticks = list(np.linspace(0.0, max(duration, 1e-9), n_ticks + 1)[1:]) if n_ticks else None
     fs = fairness_summary(served, weights, run.backlogged if want_sd else None, ticks)
     sd = fs.get("service_difference")
+    asked: dict[str, float] = {}
+    good_service: dict[str, float] = {}
+    for r in run.records:  # what each tenant asked for (refused requests too) and what met its SLO
+        svc = request_service(r.input_tokens, r.requested_output_tokens, W_P, W_Q)
+        asked[r.tenant] = asked.get(r.tenant, 0.0) + svc
+        good_service[r.tenant] = good_service.get(r.tenant, 0.0) + (svc if r.slo_met else 0.0)
+    df = demand_fairness(asked, good_service, weights)
+    for t, o in per_tenant.items():
+        o.fair_ratio = df.tenants[t].ratio
     fairness: dict[str, Any] = {
         "w_p": W_P, "w_q": W_Q,
+        "jain_demand": df.jain,  # Jain over good service / max-min fair share of offered demand
+        "min_fair_ratio": df.min_ratio, "min_fair_tenant": df.min_tenant,
         "jain_weighted": fs["jain"],
         "service_difference": sd.value if sd is not None else None,  # type: ignore[attr-defined]
         "service_difference_pair": list(sd.tenants) if sd is not None and sd.tenants else None,  # type: ignore[attr-defined]
@@ -569,9 +621,11 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks:
         engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
                          "prefill_tokens": st.prefill_tokens, "cached_tokens": st.cached_tokens,
                          "retractions": st.retractions, "finished": st.finished, "aborted": st.aborted,
+                         "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
+                                            if st.admitted_prompt_tokens else None),
                          "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
                          "window": run.core.engines[name].window}
-    return VirtualResult(policy, run.records, per_tenant, overall, duration, makespan, wall, fairness, forecast,
+    return VirtualResult(policy, run.records, per_tenant, overall, per_class, duration, makespan, wall, fairness, forecast,
                          engines, run.decisions, served, run.backlogged)
 
 

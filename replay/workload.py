@@ -6,9 +6,12 @@ A line looks like::
      "tenant": "acme", "slo_class": "interactive", "hash_ids": [17, 18]}
 
 ``timestamp`` is in milliseconds from the start of the workload, ``input_length`` and
-``output_length`` in tokens. ``tenant`` (default ``"default"``), ``slo_class`` (default: the
-tenant's class, i.e. ``None`` here) and ``hash_ids`` (512-token prefix blocks, Mooncake's
-convention) are optional. Any other field is kept in :attr:`WorkloadRequest.extra` and written back
+``output_length`` in tokens. Optional: ``tenant`` (default ``"default"``), ``slo_class`` (default:
+the tenant's class, i.e. ``None`` here), ``hash_ids`` (512-token prefix blocks, Mooncake's
+convention) and ``max_tokens`` (the client's cap on the output, as it would send it).
+``output_length`` is what the engine will generate (it stops there); replay never shows it to the
+decision core, which sees only ``max_tokens`` (default: :data:`DEFAULT_MAX_TOKENS`).
+Any other field is kept in :attr:`WorkloadRequest.extra` and written back
 unchanged, so a plain Mooncake trace is a valid single-tenant workload and round-trips losslessly.
 """
 
@@ -25,6 +28,7 @@ from typing import Any
 __all__ = [
     "ALL_TENANTS",
     "CANONICAL_FIELDS",
+    "DEFAULT_MAX_TOKENS",
     "DEFAULT_TENANT",
     "TenantLoad",
     "WorkloadFormatError",
@@ -42,8 +46,11 @@ __all__ = [
 DEFAULT_TENANT = "default"
 #: Key of the all-tenants row in :func:`offered_load`'s answer.
 ALL_TENANTS = "__all__"
-CANONICAL_FIELDS = ("timestamp", "input_length", "output_length", "tenant", "slo_class", "hash_ids")
+CANONICAL_FIELDS = ("timestamp", "input_length", "output_length", "tenant", "slo_class", "hash_ids", "max_tokens")
 HASH_BLOCK_TOKENS = 512
+#: The output cap a request without ``max_tokens`` is replayed with: what a client that sends no
+#: ``max_tokens`` gets from an engine with a 32k context. Never the true output length (an oracle).
+DEFAULT_MAX_TOKENS = 32768
 
 
 class WorkloadFormatError(ValueError):
@@ -72,7 +79,13 @@ class WorkloadRequest:
     tenant: str = DEFAULT_TENANT
     slo_class: str | None = None
     hash_ids: list[int] | None = None
+    max_tokens: int | None = None  # the client's output cap; None: DEFAULT_MAX_TOKENS
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def output_cap(self) -> int:
+        """The cap the core and the engine see (the output stops at min(output_length, cap))."""
+        return self.max_tokens if self.max_tokens is not None else DEFAULT_MAX_TOKENS
 
     def to_json(self) -> dict[str, Any]:
         """The canonical JSON object of this request (``tenant`` always written)."""
@@ -89,6 +102,8 @@ class WorkloadRequest:
             out["slo_class"] = self.slo_class
         if self.hash_ids is not None:
             out["hash_ids"] = list(self.hash_ids)
+        if self.max_tokens is not None:
+            out["max_tokens"] = self.max_tokens
         for key, value in self.extra.items():
             if key in CANONICAL_FIELDS:
                 raise ValueError(f"extra field {key!r} collides with a canonical field")
@@ -123,6 +138,11 @@ class WorkloadRequest:
             ):
                 raise WorkloadFormatError("'hash_ids' must be a list of integers")
             hash_ids = list(hash_ids)
+        max_tokens = obj.get("max_tokens")
+        if max_tokens is not None:
+            max_tokens = _token_count(max_tokens, "max_tokens")
+            if max_tokens < 1:
+                raise WorkloadFormatError(f"'max_tokens' must be at least 1, got {max_tokens!r}")
         extra = {k: v for k, v in obj.items() if k not in CANONICAL_FIELDS}
         return cls(
             timestamp_ms=ts,
@@ -131,6 +151,7 @@ class WorkloadRequest:
             tenant=tenant,
             slo_class=slo_class,
             hash_ids=hash_ids,
+            max_tokens=max_tokens,
             extra=extra,
         )
 

@@ -6,7 +6,13 @@ each decision, so an audit can re-derive any decision bit for bit (`decide(input
 The forecast is a small queueing model over SGLang's chunked-prefill scheduler (docs/admission.md):
 - a decode step with batch B over K KV tokens takes  s = c + d*B + e*K;
 - a step carries up to `chunk - B` prefill tokens and then costs  s + a + b*tokens;
-- prefilling T tokens therefore takes  max(1, T/(chunk-B)) * (s + a) + b*T;
+- prefilling T tokens therefore takes  max(1, T/(chunk-B)) * (s + a) + b*T (the engine's chunk,
+  not sluice's meter budget: once in, a prompt is prefilled chunk by chunk);
+- a request's own prefill computes only its prompt minus the expected prefix-cache hit (the
+  tenant's recent hit share); its KV holds the whole prompt;
+- attention makes prefill quadratic: T new tokens after C cached ones cost f*T*(C + T/2) more
+  (`StepProfile.prefill_f`); the engine's queue carries its own (`waiting_attention_s`), and the
+  queue ahead in sluice is costed as requests of its mean prompt length;
 - a busy engine first finishes the step in progress: half a step on average;
 - the k-th request ahead of a full window waits for the k-th predicted departure of the requests
   in flight (past the last one, further departures come at rate window / mean_service);
@@ -46,6 +52,8 @@ class EngineView:
     prefill_budget: float  # prompt tokens sluice lets into one step (keeps the step within TPOT)
     meter_level: float  # prompt tokens the prefill meter would let in now (negative: in debt)
     meter_rate: float  # tokens/s the meter refills at (0: no meter)
+    prefill_f: float = 0.0  # attention: seconds per new token x context token
+    waiting_attention_s: float = 0.0  # attention seconds of the prompts the engine has yet to prefill
 
     @property
     def free_slots(self) -> int:
@@ -63,11 +71,15 @@ class EngineView:
             step = min(step, s + self.prefill_a + self.prefill_b * self.prefill_budget)
         return step
 
-    def prefill_through(self, tokens: float, batch: float, kv_tokens: float) -> float:
+    def prefill_through(self, tokens: float, batch: float, kv_tokens: float, attention_s: float = 0.0) -> float:
+        """Seconds until `tokens` prompt tokens are prefilled, whose attention costs `attention_s`."""
         s = self.decode_step(batch, kv_tokens)
-        steps = max(1.0, tokens / max(1.0, min(self.chunk - batch, self.prefill_budget)))
+        steps = max(1.0, tokens / max(1.0, self.chunk - batch))
         busy = 0.5 * s if self.in_flight else 0.0
-        return busy + steps * (s + self.prefill_a) + self.prefill_b * tokens
+        return busy + steps * (s + self.prefill_a) + self.prefill_b * tokens + attention_s
+
+    def attention(self, tokens: float, context: float = 0.0) -> float:
+        return self.prefill_f * tokens * (context + tokens / 2)
 
     def meter_wait(self, tokens: float) -> float:
         """Seconds until sluice's prefill meter lets `tokens` more prompt tokens in."""
@@ -96,18 +108,24 @@ class Forecast:
 
 
 def forecast(
-    engine: EngineView, ahead_requests: float, ahead_tokens: float, prompt_tokens: float, output_tokens: float
+    engine: EngineView, ahead_requests: float, ahead_tokens: float, prompt_tokens: float, output_tokens: float,
+    cached_tokens: float = 0.0,
 ) -> Forecast:
     batch = min(engine.in_flight + 1, max(engine.window, 1))
     kv = engine.kv_tokens + prompt_tokens + output_tokens / 2
+    computed = max(1.0, prompt_tokens - cached_tokens)
     slot_wait = engine.slot_wait(ahead_requests)
-    own = engine.prefill_through(prompt_tokens, batch, kv)
+    own_attention = engine.attention(computed, cached_tokens)
+    own = engine.prefill_through(computed, batch, kv, own_attention)
+    queue_attention = engine.waiting_attention_s + own_attention
     if engine.meter_rate > 0:  # the queue ahead goes through sluice's meter, then the engine
-        metered = engine.meter_wait(ahead_tokens + min(prompt_tokens, engine.prefill_budget))
-        engine_queue = engine.prefill_through(engine.waiting_tokens + prompt_tokens, batch, kv)
+        metered = engine.meter_wait(ahead_tokens + min(computed, engine.prefill_budget))
+        engine_queue = engine.prefill_through(engine.waiting_tokens + computed, batch, kv, queue_attention)
         ttft = max(slot_wait + own, metered + own, engine_queue)
     else:
-        everything = engine.prefill_through(engine.waiting_tokens + ahead_tokens + prompt_tokens, batch, kv)
+        ahead_attention = ahead_requests * engine.attention(ahead_tokens / max(1.0, ahead_requests))
+        everything = engine.prefill_through(engine.waiting_tokens + ahead_tokens + computed, batch, kv,
+                                            queue_attention + ahead_attention)
         ttft = max(slot_wait + own, everything)
     tpot = engine.step_time(batch, kv)
     return Forecast(engine.name, ttft, tpot, ttft + output_tokens * tpot, slot_wait)
@@ -127,6 +145,7 @@ class AdmissionInputs:
     ahead_tokens: float  # their prompt tokens, per engine
     inflight_tpot_slo_ms: float | None  # the tightest TPOT SLO among requests already running
     engines: tuple[EngineView, ...]  # healthy engines only
+    cached_tokens: float = 0.0  # of the prompt, expected from the prefix cache
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +162,8 @@ class AdmissionResult:
 def decide(x: AdmissionInputs) -> AdmissionResult:
     if not x.engines:
         return AdmissionResult("reject", "no_healthy_engine", None, None, None, None, retry_after_s=5.0)
-    forecasts = [forecast(e, x.ahead_requests, x.ahead_tokens, x.prompt_tokens, x.output_tokens) for e in x.engines]
+    forecasts = [forecast(e, x.ahead_requests, x.ahead_tokens, x.prompt_tokens, x.output_tokens, x.cached_tokens)
+                 for e in x.engines]
     best = min(forecasts, key=lambda f: (f.ttft_s, f.e2e_s))
     ms = (best.ttft_s * 1e3, best.tpot_s * 1e3, best.e2e_s * 1e3)
     queued = best.slot_wait_s > 0

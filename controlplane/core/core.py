@@ -10,11 +10,12 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field, fields, replace
-from typing import Protocol
+from typing import Any, Protocol
 
 from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, decide, forecast
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
-from controlplane.core.policy import Policy
+from controlplane.core.policy import Policy, PolicyError
+from controlplane.core.tiers import DEFERRABLE, LATENCY, Tier, TieredQueue, tier_of
 from engine_adapter.base import StepProfile
 from fairness import Outcome, Scheduler, Work, make_scheduler
 
@@ -29,9 +30,9 @@ class OutputPredictor(Protocol):
 
 
 class StepModel(Protocol):
-    def prefill_time(self, tokens: float) -> float: ...
+    def prefill_time(self, tokens: float, context: float = 0.0) -> float: ...
     def decode_time(self, batch: float, kv_tokens: float) -> float: ...
-    def observe_prefill(self, tokens: float, seconds: float) -> None: ...
+    def observe_prefill(self, tokens: float, seconds: float, context: float = 0.0) -> Any: ...
     def observe_decode(self, batch: float, kv_tokens: float, seconds: float) -> None: ...
     def profile(self) -> StepProfile: ...
 
@@ -47,9 +48,12 @@ class Tracked:
     arrival: float
     predicted_output: float
     work: Work
+    tier: str
+    prompt_cost: float  # prompt tokens expected to be computed (not served from the prefix cache)
     forecast_ttft_s: float | None
     forecast_tpot_s: float | None
     deadline: float | None = None
+    attention_s: float = 0.0  # its prefill's attention seconds on the engine it runs on
     engine: str | None = None
     dispatched_at: float | None = None
     first_token_at: float | None = None
@@ -69,6 +73,7 @@ class EngineState:
     healthy: bool = True
     in_flight: dict[str, Tracked] = field(default_factory=dict)
     waiting_tokens: float = 0.0  # dispatched prompt tokens without a first token yet
+    waiting_attention_s: float = 0.0  # their attention seconds (the quadratic part of prefill)
     kv_tokens: float = 0.0  # prompt + predicted output of in-flight requests
     reported_waiting_tokens: float = 0.0  # from the engine's own load report
     reported_kv_tokens: float = 0.0
@@ -105,19 +110,22 @@ class DecisionCore:
         self.errors = errors
         self.engines = {spec.name: EngineState(spec, model, profile=model.profile()) for spec, model in engines}
         self.requests: dict[str, Tracked] = {}
-        self.scheduler = self._new_scheduler(policy)
+        self.scheduler = self._new_queue(policy)
         self._rps: dict[str, TokenBucket] = {}
         self._tpm: dict[str, TokenBucket] = {}
         self._deadlines: list[tuple[float, str]] = []  # heap of queued requests' deadlines
-        self._queued_total = 0
-        self._queued_tokens_total = 0.0
-        self._queued_tokens: dict[str, float] = {}  # per tenant
-        self._dispatches: deque[tuple[float, str]] = deque()  # (time, tenant) over the last RATE_WINDOW_S
-        self._dispatch_counts: dict[str, int] = {}
-        self._active_weight = 0.0  # weight of the tenants served over the last RATE_WINDOW_S
-        self._backlogged_weight = 0.0
+        # (time, tenant, tier) of the arrivals over the last RATE_WINDOW_S (refused ones too: a tier's
+        # share follows what its tenants ask for), counted per (tenant, tier)
+        self._arrivals: deque[tuple[float, str, str]] = deque()
+        self._arrival_counts: dict[tuple[str, str], int] = {}
+        self._active_weight = {LATENCY: 0.0, DEFERRABLE: 0.0}  # of the tenants that asked lately, per tier
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
-        self._mean_request_tokens = 1024.0  # EWMA of prompt + output: sizes the windows
+        self._inflight_deferrable: dict[str, int] = {name: 0 for name in self.engines}  # per engine
+        self._hit_rate: dict[str, float] = {}  # per tenant: EWMA of the prefix-cache hit share of prompts
+        # EWMAs of what requests cost: they size the windows and the mean service time
+        self._mean_prompt, self._mean_output = 512.0, 512.0
+        self._latency_service_s = 1.0  # of latency-tier requests, dispatch to finish
+        self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
         self._resize_windows()
         for eng in self.engines.values():
             eng.prior_window = eng.window
@@ -147,8 +155,14 @@ class DecisionCore:
 
         predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
             spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
-        inputs = self._admission_inputs(now, spec, cls_name, predicted)
+        tier = tier_of(cls)
+        self._arrived(now, spec.tenant, tier)
+        cost = max(1.0, spec.prompt_tokens * (1.0 - self._hit_rate.get(spec.tenant, 0.0)))
+        inputs = self._admission_inputs(now, spec, cls_name, predicted, tier, cost)
         result = decide(inputs)
+        if result.decision == "reject" and tier == LATENCY and result.reason in _LOAD_REASONS \
+                and self._feasible_alone(inputs):
+            self._latency_refused_at = now
         if result.decision == "reject":
             status = 503 if result.reason == "no_healthy_engine" else 429
             message = _REJECT_MESSAGES.get(result.reason, result.reason)
@@ -158,8 +172,8 @@ class DecisionCore:
                          _inputs_record(inputs, cls_name), _shallow(result)),
             ]
 
-        work = Work(spec.prompt_tokens, int(round(predicted)))
-        tracked = Tracked(spec, cls_name, now, predicted, work,
+        work = Work(int(round(cost)), int(round(predicted)))
+        tracked = Tracked(spec, cls_name, now, predicted, work, tier, cost,
                           result.ttft_ms / 1e3 if result.ttft_ms is not None else None,
                           result.tpot_ms / 1e3 if result.tpot_ms is not None else None)
         if cls.deadline_s is not None:
@@ -180,7 +194,8 @@ class DecisionCore:
             return []
         t.first_token_at = now
         eng = self.engines[t.engine]
-        eng.waiting_tokens -= t.spec.prompt_tokens
+        eng.waiting_tokens -= t.prompt_cost
+        eng.waiting_attention_s -= t.attention_s
         t.prefilled_at_first_token, t.batch_at_first_token = eng.prefilled, len(eng.in_flight)
         t.dispatched_at_first_token = eng.dispatched
         return self._pump(now)
@@ -192,9 +207,12 @@ class DecisionCore:
         eng = self.engines[t.engine]
         del eng.in_flight[rid]
         if t.first_token_at is None:
-            eng.waiting_tokens -= t.spec.prompt_tokens
+            eng.waiting_tokens -= t.prompt_cost
+            eng.waiting_attention_s -= t.attention_s
         eng.kv_tokens -= t.spec.prompt_tokens + t.predicted_output
         self._inflight_tpot[t.slo_class] -= 1
+        if t.tier == DEFERRABLE:
+            self._inflight_deferrable[t.engine] -= 1
         first = report.first_token_at if report.first_token_at is not None else t.first_token_at
         computed = max(0, report.prompt_tokens - report.cached_tokens)
         actual = Work(computed, report.completion_tokens)
@@ -203,7 +221,7 @@ class DecisionCore:
         if report.status == "ok":
             self._learn(now, t, eng, report, ttft, tpot)
         ttft_total = first - t.arrival if first is not None else None
-        self.scheduler.finish(t.spec.tenant, t.work, Outcome(
+        self.scheduler.tiers[t.tier].scheduler.finish(t.spec.tenant, t.work, Outcome(
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
             gpu_seconds=eng.profile.prefill_time(computed) + report.completion_tokens * (
                 eng.profile.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
@@ -250,22 +268,34 @@ class DecisionCore:
 
     def set_policy(self, now: float, policy: Policy) -> list[Action]:
         """Swap the policy atomically; it governs the very next decision."""
-        old, self.policy = self.policy, policy.validate()
+        self.check_policy(policy)
+        old, self.policy = self.policy, policy
         if policy.scheduler != old.scheduler:
             queued = self._drain_scheduler()
-            self.scheduler = self._new_scheduler(policy)
+            self.scheduler = self._new_queue(policy)
             for t in queued:
-                self.scheduler.push(t.spec.tenant, t.spec.rid, t.work)
+                self.scheduler.push(t.tier, t.spec.tenant, t.spec.rid, t.work, t.prompt_cost)
         else:
-            self._configure_scheduler(self.scheduler, policy)
-        self._backlogged_weight = sum(self.policy.tenant(n).weight for n in self.scheduler.backlogged())
-        self._active_weight = sum(self.policy.tenant(n).weight for n in self._dispatch_counts)
+            for sched in self.scheduler.schedulers():
+                self._configure_scheduler(sched, policy)
+            for q in self.scheduler.tiers.values():
+                q.backlogged_weight = sum(policy.tenant(n).weight for n in q.tenant_tokens)
+        self._active_weight = {tier: sum(policy.tenant(n).weight for n, k in self._arrival_counts if k == tier)
+                               for tier in self._active_weight}
         self._resize_windows()
         return self._pump(now)
 
+    def check_policy(self, policy: Policy) -> None:
+        """PolicyError if `policy` is invalid or drops an SLO class that queued or running requests
+        belong to (call before recording a change)."""
+        policy.validate()
+        in_use = {t.slo_class for t in self.requests.values()} - set(policy.slo_classes)
+        if in_use:
+            raise PolicyError(f"slo_classes: {sorted(in_use)} still have queued or running requests")
+
     # -- views ------------------------------------------------------------------------------
     def queued(self) -> int:
-        return self._queued_total
+        return self.scheduler.total
 
     def in_flight(self) -> int:
         return sum(len(e.in_flight) for e in self.engines.values())
@@ -282,15 +312,14 @@ class DecisionCore:
         view = EngineView(eng.spec.name, eng.window, len(eng.in_flight),
                           max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, 0.0, prefill_rate,
                           dispatch_rate, (), p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e,
-                          eng.spec.chunk, eng.prefill_budget, *meter)
-        half = self._mean_request_tokens / 2
+                          eng.spec.chunk, eng.prefill_budget, *meter, p.prefill_f, max(0.0, eng.waiting_attention_s))
         step = view.step_time(batch, kv)
         departures: tuple[float, ...] = ()
         if ahead >= view.free_slots and eng.in_flight:  # only a queued request needs them
             need = min(len(eng.in_flight), int(ahead - view.free_slots) + 1)
             departures = tuple(heapq.nsmallest(need, (self._remaining(t, now, step)
                                                       for t in eng.in_flight.values())))
-        return replace(view, mean_service_s=view.prefill_through(half, batch, kv) + half * step,
+        return replace(view, mean_service_s=view.prefill_through(self._mean_prompt, batch, kv) + self._mean_output * step,
                        departures=departures)
 
     @staticmethod
@@ -302,19 +331,24 @@ class DecisionCore:
         return max(step, (t.predicted_output - 1 - done) * step)
 
     def typical_forecast(self, name: str, now: float) -> tuple[float, float]:
-        """TTFT and TPOT (s) a typical new request would see on this engine now."""
-        half = self._mean_request_tokens / 2
-        ahead = self._queued_total / max(1, len(self.engines))
-        f = forecast(self.engine_view(self.engines[name], now, ahead), ahead,
-                     self._queued_tokens_total / max(1, len(self.engines)), half, half)
+        """TTFT and TPOT (s) a typical new request of the latency tier would see on this engine now."""
+        n = max(1, len(self.engines))
+        q = self.scheduler.tiers[LATENCY]
+        ahead = q.queued / n
+        f = forecast(self.engine_view(self.engines[name], now, ahead), ahead, q.tokens / n,
+                     self._mean_prompt, self._mean_output)
         return f.ttft_s, f.tpot_s
 
     # -- internals --------------------------------------------------------------------------
-    def _new_scheduler(self, policy: Policy) -> Scheduler:
+    def _new_queue(self, policy: Policy) -> TieredQueue:
         params = {"alpha": policy.holistic_alpha} if policy.scheduler == "equinox" else {}
-        scheduler = make_scheduler(policy.scheduler, {n: t.weight for n, t in policy.tenants.items()}, **params)
-        self._configure_scheduler(scheduler, policy)
-        return scheduler
+
+        def make() -> Scheduler:
+            scheduler = make_scheduler(policy.scheduler, {n: t.weight for n, t in policy.tenants.items()}, **params)
+            self._configure_scheduler(scheduler, policy)
+            return scheduler
+
+        return TieredQueue(make, lambda tenant: self.policy.tenant(tenant).weight)
 
     @staticmethod
     def _configure_scheduler(scheduler: Scheduler, policy: Policy) -> None:
@@ -330,120 +364,193 @@ class DecisionCore:
         return queued
 
     def _enqueue(self, t: Tracked) -> None:
-        tenant = t.spec.tenant
-        if self.scheduler.queued(tenant) == 0:
-            self._backlogged_weight += self.policy.tenant(tenant).weight
-        self.scheduler.push(tenant, t.spec.rid, t.work)
-        self._queued_total += 1
-        self._queued_tokens_total += t.spec.prompt_tokens
-        self._queued_tokens[tenant] = self._queued_tokens.get(tenant, 0.0) + t.spec.prompt_tokens
+        self.scheduler.push(t.tier, t.spec.tenant, t.spec.rid, t.work, t.prompt_cost)
 
     def _dequeue(self, t: Tracked, removed: bool = False) -> None:
-        tenant = t.spec.tenant
-        if not removed:
-            self.scheduler.remove(tenant, t.spec.rid)
-        if self.scheduler.queued(tenant) == 0:
-            self._backlogged_weight -= self.policy.tenant(tenant).weight
-        self._queued_total -= 1
-        self._queued_tokens_total -= t.spec.prompt_tokens
-        self._queued_tokens[tenant] -= t.spec.prompt_tokens
-        if not self.scheduler.queued(tenant):
-            del self._queued_tokens[tenant]
+        self.scheduler.remove(t.spec.tenant, t.spec.rid, t.prompt_cost, popped=removed)
 
-    def _ahead(self, now: float, tenant: str) -> tuple[float, float]:
+    def _ahead(self, now: float, tenant: str, tier: str) -> tuple[float, float]:
         """Requests and prompt tokens that will be served before a new request of `tenant` is.
 
-        FCFS: everything queued now. Fair policies: a tenant with nothing queued is served almost
-        at once (the lift rule puts it level with the others): one request per other backlogged
-        weight unit ahead. A backlogged tenant is guaranteed its weight's share of the service:
-        its own queue scaled up by 1/share passes first, counting the others' future arrivals.
+        Within its tier: FCFS, everything queued now. Fair policies: a tenant with nothing queued
+        is served almost at once (the lift rule puts it level with the others): one request per
+        other backlogged weight unit ahead. A backlogged tenant is guaranteed its weight's share
+        of the service: its own queue scaled up by 1/share passes first, counting the others'
+        future arrivals. While the other tier is backlogged it takes its share of the
+        dispatches meanwhile (tiers.py), which stretches the wait by 1 / this tier's share.
         """
-        total, tokens = float(self._queued_total), self._queued_tokens_total
-        if self.policy.scheduler == "fcfs" or total == 0:
-            return total, tokens
-        weight = self.policy.tenant(tenant).weight
-        own = float(self.scheduler.queued(tenant))
-        if not own:
-            ahead = min(total, self._backlogged_weight / weight)
-            return ahead, tokens * ahead / total
-        # Its weight's share among the tenants being served: those backlogged now and those served
-        # lately (a light tenant is backlogged only for a moment, yet takes its turn every round).
-        active = self._active_weight_at(now) + (0.0 if tenant in self._dispatch_counts else weight)
-        share = weight / max(self._backlogged_weight, active, weight)
-        return (own + 1) / share - 1, self._queued_tokens[tenant] / share
+        q = self.scheduler.tiers[tier]
+        total, tokens = float(q.queued), q.tokens
+        if self.policy.scheduler != "fcfs" and total:
+            weight = self.policy.tenant(tenant).weight
+            own = float(q.scheduler.queued(tenant))
+            if not own:
+                ahead = min(total, q.backlogged_weight / weight)
+                total, tokens = ahead, tokens * ahead / total
+            else:
+                # Its weight's share among the tenants being served: those backlogged now and those
+                # served lately (a light tenant is backlogged only for a moment, yet takes its turn
+                # every round).
+                active = self._active_weight_at(now)[tier]
+                share = weight / max(q.backlogged_weight, active, weight)
+                total, tokens = (own + 1) / share - 1, q.tenant_tokens[tenant] / share
+        other = self.scheduler.tiers[DEFERRABLE if tier == LATENCY else LATENCY]
+        if other.queued:
+            mine = self._tier_weight(now, q)
+            stretch = (mine + self._tier_weight(now, other)) / mine
+            total, tokens = total * stretch, tokens * stretch
+        return total, tokens
 
-    def _active_weight_at(self, now: float) -> float:
-        while self._dispatches and self._dispatches[0][0] < now - RATE_WINDOW_S:
-            tenant = self._dispatches.popleft()[1]
-            self._dispatch_counts[tenant] -= 1
-            if not self._dispatch_counts[tenant]:
-                del self._dispatch_counts[tenant]
-                self._active_weight -= self.policy.tenant(tenant).weight
+    def _tier_weight(self, now: float, q: Tier) -> float:
+        return max(self._active_weight_at(now)[q.name], q.backlogged_weight, 1e-9)
+
+    def _arrived(self, now: float, tenant: str, tier: str) -> None:
+        self._active_weight_at(now)
+        self._arrivals.append((now, tenant, tier))
+        if (tenant, tier) not in self._arrival_counts:
+            self._arrival_counts[tenant, tier] = 0
+            self._active_weight[tier] += self.policy.tenant(tenant).weight
+        self._arrival_counts[tenant, tier] += 1
+
+    def _active_weight_at(self, now: float) -> dict[str, float]:
+        while self._arrivals and self._arrivals[0][0] < now - RATE_WINDOW_S:
+            _, tenant, tier = self._arrivals.popleft()
+            self._arrival_counts[tenant, tier] -= 1
+            if not self._arrival_counts[tenant, tier]:
+                del self._arrival_counts[tenant, tier]
+                self._active_weight[tier] -= self.policy.tenant(tenant).weight
         return self._active_weight
 
-    def _admission_inputs(self, now: float, spec: RequestSpec, cls_name: str, predicted: float) -> AdmissionInputs:
+    def _admission_inputs(self, now: float, spec: RequestSpec, cls_name: str, predicted: float, tier: str,
+                          cost: float) -> AdmissionInputs:
         cls = self.policy.slo(cls_name)
         healthy = [e for e in self.engines.values() if e.healthy]
-        ahead, ahead_tokens = self._ahead(now, spec.tenant)
+        ahead, ahead_tokens = self._ahead(now, spec.tenant, tier)
         n = max(1, len(healthy))
         running = [self.policy.slo(c).tpot_ms for c, k in self._inflight_tpot.items() if k > 0]
         running_slos = [v for v in running if v is not None]
         return AdmissionInputs(
             prompt_tokens=spec.prompt_tokens, output_tokens=predicted,
-            ttft_slo_ms=cls.ttft_ms, tpot_slo_ms=cls.tpot_ms, deadline_s=cls.deadline_s, on_miss=cls.on_miss,
+            ttft_slo_ms=cls.ttft_budget_ms(spec.prompt_tokens), tpot_slo_ms=cls.tpot_ms, deadline_s=cls.deadline_s, on_miss=cls.on_miss,
             margin=self.policy.admission_margin, admission=self.policy.admission,
             ahead_requests=ahead / n, ahead_tokens=ahead_tokens / n,
             inflight_tpot_slo_ms=min(running_slos) if running_slos else None,
             engines=tuple(self.engine_view(e, now, ahead / n) for e in healthy),
+            cached_tokens=spec.prompt_tokens - cost,
         )
+
+    def _latency_reserve(self, eng: EngineState, now: float) -> int:
+        """Window slots deferrable requests leave free on `eng` for the latency tier: its expected
+        concurrency (Little's law: recent arrival rate x mean service time) plus one for the next
+        arrival, but never more than the latency tier's weighted share of the window."""
+        active = self._active_weight_at(now)
+        if eng.window <= 1 or not active[LATENCY]:
+            return 0
+        lat = sum(1 for _, _, tier in self._arrivals if tier == LATENCY)
+        rate = lat / RATE_WINDOW_S / max(1, len(self.engines))
+        need = math.ceil(rate * self._latency_service_s) + 1
+        w_lat = max(active[LATENCY], self.scheduler.tiers[LATENCY].backlogged_weight)
+        w_dfr = max(active[DEFERRABLE], self.scheduler.tiers[DEFERRABLE].backlogged_weight, 1e-9)
+        return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
+
+    def _feasible_alone(self, x: AdmissionInputs) -> bool:
+        """Whether the request would meet its TTFT on an idle engine (else its refusal says
+        nothing about load)."""
+        if x.ttft_slo_ms is None:
+            return True
+        idle = [replace(v, in_flight=0, waiting_tokens=0.0, kv_tokens=0.0, waiting_attention_s=0.0, meter_rate=0.0)
+                for v in x.engines]
+        return any(forecast(v, 0, 0, x.prompt_tokens, x.output_tokens, x.cached_tokens).ttft_s * 1e3
+                   <= x.margin * x.ttft_slo_ms for v in idle)
+
+    def _leaves_room(self, e: EngineState, now: float, t: Tracked) -> bool:
+        """Whether a deferrable request may go to `e` now and leave the latency tier what it needs:
+        its reserve of window slots, and a prefill queue short enough that a latency request
+        arriving next still gets its first token within half of its TTFT budget (a longer prompt
+        goes only when the engine has nothing else to prefill)."""
+        if self._inflight_deferrable[e.spec.name] >= e.window - self._latency_reserve(e, now):
+            return False
+        if now - self._latency_refused_at < RATE_WINDOW_S and self.scheduler.ahead_of_share(
+                self.scheduler.tiers[DEFERRABLE], now, lambda tier: self._active_weight_at(now)[tier]):
+            return False
+        if not self._active_weight_at(now)[LATENCY] or e.profile is None or e.profile.prefill_b <= 0:
+            return True
+        ttfts = [c.ttft_ms for c in self.policy.slo_classes.values() if c.ttft_ms is not None and tier_of(c) == LATENCY]
+        if not ttfts:
+            return True
+        waiting = max(e.waiting_tokens, e.reported_waiting_tokens)
+        room = 0.5 * self.policy.admission_margin * min(ttfts) / 1e3 / e.profile.prefill_b
+        return waiting <= 0 or waiting + t.prompt_cost <= room
+
+    def _free_engines(self, now: float, t: Tracked) -> tuple[list[EngineState], bool]:
+        """Engines `t` may be dispatched to now: a slot in the window (deferrable requests leave the
+        latency reserve free) and prompt tokens in the prefill meter (a prompt longer than the
+        meter's burst goes when the meter is full, and runs alone). Also: whether only the meter
+        held it back (then nothing else may take the meter's tokens first)."""
+        free, metered = [], False
+        for e in self.engines.values():
+            if not e.healthy or len(e.in_flight) >= e.window:
+                continue
+            if t.tier == DEFERRABLE and not self._leaves_room(e, now, t):
+                continue
+            if e.meter is not None and e.meter.wait_for(now, t.prompt_cost) > 0:
+                metered = True
+                continue
+            free.append(e)
+        return free, metered and not free
 
     def _pump(self, now: float) -> list[Action]:
         actions: list[Action] = []
-        while self._queued_total:
-            head = self.scheduler.peek()
-            if head is None:  # only paused tenants have queued requests
-                return actions
-            t = self.requests[str(head[1])]
-            # A slot in the window and prompt tokens in the engine's prefill meter (a prompt longer
-            # than the meter's burst goes when the meter is full, and runs alone).
-            free = [e for e in self.engines.values() if e.healthy and len(e.in_flight) < e.window
-                    and (e.meter is None or e.meter.wait_for(now, t.spec.prompt_tokens) == 0)]
-            if not free:
-                return actions  # the head waits: sluice's order is the order that runs
-            self.scheduler.pop()
+        while True:
+            for q in self.scheduler.order(now, lambda tier: self._active_weight_at(now)[tier]):
+                head = q.scheduler.peek()
+                if head is None:  # only paused tenants have queued requests
+                    continue
+                t = self.requests[str(head[1])]
+                free, metered = self._free_engines(now, t)
+                if free:
+                    break
+                if metered:
+                    return actions  # it waits for the meter, and nobody takes the meter's tokens first
+            else:
+                return actions  # every head waits: sluice's order is the order that runs
+            q.scheduler.pop()
             self._dequeue(t, removed=True)
-            views = [self.engine_view(e, now) for e in free]
-            forecasts = [forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output) for v in views]
-            i = min(range(len(views)), key=lambda k: (forecasts[k].ttft_s, views[k].in_flight))
-            best, fc = views[i], forecasts[i]
-            eng = self.engines[best.name]
-            t.engine, t.dispatched_at, t.expected_finish = best.name, now, now + fc.e2e_s
-            t.engine_waiting_at_dispatch = max(eng.waiting_tokens, eng.reported_waiting_tokens)
-            eng.in_flight[t.spec.rid] = t
-            eng.waiting_tokens += t.spec.prompt_tokens
-            eng.kv_tokens += t.spec.prompt_tokens + t.predicted_output
-            eng.prefilled += t.spec.prompt_tokens
-            if eng.meter is not None:
-                eng.meter.take(now, t.spec.prompt_tokens)
-            eng.dispatched += 1
-            eng.recent.append((now, t.spec.prompt_tokens))
-            eng.recent_tokens += t.spec.prompt_tokens
-            self._dispatches.append((now, t.spec.tenant))
-            if t.spec.tenant not in self._dispatch_counts:
-                self._dispatch_counts[t.spec.tenant] = 0
-                self._active_weight += self.policy.tenant(t.spec.tenant).weight
-            self._dispatch_counts[t.spec.tenant] += 1
-            t.batch_at_dispatch, t.kv_at_dispatch = len(eng.in_flight), eng.kv_tokens
-            self._inflight_tpot[t.slo_class] = self._inflight_tpot.get(t.slo_class, 0) + 1
-            cls = self.policy.slo(t.slo_class)
-            priority = cls.priority if self.policy.pass_priority else None
-            actions.append(Dispatch(t.spec.rid, best.name, priority))
-            actions.append(Decision(now, t.spec.rid, t.spec.tenant, "dispatch", self.policy.scheduler, best.name,
-                                    self.policy.version,
-                                    {"candidates": [v.name for v in views], "queued_s": now - t.arrival,
-                                     "counters": self.scheduler.counters(t.spec.tenant)},
-                                    {"priority": priority}))
-        return actions
+            self.scheduler.charge(q, now, q.scheduler.token_cost(t.work))
+            actions += self._dispatch(now, t, free)
+
+    def _dispatch(self, now: float, t: Tracked, free: list[EngineState]) -> list[Action]:
+        views = [self.engine_view(e, now) for e in free]
+        forecasts = [forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output, t.spec.prompt_tokens - t.prompt_cost)
+                     for v in views]
+        i = min(range(len(views)), key=lambda k: (forecasts[k].ttft_s, views[k].in_flight))
+        best, fc = views[i], forecasts[i]
+        eng = self.engines[best.name]
+        t.engine, t.dispatched_at, t.expected_finish = best.name, now, now + fc.e2e_s
+        t.engine_waiting_at_dispatch = max(eng.waiting_tokens, eng.reported_waiting_tokens)
+        eng.in_flight[t.spec.rid] = t
+        eng.waiting_tokens += t.prompt_cost
+        t.attention_s = best.attention(t.prompt_cost, t.spec.prompt_tokens - t.prompt_cost)
+        eng.waiting_attention_s += t.attention_s
+        eng.kv_tokens += t.spec.prompt_tokens + t.predicted_output
+        eng.prefilled += t.prompt_cost
+        if eng.meter is not None:
+            eng.meter.take(now, t.prompt_cost)
+        eng.dispatched += 1
+        eng.recent.append((now, t.prompt_cost))
+        eng.recent_tokens += t.prompt_cost
+        tenant = t.spec.tenant
+        if t.tier == DEFERRABLE:
+            self._inflight_deferrable[best.name] += 1
+        t.batch_at_dispatch, t.kv_at_dispatch = len(eng.in_flight), eng.kv_tokens
+        self._inflight_tpot[t.slo_class] = self._inflight_tpot.get(t.slo_class, 0) + 1
+        cls = self.policy.slo(t.slo_class)
+        priority = cls.priority if self.policy.pass_priority else None
+        return [Dispatch(t.spec.rid, best.name, priority),
+                Decision(now, t.spec.rid, tenant, "dispatch", self.policy.scheduler, best.name, self.policy.version,
+                         {"candidates": [v.name for v in views], "queued_s": now - t.arrival, "tier": t.tier,
+                          "counters": self.scheduler.tiers[t.tier].scheduler.counters(tenant)},
+                         {"priority": priority})]
 
     def _rate_limited(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None) -> tuple[str, float] | None:
         if rps is not None:
@@ -492,12 +599,17 @@ class DecisionCore:
         # step of a + b*tokens), a decode with no prefill dispatched meanwhile (steps of
         # c + d*batch + e*kv). Forecast bias under load is corrected by the calibration factors.
         if ttft is not None and t.batch_at_dispatch == 1 and t.engine_waiting_at_dispatch == 0:
-            eng.model.observe_prefill(computed, ttft)
+            eng.model.observe_prefill(computed, ttft, context=report.cached_tokens)
         if tpot is not None and eng.dispatched == t.dispatched_at_first_token:
             batch = (t.batch_at_first_token + len(eng.in_flight) + 1) / 2
             eng.model.observe_decode(batch, t.kv_at_dispatch, tpot)
-        total = report.prompt_tokens + report.completion_tokens
-        self._mean_request_tokens += 0.02 * (total - self._mean_request_tokens)
+        self._mean_prompt += 0.02 * (computed - self._mean_prompt)
+        self._mean_output += 0.02 * (report.completion_tokens - self._mean_output)
+        if report.prompt_tokens > 0:
+            hit = self._hit_rate.get(t.spec.tenant, 0.0)
+            self._hit_rate[t.spec.tenant] = hit + 0.1 * (report.cached_tokens / report.prompt_tokens - hit)
+        if t.tier == LATENCY and t.dispatched_at is not None:
+            self._latency_service_s += 0.05 * (now - t.dispatched_at - self._latency_service_s)
         if self.errors is not None:
             self.errors.record("output_tokens", t.predicted_output, report.completion_tokens)
             if t.forecast_ttft_s is not None and report.first_token_at is not None:
@@ -506,17 +618,19 @@ class DecisionCore:
                 self.errors.record("tpot", t.forecast_tpot_s, tpot)
 
     def _resize_windows(self) -> None:
-        """Per-engine in-flight window: the largest batch whose decode step meets the tightest TPOT
-        SLO (with the margin) and whose KV fits, so sluice's queue order is the order that runs."""
+        """Per-engine in-flight window, so sluice's queue order is the order that runs. With
+        admission: the largest batch whose decode step meets the tightest TPOT SLO (with the
+        margin) and whose KV fits, and a prefill meter. Without admission nothing is promised, so
+        nothing throttles the engine: the window is what its KV and batch cap hold."""
         tpots = [c.tpot_ms for c in self.policy.slo_classes.values() if c.tpot_ms is not None]
+        per = self._mean_prompt + self._mean_output
         for eng in self.engines.values():
             if self.policy.window:
                 eng.window = self.policy.window
                 continue
-            kv_fit = max(1, int(eng.spec.kv_capacity / max(1.0, self._mean_request_tokens)))
+            kv_fit = max(1, int(eng.spec.kv_capacity / max(1.0, per)))
             limit = min(eng.spec.max_running, kv_fit)
-            budget = self.policy.admission_margin * min(tpots) / 1e3 if tpots else None
-            per = self._mean_request_tokens
+            budget = self.policy.admission_margin * min(tpots) / 1e3 if tpots and self.policy.admission else None
             p = eng.profile
             if budget is not None and p.prefill_b > 0:
                 # the prompt tokens one step may prefill and still end within the TPOT budget,
@@ -545,6 +659,8 @@ class DecisionCore:
                 limit = lo
             eng.window = max(1, limit)
 
+
+_LOAD_REASONS = ("ttft_unattainable", "tpot_unattainable", "protects_running")
 
 _REJECT_MESSAGES = {
     "ttft_unattainable": "the time-to-first-token SLO cannot be met at the current load",

@@ -24,6 +24,15 @@ class SLOClassPolicy:
     deadline_s: float | None = None
     on_miss: str = "reject"
     priority: int | None = None
+    # TTFT allowance per 1,000 prompt tokens: a long prompt's prefill alone takes longer than a
+    # flat target (a 30k-token prompt needs ~0.6 s on an H100), so long-context classes scale it
+    ttft_ms_per_ktok: float = 0.0
+
+    def ttft_budget_ms(self, prompt_tokens: float) -> float | None:
+        """The TTFT target of a request with this many prompt tokens."""
+        if self.ttft_ms is None:
+            return None
+        return self.ttft_ms + self.ttft_ms_per_ktok * prompt_tokens / 1e3
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +63,11 @@ class Policy:
         return self.tenants.get(name) or TenantPolicy()
 
     def slo(self, name: str) -> SLOClassPolicy:
-        return self.slo_classes.get(name) or SLOClassPolicy()
+        """The class named `name`; an unknown name is an error (never silently interactive)."""
+        cls = self.slo_classes.get(name)
+        if cls is None:
+            raise PolicyError(f"unknown SLO class {name!r}; the policy's classes are {sorted(self.slo_classes)}")
+        return cls
 
     def validate(self) -> Policy:
         if self.scheduler not in SCHEDULERS:
@@ -74,6 +87,7 @@ class Policy:
                 value = getattr(c, attr)
                 if value is not None:
                     _check_range(f"{where}.{attr}", value, 1e-3, 1e9)
+            _check_range(f"{where}.ttft_ms_per_ktok", c.ttft_ms_per_ktok, 0.0, 1e9)
             if c.on_miss not in ON_MISS:
                 raise PolicyError(f"{where}.on_miss: must be one of {list(ON_MISS)}")
             if c.on_miss == "defer" and c.deadline_s is None:

@@ -1,0 +1,156 @@
+"""Two fair queues, one per tier of SLO classes, and the rule that interleaves them.
+
+A class with a latency target that is refused when unattainable (interactive) belongs to the
+*latency* tier; a class that is deferred until a deadline (batch) to the *deferrable* tier. Each
+tier is its own fair queue (the policy's scheduler: fcfs, vtc, equinox or wrr) over its tenants.
+
+Why two: in one fair queue a batch tenant's 12k-token prompt is as likely to be next as an
+interactive request, and once dispatched it holds a window slot and the prefill meter for seconds,
+so admission refuses the interactive tenants, who are then never backlogged, and the batch tenants
+take everything (fairness inverts). Interleaving by weighted share instead:
+
+- each tier's *share* is the summed weight of its active tenants (queued now, or dispatched within
+  the last RATE_WINDOW_S) over that of both tiers;
+- each tier's *service* is the token cost (w_p * prompt + w_q * predicted output) it dispatched,
+  decayed with time constant HORIZON_S;
+- the next request comes from the tier whose service / share is lower (the latency tier on ties),
+  so over the horizon each tier gets its weighted share and, at shorter scales, whichever tier is
+  behind goes first. Within a tier, the policy's scheduler chooses;
+- while the latency tier is refusing requests for lack of capacity (not ones that no engine could
+  serve in time even idle), a deferrable tier ahead of its share dispatches nothing: its requests
+  wait (they have a deadline, not a TTFT), and the capacity goes to the refused tier. This is what
+  makes refusals fall on the tier furthest above its fair share.
+
+The core additionally keeps window slots free for the latency tier (see `DecisionCore._pump`), so
+an interactive request rarely waits for a long batch request to finish.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+
+from controlplane.core.policy import SLOClassPolicy
+from fairness import Scheduler, Work
+
+LATENCY, DEFERRABLE = "latency", "deferrable"
+TIERS = (LATENCY, DEFERRABLE)
+HORIZON_S = 30.0  # decay time constant of each tier's service
+
+
+def tier_of(cls: SLOClassPolicy) -> str:
+    return DEFERRABLE if cls.on_miss == "defer" else LATENCY
+
+
+@dataclass(slots=True)
+class Tier:
+    name: str
+    scheduler: Scheduler
+    queued: int = 0
+    tokens: float = 0.0  # prompt tokens queued
+    tenant_tokens: dict[str, float] = field(default_factory=dict)
+    backlogged_weight: float = 0.0  # weight of the tenants with requests queued
+    service: float = 0.0  # decayed token cost dispatched
+    stamp: float = 0.0
+
+    def served(self, now: float) -> float:
+        if now > self.stamp:
+            self.service *= math.exp(-(now - self.stamp) / HORIZON_S)
+            self.stamp = now
+        return self.service
+
+
+class TieredQueue:
+    """The core's queue: push, remove and pop by tier; the reads the admin API and metrics use
+    (`queued`, `backlogged`, `counters`, `tenants`) span both tiers."""
+
+    def __init__(self, make: Callable[[], Scheduler], weight: Callable[[str], float]) -> None:
+        self.tiers = {name: Tier(name, make()) for name in TIERS}
+        self._weight = weight
+        self._tier_of_key: dict[Hashable, str] = {}
+
+    # -- queue operations ------------------------------------------------------------------
+    def push(self, tier: str, tenant: str, key: Hashable, work: Work, prompt_tokens: float) -> None:
+        q = self.tiers[tier]
+        if q.scheduler.queued(tenant) == 0:
+            q.backlogged_weight += self._weight(tenant)
+        q.scheduler.push(tenant, key, work)
+        self._tier_of_key[key] = tier
+        q.queued += 1
+        q.tokens += prompt_tokens
+        q.tenant_tokens[tenant] = q.tenant_tokens.get(tenant, 0.0) + prompt_tokens
+
+    def remove(self, tenant: str, key: Hashable, prompt_tokens: float, *, popped: bool = False) -> None:
+        """Take a queued request out (`popped`: the scheduler already dequeued it)."""
+        q = self.tiers[self._tier_of_key.pop(key)]
+        if not popped:
+            q.scheduler.remove(tenant, key)
+        q.queued -= 1
+        q.tokens -= prompt_tokens
+        q.tenant_tokens[tenant] -= prompt_tokens
+        if q.scheduler.queued(tenant) == 0:
+            q.backlogged_weight -= self._weight(tenant)
+            del q.tenant_tokens[tenant]
+
+    def order(self, now: float, active_weight: Callable[[str], float]) -> list[Tier]:
+        """Tiers with queued requests, the one to serve first first (module docstring)."""
+        ready = [q for q in self.tiers.values() if q.queued]
+        if len(ready) < 2:
+            return ready
+        lat, dfr = ready
+        return [dfr, lat] if self.ahead_of_share(lat, now, active_weight) else [lat, dfr]
+
+    def ahead_of_share(self, q: Tier, now: float, active_weight: Callable[[str], float]) -> bool:
+        """Whether tier `q` has had more service per unit of weight than the other tier."""
+        other = self.tiers[DEFERRABLE if q.name == LATENCY else LATENCY]
+
+        def per_weight(t: Tier) -> float:
+            return t.served(now) / max(active_weight(t.name), t.backlogged_weight, 1e-9)
+
+        return per_weight(q) > per_weight(other)
+
+    def charge(self, tier: Tier, now: float, cost: float) -> None:
+        tier.served(now)
+        tier.service += cost
+
+    def tier_for(self, key: Hashable) -> str:
+        return self._tier_of_key[key]
+
+    # -- reads ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        """The policy's scheduler (both tiers run the same one)."""
+        return self.tiers[LATENCY].scheduler.name
+
+    def __len__(self) -> int:
+        return sum(len(q.scheduler) for q in self.tiers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(q.queued for q in self.tiers.values())
+
+    def queued(self, tenant: str) -> int:
+        return sum(q.scheduler.queued(tenant) for q in self.tiers.values())
+
+    def backlogged(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for q in self.tiers.values():
+            seen.update(dict.fromkeys(q.scheduler.backlogged()))
+        return list(seen)
+
+    def counters(self, tenant: str) -> dict[str, float]:
+        """The tenant's counters in the tier it has queued or been served in (latency first)."""
+        for q in self.tiers.values():
+            if tenant in q.scheduler.tenants and (q.scheduler.queued(tenant) or q.scheduler.tenants[tenant].user):
+                return q.scheduler.counters(tenant)
+        return self.tiers[LATENCY].scheduler.counters(tenant)
+
+    @property
+    def tenants(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        for q in self.tiers.values():
+            out.update(q.scheduler.tenants)
+        return out
+
+    def schedulers(self) -> list[Scheduler]:
+        return [q.scheduler for q in self.tiers.values()]
