@@ -34,6 +34,7 @@ class SLOClass:
     deadline_s: float | None = None  # end-to-end deadline (batch classes)
     on_miss: str = "reject"  # "reject" (429 now) or "defer" (queue until the deadline)
     priority: int | None = None  # SGLang priority passed through when engines enable it
+    ttft_ms_per_ktok: float = 0.0  # TTFT allowance per 1,000 prompt tokens (long-context classes)
 
 
 @dataclass(slots=True)

@@ -46,7 +46,7 @@ def policy_from_config(config: Config) -> Policy:
     return Policy(
         version=1, scheduler=s.policy, holistic_alpha=s.holistic_alpha, admission=s.admission,
         admission_margin=s.admission_margin, pass_priority=s.pass_priority, window=s.window,
-        slo_classes={n: SLOClassPolicy(c.ttft_ms, c.tpot_ms, c.deadline_s, c.on_miss, c.priority)
+        slo_classes={n: SLOClassPolicy(c.ttft_ms, c.tpot_ms, c.deadline_s, c.on_miss, c.priority, c.ttft_ms_per_ktok)
                      for n, c in config.slo_classes.items()},
         tenants={t.name: TenantPolicy(t.weight, t.slo_class, False, t.rate_limit_rps, t.rate_limit_tpm)
                  for t in config.tenants},
@@ -370,7 +370,8 @@ def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:
             row["tpot_ms"] = (end - first) * 1e3 / (row["completion_tokens"] - 1)
     row["e2e_ms"] = (end - arrival) * 1e3
     if row["status"] == "ok":
+        ttft_budget = slo.ttft_budget_ms(row["prompt_tokens"])
         row["slo_met"] = (
-            (slo.ttft_ms is None or (row["ttft_ms"] is not None and row["ttft_ms"] <= slo.ttft_ms))
+            (ttft_budget is None or (row["ttft_ms"] is not None and row["ttft_ms"] <= ttft_budget))
             and (slo.tpot_ms is None or row["tpot_ms"] is None or row["tpot_ms"] <= slo.tpot_ms)
             and (slo.deadline_s is None or row["e2e_ms"] <= slo.deadline_s * 1e3))
