@@ -130,8 +130,11 @@ class Recorder:
     def policy_change(self, record: dict[str, Any]) -> None:
         """Durable before the change takes effect: raises if the audit log cannot be written."""
         if self.store is not None:
-            self.store.record_policy_change_now({**record, "before": json.dumps(record["before"]),
-                                                 "after": json.dumps(record["after"])})
+            row = dict(record)
+            for key in ("before", "after", "config"):
+                if row.get(key) is not None:
+                    row[key] = json.dumps(row[key])
+            self.store.record_policy_change_now(row)
 
     def close(self) -> None:
         if self.provider is not None:

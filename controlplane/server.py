@@ -100,29 +100,33 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
     engines = engines if engines is not None else build_engines(config)
     telemetry = Telemetry(config, engines, store=store)
     sluice = Sluice(config, engines, recorder=telemetry.recorder)
-    admin = AdminAPI(sluice, sluice.stats, PolicyStore(sluice), token=config.admin_token(),
+    policies = PolicyStore(sluice, store=telemetry.store)
+    admin = AdminAPI(sluice, sluice.stats, policies, token=config.admin_token(),
                      gpus=telemetry.gpu_state, trace=telemetry.trace_of)
     app = build_app(sluice, [*admin.routes(), *telemetry.routes()])
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         await sluice.start()
-        # What exists now (modules, torch, the engines' sessions) lives as long as the server: out of
-        # the cyclic GC's reach, a full collection no longer walks it (tens of ms, several times a
-        # minute under load, with torch imported).
-        gc.collect()
-        gc.freeze()
-        sampler = asyncio.create_task(telemetry.sample_loop(sluice, config.telemetry.retention_days))
+        sampler: asyncio.Task[None] | None = None
         try:
+            await policies.restore()  # the audit log's policy, reconciled with the config file, before serving
+            # What exists now (modules, torch, the engines' sessions) lives as long as the server: out of
+            # the cyclic GC's reach, a full collection no longer walks it (tens of ms, several times a
+            # minute under load, with torch imported).
+            gc.collect()
+            gc.freeze()
+            sampler = asyncio.create_task(telemetry.sample_loop(sluice, config.telemetry.retention_days))
             yield
         finally:
             gc.unfreeze()
-            sampler.cancel()
+            if sampler is not None:
+                sampler.cancel()
             await sluice.stop()
             telemetry.recorder.close()  # flush spans and rows, checkpoint the DuckDB file
 
     app.router.lifespan_context = lifespan
-    app.state.sluice, app.state.telemetry = sluice, telemetry
+    app.state.sluice, app.state.telemetry, app.state.policies = sluice, telemetry, policies
     return app, sluice
 
 

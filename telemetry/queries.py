@@ -12,7 +12,7 @@ from typing import Any
 
 import duckdb
 
-_JSON_COLUMNS = {"attributes", "resource", "links", "inputs", "outputs", "before", "after"}
+_JSON_COLUMNS = {"attributes", "resource", "links", "inputs", "outputs", "before", "after", "config"}
 
 
 def _cursor(db: Any) -> duckdb.DuckDBPyConnection:
@@ -123,8 +123,14 @@ def trace_for_request(db: Any, rid: str) -> dict[str, Any] | None:
 
 
 def policy_timeline(db: Any, limit: int = 50) -> list[dict[str, Any]]:
-    """The audit log, newest first: version, ts, actor, reason, before, after."""
+    """The audit log, newest first: version, ts, actor, reason, before, after, config."""
     return _rows(db, "SELECT * FROM policy_changes ORDER BY ts DESC, version DESC LIMIT ?", [int(limit)])
+
+
+def latest_policy_change(db: Any) -> dict[str, Any] | None:
+    """The audit-log row of the highest version (the policy in force when the writer stopped), or None."""
+    rows = _rows(db, "SELECT * FROM policy_changes ORDER BY version DESC, ts DESC LIMIT 1")
+    return rows[0] if rows else None
 
 
 def requests_for_replay(db: Any, since: float, until: float | None = None) -> list[dict[str, Any]]:
@@ -150,6 +156,7 @@ def gpu_timeline(db: Any, since: float, until: float | None = None) -> list[dict
 __all__ = [
     "decisions_for_audit",
     "gpu_timeline",
+    "latest_policy_change",
     "policy_timeline",
     "recent_requests",
     "requests_for_replay",

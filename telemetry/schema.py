@@ -67,6 +67,9 @@ TABLES: dict[str, Columns] = {
         ("reason", "VARCHAR"),
         ("before", "JSON"),
         ("after", "JSON"),
+        # the policy the config file gave when this change was made: start-up reconciliation diffs
+        # the next start's config against it (docs/admin-api.md, "The policy across restarts")
+        ("config", "JSON"),
     ),
     "gpu_samples": (
         ("ts", "DOUBLE"),
@@ -140,6 +143,23 @@ def ddl() -> list[str]:
     for table, cols in TABLES.items():
         body = ", ".join(f'"{name}" {_SQL.get(kind, kind)}' for name, kind in cols)
         out.append(f"CREATE TABLE IF NOT EXISTS {table} ({body})")
+    return out
+
+
+def add_missing_columns(existing: Mapping[str, set[str]]) -> list[str]:
+    """ALTER TABLE statements adding the columns a file written by an older sluice lacks.
+
+    ``existing`` maps each table to the column names it has (tables absent from it are skipped:
+    ``ddl()`` creates them whole). New columns are NULL in old rows.
+    """
+    out = []
+    for table, cols in TABLES.items():
+        have = existing.get(table)
+        if have is None:
+            continue
+        for name, kind in cols:
+            if name not in have:
+                out.append(f'ALTER TABLE {table} ADD COLUMN "{name}" {_SQL.get(kind, kind)}')
     return out
 
 

@@ -31,7 +31,8 @@ try:  # optional: faster JSON for the writer thread's lazily encoded columns
 except ImportError:  # pragma: no cover - orjson is optional
     _orjson = None
 
-from .schema import COLUMN_NAMES, INDEXES, TABLES, TIME_COLUMN, coerce_row, ddl, rows_to_arrow, to_json
+from .schema import (COLUMN_NAMES, INDEXES, TABLES, TIME_COLUMN, add_missing_columns, coerce_row, ddl, rows_to_arrow,
+                     to_json)
 
 log = logging.getLogger("sluice.telemetry.store")
 
@@ -127,7 +128,12 @@ class Store:
                         f"{self.path} is locked by another process (DuckDB allows one writer): {msg}"
                     ) from None
                 raise
-            for stmt in ddl():
+            existing: dict[str, set[str]] = {}
+            for table, column in self._con.execute(
+                    "SELECT table_name, column_name FROM information_schema.columns "
+                    "WHERE table_schema = 'main'").fetchall():
+                existing.setdefault(table, set()).add(column)
+            for stmt in ddl() + add_missing_columns(existing):
                 self._con.execute(stmt)
             for stmt in INDEXES:
                 self._con.execute(stmt)

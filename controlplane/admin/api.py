@@ -163,25 +163,26 @@ class AdminAPI:
         unknown = set(body) - {"reason", "changes", "expected_version"}
         if unknown:
             raise ApiError(422, f"unknown keys {sorted(unknown)}", code="invalid_request")
-        policy = self.policies.change(body.get("changes"), reason=body.get("reason"), actor=self._actor(request),
-                                      expected_version=body.get("expected_version"))
+        policy = await self.policies.change(body.get("changes"), reason=body.get("reason"),
+                                            actor=self._actor(request), expected_version=body.get("expected_version"))
         return JSONResponse(policy.to_dict())
 
     async def policy_history(self, request: Request) -> Response:
         """
-        summary: The audit log of policy changes, newest first.
+        summary: The audit log of policy changes, newest first (across restarts).
         responses:
           200: {description: "changes: version, ts, actor, reason, before, after."}
         """
         limit = _int_param(request, "limit", 50, 1000)
-        return JSONResponse({"changes": list(self.policies.history)[:limit]})
+        # the store's audit log, across restarts; read off the event loop
+        return JSONResponse({"changes": await asyncio.to_thread(self.policies.changes, limit)})
 
     # -- tenants ----------------------------------------------------------------------------
-    def _tenant_change(self, request: Request, changes: dict[str, Any], reason: str) -> Response:
+    async def _tenant_change(self, request: Request, changes: dict[str, Any], reason: str) -> Response:
         name = request.path_params["name"]
         if name not in self.policies.current.tenants:
             raise ApiError(404, f"unknown tenant {name!r}", code="tenant_not_found")
-        policy = self.policies.change({"tenants": {name: changes}}, reason=reason, actor=self._actor(request))
+        policy = await self.policies.change({"tenants": {name: changes}}, reason=reason, actor=self._actor(request))
         return JSONResponse(policy.to_dict())
 
     async def patch_tenant(self, request: Request) -> Response:
@@ -193,7 +194,7 @@ class AdminAPI:
         """
         body = await self._json(request)
         reason = body.pop("reason", None)
-        return self._tenant_change(request, body, reason)
+        return await self._tenant_change(request, body, reason)
 
     async def pause_tenant(self, request: Request) -> Response:
         """
@@ -202,7 +203,7 @@ class AdminAPI:
           200: {description: The new policy.}
         """
         body = await self._json(request)
-        return self._tenant_change(request, {"paused": True}, body.get("reason") or "paused by operator")
+        return await self._tenant_change(request, {"paused": True}, body.get("reason") or "paused by operator")
 
     async def resume_tenant(self, request: Request) -> Response:
         """
@@ -211,7 +212,7 @@ class AdminAPI:
           200: {description: The new policy.}
         """
         body = await self._json(request)
-        return self._tenant_change(request, {"paused": False}, body.get("reason") or "resumed by operator")
+        return await self._tenant_change(request, {"paused": False}, body.get("reason") or "resumed by operator")
 
     # -- requests ---------------------------------------------------------------------------
     async def list_requests(self, request: Request) -> Response:
