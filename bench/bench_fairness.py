@@ -18,12 +18,19 @@ Protocol (everything through replay.runner.run_virtual: the real decision core +
    admitted requests (target >= 99 %), goodput / goodput at SLO capacity (target >= 90 %),
    Jain's index (target >= 0.95) and TTFT forecast median APE (target <= 15 %).
 
+4. Cost of VTC's service difference (no replay: a small discrete-event run of the real
+   schedulers, `synthetic_run`): the pairwise reference against the pruned exact computation at
+   10, 30 and 100 tenants, CPU time side by side, with the pairs each one computed.
+
     .venv/bin/python bench/bench_fairness.py [--vtc-s 120] [--servegen-s 60] [--json out.json]
+    .venv/bin/python bench/bench_fairness.py --skip-vtc --skip-servegen   # the service difference only
 """
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
+import random
 import sys
 import time
 from pathlib import Path
@@ -31,7 +38,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from fairness.metrics import jain_index  # noqa: E402
+from fairness import Outcome, Work, make_scheduler  # noqa: E402
+from fairness.metrics import (Served, demand_fairness, service_difference,  # noqa: E402
+                              service_difference_pairwise)
 from replay.loaders import LengthTable, poisson_workload, vtc_overload, vtc_weighted  # noqa: E402
 from replay.runner import VirtualResult, default_policy, run_virtual  # noqa: E402
 from replay.workload import WorkloadRequest, scale_rate  # noqa: E402
@@ -73,28 +82,15 @@ def slo_capacity(lengths: LengthTable, capacity: float, seed: int = 0, seconds: 
 
 
 def maxmin_fair_jain(result: VirtualResult, workload: list[WorkloadRequest]) -> float:
-    """Jain's index over service / weighted max-min fair share, where the fair shares water-fill the
-    delivered service over the tenants' demands (a tenant asking for less than its share is owed
-    only what it asked for)."""
+    """Jain's index over service / weighted max-min fair share (`demand_fairness`): the fair shares
+    water-fill the delivered service over the tenants' demands (a tenant asking for less than its
+    share is owed only what it asked for)."""
     demand: dict[str, float] = {}
     for w in workload:
         demand[w.tenant] = demand.get(w.tenant, 0.0) + max(1, w.input_length) + 2.0 * max(1, w.output_length)
     weights = {t: result.policy.tenant(t).weight for t in demand}
-    capacity = sum(o.service for o in result.per_tenant.values())
-    fair = {t: 0.0 for t in demand}
-    left, active = capacity, set(demand)
-    while active and left > 1e-9:
-        wsum = sum(weights[t] for t in active)
-        sat = [t for t in active if demand[t] - fair[t] <= left * weights[t] / wsum]
-        if not sat:
-            for t in active:
-                fair[t] += left * weights[t] / wsum
-            break
-        for t in sat:
-            left -= demand[t] - fair[t]
-            fair[t] = demand[t]
-            active.discard(t)
-    return jain_index(result.per_tenant[t].service / fair[t] for t in demand if fair[t] > 0)
+    delivered = {t: o.service for t, o in result.per_tenant.items() if t in demand}
+    return demand_fairness(demand, delivered, weights).jain
 
 
 def policies() -> dict[str, Any]:
@@ -180,6 +176,90 @@ def vtc_suites(args: argparse.Namespace, out: dict[str, Any]) -> None:
                out["vtc_weighted"], FAIR_COLS)
 
 
+def synthetic_run(tenants: int, policy: str, seconds: float, seed: int = 0, slots: int = 32,
+                  overload: float = 1.5) -> tuple[list[Served], dict[str, list[tuple[float, float]]]]:
+    """A small discrete-event run of a real scheduler, for the cost of the service difference:
+    `slots` concurrent requests, prompt at 20k tokens/s then 50 tokens/s of output per request;
+    Poisson tenants with Zipf(0.8) rates totalling `overload` x capacity; prompts U(50, 2000),
+    outputs U(20, 400). Returns the Served records and each tenant's backlogged intervals
+    (queue non-empty in the scheduler)."""
+    rng = random.Random(seed)
+    tok_s = 50.0
+    capacity = slots / (210.0 / tok_s)  # mean output 210 tokens
+    skew = [1 / (i + 1) ** 0.8 for i in range(tenants)]
+    arrivals = []
+    for i, x in enumerate(skew):
+        rate = overload * capacity * x / sum(skew)
+        t = rng.expovariate(rate)
+        while t < seconds:
+            arrivals.append((t, f"t{i}", rng.randint(50, 2000), rng.randint(20, 400)))
+            t += rng.expovariate(rate)
+    arrivals.sort()
+    sched = make_scheduler(policy)
+    running: list[tuple[float, str, Work]] = []
+    served: list[Served] = []
+    back: dict[str, list[tuple[float, float]]] = {}
+    since: dict[str, float] = {}
+    free, k, now = slots, 0, 0.0
+    while k < len(arrivals) or running:
+        if running and (k >= len(arrivals) or running[0][0] <= arrivals[k][0]):
+            now, tenant, work = heapq.heappop(running)
+            free += 1
+            sched.finish(tenant, work, Outcome(work))
+        else:
+            now, tenant, inp, out = arrivals[k]
+            k += 1
+            if not sched.queued(tenant):
+                since[tenant] = now
+            sched.push(tenant, k, Work(inp, out))
+        while free and len(sched):
+            got = sched.pop()
+            assert got is not None
+            tenant, _, work = got
+            if not sched.queued(tenant):
+                back.setdefault(tenant, []).append((since.pop(tenant), now))
+            start = now + work.input_tokens / 20000
+            end = start + work.output_tokens / tok_s
+            served.append(Served(tenant, start, end, work.input_tokens + 2.0 * work.output_tokens, now))
+            heapq.heappush(running, (end, tenant, work))
+            free -= 1
+    for tenant, t0 in since.items():
+        back.setdefault(tenant, []).append((t0, now))
+    return served, back
+
+
+def service_difference_bench(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Pairwise reference vs pruned exact service difference: CPU time (best of args.repeat)."""
+    def best_of(fn: Any) -> tuple[float, Any]:
+        times, got = [], None
+        for _ in range(args.repeat):
+            t0 = time.process_time()
+            got = fn()
+            times.append(time.process_time() - t0)
+        return min(times), got
+
+    rows = []
+    print(f"\n== VTC's service difference, {args.sd_s:.0f} s synthetic runs at 1.5x capacity "
+          f"(CPU s, best of {args.repeat})")
+    print(f"{'tenants':>7} {'policy':>6} {'requests':>8} {'spans':>6} {'difference':>11} "
+          f"{'pairwise s':>10} {'pruned s':>9} {'speed-up':>8} {'pairs computed':>15}")
+    for tenants in args.sd_tenants:
+        for policy in ("vtc", "fcfs"):
+            rs, back = synthetic_run(tenants, policy, args.sd_s, seed=args.seed)
+            t_ref, ref = best_of(lambda: service_difference_pairwise(rs, back))
+            t_new, new = best_of(lambda: service_difference(rs, back))
+            if abs(new.value - ref.value) > 1e-9 * max(1.0, ref.value):
+                raise SystemExit(f"mismatch at {tenants} tenants, {policy}: {new.value} != {ref.value}")
+            spans = sum(len(v) for v in back.values())
+            row_ = {"tenants": tenants, "policy": policy, "requests": len(rs), "spans": spans,
+                    "value": new.value, "pairwise_s": t_ref, "pruned_s": t_new, "speedup": t_ref / t_new,
+                    "pairs_computed": new.pairs_evaluated, "pairs": ref.pairs_evaluated}
+            rows.append(row_)
+            print(f"{tenants:>7} {policy:>6} {len(rs):>8} {spans:>6} {new.value:>11.0f} {t_ref:>10.3f} "
+                  f"{t_new:>9.3f} {t_ref / t_new:>7.1f}x {new.pairs_evaluated:>7}/{ref.pairs_evaluated:<7}")
+    out["service_difference_cost"] = rows
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--vtc-s", type=float, default=120.0, help="seconds of the VTC suites")
@@ -189,6 +269,10 @@ def main() -> int:
     ap.add_argument("--skip-servegen", action="store_true")
     ap.add_argument("--skip-vtc", action="store_true")
     ap.add_argument("--json", dest="json_out")
+    ap.add_argument("--skip-sd", action="store_true", help="skip the service-difference cost benchmark")
+    ap.add_argument("--sd-s", type=float, default=300.0, help="seconds of each synthetic run")
+    ap.add_argument("--sd-tenants", type=lambda x: [int(v) for v in x.split(",")], default=[10, 30, 100])
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     out: dict[str, Any] = {"overload": args.overload, "seed": args.seed}
     t_start = time.perf_counter()
@@ -231,6 +315,8 @@ def main() -> int:
             ("Jain(w)", "jain_weighted", 3, 1), ("Jain(maxmin)", "jain_maxmin", 3, 1),
             ("TTFT p50", "ttft_p50_s", 3, 1), ("TTFT p99", "ttft_p99_s", 3, 1), ("MdAPE%", "ttft_mdape", 1, 100),
             ("bias s", "ttft_bias_s", 3, 1), ("wall s", "wall_s", 1, 1)])
+    if not args.skip_sd:
+        service_difference_bench(args, out)
     out["total_wall_s"] = time.perf_counter() - t_start
     print(f"\ntotal wall time {out['total_wall_s']:.0f} s")
     if args.json_out:

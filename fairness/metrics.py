@@ -511,6 +511,10 @@ def service_difference_pairwise(
     return ServiceDifference(best.value, best.tenants, best.interval, best.value, n * (n - 1) // 2)
 
 
+_BLOCKS = 64  # time blocks for the pair bounds: finer is tighter and costs O(T x BLOCKS) memory
+_BATCH = 256  # candidate pairs bounded together (vectorised) before any is computed exactly
+
+
 def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """concatenate(arange(s, s + n) for s, n in zip(starts, lengths)), vectorised."""
     total = int(lengths.sum())
@@ -589,6 +593,26 @@ def _pair_difference(f: str, g: str, nf: _Normalised, ng: _Normalised
     return float(spread[k]), (g, f), (float(t[i_max]), float(t[i_min]))
 
 
+def _blocked_bound(hi_f: np.ndarray, lo_f: np.ndarray, hi_g: np.ndarray, lo_g: np.ndarray,
+                   joint: np.ndarray) -> np.ndarray:
+    """Per row (a pair f, g): an upper bound of max |D(t) - D(s)| over s < t in one common
+    interval, from the max (hi) and min (lo) of y_f and y_g in each block of the grid (-inf / +inf
+    where the tenant has no point) and joint[:, k]: both have a span reaching across the boundary
+    between blocks k and k + 1.
+    s, t in one block b: (hi_f - lo_f)[b] + (hi_g - lo_g)[b]. s in block i < j holding t, which
+    needs a span of each across every boundary from i to j - 1, in the direction where f gains:
+    (hi_f[j] - lo_f[i]) + (hi_g[i] - lo_g[j]) = A[j] + C[i] with A = hi_f - lo_g, C = hi_g - lo_f,
+    maximised with a running max of C that restarts at a boundary not jointly crossed; and the
+    same with f and g swapped. Empty blocks give -inf terms, never NaN (-inf - +inf = -inf)."""
+    out = np.max((hi_f - lo_f) + (hi_g - lo_g), axis=1)
+    for a, c in ((hi_f - lo_g, hi_g - lo_f), (hi_g - lo_f, hi_f - lo_g)):
+        running = np.full(len(out), -np.inf)
+        for j in range(1, a.shape[1]):
+            running = np.where(joint[:, j - 1], np.maximum(running, c[:, j - 1]), -np.inf)
+            out = np.maximum(out, a[:, j] + running)
+    return out
+
+
 def service_difference(
     responses: Iterable[Served],
     backlogged: Mapping[str, Iterable[tuple[float, float]]],
@@ -598,33 +622,40 @@ def service_difference(
 ) -> ServiceDifference:
     """VTC's measure for any number of tenants: the largest |W_f(t1,t2)/w_f - W_g(t1,t2)/w_g| over
     pairs of tenants and intervals [t1, t2) in which both were backlogged (`backlogged[tenant]`:
-    [start, end) intervals). Same value as `service_difference_pairwise` (to within 1e-9 of the
-    largest normalised cumulative service, floating rounding), without computing every pair.
+    [start, end) intervals). The same value as `service_difference_pairwise` (to within 1e-9 of
+    the largest normalised cumulative service: floating rounding), without computing every pair.
 
-    Why it is exact. Let N_i = S_i/w_i on the points of the grid (every knot and span end, left
-    limit and right value) and let c be ANY function of time. For a pair (f, g) and a common
-    interval I (inside one span J_f of f and one span J_g of g), D = N_f - N_g = y_f - y_g with
-    y_i = N_i - c, so for s <= t in I:
-        D(t) - D(s) = (y_f(t) - y_f(s)) + (y_g(s) - y_g(t)) <= rise_f + drop_g,
-    where rise_i (drop_i) is the largest increase (decrease) of y_i between two points in order
-    inside one of i's spans. Hence the pair's difference, max over both orders, is at most
-    B(f, g) = max(rise_f + drop_g, rise_g + drop_f). Ordered pairs are visited best-first by
-    rise_f + drop_g (a heap over tenants sorted by rise and by drop); each visited pair is
-    computed exactly (`_pair_difference`, one pass over both curves for all common intervals);
-    the search stops when the largest remaining bound is <= the best difference found, so no
-    unvisited pair can exceed it.
+    Why it is exact. Let N_i = S_i/w_i on the grid of points (every knot and span end, as left
+    limit and right value: the points the reference evaluates) and let c be ANY function of the
+    grid. For a pair (f, g) and a common interval I (inside one span of f and one span of g),
+    D = N_f - N_g = y_f - y_g with y_i = N_i - c, so for points s <= t in I
+        D(t) - D(s) = (y_f(t) - y_f(s)) + (y_g(s) - y_g(t)),
+    and the pair's value, max over I of max D - min D, is at most any bound of the right side in
+    both directions. Two bounds, from per-tenant numbers only:
+      1. rise_f + drop_g (and rise_g + drop_f), rise_i / drop_i the largest increase / decrease of
+         y_i between two ordered points of one of i's spans;
+      2. a blocked bound (`_blocked_bound`): the grid cut into BLOCKS runs of points, with y_i's
+         max and min per block and which block boundaries a span of i crosses; s and t in one
+         block, or in blocks i < j with both tenants' spans crossing every boundary between.
+    Ordered pairs are visited best-first by bound 1 (a heap over the tenants sorted by rise and by
+    drop), BATCH at a time; each batch is filtered by bound 2 (vectorised) and the survivors are
+    computed exactly (`_pair_difference`: one pass over both curves for all common intervals),
+    largest bound 2 first. The search stops when the largest remaining bound 1 is <= the best
+    difference found, and a pair is skipped when its bound 2 is: no skipped pair can exceed it.
 
-    Why it is fast. c only decides how tight the bounds are. We take c = the "virtual time" of
-    the backlogged tenants: c grows, on each grid step, by the mean increment of N_i over the
-    tenants backlogged on that step. y_i is then tenant i's lead over the average backlogged
-    tenant; a policy that keeps backlogged tenants even keeps every rise and drop small, and a
-    tenant served steadily more than the others has a large rise but a small drop, so pairs of
-    tenants that are ahead together (or behind together) are skipped. The cost is O(K log K) for
-    the grid (K times), O(sum over tenants of the grid points inside its spans) <= O(K x T) for c
-    and the bounds, and O(knots_f + knots_g + spans_f + spans_g) per pair computed; how many pairs
-    are computed depends on the data (all of them in the worst case: when every tenant's rise +
-    drop exceeds the answer). `max_pairs` caps them: the result is then `value` (attained by the
-    reported pair) <= true maximum <= `upper_bound` (the largest bound left).
+    Why it is fast. c only decides how tight the bounds are. We take c = the virtual time of the
+    backlogged tenants: on each grid step it grows by the mean increment of N_i over the tenants
+    backlogged there; y_i is then tenant i's lead over the average backlogged tenant. Bound 1
+    separates tenants that run ahead from those that fall behind; bound 2 confines a tenant that
+    is backlogged briefly (most tenants, when there are many) to the blocks where it was, so its
+    pairs with steadily served tenants are bounded by what happened there, not over the whole run.
+    Cost: O(K log K) for the grid (K times); O(P) for c, the bounds and the blocks, P = sum over
+    tenants of the grid points inside its spans <= 2K x T; O(BLOCKS) per pair taken from the heap,
+    O(knots_f + knots_g + spans_f + spans_g) per pair computed exactly. How many pairs are
+    computed depends on the data (on the synthetic overload runs of bench/bench_fairness.py: a few
+    for VTC at 100 tenants); in the worst case, all of them. `max_pairs` caps the exact
+    computations: the result is then value (attained by the reported pair) <= true maximum <=
+    upper_bound (the largest bound left).
     """
     curves = service_curves(responses)
     w = weights or {}
@@ -653,12 +684,28 @@ def service_difference(
     c = np.concatenate([[0.0], np.cumsum(np.divide(inc_sum, count, out=np.zeros(npts), where=count > 0))])
     rise, drop = {}, {}
     scale = 0.0
-    for t in names:
+    # per tenant and block of the grid (BLOCKS equal runs of points): max and min of y there
+    blocks = min(_BLOCKS, npts)
+    hi_y = np.full((len(names), blocks), -np.inf)
+    lo_y = np.full((len(names), blocks), np.inf)
+    across = np.zeros((len(names), max(blocks - 1, 1)), dtype=bool)  # a span crosses boundary k
+    for k, t in enumerate(names):
         nt = norm[t]
         v = nt.values(times)
         scale = max(scale, float(np.max(np.abs(v))))
-        rise[t], drop[t] = _rise_and_drop(v - c[nt.idx], nt.first, nt.lengths)
+        y = v - c[nt.idx]
+        rise[t], drop[t] = _rise_and_drop(y, nt.first, nt.lengths)
+        blk = nt.idx * blocks // npts  # non-decreasing: idx is
+        starts = np.flatnonzero(np.concatenate([[True], blk[1:] != blk[:-1]]))
+        hi_y[k, blk[starts]] = np.maximum.reduceat(y, starts)
+        lo_y[k, blk[starts]] = np.minimum.reduceat(y, starts)
+        first_blk, last_blk = blk[nt.first], blk[nt.first + nt.lengths - 1]
+        crossed = np.zeros(blocks, dtype=np.int64)  # +1 at a span's first block, -1 at its last
+        np.add.at(crossed, first_blk, 1)
+        np.add.at(crossed, last_blk, -1)
+        across[k] = np.cumsum(crossed)[:-1] > 0 if blocks > 1 else False
     tol = 1e-9 * max(scale, float(np.max(np.abs(c))), 1.0)
+    row = {t: k for k, t in enumerate(names)}
 
     by_rise = sorted(names, key=lambda t: (-rise[t], t))
     by_drop = sorted(names, key=lambda t: (-drop[t], t))
@@ -667,27 +714,38 @@ def service_difference(
     best: tuple[float, tuple[str, str] | None, tuple[float, float] | None] = (0.0, None, None)
     evaluated = 0
     bound_left = 0.0
-    while heap:
-        neg, a, b = heap[0]
-        if -neg <= best[0] + tol:
+    while heap and bound_left == 0.0:
+        batch: list[tuple[str, str]] = []  # candidates by the per-tenant bound, not seen yet
+        while heap and len(batch) < _BATCH:
+            neg, a, b = heap[0]
+            if -neg <= best[0] + tol:
+                break
+            heapq.heappop(heap)
+            if b + 1 < len(names):
+                heapq.heappush(heap, (-(rise[by_rise[a]] + drop[by_drop[b + 1]]), a, b + 1))
+            if b == 0 and a + 1 < len(names):
+                heapq.heappush(heap, (-(rise[by_rise[a + 1]] + drop[by_drop[0]]), a + 1, 0))
+            f, g = by_rise[a], by_drop[b]
+            key = (f, g) if f < g else (g, f)
+            if f != g and key not in done:
+                done.add(key)
+                batch.append(key)
+        if not batch:
             break
-        if max_pairs is not None and evaluated >= max_pairs:
-            bound_left = -neg
-            break
-        heapq.heappop(heap)
-        if b + 1 < len(names):
-            heapq.heappush(heap, (-(rise[by_rise[a]] + drop[by_drop[b + 1]]), a, b + 1))
-        if b == 0 and a + 1 < len(names):
-            heapq.heappush(heap, (-(rise[by_rise[a + 1]] + drop[by_drop[0]]), a + 1, 0))
-        f, g = by_rise[a], by_drop[b]
-        key = (f, g) if f < g else (g, f)
-        if f == g or key in done:
-            continue
-        done.add(key)
-        evaluated += 1
-        got = _pair_difference(key[0], key[1], norm[key[0]], norm[key[1]])
-        if got is not None and got[0] > best[0]:
-            best = got
+        fi = np.array([row[f] for f, _ in batch])
+        gi = np.array([row[g] for _, g in batch])
+        bounds = _blocked_bound(hi_y[fi], lo_y[fi], hi_y[gi], lo_y[gi], across[fi] & across[gi])
+        for k in np.argsort(-bounds, kind="stable").tolist():
+            if bounds[k] <= best[0] + tol:
+                break  # the rest of the batch is no larger
+            if max_pairs is not None and evaluated >= max_pairs:
+                bound_left = max(float(bounds[k]), -heap[0][0] if heap else 0.0)
+                break
+            evaluated += 1
+            f, g = batch[k]
+            got = _pair_difference(f, g, norm[f], norm[g])
+            if got is not None and got[0] > best[0]:
+                best = got
     return ServiceDifference(best[0], best[1], best[2], max(best[0], bound_left), evaluated)
 
 
