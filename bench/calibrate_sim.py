@@ -1,7 +1,11 @@
 """Fit the simulator's default profile (H100 80GB, Llama-3.1-8B, TP1) from public measurements.
 
-    .venv/bin/python bench/calibrate_sim.py            # fit, print, write the profile JSON
-    .venv/bin/python bench/calibrate_sim.py --check    # fit and fail if the committed JSON differs
+    .venv/bin/python bench/calibrate_sim.py            # fit, print, write the profile JSONs
+    .venv/bin/python bench/calibrate_sim.py --check    # fit and fail if a committed JSON differs
+
+It writes two profiles: the fitted default (H100) and one derived from it, not fitted, for the GPU
+of the measured vLLM run that bench/bench_calibration.py replays (RTX PRO 6000 Blackwell; see
+derive_step and docs/simulator.md, "A measured run").
 
 Data (read from ../shared/calibration, never copied into the repository; see its SOURCES.md):
   * LLMServingSim layers.csv (H100, Llama-3.1-8B, TP1, eager HF PyTorch, per-op latency for 1..2048
@@ -38,6 +42,7 @@ LAYERS_CSV = CAL / "llmservingsim/perf_models/H100/meta-llama/Llama-3.1-8B/tp1/l
 DISTSERVE_JSON = CAL / "distserve/profiler-a100-80g.distserve.json"
 SPLITWISE_CSV = CAL / "splitwise/perf_model.csv"
 OUT = REPO / "engine_adapter/sim/profiles/h100-llama3.1-8b.json"
+RTX_OUT = REPO / "engine_adapter/sim/profiles/rtxpro6000-llama3.1-8b-vllm.json"
 
 # --- Llama-3.1-8B (config.json of meta-llama/Llama-3.1-8B) ---------------------------------------
 N_LAYERS = 32
@@ -77,6 +82,18 @@ CHUNKED_PREFILL_SIZE = 8192
 MAX_RUNNING_REQUESTS = 2048
 NEW_TOKEN_RATIO = 0.3  # between SGLang's initial (0.7) and decayed minimum (~0.1) admission reserve
 PREFIX_BLOCK = 512
+
+# --- RTX PRO 6000 Blackwell Workstation Edition (vendor specs; estimates where marked) --------------
+RTX_BF16_PEAK = 503.8e12  # dense BF16 tensor FLOP/s, FP32 accumulate
+RTX_MEM_BW = 1.792e12  # B/s: 512-bit GDDR7 at 28 Gbps (the run's config.json says 1,597 GB/s, see the docs)
+RTX_MEM_TOTAL = 96 * 2**30  # bytes (config.json: mem_size 96)
+RTX_F_MAX_MHZ, RTX_F_MIN_MHZ = 2617.0, 180.0  # boost clock; the minimum is an estimate
+RTX_IDLE_W, RTX_MAX_W = 30.0, 600.0  # idle draw (estimate) and TDP
+# --- the measured run's engine: vLLM 0.19 (meta.json, config.json) ----------------------------------
+VLLM_GPU_MEMORY_UTILIZATION = 0.9  # config.json mem_util, vLLM's default
+VLLM_MAX_NUM_SEQS = 128
+VLLM_MAX_NUM_BATCHED_TOKENS = 2048
+VLLM_RESERVED = 2 * 2**30  # activations, CUDA graphs, non-torch memory inside the 0.9 (estimate)
 
 # --- the fused-kernel model of the elementwise ops ---------------------------------------------------
 ELEMENTWISE_OPS = ("input_layernorm", "rope", "post_layernorm", "act_fn")
@@ -288,6 +305,77 @@ def build_profile(f: dict) -> dict:
     }
 
 
+def derive_step(h100: dict, *, peak_from: float, peak_to: float, bw_from: float, bw_to: float,
+                weight_bytes: float, bw_eff: float = HBM_EFF) -> dict:
+    """Move a step profile to another GPU by a roofline argument (docs/simulator.md):
+
+    * prefill (a, b, f) is compute-bound: times x peak_from / peak_to;
+    * decode's weight read (weight_bytes at bw_eff x bw_from, the part of c it explains) and its
+      per-sequence and per-KV-token costs (d, e) are bandwidth-bound: times x bw_from / bw_to;
+    * the rest of c (CUDA-graph replay, launches, sampling) is a fixed per-step cost: kept.
+    """
+    compute, memory = peak_from / peak_to, bw_from / bw_to
+    weight_read = weight_bytes / (bw_eff * bw_from)
+    fixed = h100["decode_c"] - weight_read
+    if fixed < 0:
+        raise ValueError("decode_c is below the weight-read time: the roofline split does not apply")
+    return {
+        "prefill_a": h100["prefill_a"] * compute,
+        "prefill_b": h100["prefill_b"] * compute,
+        "decode_c": fixed + weight_read * memory,
+        "decode_d": h100["decode_d"] * memory,
+        "decode_e": h100["decode_e"] * memory,
+        "prefill_f": h100["prefill_f"] * compute,
+    }
+
+
+def build_rtx_profile(h100: dict) -> dict:
+    """The RTX PRO 6000 / vLLM profile: the committed H100 fit moved by derive_step, vLLM's engine limits."""
+    weights = PARAMS * BYTES
+    step = derive_step(h100["step"], peak_from=BF16_PEAK, peak_to=RTX_BF16_PEAK, bw_from=HBM_BW, bw_to=RTX_MEM_BW,
+                       weight_bytes=weights)
+    budget = int(VLLM_GPU_MEMORY_UTILIZATION * RTX_MEM_TOTAL)
+    kv_tokens = (budget - weights - VLLM_RESERVED) // KV_BYTES_PER_TOKEN
+    return {
+        "name": "rtxpro6000-llama3.1-8b-vllm",
+        "model": "meta-llama/Llama-3.1-8B",
+        "gpu": "NVIDIA RTX PRO 6000 Blackwell Workstation Edition",
+        "step": step,
+        "kv_capacity_tokens": kv_tokens,
+        "chunked_prefill_size": VLLM_MAX_NUM_BATCHED_TOKENS,
+        "max_running_requests": VLLM_MAX_NUM_SEQS,
+        "prefix_block_size": PREFIX_BLOCK,
+        "prefix_cache_blocks": kv_tokens // PREFIX_BLOCK,
+        "new_token_ratio": 0.0,  # vLLM reserves no KV for future output tokens: it preempts instead
+        "f_max_mhz": RTX_F_MAX_MHZ,
+        "f_min_mhz": RTX_F_MIN_MHZ,
+        "idle_w": RTX_IDLE_W,
+        "max_w": RTX_MAX_W,
+        "decode_power_fraction": 0.6,
+        "memory_total_bytes": RTX_MEM_TOTAL,
+        "memory_used_bytes": budget,  # vLLM preallocates gpu_memory_utilization x total
+        "kv_bytes_per_token": KV_BYTES_PER_TOKEN,
+        "calibration": {
+            "script": "bench/calibrate_sim.py",
+            "doc": "docs/simulator.md",
+            "derived_from": h100["name"],
+            "rule": ("roofline: prefill a, b, f x peak BF16 ratio; decode c's weight read, d, e x bandwidth ratio; "
+                     "the rest of c fixed"),
+            "not_fitted_on": "casys-kaist/LLMServingSim bench/examples/RTXPRO6000/Llama-3.1-8B (the run it is checked on)",
+            "hardware": {"bf16_peak_tflops": RTX_BF16_PEAK / 1e12, "mem_bw_GBps": RTX_MEM_BW / 1e9,
+                         "from_bf16_peak_tflops": BF16_PEAK / 1e12, "from_mem_bw_GBps": HBM_BW / 1e9},
+            "compute_ratio": BF16_PEAK / RTX_BF16_PEAK,
+            "bandwidth_ratio": HBM_BW / RTX_MEM_BW,
+            "decode_c_fixed_ms": (h100["step"]["decode_c"] - weights / (HBM_EFF * HBM_BW)) * 1e3,
+            "kv_capacity": (f"{VLLM_GPU_MEMORY_UTILIZATION} x {RTX_MEM_TOTAL} B - {weights} B weights - "
+                            f"{VLLM_RESERVED} B activations/graphs (estimate), / {KV_BYTES_PER_TOKEN} B per token"),
+            "engine": (f"vLLM 0.19: max_num_seqs {VLLM_MAX_NUM_SEQS}, max_num_batched_tokens "
+                       f"{VLLM_MAX_NUM_BATCHED_TOKENS}, chunked prefill mixed with decode, FCFS"),
+            "estimates": "clocks' minimum, idle power, the activation reserve",
+        },
+    }
+
+
 def _round(o):
     if isinstance(o, float):
         return float(f"{o:.6g}")
@@ -316,12 +404,21 @@ def main(argv: list[str] | None = None) -> int:
           f" + {s['prefill_f'] * 1e3:.4e}*tokens*(context + tokens/2); "
           f"decode {s['decode_c'] * 1e3:.3f} + {s['decode_d'] * 1e3:.5f}*batch + {s['decode_e'] * 1e3:.3e}*kv_tokens")
     print(f"kv_capacity_tokens {profile['kv_capacity_tokens']}")
+    rtx = _round(build_rtx_profile(profile))
+    rtx_text = json.dumps(rtx, indent=2) + "\n"
+    r = rtx["step"]
+    print(f"{rtx['name']} (derived): prefill {r['prefill_a'] * 1e3:.3f} + {r['prefill_b'] * 1e3:.5f}*tokens"
+          f" + {r['prefill_f'] * 1e3:.4e}*pairs; decode {r['decode_c'] * 1e3:.3f} + {r['decode_d'] * 1e3:.5f}*batch"
+          f" + {r['decode_e'] * 1e3:.3e}*kv_tokens; kv_capacity_tokens {rtx['kv_capacity_tokens']}")
     if args.check:
         same = args.out.exists() and args.out.read_text() == text
-        print("committed profile matches the fit" if same else f"MISMATCH: {args.out} differs from the fit")
-        return 0 if same else 1
+        same_rtx = RTX_OUT.exists() and RTX_OUT.read_text() == rtx_text
+        for ok, path in ((same, args.out), (same_rtx, RTX_OUT)):
+            print(f"committed {path.name} matches" if ok else f"MISMATCH: {path} differs from what the data gives")
+        return 0 if same and same_rtx else 1
     args.out.write_text(text)
-    print(f"wrote {args.out}")
+    RTX_OUT.write_text(rtx_text)
+    print(f"wrote {args.out} and {RTX_OUT}")
     return 0
 
 
