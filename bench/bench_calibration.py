@@ -1,6 +1,7 @@
-"""Check the simulator's default profile against SGLang's published H100 / Llama-3.1-8B figures.
+"""Check the simulator against published H100 figures and against a real measured vLLM run.
 
     .venv/bin/python bench/bench_calibration.py [--profile h100-llama3.1-8b] [--seeds 5]
+    .venv/bin/python bench/bench_calibration.py --only-run [--run PATH] [--run-profile NAME]
 
 Runs SGLang CI's benchmark workloads on the virtual clock (no sleeping: a SimCore driven by its
 own event times) and prints every figure as a ratio to the published threshold:
@@ -21,15 +22,26 @@ own event times) and prints every figure as a ratio to the published threshold:
 
 The thresholds are SGLang's CI pass floors/ceilings (test/srt/test_bench_serving.py,
 test_bench_one_batch.py), see shared/reference/workloads-and-calibration.md section 2.6.
-Exit status 1 if a check fails.
+
+  5. a measured run: every request of a real engine run    -> TTFT, TPOT and E2E mean, median,
+     (default: LLMServingSim's vLLM 0.19 run on one RTX         p90, p95, p99 beside the real ones
+     PRO 6000, 300 ShareGPT requests at 10 req/s) replayed     and LLMServingSim's, with the
+     through SimCore with its arrival times and lengths        difference in percent: within 10 %
+     on a profile not fitted on it (--run-profile)
+
+Exit status 1 if a check fails (2 if data is missing).
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
+import re
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +62,12 @@ LONG_INPUT_TOKS = 27_670.0  # sglang PR #1060, Llama-3.1-8B, random 8192 in / 8 
 LONG_BAND = 1.3  # the figure's GPU (likely H100) and prompt lengths (fixed 8192 assumed) are not stated
 ATTN_FLOPS_PER_PAIR = 4 * 32 * 4096  # Llama-3.1-8B: q.k and p.v over 32 query heads x 128, 32 layers
 H100_BF16 = 989e12
+RUN_DIR = Path(__file__).resolve().parents[2] / "shared/calibration/llmservingsim/bench/RTXPRO6000/Llama-3.1-8B"
+RUN_PROFILE = "rtxpro6000-llama3.1-8b-vllm"
+RUN_TOLERANCE_PCT = 10.0
+METRICS = ("ttft", "tpot", "e2e")
+STATS = ("mean", "median", "p90", "p95", "p99")
+_SUMMARY_NAMES = {"TTFT": "ttft", "TPOT": "tpot", "Latency": "e2e"}  # LLMServingSim's summary.txt
 
 
 def run(profile: SimProfile, arrivals: list[float], reqs: list[SimRequest], per_token: bool,
@@ -117,13 +135,155 @@ def single_ttft(profile: SimProfile, tokens: int) -> float:
     return next(e.time for e in events if e.kind == "first_token")
 
 
+@dataclass(frozen=True, slots=True)
+class Timed:
+    """One request of a run, real or simulated: seconds on one clock (any origin)."""
+
+    rid: str
+    arrival: float  # entered the engine's queue (the real run's queued_ts): what TTFT counts from
+    input_tokens: int
+    output_tokens: int
+    first_token: float
+    last_token: float
+    scheduled: float | None = None  # first step that computed part of its prompt
+
+
+def load_run(path: Path) -> list[Timed]:
+    """A run in LLMServingSim's requests.jsonl format (a file, or a folder holding one or vllm/requests.jsonl)."""
+    if path.is_dir():
+        path = path / "requests.jsonl" if (path / "requests.jsonl").exists() else path / "vllm" / "requests.jsonl"
+    out = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            r = json.loads(line)
+            out.append(Timed(str(r["request_id"]), float(r["queued_ts"]), int(r["input_toks"]), int(r["output_toks"]),
+                             float(r["first_token_ts"]), float(r["last_token_ts"]),
+                             None if r.get("scheduled_ts") is None else float(r["scheduled_ts"])))
+    return out
+
+
+def replay_run(profile: SimProfile, run: list[Timed], seed: int = 0) -> list[Timed]:
+    """The run's requests (arrival times, prompt and output lengths) through SimCore on a virtual clock.
+
+    Steps are completed one at a time so that each request's first prefill step (its scheduled time)
+    can be read from the step plan; event times are the same as when advancing straight to arrivals.
+    """
+    core = SimCore(profile, seed=seed)
+    t0 = min(r.arrival for r in run)
+    order = sorted(run, key=lambda r: (r.arrival, r.rid))
+    scheduled: dict[str, float] = {}
+    events: list[SimEvent] = []
+
+    def note_step() -> None:
+        step = core.current_step()
+        if step is not None:
+            for rid in step.prefill_rids:
+                scheduled.setdefault(rid, step.start)
+
+    i = 0
+    while True:
+        end, arrival = core.next_time(), order[i].arrival - t0 if i < len(order) else math.inf
+        if end is not None and end <= arrival:  # a step ending at an arrival completes before it is queued
+            note_step()
+            events += core.advance(end, per_token=False)
+        elif i < len(order):
+            r = order[i]
+            events += core.advance(arrival, per_token=False)
+            core.submit(arrival, SimRequest(r.rid, r.input_tokens, r.output_tokens, output_tokens=r.output_tokens))
+            i += 1
+        else:
+            break
+    first = {e.rid: e.time for e in events if e.kind == "first_token"}
+    last = {e.rid: e.time for e in events if e.kind == "finish"}
+    return [Timed(r.rid, r.arrival - t0, r.input_tokens, r.output_tokens, first[r.rid], last[r.rid],
+                  scheduled.get(r.rid)) for r in order]
+
+
+def latencies(run: list[Timed]) -> dict[str, list[float]]:
+    """Per request, ms: TTFT = first token - arrival, TPOT = (last - first) / (output - 1) (requests
+    with more than one output token), E2E = last token - arrival (vLLM's and LLMServingSim's)."""
+    return {
+        "ttft": [(r.first_token - r.arrival) * 1e3 for r in run],
+        "tpot": [(r.last_token - r.first_token) / (r.output_tokens - 1) * 1e3 for r in run if r.output_tokens > 1],
+        "e2e": [(r.last_token - r.arrival) * 1e3 for r in run],
+    }
+
+
+def summarize(values: list[float]) -> dict[str, float]:
+    """Mean, median and p90/p95/p99 (linear interpolation between order statistics, numpy's default)."""
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "median": float(np.median(v)),
+            **{f"p{q}": float(np.percentile(v, q)) for q in (90, 95, 99)}}
+
+
+def compare(real: list[Timed], sim: list[Timed]) -> list[tuple[str, str, float, float, float]]:
+    """(metric, stat, real, simulated, difference in % of real) for every metric and statistic."""
+    rl, sl = latencies(real), latencies(sim)
+    rows = []
+    for m in METRICS:
+        rs, ss = summarize(rl[m]), summarize(sl[m])
+        rows += [(m, st, rs[st], ss[st], (ss[st] / rs[st] - 1.0) * 100.0) for st in STATS]
+    return rows
+
+
+def load_reference_summary(path: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
+    """LLMServingSim's validation/summary.txt: (metric, stat) -> (real, their simulator, their diff %)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        m = re.match(r"\s*(TTFT|TPOT|Latency)\s+(Mean|Median|P90|P95|P99)\s+([-\d.]+)\s+([-\d.]+)\s+([-+\d.]+)%", line)
+        if m:
+            out[(_SUMMARY_NAMES[m[1]], m[2].lower())] = (float(m[3]), float(m[4]), float(m[5]))
+    return out
+
+
+def check_run(path: Path, profile: SimProfile, seed: int = 0) -> bool:
+    """Check 5: print the side-by-side table; True if every sluice figure is within the tolerance."""
+    real = load_run(path)
+    sim = replay_run(profile, real, seed)
+    folder = path if path.is_dir() else path.parent
+    ref_path = next((p for p in (folder / "validation/summary.txt", folder.parent / "validation/summary.txt")
+                     if p.exists()), None)
+    ref = load_reference_summary(ref_path) if ref_path else {}
+    print(f"5. measured run {path} ({len(real)} requests) replayed on {profile.name}"
+          f" ({'derived from ' + profile.calibration['derived_from'] if 'derived_from' in profile.calibration else 'profile'})")
+    print(f"   {'metric':<6} {'stat':<6} {'real':>10} {'LLMServingSim':>14} {'diff':>7} {'sluice':>10} {'diff':>7}")
+    worst = 0.0
+    for m, st, r, s_, d in compare(real, sim):
+        their = ref.get((m, st))
+        theirs = f"{their[1]:14.1f} {their[2]:+6.1f}%" if their else f"{'-':>14} {'':>7}"
+        print(f"   {m:<6} {st:<6} {r:10.1f} {theirs} {s_:10.1f} {d:+6.1f}%")
+        worst = max(worst, abs(d))
+    good = worst <= RUN_TOLERANCE_PCT
+    print(f"   every sluice figure within {RUN_TOLERANCE_PCT:.0f} %: largest |diff| {worst:.1f} %"
+          f"   {'PASS' if good else 'FAIL'}")
+    waits = [[(r.scheduled - r.arrival) * 1e3 for r in run if r.scheduled is not None] for run in (real, sim)]
+    if all(waits):
+        (rm, rmed), (sm, smed) = ((statistics.mean(w), statistics.median(w)) for w in waits)
+        print(f"   (info) queue wait (scheduled - arrival) mean / median ms: real {rm:.0f} / {rmed:.0f},"
+              f" sluice {sm:.0f} / {smed:.0f}")
+    fcfs = ["yes" if all(a.scheduled <= b.scheduled for a, b in zip(run, run[1:])) else "no"  # type: ignore[operator]
+            for run in (sorted(real, key=lambda r: r.arrival), sim) if all(r.scheduled is not None for r in run)]
+    if fcfs:
+        print(f"   (info) scheduled in arrival order (FCFS): {' / '.join(fcfs)} (real / sluice)")
+    return good
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="h100-llama3.1-8b")
     ap.add_argument("--seeds", type=int, default=5, help="workload seeds for checks 2 and 3")
     ap.add_argument("--raw", action="store_true",
                     help="use the uncorrected fit (calibration.raw_step) to show what the corrections change")
+    ap.add_argument("--run", type=Path, default=RUN_DIR,
+                    help="a measured run to replay (LLMServingSim's requests.jsonl format; file or folder)")
+    ap.add_argument("--run-profile", default=RUN_PROFILE, help="the profile the run is replayed on")
+    ap.add_argument("--only-run", action="store_true", help="only check 5 (the measured run)")
     args = ap.parse_args(argv)
+    if args.only_run:
+        if not args.run.exists():
+            print(f"no measured run at {args.run}", file=sys.stderr)
+            return 2
+        return 0 if check_run(args.run, load_profile(args.run_profile)) else 1
     profile = load_profile(args.profile)
     if args.raw:
         raw = profile.calibration.get("raw_step")
@@ -170,8 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     for n in (8192, 32768, 131072):
         t, t_lin = single_ttft(profile, n), single_ttft(linear, n)
         floor = ATTN_FLOPS_PER_PAIR * n * n / 2 / H100_BF16
-        print(f"   (info) one {n:>6}-token prompt: TTFT {t * 1e3:8.0f} ms (linear model {t_lin * 1e3:6.0f} ms;"
+        print(f"   (info) one {n:>6}-token prompt: TTFT {t * 1e3:8.0f} ms (same a, b without f {t_lin * 1e3:6.0f} ms;"
               f" its attention {(t - t_lin) * 1e3:6.0f} ms vs {floor * 1e3:5.0f} ms at H100's BF16 peak)")
+    if args.run.exists():
+        ok &= check_run(args.run, load_profile(args.run_profile))
+    else:
+        print(f"5. skipped: no measured run at {args.run}")
     print(f"profile {profile.name}; {args.seeds} seeds; {time.perf_counter() - t0:.1f} s wall")
     return 0 if ok else 1
 
