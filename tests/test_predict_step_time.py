@@ -86,11 +86,11 @@ def test_prior_attention_term_is_used_without_data():
     assert m.prefill_std(8192, 120_000) > m.prefill_std(8192)  # less sure far from any data
 
 
-def test_context_is_validated_and_positional_weight_still_works():
+def test_context_is_validated():
     m = StepTimeModel(LONG)
     assert not m.observe_prefill(100, 0.01, context=-1)
-    assert not m.observe_prefill(100, 0.01, context=math.nan)
-    assert m.observe_prefill(100, 0.01, 0.5)  # weight, positionally, as before the context argument
+    assert not m.observe_prefill(100, 0.01, math.nan)
+    assert m.observe_prefill(100, 0.01, 500.0, weight=0.5)  # context third, as the core's StepModel has it
     assert m.state()["prefill"]["rejected"] == 2 and m.state()["prefill"]["observations"] == 1
 
 

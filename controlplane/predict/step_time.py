@@ -172,8 +172,8 @@ class StepTimeModel:
         self._decode = _RLS(d0, np.maximum(prior_rel_std * np.abs(d0), d_floor), decode_noise_s, forgetting)
 
     # -- observations -------------------------------------------------------------------------
-    def observe_prefill(self, tokens: float, seconds: float, weight: float = 1.0, *,
-                        context: float = 0.0) -> bool:
+    def observe_prefill(self, tokens: float, seconds: float, context: float = 0.0, *,
+                        weight: float = 1.0) -> bool:
         """One prefill of `tokens` uncached prompt tokens after `context` tokens already in the KV (its
         prefix-cache hit; earlier chunks when a chunk is observed) took `seconds`. False if ignored."""
         if not (_ok(tokens, seconds, weight) and math.isfinite(context) and context >= 0):
