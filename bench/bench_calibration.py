@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import re
@@ -261,7 +262,7 @@ def check_run(path: Path, profile: SimProfile, seed: int = 0) -> bool:
         (rm, rmed), (sm, smed) = ((statistics.mean(w), statistics.median(w)) for w in waits)
         print(f"   (info) queue wait (scheduled - arrival) mean / median ms: real {rm:.0f} / {rmed:.0f},"
               f" sluice {sm:.0f} / {smed:.0f}")
-    fcfs = ["yes" if all(a.scheduled <= b.scheduled for a, b in zip(run, run[1:])) else "no"  # type: ignore[operator]
+    fcfs = ["yes" if all(a.scheduled <= b.scheduled for a, b in itertools.pairwise(run)) else "no"  # type: ignore[operator]
             for run in (sorted(real, key=lambda r: r.arrival), sim) if all(r.scheduled is not None for r in run)]
     if fcfs:
         print(f"   (info) scheduled in arrival order (FCFS): {' / '.join(fcfs)} (real / sluice)")

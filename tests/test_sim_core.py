@@ -103,7 +103,7 @@ def test_cached_prefix_is_context_for_the_computed_tokens():
     step = core.current_step()
     # b hits 1024 cached tokens and computes 76 that attend to them (not free: the KV is read)
     assert step.n_prefill == 76 and step.prefill_pairs == 76 * (1024 + 38)
-    first = [e for e in run_all(core) if e.kind == "first_token"][0]
+    first = next(e for e in run_all(core) if e.kind == "first_token")
     assert first.cached_tokens == 1024
     assert first.time - t == pytest.approx(A + B * 76 + F * 76 * (1024 + 38))
 
