@@ -83,7 +83,7 @@ class Recorder:
         if tr is not None and tr.sampled:
             self._emit_spans(ticket, tr, row)
         if self.store is not None:
-            self.store.record_request(row)
+            self.store.record_request(row, wait=False)  # on the event loop: never waits for room
         if self.metrics is not None:
             self.metrics.observe_request(row)
 
@@ -119,7 +119,7 @@ class Recorder:
     def decision(self, d: Decision) -> None:
         if self.store is not None:  # inputs/outputs: fresh dicts from the core, JSON-encoded by the writer
             self.store.record_decision_fresh(d.ts, d.rid, d.tenant, d.kind, d.reason, d.engine, d.policy_version,
-                                             d.inputs, d.outputs)
+                                             d.inputs, d.outputs, wait=False)
         if self.metrics is not None and d.kind in ("admit", "defer", "reject", "expire"):
             self.metrics.observe_decision(d.kind, d.reason)
 

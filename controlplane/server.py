@@ -57,6 +57,7 @@ class Telemetry:
         return self.last_gpus, self.gpus.status
 
     def trace_of(self, rid: str) -> dict[str, Any] | None:
+        """Blocking (a flush, then a DuckDB query): the admin API runs it off the event loop."""
         if self.store is None:
             return None
         self.store.flush(timeout_s=5)
@@ -74,7 +75,7 @@ class Telemetry:
                 self.last_gpus = await asyncio.to_thread(self.gpus.sample)
                 self.metrics.set_gpu_samples(self.last_gpus)
                 if self.store is not None and self.last_gpus:
-                    self.store.record_gpu_samples(self.last_gpus)
+                    self.store.record_gpu_samples(self.last_gpus, wait=False)
                 core = sluice.core
                 if core is not None:
                     self.metrics.set_queue_depths({n: core.scheduler.queued(n) for n in core.scheduler.tenants})
@@ -89,7 +90,7 @@ class Telemetry:
 
     def routes(self) -> list[Any]:
         async def metrics(request: Request) -> Response:
-            body, ctype = self.metrics.render()
+            body, ctype = await asyncio.to_thread(self.metrics.render)  # store stats and a few thousand lines
             return Response(body, media_type=ctype)
 
         return [Route("/metrics", metrics, methods=["GET"]), *otlp_routes(self.receiver)]
@@ -107,6 +108,7 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        app.state.loop = asyncio.get_running_loop()  # for tests and benchmarks that watch it
         await sluice.start()
         sampler: asyncio.Task[None] | None = None
         try:

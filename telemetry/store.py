@@ -15,6 +15,7 @@ Durability rules (see docs/telemetry.md):
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
@@ -163,6 +164,10 @@ class Store:
         self._closing = False
         self._closed = False
         self._thread: threading.Thread | None = None
+        # rows from callers that must not wait (wait=False) when their queue was full
+        self._spill: collections.deque[tuple[str, list[dict[str, Any]], bool]] = collections.deque()
+        self._spilled = 0
+        self._spill_thread: threading.Thread | None = None
         if autostart:
             self.start()
 
@@ -181,6 +186,7 @@ class Store:
         with self._cond:
             if self._thread is None or self._closed:
                 return self._pending_total() == 0
+            self._cond.wait_for(lambda: not self._spill and self._spilled == 0, timeout_s)  # spilled rows too
             self._flush_requested += 1
             target = self._flush_requested
             self._cond.notify_all()
@@ -192,6 +198,8 @@ class Store:
         with self._cond:
             if self._closed:
                 return
+            # rows spilled by callers that could not wait go in first (the writer makes room)
+            self._cond.wait_for(lambda: not self._spill and self._spilled == 0, timeout_s)
             self._closing = True
             self._cond.notify_all()
         thread = self._thread
@@ -224,11 +232,15 @@ class Store:
 
     # ------------------------------------------------------------------ writing
 
-    def record_request(self, row: Mapping[str, Any]) -> bool:
-        """Queue one complete request row (keys: the ``requests`` columns; ``rid`` required)."""
+    def record_request(self, row: Mapping[str, Any], *, wait: bool = True) -> bool:
+        """Queue one complete request row (keys: the ``requests`` columns; ``rid`` required).
+
+        ``wait=False`` (callers on an event loop): never wait for room in a full queue; the row is
+        handed to the spill thread, which waits for it (see Durability in docs/telemetry.md).
+        """
         if not row.get("rid"):
             raise ValueError("requests: rid is required")
-        return self._put("requests", [coerce_row("requests", row)])
+        return self._put("requests", [coerce_row("requests", row)], wait)
 
     def record_decision(self, row: Mapping[str, Any]) -> bool:
         """Queue one decision row (``ts`` defaults to now; ``inputs``/``outputs`` dicts become JSON)."""
@@ -237,7 +249,8 @@ class Store:
         return self._put("decisions", [r])
 
     def record_decision_fresh(self, ts: float, rid: str, tenant: str | None, kind: str, reason: str | None,
-                              engine: str | None, policy_version: int | None, inputs: Any, outputs: Any) -> bool:
+                              engine: str | None, policy_version: int | None, inputs: Any, outputs: Any,
+                              *, wait: bool = True) -> bool:
         """Queue one decision from already well-typed values (the serving hot path).
 
         ``inputs``/``outputs`` may be dicts: they are JSON-encoded on the writer thread, so the
@@ -245,7 +258,7 @@ class Store:
         """
         return self._put("decisions", [{"ts": ts, "rid": rid, "tenant": tenant, "kind": kind, "reason": reason,
                                         "engine": engine, "policy_version": policy_version, "inputs": inputs,
-                                        "outputs": outputs}])
+                                        "outputs": outputs}], wait)
 
     def record_policy_change(self, row: Mapping[str, Any]) -> bool:
         """Queue one audit-log row asynchronously (prefer ``record_policy_change_now``)."""
@@ -282,14 +295,14 @@ class Store:
         r.setdefault("ts", time.time())
         return self._put("gpu_samples", [r])
 
-    def record_gpu_samples(self, rows: Iterable[Mapping[str, Any]]) -> bool:
+    def record_gpu_samples(self, rows: Iterable[Mapping[str, Any]], *, wait: bool = True) -> bool:
         now = time.time()
         batch = []
         for row in rows:
             r = coerce_row("gpu_samples", row)
             r.setdefault("ts", now)
             batch.append(r)
-        return self._put("gpu_samples", batch) if batch else True
+        return self._put("gpu_samples", batch, wait) if batch else True
 
     def record_spans(self, rows: list[dict[str, Any]], events: list[dict[str, Any]] | None = None) -> bool:
         """Queue span rows and their event rows (as built by tracing/otlp_receiver; not coerced).
@@ -309,7 +322,7 @@ class Store:
         r.setdefault("ts", time.time())
         return r
 
-    def _put(self, table: str, rows: list[dict[str, Any]]) -> bool:
+    def _put(self, table: str, rows: list[dict[str, Any]], wait: bool = True) -> bool:
         lossy = table in LOSSY_TABLES
         limit = self.max_pending_spans if lossy else self.max_pending
         with self._cond:
@@ -319,6 +332,8 @@ class Store:
                     log.error("store closed: %d %s rows lost", len(rows), table)
                     self._dead_letter(table, rows, "store closed")
                 return False
+            if not lossy and not wait and self._pending(table) + len(rows) > limit and self._thread is not None:
+                return self._spill_rows(table, rows)
             if not lossy and self._pending(table) + len(rows) > limit and self._thread is not None:
                 self._cond.notify_all()
                 self._cond.wait_for(
@@ -340,12 +355,47 @@ class Store:
                 self._cond.notify_all()
             return True
 
+    def _spill_rows(self, table: str, rows: list[dict[str, Any]]) -> bool:
+        """A full durable queue and a caller that must not wait (called with the lock held): the
+        spill thread waits for room on its behalf; past ``max_pending`` spilled rows, the rows are
+        counted lost and dead-lettered, by the spill thread too (no file I/O for the caller)."""
+        if self._spilled + len(rows) > self.max_pending:
+            self._dropped[table] += len(rows)
+            self._spill.append((table, rows, False))
+            ok = False
+        else:
+            self._spilled += len(rows)
+            self._spill.append((table, rows, True))
+            ok = True
+        if self._spill_thread is None:
+            self._spill_thread = threading.Thread(target=self._run_spill, name="sluice-store-spill", daemon=True)
+            self._spill_thread.start()
+        self._cond.notify_all()
+        return ok
+
+    def _run_spill(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._spill or self._closed)
+                if not self._spill:
+                    return
+                table, rows, keep = self._spill.popleft()
+            if keep:
+                self._put(table, rows, True)  # waits for room up to block_timeout_s, then dead-letters
+                with self._cond:
+                    self._spilled -= len(rows)
+                    self._cond.notify_all()
+            else:
+                log.error("store queue for %s full and %d rows already spilled: %d rows lost", table,
+                          self.max_pending, len(rows))
+                self._dead_letter(table, rows, "queue full")
+
     def _pending(self, table: str) -> int:
         retry = self._retry[table]
         return len(self._queues[table]) + (len(retry[0]) if retry else 0)
 
     def _pending_total(self) -> int:
-        return sum(self._pending(t) for t in TABLES) + len(self._sync)
+        return sum(self._pending(t) for t in TABLES) + len(self._sync) + self._spilled
 
     # ------------------------------------------------------------------ the writer thread
 
@@ -602,6 +652,7 @@ class Store:
                 "last_flush_ts": self._last_flush_ts,
                 "last_error": self._last_error,
                 "lag_s": max(0.0, now - min(firsts)) if firsts else 0.0,
+                "spilled": self._spilled,
                 "closed": self._closed,
             }
 

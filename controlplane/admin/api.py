@@ -9,6 +9,7 @@ import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.requests import Request
@@ -35,6 +36,12 @@ class AdminAPI:
         self.token = token
         self.gpus = gpus or (lambda: ([], "no GPU: no sampler configured"))
         self.trace_lookup = trace
+        # store reads (a flush, then DuckDB) never run on the event loop; two at a time at most, so
+        # a burst of lookups cannot take every thread of the default executor
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sluice-admin-io")
+
+    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # -- plumbing ---------------------------------------------------------------------------
     def _guard(self, handler: Handler) -> Handler:
@@ -175,7 +182,7 @@ class AdminAPI:
         """
         limit = _int_param(request, "limit", 50, 1000)
         # the store's audit log, across restarts; read off the event loop
-        return JSONResponse({"changes": await asyncio.to_thread(self.policies.changes, limit)})
+        return JSONResponse({"changes": await self._off_loop(self.policies.changes, limit)})
 
     # -- tenants ----------------------------------------------------------------------------
     async def _tenant_change(self, request: Request, changes: dict[str, Any], reason: str) -> Response:
@@ -242,7 +249,7 @@ class AdminAPI:
           404: {description: Unknown request or no trace stored.}
         """
         rid = request.path_params["rid"]
-        trace = self.trace_lookup(rid) if self.trace_lookup else None
+        trace = await self._off_loop(self.trace_lookup, rid) if self.trace_lookup else None
         if trace is None:
             raise ApiError(404, f"no trace stored for request {rid!r}", code="trace_not_found")
         return JSONResponse(trace)
