@@ -470,8 +470,8 @@ def run_virtual(
     record_decisions: keep every decision as the `decisions` table row the gateway writes (for audit).
     torch_expert / train_every: the output-length predictor's MLP expert, trained inline every
         `train_every` finishes (deterministic for the seed).
-    service_difference: compute VTC's max service difference between backlogged tenants (O(pairs x
-        knots)); default: when there are at most 12 tenants.
+    service_difference: compute VTC's max service difference between backlogged tenants (exact for
+        any number of tenants; pass False to skip it); default: on.
     """
     if isinstance(policy, str):
         policy = default_policy(policy, weights=weights)
@@ -572,7 +572,7 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks:
     for tenant, start in run.backlog_start.items():  # still backlogged at the horizon
         run.backlogged.setdefault(tenant, []).append((start, makespan))
     if want_sd is None:
-        want_sd = len(groups) <= 12
+        want_sd = True  # exact for any number of tenants (fairness.metrics.service_difference)
     ticks = list(np.linspace(0.0, max(duration, 1e-9), n_ticks + 1)[1:]) if n_ticks else None
     fs = fairness_summary(served, weights, run.backlogged if want_sd else None, ticks)
     sd = fs.get("service_difference")

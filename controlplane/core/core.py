@@ -453,6 +453,15 @@ class DecisionCore:
         w_dfr = max(active[DEFERRABLE], self.scheduler.tiers[DEFERRABLE].backlogged_weight, 1e-9)
         return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
 
+    def _latency_urgent(self, now: float) -> bool:
+        """Whether the latency tier's head has waited a quarter of its TTFT budget."""
+        head = self.scheduler.tiers[LATENCY].scheduler.peek()
+        if head is None:
+            return False
+        t = self.requests[str(head[1])]
+        budget = self.policy.slo(t.slo_class).ttft_budget_ms(t.spec.prompt_tokens)
+        return budget is not None and now - t.arrival >= 0.25 * self.policy.admission_margin * budget / 1e3
+
     def _feasible_alone(self, x: AdmissionInputs) -> bool:
         """Whether the request would meet its TTFT on an idle engine (else its refusal says
         nothing about load)."""
@@ -502,7 +511,8 @@ class DecisionCore:
     def _pump(self, now: float) -> list[Action]:
         actions: list[Action] = []
         while True:
-            for q in self.scheduler.order(now, lambda tier: self._active_weight_at(now)[tier]):
+            for q in self.scheduler.order(now, lambda tier: self._active_weight_at(now)[tier],
+                                          self._latency_urgent(now)):
                 head = q.scheduler.peek()
                 if head is None:  # only paused tenants have queued requests
                     continue

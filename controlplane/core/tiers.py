@@ -15,7 +15,10 @@ take everything (fairness inverts). Interleaving by weighted share instead:
   decayed with time constant HORIZON_S;
 - the next request comes from the tier whose service / share is lower (the latency tier on ties),
   so over the horizon each tier gets its weighted share and, at shorter scales, whichever tier is
-  behind goes first. Within a tier, the policy's scheduler chooses;
+  behind goes first, except that the latency tier's head goes first once it has used a quarter
+  of its TTFT budget waiting (a deferrable tier paying back a lag would otherwise make admitted
+  interactive requests miss: the deferrable one has a deadline of minutes, not a TTFT). Within a
+  tier, the policy's scheduler chooses;
 - while the latency tier is refusing requests for lack of capacity (not ones that no engine could
   serve in time even idle), a deferrable tier ahead of its share dispatches nothing: its requests
   wait (they have a deadline, not a TTFT), and the capacity goes to the refused tier. This is what
@@ -92,13 +95,15 @@ class TieredQueue:
             q.backlogged_weight -= self._weight(tenant)
             del q.tenant_tokens[tenant]
 
-    def order(self, now: float, active_weight: Callable[[str], float]) -> list[Tier]:
+    def order(self, now: float, active_weight: Callable[[str], float], latency_urgent: bool) -> list[Tier]:
         """Tiers with queued requests, the one to serve first first (module docstring)."""
         ready = [q for q in self.tiers.values() if q.queued]
         if len(ready) < 2:
             return ready
         lat, dfr = ready
-        return [dfr, lat] if self.ahead_of_share(lat, now, active_weight) else [lat, dfr]
+        if not latency_urgent and self.ahead_of_share(lat, now, active_weight):
+            return [dfr, lat]
+        return [lat, dfr]
 
     def ahead_of_share(self, q: Tier, now: float, active_weight: Callable[[str], float]) -> bool:
         """Whether tier `q` has had more service per unit of weight than the other tier."""
