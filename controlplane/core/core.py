@@ -454,9 +454,10 @@ class DecisionCore:
         return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
 
     def _latency_urgent(self, now: float) -> bool:
-        """Whether the latency tier's head has waited a quarter of its TTFT budget."""
+        """Whether the latency tier's head has waited a quarter of its TTFT budget (with admission
+        on: it then bounds the latency queue, so this cannot starve the deferrable tier)."""
         head = self.scheduler.tiers[LATENCY].scheduler.peek()
-        if head is None:
+        if head is None or not self.policy.admission:
             return False
         t = self.requests[str(head[1])]
         budget = self.policy.slo(t.slo_class).ttft_budget_ms(t.spec.prompt_tokens)

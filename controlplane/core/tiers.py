@@ -15,8 +15,8 @@ take everything (fairness inverts). Interleaving by weighted share instead:
   decayed with time constant HORIZON_S;
 - the next request comes from the tier whose service / share is lower (the latency tier on ties),
   so over the horizon each tier gets its weighted share and, at shorter scales, whichever tier is
-  behind goes first, except that the latency tier's head goes first once it has used a quarter
-  of its TTFT budget waiting (a deferrable tier paying back a lag would otherwise make admitted
+  behind goes first, except that (with admission on) the latency tier's head goes first once it
+  has used a quarter of its TTFT budget waiting (a deferrable tier paying back a lag would otherwise make admitted
   interactive requests miss: the deferrable one has a deadline of minutes, not a TTFT). Within a
   tier, the policy's scheduler chooses;
 - while the latency tier is refusing requests for lack of capacity (not ones that no engine could
