@@ -92,7 +92,14 @@ class SchedulerConfig:
 class TelemetryConfig:
     trace_sample_ratio: float = 1.0  # spans only; request rows are never sampled
     otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318/v1/traces
-    otlp_receiver_port: int | None = None  # a dedicated OTLP/HTTP port besides the serve port
+    otlp_receiver_port: int | None = None  # its own OTLP/HTTP listener (then not on the serve port)
+    otlp_receiver_host: str | None = None  # that listener's address; None = [server] host
+    otlp_receiver_auth: str = "auto"  # auto (token required beyond loopback) | token | none
+    otlp_receiver_token_env: str = "SLUICE_OTLP_TOKEN"  # the receiver's token comes from this variable...
+    otlp_receiver_token_file: str | None = None  # ...or from this file
+    otlp_max_bytes: int = 16 << 20  # per request, after decompression (413 beyond)
+    otlp_max_spans: int = 10_000  # per request; the rest are rejected (partial success)
+    otlp_max_concurrent_decodes: int = 2  # more at once get 503 + Retry-After
     retention_days: float | None = 7.0
     flush_interval_s: float = 1.0
 
@@ -124,6 +131,12 @@ class Config:
         for c in self.slo_classes.values():
             if c.on_miss not in ("reject", "defer"):
                 raise ConfigError(f"slo class {c.name!r}: on_miss must be 'reject' or 'defer'")
+        t = self.telemetry
+        if t.otlp_receiver_auth not in ("auto", "token", "none"):
+            raise ConfigError("[telemetry] otlp_receiver_auth must be 'auto', 'token' or 'none'")
+        for key in ("otlp_max_bytes", "otlp_max_spans", "otlp_max_concurrent_decodes"):
+            if not isinstance(getattr(t, key), int) or getattr(t, key) < 1:
+                raise ConfigError(f"[telemetry] {key} must be a positive integer")
         for e in self.engines:
             if e.kind not in ("sim", "sglang", "sglang-inprocess"):
                 raise ConfigError(f"engine {e.name!r}: unknown kind {e.kind!r}")

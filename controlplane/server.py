@@ -4,8 +4,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
+import os
 import time
+from pathlib import Path
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -26,7 +29,7 @@ from engine_adapter.base import Engine
 from telemetry import queries
 from telemetry.metrics import Metrics
 from telemetry.nvml import CombinedGpuSource, GpuSampler, SimulatedGpuSource
-from telemetry.otlp_receiver import OtlpReceiver, otlp_routes
+from telemetry.otlp_receiver import OtlpReceiver, OtlpServer, otlp_routes
 from telemetry.store import Store
 from telemetry.tracing import setup_tracing
 
@@ -44,7 +47,9 @@ class Telemetry:
             self.metrics.bind_store(self.store)
         provider = setup_tracing("sluice", t.trace_sample_ratio, self.store, t.otlp_endpoint)
         self.recorder = Recorder(self.store, self.metrics, provider)
-        self.receiver = OtlpReceiver(self.store)
+        self.config = config
+        self.receiver, self.receiver_warning = otlp_receiver(config, self.store)
+        self.otlp_server: OtlpServer | None = None
         simulated = [e for e in engines.values() if hasattr(e, "gpu")]
         sources: list[Any] = [GpuSampler()]
         if simulated:
@@ -93,7 +98,71 @@ class Telemetry:
             body, ctype = await asyncio.to_thread(self.metrics.render)  # store stats and a few thousand lines
             return Response(body, media_type=ctype)
 
-        return [Route("/metrics", metrics, methods=["GET"]), *otlp_routes(self.receiver)]
+        routes = [Route("/metrics", metrics, methods=["GET"])]
+        if self.config.telemetry.otlp_receiver_port is None:  # else on its own listener (start_otlp_server)
+            routes.extend(otlp_routes(self.receiver))
+        return routes
+
+    def start_otlp_server(self) -> None:
+        """Blocking: the receiver's own listener, when `[telemetry] otlp_receiver_port` is set."""
+        t = self.config.telemetry
+        if t.otlp_receiver_port is None:
+            return
+        host = t.otlp_receiver_host or self.config.server.host
+        self.otlp_server = OtlpServer(self.receiver, host=host, port=t.otlp_receiver_port,
+                                      uvicorn_options=listener_options(self.config)).start()
+
+    def stop_otlp_server(self) -> None:
+        if self.otlp_server is not None:
+            self.otlp_server.stop()
+            self.otlp_server = None
+
+
+def is_loopback(host: str) -> bool:
+    """True when `host` only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: assume it resolves beyond loopback
+
+
+def secret(path: str | None, env: str | None) -> str | None:
+    """A token from a file (first) or an environment variable; None when neither holds one."""
+    if path:
+        return Path(path).read_text().strip() or None
+    return (os.environ.get(env) or None) if env else None
+
+
+def otlp_receiver(config: Config, store: Store | None) -> tuple[OtlpReceiver, str | None]:
+    """The OTLP receiver as configured, and a warning when it refuses everything for want of a token.
+
+    `otlp_receiver_auth`: "auto" requires a token when one is configured or when the receiver's
+    listener is bound beyond loopback; "token" always requires one; "none" never does.
+    """
+    t = config.telemetry
+    host = (t.otlp_receiver_host or config.server.host) if t.otlp_receiver_port is not None else config.server.host
+    token = secret(t.otlp_receiver_token_file, t.otlp_receiver_token_env) if t.otlp_receiver_auth != "none" else None
+    require = t.otlp_receiver_auth == "token" or (t.otlp_receiver_auth == "auto" and not is_loopback(host))
+    reason = warning = None
+    if token is None and require:
+        where = f"${t.otlp_receiver_token_env}" + (f" or {t.otlp_receiver_token_file}" if t.otlp_receiver_token_file
+                                                    else "")
+        why = ("otlp_receiver_auth = 'token'" if t.otlp_receiver_auth == "token"
+               else f"the OTLP receiver listens beyond loopback ({host})")
+        reason = (f"{why} and no token is configured ({where} is empty): every span is refused; set the token, "
+                  "or [telemetry] otlp_receiver_auth = 'none' to accept spans from anyone")
+        warning = f"sluice: {reason}"
+    receiver = OtlpReceiver(store, t.otlp_max_bytes, max_spans=t.otlp_max_spans,
+                            max_concurrent=t.otlp_max_concurrent_decodes, token=token, require_token=require,
+                            closed_reason=reason or "")
+    return receiver, warning
+
+
+def listener_options(config: Config) -> dict[str, Any]:
+    """uvicorn options shared by every listener of the process."""
+    return {}
 
 
 def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
@@ -119,11 +188,15 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
             gc.collect()
             gc.freeze()
             sampler = asyncio.create_task(telemetry.sample_loop(sluice, config.telemetry.retention_days))
+            if telemetry.receiver_warning:
+                log.warning("%s", telemetry.receiver_warning)
+            await asyncio.to_thread(telemetry.start_otlp_server)
             yield
         finally:
             gc.unfreeze()
             if sampler is not None:
                 sampler.cancel()
+            await asyncio.to_thread(telemetry.stop_otlp_server)
             await sluice.stop()
             telemetry.recorder.close()  # flush spans and rows, checkpoint the DuckDB file
 

@@ -7,6 +7,11 @@
 * Undecodable data: 400 with a ``google.rpc.Status`` body. Spans with bad ids are rejected one by
   one and reported as partial success (200, ``partial_success.rejected_spans`` + message).
 * A full store answers 503 with ``Retry-After`` (retryable per the spec).
+* At most ``max_spans`` spans per request are decoded; the rest are counted and reported as
+  rejected (partial success). Protobuf is walked on the wire and decoded span by span, so no C
+  call holds the GIL for a whole body; the ASGI routes decode in a worker thread, at most
+  ``max_concurrent`` at a time (503 + ``Retry-After`` past that).
+* An optional bearer token (401 ``UNAUTHENTICATED`` without it, before the body is read).
 * Legacy GenAI attribute names are mapped onto the current ones (the raw keys are kept), and
   huge attribute values are truncated.
 
@@ -17,6 +22,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import threading
@@ -33,10 +39,15 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.common.v1.common_pb2 import InstrumentationScope
+from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 log = logging.getLogger("sluice.telemetry.otlp_receiver")
 
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # the spec's recommended limit (after decompression)
+DEFAULT_MAX_SPANS = 10_000  # per request; the rest are rejected (partial success)
+DEFAULT_MAX_CONCURRENT = 2  # decodes at a time; more get 503 + Retry-After
 MAX_ATTR_CHARS = 8192  # longer string values are truncated
 MAX_ARRAY_ITEMS = 256  # longer arrays are truncated
 MAX_ATTRIBUTES = 512  # per span / event / resource; the rest are dropped
@@ -191,12 +202,174 @@ def parse_request(raw: bytes, media_type: str) -> ExportTraceServiceRequest:
         raise _BadData(f"invalid JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _BadData("OTLP-JSON body must be an object")
+    return _from_json_doc(doc)
+
+
+def _from_json_doc(doc: dict[str, Any]) -> ExportTraceServiceRequest:
+    req = ExportTraceServiceRequest()
     _fix_json_ids(doc)
     try:
         json_format.ParseDict(doc, req, ignore_unknown_fields=True)
     except (json_format.ParseError, ValueError, TypeError, RecursionError) as exc:
         raise _BadData(f"invalid OTLP-JSON ExportTraceServiceRequest: {exc}") from None
     return req
+
+
+# Spans in groups that share a resource and a scope: what the conversion needs, without one
+# ExportTraceServiceRequest holding every span (its C parser holds the GIL for the whole body)
+Group = tuple[Any, Any, list[Any]]  # (Resource, InstrumentationScope, [Span])
+
+
+def _varint(buf: memoryview, pos: int, end: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _BadData("truncated or malformed protobuf varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if b < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: memoryview, pos: int, end: int) -> Any:
+    """(field number, start, end) of each length-delimited field in buf[pos:end]; other wire types
+    are skipped, malformed data raises _BadData (what the C parser would refuse)."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _BadData("invalid protobuf field number 0")
+        if wire == 0:
+            _, pos = _varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise _BadData("truncated protobuf: a field runs past the end of its message")
+            yield number, pos, pos + n
+            pos += n
+            continue
+        else:
+            raise _BadData(f"unsupported protobuf wire type {wire}")
+        if pos > end:
+            raise _BadData("truncated protobuf")
+
+
+def _parse(cls: Any, data: bytes | memoryview) -> Any:
+    try:
+        return cls.FromString(data)
+    except (DecodeError, RecursionError, ValueError) as exc:
+        raise _BadData(f"cannot decode ExportTraceServiceRequest protobuf: {cls.__name__}: {exc}") from None
+
+
+def decode_protobuf(raw: bytes, max_spans: int) -> tuple[list[Group], int]:
+    """An ExportTraceServiceRequest as groups holding at most ``max_spans`` spans, and the number of
+    spans in the whole request.
+
+    The wire format is walked two levels down (ResourceSpans, ScopeSpans) and each span is
+    decoded on its own, so no single C call holds the GIL for more than one span, and spans past
+    the cap are only counted, never decoded.
+    """
+    buf = memoryview(raw)
+    groups: list[Group] = []
+    total = 0
+    for number, rs_start, rs_end in _fields(buf, 0, len(buf)):
+        if number != 1:  # resource_spans; anything else is an unknown field
+            continue
+        resource_parts: list[bytes] = []
+        scopes: list[tuple[int, int]] = []
+        for f, start, end in _fields(buf, rs_start, rs_end):
+            if f == 1:
+                resource_parts.append(bytes(buf[start:end]))  # repeated occurrences merge, as in protobuf
+            elif f == 2:
+                scopes.append((start, end))
+        resource = _parse(Resource, b"".join(resource_parts))
+        for start, end in scopes:
+            scope_parts, spans, count = _scope_spans(raw, buf, start, end, max(0, max_spans - total))
+            total += count
+            if spans:
+                groups.append((resource, _parse(InstrumentationScope, b"".join(scope_parts)), spans))
+    return groups, total
+
+
+def _scope_spans(raw: bytes, buf: memoryview, pos: int, end: int, room: int) -> tuple[list[bytes], list[Any], int]:
+    """One ScopeSpans: its scope's bytes, its first ``room`` spans decoded, and how many spans it holds
+    (the rest are skipped over with the cheapest loop that still checks the framing)."""
+    scope_parts: list[bytes] = []
+    spans: list[Any] = []
+    count = 0
+    while pos < end:
+        b = raw[pos]
+        if b == 0x12 and count >= room:  # field 2 (spans), length-delimited, past the cap: count and skip
+            n = raw[pos + 1] if pos + 1 < end else 0x80
+            if n < 0x80:
+                pos += 2 + n
+            else:
+                n, pos = _varint(buf, pos + 1, end)
+                pos += n
+            if pos > end:
+                raise _BadData("truncated protobuf: a span runs past the end of its ScopeSpans")
+            count += 1
+            continue
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _BadData("invalid protobuf field number 0")
+        if wire == 2:
+            n, pos = _varint(buf, pos, end)
+            if pos + n > end:
+                raise _BadData("truncated protobuf: a field runs past the end of its message")
+            if number == 1:
+                scope_parts.append(raw[pos:pos + n])
+            elif number == 2:
+                count += 1
+                spans.append(_parse(Span, buf[pos:pos + n]))
+            pos += n
+        elif wire == 0:
+            _, pos = _varint(buf, pos, end)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        else:
+            raise _BadData(f"unsupported protobuf wire type {wire}")
+    if pos > end:
+        raise _BadData("truncated protobuf")
+    return scope_parts, spans, count
+
+
+def decode_request(raw: bytes, media_type: str, max_spans: int) -> tuple[list[Group], int]:
+    """Groups of at most ``max_spans`` spans and the request's span count, protobuf or OTLP-JSON."""
+    if media_type == PROTOBUF:
+        return decode_protobuf(raw, max_spans)
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise _BadData(f"invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise _BadData("OTLP-JSON body must be an object")
+    total, room = 0, max_spans
+    for rs in _list(doc.get("resourceSpans")):
+        for ss in _list(_dict(rs).get("scopeSpans")):
+            spans = _dict(ss).get("spans")
+            if isinstance(spans, list):
+                total += len(spans)
+                if len(spans) > room:  # past the cap: counted, not converted
+                    del spans[room:]
+                room -= len(spans)
+    req = _from_json_doc(doc)
+    return list(_groups_of(req)), total
+
+
+def _groups_of(req: ExportTraceServiceRequest) -> Any:
+    for rs in req.resource_spans:
+        for ss in rs.scope_spans:
+            yield rs.resource, ss.scope, ss.spans
 
 
 # ---------------------------------------------------------------------- conversion
@@ -280,65 +453,72 @@ def _check_ids(span: Any) -> str | None:
 
 
 def request_to_rows(
-    req: ExportTraceServiceRequest, *, max_attr_chars: int = MAX_ATTR_CHARS, stats: ReceiverStats | None = None
+    req: ExportTraceServiceRequest | list[Group], *, max_attr_chars: int = MAX_ATTR_CHARS,
+    stats: ReceiverStats | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], int, list[str]]:
-    """Rows for ``spans`` and ``span_events``, plus the number of rejected spans and why."""
+    """Rows for ``spans`` and ``span_events``, plus the number of rejected spans and why.
+
+    ``req``: a parsed ExportTraceServiceRequest, or the groups ``decode_request`` gives."""
     conv = _Converter(max_attr_chars, stats or ReceiverStats())
     rows: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     rejected = 0
     problems: list[str] = []
-    for rs in req.resource_spans:
-        rattrs = conv.attrs(rs.resource.attributes)
-        service = str(rattrs.get("service.name") or "unknown_service")
-        resource_json = _json(rattrs)
-        for ss in rs.scope_spans:
-            scope = ss.scope.name or None
-            for span in ss.spans:
-                problem = _check_ids(span)
-                if problem is not None:
-                    rejected += 1
-                    if len(problems) < 5:
-                        problems.append(f"span {span.name[:64]!r}: {problem}")
-                    continue
-                trace_id = span.trace_id.hex()
-                span_id = span.span_id.hex()
-                attrs = normalise_attributes(conv.attrs(span.attributes))
-                links = None
-                if span.links:
-                    links = [
-                        {"trace_id": ln.trace_id.hex(), "span_id": ln.span_id.hex(),
-                         "attributes": conv.attrs(ln.attributes)}
-                        for ln in span.links[:MAX_ARRAY_ITEMS]
-                    ]
-                rows.append(
+    groups = _groups_of(req) if isinstance(req, ExportTraceServiceRequest) else req
+    resources: dict[int, tuple[str, str | None, Any]] = {}  # by id; holds the object so the id stays its own
+    for resource, scope_msg, spans in groups:
+        known = resources.get(id(resource))
+        if known is None:
+            rattrs = conv.attrs(resource.attributes)
+            known = resources[id(resource)] = (str(rattrs.get("service.name") or "unknown_service"), _json(rattrs),
+                                               resource)
+        service, resource_json, _ = known
+        scope = scope_msg.name or None
+        for span in spans:
+            problem = _check_ids(span)
+            if problem is not None:
+                rejected += 1
+                if len(problems) < 5:
+                    problems.append(f"span {span.name[:64]!r}: {problem}")
+                continue
+            trace_id = span.trace_id.hex()
+            span_id = span.span_id.hex()
+            attrs = normalise_attributes(conv.attrs(span.attributes))
+            links = None
+            if span.links:
+                links = [
+                    {"trace_id": ln.trace_id.hex(), "span_id": ln.span_id.hex(),
+                     "attributes": conv.attrs(ln.attributes)}
+                    for ln in span.links[:MAX_ARRAY_ITEMS]
+                ]
+            rows.append(
+                {
+                    "trace_id": trace_id,
+                    "span_id": span_id,
+                    "parent_span_id": span.parent_span_id.hex() if span.parent_span_id else None,
+                    "name": span.name[:max_attr_chars],
+                    "kind": _KIND.get(span.kind, "UNSPECIFIED"),
+                    "service": service,
+                    "scope": scope,
+                    "start_ts": span.start_time_unix_nano / 1e9 if span.start_time_unix_nano else None,
+                    "end_ts": span.end_time_unix_nano / 1e9 if span.end_time_unix_nano else None,
+                    "status_code": _STATUS.get(span.status.code, "UNSET"),
+                    "status_message": span.status.message[:max_attr_chars] or None,
+                    "attributes": _json(attrs),
+                    "resource": resource_json,
+                    "links": _json(links),
+                }
+            )
+            for ev in span.events:
+                events.append(
                     {
                         "trace_id": trace_id,
                         "span_id": span_id,
-                        "parent_span_id": span.parent_span_id.hex() if span.parent_span_id else None,
-                        "name": span.name[:max_attr_chars],
-                        "kind": _KIND.get(span.kind, "UNSPECIFIED"),
-                        "service": service,
-                        "scope": scope,
-                        "start_ts": span.start_time_unix_nano / 1e9 if span.start_time_unix_nano else None,
-                        "end_ts": span.end_time_unix_nano / 1e9 if span.end_time_unix_nano else None,
-                        "status_code": _STATUS.get(span.status.code, "UNSET"),
-                        "status_message": span.status.message[:max_attr_chars] or None,
-                        "attributes": _json(attrs),
-                        "resource": resource_json,
-                        "links": _json(links),
+                        "ts": ev.time_unix_nano / 1e9 if ev.time_unix_nano else None,
+                        "name": ev.name[:max_attr_chars],
+                        "attributes": _json(conv.attrs(ev.attributes)),
                     }
                 )
-                for ev in span.events:
-                    events.append(
-                        {
-                            "trace_id": trace_id,
-                            "span_id": span_id,
-                            "ts": ev.time_unix_nano / 1e9 if ev.time_unix_nano else None,
-                            "name": ev.name[:max_attr_chars],
-                            "attributes": _json(conv.attrs(ev.attributes)),
-                        }
-                    )
     return rows, events, rejected, problems
 
 
@@ -371,14 +551,67 @@ class OtlpReceiver:
         max_bytes: int = DEFAULT_MAX_BYTES,
         *,
         max_attr_chars: int = MAX_ATTR_CHARS,
+        max_spans: int = DEFAULT_MAX_SPANS,
+        max_concurrent: int = DEFAULT_MAX_CONCURRENT,
+        token: str | None = None,
+        require_token: bool = False,
+        closed_reason: str = "",
     ) -> None:
+        """``token``: when set (or ``require_token``), requests must carry ``Authorization: Bearer
+        <token>`` (401 otherwise). ``require_token`` without a token refuses every request, with
+        ``closed_reason`` as the message (a receiver reachable beyond loopback with no token set).
+        ``max_spans`` per request (the rest are rejected, partial success); ``max_concurrent``
+        decodes at a time through the ASGI routes (more: 503 + Retry-After)."""
         if sink is not None and not callable(sink):
             sink = sink.record_spans  # a Store (or anything with record_spans)
         self.sink: Sink | None = sink
         self.max_bytes = int(max_bytes)
         self.max_attr_chars = int(max_attr_chars)
+        self.max_spans = int(max_spans)
+        self.max_concurrent = int(max_concurrent)
+        self.token = token
+        self.require_token = bool(require_token or token)
+        self.closed_reason = closed_reason
         self.stats = ReceiverStats()
         self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(max(1, self.max_concurrent))
+
+    # -- admission of a request, before its body is read -------------------------------------
+    def authorize(self, authorization: str | None, content_type: str | None) -> Response | None:
+        """None when the request may proceed, else the 401 response (counted)."""
+        if not self.require_token:
+            return None
+        if self.token is None:
+            message = self.closed_reason or "this OTLP receiver requires a token and none is configured"
+        else:
+            presented = ""
+            if authorization and authorization[:7].lower() == "bearer ":
+                presented = authorization[7:].strip()
+            if presented and hmac.compare_digest(presented.encode(), self.token.encode()):
+                return None
+            message = ("missing or invalid token: send 'Authorization: Bearer <token>' "
+                       "(OTEL_EXPORTER_OTLP_TRACES_HEADERS=\"Authorization=Bearer <token>\")")
+        media = _media_type(content_type)
+        h, b = _status_body(media if media in (PROTOBUF, JSON) else JSON, code_pb2.UNAUTHENTICATED, message)
+        h["www-authenticate"] = 'Bearer realm="otlp"'
+        self.count(401)
+        return 401, h, b
+
+    def try_acquire(self) -> bool:
+        """A decode slot, without waiting (release it with ``release``)."""
+        return self._slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        self._slots.release()
+
+    def busy(self, content_type: str | None) -> Response:
+        """503 + Retry-After: every decode slot is taken (retryable per the OTLP spec)."""
+        media = _media_type(content_type)
+        h, b = _status_body(media if media in (PROTOBUF, JSON) else JSON, code_pb2.UNAVAILABLE,
+                            f"{self.max_concurrent} OTLP requests are being decoded; retry later")
+        h["retry-after"] = "1"
+        self.count(503)
+        return 503, h, b
 
     def handle(self, body: bytes, content_type: str | None, content_encoding: str | None = None) -> Response:
         status, headers, out = self._handle(body, content_type, content_encoding)
@@ -416,12 +649,18 @@ class OtlpReceiver:
             h, b = _status_body(media, code_pb2.INVALID_ARGUMENT, str(exc))
             return 415, h, b
         try:
-            req = parse_request(raw, media)
+            groups, total = decode_request(raw, media, self.max_spans)
         except _BadData as exc:
             h, b = _status_body(media, code_pb2.INVALID_ARGUMENT, str(exc))
             return 400, h, b
+        del raw
         stats = ReceiverStats()
-        rows, events, rejected, problems = request_to_rows(req, max_attr_chars=self.max_attr_chars, stats=stats)
+        rows, events, rejected, problems = request_to_rows(groups, max_attr_chars=self.max_attr_chars, stats=stats)
+        over = max(0, total - self.max_spans)
+        if over:
+            rejected += over
+            problems.insert(0, f"{over} spans past the limit of {self.max_spans} per request "
+                               "(send smaller batches)")
         if rows and self.sink is not None:
             try:
                 ok = self.sink(rows, events)
@@ -438,7 +677,7 @@ class OtlpReceiver:
             self.stats.truncated_values += stats.truncated_values
         message = ""
         if rejected:
-            message = f"rejected {rejected} of {rejected + len(rows)} spans: " + "; ".join(problems)
+            message = f"rejected {rejected} of {total} spans: " + "; ".join(problems)
         h, b = _ok_body(media, rejected, message)
         return 200, h, b
 
@@ -470,6 +709,10 @@ def otlp_routes(receiver: OtlpReceiver, path: str = "/v1/traces") -> list[Any]:
 
     async def post_traces(request: Request) -> HttpResponse:
         ctype = request.headers.get("content-type")
+        refused = receiver.authorize(request.headers.get("authorization"), ctype)
+        if refused is not None:  # before reading a byte of the body
+            status, headers, out = refused
+            return HttpResponse(out, status_code=status, headers=headers)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > receiver.max_bytes:
             status, headers, out = receiver.too_large(ctype)
@@ -483,11 +726,15 @@ def otlp_routes(receiver: OtlpReceiver, path: str = "/v1/traces") -> list[Any]:
                 return HttpResponse(out, status_code=status, headers=headers)
             chunks.append(chunk)
         body = b"".join(chunks)
-        args = (body, ctype, request.headers.get("content-encoding"))
-        if len(body) > 64 * 1024:
-            status, headers, out = await run_in_threadpool(receiver.handle, *args)
-        else:
-            status, headers, out = receiver.handle(*args)
+        del chunks
+        if not receiver.try_acquire():
+            status, headers, out = receiver.busy(ctype)
+            return HttpResponse(out, status_code=status, headers=headers)
+        try:  # decompression, decoding and conversion never run on the event loop
+            status, headers, out = await run_in_threadpool(receiver.handle, body, ctype,
+                                                           request.headers.get("content-encoding"))
+        finally:
+            receiver.release()
         return HttpResponse(out, status_code=status, headers=headers)
 
     return [Route(path, post_traces, methods=["POST"])]
@@ -507,15 +754,20 @@ class OtlpServer:
     """The receiver on its own port (uvicorn in a daemon thread). ``port=0`` picks a free port."""
 
     def __init__(
-        self, store: Any, host: str = "127.0.0.1", port: int = 4318, max_bytes: int = DEFAULT_MAX_BYTES
+        self, store: Any, host: str = "127.0.0.1", port: int = 4318, max_bytes: int = DEFAULT_MAX_BYTES,
+        *, uvicorn_options: Mapping[str, Any] | None = None
     ) -> None:
+        """``store``: a Store, a sink, or a configured ``OtlpReceiver``; ``uvicorn_options`` are
+        passed to ``uvicorn.Config`` (e.g. ``limit_concurrency``, or ``http`` for a protocol class
+        with read timeouts)."""
         import uvicorn
 
         self.app = otlp_app(store, max_bytes)
         self.receiver: OtlpReceiver = self.app.state.receiver
         self.host = host
-        self._config = uvicorn.Config(self.app, host=host, port=port, log_level="warning", lifespan="off",
-                                      access_log=False)
+        options: dict[str, Any] = {"log_level": "warning", "lifespan": "off", "access_log": False,
+                                   **(uvicorn_options or {})}
+        self._config = uvicorn.Config(self.app, host=host, port=port, **options)
         self._server = uvicorn.Server(self._config)
         self._thread: threading.Thread | None = None
         self.port = port
