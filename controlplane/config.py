@@ -76,6 +76,10 @@ class ServerConfig:
     admin_token_file: str | None = None
     db_path: str = "sluice.duckdb"
     model_name: str = "sluice-default"  # the model name clients use; engines' models are aliases too
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (408 and close)
+    body_timeout_s: float = 30.0  # its body within this of the headers (408 and close)
+    keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
+    max_connections: int = 1024  # open connections; past it a new one gets 503 and is closed
 
 
 @dataclass(slots=True)
@@ -131,6 +135,12 @@ class Config:
         for c in self.slo_classes.values():
             if c.on_miss not in ("reject", "defer"):
                 raise ConfigError(f"slo class {c.name!r}: on_miss must be 'reject' or 'defer'")
+        for key in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+            value = getattr(self.server, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigError(f"[server] {key} must be a number of seconds > 0")
+        if not isinstance(self.server.max_connections, int) or self.server.max_connections < 1:
+            raise ConfigError("[server] max_connections must be a positive integer")
         t = self.telemetry
         if t.otlp_receiver_auth not in ("auto", "token", "none"):
             raise ConfigError("[telemetry] otlp_receiver_auth must be 'auto', 'token' or 'none'")

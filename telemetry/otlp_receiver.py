@@ -703,7 +703,7 @@ def handle_otlp_traces(
 def otlp_routes(receiver: OtlpReceiver, path: str = "/v1/traces") -> list[Any]:
     """Starlette routes for mounting the receiver in another app (e.g. the gateway)."""
     from starlette.concurrency import run_in_threadpool
-    from starlette.requests import Request
+    from starlette.requests import ClientDisconnect, Request
     from starlette.responses import Response as HttpResponse
     from starlette.routing import Route
 
@@ -719,12 +719,15 @@ def otlp_routes(receiver: OtlpReceiver, path: str = "/v1/traces") -> list[Any]:
             return HttpResponse(out, status_code=status, headers=headers)
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > receiver.max_bytes:  # compressed or not, never buffer more than the limit
-                status, headers, out = receiver.too_large(ctype)
-                return HttpResponse(out, status_code=status, headers=headers)
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > receiver.max_bytes:  # compressed or not, never buffer more than the limit
+                    status, headers, out = receiver.too_large(ctype)
+                    return HttpResponse(out, status_code=status, headers=headers)
+                chunks.append(chunk)
+        except ClientDisconnect:  # gone (or its body timed out): nobody to answer
+            return HttpResponse(b"", status_code=400)
         body = b"".join(chunks)
         del chunks
         if not receiver.try_acquire():

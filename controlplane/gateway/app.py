@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
@@ -247,7 +247,10 @@ class Gateway:
             endpoint = self.fast.get(scope["path"])
             if endpoint is not None:
                 return await endpoint(scope, receive, send)
-        await self.starlette(scope, receive, send)  # lifespan, websockets and every other route
+        try:
+            await self.starlette(scope, receive, send)  # lifespan, websockets and every other route
+        except ClientDisconnect:
+            pass  # the client went away (or its body timed out) while a route read the body: no one to answer
 
 
 def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
