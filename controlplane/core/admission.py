@@ -15,7 +15,11 @@ The forecast is a small queueing model over SGLang's chunked-prefill scheduler (
   queue ahead in sluice is costed as requests of its mean prompt length;
 - a busy engine first finishes the step in progress: half a step on average;
 - the k-th request ahead of a full window waits for the k-th predicted departure of the requests
-  in flight (past the last one, further departures come at rate window / mean_service);
+  in flight (past the last one, further departures come at rate window / mean_service), or, if
+  sooner, the geometric mean of that and k departures at the rate requests have been finishing
+  lately: a departure predicted from progress inherits the step model's error on the whole
+  decode (10 % of a 5 s decode is half a second), the observed rate does not but is optimistic
+  when departures come in bursts;
 - prefill of other requests rides in the decode steps: at a prefill rate of L tokens/s and R
   requests/s, a step takes  (s + a*min(1, R*s)) / (1 - b*L);
 - with a TPOT SLO, sluice meters prompt tokens into the engine (a token bucket of `budget` tokens
@@ -54,6 +58,7 @@ class EngineView:
     meter_rate: float  # tokens/s the meter refills at (0: no meter)
     prefill_f: float = 0.0  # attention: seconds per new token x context token
     waiting_attention_s: float = 0.0  # attention seconds of the prompts the engine has yet to prefill
+    departure_rate: float = 0.0  # requests/s that finished on this engine lately
 
     @property
     def free_slots(self) -> int:
@@ -93,9 +98,14 @@ class EngineView:
             return 0.0
         j = int(ahead - self.free_slots)
         if j < len(self.departures):
-            return self.departures[j]
-        last = self.departures[-1] if self.departures else 0.0
-        return last + (j - len(self.departures) + 1) * self.mean_service_s / max(self.window, 1)
+            wait = self.departures[j]
+        else:
+            last = self.departures[-1] if self.departures else 0.0
+            wait = last + (j - len(self.departures) + 1) * self.mean_service_s / max(self.window, 1)
+        if self.departure_rate > 0:  # a steady window drains at the rate requests have been finishing
+            # the geometric mean: the rate alone is optimistic when departures come in bursts
+            wait = min(wait, math.sqrt(wait * (j + 1) / self.departure_rate))
+        return wait
 
 
 @dataclass(frozen=True, slots=True)

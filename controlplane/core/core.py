@@ -84,6 +84,7 @@ class EngineState:
     profile: StepProfile | None = None  # the model's estimate, refreshed with each load report
     prefilled: float = 0.0  # cumulative prompt tokens dispatched
     dispatched: int = 0  # cumulative requests dispatched
+    finishes: deque[float] = field(default_factory=deque)  # times of the finishes over the last RATE_WINDOW_S
     recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, prompt tokens) of dispatches
     recent_tokens: float = 0.0
 
@@ -153,10 +154,12 @@ class DecisionCore:
             code, wait = limited
             return refuse(429, code, f"rate limit exceeded for tenant {spec.tenant!r}", wait)
 
-        predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
-            spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
         tier = tier_of(cls)
         self._arrived(now, spec.tenant, tier)
+        if self._over_share(now, tier):
+            return refuse(429, "over_share", _REJECT_MESSAGES["over_share"], 1.0, tier=tier)
+        predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
+            spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
         cost = max(1.0, spec.prompt_tokens * (1.0 - self._hit_rate.get(spec.tenant, 0.0)))
         inputs = self._admission_inputs(now, spec, cls_name, predicted, tier, cost)
         result = decide(inputs)
@@ -206,6 +209,7 @@ class DecisionCore:
             raise KeyError(f"finish for unknown or undispatched request {rid!r}")
         eng = self.engines[t.engine]
         del eng.in_flight[rid]
+        eng.finishes.append(now)
         if t.first_token_at is None:
             eng.waiting_tokens -= t.prompt_cost
             eng.waiting_attention_s -= t.attention_s
@@ -319,7 +323,9 @@ class DecisionCore:
             need = min(len(eng.in_flight), int(ahead - view.free_slots) + 1)
             departures = tuple(heapq.nsmallest(need, (self._remaining(t, now, step)
                                                       for t in eng.in_flight.values())))
-        return replace(view, mean_service_s=view.prefill_through(self._mean_prompt, batch, kv) + self._mean_output * step,
+        while eng.finishes and eng.finishes[0] < now - RATE_WINDOW_S:
+            eng.finishes.popleft()
+        return replace(view, departure_rate=len(eng.finishes) / RATE_WINDOW_S, mean_service_s=view.prefill_through(self._mean_prompt, batch, kv) + self._mean_output * step,
                        departures=departures)
 
     @staticmethod
@@ -453,15 +459,20 @@ class DecisionCore:
         w_dfr = max(active[DEFERRABLE], self.scheduler.tiers[DEFERRABLE].backlogged_weight, 1e-9)
         return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
 
-    def _latency_urgent(self, now: float) -> bool:
-        """Whether the latency tier's head has waited a quarter of its TTFT budget (with admission
-        on: it then bounds the latency queue, so this cannot starve the deferrable tier)."""
-        head = self.scheduler.tiers[LATENCY].scheduler.peek()
-        if head is None or not self.policy.admission:
+    def _deferrable_starving(self, now: float) -> bool:
+        """Whether the deferrable tier's head has waited a quarter of its deadline."""
+        head = self.scheduler.tiers[DEFERRABLE].scheduler.peek()
+        if head is None:
             return False
         t = self.requests[str(head[1])]
-        budget = self.policy.slo(t.slo_class).ttft_budget_ms(t.spec.prompt_tokens)
-        return budget is not None and now - t.arrival >= 0.25 * self.policy.admission_margin * budget / 1e3
+        return t.deadline is not None and now - t.arrival >= 0.25 * (t.deadline - t.arrival)
+
+    def _over_share(self, now: float, tier: str) -> bool:
+        """With admission, the latency tier runs first; it is held to its weighted share by refusing
+        its new requests while it is ahead of that share and the deferrable tier is starving."""
+        return (self.policy.admission and tier == LATENCY and self._deferrable_starving(now)
+                and self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now,
+                                                  lambda name: self._active_weight_at(now)[name]))
 
     def _feasible_alone(self, x: AdmissionInputs) -> bool:
         """Whether the request would meet its TTFT on an idle engine (else its refusal says
@@ -513,7 +524,7 @@ class DecisionCore:
         actions: list[Action] = []
         while True:
             for q in self.scheduler.order(now, lambda tier: self._active_weight_at(now)[tier],
-                                          self._latency_urgent(now)):
+                                          self.policy.admission):
                 head = q.scheduler.peek()
                 if head is None:  # only paused tenants have queued requests
                     continue
@@ -608,7 +619,7 @@ class DecisionCore:
         # Per-request timings mix other requests' work into every step; learn step times only from
         # the clean cases where the step composition is known: a prefill on an idle engine (one
         # step of a + b*tokens), a decode with no prefill dispatched meanwhile (steps of
-        # c + d*batch + e*kv). Forecast bias under load is corrected by the calibration factors.
+        # c + d*batch + e*kv).
         if ttft is not None and t.batch_at_dispatch == 1 and t.engine_waiting_at_dispatch == 0:
             eng.model.observe_prefill(computed, ttft, context=report.cached_tokens)
         if tpot is not None and eng.dispatched == t.dispatched_at_first_token:
@@ -674,6 +685,7 @@ class DecisionCore:
 _LOAD_REASONS = ("ttft_unattainable", "tpot_unattainable", "protects_running")
 
 _REJECT_MESSAGES = {
+    "over_share": "the tenant's SLO tier is above its fair share while another tier waits",
     "ttft_unattainable": "the time-to-first-token SLO cannot be met at the current load",
     "tpot_unattainable": "the time-per-output-token SLO cannot be met at the current load",
     "protects_running": "admitting the request would push running requests past their SLO",

@@ -95,13 +95,13 @@ class TieredQueue:
             q.backlogged_weight -= self._weight(tenant)
             del q.tenant_tokens[tenant]
 
-    def order(self, now: float, active_weight: Callable[[str], float], latency_urgent: bool) -> list[Tier]:
+    def order(self, now: float, active_weight: Callable[[str], float], latency_first: bool) -> list[Tier]:
         """Tiers with queued requests, the one to serve first first (module docstring)."""
         ready = [q for q in self.tiers.values() if q.queued]
         if len(ready) < 2:
             return ready
         lat, dfr = ready
-        if not latency_urgent and self.ahead_of_share(lat, now, active_weight):
+        if not latency_first and self.ahead_of_share(lat, now, active_weight):
             return [dfr, lat]
         return [lat, dfr]
 
