@@ -38,13 +38,24 @@ def _run(main: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from controlplane.server import serve
+    from controlplane.server import StartupError, serve
 
-    config = _config(args)
-    print(f"sluice: serving on http://{config.server.host}:{config.server.port} "
-          f"({len(config.engines)} engine(s): {', '.join(e.name + '/' + e.kind for e in config.engines)})",
-          file=sys.stderr)
-    _run(serve(config))
+    try:
+        config = _config(args)
+    except OSError as exc:  # the dev setup writes its keys into --state-dir
+        print(f"sluice: cannot use the state directory {args.state_dir}/: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+
+    def announce() -> None:  # once the socket is bound and start-up is complete, never before
+        print(f"sluice: serving on http://{config.server.host}:{config.server.port} "
+              f"({len(config.engines)} engine(s): {', '.join(e.name + '/' + e.kind for e in config.engines)})",
+              file=sys.stderr)
+
+    try:
+        _run(serve(config, announce))
+    except StartupError as exc:
+        print(f"sluice: cannot start: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

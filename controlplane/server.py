@@ -9,9 +9,10 @@ import logging
 import os
 import time
 from pathlib import Path
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import duckdb
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -31,7 +32,7 @@ from telemetry import queries
 from telemetry.metrics import Metrics
 from telemetry.nvml import CombinedGpuSource, GpuSampler, SimulatedGpuSource
 from telemetry.otlp_receiver import OtlpReceiver, OtlpServer, otlp_routes
-from telemetry.store import Store
+from telemetry.store import Store, StoreError
 from telemetry.tracing import setup_tracing
 
 log = logging.getLogger("sluice")
@@ -323,7 +324,35 @@ def uvicorn_config(app: Any, host: str, port: int, config: Config | None = None)
                           access_log=False, timeout_graceful_shutdown=5, **options)
 
 
-async def serve(config: Config) -> None:
-    app, _ = create_app(config)
-    server = uvicorn.Server(uvicorn_config(app, config.server.host, config.server.port, config))
+class StartupError(Exception):
+    """`sluice serve` cannot start; the message is one line for the operator."""
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, announcing itself only once its socket is bound and start-up is done."""
+
+    def __init__(self, config: uvicorn.Config, announce: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._announce = announce
+
+    async def startup(self, sockets: Any = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._announce is not None:
+            self._announce()
+
+
+async def serve(config: Config, announce: Callable[[], None] | None = None) -> None:
+    """Open everything that can fail (the store first), then serve; `announce()` once serving.
+
+    Raises StartupError (one line) when the store's file is locked by another process or its
+    directory is not writable, and when start-up did not complete (the reason is logged)."""
+    try:
+        app, _ = create_app(config)
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
+    except (duckdb.Error, OSError) as exc:
+        raise StartupError(f"cannot open the store {config.server.db_path}: {exc}") from None
+    server = _Server(uvicorn_config(app, config.server.host, config.server.port, config), announce)
     await server.serve()
+    if not server.started:
+        raise StartupError("start-up failed (the reason is logged above)")

@@ -55,6 +55,10 @@ class StoreLockedError(StoreError):
     """The DuckDB file is held by another process (or another Store in this process)."""
 
 
+class StoreUnwritableError(StoreError):
+    """The store's directory cannot be written (read-only file system, permissions, not a directory)."""
+
+
 class StoreClosedError(StoreError):
     """The store was closed."""
 
@@ -111,6 +115,8 @@ class Store:
         self.fault_hook = fault_hook
         self.dead_letter_path = self.path + ".lost.jsonl" if self.path != ":memory:" else None
 
+        if self.path != ":memory:":
+            _check_writable(self.path)
         self._key = os.path.realpath(self.path) if self.path != ":memory:" else f":memory:{id(self)}"
         with _open_paths_lock:
             if self._key in _open_paths:
@@ -692,6 +698,24 @@ def _is_data_error(exc: BaseException) -> bool:
     import pyarrow as pa
 
     return isinstance(exc, (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, duckdb.ConversionException))
+
+
+def _check_writable(path: str) -> None:
+    """Raise StoreUnwritableError unless the file's directory takes new files (DuckDB's WAL and the
+    dead-letter file go there) and an existing file can be opened for writing."""
+    import tempfile
+
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".sluice-write-check-"):
+            pass
+        if os.path.exists(path):
+            with open(path, "r+b"):
+                pass
+    except OSError as exc:
+        why = exc.strerror or str(exc)
+        raise StoreUnwritableError(f"{path}: cannot write to {directory} ({why}); the store needs a writable "
+                                   "directory for its file, its write-ahead log and its dead-letter file") from None
 
 
 def open_read_only(path: str | os.PathLike[str]) -> duckdb.DuckDBPyConnection:
