@@ -104,6 +104,10 @@ class TelemetryConfig:
     otlp_max_bytes: int = 16 << 20  # per request, after decompression (413 beyond)
     otlp_max_spans: int = 10_000  # per request; the rest are rejected (partial success)
     otlp_max_concurrent_decodes: int = 2  # more at once get 503 + Retry-After
+    metrics_token_env: str = "SLUICE_METRICS_TOKEN"  # when set, GET /metrics needs this bearer token...
+    metrics_token_file: str | None = None  # ...or the one in this file (the admin token works too)
+    metrics_tenant_labels: bool = True  # false: no tenant names in /metrics (tenant="all" on every series)
+    metrics_max_tenants: int = 50  # tenants with a label of their own; later ones are "other"
     retention_days: float | None = 7.0
     flush_interval_s: float = 1.0
 
@@ -144,6 +148,11 @@ class Config:
         t = self.telemetry
         if t.otlp_receiver_auth not in ("auto", "token", "none"):
             raise ConfigError("[telemetry] otlp_receiver_auth must be 'auto', 'token' or 'none'")
+        if not isinstance(t.metrics_tenant_labels, bool):
+            raise ConfigError("[telemetry] metrics_tenant_labels must be true or false")
+        if isinstance(t.metrics_max_tenants, bool) or not isinstance(t.metrics_max_tenants, int) \
+                or t.metrics_max_tenants < 0:
+            raise ConfigError("[telemetry] metrics_max_tenants must be an integer >= 0")
         for key in ("otlp_max_bytes", "otlp_max_spans", "otlp_max_concurrent_decodes"):
             if not isinstance(getattr(t, key), int) or getattr(t, key) < 1:
                 raise ConfigError(f"[telemetry] {key} must be a positive integer")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hmac
 import ipaddress
 import logging
 import os
@@ -44,7 +45,10 @@ class Telemetry:
     def __init__(self, config: Config, engines: dict[str, Engine], *, store: bool = True) -> None:
         t = config.telemetry
         self.store = Store(config.server.db_path, flush_interval_s=t.flush_interval_s) if store else None
-        self.metrics = Metrics()
+        self.metrics = Metrics(t.metrics_max_tenants, hide_tenants=not t.metrics_tenant_labels)
+        self.metrics_tokens = [tok for tok in (secret(t.metrics_token_file, t.metrics_token_env),) if tok]
+        if self.metrics_tokens and config.admin_token():
+            self.metrics_tokens.append(config.admin_token())  # type: ignore[arg-type]
         if self.store is not None:
             self.metrics.bind_store(self.store)
         provider = setup_tracing("sluice", t.trace_sample_ratio, self.store, t.otlp_endpoint)
@@ -97,6 +101,10 @@ class Telemetry:
 
     def routes(self) -> list[Any]:
         async def metrics(request: Request) -> Response:
+            if self.metrics_tokens and not _bearer_matches(request.headers.get("authorization"), self.metrics_tokens):
+                err = ApiError(401, "/metrics needs 'Authorization: Bearer <metrics token>' (Prometheus: "
+                               "authorization.credentials in the scrape config)", code="unauthorized")
+                return Response(err.to_bytes(), 401, headers={k.decode(): v.decode() for k, v in err.headers()})
             body, ctype = await asyncio.to_thread(self.metrics.render)  # store stats and a few thousand lines
             return Response(body, media_type=ctype)
 
@@ -118,6 +126,13 @@ class Telemetry:
         if self.otlp_server is not None:
             self.otlp_server.stop()
             self.otlp_server = None
+
+
+def _bearer_matches(header: str | None, tokens: list[str]) -> bool:
+    if not header or header[:7].lower() != "bearer ":
+        return False
+    presented = header[7:].strip().encode()
+    return any(hmac.compare_digest(presented, tok.encode()) for tok in tokens)
 
 
 def is_loopback(host: str) -> bool:

@@ -18,6 +18,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 OTHER = "other"
+HIDDEN = "all"  # the one tenant label value when tenant names are hidden
 
 # OpenTelemetry GenAI semconv advisory buckets (seconds)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -49,12 +50,25 @@ class _Bounded:
         return OTHER
 
 
-class Metrics:
-    """All of sluice's Prometheus metrics. Every method is cheap and thread-safe."""
+class _Hidden:
+    """Every tenant as one label value: no tenant name in any series."""
 
-    def __init__(self, max_tenants: int = 50, *, max_engines: int = 64, max_reasons: int = 32) -> None:
+    def __call__(self, value: Any) -> str:
+        return HIDDEN
+
+
+class Metrics:
+    """All of sluice's Prometheus metrics. Every method is cheap and thread-safe.
+
+    ``hide_tenants``: every series that has a ``tenant`` label reports ``tenant="all"`` (the sum
+    over tenants), so scrapers see no tenant names; per-tenant detail stays in DuckDB and the
+    admin API.
+    """
+
+    def __init__(self, max_tenants: int = 50, *, max_engines: int = 64, max_reasons: int = 32,
+                 hide_tenants: bool = False) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self.tenant_label = _Bounded(max_tenants)
+        self.tenant_label: Any = _Hidden() if hide_tenants else _Bounded(max_tenants)
         self.engine_label = _Bounded(max_engines)
         self.reason_label = _Bounded(max_reasons)
         self.class_label = _Bounded(32)
