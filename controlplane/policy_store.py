@@ -210,6 +210,8 @@ class PolicyStore:
                                code="version_conflict", param="expected_version")
             try:
                 after = apply_patch(before, changes)
+                if self.sluice.core is not None:  # e.g. a class that queued requests still belong to
+                    self.sluice.core.check_policy(after)
             except (PolicyError, TypeError, RecursionError) as exc:
                 raise ApiError(422, f"invalid policy change: {exc}", code="invalid_policy") from None
             record = {"version": after.version, "ts": time.time(), "actor": actor, "reason": reason.strip(),

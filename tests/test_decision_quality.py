@@ -164,3 +164,30 @@ def test_per_class_outcomes_and_tokens_goodput() -> None:
     assert r.overall.goodput_tps == pytest.approx(sum(x.input_tokens + x.output_tokens for x in good) / r.duration_s)
     assert 0.0 <= r.fairness["jain_demand"] <= 1.0
     assert r.per_tenant["a"].fair_ratio is not None
+
+
+def test_scenarios_are_deterministic_and_carry_their_tenants_classes() -> None:
+    from replay.scenarios import MATRIX_CLASSES, build_scenario, scenario_policy
+
+    a, b = build_scenario("vtc-weighted", span_s=20), build_scenario("vtc-weighted", span_s=20)
+    assert [r.to_json() for r in a.requests] == [r.to_json() for r in b.requests]
+    policy = scenario_policy(a, "wrr", True)
+    assert {t: p.weight for t, p in policy.tenants.items()} == {"client0": 1.0, "client1": 2.0, "client2": 3.0,
+                                                                 "client3": 4.0}
+    assert policy.slo_classes == MATRIX_CLASSES and policy.admission
+    with pytest.raises(ValueError, match="unknown scenario"):
+        build_scenario("nope")
+
+
+def test_mooncake_scenario_keeps_a_prefix_within_one_tenant() -> None:
+    from replay.loaders import shared_trace
+    from replay.scenarios import build_scenario
+
+    if not shared_trace("synthetic_trace.jsonl").exists():
+        pytest.skip("shared traces absent")
+    sc = build_scenario("mooncake", span_s=300)
+    owner: dict[int, str] = {}
+    for r in sc.requests:
+        if r.hash_ids:
+            assert owner.setdefault(r.hash_ids[0], r.tenant) == r.tenant
+    assert {s.slo_class for s in sc.tenants.values()} == {"interactive", "batch"}

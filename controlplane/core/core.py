@@ -227,7 +227,7 @@ class DecisionCore:
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.tiers[t.tier].scheduler.finish(t.spec.tenant, t.work, Outcome(
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
-            gpu_seconds=eng.profile.prefill_time(computed) + report.completion_tokens * (
+            gpu_seconds=eng.profile.prefill_time(computed, report.cached_tokens) + report.completion_tokens * (
                 eng.profile.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
         tpm = self._tpm.get(t.spec.tenant)
         if tpm is not None:  # reconcile the tokens/min charge with the truth

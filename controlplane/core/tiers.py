@@ -7,25 +7,25 @@ tier is its own fair queue (the policy's scheduler: fcfs, vtc, equinox or wrr) o
 Why two: in one fair queue a batch tenant's 12k-token prompt is as likely to be next as an
 interactive request, and once dispatched it holds a window slot and the prefill meter for seconds,
 so admission refuses the interactive tenants, who are then never backlogged, and the batch tenants
-take everything (fairness inverts). Interleaving by weighted share instead:
+take everything (fairness inverts). Instead each tier gets its weighted share:
 
-- each tier's *share* is the summed weight of its active tenants (queued now, or dispatched within
-  the last RATE_WINDOW_S) over that of both tiers;
+- each tier's *share* is the summed weight of its active tenants (that sent a request within the
+  last RATE_WINDOW_S, refused ones too, or have one queued) over that of both tiers;
 - each tier's *service* is the token cost (w_p * prompt + w_q * predicted output) it dispatched,
   decayed with time constant HORIZON_S;
-- the next request comes from the tier whose service / share is lower (the latency tier on ties),
-  so over the horizon each tier gets its weighted share and, at shorter scales, whichever tier is
-  behind goes first, except that (with admission on) the latency tier's head goes first once it
-  has used a quarter of its TTFT budget waiting (a deferrable tier paying back a lag would otherwise make admitted
-  interactive requests miss: the deferrable one has a deadline of minutes, not a TTFT). Within a
-  tier, the policy's scheduler chooses;
+- without admission, the next request comes from the tier whose service / share is lower (the
+  latency tier on ties), so over the horizon each tier gets its weighted share;
+- with admission, the latency tier goes first (its queue is bounded by admission: what could not
+  start within its TTFT was refused), and is held to its share from the other side: while it is
+  ahead of its share and the deferrable tier's head has waited a quarter of its deadline, new
+  latency requests are refused (`over_share`, DecisionCore._over_share);
 - while the latency tier is refusing requests for lack of capacity (not ones that no engine could
   serve in time even idle), a deferrable tier ahead of its share dispatches nothing: its requests
-  wait (they have a deadline, not a TTFT), and the capacity goes to the refused tier. This is what
-  makes refusals fall on the tier furthest above its fair share.
+  wait (they have a deadline, not a TTFT), and the capacity goes to the refused tier.
 
-The core additionally keeps window slots free for the latency tier (see `DecisionCore._pump`), so
-an interactive request rarely waits for a long batch request to finish.
+So refusals fall on the tier furthest above its fair share. Within a tier, the policy's scheduler
+chooses. The core also keeps window slots and prefill headroom free for the latency tier
+(`DecisionCore._leaves_room`), so an interactive request rarely waits for a long batch request.
 """
 from __future__ import annotations
 
