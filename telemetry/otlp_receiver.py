@@ -590,7 +590,7 @@ class OtlpReceiver:
             if presented and hmac.compare_digest(presented.encode(), self.token.encode()):
                 return None
             message = ("missing or invalid token: send 'Authorization: Bearer <token>' "
-                       "(OTEL_EXPORTER_OTLP_TRACES_HEADERS=\"Authorization=Bearer <token>\")")
+                       "(OTEL_EXPORTER_OTLP_TRACES_HEADERS=\"Authorization=Bearer%20<token>\")")
         media = _media_type(content_type)
         h, b = _status_body(media if media in (PROTOBUF, JSON) else JSON, code_pb2.UNAUTHENTICATED, message)
         h["www-authenticate"] = 'Bearer realm="otlp"'
