@@ -110,7 +110,7 @@ def reconcile(config_policy: Policy, latest: dict[str, Any] | None, *, now: floa
     if base is None:  # written by an older sluice: the previous start's config is unknown
         return Restored(persisted, None, _kept(persisted, cfg, "the audit log does not say what the config file "
                                                                "gave at the previous start"), differs)
-    patch = merge_diff(_unversioned(base), _unversioned(cfg))
+    patch = merge_diff(_unversioned(_normalised(base)), _unversioned(cfg))
     if not patch:
         return Restored(persisted, None, _kept(persisted, cfg, "the config file is unchanged since the previous "
                                                                "start"), differs)
@@ -125,6 +125,15 @@ def reconcile(config_policy: Policy, latest: dict[str, Any] | None, *, now: floa
                   f"the persisted policy v{persisted.version} ({exc}); the config file's policy applies whole")
     record = _record(policy.version, ts, reason, persisted.to_dict(), policy, cfg)
     return Restored(policy, record, reason, bool(merge_diff(_unversioned(cfg), _unversioned(policy.to_dict()))))
+
+
+def _normalised(doc: dict[str, Any]) -> dict[str, Any]:
+    """A recorded policy document as this sluice writes it: fields added since it was recorded take
+    their defaults (so an upgrade is not mistaken for an edited config file)."""
+    try:
+        return policy_from_dict(doc).to_dict()
+    except (PolicyError, TypeError, ValueError):
+        return doc
 
 
 def _kept(persisted: Policy, cfg: dict[str, Any], why: str) -> str:

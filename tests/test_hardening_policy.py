@@ -121,6 +121,11 @@ def test_reconcile_rule():
     r = reconcile(cfg, row)
     assert r.policy == live and r.record is None and r.differs_from_config
     assert "tenants.acme.weight" in r.message
+    # a baseline recorded before a field existed: the field's default is no edit of the file
+    old_base = cfg.to_dict()
+    old_base["tenants"]["acme"].pop("rate_limit_tpm")
+    r = reconcile(cfg, {**row, "config": old_base})
+    assert r.policy == live and r.record is None
     # a row from an older sluice (no config baseline): the persisted policy is kept, said so
     r = reconcile(cfg, {**row, "config": None})
     assert r.policy == live and r.record is None and "does not say" in r.message
