@@ -365,8 +365,10 @@ async def serve(config: Config, announce: Callable[[], None] | None = None) -> N
         app, _ = create_app(config)
     except StoreError as exc:
         raise StartupError(str(exc)) from None
-    except (duckdb.Error, OSError) as exc:
+    except duckdb.Error as exc:
         raise StartupError(f"cannot open the store {config.server.db_path}: {exc}") from None
+    except OSError as exc:  # a token file, the store's directory...
+        raise StartupError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
     server = _Server(uvicorn_config(app, config.server.host, config.server.port, config), announce)
     await server.serve()
     if not server.started:
