@@ -85,7 +85,7 @@ class Equinox(Scheduler):
         if a <= 0:
             return "R", 0.0
         m_user, m_res = self.means()
-        if m_res <= 0:  # every backlogged R is 0: any finite k orders by U
+        if a * m_res <= 0:  # every backlogged R is 0 (or so small it underflows): any finite k orders by U
             return ("U", self._k) if self._mode == "U" else ("U", 0.0)
         if m_user <= 0:  # every backlogged U is 0: order by R
             return ("U", self._k) if self._mode == "U" and self._k > 0 else ("R", 0.0)

@@ -11,11 +11,13 @@ from fairness import FCFS, POLICIES, VTC, WRR, Equinox, Outcome, Scheduler, Work
 
 TENANTS = ["a", "b", "c", "d"]
 
+# GPU seconds: 0 or physical magnitudes (a subnormal 5e-324 s makes R's mean numerically meaningless)
+_gpu = st.just(0.0) | st.floats(1e-6, 1)
 _push = st.tuples(st.just("push"), st.sampled_from(TENANTS), st.integers(0, 40), st.integers(0, 40),
-                  st.none() | st.floats(0, 1))
+                  st.none() | _gpu)
 _pop = st.tuples(st.just("pop"))
 _finish = st.tuples(st.just("finish"), st.integers(0, 10_000), st.integers(0, 50), st.integers(0, 50),
-                    st.floats(0, 1), st.floats(0, 0.1))
+                    st.floats(0, 1), st.just(0.0) | st.floats(1e-6, 0.1))
 # pushes, pops and finishes dominate, so that several tenants are backlogged at most decisions
 ops = st.lists(
     st.one_of(
@@ -542,3 +544,12 @@ def test_wrr_decision_is_at_most_two_passes_when_every_head_needs_many_visits() 
         assert visits <= 3 * 3  # two passes of at most 3 visits, and the skip's look at each tenant
     # c (quantum 2) needs 500k rounds, a 1M, b 1.5M: DRR's order, without a million turns
     assert order == ["c", "a", "b"]
+
+
+def test_equinox_survives_a_resource_mean_that_underflows() -> None:
+    """alpha * mean(R) can round to 0 while mean(R) > 0 (a subnormal GPU time): no ZeroDivisionError."""
+    s = Equinox({"a": 1.0}, alpha=0.5)
+    s.push("a", 1, Work(0, 1, gpu_seconds=5e-324))
+    s.push("a", 2, Work(0, 0))
+    s.pop()
+    assert s.peek() == ("a", 2, Work(0, 0))
