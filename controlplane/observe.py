@@ -10,8 +10,9 @@ sluice's queue (queue wait = root start -> `dispatch`, also `sluice.queue_ms`).
 The spans are built whole when the request ends (`SluiceTracerProvider.emit`): only their ids
 and the sampling decision are made on arrival and at dispatch. A request that is not sampled
 costs two random ids and a traceparent string (sent to the engine with the sampled flag clear).
-Rows: one `requests` row per request (never sampled), one `decisions` row per decision (its
-inputs/outputs JSON is encoded on the store's writer thread), the policy audit log.
+Rows: one `requests` row per request (never sampled), one `decisions` row per decision (the
+driver's `decision_row`, as replay records it; its inputs/outputs JSON is encoded on the store's
+writer thread), the policy audit log.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from controlplane.core.events import Decision
+from controlplane.driver import decision_row
 from telemetry.metrics import Metrics
 from telemetry.store import Store
 from telemetry.tracing import GenAI, Sluice, SluiceTracerProvider, request_span_attributes
@@ -118,8 +120,7 @@ class Recorder:
 
     def decision(self, d: Decision) -> None:
         if self.store is not None:  # inputs/outputs: fresh dicts from the core, JSON-encoded by the writer
-            self.store.record_decision_fresh(d.ts, d.rid, d.tenant, d.kind, d.reason, d.engine, d.policy_version,
-                                             d.inputs, d.outputs, wait=False)
+            self.store.record_decision_fresh(**decision_row(d), wait=False)
         if self.metrics is not None and d.kind in ("admit", "defer", "reject", "expire"):
             self.metrics.observe_decision(d.kind, d.reason)
 

@@ -20,15 +20,16 @@ from typing import Any
 
 from controlplane.config import Config, TenantConfig, hash_key
 from controlplane.core.core import DecisionCore
-from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
-from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
+from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, RequestSpec
+from controlplane.core.policy import Policy, SLOClassPolicy
+from controlplane.driver import (LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, policy_from_config,
+                                 slo_met)
 from controlplane.gateway.errors import ApiError
 from controlplane.gateway.openai_api import CompletionRequest
 from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
-from controlplane.predict.step_time import StepTimeModel
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest, StepProfile
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest
 
 log = logging.getLogger("sluice")
 
@@ -37,20 +38,7 @@ log = logging.getLogger("sluice")
 # serves requests.
 TRAIN_SHARE = 0.1
 
-# A step-time prior for engines that report none (a real SGLang server): H100-class, 8B model.
-DEFAULT_PROFILE = StepProfile(prefill_a=0.008, prefill_b=0.00006, decode_c=0.007, decode_d=0.00005, decode_e=2e-8)
-
-
-def policy_from_config(config: Config) -> Policy:
-    s = config.scheduler
-    return Policy(
-        version=1, scheduler=s.policy, holistic_alpha=s.holistic_alpha, admission=s.admission,
-        admission_margin=s.admission_margin, pass_priority=s.pass_priority, window=s.window,
-        slo_classes={n: SLOClassPolicy(c.ttft_ms, c.tpot_ms, c.deadline_s, c.on_miss, c.priority, c.ttft_ms_per_ktok)
-                     for n, c in config.slo_classes.items()},
-        tenants={t.name: TenantPolicy(t.weight, t.slo_class, False, t.rate_limit_rps, t.rate_limit_tpm)
-                 for t in config.tenants},
-    ).validate()
+__all__ = ["Sluice", "Ticket", "policy_from_config"]  # policy_from_config (driver.py): policy_store reads it here
 
 
 @dataclass(slots=True)
@@ -77,7 +65,7 @@ class Ticket:
 
 class Sluice:
     def __init__(self, config: Config, engines: dict[str, Engine], *, recorder: Any = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, predictor: OutputLengthPredictor | None = None) -> None:
         self.config = config
         self.engines = engines
         self.clock = clock
@@ -87,8 +75,9 @@ class Sluice:
         self.model_names = {config.server.model_name} | {e.model for e in config.engines}
         self.tickets: dict[str, Ticket] = {}
         self.core: DecisionCore | None = None
+        self.driver: Driver | None = None
         self.infos: dict[str, Any] = {}
-        self.predictor = OutputLengthPredictor(seed=0, torch_expert=True)
+        self.predictor = predictor if predictor is not None else OutputLengthPredictor(seed=0, torch_expert=True)
         self.errors = ForecastErrors()
         self.stats = LiveStats()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
@@ -108,14 +97,13 @@ class Sluice:
             except EngineError as exc:
                 raise RuntimeError(f"engine {name!r} is not reachable: {exc}") from None
             self.infos[name] = info
-            p = info.profile or DEFAULT_PROFILE
-            spec = EngineSpec(name, info.max_total_tokens, p.prefill_a, p.prefill_b, p.decode_c, p.decode_d,
-                              p.decode_e)
-            specs.append((spec, StepTimeModel(p)))
+            specs.append(engine_model(name, info))
         self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, _ForecastTee(self))
-        self._tasks = [asyncio.create_task(self._poll_engines()), asyncio.create_task(self._tick())]
-        if self.predictor.mlp is not None:  # import torch now, not under load with the GIL held
-            await asyncio.to_thread(_import_torch)
+        self.driver = Driver(self.core, _TicketSink(self))
+        self._tasks = [asyncio.create_task(self._cadence())]
+        if self.predictor.mlp is None:
+            return  # nothing to train in the background
+        await asyncio.to_thread(_import_torch)  # import torch now, not under load with the GIL held
         self._trainer = threading.Thread(target=self._train, name="sluice-trainer", daemon=True)
         self._trainer.start()
 
@@ -139,25 +127,55 @@ class Sluice:
             busy = time.perf_counter() - t0
             wait = max(1.0, busy * (1.0 - TRAIN_SHARE) / TRAIN_SHARE)
 
-    async def _poll_engines(self) -> None:
+    async def _cadence(self) -> None:
+        """The core's tick and the engines' load reports, at the driver's instants of `clock`
+        (controlplane/driver.py): the first poll at once, then both on their grids."""
+        assert self.driver is not None
+        driver, clock = self.driver, self.clock
+        poll: asyncio.Task[None] | None = None
+        now = clock()
+        tick_at, load_at = next_tick(now), now
         while True:
-            for name, engine in self.engines.items():
+            due = min(tick_at, load_at)
+            now = clock()
+            if now < due:
+                if due - now > LOAD_EVERY_S:  # the clock was set back: start the grid again from now
+                    tick_at, load_at = next_tick(now), next_load(now)
+                    continue
+                await asyncio.sleep(due - now)
+                continue  # a timer may fire a hair early: sleep again until the clock is there
+            # At one instant the tick comes after the arrivals (the driver's order): yield once, so that
+            # request handlers whose timers fell due together with ours run first.
+            await asyncio.sleep(0)
+            now = clock()
+            if tick_at <= now:
+                tick_at = next_tick(now)
                 try:
-                    load = await engine.load()
-                    self.engine_loads[name] = load
-                    self._apply(self.core.engine_load(self.clock(), name, load.waiting_uncached_tokens,
-                                                      load.used_tokens))
-                except EngineError:
-                    self.engine_loads.pop(name, None)
-                    self._apply(self.core.engine_health(self.clock(), name, await engine.health()))
-                except Exception:
-                    log.exception("polling engine %s failed", name)
-            await asyncio.sleep(0.5)
+                    driver.tick(now)
+                except Exception:  # a bug must not stop the cadence (and with it every deadline)
+                    log.exception("tick failed")
+            if load_at <= now:
+                load_at = next_load(now)
+                # A task of its own: a slow engine delays its own report, never the tick. Started after
+                # the tick, it runs after the handlers of the tick's dispatches have submitted to their
+                # engines, so the reports include them (as replay's do).
+                if poll is None or poll.done():
+                    poll = asyncio.create_task(self._poll_engines())
+                    self._tasks.append(poll)
+                    poll.add_done_callback(self._tasks.remove)
 
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(0.05)
-            self._apply(self.core.tick(self.clock()))
+    async def _poll_engines(self) -> None:
+        assert self.driver is not None
+        for name, engine in self.engines.items():
+            try:
+                load = await engine.load()
+                self.engine_loads[name] = load
+                self.driver.engine_load(self.clock(), name, load)
+            except EngineError:
+                self.engine_loads.pop(name, None)
+                self.driver.engine_health(self.clock(), name, await engine.health())
+            except Exception:
+                log.exception("polling engine %s failed", name)
 
     # -- authentication ------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> TenantConfig:
@@ -171,7 +189,7 @@ class Sluice:
     # -- the request path ------------------------------------------------------------------------
     def submit(self, tenant: TenantConfig, req: CompletionRequest) -> Ticket:
         """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
-        assert self.core is not None
+        assert self.core is not None and self.driver is not None
         now = self.clock()
         # 128 random bits, fixed length: no rid is a prefix of another (SGLang aborts by prefix)
         rid = f"{self._rid_bits(128):032x}"
@@ -181,8 +199,7 @@ class Sluice:
         self.tickets[rid] = ticket
         if self.recorder is not None:
             self.recorder.begin(ticket)
-        self._apply(self.core.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens,
-                                                      None, req.stream)))
+        self.driver.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens, None, req.stream))
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
             rej = ticket.waiter.result()
             self.close(ticket, "rejected", rej.status, error=rej.code)
@@ -223,7 +240,7 @@ class Sluice:
         for chunk in batch:
             if chunk.completion_tokens or chunk.finish_reason:
                 ticket.first_token_at = self.clock()
-                self._apply(self.core.first_token(ticket.first_token_at, ticket.rid))
+                self.driver.first_token(ticket.first_token_at, ticket.rid)  # type: ignore[union-attr]
                 if self.recorder is not None:
                     self.recorder.first_token(ticket)
                 return
@@ -231,7 +248,7 @@ class Sluice:
     def engine_failed(self, ticket: Ticket, exc: EngineError) -> None:
         """A stream ended in an EngineError: a dead engine is marked unhealthy (an overloaded one is not)."""
         if not isinstance(exc, EngineOverloaded) and ticket.engine is not None:
-            self._apply(self.core.engine_health(self.clock(), ticket.engine, False))
+            self.driver.engine_health(self.clock(), ticket.engine, False)  # type: ignore[union-attr]
 
     def close(self, ticket: Ticket, status: str, http_status: int, *, chunk: Chunk | None = None,
               error: str | None = None) -> None:
@@ -241,7 +258,7 @@ class Sluice:
         ticket.closed = True
         now = self.clock()
         self.tickets.pop(ticket.rid, None)
-        assert self.core is not None
+        assert self.core is not None and self.driver is not None
         if ticket.engine is not None:
             report = FinishReport(
                 status if status in ("ok", "aborted") else "error",
@@ -249,9 +266,9 @@ class Sluice:
                 chunk.cached_tokens if chunk else 0,
                 chunk.completion_tokens if chunk else 0,
                 ticket.first_token_at)
-            self._apply(self.core.finish(now, ticket.rid, report))
+            self.driver.finish(now, ticket.rid, report)
         elif status in ("aborted", "error"):
-            self._apply(self.core.abort(now, ticket.rid, reason=error or status))
+            self.driver.abort(now, ticket.rid, error or status)
         row = ticket.row
         row.update(status=status, http_status=http_status, error=error, finish_ts=now, engine=ticket.engine,
                    dispatch_ts=ticket.dispatched_at, first_token_ts=ticket.first_token_at)
@@ -284,37 +301,14 @@ class Sluice:
             row["ttft_ms"] = (ticket.first_token_at - ticket.arrival) * 1e3
         return row
 
-    # -- actions from the core ---------------------------------------------------------------------
-    def _apply(self, actions: list[Any]) -> None:
-        for action in actions:
-            if isinstance(action, Decision):
-                ticket = self.tickets.get(action.rid)
-                if ticket is not None:
-                    ticket.decisions.append(action)
-                    if action.kind in ("admit", "defer", "reject"):
-                        ticket.row.update(decision=action.kind, reason=action.reason,
-                                          policy_version=action.policy_version,
-                                          predicted_output_tokens=action.inputs.get("output_tokens"),
-                                          predicted_ttft_ms=action.outputs.get("ttft_ms"),
-                                          predicted_tpot_ms=action.outputs.get("tpot_ms"))
-                if self.recorder is not None:
-                    self.recorder.decision(action)
-                continue
-            ticket = self.tickets.get(action.rid)
-            if ticket is None or ticket.waiter.done():
-                continue
-            if isinstance(action, Dispatch):
-                ticket.engine, ticket.priority, ticket.dispatched_at = action.engine, action.priority, self.clock()
-            ticket.waiter.set_result(action)
-
     def _emit(self, kind: str, payload: dict[str, Any]) -> None:
         for listener in list(self.listeners):
             listener(kind, payload)
 
     # -- policy --------------------------------------------------------------------------------
     def set_policy(self, policy: Policy) -> None:
-        assert self.core is not None
-        self._apply(self.core.set_policy(self.clock(), policy))
+        assert self.driver is not None
+        self.driver.set_policy(self.clock(), policy)
         self._emit("policy", policy.to_dict())
 
 
@@ -336,6 +330,40 @@ def _import_torch() -> None:
         except Exception:  # an optional part missing: the trainer reports its own errors
             if name == "torch":
                 raise
+
+
+class _TicketSink:
+    """The core's actions in serving (the driver's ActionSink): a decision updates its ticket's row
+    and goes to the recorder; a dispatch or a refusal resolves the ticket's waiter."""
+
+    __slots__ = ("sluice",)
+
+    def __init__(self, sluice: Sluice) -> None:
+        self.sluice = sluice
+
+    def decision(self, d: Decision) -> None:
+        ticket = self.sluice.tickets.get(d.rid)
+        if ticket is not None:
+            ticket.decisions.append(d)
+            if d.kind in ("admit", "defer", "reject"):
+                ticket.row.update(decision=d.kind, reason=d.reason, policy_version=d.policy_version,
+                                  predicted_output_tokens=d.inputs.get("output_tokens"),
+                                  predicted_ttft_ms=d.outputs.get("ttft_ms"),
+                                  predicted_tpot_ms=d.outputs.get("tpot_ms"))
+        if self.sluice.recorder is not None:
+            self.sluice.recorder.decision(d)
+
+    def dispatch(self, now: float, action: Dispatch) -> None:
+        ticket = self.sluice.tickets.get(action.rid)
+        if ticket is None or ticket.waiter.done():
+            return
+        ticket.engine, ticket.priority, ticket.dispatched_at = action.engine, action.priority, now
+        ticket.waiter.set_result(action)
+
+    def reject(self, now: float, action: Reject) -> None:
+        ticket = self.sluice.tickets.get(action.rid)
+        if ticket is not None and not ticket.waiter.done():
+            ticket.waiter.set_result(action)
 
 
 class _ForecastTee:
@@ -370,8 +398,4 @@ def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:
             row["tpot_ms"] = (end - first) * 1e3 / (row["completion_tokens"] - 1)
     row["e2e_ms"] = (end - arrival) * 1e3
     if row["status"] == "ok":
-        ttft_budget = slo.ttft_budget_ms(row["prompt_tokens"])
-        row["slo_met"] = (
-            (ttft_budget is None or (row["ttft_ms"] is not None and row["ttft_ms"] <= ttft_budget))
-            and (slo.tpot_ms is None or row["tpot_ms"] is None or row["tpot_ms"] <= slo.tpot_ms)
-            and (slo.deadline_s is None or row["e2e_ms"] <= slo.deadline_s * 1e3))
+        row["slo_met"] = slo_met(slo, row["prompt_tokens"], row["ttft_ms"], row["tpot_ms"], row["e2e_ms"])

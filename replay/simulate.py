@@ -77,7 +77,7 @@ def build_policy(scheduler: str, *, admission: bool | None, config: str | None, 
     given, the admission switch) overridden; tenants the config does not name get `weights`."""
     if config:
         from controlplane.config import load_config
-        from controlplane.service import policy_from_config
+        from controlplane.driver import policy_from_config
 
         base = policy_from_config(load_config(config))
         tenants = dict(base.tenants)
