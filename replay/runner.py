@@ -9,9 +9,13 @@ one `SimCore` per engine (engine_adapter/sim) as a discrete-event simulation:
   output will stop, as in serving (the core predicts it; tests/test_replay_no_oracle.py holds this);
 - `Dispatch` -> `SimCore.submit`; the engine's `first_token` -> `core.first_token`, its `finish` ->
   `core.finish(FinishReport)`, whose actions are applied at once;
-- `core.tick` every 0.05 virtual s while requests are queued (deadlines), `core.engine_load` every
-  0.5 virtual s (what the gateway's poller does, with the engine's own load report);
-- the next event is min(next arrival, each engine's next step end, next tick, next load report).
+- `core.tick` at the driver's tick instants while requests are queued (deadlines; a tick with
+  nothing queued changes nothing), `core.engine_load` at its load-report instants, with the
+  engine's own load report: the cadence, the action routing, the engine specs, the decision rows
+  and the SLO accounting are controlplane/driver.py's, the same the serving runtime uses;
+- the next event is min(next arrival, each engine's next step end, next tick, next load report);
+  at one instant: engine events, then arrivals, then the tick, then the load reports (the driver's
+  order; tests/test_driver_parity.py holds serving to it).
 
 Causality: a finish can dispatch a queued request, so while requests are queued the loop stops at
 every step end. While nothing is queued, no engine event can produce an action (the core only
@@ -25,7 +29,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -34,14 +38,17 @@ import numpy as np
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, SLOClassPolicy
+from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model, next_load,
+                                 next_tick, slo_met)
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
+from engine_adapter.base import EngineInfo
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import SimProfile, load_profile
 from fairness.metrics import (Served, demand_fairness, fairness_summary, request_service, service_curves, shares,
                              weighted_jain)
-from replay.report import SLO, RequestResult, SLOSpec, Summary, format_table, resolve_slo, summarize
+from replay.report import RequestResult, SLOSpec, Summary, format_table, resolve_slo, summarize
 from replay.workload import WorkloadRequest
 
 __all__ = [
@@ -56,8 +63,6 @@ __all__ = [
     "run_virtual",
 ]
 
-TICK_EVERY_S = 0.05  # the gateway's deadline tick (controlplane/service.py)
-LOAD_EVERY_S = 0.5  # the gateway's engine-load poll
 W_P, W_Q = 1.0, 2.0  # VTC's service weights for the fairness metrics
 
 # request statuses
@@ -251,11 +256,10 @@ def default_policy(scheduler: str = "fcfs", *, admission: bool = False, weights:
 
 
 def engine_specs(profile: SimProfile, engines: int) -> list[tuple[EngineSpec, StepTimeModel]]:
-    """What `Sluice.start` builds from a simulated engine's `info()`: KV capacity and the profile's
-    step model as the prior of an online `StepTimeModel`."""
-    p = profile.step
-    return [(EngineSpec(f"sim-{i}", profile.kv_capacity_tokens, p.prefill_a, p.prefill_b, p.decode_c, p.decode_d,
-                        p.decode_e), StepTimeModel(p)) for i in range(engines)]
+    """What `Sluice.start` builds (`driver.engine_model`) from the `info()` of `engines` simulated
+    engines named sim-0, sim-1, ... (SimEngine.info reports this)."""
+    return [engine_model(f"sim-{i}", EngineInfo(f"sim-{i}", "sim", profile.model, None, profile.kv_capacity_tokens,
+                                                 True, profile.step)) for i in range(engines)]
 
 
 def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy) -> None:
@@ -282,6 +286,7 @@ class _Run:
         self.errors = ForecastErrors(window=max(1, len(workload)))
         self.predictor = OutputLengthPredictor(seed=seed, torch_expert=torch_expert, train_every=train_every)
         self.core = DecisionCore(policy, engine_specs(profile, engines), self.predictor, self.errors)
+        self.driver = Driver(self.core, self)
         self.names = [f"sim-{i}" for i in range(engines)]
         self.sims = {name: SimCore(profile, seed=seed + i) for i, name in enumerate(self.names)}
         width = max(6, len(str(len(workload))))
@@ -298,29 +303,26 @@ class _Run:
         self.last_event = 0.0
         self.advanced_to = 0.0  # every engine has run all its steps ending at or before this time
 
-    # actions from the core
-    def apply(self, now: float, actions: Iterable[Any]) -> None:
-        for a in actions:
-            if isinstance(a, Decision):
-                self.decision(a)
-            elif isinstance(a, Dispatch):
-                if now < self.advanced_to:  # the engines already ran past `now`: a causality bug
-                    raise RuntimeError(f"dispatch of {a.rid} at {now} after the engines reached {self.advanced_to}")
-                rec = self.by_rid[a.rid]
-                rec.engine, rec.dispatch_s = a.engine, now
-                self.unqueue(rec.tenant, now)
-                w = self.workload[rec.index]
-                self.sims[a.engine].submit(now, SimRequest(
-                    a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
-            elif isinstance(a, Reject):
-                rec = self.by_rid[a.rid]
-                rec.retry_after_s = a.retry_after_s
-                rec.reason = a.code
-                if a.code == "deadline_expired":
-                    self.end(rec, EXPIRED, now)
-                    self.unqueue(rec.tenant, now)
-                else:
-                    self.end(rec, REJECTED, now)
+    # the core's actions (the driver's ActionSink)
+    def dispatch(self, now: float, a: Dispatch) -> None:
+        if now < self.advanced_to:  # the engines already ran past `now`: a causality bug
+            raise RuntimeError(f"dispatch of {a.rid} at {now} after the engines reached {self.advanced_to}")
+        rec = self.by_rid[a.rid]
+        rec.engine, rec.dispatch_s = a.engine, now
+        self.unqueue(rec.tenant, now)
+        w = self.workload[rec.index]
+        self.sims[a.engine].submit(now, SimRequest(
+            a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
+
+    def reject(self, now: float, a: Reject) -> None:
+        rec = self.by_rid[a.rid]
+        rec.retry_after_s = a.retry_after_s
+        rec.reason = a.code
+        if a.code == "deadline_expired":
+            self.end(rec, EXPIRED, now)
+            self.unqueue(rec.tenant, now)
+        else:
+            self.end(rec, REJECTED, now)
 
     def decision(self, d: Decision) -> None:
         rec = self.by_rid.get(d.rid)
@@ -333,11 +335,8 @@ class _Run:
                 rec.predicted_tpot_s = out["tpot_ms"] / 1e3 if out.get("tpot_ms") is not None else None
                 rec.predicted_output_tokens = d.inputs.get("output_tokens")
                 self.enqueue(rec.tenant, d.ts)
-        if self.record_decisions:  # exactly what controlplane/observe.py writes to `decisions`
-            self.decisions.append({
-                "ts": d.ts, "rid": d.rid, "tenant": d.tenant, "kind": d.kind, "reason": d.reason,
-                "engine": d.engine, "policy_version": d.policy_version,
-                "inputs": json.dumps(d.inputs, default=str), "outputs": json.dumps(d.outputs, default=str)})
+        if self.record_decisions:  # the row the serving recorder writes to `decisions`
+            self.decisions.append(decision_row(d, as_json=True))
 
     def enqueue(self, tenant: str, now: float) -> None:
         n = self.queued.get(tenant, 0)
@@ -364,7 +363,7 @@ class _Run:
         rec = self.by_rid[ev.rid]
         if ev.kind == "first_token":
             rec.first_token_s = ev.time
-            self.apply(ev.time, self.core.first_token(ev.time, ev.rid))
+            self.driver.first_token(ev.time, ev.rid)
         elif ev.kind == "finish":
             rec.cached_tokens, rec.output_tokens = ev.cached_tokens, ev.completion_tokens
             status = "aborted" if ev.finish_reason == "abort" else "ok"
@@ -372,7 +371,7 @@ class _Run:
             if status != "ok":
                 rec.reason = ev.message or "engine_abort"
             self.end(rec, OK if status == "ok" else ERROR, ev.time)
-            self.apply(ev.time, self.core.finish(ev.time, ev.rid, report))
+            self.driver.finish(ev.time, ev.rid, report)
 
     def advance_engines(self, until: float) -> None:
         """Run every engine to `until`, feeding their events to the core in time order (ties: by
@@ -390,13 +389,14 @@ class _Run:
                 self.engine_event(ev)
 
     def run(self) -> None:
-        core, sims = self.core, self.sims
+        core, sims, driver = self.core, self.sims, self.driver
         n, i = len(self.workload), 0
         horizon = self.horizon if self.horizon is not None else math.inf
         inf = math.inf
         first = self.workload[0].timestamp_ms / 1e3 if n else 0.0
-        load_k = int(first / LOAD_EVERY_S)
-        tick_k = 0
+        # the first load report at the grid instant at or before the first arrival (serving reports
+        # from its start; reports before anything happened change nothing)
+        t_load = LOAD_EVERY_S * int(first / LOAD_EVERY_S)
         while True:
             t_arr = self.workload[i].timestamp_ms / 1e3 if i < n else inf
             if t_arr > horizon:
@@ -407,13 +407,7 @@ class _Run:
             busy = queued > 0 or bool(ends) or core.in_flight() > 0
             if t_arr == inf and not busy:
                 break
-            t_load = load_k * LOAD_EVERY_S
-            if queued:
-                while tick_k * TICK_EVERY_S <= self.last_event:
-                    tick_k = max(tick_k + 1, int(self.last_event / TICK_EVERY_S))
-                t_tick = tick_k * TICK_EVERY_S
-            else:
-                t_tick = inf
+            t_tick = next_tick(self.last_event) if queued else inf
             external = min(t_arr, t_load, t_tick)
             until = min(external, t_eng) if queued else external
             if until > horizon:
@@ -427,18 +421,13 @@ class _Run:
                 rec = self.records[i]
                 w = self.workload[i]
                 i += 1
-                spec = RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.max_tokens, w.slo_class)
-                self.apply(now, core.arrive(now, spec))
+                driver.arrive(now, RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.max_tokens, w.slo_class))
             if t_tick <= now:
-                self.apply(now, core.tick(now))
-                while tick_k * TICK_EVERY_S <= now:
-                    tick_k += 1
+                driver.tick(now)
             if t_load <= now:
                 for name in self.names:
-                    load = sims[name].load(now)
-                    self.apply(now, core.engine_load(now, name, load.waiting_uncached_tokens, load.used_tokens))
-                while load_k * LOAD_EVERY_S <= now:
-                    load_k = max(load_k + 1, int(now / LOAD_EVERY_S))
+                    driver.engine_load(now, name, sims[name].load(now))
+                t_load = next_load(now)
         for rec in self.records:  # the horizon cut the rest off
             if rec.status is None:
                 rec.status = CANCELLED
@@ -487,14 +476,6 @@ def run_virtual(
 
 # -- outcomes ------------------------------------------------------------------------------------
 
-def _slo_of(policy: Policy, rec: RequestRecord, slo: SLOSpec) -> SLO | None:
-    if slo is not None:
-        return resolve_slo(slo, rec.tenant, rec.slo_class)
-    name = rec.slo_class or policy.tenant(rec.tenant).slo_class
-    c = policy.slo(name)
-    return SLO(c.ttft_budget_ms(rec.input_tokens), c.tpot_ms, c.deadline_s * 1e3 if c.deadline_s is not None else None)
-
-
 def _pct(values: list[float], q: float) -> float | None:
     return float(np.percentile(np.asarray(values, dtype=float), q)) if values else None
 
@@ -537,12 +518,13 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks:
     policy = run.policy
     for rec in run.records:
         rec.slo_class = rec.slo_class or policy.tenant(rec.tenant).slo_class
-        s = _slo_of(policy, rec, slo)
         if rec.status == OK:
-            rec.slo_met = True if s is None else s.met(
-                rec.ttft_s * 1e3 if rec.ttft_s is not None else None,
-                rec.tpot_s * 1e3 if rec.tpot_s is not None else None,
-                rec.e2e_s * 1e3 if rec.e2e_s is not None else None)
+            ms = [None if x is None else x * 1e3 for x in (rec.ttft_s, rec.tpot_s, rec.e2e_s)]
+            if slo is None:  # its class, judged as serving judges it
+                rec.slo_met = slo_met(policy.slo(rec.slo_class), rec.input_tokens, *ms)
+            else:
+                s = resolve_slo(slo, rec.tenant, rec.slo_class)
+                rec.slo_met = True if s is None else s.met(*ms)
         else:
             rec.slo_met = False
     last_arrival = max((r.arrival_s for r in run.records), default=0.0)
