@@ -137,12 +137,14 @@ class SimEngine:
         max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
         if max_new < 0:
             raise EngineError("max_new_tokens must be >= 0", status_code=400, retryable=False)
+        # SGLang's ignore_eos: no end-of-sequence stop, the output runs to max_new_tokens
+        output_tokens = max_new if request.sampling_params.get("ignore_eos") else request.output_tokens
         self._ensure_driver()
         now = self._now()
         self._sync(now)
         was_idle = self.core.next_time() is None
         st = self._streams[rid] = _Stream(0)  # every reply reads "synthetic simulated tokens from ..."
-        self.core.submit(now, SimRequest(rid, prompt_tokens, max_new, request.output_tokens,
+        self.core.submit(now, SimRequest(rid, prompt_tokens, max_new, output_tokens,
                                          request.hash_ids, request.priority))
         if was_idle and self._wake is not None:
             self._wake.set()
