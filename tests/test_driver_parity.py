@@ -171,10 +171,6 @@ async def _serve(workload: list[WorkloadRequest], config: Config) -> tuple[_Rows
     recorder = _Rows()
     sluice = Sluice(config, engines, recorder=recorder, clock=loop.time,
                     predictor=OutputLengthPredictor(seed=SEED, torch_expert=False))
-    # The core breaks ties between equal deadlines (batch requests arriving together) by rid.
-    # Replay's rids sort in arrival order; serving's are random bits: count them instead.
-    counter = itertools.count(1)
-    sluice._rid_bits = lambda _bits: next(counter)
     await sluice.start()
     tenants = {t.name: t for t in config.tenants}
     handlers: list[asyncio.Task[dict[str, Any] | None]] = []

@@ -114,11 +114,15 @@ class DecisionCore:
         self.scheduler = self._new_queue(policy)
         self._rps: dict[str, TokenBucket] = {}
         self._tpm: dict[str, TokenBucket] = {}
-        self._deadlines: list[tuple[float, str]] = []  # heap of queued requests' deadlines
+        # heap of queued requests' (deadline, arrival number, rid): ties go by arrival, not by rid
+        # (serving's rids are random, replay's ordered: the same decisions need the same tie-break)
+        self._deadlines: list[tuple[float, int, str]] = []
+        self._arrival_seq = 0
         # (time, tenant, tier) of the arrivals over the last RATE_WINDOW_S (refused ones too: a tier's
         # share follows what its tenants ask for), counted per (tenant, tier)
         self._arrivals: deque[tuple[float, str, str]] = deque()
         self._arrival_counts: dict[tuple[str, str], int] = {}
+        self._tier_arrivals = {LATENCY: 0, DEFERRABLE: 0}
         self._active_weight = {LATENCY: 0.0, DEFERRABLE: 0.0}  # of the tenants that asked lately, per tier
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
         self._inflight_deferrable: dict[str, int] = {name: 0 for name in self.engines}  # per engine
@@ -181,7 +185,8 @@ class DecisionCore:
                           result.tpot_ms / 1e3 if result.tpot_ms is not None else None)
         if cls.deadline_s is not None:
             tracked.deadline = now + cls.deadline_s
-            heapq.heappush(self._deadlines, (tracked.deadline, spec.rid))
+            self._arrival_seq += 1
+            heapq.heappush(self._deadlines, (tracked.deadline, self._arrival_seq, spec.rid))
         self.requests[spec.rid] = tracked
         self._take_rate(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm, predicted)
         self._enqueue(tracked)
@@ -248,7 +253,7 @@ class DecisionCore:
         """Expire deferred requests whose deadline has passed; dispatch what the prefill meters allow."""
         actions: list[Action] = self._pump(now)
         while self._deadlines and self._deadlines[0][0] <= now:
-            _, rid = heapq.heappop(self._deadlines)
+            *_, rid = heapq.heappop(self._deadlines)
             t = self.requests.get(rid)
             if t is None or t.engine is not None:
                 continue
@@ -397,8 +402,16 @@ class DecisionCore:
                 # Its weight's share among the tenants being served: those backlogged now and those
                 # served lately (a light tenant is backlogged only for a moment, yet takes its turn
                 # every round).
+                # At least its weighted share. A deferrable request (a deadline of minutes, so a
+                # long queue) also counts on what the others leave: they cannot take more than
+                # they ask for (max-min), measured by their share of the tier's recent arrivals.
+                # Without it, a heavy batch tenant among many light ones was refused at 0.8x
+                # load. Latency requests keep the conservative share that holds their TTFT.
                 active = self._active_weight_at(now)[tier]
                 share = weight / max(q.backlogged_weight, active, weight)
+                asked = self._tier_arrivals[tier]
+                if tier == DEFERRABLE and asked:
+                    share = max(share, self._arrival_counts.get((tenant, tier), 0) / asked)
                 total, tokens = (own + 1) / share - 1, q.tenant_tokens[tenant] / share
         other = self.scheduler.tiers[DEFERRABLE if tier == LATENCY else LATENCY]
         if other.queued:
@@ -417,11 +430,13 @@ class DecisionCore:
             self._arrival_counts[tenant, tier] = 0
             self._active_weight[tier] += self.policy.tenant(tenant).weight
         self._arrival_counts[tenant, tier] += 1
+        self._tier_arrivals[tier] += 1
 
     def _active_weight_at(self, now: float) -> dict[str, float]:
         while self._arrivals and self._arrivals[0][0] < now - RATE_WINDOW_S:
             _, tenant, tier = self._arrivals.popleft()
             self._arrival_counts[tenant, tier] -= 1
+            self._tier_arrivals[tier] -= 1
             if not self._arrival_counts[tenant, tier]:
                 del self._arrival_counts[tenant, tier]
                 self._active_weight[tier] -= self.policy.tenant(tenant).weight
