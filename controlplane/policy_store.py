@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from controlplane.core.policy import Policy, PolicyError, apply_patch, policy_from_dict
-from controlplane.gateway.errors import ApiError
+from controlplane.errors import ApiError
 from controlplane.service import Sluice, policy_from_config
 
 log = logging.getLogger("sluice.policy")

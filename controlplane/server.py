@@ -23,8 +23,8 @@ from starlette.routing import Route
 from controlplane.admin.api import AdminAPI
 from controlplane.config import Config
 from controlplane.engines import build_engines
+from controlplane.errors import ApiError
 from controlplane.gateway.app import Gateway, build_app
-from controlplane.gateway.errors import ApiError
 from controlplane.observe import Recorder
 from controlplane.policy_store import PolicyStore
 from controlplane.service import Sluice

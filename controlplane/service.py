@@ -24,11 +24,11 @@ from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, R
 from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.driver import (LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, policy_from_config,
                                  slo_met)
-from controlplane.gateway.errors import ApiError
-from controlplane.gateway.openai_api import CompletionRequest
+from controlplane.errors import ApiError
 from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
+from controlplane.requests import CompletionRequest
 from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest
 
 log = logging.getLogger("sluice")

@@ -42,10 +42,10 @@ from controlplane.core.events import Decision
 from controlplane.core.policy import SLOClassPolicy
 from controlplane.driver import (DECISION_COLUMNS, DEFAULT_PROFILE, LOAD_EVERY_S, TICK_EVERY_S, decision_row,
                                  engine_model, next_on_grid, policy_from_config, slo_met)
-from controlplane.gateway.errors import ApiError
-from controlplane.gateway.openai_api import CompletionRequest
+from controlplane.errors import ApiError
 from controlplane.observe import Recorder
 from controlplane.predict.output_length import OutputLengthPredictor
+from controlplane.requests import CompletionRequest
 from controlplane.service import Sluice
 from engine_adapter.base import EngineInfo
 from engine_adapter.sim.engine import SimEngine

@@ -105,6 +105,6 @@ def test_usage_chunk(kind):
 
 def test_done_and_error_events():
     assert oa.DONE == b"data: [DONE]\n\n"
-    from controlplane.gateway.errors import ApiError
+    from controlplane.errors import ApiError
     ev = parse_event(oa.error_event(ApiError(503, 'engine "x" died\n', code="engine_error")))
     assert ev["error"]["code"] == "engine_error" and ev["error"]["message"] == 'engine "x" died\n'

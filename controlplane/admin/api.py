@@ -18,8 +18,8 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
 from controlplane.config import hash_key
+from controlplane.errors import ApiError, parse_json
 from controlplane.gateway.app import canonical_bearer
-from controlplane.gateway.errors import ApiError, parse_json
 from controlplane.livestats import LiveStats
 from controlplane.policy_store import PolicyStore
 from controlplane.service import Sluice

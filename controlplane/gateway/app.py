@@ -22,8 +22,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from controlplane.errors import ApiError
 from controlplane.gateway import openai_api as oa
-from controlplane.gateway.errors import ApiError
 from controlplane.service import Sluice, Ticket
 from engine_adapter.base import Chunk, EngineError
 

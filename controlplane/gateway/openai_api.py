@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import math
 from json.encoder import encode_basestring_ascii as _json_str
-from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.gateway.errors import ApiError, parse_json
+from controlplane.errors import ApiError, parse_json
+from controlplane.requests import CompletionRequest
 from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -20,19 +20,6 @@ _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "frequency_penalty"
              "presence_penalty": "presence_penalty", "seed": "sampling_seed", "n": "n"}
 _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "frequency_penalty": (-2.0, 2.0),
            "presence_penalty": (-2.0, 2.0)}
-
-
-@dataclass(slots=True)
-class CompletionRequest:
-    kind: str  # "chat" | "text"
-    model: str
-    prompt: str  # the text sent to the engine (chat messages rendered with the template)
-    prompt_tokens: int  # estimate until the engine counts
-    max_tokens: int
-    stream: bool
-    include_usage: bool
-    sampling: dict[str, Any] = field(default_factory=dict)
-    user: str | None = None
 
 
 def _bad(message: str, param: str | None = None, code: str = "invalid_request") -> ApiError:

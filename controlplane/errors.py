@@ -1,4 +1,7 @@
-"""Errors in OpenAI's format: {"error": {"message", "type", "param", "code"}}."""
+"""Errors in OpenAI's format: {"error": {"message", "type", "param", "code"}}.
+
+Below the gateway, the admin API and the runtime (`service.py`), which all raise them.
+"""
 from __future__ import annotations
 
 import json
