@@ -63,7 +63,9 @@ class TenantState:
     weight: float = 1.0
     queue: deque[tuple[Hashable, Work]] = field(default_factory=deque)
     paused: bool = False
-    order: int = 0  # registration index: the deterministic tie-break between equal scores
+    # the tie-break between equal scores: when it last became backlogged (registration before
+    # that), so equal counters are served first come, first served
+    order: int = 0
     active: bool = False  # backlogged: queue non-empty and not paused (maintained by Scheduler)
     user: float = 0.0  # U
     resource: float = 0.0  # R
@@ -92,7 +94,7 @@ class LazyHeap:
     def set(self, name: str, key: float, order: int) -> None:
         entry = self.live.get(name)
         self.current[name] = key
-        if entry is not None and key >= entry[0]:
+        if entry is not None and key >= entry[0] and order == entry[1]:
             return  # the heap entry is still a lower bound: re-keyed lazily in top()
         self._seq += 1
         self.live[name] = (key, order, self._seq)
@@ -195,6 +197,7 @@ class Scheduler(ABC):
         self.watts = float(watts)
         self.tenants: dict[str, TenantState] = {}
         self._where: dict[Hashable, str] = {}  # queued key -> tenant
+        self._orders = 0  # the last tie-break order handed out (TenantState.order)
         # running sums over backlogged tenants, for the means of the holistic score
         self._n_active = 0
         self._sum_user = 0.0
@@ -207,7 +210,8 @@ class Scheduler(ABC):
     def tenant(self, name: str) -> TenantState:
         state = self.tenants.get(name)
         if state is None:
-            state = self.tenants[name] = TenantState(name, order=len(self.tenants))
+            self._orders += 1
+            state = self.tenants[name] = TenantState(name, order=self._orders)
         return state
 
     def set_weight(self, name: str, weight: float) -> None:
@@ -356,6 +360,11 @@ class Scheduler(ABC):
             return
         if active:
             self._on_backlogged(state)  # sees the others only: state is not active yet
+            # Ties go to the tenant backlogged longest: by registration order, a newcomer lifted to
+            # the floor would overtake a tenant already waiting there, and with many light tenants
+            # a queued request could be overtaken without bound (its TTFT forecast with it).
+            self._orders += 1
+            state.order = self._orders
             state.active = True
             self._n_active += 1
             self._sum_user += state.user

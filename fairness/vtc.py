@@ -2,7 +2,7 @@
 OSDI'24), with length prediction as in the artifact's `vtc_pred_len_req_queue.py`.
 
 - Next request: the head of the backlogged (queued, not paused) tenant with the lowest counter;
-  ties go to the tenant registered first.
+  ties go to the tenant that became backlogged first.
 - Dispatch: counter += (w_p * input + w_q * predicted_output) / weight.
 - Decode (optional, `progress`): output tokens beyond the prediction are charged w_q / weight each.
 - Finish: reconcile with the truth: counter += (w_p * (in - in_pred) + w_q * (out - max(progressed,

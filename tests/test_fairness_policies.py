@@ -271,7 +271,7 @@ def test_lift_to_last_left_when_nobody_is_backlogged() -> None:
     assert s.counters("b")["user"] == 50  # lifted to the last tenant that left
     s.push("a", 9, Work(1, 1))  # a's 50 is already >= b's 50: no change
     assert s.counters("a")["user"] == 50
-    assert [s.pop()[0] for _ in range(2)] == ["a", "b"]  # a tie goes to the first registered
+    assert [s.pop()[0] for _ in range(2)] == ["b", "a"]  # a tie goes to the one backlogged first
 
 
 def test_pause_counts_as_leaving_the_backlog() -> None:
@@ -553,3 +553,15 @@ def test_equinox_survives_a_resource_mean_that_underflows() -> None:
     s.push("a", 2, Work(0, 0))
     s.pop()
     assert s.peek() == ("a", 2, Work(0, 0))
+
+
+@pytest.mark.parametrize("policy", ["vtc", "equinox"])
+def test_a_tenant_waiting_at_the_floor_is_not_overtaken_by_newcomers(policy: str) -> None:
+    """Equal counters go first come, first served: tenants registered earlier that become backlogged
+    later (lifted to the same floor) no longer jump ahead, which with many light tenants could
+    delay a queued request without bound."""
+    s = make_scheduler(policy, {f"t{k}": 1.0 for k in range(5)})  # t0..t4 registered first
+    s.push("late", "w", Work(10, 10))  # backlogged at U = 0
+    for k in range(5):
+        s.push(f"t{k}", f"n{k}", Work(10, 10))  # each lifted to the floor, 0: a tie
+    assert s.pop()[0] == "late"
