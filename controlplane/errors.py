@@ -1,6 +1,8 @@
 """Errors in OpenAI's format: {"error": {"message", "type", "param", "code"}}.
 
-Below the gateway, the admin API and the runtime (`service.py`), which all raise them.
+Below the gateway, the admin API and the runtime (`service.py`), which all raise them. The
+decision core refuses with a reason (`Reject.code`); `REFUSAL_STATUS` is the one place that
+turns a reason into an HTTP status.
 """
 from __future__ import annotations
 
@@ -12,6 +14,22 @@ _TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permi
           413: "invalid_request_error", 415: "invalid_request_error", 422: "invalid_request_error",
           429: "rate_limit_error", 500: "server_error", 502: "server_error", 503: "server_error",
           504: "server_error"}
+
+# The HTTP status of each refusal reason. 429 (come back later): the policy refused this request
+# now; 503: nothing could serve it (no healthy engine, or an operator aborted it while queued).
+REFUSAL_STATUS: dict[str, int] = {
+    "tenant_paused": 429,
+    "rate_limited_requests": 429,
+    "rate_limited_tokens": 429,
+    "over_share": 429,
+    "ttft_unattainable": 429,
+    "tpot_unattainable": 429,
+    "protects_running": 429,
+    "deadline_unattainable": 429,
+    "deadline_expired": 429,  # waited in the queue past its deadline: still the policy's refusal
+    "no_healthy_engine": 503,
+    "aborted": 503,
+}
 
 
 class ApiError(Exception):
@@ -38,6 +56,11 @@ class ApiError(Exception):
         if self.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="sluice"'))
         return headers
+
+
+def refusal(code: str, message: str, retry_after_s: float | None) -> ApiError:
+    """The error a refused request gets; a reason the table does not name is a policy refusal (429)."""
+    return ApiError(REFUSAL_STATUS.get(code, 429), message, code=code, retry_after=retry_after_s)
 
 
 def parse_json(raw: bytes | str) -> Any:

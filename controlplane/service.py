@@ -24,7 +24,7 @@ from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, R
 from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.driver import (LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, policy_from_config,
                                  slo_met)
-from controlplane.errors import ApiError
+from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
@@ -202,8 +202,9 @@ class Sluice:
         self.driver.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens, None, req.stream))
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
             rej = ticket.waiter.result()
-            self.close(ticket, "rejected", rej.status, error=rej.code)
-            raise ApiError(rej.status, rej.message, code=rej.code, retry_after=rej.retry_after_s)
+            err = refusal(rej.code, rej.message, rej.retry_after_s)
+            self.close(ticket, "rejected", err.status, error=rej.code)
+            raise err
         return ticket
 
     async def wait_dispatch(self, ticket: Ticket) -> None:
@@ -211,8 +212,9 @@ class Sluice:
         outcome = await ticket.waiter
         if isinstance(outcome, Reject):
             status = {"deadline_expired": "expired", "aborted": "aborted"}.get(outcome.code, "rejected")
-            self.close(ticket, status, outcome.status, error=outcome.code)
-            raise ApiError(outcome.status, outcome.message, code=outcome.code, retry_after=outcome.retry_after_s)
+            err = refusal(outcome.code, outcome.message, outcome.retry_after_s)
+            self.close(ticket, status, err.status, error=outcome.code)
+            raise err
 
     def open_stream(self, ticket: Ticket) -> AsyncIterator[Sequence[Chunk]]:
         """The engine's chunks for a dispatched ticket, in batches (those that arrived together).
@@ -288,7 +290,7 @@ class Sluice:
             return False
         ticket.abort_reason = reason
         if not ticket.waiter.done():
-            ticket.waiter.set_result(Reject(rid, 503, "aborted", f"request aborted: {reason}", None))
+            ticket.waiter.set_result(Reject(rid, "aborted", f"request aborted: {reason}", None))
         elif ticket.task is not None:
             ticket.task.cancel()
         return True

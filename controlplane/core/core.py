@@ -144,24 +144,24 @@ class DecisionCore:
         cls = self.policy.slo(cls_name)
         version = self.policy.version
 
-        def refuse(status: int, code: str, message: str, retry: float | None, **extra: object) -> list[Action]:
+        def refuse(code: str, message: str, retry: float | None, **extra: object) -> list[Action]:
             return [
-                Reject(spec.rid, status, code, message, retry),
+                Reject(spec.rid, code, message, retry),
                 Decision(now, spec.rid, spec.tenant, "reject", code, None, version,
                          {"slo_class": cls_name, **extra}, {"retry_after_s": retry}),
             ]
 
         if tp.paused:
-            return refuse(429, "tenant_paused", f"tenant {spec.tenant!r} is paused by the operator", 30.0)
+            return refuse("tenant_paused", f"tenant {spec.tenant!r} is paused by the operator", 30.0)
         limited = self._rate_limited(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm)
         if limited is not None:
             code, wait = limited
-            return refuse(429, code, f"rate limit exceeded for tenant {spec.tenant!r}", wait)
+            return refuse(code, f"rate limit exceeded for tenant {spec.tenant!r}", wait)
 
         tier = tier_of(cls)
         self._arrived(now, spec.tenant, tier)
         if self._over_share(now, tier):
-            return refuse(429, "over_share", _REJECT_MESSAGES["over_share"], 1.0, tier=tier)
+            return refuse("over_share", _REJECT_MESSAGES["over_share"], 1.0, tier=tier)
         predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
             spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
         cost = max(1.0, spec.prompt_tokens * (1.0 - self._hit_rate.get(spec.tenant, 0.0)))
@@ -171,10 +171,9 @@ class DecisionCore:
                 and self._feasible_alone(inputs):
             self._latency_refused_at = now
         if result.decision == "reject":
-            status = 503 if result.reason == "no_healthy_engine" else 429
             message = _REJECT_MESSAGES.get(result.reason, result.reason)
             return [
-                Reject(spec.rid, status, result.reason, message, result.retry_after_s),
+                Reject(spec.rid, result.reason, message, result.retry_after_s),
                 Decision(now, spec.rid, spec.tenant, "reject", result.reason, result.engine, version,
                          _inputs_record(inputs, cls_name), _shallow(result)),
             ]
@@ -259,7 +258,7 @@ class DecisionCore:
                 continue
             self._dequeue(t)
             del self.requests[rid]
-            actions.append(Reject(rid, 429, "deadline_expired",
+            actions.append(Reject(rid, "deadline_expired",
                                   "the request's deadline passed before it could be scheduled", None))
             actions.append(Decision(now, rid, t.spec.tenant, "expire", "deadline_expired", None, self.policy.version))
         return actions

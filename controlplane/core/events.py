@@ -53,8 +53,9 @@ class Dispatch:
 
 @dataclass(frozen=True, slots=True)
 class Reject:
+    """A refusal and its reason; the HTTP status is the runtime's choice (controlplane/errors.py)."""
+
     rid: str
-    status: int  # 429 (policy refused) | 503 (no engine)
     code: str  # machine-readable reason, e.g. "ttft_unattainable"
     message: str
     retry_after_s: float | None
