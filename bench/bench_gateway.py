@@ -4,7 +4,7 @@
                                             [--baseline-root DIR] [--cap-profile NAME]
 
 Every role is its own process on 127.0.0.1: `sluice sim-server` (SimEngine behind SGLang's HTTP
-API), the sluice gateway (controlplane.server.create_app with a kind="sglang" engine pointing at the
+API), the sluice gateway (sluice.server.create_app with a kind="sglang" engine pointing at the
 sim-server, two tenants with known keys, the DuckDB store in a temp dir; run like `sluice serve`:
 uvicorn_config on uvloop, as the CLI runs it, unless --sluice-loop asyncio), and an aiohttp
 client (uvloop). With pinning (default when there are >= 2 CPUs), sluice gets CPU 0 to itself and the
@@ -200,7 +200,7 @@ def run_client(procs: Procs, spec: dict[str, Any], cpu: int | None) -> dict[str,
 
 
 def sim_main(spec: dict[str, Any]) -> None:
-    """`sluice sim-server` (controlplane/cli.py cmd_sim_server), on uvloop as SGLang's server runs: it
+    """`sluice sim-server` (sluice/cli.py cmd_sim_server), on uvloop as SGLang's server runs: it
     stands in for the engine and shares a core with the client, so it should not be the bottleneck."""
     from engine_adapter.sglang_server import serve_sglang
     from engine_adapter.sim.engine import SimEngine
@@ -220,7 +220,10 @@ def sluice_main(spec: dict[str, Any]) -> None:
     if spec.get("root"):  # a baseline checkout: its packages before this one's
         sys.path.insert(0, os.path.abspath(spec["root"]))
     from controlplane.config import Config, EngineConfig, ServerConfig, TelemetryConfig, TenantConfig, hash_key
-    from controlplane.server import create_app, uvicorn_config
+    if spec.get("root") and not os.path.exists(os.path.join(spec["root"], "sluice", "server.py")):
+        from controlplane.server import create_app, uvicorn_config  # a checkout from before sluice/
+    else:
+        from sluice.server import create_app, uvicorn_config
 
     import uvicorn
 
@@ -236,7 +239,7 @@ def sluice_main(spec: dict[str, Any]) -> None:
         engines=[EngineConfig(name="sim", kind="sglang", url=spec["engine_url"], model=MODEL)],
     )
 
-    async def serve() -> None:  # what controlplane.server.serve does, with the config built here
+    async def serve() -> None:  # what sluice.server.serve does, with the config built here
         app, _ = create_app(config)
         await uvicorn.Server(uvicorn_config(app, "127.0.0.1", spec["port"])).serve()
 

@@ -72,7 +72,10 @@ def server_main(spec: dict[str, Any]) -> None:
     from starlette.routing import Route
 
     from controlplane.config import Config, EngineConfig, ServerConfig, TelemetryConfig, TenantConfig, hash_key
-    from controlplane.server import create_app, uvicorn_config
+    if spec.get("root") and not os.path.exists(os.path.join(spec["root"], "sluice", "server.py")):
+        from controlplane.server import create_app, uvicorn_config  # a checkout from before sluice/
+    else:
+        from sluice.server import create_app, uvicorn_config
 
     token = os.path.join(spec["dir"], "admin.token")
     with open(token, "w") as f:

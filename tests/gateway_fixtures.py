@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.config import Config, EngineConfig, SchedulerConfig, ServerConfig, TenantConfig, hash_key
-from controlplane.server import create_app
+from sluice.server import create_app
 from tests.servers import ServerThread
 
 KEYS = {"acme": "sk-test-acme", "globex": "sk-test-globex"}

@@ -13,7 +13,7 @@ from tests.servers import free_port
 def test_demo_headless_serves_the_load_and_stops_cleanly(tmp_path: Path) -> None:
     state = tmp_path / "state"
     proc = subprocess.run(
-        [sys.executable, "-m", "controlplane.cli", "demo", "--headless", "6", "--port", str(free_port()),
+        [sys.executable, "-m", "sluice.cli", "demo", "--headless", "6", "--port", str(free_port()),
          "--state-dir", str(state)],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -10,10 +10,10 @@ import pytest
 
 from controlplane.config import EngineConfig
 from controlplane.engines import build_engines
-from controlplane.server import create_app
 from engine_adapter.sglang_server import make_sglang_app
 from engine_adapter.sim.engine import SimEngine
 from engine_adapter.sim.profile import load_profile
+from sluice.server import create_app
 from tests.gateway_fixtures import KEYS, make_config
 from tests.servers import ServerThread
 from tests.test_gateway import wait_until

@@ -18,7 +18,7 @@ import pytest
 import uvicorn
 
 from controlplane.config import ConfigError, ServerConfig
-from controlplane.server import create_app, uvicorn_config
+from sluice.server import create_app, uvicorn_config
 from tests.fake_engine import FakeEngine
 from tests.gateway_fixtures import ADMIN, KEYS, make_config
 from tests.servers import free_port

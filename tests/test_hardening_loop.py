@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from controlplane.server import create_app
+from sluice.server import create_app
 from telemetry.store import Store
 from tests.fake_engine import FakeEngine
 from tests.gateway_fixtures import ADMIN, KEYS, make_config

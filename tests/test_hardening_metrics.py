@@ -7,7 +7,7 @@ import json
 from prometheus_client.parser import text_string_to_metric_families
 
 from controlplane.config import TelemetryConfig
-from controlplane.server import create_app
+from sluice.server import create_app
 from tests.fake_engine import FakeEngine
 from tests.gateway_fixtures import ADMIN, KEYS, make_config
 from tests.servers import ServerThread

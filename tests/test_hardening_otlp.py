@@ -19,7 +19,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 
 from controlplane.config import TelemetryConfig
-from controlplane.server import create_app, otlp_receiver
+from sluice.server import create_app, otlp_receiver
 from telemetry import queries
 from telemetry.otlp_receiver import OtlpReceiver, decode_protobuf, response_summary
 from tests.fake_engine import FakeEngine

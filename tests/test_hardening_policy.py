@@ -10,8 +10,8 @@ from dataclasses import replace
 from controlplane.config import TenantConfig
 from controlplane.core.policy import TenantPolicy
 from controlplane.policy_store import merge_diff, reconcile
-from controlplane.server import create_app
 from controlplane.service import policy_from_config
+from sluice.server import create_app
 from telemetry.store import Store
 from tests.fake_engine import FakeEngine
 from tests.gateway_fixtures import ADMIN, KEYS, make_config

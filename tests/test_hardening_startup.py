@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def serve(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "controlplane.cli", "serve", "--port", str(free_port()), *args],
+    return subprocess.run([sys.executable, "-m", "sluice.cli", "serve", "--port", str(free_port()), *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import http.client
 import json
 
-from controlplane.server import create_app
+from sluice.server import create_app
 from tests.fake_engine import FakeEngine
 from tests.gateway_fixtures import KEYS, make_config
 from tests.servers import ServerThread

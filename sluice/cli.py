@@ -11,7 +11,7 @@ from controlplane.config import ConfigError, load_config
 
 
 def _config(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from controlplane.devsetup import dev_config
+    from sluice.devsetup import dev_config
 
     if args.config:
         config = load_config(args.config)
@@ -38,7 +38,7 @@ def _run(main: Any) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from controlplane.server import StartupError, serve
+    from sluice.server import StartupError, serve
 
     try:
         config = _config(args)
@@ -73,7 +73,7 @@ def cmd_sim_server(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from controlplane.demo import run_demo
+    from sluice.demo import run_demo
 
     return run_demo(args.port, args.state_dir, headless_s=args.headless, scale=args.scale)
 

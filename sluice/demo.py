@@ -16,10 +16,10 @@ from typing import Any
 
 import uvicorn
 
-from controlplane.devsetup import dev_config, dev_state
-from controlplane.server import create_app, uvicorn_config
 from replay.live import run_live
 from replay.workload import WorkloadRequest
+from sluice.devsetup import dev_config, dev_state
+from sluice.server import create_app, uvicorn_config
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,6 @@
+"""`python -m sluice ARGS` is `sluice ARGS`."""
+import sys
+
+from sluice.cli import main
+
+sys.exit(main())
