@@ -466,8 +466,7 @@ class DecisionCore:
         active = self._active_weight_at(now)
         if eng.window <= 1 or not active[LATENCY]:
             return 0
-        lat = sum(1 for _, _, tier in self._arrivals if tier == LATENCY)
-        rate = lat / RATE_WINDOW_S / max(1, len(self.engines))
+        rate = self._tier_arrivals[LATENCY] / RATE_WINDOW_S / max(1, len(self.engines))
         need = math.ceil(rate * self._latency_service_s) + 1
         w_lat = max(active[LATENCY], self.scheduler.tiers[LATENCY].backlogged_weight)
         w_dfr = max(active[DEFERRABLE], self.scheduler.tiers[DEFERRABLE].backlogged_weight, 1e-9)
