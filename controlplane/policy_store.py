@@ -21,7 +21,8 @@ from typing import Any
 
 from controlplane.core.policy import Policy, PolicyError, apply_patch, policy_from_dict
 from controlplane.errors import ApiError
-from controlplane.service import Sluice, policy_from_config
+from controlplane.driver import policy_from_config
+from controlplane.service import Sluice
 
 log = logging.getLogger("sluice.policy")
 

@@ -38,7 +38,7 @@ log = logging.getLogger("sluice")
 # serves requests.
 TRAIN_SHARE = 0.1
 
-__all__ = ["Sluice", "Ticket", "policy_from_config"]  # policy_from_config (driver.py): policy_store reads it here
+__all__ = ["Sluice", "Ticket"]
 
 
 @dataclass(slots=True)

@@ -10,7 +10,7 @@ from dataclasses import replace
 from controlplane.config import TenantConfig
 from controlplane.core.policy import TenantPolicy
 from controlplane.policy_store import merge_diff, reconcile
-from controlplane.service import policy_from_config
+from controlplane.driver import policy_from_config
 from sluice.server import create_app
 from telemetry.store import Store
 from tests.fake_engine import FakeEngine
