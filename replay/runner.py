@@ -682,7 +682,7 @@ def format_result(result: VirtualResult, title: str | None = None) -> str:
     fz = result.fairness
     fc = result.forecast.get("ttft", {})
     out.append("share*: of the service delivered while every tenant was backlogged (else of all service)")
-    out.append(f"Jain (weighted service) {_f(fz['jain_weighted'])}   max service difference (backlogged) "
+    out.append(f"Jain over fair shares of demand {_f(fz['jain_demand'])}   max service difference (backlogged) "
                f"{_f(fz['service_difference'], 0)}   TTFT forecast MdAPE {_pctf(fc.get('median_ape'))}%   "
                f"virtual {result.makespan_s:.0f} s in {result.wall_s:.1f} s wall "
                f"({result.virtual_per_wall:.0f}x)")

@@ -157,32 +157,44 @@ def _f(x: float | None, d: int = 3, scale: float = 1.0) -> str:
 
 
 def format_side_by_side(results: dict[str, VirtualResult]) -> str:
-    """One row per tenant, one column group per policy: admitted %, goodput (req/s), SLO attainment
-    of admitted requests (%), TTFT p50 / p99 (s), share over weight."""
+    """One row per tenant, then one per SLO class and one for all; one column group per policy:
+    admitted %, goodput (req/s and prompt + output tokens/s of requests that met every SLO), SLO
+    attainment of admitted requests (%), TTFT p50 / p99 (s), and for tenants their SLO-met service
+    over their max-min fair share of what they asked for (refusals included)."""
     cols = [("adm%", lambda o: _f(o.admitted / o.requests if o.requests else None, 1, 100)),
             ("good/s", lambda o: _f(o.goodput_rps, 2)),
+            ("goodtok/s", lambda o: _f(o.goodput_tps, 0)),
             ("SLO%", lambda o: _f(o.slo_attainment_admitted, 1, 100)),
             ("TTFT50", lambda o: _f(o.ttft_p50_s)),
             ("TTFT99", lambda o: _f(o.ttft_p99_s)),
-            ("sh/w", lambda o: "-" if o.tenant == "__all__" else _f(
-                o.share_ratio_backlogged if o.share_ratio_backlogged is not None else o.share_ratio, 2))]
-    tenants: list[str] = []
+            ("fair", lambda o: _f(o.fair_ratio, 2))]
+
+    def group(r: VirtualResult, key: str) -> Any:
+        kind, _, name = key.partition(":")
+        return r.overall if kind == "all" else (r.per_class if kind == "class" else r.per_tenant).get(name)
+
+    keys: list[str] = []
     for r in results.values():
-        tenants += [t for t in r.per_tenant if t not in tenants]
-    tenants.append("__all__")
+        keys += [f"tenant:{t}" for t in r.per_tenant if f"tenant:{t}" not in keys]
+    n_tenants = len(keys)
+    for r in results.values():
+        keys += [f"class:{c}" for c in r.per_class if f"class:{c}" not in keys]
+    keys.append("all:")
     head1 = ["", ""]
-    head2 = ["tenant", "req"]
+    head2 = ["tenant / class", "req"]
+    first = next(iter(results.values()))
     rows = []
-    for t in tenants:
-        first = next(iter(results.values()))
-        o0 = first.overall if t == "__all__" else first.per_tenant.get(t)
-        rows.append(["all" if t == "__all__" else t, str(o0.requests if o0 else "-")])
+    for key in keys:
+        o0 = group(first, key)
+        name = key.partition(":")[2]
+        rows.append([name if key.startswith("tenant:") else (f"[{name}]" if name else "all"),
+                     str(o0.requests if o0 else "-")])
     for label, r in results.items():
         for k, (name, fn) in enumerate(cols):
             head1.append(label if k == 0 else "")
             head2.append(name)
-            for row, t in zip(rows, tenants):
-                o = r.overall if t == "__all__" else r.per_tenant.get(t)
+            for row, key in zip(rows, keys):
+                o = group(r, key)
                 row.append(fn(o) if o is not None else "-")
     widths = [max(len(h1), len(h2), *(len(r[k]) for r in rows)) for k, (h1, h2) in enumerate(zip(head1, head2))]
     sep = lambda k: " | " if k >= 2 and (k - 2) % len(cols) == 0 else "  "  # noqa: E731
@@ -193,17 +205,21 @@ def format_side_by_side(results: dict[str, VirtualResult]) -> str:
             out += (sep(k) if k else "") + (v.ljust(w) if k == 0 else v.rjust(w))
         return out
 
-    out = ["times in seconds; SLO% = SLO attainment of admitted requests; sh/w = share of service "
-           "(while all tenants were backlogged, when they were) over weight share",
-           line(head1), line(head2), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows[:-1]]
-    out += [line(["-" * w for w in widths]), line(rows[-1]), ""]
+    rule = line(["-" * w for w in widths])
+    out = ["times in seconds; SLO% = SLO attainment of admitted requests; fair = service that met its "
+           "SLO over the tenant's max-min fair share of what it asked for (refusals included)",
+           line(head1), line(head2), rule]
+    out += [line(r) for r in rows[:n_tenants]] + [rule]
+    out += [line(r) for r in rows[n_tenants:-1]] + [rule, line(rows[-1]), ""]
     for label, r in results.items():
-        fz, fc = r.fairness, r.forecast.get("ttft", {})
-        out.append(f"{label:>20}: Jain {_f(fz['jain_weighted'])}"
-                   + (f" (backlogged {_f(fz['jain_backlogged'])})" if "jain_backlogged" in fz else "")
-                   + f"  max service diff {_f(fz['service_difference'], 0)}"
-                   f"  TTFT forecast MdAPE {_f(fc.get('median_ape'), 1, 100)}%"
+        fz = r.fairness
+        apes = "  ".join(f"{c} {_f(o.ttft_ape_p50, 1, 100)}%" for c, o in r.per_class.items()
+                         if o.ttft_ape_p50 is not None)
+        worst = (f" (worst {fz['min_fair_tenant']} at {_f(fz['min_fair_ratio'], 2)})"
+                 if fz.get("min_fair_tenant") is not None else "")
+        out.append(f"{label:>20}: Jain over fair shares of demand {_f(fz['jain_demand'])}{worst}"
+                   f"  max service diff {_f(fz['service_difference'], 0)}"
+                   f"  TTFT forecast MdAPE {apes or '-'}"
                    f"  {r.makespan_s:.0f} virtual s in {r.wall_s:.1f} s ({r.virtual_per_wall:.0f}x)")
     return "\n".join(out)
 

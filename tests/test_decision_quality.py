@@ -191,3 +191,19 @@ def test_mooncake_scenario_keeps_a_prefix_within_one_tenant() -> None:
         if r.hash_ids:
             assert owner.setdefault(r.hash_ids[0], r.tenant) == r.tenant
     assert {s.slo_class for s in sc.tenants.values()} == {"interactive", "batch"}
+
+
+def test_simulate_table_has_class_rows_and_the_demand_fairness() -> None:
+    from replay.simulate import format_side_by_side
+
+    lengths = LengthTable.constant(300, 60)
+    w = merge(poisson_workload(lengths, 2.0, duration_s=10, seed=1, tenant="a"),
+              poisson_workload(lengths, 1.0, duration_s=10, seed=2, tenant="bulk"))
+    policy = replace(default_policy("vtc", admission=True),
+                     tenants={"a": TenantPolicy(1.0), "bulk": TenantPolicy(1.0, "batch")}).validate()
+    r = run_virtual(w, policy, torch_expert=False)
+    lines = format_side_by_side({"vtc+admission": r}).splitlines()
+    rows = {ln.split()[0]: ln for ln in lines if ln and ln.split()[0] in ("a", "bulk", "[interactive]", "[batch]", "all")}
+    assert set(rows) == {"a", "bulk", "[interactive]", "[batch]", "all"}
+    assert rows["[batch]"].split()[1] == str(r.per_class["batch"].requests)
+    assert f"Jain over fair shares of demand {r.fairness['jain_demand']:.3f}" in lines[-1]

@@ -81,7 +81,7 @@ def test_fcfs_at_a_tiny_load_meets_every_slo() -> None:
     assert r.overall.ttft_p99_s is not None and r.overall.ttft_p99_s < 0.5
     assert r.overall.tpot_p50_s is not None and r.overall.tpot_p50_s < 0.05
     text = format_result(r, "light")
-    assert "light" in text and "Jain" in text
+    assert "light" in text and f"Jain over fair shares of demand {r.fairness['jain_demand']:.3f}" in text
 
 
 def test_admission_protects_admitted_interactive_requests_under_overload() -> None:
