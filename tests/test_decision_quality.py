@@ -207,3 +207,24 @@ def test_simulate_table_has_class_rows_and_the_demand_fairness() -> None:
     assert set(rows) == {"a", "bulk", "[interactive]", "[batch]", "all"}
     assert rows["[batch]"].split()[1] == str(r.per_class["batch"].requests)
     assert f"Jain over fair shares of demand {r.fairness['jain_demand']:.3f}" in lines[-1]
+
+
+def test_the_ttft_error_quantile_widens_the_admission_margin() -> None:
+    from controlplane.core.admission import AdmissionInputs, decide
+
+    base = AdmissionInputs(prompt_tokens=1000, output_tokens=10, ttft_slo_ms=500.0, tpot_slo_ms=None,
+                           deadline_s=None, on_miss="reject", margin=0.8, admission=True, ahead_requests=0,
+                           ahead_tokens=0, inflight_tpot_slo_ms=None, engines=(_view(prefill_b=2.5e-4),))
+    ttft_ms = forecast(base.engines[0], 0, 0, 1000, 10).ttft_s * 1e3
+    assert ttft_ms < 400 < 2 * ttft_ms  # inside the margin alone, outside it at twice
+    assert decide(base).decision == "admit"
+    assert decide(replace(base, ttft_error=2.0)).reason == "ttft_unattainable"
+
+
+def test_the_core_learns_the_90th_percentile_of_ttft_error() -> None:
+    core = make_core(make_policy(window=4))
+    for i in range(400):  # every first token comes at twice the forecast
+        core.arrive(float(i), RequestSpec(f"r{i}", "a", 1000, 10))
+        forecast_s = core.requests[f"r{i}"].forecast_ttft_s
+        core.finish(float(i) + 0.5, f"r{i}", FinishReport("ok", 1000, 0, 10, float(i) + 2 * forecast_s))
+    assert core._ttft_error == pytest.approx(2.0, rel=0.05)

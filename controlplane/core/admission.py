@@ -156,6 +156,7 @@ class AdmissionInputs:
     inflight_tpot_slo_ms: float | None  # the tightest TPOT SLO among requests already running
     engines: tuple[EngineView, ...]  # healthy engines only
     cached_tokens: float = 0.0  # of the prompt, expected from the prefix cache
+    ttft_error: float = 1.0  # the recent 90th percentile of actual / forecast TTFT (an uncertainty margin)
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +186,7 @@ def decide(x: AdmissionInputs) -> AdmissionResult:
         return result("defer" if queued else "admit", "admission_off")
     if x.deadline_s is not None and best.e2e_s > x.margin * x.deadline_s:
         return result("reject", "deadline_unattainable", _retry_after(best.e2e_s - x.margin * x.deadline_s))
-    if x.ttft_slo_ms is not None and ms[0] > x.margin * x.ttft_slo_ms:
+    if x.ttft_slo_ms is not None and ms[0] * x.ttft_error > x.margin * x.ttft_slo_ms:
         if x.on_miss == "defer":
             return result("defer", "ttft_unattainable_deferred")
         return result("reject", "ttft_unattainable", _retry_after(best.ttft_s - x.margin * x.ttft_slo_ms / 1e3))

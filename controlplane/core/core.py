@@ -130,6 +130,9 @@ class DecisionCore:
         # EWMAs of what requests cost: they size the windows and the mean service time
         self._mean_prompt, self._mean_output = 512.0, 512.0
         self._latency_service_s = 1.0  # of latency-tier requests, dispatch to finish
+        # the 90th percentile of actual / forecast TTFT of admitted latency requests, tracked online
+        # (a quantile by stochastic gradient): admission holds forecast x this to the budget
+        self._ttft_error = 1.0
         self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
         self._resize_windows()
         for eng in self.engines.values():
@@ -228,6 +231,10 @@ class DecisionCore:
         tpot = (now - first) / (report.completion_tokens - 1) if first is not None and report.completion_tokens > 1 else None
         if report.status == "ok":
             self._learn(now, t, eng, report, ttft, tpot)
+            if t.tier == LATENCY and t.forecast_ttft_s and first is not None:
+                ratio = (first - t.arrival) / t.forecast_ttft_s
+                step = 0.02 * (0.9 - (1.0 if ratio <= self._ttft_error else 0.0))
+                self._ttft_error = min(3.0, max(1.0, self._ttft_error + step))
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.tiers[t.tier].scheduler.finish(t.spec.tenant, t.work, Outcome(
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
@@ -457,6 +464,7 @@ class DecisionCore:
             inflight_tpot_slo_ms=min(running_slos) if running_slos else None,
             engines=tuple(self.engine_view(e, now, ahead / n) for e in healthy),
             cached_tokens=spec.prompt_tokens - cost,
+            ttft_error=self._ttft_error if tier == LATENCY else 1.0,
         )
 
     def _latency_reserve(self, eng: EngineState, now: float) -> int:
