@@ -5,10 +5,13 @@ time, under one or several policies, and print per-tenant outcomes side by side 
     sluice simulate --workload azure-conv --policy equinox --admission --scale-rate 2
     sluice simulate --workload servegen:m-small --policy vtc --duration 600 --engines 2
     sluice simulate --workload trace.jsonl --policy fcfs --config sluice.toml
+    sluice simulate --workload scenario:mooncake --policy all --admission --duration 120
 
 Workloads: a canonical JSONL file, or one of the public traces in shared/traces
 (`azure-conv`, `azure-code`, `mooncake`, `servegen:<group>` = the busiest hour of a ServeGen
-language group) or VTC's synthetic suites (`vtc-overload`, `vtc-weighted`, weights 1:2:3:4).
+language group) or VTC's synthetic suites (`vtc-overload`, `vtc-weighted`, weights 1:2:3:4), or
+`scenario:<name>`, a multi-tenant scenario of the matrix (replay/scenarios.py: tenants, weights and
+each request's SLO class; the classes are the policy's, e.g. from `--config`).
 """
 from __future__ import annotations
 
@@ -38,7 +41,15 @@ def load_named_workload(name: str, *, duration_s: float | None = None, seed: int
     from replay.loaders import load_azure, load_length_table, load_mooncake, shared_trace, vtc_overload, vtc_weighted
 
     weights: dict[str, float] = {}
-    if name == "azure-conv":
+    if name.startswith("scenario:"):
+        from replay.scenarios import build_scenario
+
+        span = (duration_s or 600.0) * scale + 1.0
+        sc = build_scenario(name.split(":", 1)[1], seed=seed, span_s=span)
+        reqs = [dataclasses.replace(r, slo_class=sc.tenants[r.tenant].slo_class, extra=dict(r.extra))
+                for r in sc.requests]
+        weights = {t: spec.weight for t, spec in sc.tenants.items()}
+    elif name == "azure-conv":
         reqs = load_azure(shared_trace("AzureLLMInferenceTrace_conv.csv"), "conv")
     elif name == "azure-code":
         reqs = load_azure(shared_trace("AzureLLMInferenceTrace_code.csv"), "code")
@@ -63,7 +74,7 @@ def load_named_workload(name: str, *, duration_s: float | None = None, seed: int
     else:
         path = Path(name)
         if not path.exists():
-            raise FileNotFoundError(f"no workload file {name!r}; named workloads: {', '.join(NAMED)}")
+            raise FileNotFoundError(f"no workload file {name!r}; named workloads: {', '.join(NAMED)}, scenario:<name>")
         reqs = read_workload(path)
     if scale != 1.0:
         reqs = scale_rate(reqs, scale)

@@ -228,3 +228,14 @@ def test_the_core_learns_the_90th_percentile_of_ttft_error() -> None:
         forecast_s = core.requests[f"r{i}"].forecast_ttft_s
         core.finish(float(i) + 0.5, f"r{i}", FinishReport("ok", 1000, 0, 10, float(i) + 2 * forecast_s))
     assert core._ttft_error == pytest.approx(2.0, rel=0.05)
+
+
+def test_simulate_takes_a_matrix_scenario_with_its_classes_and_weights() -> None:
+    from replay.simulate import load_named_workload
+
+    reqs, weights = load_named_workload("scenario:vtc-weighted", duration_s=10.0)
+    assert weights == {"client0": 1.0, "client1": 2.0, "client2": 3.0, "client3": 4.0}
+    assert reqs and {r.slo_class for r in reqs} == {"interactive"}
+    assert max(r.timestamp_ms for r in reqs) < 10_000
+    with pytest.raises(ValueError, match="unknown scenario"):
+        load_named_workload("scenario:nope")
