@@ -12,7 +12,7 @@ from controlplane.core.events import Dispatch, FinishReport, RequestSpec
 from controlplane.core.policy import PolicyError, SLOClassPolicy, TenantPolicy
 from controlplane.core.tiers import DEFERRABLE, LATENCY
 from replay.loaders import LengthTable, poisson_workload
-from replay.runner import default_policy, run_virtual
+from replay.runner import VirtualResult, default_policy, run_virtual
 from replay.workload import DEFAULT_MAX_TOKENS, WorkloadRequest, merge, read_workload
 from tests.core_helpers import make_core, make_policy
 
@@ -151,13 +151,18 @@ def test_batch_gets_its_weighted_share_when_both_tiers_stay_backlogged() -> None
     assert share == pytest.approx(0.5, abs=0.1)  # weights 1 and 1
 
 
-def test_per_class_outcomes_and_tokens_goodput() -> None:
+def _interactive_and_batch(seconds: float) -> tuple[list[WorkloadRequest], VirtualResult]:
+    """Tenant a (interactive, 2 req/s) and bulk (batch, 1 req/s) under vtc with admission."""
     lengths = LengthTable.constant(300, 60)
-    w = merge(poisson_workload(lengths, 2.0, duration_s=20, seed=1, tenant="a"),
-              poisson_workload(lengths, 1.0, duration_s=20, seed=2, tenant="bulk"))
+    w = merge(poisson_workload(lengths, 2.0, duration_s=seconds, seed=1, tenant="a"),
+              poisson_workload(lengths, 1.0, duration_s=seconds, seed=2, tenant="bulk"))
     policy = replace(default_policy("vtc", admission=True),
                      tenants={"a": TenantPolicy(1.0), "bulk": TenantPolicy(1.0, "batch")}).validate()
-    r = run_virtual(w, policy, torch_expert=False)
+    return w, run_virtual(w, policy, torch_expert=False)
+
+
+def test_per_class_outcomes_and_tokens_goodput() -> None:
+    w, r = _interactive_and_batch(20)
     assert set(r.per_class) == {"interactive", "batch"}
     assert r.per_class["batch"].requests == sum(1 for x in w if x.tenant == "bulk")
     good = [x for x in r.records if x.slo_met]
@@ -196,12 +201,7 @@ def test_mooncake_scenario_keeps_a_prefix_within_one_tenant() -> None:
 def test_simulate_table_has_class_rows_and_the_demand_fairness() -> None:
     from replay.simulate import format_side_by_side
 
-    lengths = LengthTable.constant(300, 60)
-    w = merge(poisson_workload(lengths, 2.0, duration_s=10, seed=1, tenant="a"),
-              poisson_workload(lengths, 1.0, duration_s=10, seed=2, tenant="bulk"))
-    policy = replace(default_policy("vtc", admission=True),
-                     tenants={"a": TenantPolicy(1.0), "bulk": TenantPolicy(1.0, "batch")}).validate()
-    r = run_virtual(w, policy, torch_expert=False)
+    _, r = _interactive_and_batch(10)
     lines = format_side_by_side({"vtc+admission": r}).splitlines()
     rows = {ln.split()[0]: ln for ln in lines if ln and ln.split()[0] in ("a", "bulk", "[interactive]", "[batch]", "all")}
     assert set(rows) == {"a", "bulk", "[interactive]", "[batch]", "all"}
