@@ -102,7 +102,7 @@ def run_all(workload: list[WorkloadRequest], weights: dict[str, float], seed: in
     for label in policies():
         sched = label.split("+")[0]
         pol = default_policy(sched, admission=label.endswith("+adm"), weights=weights)
-        out[label] = run_virtual(workload, pol, seed=seed, service_difference=True if len(weights) <= 12 else None)
+        out[label] = run_virtual(workload, pol, seed=seed)
     return out
 
 

@@ -6,7 +6,7 @@ one `SimCore` per engine (engine_adapter/sim) as a discrete-event simulation:
 - arrivals come from the workload: `RequestSpec(prompt_tokens=input_length, max_tokens=cap)` for the
   core, `SimRequest(max_new_tokens=cap, output_tokens=output_length, hash_ids=...)` for the engine,
   where cap is the request's `max_tokens` or `DEFAULT_MAX_TOKENS`: only the engine knows where the
-  output will stop, as in serving (the core predicts it; tests/test_replay_no_oracle.py holds this);
+  output will stop, as in serving (the core predicts it; tests/test_decision_quality.py holds this);
 - `Dispatch` -> `SimCore.submit`; the engine's `first_token` -> `core.first_token`, its `finish` ->
   `core.finish(FinishReport)`, whose actions are applied at once;
 - `core.tick` at the driver's tick instants while requests are queued (deadlines; a tick with
@@ -446,7 +446,7 @@ def run_virtual(
     record_decisions: bool = False,
     torch_expert: bool = True,
     train_every: int = 256,
-    service_difference: bool | None = None,
+    service_difference: bool = True,
     fairness_ticks: int = 20,
 ) -> VirtualResult:
     """Replay `workload` through the decision core and `engines` simulated engines in virtual time.
@@ -514,7 +514,7 @@ def _outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: fl
     return o
 
 
-def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks: int) -> VirtualResult:
+def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -> VirtualResult:
     policy = run.policy
     for rec in run.records:
         rec.slo_class = rec.slo_class or policy.tenant(rec.tenant).slo_class
@@ -553,8 +553,6 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool | None, n_ticks:
               for r in run.records if r.status == OK and r.finish_s is not None]
     for tenant, start in run.backlog_start.items():  # still backlogged at the horizon
         run.backlogged.setdefault(tenant, []).append((start, makespan))
-    if want_sd is None:
-        want_sd = True  # exact for any number of tenants (fairness.metrics.service_difference)
     ticks = list(np.linspace(0.0, max(duration, 1e-9), n_ticks + 1)[1:]) if n_ticks else None
     fs = fairness_summary(served, weights, run.backlogged if want_sd else None, ticks)
     sd = fs.get("service_difference")

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, decide, forecast
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, PolicyError
-from controlplane.core.tiers import DEFERRABLE, LATENCY, Tier, TieredQueue, tier_of
+from controlplane.core.tiers import DEFERRABLE, LATENCY, TieredQueue, tier_of
 from engine_adapter.base import StepProfile
 from fairness import Outcome, Scheduler, Work, make_scheduler
 
@@ -336,7 +336,8 @@ class DecisionCore:
                                                       for t in eng.in_flight.values())))
         while eng.finishes and eng.finishes[0] < now - RATE_WINDOW_S:
             eng.finishes.popleft()
-        return replace(view, departure_rate=len(eng.finishes) / RATE_WINDOW_S, mean_service_s=view.prefill_through(self._mean_prompt, batch, kv) + self._mean_output * step,
+        mean_service = view.prefill_through(self._mean_prompt, batch, kv) + self._mean_output * step
+        return replace(view, departure_rate=len(eng.finishes) / RATE_WINDOW_S, mean_service_s=mean_service,
                        departures=departures)
 
     @staticmethod
@@ -406,28 +407,25 @@ class DecisionCore:
                 total, tokens = ahead, tokens * ahead / total
             else:
                 # Its weight's share among the tenants being served: those backlogged now and those
-                # served lately (a light tenant is backlogged only for a moment, yet takes its turn
-                # every round).
-                # At least its weighted share. A deferrable request (a deadline of minutes, so a
-                # long queue) also counts on what the others leave: they cannot take more than
-                # they ask for (max-min), measured by their share of the tier's recent arrivals.
-                # Without it, a heavy batch tenant among many light ones was refused at 0.8x
-                # load. Latency requests keep the conservative share that holds their TTFT.
+                # that asked lately (a light tenant is backlogged only for a moment, yet takes its
+                # turn every round). A deferrable request (a deadline of minutes, so a long queue)
+                # also counts on what the others leave: they cannot take more than they ask for
+                # (max-min), measured by their share of the tier's recent arrivals. Without it, a
+                # heavy batch tenant among many light ones was refused at 0.8x load. Latency
+                # requests keep the conservative share that holds their TTFT.
                 active = self._active_weight_at(now)[tier]
                 share = weight / max(q.backlogged_weight, active, weight)
                 asked = self._tier_arrivals[tier]
                 if tier == DEFERRABLE and asked:
                     share = max(share, self._arrival_counts.get((tenant, tier), 0) / asked)
                 total, tokens = (own + 1) / share - 1, q.tenant_tokens[tenant] / share
-        other = self.scheduler.tiers[DEFERRABLE if tier == LATENCY else LATENCY]
+        other = self.scheduler.other(q)
         if other.queued:
-            mine = self._tier_weight(now, q)
-            stretch = (mine + self._tier_weight(now, other)) / mine
+            active = self._active_weight_at(now)
+            mine = q.weight(active)
+            stretch = (mine + other.weight(active)) / mine
             total, tokens = total * stretch, tokens * stretch
         return total, tokens
-
-    def _tier_weight(self, now: float, q: Tier) -> float:
-        return max(self._active_weight_at(now)[q.name], q.backlogged_weight, 1e-9)
 
     def _arrived(self, now: float, tenant: str, tier: str) -> None:
         self._active_weight_at(now)
@@ -476,8 +474,8 @@ class DecisionCore:
             return 0
         rate = self._tier_arrivals[LATENCY] / RATE_WINDOW_S / max(1, len(self.engines))
         need = math.ceil(rate * self._latency_service_s) + 1
-        w_lat = max(active[LATENCY], self.scheduler.tiers[LATENCY].backlogged_weight)
-        w_dfr = max(active[DEFERRABLE], self.scheduler.tiers[DEFERRABLE].backlogged_weight, 1e-9)
+        w_lat = self.scheduler.tiers[LATENCY].weight(active)
+        w_dfr = self.scheduler.tiers[DEFERRABLE].weight(active)
         return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
 
     def _deferrable_starving(self, now: float) -> bool:
@@ -492,8 +490,7 @@ class DecisionCore:
         """With admission, the latency tier runs first; it is held to its weighted share by refusing
         its new requests while it is ahead of that share and the deferrable tier is starving."""
         return (self.policy.admission and tier == LATENCY and self._deferrable_starving(now)
-                and self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now,
-                                                  lambda name: self._active_weight_at(now)[name]))
+                and self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now, self._active_weight_at(now)))
 
     def _feasible_alone(self, x: AdmissionInputs) -> bool:
         """Whether the request would meet its TTFT on an idle engine (else its refusal says
@@ -513,7 +510,7 @@ class DecisionCore:
         if self._inflight_deferrable[e.spec.name] >= e.window - self._latency_reserve(e, now):
             return False
         if now - self._latency_refused_at < RATE_WINDOW_S and self.scheduler.ahead_of_share(
-                self.scheduler.tiers[DEFERRABLE], now, lambda tier: self._active_weight_at(now)[tier]):
+                self.scheduler.tiers[DEFERRABLE], now, self._active_weight_at(now)):
             return False
         if not self._active_weight_at(now)[LATENCY] or e.profile is None or e.profile.prefill_b <= 0:
             return True
@@ -544,8 +541,7 @@ class DecisionCore:
     def _pump(self, now: float) -> list[Action]:
         actions: list[Action] = []
         while True:
-            for q in self.scheduler.order(now, lambda tier: self._active_weight_at(now)[tier],
-                                          self.policy.admission):
+            for q in self.scheduler.order(now, self._active_weight_at(now), self.policy.admission):
                 head = q.scheduler.peek()
                 if head is None:  # only paused tenants have queued requests
                     continue

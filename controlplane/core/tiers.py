@@ -30,7 +30,7 @@ chooses. The core also keeps window slots and prefill headroom free for the late
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
 from controlplane.core.policy import SLOClassPolicy
@@ -55,6 +55,11 @@ class Tier:
     backlogged_weight: float = 0.0  # weight of the tenants with requests queued
     service: float = 0.0  # decayed token cost dispatched
     stamp: float = 0.0
+
+    def weight(self, active: Mapping[str, float]) -> float:
+        """Its weight for sharing between tiers: of its tenants that asked lately (`active`, per
+        tier) or have requests queued, whichever is more."""
+        return max(active[self.name], self.backlogged_weight, 1e-9)
 
     def served(self, now: float) -> float:
         if now > self.stamp:
@@ -95,31 +100,27 @@ class TieredQueue:
             q.backlogged_weight -= self._weight(tenant)
             del q.tenant_tokens[tenant]
 
-    def order(self, now: float, active_weight: Callable[[str], float], latency_first: bool) -> list[Tier]:
+    def order(self, now: float, active: Mapping[str, float], latency_first: bool) -> list[Tier]:
         """Tiers with queued requests, the one to serve first first (module docstring)."""
         ready = [q for q in self.tiers.values() if q.queued]
         if len(ready) < 2:
             return ready
         lat, dfr = ready
-        if not latency_first and self.ahead_of_share(lat, now, active_weight):
+        if not latency_first and self.ahead_of_share(lat, now, active):
             return [dfr, lat]
         return [lat, dfr]
 
-    def ahead_of_share(self, q: Tier, now: float, active_weight: Callable[[str], float]) -> bool:
+    def other(self, q: Tier) -> Tier:
+        return self.tiers[DEFERRABLE if q.name == LATENCY else LATENCY]
+
+    def ahead_of_share(self, q: Tier, now: float, active: Mapping[str, float]) -> bool:
         """Whether tier `q` has had more service per unit of weight than the other tier."""
-        other = self.tiers[DEFERRABLE if q.name == LATENCY else LATENCY]
-
-        def per_weight(t: Tier) -> float:
-            return t.served(now) / max(active_weight(t.name), t.backlogged_weight, 1e-9)
-
-        return per_weight(q) > per_weight(other)
+        other = self.other(q)
+        return q.served(now) / q.weight(active) > other.served(now) / other.weight(active)
 
     def charge(self, tier: Tier, now: float, cost: float) -> None:
         tier.served(now)
         tier.service += cost
-
-    def tier_for(self, key: Hashable) -> str:
-        return self._tier_of_key[key]
 
     # -- reads ---------------------------------------------------------------------------
     @property
