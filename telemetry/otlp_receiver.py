@@ -237,27 +237,36 @@ def _fields(buf: memoryview, pos: int, end: int) -> Any:
     """(field number, start, end) of each length-delimited field in buf[pos:end]; other wire types
     are skipped, malformed data raises _BadData (what the C parser would refuse)."""
     while pos < end:
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _BadData("invalid protobuf field number 0")
-        if wire == 0:
-            _, pos = _varint(buf, pos, end)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
-        elif wire == 2:
+        number, wire, pos = _tag(buf, pos, end)
+        if wire == 2:
             n, pos = _varint(buf, pos, end)
             if pos + n > end:
                 raise _BadData("truncated protobuf: a field runs past the end of its message")
             yield number, pos, pos + n
             pos += n
             continue
-        else:
-            raise _BadData(f"unsupported protobuf wire type {wire}")
+        pos = _skip(buf, wire, pos, end)
         if pos > end:
             raise _BadData("truncated protobuf")
+
+
+def _tag(buf: memoryview, pos: int, end: int) -> tuple[int, int, int]:
+    """(field number, wire type, position after the tag) of the field starting at `pos`."""
+    key, pos = _varint(buf, pos, end)
+    if key >> 3 == 0:
+        raise _BadData("invalid protobuf field number 0")
+    return key >> 3, key & 7, pos
+
+
+def _skip(buf: memoryview, wire: int, pos: int, end: int) -> int:
+    """Past a field of a wire type that is not length-delimited."""
+    if wire == 0:
+        return _varint(buf, pos, end)[1]
+    if wire == 1:
+        return pos + 8
+    if wire == 5:
+        return pos + 4
+    raise _BadData(f"unsupported protobuf wire type {wire}")
 
 
 def _parse(cls: Any, data: bytes | memoryview) -> Any:
@@ -316,10 +325,7 @@ def _scope_spans(raw: bytes, buf: memoryview, pos: int, end: int, room: int) -> 
                 raise _BadData("truncated protobuf: a span runs past the end of its ScopeSpans")
             count += 1
             continue
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _BadData("invalid protobuf field number 0")
+        number, wire, pos = _tag(buf, pos, end)
         if wire == 2:
             n, pos = _varint(buf, pos, end)
             if pos + n > end:
@@ -330,14 +336,8 @@ def _scope_spans(raw: bytes, buf: memoryview, pos: int, end: int, room: int) -> 
                 count += 1
                 spans.append(_parse(Span, buf[pos:pos + n]))
             pos += n
-        elif wire == 0:
-            _, pos = _varint(buf, pos, end)
-        elif wire == 1:
-            pos += 8
-        elif wire == 5:
-            pos += 4
         else:
-            raise _BadData(f"unsupported protobuf wire type {wire}")
+            pos = _skip(buf, wire, pos, end)
     if pos > end:
         raise _BadData("truncated protobuf")
     return scope_parts, spans, count
