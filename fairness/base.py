@@ -425,16 +425,17 @@ class Scheduler(ABC):
         resource = max(state.resource, floor[1]) if self.lift_resource else state.resource
         self._set_counters(state, user, resource)
 
-    def _on_active(self, state: TenantState) -> None:
+    # Index hooks: no-ops here, overridden only by the policies that keep an index (not abstract)
+    def _on_active(self, state: TenantState) -> None:  # noqa: B027
         """The tenant has just become backlogged (it counts in the sums now): index it."""
 
-    def _on_idle(self, state: TenantState) -> None:
+    def _on_idle(self, state: TenantState) -> None:  # noqa: B027
         """The tenant left the backlog (queue empty or paused): drop it from indexes."""
 
-    def _on_counters(self, state: TenantState) -> None:
+    def _on_counters(self, state: TenantState) -> None:  # noqa: B027
         """A backlogged tenant's counters changed: re-index it."""
 
-    def _on_head_changed(self, state: TenantState) -> None:
+    def _on_head_changed(self, state: TenantState) -> None:  # noqa: B027
         """The head of a backlogged tenant's queue was removed without being dispatched."""
 
     def _charge(self, state: TenantState, predicted: Work) -> None:

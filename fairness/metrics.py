@@ -34,6 +34,7 @@ import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -403,7 +404,8 @@ def windowed_demand_fairness(asked: Iterable[Asked], weights: Mapping[str, float
         # an unserved request is discharged before edge e once e > until, or e == until > arrival
         # (one refused exactly at e on arrival is still demand in the window starting at e)
         left = np.zeros(n + 1)
-        for later, side in ((True, "right"), (False, "left")):
+        sides: tuple[tuple[bool, Literal["left", "right"]], ...] = ((True, "right"), (False, "left"))
+        for later, side in sides:
             gone = sorted((r.until, r.service) for r in items
                           if not r.served and r.until is not None and (r.until > r.arrival) == later)
             if not later:
@@ -521,7 +523,8 @@ def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     if total == 0:
         return np.zeros(0, dtype=np.int64)
     offsets = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + (np.arange(total) - offsets)
+    out: np.ndarray = np.repeat(starts, lengths) + (np.arange(total) - offsets)
+    return out
 
 
 class _Normalised:
@@ -604,7 +607,7 @@ def _blocked_bound(hi_f: np.ndarray, lo_f: np.ndarray, hi_g: np.ndarray, lo_g: n
     (hi_f[j] - lo_f[i]) + (hi_g[i] - lo_g[j]) = A[j] + C[i] with A = hi_f - lo_g, C = hi_g - lo_f,
     maximised with a running max of C that restarts at a boundary not jointly crossed; and the
     same with f and g swapped. Empty blocks give -inf terms, never NaN (-inf - +inf = -inf)."""
-    out = np.max((hi_f - lo_f) + (hi_g - lo_g), axis=1)
+    out: np.ndarray = np.max((hi_f - lo_f) + (hi_g - lo_g), axis=1)
     for a, c in ((hi_f - lo_g, hi_g - lo_f), (hi_g - lo_f, hi_f - lo_g)):
         running = np.full(len(out), -np.inf)
         for j in range(1, a.shape[1]):
@@ -763,7 +766,8 @@ def accumulated_service_difference(responses: Iterable[Served], ticks: Sequence[
     if not acc:
         return [0.0] * len(ticks)
     m = np.array([np.asarray(v) / w.get(name, 1.0) for name, v in acc.items()])
-    return (m.max(axis=0) - m.min(axis=0)).tolist()
+    spread: list[float] = (m.max(axis=0) - m.min(axis=0)).tolist()
+    return spread
 
 
 def windowed_service(responses: Iterable[Served], ticks: Sequence[float], window: float = 60.0) -> dict[str, list[float]]:
@@ -810,7 +814,8 @@ def windowed_service_difference(responses: Iterable[Served], ticks: Sequence[flo
     names = sorted(y)
     ym = np.array([np.asarray(y[n]) / w.get(n, 1.0) for n in names])
     dm = np.array([np.asarray(d[n]) / w.get(n, 1.0) for n in names])
-    return np.max(np.minimum(ym.max(axis=0) - ym, dm - ym), axis=0).tolist()
+    bound: list[float] = np.max(np.minimum(ym.max(axis=0) - ym, dm - ym), axis=0).tolist()
+    return bound
 
 
 def fairness_summary(

@@ -70,6 +70,7 @@ class Tracked:
 class EngineState:
     spec: EngineSpec
     model: StepModel
+    profile: StepProfile  # the model's estimate, refreshed with each load report
     healthy: bool = True
     in_flight: dict[str, Tracked] = field(default_factory=dict)
     waiting_tokens: float = 0.0  # dispatched prompt tokens without a first token yet
@@ -81,11 +82,10 @@ class EngineState:
     prior_window: int = 1  # the window the engine's own profile gives: a floor when learning goes wrong
     prefill_budget: float = 8192.0  # prompt tokens per step that keep a step within the TPOT budget
     meter: TokenBucket | None = None  # meters prompt tokens in at prefill_budget per TPOT budget
-    profile: StepProfile | None = None  # the model's estimate, refreshed with each load report
     prefilled: float = 0.0  # cumulative prompt tokens dispatched
     dispatched: int = 0  # cumulative requests dispatched
     finishes: deque[float] = field(default_factory=deque)  # times of the finishes over the last RATE_WINDOW_S
-    recent: deque[tuple[float, int]] = field(default_factory=deque)  # (time, prompt tokens) of dispatches
+    recent: deque[tuple[float, float]] = field(default_factory=deque)  # (time, prompt tokens) of dispatches
     recent_tokens: float = 0.0
 
     def rates(self, now: float) -> tuple[float, float]:
@@ -109,7 +109,7 @@ class DecisionCore:
         self.policy = policy.validate()
         self.predictor = predictor
         self.errors = errors
-        self.engines = {spec.name: EngineState(spec, model, profile=model.profile()) for spec, model in engines}
+        self.engines = {spec.name: EngineState(spec, model, model.profile()) for spec, model in engines}
         self.requests: dict[str, Tracked] = {}
         self.scheduler = self._new_queue(policy)
         self._rps: dict[str, TokenBucket] = {}
@@ -318,7 +318,6 @@ class DecisionCore:
     def engine_view(self, eng: EngineState, now: float, ahead: float = 0.0) -> EngineView:
         """The engine as the forecast sees it; `ahead` requests queued before the one forecast."""
         p = eng.profile
-        assert p is not None
         batch = max(1, min(eng.window, len(eng.in_flight) + 1))
         kv = max(eng.kv_tokens, eng.reported_kv_tokens)
         prefill_rate, dispatch_rate = eng.rates(now)
@@ -413,8 +412,8 @@ class DecisionCore:
                 # (max-min), measured by their share of the tier's recent arrivals. Without it, a
                 # heavy batch tenant among many light ones was refused at 0.8x load. Latency
                 # requests keep the conservative share that holds their TTFT.
-                active = self._active_weight_at(now)[tier]
-                share = weight / max(q.backlogged_weight, active, weight)
+                asking = self._active_weight_at(now)[tier]
+                share = weight / max(q.backlogged_weight, asking, weight)
                 asked = self._tier_arrivals[tier]
                 if tier == DEFERRABLE and asked:
                     share = max(share, self._arrival_counts.get((tenant, tier), 0) / asked)
@@ -512,7 +511,7 @@ class DecisionCore:
         if now - self._latency_refused_at < RATE_WINDOW_S and self.scheduler.ahead_of_share(
                 self.scheduler.tiers[DEFERRABLE], now, self._active_weight_at(now)):
             return False
-        if not self._active_weight_at(now)[LATENCY] or e.profile is None or e.profile.prefill_b <= 0:
+        if not self._active_weight_at(now)[LATENCY] or e.profile.prefill_b <= 0:
             return True
         ttfts = [c.ttft_ms for c in self.policy.slo_classes.values() if c.ttft_ms is not None and tier_of(c) == LATENCY]
         if not ttfts:

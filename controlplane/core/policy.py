@@ -6,8 +6,13 @@ the core swaps policies atomically and every decision names the version it was m
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+    _D = TypeVar("_D", bound=DataclassInstance)
 
 SCHEDULERS = ("fcfs", "vtc", "equinox", "wrr")
 ON_MISS = ("reject", "defer")
@@ -128,10 +133,10 @@ def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _build(cls: type, raw: Any, where: str) -> Any:
+def _build(cls: type[_D], raw: Any, where: str) -> _D:
     if not isinstance(raw, dict):
         raise PolicyError(f"{where}: must be an object")
-    known = set(cls.__dataclass_fields__)
+    known = {f.name for f in fields(cls)}
     unknown = set(raw) - known
     if unknown:
         raise PolicyError(f"{where}: unknown keys {sorted(unknown)}")
