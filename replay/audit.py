@@ -1,55 +1,44 @@
-"""Audit: re-derive recorded decisions from their recorded inputs, and replay a recorded window.
+"""Audit: re-derive every recorded decision from its recorded inputs and policy version.
 
 Every admission decision (`admit`, `defer`, `reject` by the forecast) is written to the `decisions`
 table with its complete `AdmissionInputs` (engines as a list of `EngineView` dicts, plus the SLO
-class) and its `AdmissionResult` as outputs (controlplane/observe.py). `decide()` is a pure
-function, so re-running it on the recorded inputs must give the recorded outputs bit for bit
-(JSON round-trips Python floats exactly). `audit_decisions` does that for each row and, when the
-policy versions are known (the `policy_changes` audit log), also checks that the recorded inputs
-carry the policy of the recorded version (margin, admission switch, SLO bounds of the class) and
-that dispatch priorities and operator-pause refusals follow it.
+class) and its `AdmissionResult` as outputs; every dispatch with the views of the free engines and
+the request's sizes that `choose_engine` saw (controlplane/core). Both functions are pure, so
+re-running them on the recorded inputs must give the recorded outputs bit for bit (JSON round-trips
+Python floats exactly). When the policy versions are known (the `policy_changes` audit log), each
+row is also checked against the policy of its version: the margin, admission switch and SLO bounds
+its inputs carry, dispatch priorities and scheduler, operator pauses, rate limits, deadlines.
 
 Rows that cannot be re-derived from what is recorded are counted, not silently passed: rate-limit
-refusals (the token bucket's level is not recorded), expiries and aborts.
+refusals (the token bucket's level is not recorded), aborts (a client's or operator's act).
 
-`compare_window` replays the requests recorded in a time window (`requests_for_replay`) under
-another policy in virtual time and sets the recorded outcomes beside the replayed ones.
+The what-if (a recorded window replayed under another policy) lives in replay/whatif.py.
 """
 from __future__ import annotations
 
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
-import numpy as np
+import orjson
 
-from controlplane.core.admission import AdmissionInputs, EngineView, decide
+from controlplane.core.admission import AdmissionInputs, AdmissionResult, EngineView, choose_engine, decide
 from controlplane.core.policy import Policy, policy_from_dict
-from replay.runner import VirtualResult, format_result, run_virtual
-from replay.workload import WorkloadRequest
 
-__all__ = [
-    "AuditMismatch",
-    "AuditReport",
-    "WindowComparison",
-    "audit_db",
-    "audit_decisions",
-    "compare_window",
-    "format_comparison",
-    "policies_from_changes",
-    "rederive",
-    "workload_from_requests",
-]
+__all__ = ["AuditMismatch", "AuditReport", "PolicyChange", "audit_db", "audit_decisions", "policies_from_changes",
+           "policy_diff", "rederive", "rederive_dispatch", "timeline_from_changes"]
 
 ADMISSION_KINDS = ("admit", "defer", "reject")
 _INPUT_FIELDS = tuple(f.name for f in fields(AdmissionInputs))
 _REQUIRED_INPUTS = tuple(f.name for f in fields(AdmissionInputs) if f.default is MISSING)
 _VIEW_FIELDS = tuple(f.name for f in fields(EngineView))
-_NOT_REDERIVABLE = {"rate_limited_requests": "rate limit (bucket level not recorded)",
-                    "rate_limited_tokens": "rate limit (bucket level not recorded)"}
+_RESULT_FIELDS = tuple(f.name for f in fields(AdmissionResult))
+_RATE_LIMITED = ("rate_limited_requests", "rate_limited_tokens")
+_DECISION_COLUMNS = ("ts", "rid", "tenant", "kind", "reason", "engine", "policy_version", "inputs", "outputs")
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,67 +53,124 @@ class AuditMismatch:
     message: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class PolicyChange:
+    """One audit-log row: the version it made, when, who, why, and what changed ([path, before, after])."""
+    version: int
+    ts: float | None
+    actor: str | None
+    reason: str | None
+    changes: list[tuple[str, Any, Any]]
+
+
 @dataclass(slots=True)
 class AuditReport:
     rows: int = 0
     rederived: int = 0  # admission decisions re-run through decide()
-    checked: int = 0  # other rows checked against the policy (dispatch priority, pauses)
-    policy_checked: int = 0  # rows whose inputs were checked against their policy version
-    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows not re-derivable
+    dispatch_rederived: int = 0  # dispatches re-run through choose_engine()
+    checked: int = 0  # other rows checked against their policy (pauses, rate limits, deadlines, old dispatches)
+    policy_checked: int = 0  # admission rows whose inputs were checked against their policy version
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows neither re-derived nor checked
     by_kind: dict[str, int] = field(default_factory=dict)
+    by_version: dict[int, int] = field(default_factory=dict)  # policy version -> decisions made under it
     mismatches: list[AuditMismatch] = field(default_factory=list)
-    unknown_versions: list[int] = field(default_factory=list)
+    timeline: list[PolicyChange] = field(default_factory=list)
+    audited_versions: list[int] = field(default_factory=list)  # versions with an audit row of their own
+    known_versions: list[int] = field(default_factory=list)  # versions whose policy is known (own row or a before)
+    elapsed_s: float = 0.0
 
     @property
     def ok(self) -> bool:
         return not self.mismatches
 
+    @property
+    def unaudited_versions(self) -> dict[int, int]:
+        """Policy versions decisions were made under that have no audit row: version -> decisions."""
+        return {v: n for v, n in sorted(self.by_version.items()) if v not in self.audited_versions}
+
+    @property
+    def decisions_per_s(self) -> float | None:
+        return self.rows / self.elapsed_s if self.elapsed_s > 0 else None
+
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
-        out["ok"] = self.ok
+        out.update(ok=self.ok, unaudited_versions=self.unaudited_versions, decisions_per_s=self.decisions_per_s)
         return json.loads(json.dumps(out, default=str))
 
     def format(self, limit: int = 20) -> str:
-        lines = [f"audited {self.rows} decisions: {self.rederived} re-derived through decide(), "
-                 f"{self.checked} other rows checked, {self.policy_checked} checked against their policy "
+        lines = [f"audited {self.rows} decisions: {self.rederived} admissions re-derived through decide(), "
+                 f"{self.dispatch_rederived} dispatches through choose_engine(), {self.checked} other rows "
+                 f"checked against their policy, {self.policy_checked} admissions checked against their policy "
                  f"version; {len(self.mismatches)} mismatch(es)"]
         if self.by_kind:
             lines.append("by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(self.by_kind.items())))
         if self.skipped:
-            lines.append("not re-derivable: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())))
-        if self.unknown_versions:
-            lines.append(f"policy versions not in the audit log: {sorted(set(self.unknown_versions))}")
+            lines.append("neither re-derived nor checked: "
+                         + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())))
+        lines.append(f"policy timeline ({len(self.timeline)} audit row(s)):")
+        for c in self.timeline:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(c.ts)) + "Z" if c.ts is not None else "?"
+            lines.append(f"  v{c.version}  {when}  by {c.actor}  ({self.by_version.get(c.version, 0)} decisions): "
+                         f"{c.reason}")
+            lines += [f"      {path}: {before!r} -> {after!r}" for path, before, after in c.changes]
+        for v, n in self.unaudited_versions.items():
+            how = ("its policy is known as the 'before' of a later change (the config file's, never changed "
+                   "through the admin API)" if v in self.known_versions else "its policy is unknown: the policy "
+                   "checks could not run")
+            lines.append(f"  v{v}: no audit row, {n} decisions; {how}")
         for m in self.mismatches[:limit]:
-            lines.append(f"  MISMATCH row {m.index} rid={m.rid} {m.kind} {m.field}: recorded {m.recorded!r}, "
-                         f"derived {m.derived!r} {m.message}".rstrip())
+            lines.append(f"  MISMATCH row {m.index} ts={m.ts} rid={m.rid} {m.kind} {m.field}: recorded "
+                         f"{m.recorded!r}, derived {m.derived!r} {m.message}".rstrip())
         if len(self.mismatches) > limit:
             lines.append(f"  ... {len(self.mismatches) - limit} more")
+        if self.decisions_per_s:
+            lines.append(f"{self.decisions_per_s:,.0f} decisions/s")
+        lines.append("OK: every checked decision matches" if self.ok else "FAILED: recorded decisions differ")
         return "\n".join(lines)
 
 
 def _json(value: Any) -> Any:
-    if isinstance(value, str):
+    if isinstance(value, (str, bytes)):
         try:
-            return json.loads(value)
-        except ValueError:
-            return value
+            return orjson.loads(value)
+        except orjson.JSONDecodeError:
+            try:  # NaN / Infinity as Python's json writes them
+                return json.loads(value)
+            except ValueError:
+                return value
     return value
 
 
+def _views(engines: Any) -> tuple[EngineView, ...]:
+    if not isinstance(engines, list):
+        raise ValueError(f"engines is not a list: {engines!r}")
+    views = []
+    for e in engines:
+        if not isinstance(e, Mapping) or any(k not in e for k in _VIEW_FIELDS):
+            raise ValueError(f"bad engine view {e!r}")
+        views.append(EngineView(**{k: e[k] for k in _VIEW_FIELDS}))
+    return tuple(views)
+
+
 def rederive(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Run `decide()` on a recorded inputs record; returns the AdmissionResult as a dict.
+    """Run `decide()` on a recorded admission inputs record; returns the AdmissionResult as a dict.
     Raises ValueError if the record is not a complete AdmissionInputs."""
     missing = [k for k in _REQUIRED_INPUTS if k not in inputs]
     if missing:
         raise ValueError(f"inputs lack {missing}")
     kw = {k: inputs[k] for k in _INPUT_FIELDS if k in inputs}  # later fields have defaults: older rows lack them
-    views = []
-    for e in kw["engines"]:
-        if not isinstance(e, Mapping) or any(k not in e for k in _VIEW_FIELDS):
-            raise ValueError(f"bad engine view {e!r}")
-        views.append(EngineView(**{k: e[k] for k in _VIEW_FIELDS}))
-    kw["engines"] = tuple(views)
-    return asdict(decide(AdmissionInputs(**kw)))
+    kw["engines"] = _views(kw["engines"])
+    result = decide(AdmissionInputs(**kw))
+    return {f: getattr(result, f) for f in _RESULT_FIELDS}
+
+
+def rederive_dispatch(inputs: Mapping[str, Any]) -> str:
+    """The engine `choose_engine` picks from a recorded dispatch's inputs."""
+    views = _views(inputs.get("engines"))
+    if not views:
+        raise ValueError("no engine views")
+    i, _ = choose_engine(views, inputs["prompt_tokens"], inputs["output_tokens"], inputs.get("cached_tokens", 0.0))
+    return views[i].name
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -141,222 +187,190 @@ def policies_from_changes(changes: Iterable[Mapping[str, Any]]) -> dict[int, Pol
     """{version: Policy} from `policy_changes` rows (each carries the whole policy before and after)."""
     out: dict[int, Policy] = {}
     for row in changes:
-        for key in ("before", "after"):
+        for key in ("after", "before"):
             doc = _json(row.get(key))
             if isinstance(doc, Mapping):
                 p = policy_from_dict(dict(doc))
+                if key == "after" and row.get("version") is not None:
+                    p = policy_from_dict({**doc, "version": int(row["version"])})  # a row's own version counts
                 out.setdefault(p.version, p)
     return out
 
 
-def audit_decisions(rows: Iterable[Mapping[str, Any]], policies: Mapping[int, Policy] | None = None) -> AuditReport:
-    """Re-derive every admission decision in `rows` (as the `decisions` table stores them: kind,
-    reason, engine, policy_version, inputs and outputs as JSON text or decoded) and check the rest
-    against the policy of their version when `policies` is given."""
-    rep = AuditReport()
-    classes: dict[str, str] = {}  # rid -> SLO class, from its admission decision
-    for index, row in enumerate(rows):
-        rep.rows += 1
-        kind = str(row.get("kind"))
-        rep.by_kind[kind] = rep.by_kind.get(kind, 0) + 1
-        inputs = _json(row.get("inputs")) or {}
-        outputs = _json(row.get("outputs")) or {}
-        rid, ts, reason = row.get("rid"), row.get("ts"), row.get("reason")
-        version = row.get("policy_version")
-        policy = policies.get(int(version)) if policies is not None and version is not None else None
-        if policies is not None and version is not None and policy is None:
-            rep.unknown_versions.append(int(version))
-
-        def bad(name: str, recorded: Any, derived: Any, message: str = "") -> None:
-            rep.mismatches.append(AuditMismatch(index, ts, rid, kind, name, recorded, derived, message))
-
-        if not isinstance(inputs, Mapping) or not isinstance(outputs, Mapping):
-            bad("inputs/outputs", inputs, None, "not JSON objects")
+def policy_diff(before: Any, after: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """What changed between two policy documents, as (dotted path, before, after) leaves."""
+    if not isinstance(before, Mapping) or not isinstance(after, Mapping):
+        return [] if _same(before, after) else [(prefix.rstrip(".") or "(policy)", before, after)]
+    out = []
+    for key in sorted(set(before) | set(after), key=str):
+        if key == "version" and not prefix:
             continue
-        if kind in ADMISSION_KINDS and "engines" in inputs:
-            if isinstance(inputs.get("slo_class"), str) and rid is not None:
-                classes[str(rid)] = inputs["slo_class"]
-            try:
-                derived = rederive(inputs)
-            except (ValueError, TypeError) as exc:
-                bad("inputs", None, None, f"cannot re-derive: {exc}")
-                continue
-            rep.rederived += 1
-            for key, value in derived.items():
-                if key not in outputs or not _same(outputs[key], value):
-                    bad(f"outputs.{key}", outputs.get(key), value)
-            if derived["decision"] != kind:
-                bad("kind", kind, derived["decision"])
-            if derived["reason"] != reason:
-                bad("reason", reason, derived["reason"])
-            if derived["engine"] != row.get("engine", derived["engine"]):
-                bad("engine", row.get("engine"), derived["engine"])
-            if policy is not None:
-                rep.policy_checked += 1
-                _check_policy_inputs(policy, inputs, bad)
-        elif kind == "reject" and reason == "tenant_paused":
-            if policy is None:
-                rep.skipped["tenant_paused (policy version unknown)"] = rep.skipped.get(
-                    "tenant_paused (policy version unknown)", 0) + 1
-            else:
-                rep.checked += 1
-                if not policy.tenant(str(row.get("tenant"))).paused:
-                    bad("reason", reason, None, f"tenant is not paused in policy v{version}")
-        elif kind == "reject" and reason in _NOT_REDERIVABLE:
-            why = _NOT_REDERIVABLE[str(reason)]
-            rep.skipped[why] = rep.skipped.get(why, 0) + 1
-            if policy is not None:
-                tp = policy.tenant(str(row.get("tenant")))
-                limit = tp.rate_limit_rps if reason == "rate_limited_requests" else tp.rate_limit_tpm
-                if limit is None:
-                    bad("reason", reason, None, f"policy v{version} sets no such limit for the tenant")
+        a, b = before.get(key), after.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out += policy_diff(a, b, f"{prefix}{key}.")
+        elif not _same(a, b) and not (a is None and b is None):
+            out.append((f"{prefix}{key}", a, b))
+    return out
+
+
+def timeline_from_changes(changes: Iterable[Mapping[str, Any]]) -> list[PolicyChange]:
+    """The audit log, oldest first, each change with its diff."""
+    rows = sorted(changes, key=lambda r: (int(r["version"]), r.get("ts") or 0.0))
+    return [PolicyChange(int(r["version"]), r.get("ts"), r.get("actor"), r.get("reason"),
+                         policy_diff(_json(r.get("before")), _json(r.get("after")))) for r in rows]
+
+
+class _Auditor:
+    """One pass over the rows, in recorded order (dispatch and expiry checks use the request's
+    admission row, which precedes them)."""
+
+    def __init__(self, policies: Mapping[int, Policy] | None) -> None:
+        self.policies = policies
+        self.rep = AuditReport()
+        self.admitted: dict[str, tuple[str, float, float | None]] = {}  # rid -> (class, ts, deadline_s)
+
+    def bad(self, row: tuple[Any, ...], name: str, recorded: Any, derived: Any, message: str = "") -> None:
+        self.rep.mismatches.append(AuditMismatch(self.index, row[0], row[1], str(row[3]), name, recorded, derived,
+                                                 message))
+
+    def skip(self, why: str) -> None:
+        self.rep.skipped[why] = self.rep.skipped.get(why, 0) + 1
+
+    def row(self, index: int, row: tuple[Any, ...]) -> None:
+        """`row`: the `decisions` columns in _DECISION_COLUMNS order, inputs/outputs as JSON text or decoded."""
+        rep, self.index = self.rep, index
+        ts, rid, tenant, kind, reason, engine, version, inputs, outputs = row
+        rep.rows += 1
+        rep.by_kind[kind] = rep.by_kind.get(kind, 0) + 1
+        policy = None
+        if version is not None:
+            version = int(version)
+            rep.by_version[version] = rep.by_version.get(version, 0) + 1
+            policy = self.policies.get(version) if self.policies else None
+        inputs, outputs = _json(inputs) or {}, _json(outputs) or {}
+        if not isinstance(inputs, Mapping) or not isinstance(outputs, Mapping):
+            self.bad(row, "inputs/outputs", inputs, None, "not JSON objects")
+        elif kind in ADMISSION_KINDS and "engines" in inputs:
+            self.admission(row, inputs, outputs, policy)
         elif kind == "dispatch":
+            self.dispatch(row, inputs, outputs, policy)
+        elif kind == "expire" and rid in self.admitted:
             rep.checked += 1
-            candidates = inputs.get("candidates")
-            if isinstance(candidates, list) and row.get("engine") not in candidates:
-                bad("engine", row.get("engine"), candidates, "dispatched to an engine that was not a candidate")
-            if policy is not None and rid is not None and str(rid) in classes:
-                cls = policy.slo(classes[str(rid)])
+            _, admitted_ts, deadline = self.admitted[rid]
+            if deadline is None or ts < admitted_ts + deadline:
+                self.bad(row, "kind", kind, None, f"expired before its deadline ({deadline} s after admission)")
+        elif policy is None and kind == "reject":
+            self.skip(f"reject {reason} (policy version unknown)")
+        elif kind == "reject" and reason == "tenant_paused":
+            rep.checked += 1
+            if not policy.tenant(str(tenant)).paused:
+                self.bad(row, "reason", reason, None, f"tenant is not paused in policy v{version}")
+        elif kind == "reject" and reason in _RATE_LIMITED:
+            self.skip("rate limit (bucket level not recorded; the limit is checked)")
+            tp = policy.tenant(str(tenant))
+            if (tp.rate_limit_rps if reason == "rate_limited_requests" else tp.rate_limit_tpm) is None:
+                self.bad(row, "reason", reason, None, f"policy v{version} sets no such limit for the tenant")
+        else:
+            self.skip(f"{kind} {reason}" if kind != "expire" else "expire (admission before the window)")
+
+    def admission(self, row: tuple[Any, ...], inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+                  policy: Policy | None) -> None:
+        kind, reason, engine = row[3], row[4], row[5]
+        if isinstance(inputs.get("slo_class"), str) and row[1] is not None:
+            self.admitted[row[1]] = (inputs["slo_class"], row[0], inputs.get("deadline_s"))
+        try:
+            derived = rederive(inputs)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.bad(row, "inputs", None, None, f"cannot re-derive: {exc}")
+            return
+        self.rep.rederived += 1
+        for key, value in derived.items():
+            if key not in outputs or not _same(outputs[key], value):
+                self.bad(row, f"outputs.{key}", outputs.get(key), value)
+        if derived["decision"] != kind:
+            self.bad(row, "kind", kind, derived["decision"])
+        if derived["reason"] != reason:
+            self.bad(row, "reason", reason, derived["reason"])
+        if derived["engine"] != engine:
+            self.bad(row, "engine", engine, derived["engine"])
+        if policy is not None:
+            self.rep.policy_checked += 1
+            cls = policy.slo(str(inputs.get("slo_class")))
+            expected = {"margin": policy.admission_margin, "admission": policy.admission, "ttft_slo_ms": cls.ttft_ms,
+                        "tpot_slo_ms": cls.tpot_ms, "deadline_s": cls.deadline_s, "on_miss": cls.on_miss}
+            for key, value in expected.items():
+                if not _same(inputs.get(key), value) and not (inputs.get(key) is None and value is None):
+                    self.bad(row, f"inputs.{key}", inputs.get(key), value, f"policy v{policy.version}")
+
+    def dispatch(self, row: tuple[Any, ...], inputs: Mapping[str, Any], outputs: Mapping[str, Any],
+                 policy: Policy | None) -> None:
+        rid, reason, engine, version = row[1], row[4], row[5], row[6]
+        candidates = inputs.get("candidates")
+        if isinstance(candidates, list) and engine not in candidates:
+            self.bad(row, "engine", engine, candidates, "dispatched to an engine that was not a candidate")
+        if "engines" in inputs:
+            try:
+                chosen = rederive_dispatch(inputs)
+            except (ValueError, TypeError, KeyError) as exc:
+                self.bad(row, "inputs", None, None, f"cannot re-derive: {exc}")
+                return
+            self.rep.dispatch_rederived += 1
+            if chosen != engine:
+                self.bad(row, "engine", engine, chosen, "choose_engine picks another engine")
+        else:
+            self.rep.checked += 1  # recorded before dispatches carried their views: candidates only
+        if policy is not None:
+            if reason != policy.scheduler:
+                self.bad(row, "reason", reason, policy.scheduler, f"scheduler of policy v{version}")
+            if rid in self.admitted:
+                cls = policy.slo(self.admitted[rid][0])
                 expected = cls.priority if policy.pass_priority else None
                 if outputs.get("priority") != expected:
-                    bad("outputs.priority", outputs.get("priority"), expected)
-            if reason is not None and policy is not None and reason != policy.scheduler:
-                bad("reason", reason, policy.scheduler, f"scheduler of policy v{version}")
-        else:
-            rep.skipped[kind] = rep.skipped.get(kind, 0) + 1
+                    self.bad(row, "outputs.priority", outputs.get("priority"), expected, f"policy v{version}")
+
+
+def audit_decisions(rows: Iterable[Mapping[str, Any] | tuple[Any, ...]], policies: Mapping[int, Policy] | None = None,
+                    changes: Iterable[Mapping[str, Any]] = ()) -> AuditReport:
+    """Re-derive every decision in `rows` (as the `decisions` table stores them, as dicts or as tuples
+    in its column order; inputs and outputs as JSON text or decoded) and check each against the
+    policy of its version when `policies` is given. `changes`: the audit-log rows, for the timeline."""
+    start = time.perf_counter()
+    auditor = _Auditor(policies)
+    for index, row in enumerate(rows):
+        auditor.row(index, row if isinstance(row, tuple) else tuple(row.get(c) for c in _DECISION_COLUMNS))
+    rep = auditor.rep
+    changes = list(changes)
+    rep.timeline = timeline_from_changes(changes)
+    rep.audited_versions = sorted({c.version for c in rep.timeline})
+    rep.known_versions = sorted(policies or ())
+    rep.elapsed_s = time.perf_counter() - start
     return rep
 
 
-def _check_policy_inputs(policy: Policy, inputs: Mapping[str, Any], bad: Any) -> None:
-    cls_name = inputs.get("slo_class")
-    if not isinstance(cls_name, str):
-        bad("inputs.slo_class", cls_name, None, "missing")
-        return
-    cls = policy.slo(cls_name)
-    expected = {"margin": policy.admission_margin, "admission": policy.admission, "ttft_slo_ms": cls.ttft_ms,
-                "tpot_slo_ms": cls.tpot_ms, "deadline_s": cls.deadline_s, "on_miss": cls.on_miss}
-    for key, value in expected.items():
-        if not _same(inputs.get(key), value) and not (inputs.get(key) is None and value is None):
-            bad(f"inputs.{key}", inputs.get(key), value, f"policy v{policy.version}")
+def _decision_rows(con: Any, since: float, until: float | None, batch: int = 20_000) -> Iterator[tuple[Any, ...]]:
+    """The window's decisions in recorded order, fetched in batches (an hour of load does not fit
+    in memory decoded)."""
+    cur = con.cursor()
+    try:
+        cur.execute(f"SELECT {', '.join(_DECISION_COLUMNS)} FROM decisions WHERE ts >= ? AND ts < ? "
+                    "ORDER BY ts", [since, until if until is not None else math.inf])
+        while chunk := cur.fetchmany(batch):
+            yield from chunk
+    finally:
+        cur.close()
 
 
-def audit_db(path: str | os.PathLike[str], since: float = 0.0, until: float | None = None) -> AuditReport:
-    """Audit the decisions of a sluice DuckDB file, opened read-only (no process may be writing it)."""
-    from telemetry.queries import decisions_for_audit, policy_timeline
+def audit_db(db: Any, since: float = 0.0, until: float | None = None) -> AuditReport:
+    """Audit the decisions of a sluice store in [since, until): `db` is a path (opened read-only: no
+    process may be writing it; see docs/replay.md for a running server's file), a DuckDB connection
+    or a Store."""
+    from telemetry.queries import policy_timeline
     from telemetry.store import open_read_only
 
-    con = open_read_only(path)
+    con = open_read_only(db) if isinstance(db, (str, os.PathLike)) else db
     try:
-        rows = decisions_for_audit(con, since, until)
         changes = policy_timeline(con, limit=1_000_000)
+        return audit_decisions(_decision_rows(con, since, until), policies_from_changes(changes), changes)
     finally:
-        con.close()
-    return audit_decisions(rows, policies_from_changes(changes) if changes else None)
-
-
-# -- a recorded window replayed under another policy ---------------------------------------------
-
-def workload_from_requests(rows: Sequence[Mapping[str, Any]], since: float | None = None) -> list[WorkloadRequest]:
-    """Request rows (the `requests` table) as a workload timed from `since` (default: the first
-    arrival). The output length is what the engine produced for completed requests and `max_tokens`
-    for the others (their true length was never observed)."""
-    rows = [r for r in rows if r.get("arrival_ts") is not None]
-    if not rows:
-        return []
-    t0 = since if since is not None else min(float(r["arrival_ts"]) for r in rows)
-    out = []
-    for r in rows:
-        done = r.get("status") == "ok" and (r.get("completion_tokens") or 0) > 0
-        output = int(r["completion_tokens"]) if done else int(r.get("max_tokens") or r.get("completion_tokens") or 1)
-        out.append(WorkloadRequest(round((float(r["arrival_ts"]) - t0) * 1e3, 3), max(1, int(r.get("prompt_tokens")
-                                                                                         or 1)),
-                                   max(1, output), str(r.get("tenant") or "default"), r.get("slo_class"),
-                                   extra={"rid": r.get("rid")}))
-    out.sort(key=lambda w: w.timestamp_ms)
-    return out
-
-
-@dataclass(slots=True)
-class WindowComparison:
-    since: float
-    until: float | None
-    recorded: dict[str, dict[str, Any]]  # tenant -> recorded outcome
-    replayed: VirtualResult
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"since": self.since, "until": self.until, "recorded": self.recorded,
-                "replayed": self.replayed.to_dict()}
-
-
-def _recorded_outcomes(rows: Sequence[Mapping[str, Any]], duration: float) -> dict[str, dict[str, Any]]:
-    groups: dict[str, list[Mapping[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault(str(r.get("tenant")), []).append(r)
-    groups["__all__"] = list(rows)
-    out = {}
-    for tenant, rs in sorted(groups.items()):
-        ok = [r for r in rs if r.get("status") == "ok"]
-        admitted = [r for r in rs if r.get("decision") in ("admit", "defer")]
-        good = sum(1 for r in ok if r.get("slo_met"))
-        ttft = [r["ttft_ms"] / 1e3 for r in ok if r.get("ttft_ms") is not None]
-        out[tenant] = {
-            "requests": len(rs), "admitted": len(admitted), "completed": len(ok),
-            "rejected": sum(r.get("status") == "rejected" for r in rs),
-            "expired": sum(r.get("status") == "expired" for r in rs), "good": good,
-            "goodput_rps": good / duration if duration > 0 else None,
-            "slo_attainment_admitted": good / len(admitted) if admitted else None,
-            "ttft_p50_s": float(np.percentile(ttft, 50)) if ttft else None,
-            "ttft_p99_s": float(np.percentile(ttft, 99)) if ttft else None,
-        }
-    return out
-
-
-def compare_window(db: Any, since: float, until: float | None, policy: Policy | str, **run_kw: Any
-                   ) -> WindowComparison:
-    """Replay the requests recorded in [since, until) (`db`: a Store, a DuckDB connection, or a
-    path opened read-only) under `policy` in virtual time, beside what was recorded."""
-    from telemetry.queries import requests_for_replay
-
-    if isinstance(db, (str, os.PathLike)):
-        from telemetry.store import open_read_only
-
-        con = open_read_only(db)
-        try:
-            rows = requests_for_replay(con, since, until)
-        finally:
+        if con is not db:
             con.close()
-    else:
-        rows = requests_for_replay(db, since, until)
-    workload = workload_from_requests(rows, since)
-    result = run_virtual(workload, policy, **run_kw)
-    duration = result.duration_s
-    return WindowComparison(since, until, _recorded_outcomes(rows, duration), result)
-
-
-def format_comparison(cmp: WindowComparison) -> str:
-    heads = ["tenant", "req", "rec adm", "new adm", "rec good/s", "new good/s", "rec SLO%adm", "new SLO%adm",
-             "rec TTFT p50", "new TTFT p50", "rec TTFT p99", "new TTFT p99"]
-    new = {**cmp.replayed.per_tenant, "__all__": cmp.replayed.overall}
-
-    def f(x: Any, scale: float = 1.0, d: int = 3) -> str:
-        return "-" if x is None else f"{x * scale:.{d}f}"
-
-    rows = []
-    for tenant, rec in cmp.recorded.items():
-        n = new.get(tenant)
-        rows.append(["all" if tenant == "__all__" else tenant, str(rec["requests"]), str(rec["admitted"]),
-                     str(n.admitted) if n else "-", f(rec["goodput_rps"], d=2), f(n.goodput_rps if n else None, d=2),
-                     f(rec["slo_attainment_admitted"], 100, 1), f(n.slo_attainment_admitted if n else None, 100, 1),
-                     f(rec["ttft_p50_s"]), f(n.ttft_p50_s if n else None), f(rec["ttft_p99_s"]),
-                     f(n.ttft_p99_s if n else None)])
-    widths = [max(len(h), *(len(r[k]) for r in rows)) if rows else len(h) for k, h in enumerate(heads)]
-
-    def line(vals: list[str]) -> str:
-        return "  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(vals, widths)))
-
-    out = [f"recorded window [{cmp.since}, {cmp.until}) vs replayed under "
-           f"{cmp.replayed.policy.scheduler} (admission {'on' if cmp.replayed.policy.admission else 'off'})",
-           line(heads), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    out.append("")
-    out.append(format_result(cmp.replayed, "replayed:"))
-    return "\n".join(out)

@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
-from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, decide, forecast
+from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, choose_engine, decide, forecast
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, PolicyError
 from controlplane.core.tiers import DEFERRABLE, LATENCY, TieredQueue, tier_of
@@ -559,10 +559,9 @@ class DecisionCore:
 
     def _dispatch(self, now: float, t: Tracked, free: list[EngineState]) -> list[Action]:
         views = [self.engine_view(e, now) for e in free]
-        forecasts = [forecast(v, 0, 0, t.spec.prompt_tokens, t.predicted_output, t.spec.prompt_tokens - t.prompt_cost)
-                     for v in views]
-        i = min(range(len(views)), key=lambda k: (forecasts[k].ttft_s, views[k].in_flight))
-        best, fc = views[i], forecasts[i]
+        cached = t.spec.prompt_tokens - t.prompt_cost
+        i, fc = choose_engine(views, t.spec.prompt_tokens, t.predicted_output, cached)
+        best = views[i]
         eng = self.engines[best.name]
         t.engine, t.dispatched_at, t.expected_finish = best.name, now, now + fc.e2e_s
         t.engine_waiting_at_dispatch = max(eng.waiting_tokens, eng.reported_waiting_tokens)
@@ -587,7 +586,10 @@ class DecisionCore:
         return [Dispatch(t.spec.rid, best.name, priority),
                 Decision(now, t.spec.rid, tenant, "dispatch", self.policy.scheduler, best.name, self.policy.version,
                          {"candidates": [v.name for v in views], "queued_s": now - t.arrival, "tier": t.tier,
-                          "counters": self.scheduler.tiers[t.tier].scheduler.counters(tenant)},
+                          "counters": self.scheduler.tiers[t.tier].scheduler.counters(tenant),
+                          # what choose_engine saw, so that the audit can re-derive the engine
+                          "engines": [_shallow(v) for v in views], "prompt_tokens": t.spec.prompt_tokens,
+                          "output_tokens": t.predicted_output, "cached_tokens": cached},
                          {"priority": priority})]
 
     def _rate_limited(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None) -> tuple[str, float] | None:
