@@ -1,0 +1,309 @@
+"""How many engine replicas a pool needs: a pure scaling rule and its stabiliser.
+
+Same discipline as the core: no I/O, no clock, no await, no random; `now` is an argument. The
+serving runtime and replay compute it on the driver's cadence (`driver.CAPACITY_EVERY_S`) from the
+core's state (`pool_load`), so `sluice_desired_replicas` and `sluice simulate --autoscale` are the
+same decision.
+
+The rule (Chiron's hierarchy, docs/capacity.md):
+
+1. Interactive headroom first. One replica serves `mu` requests/s within the TPOT budget by the step
+   model: its window W is the largest batch whose decode step meets the budget (and whose KV fits),
+   each request costs a prefill plus its predicted output at that step time, so mu = W / service.
+   The latency tier's arrival rate (refused requests too: demand, not what got in) needs
+   lambda / (mu * target_utilisation) replicas, the headroom absorbing bursts inside a window.
+2. Batch deadlines second. Deferred work rides in that headroom; only when it cannot finish by its
+   deadline do replicas get added: the queued deferrable requests, ordered by deadline, need
+   max_k (k requests ahead) / (slack of the k-th) requests/s on top of their arrival rate, and
+   latency + batch together may run the pool up to `batch_utilisation`.
+3. Backpressure overrides the model when it is wrong: a latency request refused for load, a typical
+   request's forecast TTFT or TPOT past the budget, or KV nearly full ask for one replica more than
+   are serving now (not more than are provisioned: a cold start in progress does not compound).
+4. Hysteresis: the model scales down only once its need falls below (1 - tolerance) of the current
+   count, and the stabiliser (`Stabiliser`) applies HPA's behaviour: the highest recommendation over
+   the scale-down window, the lowest over the (short) scale-up window, and rate limits per period.
+
+Scale to zero: a pool with no demand, nothing queued and nothing running for `idle_to_zero_s`
+asks for zero replicas; any arrival (it is refused or deferred while no engine serves) asks for one.
+
+Prefill/decode disaggregation (HeteroScale): sluice's engines are not disaggregated today, so a pool
+is a set of identical engines. With `pd_ratio=(p, d)` the rule sizes the prefill and decode pools
+together in units of p prefill + d decode replicas, each side's need from its own part of the work,
+so the ratio HeteroScale keeps holds (`split_pd`).
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+from controlplane.core.core import RATE_WINDOW_S, DecisionCore
+from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
+from engine_adapter.base import StepProfile
+
+__all__ = ["Behaviour", "CapacityParams", "Controller", "PoolLoad", "Recommendation", "Replica", "Stabiliser",
+           "need", "pool_load", "replica_capacity", "split_pd"]
+
+
+@dataclass(frozen=True, slots=True)
+class Replica:
+    """One engine replica as the capacity model sees it."""
+
+    profile: StepProfile
+    kv_capacity: int
+    max_running: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class PoolLoad:
+    """What the rule reads at one instant (all of it known to serving: no oracle)."""
+
+    serving: int  # replicas serving now (healthy)
+    latency_rps: float  # latency-tier arrivals per second, refused ones included
+    deferrable_rps: float
+    mean_prompt: float  # tokens computed per prompt (prefix-cache hits excluded)
+    mean_output: float
+    tpot_budget_s: float | None  # the tightest latency-tier TPOT, times the admission margin
+    deferred: tuple[float, ...] = ()  # slack (s to its deadline) of each queued deferrable request, ascending
+    in_flight: int = 0
+    queued: int = 0
+    pressure: str | None = None  # why the pool is short now (backpressure), or None
+    idle_s: float = 0.0  # how long the pool has had no demand, nothing queued and nothing running
+
+
+@dataclass(frozen=True, slots=True)
+class CapacityParams:
+    target_utilisation: float = 0.7  # of a replica's SLO capacity the latency tier may use
+    batch_utilisation: float = 0.95  # latency + deadline-bound batch work together
+    tolerance: float = 0.1  # scale down only when the need is below (1 - tolerance) x current
+    min_replicas: int = 0
+    max_replicas: int = 64
+    idle_to_zero_s: float = 60.0  # no demand this long: zero replicas (if min_replicas is 0)
+
+
+def replica_window(r: Replica, tpot_budget_s: float | None, per_request_tokens: float) -> int:
+    """The largest batch whose decode step meets `tpot_budget_s` and whose KV fits (1 if none does)."""
+    per = max(1.0, per_request_tokens)
+    limit = max(1, min(r.max_running, int(r.kv_capacity / per)))
+    if tpot_budget_s is None:
+        return limit
+    lo, hi = 1, limit
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if r.profile.decode_time(mid, mid * per) <= tpot_budget_s:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def replica_capacity(r: Replica, tpot_budget_s: float | None, mean_prompt: float, mean_output: float) -> float:
+    """Requests/s one replica completes while each decode step meets `tpot_budget_s` (Little's law
+    over its window: W / service time at a batch of W)."""
+    per = max(1.0, mean_prompt + mean_output)
+    w = replica_window(r, tpot_budget_s, per)
+    service = r.profile.prefill_time(mean_prompt) + mean_output * r.profile.decode_time(w, w * per)
+    return w / service if service > 0 else math.inf
+
+
+def need(load: PoolLoad, replica: Replica, params: CapacityParams, current: int) -> int:
+    """The replicas the pool needs now (before stabilisation); `current` is the count in force
+    (the hysteresis band is around it)."""
+    active = bool(load.latency_rps > 0 or load.deferrable_rps > 0 or load.queued or load.in_flight or load.deferred)
+    if not active and load.idle_s >= params.idle_to_zero_s:
+        return params.min_replicas
+    mu = replica_capacity(replica, load.tpot_budget_s, load.mean_prompt, load.mean_output)
+    latency = load.latency_rps / (mu * params.target_utilisation)
+    rush = max((k + 1) / max(slack, 1e-3) for k, slack in enumerate(load.deferred)) if load.deferred else 0.0
+    batch = (load.latency_rps + load.deferrable_rps + rush) / (mu * params.batch_utilisation)
+    exact = max(latency, batch)
+    up = math.ceil(exact - 1e-9)
+    # hysteresis: down only once the need is clearly below the current count
+    n = up if up > current else min(current, math.ceil(exact / (1.0 - params.tolerance) - 1e-9))
+    if load.pressure is not None:
+        n = max(n, load.serving + 1)
+    if active or current > 0:
+        n = max(n, 1)
+    return max(params.min_replicas, min(params.max_replicas, n))
+
+
+def split_pd(replicas_needed_prefill: float, replicas_needed_decode: float, ratio: tuple[int, int]
+             ) -> tuple[int, int]:
+    """Prefill and decode replicas scaled together: the fewest units of (p, d) covering both needs."""
+    p, d = ratio
+    if p < 1 or d < 1:
+        raise ValueError("pd_ratio needs p >= 1 and d >= 1")
+    units = max(math.ceil(replicas_needed_prefill / p - 1e-9), math.ceil(replicas_needed_decode / d - 1e-9), 0)
+    return units * p, units * d
+
+
+# -- stabilisation (Kubernetes HPA `behavior` semantics) -------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """HPA's scaling behaviour: stabilisation windows and rate policies (the larger change of the
+    pods and percent limits applies, as with selectPolicy: Max)."""
+
+    up_window_s: float = 0.0
+    down_window_s: float = 300.0
+    period_s: float = 15.0
+    up_pods: int = 4
+    up_percent: float = 100.0
+    down_pods: int = 1
+    down_percent: float = 50.0
+
+
+@dataclass(slots=True)
+class Stabiliser:
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    current: int = 0
+    _recs: deque[tuple[float, int]] = field(default_factory=deque)
+    _changes: deque[tuple[float, int]] = field(default_factory=deque)  # (time, count before the change)
+
+    def update(self, now: float, recommendation: int) -> int:
+        """The replica count to run now, given the rule's recommendation at `now`."""
+        b = self.behaviour
+        self._recs.append((now, recommendation))
+        keep = max(b.up_window_s, b.down_window_s)
+        while self._recs and self._recs[0][0] < now - keep:
+            self._recs.popleft()
+        up = min(r for t, r in self._recs if t >= now - b.up_window_s)
+        down = max(r for t, r in self._recs if t >= now - b.down_window_s)
+        target = self.current
+        if target < up:
+            target = up
+        if target > down:
+            target = down
+        while self._changes and self._changes[0][0] <= now - b.period_s:
+            self._changes.popleft()
+        base = self._changes[0][1] if self._changes else self.current  # the count one period ago
+        if target > self.current:
+            target = min(target, base + max(b.up_pods, math.ceil(base * b.up_percent / 100)))
+        elif target < self.current:
+            target = max(target, base - max(b.down_pods, math.floor(base * b.down_percent / 100)))
+        if target != self.current:
+            self._changes.append((now, self.current))
+            self.current = target
+        return self.current
+
+
+# -- what the core knows ----------------------------------------------------------------------------
+
+KV_HIGH = 0.9  # a pool whose KV is this full is short of memory whatever the forecast says
+
+
+def pool_load(core: DecisionCore, now: float, idle_since: float) -> PoolLoad:
+    """The rule's inputs from the decision core's state at `now` (what serving knows: arrivals,
+    queues, forecasts, refusals; never a request's true length). `idle_since`: when the pool last
+    had demand or work (the caller keeps it)."""
+    core._active_weight_at(now)  # ages the arrival window to `now`
+    arrivals = core._tier_arrivals
+    healthy = [e for e in core.engines.values() if e.healthy]
+    latency_classes = [c for c in core.policy.slo_classes.values() if tier_of(c) == LATENCY]
+    tpots = [c.tpot_ms for c in latency_classes if c.tpot_ms is not None]
+    ttfts = [c.ttft_ms for c in latency_classes if c.ttft_ms is not None]
+    margin = core.policy.admission_margin
+    deferred = sorted(t.deadline - now for t in core.requests.values()
+                      if t.engine is None and t.tier == DEFERRABLE and t.deadline is not None)
+    pressure = None
+    if now - core._latency_refused_at < RATE_WINDOW_S:
+        pressure = "latency requests refused for capacity"
+    elif healthy and arrivals[LATENCY]:
+        fc = [core.typical_forecast(e.spec.name, now) for e in healthy]
+        if ttfts and min(f[0] for f in fc) > margin * min(ttfts) / 1e3:
+            pressure = "forecast TTFT past the budget on every engine"
+        elif tpots and min(f[1] for f in fc) > margin * min(tpots) / 1e3:
+            pressure = "forecast TPOT past the budget on every engine"
+    if pressure is None and healthy and sum(max(e.kv_tokens, e.reported_kv_tokens) for e in healthy) \
+            > KV_HIGH * sum(e.spec.kv_capacity for e in healthy):
+        pressure = "KV cache nearly full"
+    in_flight = core.in_flight()
+    return PoolLoad(
+        serving=len(healthy), latency_rps=arrivals[LATENCY] / RATE_WINDOW_S,
+        deferrable_rps=arrivals[DEFERRABLE] / RATE_WINDOW_S, mean_prompt=core._mean_prompt,
+        mean_output=core._mean_output, tpot_budget_s=margin * min(tpots) / 1e3 if tpots else None,
+        deferred=tuple(deferred), in_flight=in_flight, queued=core.queued(), pressure=pressure,
+        idle_s=max(0.0, now - idle_since))
+
+
+# -- the controller both drivers run -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Recommendation:
+    """One evaluation: what the pool should run and why (the admin API's and /metrics' read)."""
+
+    pool: str
+    ts: float
+    desired: int  # after stabilisation: what an autoscaler should run
+    actual: int  # serving now
+    need: int  # the rule's recommendation before stabilisation
+    capacity_rps: float  # one replica's requests/s at the SLO, by the model
+    load: PoolLoad
+    prefill: int | None = None  # with a P/D ratio: the two pools' shares of `desired`
+    decode: int | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out = {f: getattr(self, f) for f in ("pool", "ts", "desired", "actual", "need", "capacity_rps",
+                                              "prefill", "decode")}
+        load: dict[str, object] = {f: getattr(self.load, f) for f in self.load.__dataclass_fields__}
+        load["deferred"] = len(self.load.deferred)
+        out["load"] = load
+        return out
+
+
+@dataclass(slots=True)
+class Controller:
+    """The rule plus its state (stabiliser, idle clock, the last replica seen) for one pool.
+
+    `replica`: the template a new replica is sized by; taken from the pool's engines (their learned
+    step model) whenever one is serving, so a pool scaled to zero remembers it."""
+
+    replica: Replica
+    params: CapacityParams = field(default_factory=CapacityParams)
+    behaviour: Behaviour = field(default_factory=Behaviour)
+    pool: str = "default"
+    pd_ratio: tuple[int, int] | None = None
+    stabiliser: Stabiliser = field(init=False)
+    idle_since: float = 0.0
+    last: Recommendation | None = None
+
+    def __post_init__(self) -> None:
+        self.stabiliser = Stabiliser(self.behaviour)
+
+    def start(self, replicas: int) -> None:
+        """The count in force before the first evaluation (the fleet the pool starts with)."""
+        self.stabiliser.current = replicas
+
+    def step(self, core: DecisionCore, now: float) -> Recommendation:
+        for e in core.engines.values():
+            if e.healthy and e.profile is not None:
+                self.replica = Replica(e.profile, e.spec.kv_capacity, e.spec.max_running)
+                break
+        load = pool_load(core, now, self.idle_since)
+        if load.latency_rps or load.deferrable_rps or load.queued or load.in_flight:
+            self.idle_since = now
+        current = self.stabiliser.current
+        rec = need(load, self.replica, self.params, current)
+        desired = self.stabiliser.update(now, rec)
+        mu = replica_capacity(self.replica, load.tpot_budget_s, load.mean_prompt, load.mean_output)
+        prefill = decode = None
+        if self.pd_ratio is not None:
+            prefill, decode = self._pd(load, desired)
+        self.last = Recommendation(self.pool, now, desired, load.serving, rec, mu, load, prefill, decode)
+        return self.last
+
+    def _pd(self, load: PoolLoad, desired: int) -> tuple[int, int]:
+        """Disaggregated pools: a prefill replica computes prompts one after another, a decode
+        replica runs a window of decodes; each side's need from its part of the work, scaled
+        together in units of the ratio, never fewer units than the stabilised total asks for."""
+        assert self.pd_ratio is not None
+        p, r = self.replica.profile, self.replica
+        rate = load.latency_rps + load.deferrable_rps
+        per = load.mean_prompt + load.mean_output
+        w = replica_window(r, load.tpot_budget_s, per)
+        util = self.params.target_utilisation
+        pre = rate * p.prefill_time(load.mean_prompt) / util
+        dec = rate * load.mean_output * p.decode_time(w, w * per) / w / util
+        a, b = split_pd(pre, dec, self.pd_ratio)
+        units = max(a // self.pd_ratio[0], math.ceil(desired / sum(self.pd_ratio)))
+        return units * self.pd_ratio[0], units * self.pd_ratio[1]

@@ -1,0 +1,170 @@
+"""The scaling rule (controlplane/core/capacity.py): pure, monotone in load, stable under a steady
+load, never below what the SLO needs by the model; and the signal read from a live core."""
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from controlplane.core.capacity import (Behaviour, CapacityParams, Controller, PoolLoad, Replica, Stabiliser, need,
+                                        replica_capacity, replica_window, split_pd)
+from controlplane.core.core import DecisionCore
+from controlplane.core.events import RequestSpec
+from controlplane.predict.output_length import OutputLengthPredictor
+from engine_adapter.sim.profile import load_profile
+from replay.runner import default_policy, engine_specs
+
+PROFILE = load_profile()
+REPLICA = Replica(PROFILE.step, PROFILE.kv_capacity_tokens, PROFILE.max_running_requests)
+PARAMS = CapacityParams()
+
+
+def load(rps: float, **kw: object) -> PoolLoad:
+    base: dict[str, object] = dict(serving=1, latency_rps=rps, deferrable_rps=0.0, mean_prompt=600.0,
+                                   mean_output=250.0, tpot_budget_s=0.045)
+    base.update(kw)
+    return PoolLoad(**base)  # type: ignore[arg-type]
+
+
+def test_capacity_follows_the_step_model() -> None:
+    mu = replica_capacity(REPLICA, 0.045, 600, 250)
+    w = replica_window(REPLICA, 0.045, 850)
+    p = PROFILE.step
+    assert p.decode_time(w, w * 850) <= 0.045
+    limit = min(REPLICA.max_running, REPLICA.kv_capacity // 850)  # the KV holds no more
+    assert w == limit or p.decode_time(w + 1, (w + 1) * 850) > 0.045
+    assert math.isclose(mu, w / (p.prefill_time(600) + 250 * p.decode_time(w, w * 850)))
+    # a tighter TPOT budget serves fewer requests per replica
+    assert replica_capacity(REPLICA, 0.02, 600, 250) < mu
+
+
+rates = st.floats(min_value=0.0, max_value=400.0, allow_nan=False)
+currents = st.integers(min_value=0, max_value=40)
+slacks = st.lists(st.floats(min_value=0.5, max_value=900.0), max_size=30).map(lambda x: tuple(sorted(x)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(rates, rates, rates, currents, slacks)
+def test_need_is_monotone_in_load(a: float, b: float, batch: float, current: int, deferred: tuple[float, ...]) -> None:
+    lo, hi = sorted((a, b))
+    assert need(load(lo, deferrable_rps=batch, deferred=deferred), REPLICA, PARAMS, current) <= \
+        need(load(hi, deferrable_rps=batch, deferred=deferred), REPLICA, PARAMS, current)
+    # more deferred work (a request added with any slack) never asks for fewer
+    more = tuple(sorted(deferred + (a / 400 * 900 + 0.5,)))
+    assert need(load(lo, deferred=deferred), REPLICA, PARAMS, current) <= \
+        need(load(lo, deferred=more), REPLICA, PARAMS, current)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rates, currents, st.floats(min_value=0.01, max_value=0.2))
+def test_never_below_what_the_slo_needs_by_the_model(rps: float, current: int, budget: float) -> None:
+    """Whatever the current count, the recommendation keeps the latency tier within its target
+    utilisation of the replicas' SLO capacity (the model's own definition of meeting the SLO)."""
+    x = load(rps, tpot_budget_s=budget)
+    n = need(x, REPLICA, PARAMS, current)
+    mu = replica_capacity(REPLICA, budget, x.mean_prompt, x.mean_output)
+    n = min(n, PARAMS.max_replicas)
+    assert rps <= n * mu * PARAMS.target_utilisation + 1e-9 or n == PARAMS.max_replicas
+    if rps > 0:
+        assert n >= 1
+
+
+def test_batch_deadlines_add_replicas_only_when_the_headroom_cannot_meet_them() -> None:
+    mu = replica_capacity(REPLICA, 0.045, 600, 250)
+    rps = 3.0 * mu * PARAMS.target_utilisation  # three replicas' worth of interactive load
+    assert need(load(rps), REPLICA, PARAMS, 0) == 3
+    # a little batch work fits in the headroom of those three
+    assert need(load(rps, deferrable_rps=0.5 * mu), REPLICA, PARAMS, 0) == 3
+    # a backlog due soon does not
+    due = tuple(float(k) * 0.01 + 1.0 for k in range(int(3 * mu)))
+    assert need(load(rps, deferred=due), REPLICA, PARAMS, 0) > 3
+
+
+def test_backpressure_asks_for_one_more_than_serving() -> None:
+    assert need(load(0.1, serving=2, pressure="latency requests refused for capacity"), REPLICA, PARAMS, 2) == 3
+    # a cold start in progress (3 provisioned, 2 serving) does not compound
+    assert need(load(0.1, serving=2, pressure="KV cache nearly full"), REPLICA, PARAMS, 3) == 3
+
+
+def test_scale_to_zero_only_after_the_idle_period() -> None:
+    idle = load(0.0, in_flight=0)
+    assert need(idle, REPLICA, PARAMS, 2) >= 1 if idle.idle_s < PARAMS.idle_to_zero_s else True
+    assert need(load(0.0, idle_s=PARAMS.idle_to_zero_s), REPLICA, PARAMS, 2) == 0
+    assert need(load(0.0, idle_s=10 * PARAMS.idle_to_zero_s), REPLICA, CapacityParams(min_replicas=1), 2) == 1
+    # any demand, even a request refused while nothing serves, asks for one
+    assert need(load(0.2, serving=0, idle_s=0.0), REPLICA, PARAMS, 0) == 1
+
+
+def test_hysteresis_band() -> None:
+    mu = replica_capacity(REPLICA, 0.045, 600, 250)
+    at = lambda k: k * mu * PARAMS.target_utilisation  # noqa: E731
+    assert need(load(at(4) * 1.01), REPLICA, PARAMS, 4) == 5  # up as soon as the need passes the count
+    assert need(load(at(3) * 0.95), REPLICA, PARAMS, 4) == 4  # not down while within the tolerance
+    assert need(load(at(3) * 0.85), REPLICA, PARAMS, 4) == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(min_value=1.0, max_value=300.0), st.lists(st.floats(min_value=-0.04, max_value=0.04),
+                                                            min_size=50, max_size=300), st.integers(0, 30))
+def test_no_flapping_under_a_steady_load(rps: float, noise: list[float], start: int) -> None:
+    """A steady load measured with noise inside the tolerance: the count moves to its level in one
+    direction and then stays (no reversal)."""
+    ctl = Stabiliser(Behaviour(down_window_s=60.0))
+    ctl.current = start
+    seen = []
+    for k, e in enumerate(noise):
+        seen.append(ctl.update(5.0 * k, need(load(rps * (1 + e)), REPLICA, PARAMS, ctl.current)))
+    steps = [b - a for a, b in zip(seen, seen[1:]) if b != a]
+    assert all(s > 0 for s in steps) or all(s < 0 for s in steps)
+
+
+def test_stabiliser_follows_hpa_behaviour() -> None:
+    s = Stabiliser(Behaviour(up_window_s=0.0, down_window_s=300.0, period_s=15.0, up_pods=4, up_percent=100.0,
+                             down_pods=1, down_percent=50.0))
+    s.current = 2
+    assert s.update(0.0, 20) == 6  # up: max(4 pods, 100%) per period from 2
+    assert s.update(5.0, 20) == 6  # still inside the period that began at 0
+    assert s.update(15.0, 20) == 12
+    assert s.update(30.0, 1) == 12  # down waits for the window's highest recommendation
+    assert s.update(300.0, 1) == 12
+    assert s.update(331.0, 1) == 6  # the window's recs are all 1 now; at most 50% per period
+    assert s.update(350.0, 1) == 3
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 30), st.integers(0, 10)), min_size=1, max_size=60))
+def test_stabiliser_is_monotone_in_its_recommendations(pairs: list[tuple[int, int]]) -> None:
+    lo, hi = Stabiliser(), Stabiliser()
+    for k, (r, extra) in enumerate(pairs):
+        assert lo.update(10.0 * k, r) <= hi.update(10.0 * k, r + extra)
+
+
+def test_split_pd_keeps_the_ratio() -> None:
+    assert split_pd(2.5, 1.0, (1, 2)) == (3, 6)
+    assert split_pd(0.5, 5.0, (1, 2)) == (3, 6)
+    assert split_pd(0.0, 0.0, (2, 3)) == (0, 0)
+    p, d = split_pd(3.2, 7.9, (2, 3))
+    assert p / d == 2 / 3 and p >= 3.2 and d >= 7.9
+
+
+def test_controller_reads_a_live_core() -> None:
+    """The signal from a real DecisionCore: demand raises it, an idle pool goes to zero."""
+    policy = default_policy("fcfs", admission=True, weights={"a": 1.0})
+    core = DecisionCore(policy, engine_specs(PROFILE, 1), OutputLengthPredictor(seed=0, torch_expert=False))
+    ctl = Controller(REPLICA, behaviour=Behaviour(down_window_s=10.0), params=CapacityParams(idle_to_zero_s=20.0))
+    ctl.start(1)
+    for k in range(200):  # 40 req/s for 5 s: more than one replica serves at the SLO
+        core.arrive(k * 0.025, RequestSpec(f"r{k}", "a", 600, 250))
+    rec = ctl.step(core, 5.0)
+    assert rec.actual == 1 and rec.desired > 1 and rec.need == rec.desired
+    assert rec.load.latency_rps == 40.0
+    mu = rec.capacity_rps
+    assert rec.desired >= math.ceil(40.0 / (mu * PARAMS.target_utilisation))
+    assert rec.to_dict()["load"]["latency_rps"] == 40.0  # type: ignore[index]
+    # a pool nobody asks anything of goes to zero after the idle period, not before
+    idle = DecisionCore(policy, engine_specs(PROFILE, 2), OutputLengthPredictor(seed=0, torch_expert=False))
+    ctl = Controller(REPLICA, behaviour=Behaviour(down_window_s=10.0), params=CapacityParams(idle_to_zero_s=20.0))
+    ctl.start(2)
+    seen = [ctl.step(idle, 5.0 * k).desired for k in range(1, 12)]
+    assert seen[0] >= 1 and seen[-1] == 0
