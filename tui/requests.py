@@ -43,9 +43,17 @@ def request_cells(r: dict[str, Any]) -> tuple[Any, ...]:
         ms(r.get("tpot_ms")),
         ms(r.get("e2e_ms")),
         num(r.get("prompt_tokens")),
-        num(r.get("completion_tokens")),
+        _out_tokens(r, status),
         Text(f"{decision}: {reason}" if reason else decision, style="red" if decision == "reject" else ""),
     )
+
+
+def _out_tokens(r: dict[str, Any], status: str) -> Any:
+    # the gateway counts a running request's tokens only when it ends: a 0 would be a lie
+    out = r.get("completion_tokens")
+    if status in IN_FLIGHT and not out:
+        return Text("…" if r.get("ttft_ms") is not None else "–", style="dim")
+    return num(out)
 
 
 def _rank(r: dict[str, Any]) -> tuple[int, float]:
@@ -54,7 +62,15 @@ def _rank(r: dict[str, Any]) -> tuple[int, float]:
 
 
 class RequestsTable(KeyedTable):
-    BINDINGS = [Binding("enter", "select_cursor", "Open trace")]
+    BINDINGS = [
+        Binding("enter", "select_cursor", "Open why + trace"),
+        Binding("home,g", "follow", "Newest", key_display="home"),
+    ]
+
+    def action_follow(self) -> None:
+        pane = next((a for a in self.ancestors if isinstance(a, RequestsPane)), None)
+        if pane is not None:
+            pane.follow()
 
 
 class RequestsPane(Vertical):
@@ -83,6 +99,7 @@ class RequestsPane(Vertical):
         self.filter_text = ""
         self.dirty = False
         self._shown: dict[str, dict[str, Any]] = {}
+        self.newer = 0  # requests not shown while the table is paused for reading
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="toolbar"):
@@ -124,6 +141,21 @@ class RequestsPane(Vertical):
             for rid in victims:
                 del store[rid]
 
+    @property
+    def following(self) -> bool:
+        """The cursor on the first row: the table follows the newest requests. Anywhere else the
+        operator is reading a row; the rows stay where they are (only their cells update) until
+        the cursor goes back to the top (`home`)."""
+        table = self.table
+        return table.row_count == 0 or table.cursor_row <= 0
+
+    def follow(self) -> None:
+        table = self.table
+        if table.row_count:
+            table.move_cursor(row=0, animate=False)
+        table.scroll_to(y=0, animate=False)
+        self.render_rows()
+
     def render_rows(self) -> None:
         """Show the first `max_rows` requests that match the filter (in place)."""
         self.dirty = False
@@ -133,6 +165,13 @@ class RequestsPane(Vertical):
             candidates = [r for r in candidates if request_matches(r, terms)]
         top = heapq.nsmallest(self.max_rows, candidates, key=_rank)
         table = self.table
+        following = self.following
+        if not following:
+            # paused for reading: refresh the rows on screen, add and move none of them
+            shown = self._shown
+            top_keys = {str(r["rid"]) for r in top}
+            self.newer = sum(1 for k in top_keys if k not in shown)
+            top = [self.store.get(k, r) for k, r in shown.items()]
         rows: dict[str, tuple[Any, ...]] = {}
         changed_rank = False
         for r in top:
@@ -143,20 +182,29 @@ class RequestsPane(Vertical):
                 changed_rank = True
             rows[rid] = cells
         structural = table.sync(rows)
-        if structural or changed_rank:
-            table.order({str(r["rid"]): i for i, r in enumerate(top)})
+        if following:
+            self.newer = 0
+            if structural or changed_rank:
+                table.order({str(r["rid"]): i for i, r in enumerate(top)})
+            if table.row_count and table.cursor_row != 0:
+                table.move_cursor(row=0, animate=False)
+            table.scroll_to(y=0, animate=False)
         self._shown = {str(r["rid"]): r for r in top}
         in_flight = sum(1 for r in self.store.values() if r.get("status") in IN_FLIGHT)
-        self.query_one("#request-summary", Label).update(
-            f"{in_flight} in flight · {len(rows)} shown of {len(self.store)} (cap {self.max_rows})"
-        )
+        summary = Text(f"{in_flight} in flight · {len(rows)} shown of {len(self.store)} (cap {self.max_rows})")
+        if following:
+            summary.append("  ● live: newest first", style="green")
+        else:
+            summary.append(f"  ⏸ paused for reading · {self.newer} newer · home: back to live",
+                           style="bold yellow")
+        self.query_one("#request-summary", Label).update(summary)
 
     # -- user actions -----------------------------------------------------------------------------
 
     @on(Input.Changed, "#request-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
         self.filter_text = event.value
-        self.render_rows()
+        self.follow()  # a new filter shows its newest matches
 
     @on(Input.Submitted, "#request-filter")
     def _filter_done(self) -> None:

@@ -1,0 +1,69 @@
+"""The console as an operator lives in it (issue 10): the requests table stays on the newest and
+in-flight requests, sparklines keep fixed scales, fairness reads without the docs, the policy
+screen, and the small things. Pilot tests on injected data (`live=False`: no network)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+
+from tests.tui_fake_admin import NOW, initial_requests, state_at
+from tui.app import SluiceConsole
+
+SIZE = (150, 42)
+
+
+def offline() -> SluiceConsole:
+    return SluiceConsole("http://127.0.0.1:9", "t", live=False)
+
+
+def newer(n: int, start: int = 0, status: str = "running") -> list[dict[str, Any]]:
+    """`n` requests that arrived after the fake's, newest last."""
+    return [{"rid": f"new-{start + i:03d}", "tenant": "acme", "slo_class": "interactive", "status": status,
+             "engine": "sim-0", "arrival_ts": NOW + 1 + start + i, "ttft_ms": 90.0, "prompt_tokens": 100,
+             "completion_tokens": 0, "decision": "admit", "reason": ""} for i in range(n)]
+
+
+def label(app: SluiceConsole, selector: str) -> str:
+    return str(app.query_one(selector).render())
+
+
+async def test_requests_follow_the_newest_and_pause_for_reading() -> None:
+    app = offline()
+    async with app.run_test(size=SIZE) as pilot:
+        pane = app.requests_pane
+        app.ingest_requests(initial_requests(), render=False)
+        await pilot.press("3")
+        await pilot.pause()
+        table = pane.table
+        # 60 new in-flight requests arrive while the operator watches: the newest stay on top, on screen
+        for k in range(6):
+            app.ingest_requests(newer(10, 10 * k), render=False)
+            pane.render_rows()
+            await pilot.pause()
+        assert table.row_keys[0] == "new-059"
+        assert table.cursor_row == 0 and table.scroll_y == 0
+        assert pane.selected()["rid"] == "new-059"
+        assert "live" in label(app, "#request-summary")
+        # a running request that has streamed shows no false 0 output tokens
+        assert Text.assemble(table.get_row("new-059")[10]).plain == "…"
+
+        # the operator moves to a row: the rows stop moving and the selection stays on that request
+        await pilot.press("down", "down")
+        assert pane.selected()["rid"] == "new-057"
+        before = table.row_keys
+        app.ingest_requests(newer(5, 60), render=False)
+        app.ingest_requests([{**newer(1, 57)[0], "status": "ok", "completion_tokens": 33}], render=False)
+        pane.render_rows()
+        await pilot.pause()
+        assert table.row_keys == before and table.cursor_row == 2
+        assert pane.selected()["rid"] == "new-057" and pane.selected()["status"] == "ok"
+        summary = label(app, "#request-summary")
+        assert "paused for reading" in summary and "5 newer" in summary
+
+        # home: back to live, the newest on top again
+        await pilot.press("home")
+        await pilot.pause()
+        assert table.row_keys[0] == "new-064" and table.cursor_row == 0
+        assert "live" in label(app, "#request-summary")
