@@ -5,7 +5,7 @@ time, under one or several policies, and print per-tenant outcomes side by side 
     sluice simulate --workload azure-conv --policy equinox --admission --scale-rate 2
     sluice simulate --workload servegen:m-small --policy vtc --duration 600 --engines 2
     sluice simulate --workload trace.jsonl --policy fcfs --config sluice.toml
-    sluice simulate --workload scenario:mooncake --policy all --admission --duration 120
+    sluice simulate --workload scenario:mooncake --policy all --admission --duration 120 --report /tmp/r
 
 Workloads: a canonical JSONL file, or one of the public traces in shared/traces
 (`azure-conv`, `azure-code`, `mooncake`, `servegen:<group>` = the busiest hour of a ServeGen
@@ -115,6 +115,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-torch", action="store_true", help="output-length predictor without its MLP expert")
     parser.add_argument("--json", dest="json_out", help="write every run's outcome to this JSON file")
     parser.add_argument("--requests", action="store_true", help="include per-request records in the JSON")
+    parser.add_argument("--report", metavar="DIR", help="write DIR/index.html: plots and tables of every run of "
+                        "the call, one self-contained page (docs/replay.md, Reports)")
 
 
 def _policies(spec: str) -> list[str]:
@@ -154,6 +156,15 @@ def run(args: argparse.Namespace) -> int:
                "runs": {k: r.to_dict(requests=args.requests) for k, r in results.items()}}
         Path(args.json_out).write_text(json.dumps(doc, indent=1))
         print(f"sluice simulate: wrote {args.json_out}", file=sys.stderr)
+    if args.report:
+        from replay.html_report import run_from_virtual, write_report
+
+        notes = [f"workload {args.workload}: {len(workload)} requests, rate x{args.scale_rate:g}"
+                 + (f", first {args.duration:g} s" if args.duration else ""),
+                 f"virtual-time replay on {args.engines} simulated engine(s), profile {args.profile}, seed {args.seed}"]
+        page = write_report(args.report, f"sluice simulate: {args.workload}",
+                            [run_from_virtual(r, label) for label, r in results.items()], notes=notes)
+        print(f"sluice simulate: wrote {page}", file=sys.stderr)
     return 0
 
 
