@@ -315,8 +315,9 @@ def _table(runs: Sequence[ReportRun], key: str, label: str) -> str:
 # -- figures -------------------------------------------------------------------------------------
 
 def _window(span: float) -> float:
-    """A round window giving 30-60 windows over the span."""
-    target = max(span, 1e-3) / 40
+    """A round window giving 20-50 windows over the span (fewer are too coarse to see a burst; more
+    are mostly the noise of a few long requests per window)."""
+    target = max(span, 1e-3) / 25
     for step in (0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200):
         if step >= target:
             return float(step)
@@ -356,18 +357,20 @@ def _share_figure(runs: Sequence[ReportRun], window_s: float, end_s: float) -> A
             fair = [w.tenants[t][1] if t in w.tenants else None for w in windows]
             if all(x is None for x in got):
                 continue
-            label = f"{t} (weight {run.weight(t):g})"
-            fig.add_trace(go.Scatter(x=mids, y=got, mode="lines+markers", name=f"{label}: share received",
+            fig.add_trace(go.Scatter(x=mids, y=got, mode="lines+markers", name=f"{t} (weight {run.weight(t):g})",
                                      line={"color": color[t], "width": 2}, marker={"size": 4},
                                      legendgroup=t, showlegend=k == 1, connectgaps=False,
                                      hovertemplate=f"{html.escape(t)} received %{{y:.1%}} at %{{x:.0f}} s"
                                      "<extra></extra>"), row=k, col=1)
-            fig.add_trace(go.Scatter(x=mids, y=fair, mode="lines", name=f"{label}: fair share",
+            fig.add_trace(go.Scatter(x=mids, y=fair, mode="lines", name=f"{t}: fair share",
                                      line={"color": color[t], "width": 1.5, "dash": "dash"},
-                                     legendgroup=t, showlegend=k == 1, connectgaps=False,
+                                     legendgroup=t, showlegend=False, connectgaps=False,
                                      hovertemplate=f"{html.escape(t)} fair share %{{y:.1%}} at %{{x:.0f}} s"
                                      "<extra></extra>"), row=k, col=1)
         fig.update_yaxes(tickformat=".0%", rangemode="tozero", row=k, col=1)
+    for what, dash in (("solid: share received", "solid"), ("dashed: fair share", "dash")):  # a key to the styles
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="lines", name=what, legendrank=2000,
+                                 line={"color": "#777", "dash": dash}), row=1, col=1)
     fig.update_layout(title={"text": "Each tenant's share of the service delivered (solid) against its weighted "
                              f"max-min fair share (dashed), per {window_s:g} s window<br><sup>service = prompt "
                              "tokens + 2 × output tokens of completed requests; fair share: water-filling over the "
@@ -418,10 +421,16 @@ def _cdf_figure(runs: Sequence[ReportRun], metric: str) -> Any:
                 row=1, col=j)
         b = slo.get(c)
         bound = None if b is None else (b.ttft_s if metric == "ttft" else b.tpot_s)
-        if bound is not None:
-            fig.add_vline(x=bound * 1e3, line={"color": "black", "dash": "dot", "width": 1.5}, row=1, col=j,
-                          annotation_text=f"SLO {bound * 1e3:g} ms", annotation_position="bottom right")
-        fig.update_xaxes(type="log", title_text=f"{metric.upper()} (ms, log scale)", row=1, col=j)
+        if bound is not None:  # a trace, not a shape: shapes on a log axis take log10 coordinates
+            fig.add_trace(go.Scatter(x=[bound * 1e3] * 2, y=[0, 1], mode="lines+text", text=["", f"SLO {bound * 1e3:g} ms "],
+                                     textposition="bottom left", line={"color": "black", "dash": "dot", "width": 1.5},
+                                     name="the class's bound", legendgroup="bound", hoverinfo="skip",
+                                     showlegend=not any(t.legendgroup == "bound" for t in fig.data)),
+                          row=1, col=j)
+        ticks = _log_ticks([float(x) for t in fig.data if t.xaxis == ("x" if j == 1 else f"x{j}") for x in t.x
+                            if x is not None])
+        fig.update_xaxes(type="log", title_text=f"{metric.upper()} (log scale)", tickvals=ticks,
+                         ticktext=[_duration_label(v) for v in ticks], row=1, col=j)
         fig.update_yaxes(range=[0, 1.02], tickformat=".0%", row=1, col=1 if j == 1 else j,
                          title_text="requests of the class within x" if j == 1 else None)
     what = ("time to first token, from arrival at the gateway" if metric == "ttft" else
@@ -432,13 +441,31 @@ def _cdf_figure(runs: Sequence[ReportRun], metric: str) -> Any:
     return fig
 
 
+def _log_ticks(values: Sequence[float]) -> list[float]:
+    """1-2-5 ticks (ms) covering the values, for a log axis readable without knowing plotly's minor ticks."""
+    pos = [v for v in values if v > 0]
+    if not pos:
+        return []
+    lo, hi = math.floor(math.log10(min(pos))), math.ceil(math.log10(max(pos)))
+    ticks = [m * 10.0 ** e for e in range(lo, hi + 1) for m in (1, 2, 5)]
+    return [t for t in ticks if min(pos) / 2 <= t <= max(pos) * 2]
+
+
+def _duration_label(ms: float) -> str:
+    if ms < 1000:
+        return f"{ms:g} ms"
+    if ms < 120_000:
+        return f"{ms / 1e3:g} s"
+    return f"{ms / 6e4:g} min"
+
+
 def _admission_figure(runs: Sequence[ReportRun], window_s: float, end_s: float) -> Any:
     import plotly.graph_objects as go
 
-    colors = _palette()
+    refusal_colors = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#17becf"]
     cats = ["admitted"] + sorted({f"{r.status}: {r.reason or 'no reason recorded'}" for run in runs
                                   for r in run.requests if r.refused})
-    color = {c: ("#4c9a2a" if c == "admitted" else colors[(k + 1) % len(colors)]) for k, c in enumerate(cats)}
+    color = {c: ("#4c9a2a" if c == "admitted" else refusal_colors[k % len(refusal_colors)]) for k, c in enumerate(cats)}
     n = max(1, math.ceil(end_s / window_s))
     edges = np.arange(n + 1) * window_s
     fig = _panels(len(runs), [f"run: {run.name}" for run in runs], "requests/s")
