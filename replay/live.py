@@ -40,6 +40,7 @@ from replay.report import (
     RequestResult,
     SLOSpec,
     Summary,
+    clean_json,
     format_benchmark_block,
     format_table,
     summarize,
@@ -68,24 +69,29 @@ class LiveReport:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self, *, per_request: bool = False) -> dict[str, Any]:
+        """SGLang ``bench_serving``'s result layout: the run's settings and the overall row's
+        fields at the top level, then ``per_tenant`` and ``per_class`` rows of the same fields."""
+        overall = self.summary.overall.to_dict()
+        del overall["name"]
         out: dict[str, Any] = {
             "base_url": self.base_url,
             "model": self.model,
+            "request_rate": "trace",
             "speedup": self.speedup,
-            "duration_s": self.duration_s,
             "stopped": self.stopped,
             "not_sent": self.not_sent,
             **self.meta,
-            **self.summary.to_dict(),
+            **overall,
+            "slo": self.summary.slo,
+            "per_tenant": {t: r.to_dict() for t, r in self.summary.per_tenant.items()},
+            "per_class": {c: r.to_dict() for c, r in self.summary.per_class.items()},
         }
         if per_request:
             out["requests"] = [r.to_dict() for r in self.results]
         return out
 
     def to_json(self, *, per_request: bool = False, **kw: Any) -> str:
-        from replay.report import _clean
-
-        return json.dumps(_clean(self.to_dict(per_request=per_request)), **kw)
+        return json.dumps(clean_json(self.to_dict(per_request=per_request)), **kw)
 
     def format_text(self) -> str:
         return format_benchmark_block(self.summary.overall) + "\n\n" + format_table(self.summary)

@@ -1,20 +1,21 @@
-"""Per-tenant outcome tables shared by the live runner and virtual-time replay.
+"""Per-tenant and per-SLO-class outcome tables shared by the live runner and virtual-time replay.
 
-Input: one :class:`RequestResult` per request (tenant, status, TTFT, TPOT, ITLs, e2e, tokens, SLO met).
-Output: :class:`Summary` with one :class:`Row` per tenant plus an overall row, in the vocabulary of
-vLLM's ``bench serve`` and SGLang's ``bench_serving``:
+Input: one :class:`RequestResult` per request (tenant, SLO class, status, TTFT, TPOT, ITLs, e2e,
+tokens, SLO met). Output: :class:`Summary` with one :class:`Row` per tenant, per SLO class and
+overall, in the vocabulary (and JSON field names) of SGLang's ``bench_serving``:
 
-- ``ttft_ms``: time from sending the request to the first streamed output token;
-- ``tpot_ms``: per request, ``(e2e - ttft) / (output_tokens - 1)`` (requests with > 1 token);
-- ``itl_ms``: every gap between consecutive streamed chunks, pooled over requests;
-- ``e2e_latency_ms``: send to last byte;
-- ``request_throughput`` = completed / duration, ``output_throughput`` = output tokens / duration,
-  ``total_token_throughput`` = (input + output tokens of completed requests) / duration;
-- ``goodput`` = completed requests meeting every given SLO / duration (vLLM's ``request_goodput``;
-  a request is good iff ``ttft <= ttft_ms``, ``tpot <= tpot_ms`` and ``e2e <= e2e_ms`` for each SLO
+- ``ttft``: time from sending the request to the first streamed output token;
+- ``tpot``: per request, ``(e2e - ttft) / (output_tokens - 1)`` (requests with > 1 token);
+- ``itl``: every gap between consecutive streamed chunks, pooled over requests;
+- ``e2e_latency``: send to last byte;
+- ``request_throughput`` = completed / duration, ``input_throughput`` / ``output_throughput`` =
+  input / output tokens of completed requests / duration, ``total_throughput`` = their sum
+  (vLLM's ``total_token_throughput``), ``concurrency`` = sum of e2e / duration;
+- ``request_goodput`` (vLLM's name) = completed requests meeting every given SLO / duration (a
+  request is good iff ``ttft <= ttft_ms``, ``tpot <= tpot_ms`` and ``e2e <= e2e_ms`` for each
   bound given); ``slo_attainment`` = good / requests offered (rejected and failed count as missed).
 
-Percentiles use ``numpy.percentile`` (linear interpolation), as vLLM does.
+Percentiles use ``numpy.percentile`` (linear interpolation), as both benchmarks do.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = [
     "Row",
     "Summary",
     "format_benchmark_block",
+    "clean_json",
     "format_table",
     "resolve_slo",
     "summarize",
@@ -50,11 +52,16 @@ CANCELLED = "cancelled"  # the run was stopped before the request finished
 
 @dataclass(frozen=True, slots=True)
 class SLO:
-    """Latency objectives in ms; ``None`` means not constrained (vLLM ``--goodput`` keys)."""
+    """Latency objectives in ms; ``None`` means not constrained (vLLM ``--goodput`` keys).
+
+    ``ttft_ms_per_ktok`` raises the TTFT bound by that much per 1,000 prompt tokens (sluice's
+    long-context classes: a long prompt's prefill alone takes longer than a flat target).
+    """
 
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     e2e_ms: float | None = None
+    ttft_ms_per_ktok: float = 0.0
 
     @classmethod
     def parse(cls, spec: str | Mapping[str, float] | SLO) -> SLO:
@@ -63,7 +70,11 @@ class SLO:
             return spec
         items: Iterable[tuple[str, Any]]
         if isinstance(spec, str):
-            items = (part.split(":", 1) for part in spec.split())
+            parts = [part.split(":", 1) for part in spec.replace(",", " ").split()]
+            bad = [p[0] for p in parts if len(p) != 2]
+            if bad:
+                raise ValueError(f"SLO {spec!r}: expected KEY:MS pairs such as 'ttft:500 tpot:50', got {bad[0]!r}")
+            items = ((k, v) for k, v in parts)
         else:
             items = spec.items()
         kw: dict[str, float] = {}
@@ -72,18 +83,30 @@ class SLO:
             name = {"ttft": "ttft_ms", "tpot": "tpot_ms", "e2el": "e2e_ms", "e2e": "e2e_ms"}.get(k)
             if name is None:
                 raise ValueError(f"unknown SLO key {key!r} (use ttft, tpot, e2el)")
-            kw[name] = float(value)
+            try:
+                kw[name] = float(value)
+            except ValueError:
+                raise ValueError(f"SLO {key}: {value!r} is not a number of ms") from None
+            if not kw[name] > 0:
+                raise ValueError(f"SLO {key} must be > 0 ms, got {value}")
+        if not kw:
+            raise ValueError(f"SLO {spec!r} sets no bound")
         return cls(**kw)
 
-    def met(self, ttft_ms: float | None, tpot_ms: float | None, e2e_ms: float | None) -> bool:
-        if self.ttft_ms is not None and (ttft_ms is None or ttft_ms > self.ttft_ms):
+    def ttft_bound_ms(self, input_tokens: int = 0) -> float | None:
+        if self.ttft_ms is None:
+            return None
+        return self.ttft_ms + self.ttft_ms_per_ktok * input_tokens / 1e3
+
+    def met(self, ttft_ms: float | None, tpot_ms: float | None, e2e_ms: float | None, *,
+            input_tokens: int = 0) -> bool:
+        bound = self.ttft_bound_ms(input_tokens)
+        if bound is not None and (ttft_ms is None or ttft_ms > bound):
             return False
         # TPOT is undefined for a one-token answer: nothing to miss.
         if self.tpot_ms is not None and tpot_ms is not None and tpot_ms > self.tpot_ms:
             return False
-        if self.e2e_ms is not None and (e2e_ms is None or e2e_ms > self.e2e_ms):
-            return False
-        return True
+        return self.e2e_ms is None or (e2e_ms is not None and e2e_ms <= self.e2e_ms)
 
 
 SLOSpec = SLO | Mapping[str, SLO] | None
@@ -125,11 +148,22 @@ class RequestResult:
         return asdict(self)
 
 
+_METRICS = ("ttft", "tpot", "itl", "e2e_latency")
+_STATS = ("mean", "median", "std", "p90", "p95", "p99")
+
+
 @dataclass(slots=True)
 class Row:
-    """Aggregated outcome of one tenant (or of all: tenant ``__all__``)."""
+    """Aggregated outcome of one tenant, one SLO class, or all requests (``name`` = ``__all__``).
 
-    tenant: str
+    Field names are SGLang ``bench_serving``'s where they mean the same (``duration``,
+    ``completed``, ``total_input_tokens``, ``request_throughput``, ``input_throughput``,
+    ``output_throughput``, ``total_throughput``, ``concurrency``, ``{mean,median,std,p99}_{ttft,tpot,
+    itl,e2e_latency}_ms``) and vLLM's ``request_goodput`` for goodput; p90/p95 as vLLM's
+    ``--metric-percentiles`` names them.
+    """
+
+    name: str
     requests: int = 0
     completed: int = 0
     rejected: int = 0
@@ -137,30 +171,40 @@ class Row:
     cancelled: int = 0
     total_input_tokens: int = 0
     total_output_tokens: int = 0
-    duration_s: float = 0.0
+    duration: float = 0.0
     request_throughput: float = 0.0
+    input_throughput: float = 0.0
     output_throughput: float = 0.0
-    total_token_throughput: float = 0.0
-    goodput: float | None = None
+    total_throughput: float = 0.0
+    request_goodput: float | None = None
     good: int | None = None
     slo_attainment: float | None = None
+    concurrency: float = 0.0
     mean_ttft_ms: float | None = None
     median_ttft_ms: float | None = None
+    std_ttft_ms: float | None = None
     p90_ttft_ms: float | None = None
+    p95_ttft_ms: float | None = None
     p99_ttft_ms: float | None = None
     mean_tpot_ms: float | None = None
     median_tpot_ms: float | None = None
+    std_tpot_ms: float | None = None
     p90_tpot_ms: float | None = None
+    p95_tpot_ms: float | None = None
     p99_tpot_ms: float | None = None
     mean_itl_ms: float | None = None
     median_itl_ms: float | None = None
+    std_itl_ms: float | None = None
     p90_itl_ms: float | None = None
+    p95_itl_ms: float | None = None
     p99_itl_ms: float | None = None
     mean_e2e_latency_ms: float | None = None
     median_e2e_latency_ms: float | None = None
+    std_e2e_latency_ms: float | None = None
     p90_e2e_latency_ms: float | None = None
+    p95_e2e_latency_ms: float | None = None
     p99_e2e_latency_ms: float | None = None
-    retry_after_s_mean: float | None = None
+    mean_retry_after_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -172,6 +216,7 @@ class Summary:
     per_tenant: dict[str, Row]
     overall: Row
     slo: dict[str, Any] | None = None
+    per_class: dict[str, Row] = field(default_factory=dict)  # empty when no request names a class
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -179,32 +224,36 @@ class Summary:
             "slo": self.slo,
             "overall": self.overall.to_dict(),
             "per_tenant": {t: r.to_dict() for t, r in self.per_tenant.items()},
+            "per_class": {c: r.to_dict() for c, r in self.per_class.items()},
         }
 
     def to_json(self, **kw: Any) -> str:
-        return json.dumps(_clean(self.to_dict()), **kw)
+        return json.dumps(clean_json(self.to_dict()), **kw)
 
 
-def _clean(x: Any) -> Any:
+def clean_json(x: Any) -> Any:
     """NaN/inf are not JSON: write them as null."""
     if isinstance(x, float) and not math.isfinite(x):
         return None
     if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
+        return {k: clean_json(v) for k, v in x.items()}
     if isinstance(x, list):
-        return [_clean(v) for v in x]
+        return [clean_json(v) for v in x]
     return x
 
 
-def _stats(values: Sequence[float]) -> tuple[float | None, float | None, float | None, float | None]:
+def _set_stats(row: Row, metric: str, values: Sequence[float]) -> None:
     if not values:
-        return None, None, None, None
+        return
     a = np.asarray(values, dtype=float)
-    return (float(a.mean()), float(np.median(a)), float(np.percentile(a, 90)), float(np.percentile(a, 99)))
+    stats = {"mean": a.mean(), "median": np.median(a), "std": a.std(), "p90": np.percentile(a, 90),
+             "p95": np.percentile(a, 95), "p99": np.percentile(a, 99)}
+    for stat in _STATS:
+        setattr(row, f"{stat}_{metric}_ms", float(stats[stat]))
 
 
-def _row(tenant: str, results: Sequence[RequestResult], duration_s: float, with_slo: bool) -> Row:
-    row = Row(tenant=tenant, requests=len(results), duration_s=duration_s)
+def _row(name: str, results: Sequence[RequestResult], duration_s: float, with_slo: bool) -> Row:
+    row = Row(name=name, requests=len(results), duration=duration_s)
     ok = [r for r in results if r.status == OK]
     row.completed = len(ok)
     row.rejected = sum(r.status == REJECTED for r in results)
@@ -212,32 +261,34 @@ def _row(tenant: str, results: Sequence[RequestResult], duration_s: float, with_
     row.cancelled = sum(r.status == CANCELLED for r in results)
     row.total_input_tokens = sum(r.input_tokens for r in ok)
     row.total_output_tokens = sum(r.output_tokens for r in ok)
+    e2e = [r.e2e_ms for r in ok if r.e2e_ms is not None]
     if duration_s > 0:
         row.request_throughput = row.completed / duration_s
+        row.input_throughput = row.total_input_tokens / duration_s
         row.output_throughput = row.total_output_tokens / duration_s
-        row.total_token_throughput = (row.total_input_tokens + row.total_output_tokens) / duration_s
-    row.mean_ttft_ms, row.median_ttft_ms, row.p90_ttft_ms, row.p99_ttft_ms = _stats(
-        [r.ttft_ms for r in ok if r.ttft_ms is not None])
-    row.mean_tpot_ms, row.median_tpot_ms, row.p90_tpot_ms, row.p99_tpot_ms = _stats(
-        [r.tpot_ms for r in ok if r.tpot_ms is not None])
-    row.mean_itl_ms, row.median_itl_ms, row.p90_itl_ms, row.p99_itl_ms = _stats(
-        [x for r in ok for x in r.itl_ms])
-    (row.mean_e2e_latency_ms, row.median_e2e_latency_ms, row.p90_e2e_latency_ms,
-     row.p99_e2e_latency_ms) = _stats([r.e2e_ms for r in ok if r.e2e_ms is not None])
+        row.total_throughput = (row.total_input_tokens + row.total_output_tokens) / duration_s
+        row.concurrency = sum(e2e) / 1e3 / duration_s  # SGLang's: mean requests in flight
+    _set_stats(row, "ttft", [r.ttft_ms for r in ok if r.ttft_ms is not None])
+    _set_stats(row, "tpot", [r.tpot_ms for r in ok if r.tpot_ms is not None])
+    _set_stats(row, "itl", [x for r in ok for x in r.itl_ms])
+    _set_stats(row, "e2e_latency", e2e)
     ra = [r.retry_after_s for r in results if r.retry_after_s is not None]
-    row.retry_after_s_mean = float(np.mean(ra)) if ra else None
+    row.mean_retry_after_s = float(np.mean(ra)) if ra else None
     if with_slo:
         row.good = sum(1 for r in ok if r.slo_met)
-        row.goodput = row.good / duration_s if duration_s > 0 else None
+        row.request_goodput = row.good / duration_s if duration_s > 0 else None
         row.slo_attainment = row.good / len(results) if results else None
     return row
 
 
-def summarize(results: Iterable[RequestResult], duration_s: float, slo: SLOSpec = None) -> Summary:
-    """Per-tenant rows and an overall row.
+NO_CLASS = "-"  # the per-class key of requests without an SLO class
 
-    ``duration_s`` is the benchmark duration (rates are per second of it, for every tenant, so the
-    per-tenant throughputs add up to the overall one). When ``slo`` is given, each completed
+
+def summarize(results: Iterable[RequestResult], duration_s: float, slo: SLOSpec = None) -> Summary:
+    """Per-tenant rows, per-SLO-class rows (when some request names a class) and an overall row.
+
+    ``duration_s`` is the benchmark duration (rates are per second of it, for every tenant and
+    class, so their throughputs add up to the overall one). When ``slo`` is given, each completed
     request's ``slo_met`` is (re)computed from it; otherwise results' own ``slo_met`` values are used
     and goodput is reported only if some result carries one.
     """
@@ -248,18 +299,24 @@ def summarize(results: Iterable[RequestResult], duration_s: float, slo: SLOSpec 
             if r.status != OK:
                 r.slo_met = False if s is not None else r.slo_met
             elif s is not None:
-                r.slo_met = s.met(r.ttft_ms, r.tpot_ms, r.e2e_ms)
+                r.slo_met = s.met(r.ttft_ms, r.tpot_ms, r.e2e_ms, input_tokens=r.input_tokens)
     with_slo = any(r.slo_met is not None for r in res)
-    groups: dict[str, list[RequestResult]] = {}
+    tenants: dict[str, list[RequestResult]] = {}
+    classes: dict[str, list[RequestResult]] = {}
     for r in res:
-        groups.setdefault(r.tenant, []).append(r)
-    per_tenant = {t: _row(t, rs, duration_s, with_slo) for t, rs in sorted(groups.items())}
+        tenants.setdefault(r.tenant, []).append(r)
+        classes.setdefault(r.slo_class or NO_CLASS, []).append(r)
+    if set(classes) == {NO_CLASS}:
+        classes = {}
     slo_desc: dict[str, Any] | None = None
     if isinstance(slo, SLO):
         slo_desc = asdict(slo)
     elif slo is not None:
         slo_desc = {k: asdict(v) for k, v in slo.items()}
-    return Summary(duration_s, per_tenant, _row(OVERALL, res, duration_s, with_slo), slo_desc)
+    return Summary(duration_s,
+                   {t: _row(t, rs, duration_s, with_slo) for t, rs in sorted(tenants.items())},
+                   _row(OVERALL, res, duration_s, with_slo), slo_desc,
+                   {c: _row(c, rs, duration_s, with_slo) for c, rs in sorted(classes.items())})
 
 
 def _fmt(x: float | int | None, digits: int = 1) -> str:
@@ -271,55 +328,65 @@ def _fmt(x: float | int | None, digits: int = 1) -> str:
 
 
 _COLUMNS: list[tuple[str, str, int]] = [
-    ("tenant", "tenant", 0),
+    ("tenant / class", "name", 0),
     ("req", "requests", 0),
     ("ok", "completed", 0),
     ("rej", "rejected", 0),
     ("err", "failed", 0),
+    ("cxl", "cancelled", 0),
     ("req/s", "request_throughput", 2),
+    ("in tok/s", "input_throughput", 1),
     ("out tok/s", "output_throughput", 1),
-    ("goodput", "goodput", 2),
+    ("goodput", "request_goodput", 2),
     ("SLO %", "slo_attainment", 1),
     ("TTFT p50", "median_ttft_ms", 1),
     ("TTFT p99", "p99_ttft_ms", 1),
     ("TPOT p50", "median_tpot_ms", 1),
     ("TPOT p99", "p99_tpot_ms", 1),
     ("ITL p50", "median_itl_ms", 1),
+    ("ITL p99", "p99_itl_ms", 1),
     ("E2E p50", "median_e2e_latency_ms", 1),
     ("E2E p99", "p99_e2e_latency_ms", 1),
 ]
 
 
 def format_table(summary: Summary) -> str:
-    """A fixed-width text table: one line per tenant, then the overall line (times in ms)."""
-    rows = list(summary.per_tenant.values()) + [summary.overall]
-    cells: list[list[str]] = []
-    for row in rows:
-        line = []
-        for _, attr, digits in _COLUMNS:
-            v = getattr(row, attr)
-            if attr == "tenant":
-                line.append("all" if v == OVERALL else str(v))
-            elif attr == "slo_attainment":
-                line.append(_fmt(v * 100 if v is not None else None, digits))
-            else:
-                line.append(_fmt(v, digits))
-        cells.append(line)
+    """A fixed-width text table, times in ms: one line per tenant, then one per SLO class
+    (``[name]``), then the overall line."""
+    groups = [list(summary.per_tenant.values()), list(summary.per_class.values()), [summary.overall]]
+    cells: list[list[list[str]]] = []
+    for group in groups:
+        lines = []
+        for row in group:
+            line = []
+            for _, attr, digits in _COLUMNS:
+                v = getattr(row, attr)
+                if attr == "name":
+                    line.append("all" if row is summary.overall else (f"[{v}]" if group is groups[1] else str(v)))
+                elif attr == "slo_attainment":
+                    line.append(_fmt(v * 100 if v is not None else None, digits))
+                else:
+                    line.append(_fmt(v, digits))
+            lines.append(line)
+        cells.append(lines)
     heads = [c[0] for c in _COLUMNS]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(heads)]
+    every = [c for g in cells for c in g]
+    widths = [max(len(h), *(len(c[i]) for c in every)) for i, h in enumerate(heads)]
 
     def render(vals: list[str]) -> str:
         return "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths)))
 
-    out = [render(heads), render(["-" * w for w in widths])]
-    out += [render(c) for c in cells[:-1]]
-    out += [render(["-" * w for w in widths]), render(cells[-1])]
+    rule = render(["-" * w for w in widths])
+    out = [render(heads)]
+    for g in cells:
+        if g:
+            out += [rule] + [render(c) for c in g]
     return "\n".join(out)
 
 
 def format_benchmark_block(row: Row, title: str = "Serving Benchmark Result") -> str:
-    """The vLLM/SGLang ``bench serve`` result block layout for one row."""
-    lines = [f"{'=' * 18}{title:^14}{'=' * 18}" if len(title) <= 14 else f"{'=' * 10} {title} {'=' * 10}"]
+    """SGLang's ``bench_serving`` result block layout for one row (rejected and cancelled added)."""
+    lines = [f"{' ' + title + ' ':=^50}"]
 
     def kv(k: str, v: float | int | None, digits: int = 2) -> None:
         lines.append(f"{k:<40}{_fmt(v, digits):>10}")
@@ -328,20 +395,26 @@ def format_benchmark_block(row: Row, title: str = "Serving Benchmark Result") ->
         lines.append(f"{name:-^50}")
 
     kv("Successful requests:", row.completed, 0)
-    kv("Rejected requests:", row.rejected, 0)
+    kv("Rejected requests (429):", row.rejected, 0)
     kv("Failed requests:", row.failed, 0)
-    kv("Benchmark duration (s):", row.duration_s)
+    if row.cancelled:
+        kv("Cancelled requests (stopped):", row.cancelled, 0)
+    kv("Benchmark duration (s):", row.duration)
     kv("Total input tokens:", row.total_input_tokens, 0)
     kv("Total generated tokens:", row.total_output_tokens, 0)
     kv("Request throughput (req/s):", row.request_throughput)
-    if row.goodput is not None:
-        kv("Request goodput (req/s):", row.goodput)
+    if row.request_goodput is not None:
+        kv("Request goodput (req/s):", row.request_goodput)
+        kv("SLO attainment (%):", row.slo_attainment * 100 if row.slo_attainment is not None else None)
+    kv("Input token throughput (tok/s):", row.input_throughput)
     kv("Output token throughput (tok/s):", row.output_throughput)
-    kv("Total Token throughput (tok/s):", row.total_token_throughput)
-    for label, key in (("Time to First Token", "ttft"), ("Time per Output Token (excl. 1st token)", "tpot"),
-                       ("Inter-token Latency", "itl"), ("End-to-end Latency", "e2e_latency")):
+    kv("Total token throughput (tok/s):", row.total_throughput)
+    kv("Concurrency:", row.concurrency)
+    for label, key, short in (("End-to-End Latency", "e2e_latency", "E2E Latency"),
+                              ("Time to First Token", "ttft", "TTFT"),
+                              ("Time per Output Token (excl. 1st token)", "tpot", "TPOT"),
+                              ("Inter-Token Latency", "itl", "ITL")):
         sec(label)
-        short = {"ttft": "TTFT", "tpot": "TPOT", "itl": "ITL", "e2e_latency": "E2EL"}[key]
         kv(f"Mean {short} (ms):", getattr(row, f"mean_{key}_ms"))
         kv(f"Median {short} (ms):", getattr(row, f"median_{key}_ms"))
         kv(f"P99 {short} (ms):", getattr(row, f"p99_{key}_ms"))

@@ -139,10 +139,10 @@ async def test_measures_ttft_tpot_itl_and_tokens(server):
     assert s.overall.total_output_tokens == 14
     assert s.overall.request_throughput == pytest.approx(3 / rep.duration_s)
     assert s.overall.mean_ttft_ms >= FIRST_DELAY_S * 1000
-    assert s.overall.goodput is None  # no SLO given
+    assert s.overall.request_goodput is None  # no SLO given
     assert "alice" in rep.format_text() and "Successful requests:" in rep.format_text()
     out = json.loads(rep.to_json(per_request=True))
-    assert out["overall"]["completed"] == 3 and len(out["requests"]) == 3
+    assert out["completed"] == 3 and out["per_tenant"]["alice"]["completed"] == 2 and len(out["requests"]) == 3
 
 
 async def test_goodput_against_slos(server):
@@ -150,7 +150,7 @@ async def test_goodput_against_slos(server):
     wl = [WorkloadRequest(0, 5, 3, "alice"), WorkloadRequest(0, 5, 3, "bob", slo_class="tight")]
     loose = await run_live(url, wl, KEYS, speedup=10.0, slo=SLO(ttft_ms=60_000, tpot_ms=60_000))
     assert loose.summary.overall.good == 2
-    assert loose.summary.overall.goodput == pytest.approx(2 / loose.duration_s)
+    assert loose.summary.overall.request_goodput == pytest.approx(2 / loose.duration_s)
     # per-class SLO: a 1 ms TTFT cannot be met (the fake server waits 50 ms)
     mixed = await run_live(url, wl, KEYS, speedup=10.0, slo={"tight": SLO(ttft_ms=1), "*": SLO(e2e_ms=60_000)})
     assert mixed.summary.per_tenant["alice"].good == 1
@@ -173,7 +173,7 @@ async def test_429_is_a_rejection_with_retry_after_and_errors_are_recorded(serve
     assert by["alice"].status == "ok"
     s = rep.summary
     assert s.overall.completed == 1 and s.overall.rejected == 1 and s.overall.failed == 2
-    assert s.per_tenant["mallory"].retry_after_s_mean == 7.0
+    assert s.per_tenant["mallory"].mean_retry_after_s == 7.0
     assert s.overall.good == 1 and s.overall.slo_attainment == pytest.approx(0.25)
 
 
@@ -293,15 +293,15 @@ def _results():
 def test_summarize_rows_and_goodput():
     s = summarize(_results(), duration_s=2.0, slo=SLO(ttft_ms=200, tpot_ms=20))
     a, b, o = s.per_tenant["a"], s.per_tenant["b"], s.overall
-    assert o.tenant == OVERALL and o.requests == 4 and o.completed == 3 and o.rejected == 1
+    assert o.name == OVERALL and o.requests == 4 and o.completed == 3 and o.rejected == 1
     assert a.mean_ttft_ms == 200 and a.median_ttft_ms == 200
     assert a.p99_ttft_ms == pytest.approx(100 + 0.99 * 200)  # linear interpolation, as numpy/vLLM
     assert a.mean_itl_ms == 20 and a.mean_tpot_ms == 20
     assert a.request_throughput == 1.0 and a.output_throughput == 11.0
-    assert a.total_token_throughput == pytest.approx((100 + 22) / 2)
+    assert a.total_throughput == pytest.approx((100 + 22) / 2)
     assert a.good == 1 and b.good == 1 and o.good == 2  # b's 1-token answer has no TPOT to miss
-    assert o.goodput == 1.0 and o.slo_attainment == 0.5
-    assert b.retry_after_s_mean == 2.0
+    assert o.request_goodput == 1.0 and o.slo_attainment == 0.5
+    assert b.mean_retry_after_s == 2.0
     assert b.mean_tpot_ms is None
     table = format_table(s)
     lines = table.splitlines()
@@ -310,14 +310,14 @@ def test_summarize_rows_and_goodput():
     block = format_benchmark_block(o)
     assert "Request goodput (req/s):" in block and "Median TTFT (ms):" in block
     d = json.loads(s.to_json())
-    assert d["per_tenant"]["a"]["completed"] == 2 and d["slo"] == {"ttft_ms": 200, "tpot_ms": 20, "e2e_ms": None}
+    assert d["per_tenant"]["a"]["completed"] == 2 and d["slo"] == {"ttft_ms": 200, "tpot_ms": 20, "e2e_ms": None, "ttft_ms_per_ktok": 0.0}
 
 
 def test_summarize_uses_precomputed_slo_met_without_slo():
     rs = [RequestResult("a", "ok", ttft_ms=1, slo_met=True), RequestResult("a", "ok", ttft_ms=1, slo_met=False)]
     s = summarize(rs, duration_s=4.0)
-    assert s.overall.good == 1 and s.overall.goodput == 0.25
-    assert summarize([RequestResult("a", "ok")], 1.0).overall.goodput is None
+    assert s.overall.good == 1 and s.overall.request_goodput == 0.25
+    assert summarize([RequestResult("a", "ok")], 1.0).overall.request_goodput is None
 
 
 def test_slo_parse_and_resolve():

@@ -1,0 +1,350 @@
+"""`sluice replay --live URL --workload W`: send a workload to any OpenAI-compatible endpoint (sluice,
+SGLang, vLLM, `sluice sim-server`) with its own timing or a speed-up, and report what a client saw
+in SGLang `bench_serving`'s vocabulary, per tenant and per SLO class.
+
+    sluice replay --live http://127.0.0.1:8080 --workload scenario:azure-mix --keys .sluice/keys.toml
+    sluice replay --live http://127.0.0.1:30000 --workload trace.jsonl --speedup 4 --max-requests 500 --ignore-eos
+
+The caller (sluice/cli.py) owns `--live` (the URL), `--json` (a file) and `--report` (a folder)
+and `--config` (read here for the SLO classes' targets); this module adds only the live flags.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import json
+import math
+import signal
+import sys
+import tomllib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from replay.live import LiveReport, run_live
+from replay.report import SLO, RequestResult
+from replay.workload import WorkloadRequest
+
+__all__ = ["add_arguments", "run"]
+
+PROG = "sluice replay"
+# owners in GET /v1/models whose OpenAI endpoints take SGLang's `ignore_eos`; sluice drops unknown fields
+IGNORE_EOS_OWNERS = ("sglang", "vllm")
+# options of the other `sluice replay` modes: given with --live they would be ignored, so they are refused
+_OTHER_MODES = ("db", "window", "since", "until", "policy")
+
+
+class UsageError(Exception):
+    """Bad flags or inputs: reported as one line, exit status 2."""
+
+
+class Unreachable(Exception):
+    """The endpoint did not answer at all: one line, exit status 1."""
+
+
+def add_arguments(group: argparse._ActionsContainer) -> None:
+    group.add_argument("--workload", metavar="W",
+                       help="live: a canonical JSONL file or any `sluice simulate --workload` name "
+                            "(azure-conv, mooncake, servegen:m-small, vtc-overload, scenario:NAME, ...)")
+    group.add_argument("--speedup", type=float, default=1.0,
+                       help="live: divide the workload's timestamps by this (default 1 = its own timing; inf = all at once)")
+    group.add_argument("--max-requests", type=int, metavar="N", help="live: send at most the first N requests")
+    group.add_argument("--duration", type=float, metavar="S",
+                       help="live: stop after S seconds of wall time (requests still in flight are cancelled "
+                            "and counted as such)")
+    group.add_argument("--api-key", help="live: the API key of every tenant without one in --keys")
+    group.add_argument("--keys", metavar="FILE",
+                       help='live: TOML file of tenant = "key" lines (as .sluice/keys.toml); "*" = any other tenant')
+    group.add_argument("--chat", action="store_true", help="live: /v1/chat/completions instead of /v1/completions")
+    group.add_argument("--ignore-eos", action="store_true",
+                       help="live: ask the server to generate exactly each request's output_length (SGLang and "
+                            "vLLM only; refused for servers that would drop it)")
+    group.add_argument("--model", help="live: model name (default: the first of GET /v1/models)")
+    group.add_argument("--max-concurrency", type=int, metavar="N",
+                       help="live: at most N requests in flight (later ones wait client-side)")
+    group.add_argument("--slo", action="append", metavar="[NAME=]ttft:MS,tpot:MS,e2el:MS",
+                       help="live: goodput bounds (vLLM --goodput keys); NAME= an SLO class or tenant, none = "
+                            "every request (default: the classes of --config, else sluice's default classes)")
+    group.add_argument("--request-timeout", type=float, metavar="S", help="live: give up on a request after S seconds")
+    group.add_argument("--workload-seed", type=int, default=0, help="live: seed of generated workloads (default 0)")
+
+
+@dataclass(slots=True)
+class _Plan:
+    workload: list[WorkloadRequest]
+    keys: dict[str, str]
+    slo: dict[str, SLO]
+    model: str
+    server: str | None  # owned_by of the served model, when the server said
+    extra_body: dict[str, Any] | None
+    weights: dict[str, float]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        plan = _prepare(args)
+    except UsageError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 2
+    except Unreachable as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    n = len(plan.workload)
+    tenants = sorted({r.tenant for r in plan.workload})
+    print(f"{PROG}: {n} requests of {args.workload} ({len(tenants)} tenant(s)) to {args.live} "
+          f"as {plan.model!r} (speedup {args.speedup:g})...", file=sys.stderr)
+    report, interrupted, reason = asyncio.run(_replay(args, plan))
+    print(format_report(report, plan.slo, workload=args.workload, stop_reason=reason))
+    if args.json:
+        doc = {"workload": args.workload, "stop_reason": reason, **report.to_dict(per_request=True)}
+        from replay.report import clean_json
+
+        Path(args.json).write_text(json.dumps(clean_json(doc), indent=1))
+        print(f"{PROG}: wrote {args.json}", file=sys.stderr)
+    if args.report:
+        _write_html(args, plan, report)
+    if interrupted:
+        return 130
+    o = report.summary.overall
+    return 1 if o.completed == 0 and o.failed > 0 else 0
+
+
+def _prepare(args: argparse.Namespace) -> _Plan:
+    given = [f"--{k}" for k in _OTHER_MODES if getattr(args, k, None) not in (None, False)]
+    if given:
+        raise UsageError(f"{', '.join(given)} belong to the what-if replay, not to --live")
+    if not args.workload:
+        raise UsageError("--live needs --workload (a JSONL file or a named workload)")
+    if not args.speedup > 0:
+        raise UsageError(f"--speedup must be > 0, got {args.speedup}")
+    for flag, value in (("--max-requests", args.max_requests), ("--max-concurrency", args.max_concurrency)):
+        if value is not None and value < 1:
+            raise UsageError(f"{flag} must be at least 1, got {value}")
+    for flag, value in (("--duration", args.duration), ("--request-timeout", args.request_timeout)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be > 0 seconds, got {value}")
+    keys = _keys(args.keys, args.api_key)
+    workload, weights = _workload(args)
+    policy = _policy(getattr(args, "config", None), weights)
+    workload = [dataclasses.replace(r, slo_class=r.slo_class or policy.tenant(r.tenant).slo_class, extra=dict(r.extra))
+                for r in workload]
+    slo = slo_targets(policy.to_dict()["slo_classes"], args.slo or [], {r.slo_class for r in workload if r.slo_class})
+    missing = sorted({r.tenant for r in workload} - set(keys)) if keys and "*" not in keys else []
+    if missing:
+        print(f"{PROG}: no key for tenant(s) {', '.join(missing)}: sent without Authorization "
+              f"(add them to --keys or give --api-key)", file=sys.stderr)
+    probe_key = next((keys[t] for t in (*(r.tenant for r in workload[:50]), "*") if t in keys), None)
+    model, owner = asyncio.run(_probe(args.live, probe_key, args.model))
+    extra: dict[str, Any] | None = None
+    if args.ignore_eos:
+        if owner not in IGNORE_EOS_OWNERS:
+            said = f"a server whose models are owned by {owner!r}" if owner else "a server that did not say what it is"
+            raise UsageError(f"--ignore-eos: {args.live} is {said}; only SGLang and vLLM accept ignore_eos "
+                             "(others drop it, and output lengths would silently differ)")
+        extra = {"ignore_eos": True}
+    return _Plan(workload, keys, slo, model, owner, extra, weights)
+
+
+def _keys(path: str | None, api_key: str | None) -> dict[str, str]:
+    keys: dict[str, str] = {}
+    if path:
+        try:
+            doc = tomllib.loads(Path(path).read_text())
+        except OSError as exc:
+            raise UsageError(f"--keys {path}: {exc.strerror or exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"--keys {path}: not TOML: {exc}") from None
+        bad = [t for t, k in doc.items() if not isinstance(k, str) or not k]
+        if bad:
+            raise UsageError(f'--keys {path}: expected tenant = "key" lines; {bad[0]!r} is not a key string')
+        keys.update(doc)
+    if api_key:
+        keys.setdefault("*", api_key)
+    return keys
+
+
+def _workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dict[str, float]]:
+    from replay.simulate import load_named_workload
+
+    # with --duration, only the part of the workload due before it is needed (workload time)
+    span = args.duration * args.speedup if args.duration and math.isfinite(args.speedup) else None
+    try:
+        reqs, weights = load_named_workload(args.workload, duration_s=span, seed=args.workload_seed)
+    except (ValueError, FileNotFoundError, KeyError, OSError) as exc:
+        raise UsageError(f"--workload {args.workload}: {exc}") from None
+    reqs = sorted(reqs, key=lambda r: r.timestamp_ms)
+    if args.max_requests:
+        reqs = reqs[:args.max_requests]
+    if not reqs:
+        raise UsageError(f"--workload {args.workload}: no requests to send")
+    return reqs, weights
+
+
+def _policy(config: str | None, weights: dict[str, float]) -> Any:
+    """The policy whose tenants' classes and classes' targets judge the requests: --config's (what
+    the sluice under test would run with), else sluice's defaults."""
+    from replay.simulate import build_policy
+
+    try:
+        return build_policy("fcfs", admission=None, config=config, weights=weights)
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--config {config}: {exc}") from None
+
+
+def slo_targets(classes: Mapping[str, Mapping[str, Any]], flags: Sequence[str], used: set[str]) -> dict[str, SLO]:
+    """Per class (or tenant, or "*") SLO: the policy's classes' targets, replaced by `--slo` flags.
+    A bare `--slo SPEC` is every request's; every class a request names must end up with a target."""
+    targets: dict[str, SLO] = {}
+    for name, c in classes.items():  # the policy's JSON form: ttft_ms, tpot_ms, ttft_ms_per_ktok, deadline_s
+        deadline = c.get("deadline_s")
+        targets[name] = SLO(c.get("ttft_ms"), c.get("tpot_ms"), None if deadline is None else deadline * 1e3,
+                            c.get("ttft_ms_per_ktok") or 0.0)
+    named: dict[str, SLO] = {}
+    for flag in flags:
+        name, sep, spec = flag.partition("=")
+        if not sep:
+            name, spec = "*", flag
+        try:
+            named[name.strip()] = SLO.parse(spec)
+        except ValueError as exc:
+            raise UsageError(f"--slo {flag!r}: {exc}") from None
+    if "*" in named:
+        targets = {}
+    targets.update(named)
+    unjudged = sorted(c for c in used if c not in targets and "*" not in targets)
+    if unjudged:
+        raise UsageError(f"SLO class(es) {', '.join(unjudged)} of the workload have no targets: give "
+                         f"--slo {unjudged[0]}=ttft:MS,tpot:MS or a --config that defines them")
+    return targets
+
+
+async def _probe(url: str, key: str | None, model: str | None) -> tuple[str, str | None]:
+    """GET /v1/models: is the endpoint there, which model to ask for, and who serves it."""
+    base = url.rstrip("/")
+    models_url = (base if base.endswith("/v1") else base + "/v1") + "/models"
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    timeout = aiohttp.ClientTimeout(total=15, sock_connect=5)
+    try:
+        async with (aiohttp.ClientSession(timeout=timeout, trust_env=False) as session,
+                    session.get(models_url, headers=headers) as resp):
+            status, text = resp.status, await resp.text(errors="replace")
+    except aiohttp.InvalidURL:
+        raise UsageError(f"--live {url!r} is not a URL (e.g. http://127.0.0.1:8080)") from None
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise Unreachable(f"cannot reach {url}: {exc or type(exc).__name__}") from None
+    data: list[dict[str, Any]] = []
+    if status == 200:
+        try:
+            data = [m for m in json.loads(text).get("data", []) if isinstance(m, dict) and m.get("id")]
+        except (ValueError, AttributeError):
+            data = []
+    ids = [str(m["id"]) for m in data]
+    if model is None:
+        if not ids:
+            raise UsageError(f"give --model: GET {models_url} answered {status} without a model list")
+        model = ids[0]
+    elif ids and model not in ids:
+        raise UsageError(f"--model {model!r} is not served at {url} (it serves {', '.join(ids)})")
+    owner = next((str(m.get("owned_by")) for m in data if m["id"] == model and m.get("owned_by")), None)
+    return model, owner
+
+
+async def _replay(args: argparse.Namespace, plan: _Plan) -> tuple[LiveReport, bool, str | None]:
+    """Run it; Ctrl-C (the first) and --duration stop it with a partial report."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    why: list[str] = []
+
+    def halt(reason: str) -> None:
+        if not stop.is_set():
+            why.append(reason)
+            print(f"\n{PROG}: {reason}: stopping, in-flight requests cancelled", file=sys.stderr)
+            stop.set()
+
+    try:
+        loop.add_signal_handler(signal.SIGINT, halt, "interrupted")
+        handled = True
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signal handler
+        handled = False
+    timer = loop.call_later(args.duration, halt, f"--duration {args.duration:g} s reached") if args.duration else None
+    done = Counter[str]()
+
+    def progress(r: RequestResult) -> None:
+        done[r.status] += 1
+
+    ticker = asyncio.create_task(_progress(done, len(plan.workload)))
+    try:
+        report = await run_live(args.live, plan.workload, plan.keys, speedup=args.speedup, model=plan.model,
+                                slo=plan.slo, max_concurrency=args.max_concurrency, on_result=progress,
+                                endpoint="chat" if args.chat else "completions", extra_body=plan.extra_body,
+                                request_timeout_s=args.request_timeout, stop=stop)
+    finally:
+        ticker.cancel()
+        if timer is not None:
+            timer.cancel()
+        if handled:
+            loop.remove_signal_handler(signal.SIGINT)
+    reason = why[0] if why else None
+    return report, reason == "interrupted", reason
+
+
+async def _progress(done: Counter[str], total: int, every_s: float = 10.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        print(f"{PROG}: {sum(done.values())}/{total} finished ({', '.join(f'{k} {v}' for k, v in sorted(done.items()))})",
+              file=sys.stderr)
+
+
+def format_report(report: LiveReport, slo: Mapping[str, SLO], *, workload: str, stop_reason: str | None) -> str:
+    """The bench_serving block for all requests, the per-tenant / per-class table, the SLOs that
+    judged goodput, the most frequent errors and why the run stopped early, if it did."""
+    lines = [f"live replay of {workload} against {report.base_url} (model {report.model}, "
+             f"speedup {report.speedup:g}, {report.meta.get('endpoint')})", "",
+             report.format_text(), ""]
+    lines.append("SLO (goodput): " + "; ".join(f"{name}: {_slo_text(s)}" for name, s in sorted(slo.items())))
+    errors = Counter(r.error for r in report.results if r.status in ("error", "rejected") and r.error)
+    for msg, count in errors.most_common(3):
+        lines.append(f"{count:>6} x {msg}")
+    if report.stopped:
+        lines.append(f"stopped early ({stop_reason or 'stop'}): {report.summary.overall.cancelled} cancelled in "
+                     f"flight, {report.not_sent} never sent")
+    return "\n".join(lines)
+
+
+def _slo_text(s: SLO) -> str:
+    parts = []
+    if s.ttft_ms is not None:
+        parts.append(f"TTFT <= {s.ttft_ms:g} ms" + (f" + {s.ttft_ms_per_ktok:g}/ktok" if s.ttft_ms_per_ktok else ""))
+    if s.tpot_ms is not None:
+        parts.append(f"TPOT <= {s.tpot_ms:g} ms")
+    if s.e2e_ms is not None:
+        parts.append(f"E2E <= {s.e2e_ms / 1e3:g} s")
+    return ", ".join(parts) or "none"
+
+
+def _write_html(args: argparse.Namespace, plan: _Plan, report: LiveReport) -> None:
+    from replay.html_report import ReportRequest, ReportRun, SLOBound, write_report
+
+    def s(ms: float | None) -> float | None:
+        return None if ms is None else ms / 1e3
+
+    reqs = []
+    for r in report.results:
+        start = r.sent_ms if r.sent_ms is not None else (r.scheduled_ms or 0.0)
+        first = None if r.ttft_ms is None else start + r.ttft_ms
+        end = None if r.e2e_ms is None else start + r.e2e_ms
+        reqs.append(ReportRequest(
+            tenant=r.tenant, slo_class=r.slo_class, arrival_s=start / 1e3, status=r.status,
+            reason=r.error, first_token_s=s(first), finish_s=s(end), input_tokens=r.input_tokens,
+            output_tokens=r.output_tokens, requested_output_tokens=r.requested_output_tokens, slo_met=r.slo_met))
+    bounds = {name: SLOBound(s(t.ttft_ms), s(t.tpot_ms), t.ttft_ms_per_ktok / 1e3, s(t.e2e_ms))
+              for name, t in plan.slo.items()}
+    run_ = ReportRun(f"live {plan.model}", reqs, weights=plan.weights, slo=bounds, duration_s=report.duration_s,
+                     notes=[f"client-side measurements against {args.live}; times from each request's send"])
+    path = write_report(args.report, f"Live replay of {args.workload} against {args.live}", [run_])
+    print(f"{PROG}: wrote {path}", file=sys.stderr)
