@@ -67,3 +67,32 @@ async def test_requests_follow_the_newest_and_pause_for_reading() -> None:
         await pilot.pause()
         assert table.row_keys[0] == "new-064" and table.cursor_row == 0
         assert "live" in label(app, "#request-summary")
+
+
+def test_sparklines_have_fixed_scales() -> None:
+    from tui.format import chart, spark
+
+    assert spark([1.0] * 5, width=5, hi=1.0) == "█████"  # a constant 100% is full, not empty
+    assert spark([0.0] * 5, width=5) == "▁▁▁▁▁"
+    assert spark([448.0, 700.0], width=2, hi=700.0) == "▅█"  # 448 W on a 700 W limit is not zero
+    assert spark([1200.0, 1100.0], width=2) == "█▇"  # a rate near its peak stays near the top
+    assert chart([1.0, 0.5, 0.0], width=3, height=2, hi=1.0) == ["█  ", "██ "]
+
+
+async def test_overview_cards_are_scaled_and_labelled() -> None:
+    app = offline()
+    async with app.run_test(size=SIZE) as pilot:
+        for i in range(1, 11):
+            state = state_at(i)
+            state["totals"]["attainment"] = 1.0
+            for g in state["gpus"]:
+                g.update(gpu=1 - g.pop("index"), power_limit_w=700.0)  # the server's name: "gpu"
+            app.ingest_state(state)
+        await pilot.pause()
+        card = app.query_one("#card-attainment")
+        assert card.border_subtitle == "0–100%"
+        lines = card.query_one("Chart").render().plain.split("\n")
+        assert len(lines) == 3 and all(line.endswith("█" * 10) for line in lines)  # 10 samples, full
+        assert app.query_one("#card-gpu_power").border_subtitle == "0–1400 W limit"
+        assert app.query_one("#card-request_rate").border_subtitle.startswith("0–")
+        assert app.query_one("#gpus").row_keys == ["1", "0"]  # the GPU index, not "None"

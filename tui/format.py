@@ -103,22 +103,42 @@ def bar(fraction: Any, width: int = 10) -> str:
     return ("█" * full + partial).ljust(width)
 
 
-def spark(values: Iterable[float], width: int = 20, lo: float | None = None, hi: float | None = None) -> str:
-    """A one-line text sparkline of the last `width` values."""
+def spark(values: Iterable[float], width: int = 20, lo: float = 0.0, hi: float | None = None) -> str:
+    """A one-line text sparkline of the last `width` values on a fixed scale: `lo` (default 0) to
+    `hi` (default the largest value shown, so a rate reads against its own peak). Values outside
+    are clipped; an all-zero series draws on the floor, a constant maximum draws full."""
     vals = list(values)[-width:]
     if not vals:
         return " " * width
-    low = min(vals) if lo is None else lo
-    high = max(vals) if hi is None else hi
-    span = high - low
+    high = peak(vals) if hi is None else hi
+    span = high - lo
     top = len(SPARK_CHARS) - 1
     if span <= 0:
-        chars = SPARK_CHARS[top // 2 if high > 0 else 0] * len(vals)
-    else:
-        chars = "".join(
-            SPARK_CHARS[min(top, max(0, int((v - low) / span * top + 0.5)))] for v in vals
-        )
-    return chars.rjust(width)
+        return (SPARK_CHARS[0] * len(vals)).rjust(width)
+    return "".join(
+        SPARK_CHARS[min(top, max(0, int((v - lo) / span * top + 0.5)))] for v in vals
+    ).rjust(width)
+
+
+def peak(values: Iterable[float]) -> float:
+    return max((float(v) for v in values), default=0.0)
+
+
+def chart(values: Sequence[float], width: int, height: int, hi: float) -> list[str]:
+    """A `height`-row bar chart of the last `width` values on the scale 0..`hi` (eighth blocks),
+    top row first. The scale is fixed by the caller so equal values draw equal bars everywhere."""
+    vals = list(values)[-width:]
+    rows = [[" "] * width for _ in range(height)]
+    if hi <= 0:
+        return ["".join(r) for r in rows]
+    offset = width - len(vals)
+    for i, v in enumerate(vals):
+        eighths = round(min(max(float(v) / hi, 0.0), 1.0) * height * 8)
+        for level in range(height):  # level 0 is the bottom row
+            fill = min(8, max(0, eighths - 8 * level))
+            if fill:
+                rows[height - 1 - level][offset + i] = SPARK_CHARS[fill - 1]
+    return ["".join(r) for r in rows]
 
 
 # -- policy diffs ----------------------------------------------------------------------------------

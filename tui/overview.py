@@ -9,9 +9,10 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
-from textual.widgets import Label, Sparkline, Static
+from textual.widget import Widget
+from textual.widgets import Label, Static
 
-from .format import bar, gib, ms, num, pct, si, spark
+from .format import bar, chart, gib, ms, num, peak, pct, si, spark
 from .tables import KeyedTable
 
 HISTORY = 300  # samples kept per series (one a second: the last five minutes)
@@ -20,6 +21,27 @@ TABLE_SPARK = 24  # points in the per-engine / per-GPU text sparklines
 
 def _gpu_power(state: dict[str, Any]) -> float:
     return float(sum(float(g.get("power_w") or 0.0) for g in state.get("gpus") or []))
+
+
+def power_limit(gpus: list[dict[str, Any]]) -> float | None:
+    """The sum of the GPUs' power limits, when every reading carries one."""
+    limits = [g.get("power_limit_w") for g in gpus]
+    if not limits or any(not v for v in limits):
+        return None
+    return float(sum(limits))
+
+
+# Every chart has a fixed, labelled scale: ratios 0-100%, watts 0 to the power limit, rates 0 to
+# the peak of the history shown (so a line sinks only when the rate does).
+def _scale(key: str, history: list[float], state: dict[str, Any]) -> tuple[float, str]:
+    if key == "attainment":
+        return 1.0, "0–100%"
+    if key == "gpu_power":
+        limit = power_limit(state.get("gpus") or [])
+        if limit is not None:
+            return limit, f"0–{limit:.0f} W limit"
+        return peak(history), f"0–{peak(history):.0f} W peak"
+    return peak(history), f"0–{si(peak(history))} peak"
 
 
 # (id, title, extractor, formatter)
@@ -33,8 +55,27 @@ CARDS: list[tuple[str, str, Callable[[dict[str, Any]], float | None], Callable[[
 ]
 
 
+class Chart(Widget):
+    """Bars of the recent history on a fixed scale 0..hi (Textual's Sparkline scales min..max)."""
+
+    DEFAULT_CSS = "Chart { height: 3; }"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.values: list[float] = []
+        self.hi = 0.0
+
+    def show(self, values: list[float], hi: float) -> None:
+        self.values, self.hi = values, hi
+        self.refresh()
+
+    def render(self) -> Text:
+        width, height = self.size.width or 1, self.size.height or 1
+        return Text("\n".join(chart(self.values, width, height, self.hi)), style="cyan", no_wrap=True)
+
+
 class StatCard(Vertical):
-    """A titled number with a sparkline of its recent history."""
+    """A titled number with a chart of its recent history; the subtitle names the chart's scale."""
 
     def __init__(self, key: str, title: str) -> None:
         super().__init__(id=f"card-{key}", classes="card")
@@ -42,21 +83,22 @@ class StatCard(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("–", classes="card-value")
-        yield Sparkline([], classes="card-spark")
+        yield Chart(classes="card-spark")
 
-    def show(self, value: str, history: list[float]) -> None:
+    def show(self, value: str, history: list[float], hi: float, scale: str) -> None:
         self.query_one(".card-value", Static).update(value)
-        self.query_one(Sparkline).data = history
+        self.query_one(Chart).show(history, hi)
+        self.border_subtitle = scale
 
 
 ENGINE_COLUMNS = [
     ("name", "Engine", 12), ("kind", "Type", 12), ("health", "Health", 7), ("running", "Run", 4),
     ("waiting", "Wait", 4), ("window", "Win", 4), ("kv", "KV cache", 16), ("tput", "Gen tok/s", 9),
-    ("trend", "Throughput (last min)", TABLE_SPARK), ("fc_ttft", "Fc TTFT", 8), ("fc_tpot", "Fc TPOT", 8),
+    ("trend", "Gen tok/s, 0→peak", TABLE_SPARK), ("fc_ttft", "Fc TTFT", 8), ("fc_tpot", "Fc TPOT", 8),
 ]
 
 GPU_COLUMNS = [
-    ("idx", "GPU", 3), ("name", "Name", 18), ("power", "Power W", 7), ("ptrend", "Power (last min)", TABLE_SPARK),
+    ("idx", "GPU", 3), ("name", "Name", 18), ("power", "Power W", 7), ("ptrend", "Power W, 0→limit|peak", TABLE_SPARK),
     ("energy", "Energy kJ", 9), ("clock", "SM MHz", 6), ("util", "Util", 16), ("mem", "Mem GiB", 9),
 ]
 
@@ -87,7 +129,9 @@ class OverviewPane(Vertical):
             series = self.series[key]
             if new_sample and value is not None:
                 series.append(float(value))
-            self.query_one(f"#card-{key}", StatCard).show(fmt(value), list(series))
+            history = list(series)
+            hi, scale = _scale(key, history, state)
+            self.query_one(f"#card-{key}", StatCard).show(fmt(value), history, hi, scale)
         status = Text()
         status.append(f"queued {num(totals.get('queued'))}   in flight {num(totals.get('in_flight'))}   ")
         status.append(f"scheduler {state.get('scheduler', '?')}   policy v{state.get('policy_version', '?')}")
@@ -112,7 +156,7 @@ class OverviewPane(Vertical):
             rows[name] = (
                 Text(name), kind, health, num(e.get("running")), num(e.get("waiting")), num(e.get("window")),
                 Text(bar(kv, 10) + " " + pct(kv, 0).rjust(4), style=_load_style(kv)),
-                si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK), style="cyan"),
+                si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK, hi=peak(hist)), style="cyan"),
                 ms(fc.get("ttft_ms")), ms(fc.get("tpot_ms")),
             )
         self.query_one("#engines", KeyedTable).sync(rows)
@@ -125,7 +169,8 @@ class OverviewPane(Vertical):
         )
         rows: dict[str, tuple[Any, ...]] = {}
         for g in gpus:
-            key = str(g.get("index"))
+            index = g.get("gpu", g.get("index"))  # the admin API's readings name it "gpu"
+            key = "–" if index is None else str(index)
             hist = self.gpu_power.setdefault(key, deque(maxlen=HISTORY))
             if new_sample:
                 hist.append(float(g.get("power_w") or 0.0))
@@ -135,7 +180,7 @@ class OverviewPane(Vertical):
             name = str(g.get("name") or "")
             rows[key] = (
                 key, Text(name, style="italic" if g.get("simulated") else ""), num(g.get("power_w"), 0),
-                Text(spark(hist, TABLE_SPARK), style="yellow"),
+                Text(spark(hist, TABLE_SPARK, hi=g.get("power_limit_w") or peak(hist)), style="yellow"),
                 num(None if energy is None else float(energy) / 1000.0, 1), num(g.get("sm_clock_mhz")),
                 Text(bar(util, 10) + " " + pct(util, 0).rjust(4), style=_load_style(util)), mem,
             )
