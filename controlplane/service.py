@@ -28,6 +28,7 @@ from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
+from controlplane.prompt_tokens import PromptTokenEstimator
 from controlplane.requests import CompletionRequest
 from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest
 
@@ -79,6 +80,7 @@ class Sluice:
         self.infos: dict[str, Any] = {}
         self.predictor = predictor if predictor is not None else OutputLengthPredictor(seed=0, torch_expert=True)
         self.errors = ForecastErrors()
+        self.prompt_estimator = PromptTokenEstimator()
         self.stats = LiveStats()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
         self.engine_loads: dict[str, Any] = {}  # last EngineLoad per engine, for the admin state
@@ -187,6 +189,14 @@ class Sluice:
         return tenant
 
     # -- the request path ------------------------------------------------------------------------
+    def fit_context(self, req: CompletionRequest) -> None:
+        """Correct the prompt estimate for the model, then fit the smallest context window of the
+        engines (any of them may serve it); raises OpenAI's 400 `context_length_exceeded`."""
+        req.prompt_tokens = self.prompt_estimator.correct(req.model, req.estimate or req.prompt_tokens)
+        windows = [info.context_length for info in self.infos.values() if info.context_length]
+        if windows:
+            req.fit_context(min(windows))
+
     def submit(self, tenant: TenantConfig, req: CompletionRequest) -> Ticket:
         """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
         assert self.core is not None and self.driver is not None
@@ -229,9 +239,10 @@ class Sluice:
         engine = self.engines[ticket.engine]
         req = ticket.request
         traceparent = self.recorder.engine_call(ticket) if self.recorder is not None else None
+        body = None if req.body is None else {**req.body, "model": self.infos[ticket.engine].model}
         greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
                                stream=True, priority=ticket.priority, traceparent=traceparent,
-                               prompt_tokens=req.prompt_tokens)
+                               prompt_tokens=req.prompt_tokens, openai=body)
         batches = getattr(engine, "submit_batches", None)
         if batches is not None:
             return batches(greq)
@@ -271,6 +282,10 @@ class Sluice:
             self.driver.finish(now, ticket.rid, report)
         elif status in ("aborted", "error"):
             self.driver.abort(now, ticket.rid, error or status)
+        if chunk is not None and chunk.prompt_tokens and ticket.request.estimate:
+            req = ticket.request
+            self.prompt_estimator.observe(req.model, req.estimate, chunk.prompt_tokens)
+            _ForecastTee(self).record("prompt_tokens", req.prompt_tokens, chunk.prompt_tokens)
         row = ticket.row
         row.update(status=status, http_status=http_status, error=error, finish_ts=now, engine=ticket.engine,
                    dispatch_ts=ticket.dispatched_at, first_token_ts=ticket.first_token_at)

@@ -24,6 +24,11 @@ class GenerateRequest:
     prompt_tokens: int | None = None
     hash_ids: list[int] | None = None
     output_tokens: int | None = None  # replay: force the recorded output length
+    # An OpenAI request body (chat: `messages`, text: `prompt`, plus tools, response_format,
+    # logprobs, ...) for the engine's OpenAI-compatible endpoint: the engine applies the model's
+    # own chat template and tool-call/reasoning parsers. When set, `prompt`/`input_ids` and
+    # `sampling_params` are not used; `rid`, `priority` and `traceparent` still are.
+    openai: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -32,11 +37,14 @@ class Chunk:
     completion_tokens: int  # cumulative
     prompt_tokens: int
     cached_tokens: int = 0
-    finish_reason: str | None = None  # None until the last chunk: "stop" | "length" | "abort"
+    finish_reason: str | None = None  # None until the last chunk: "stop" | "length" | "abort" | "tool_calls"
     status_code: int | None = None  # set on in-band aborts (e.g. 503 queue full)
     message: str | None = None  # abort or error message
     e2e_latency: float | None = None  # seconds, engine-measured, last chunk only
     num_retractions: int = 0
+    # OpenAI fields of this delta beyond its text (OpenAI requests only): `tool_calls` (delta
+    # list), `reasoning_content`, `logprobs` (the choice's logprobs for this delta).
+    extra: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)
@@ -90,6 +98,7 @@ class EngineInfo:
     simulated: bool
     profile: StepProfile | None = None  # prior for the step-time predictor
     version: str | None = None
+    context_length: int | None = None  # the model's context window in tokens (prompt + output)
 
 
 class EngineError(Exception):

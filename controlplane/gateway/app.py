@@ -111,6 +111,7 @@ class CompletionsEndpoint:
             req = oa.parse_completion(body, self.kind, max_tokens_limit=sluice.config.server.max_tokens_limit)
             if req.model not in sluice.model_names:
                 raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found", param="model")
+            sluice.fit_context(req)
             ticket = sluice.submit(tenant, req)
         except ApiError as err:
             return await send_error(send, err)
@@ -132,7 +133,7 @@ class CompletionsEndpoint:
         try:
             await sluice.wait_dispatch(ticket)
             created = int(time.time())
-            texts: list[str] = []
+            texts: list[Chunk] = []
             first = True
             stream = req.stream
             enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if stream else None
@@ -149,8 +150,8 @@ class CompletionsEndpoint:
                             await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
                             started = True
                         if len(batch) == 1:
-                            if last.text or last.finish_reason or first:
-                                data = enc.chunk(last.text, last.finish_reason, first)  # type: ignore[union-attr]
+                            if last.text or last.extra or last.finish_reason or first:
+                                data = enc.chunk(last.text, last.finish_reason, first, last.extra)  # type: ignore[union-attr]
                                 first = False
                                 if last.finish_reason is not None:
                                     held = data  # leaves with the usage chunk and [DONE]: one write
@@ -160,8 +161,8 @@ class CompletionsEndpoint:
                         # events that arrived together leave in one write
                         parts = []
                         for chunk in batch:
-                            if chunk.text or chunk.finish_reason or first:
-                                parts.append(enc.chunk(chunk.text, chunk.finish_reason, first))  # type: ignore[union-attr]
+                            if chunk.text or chunk.extra or chunk.finish_reason or first:
+                                parts.append(enc.chunk(chunk.text, chunk.finish_reason, first, chunk.extra))  # type: ignore[union-attr]
                                 first = False
                         if last.finish_reason is not None:
                             held = b"".join(parts)
@@ -169,7 +170,7 @@ class CompletionsEndpoint:
                             await send({"type": "http.response.body", "more_body": True, "body": b"".join(parts)})
                     else:
                         for chunk in batch:
-                            texts.append(chunk.text)
+                            texts.append(chunk)
             except EngineError as exc:
                 sluice.engine_failed(ticket, exc)
                 raise
@@ -183,7 +184,7 @@ class CompletionsEndpoint:
                 tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
                 await send({"type": "http.response.body", "body": held + tail + oa.DONE})
             else:
-                payload = oa.full_response(self.kind, ticket.rid, req.model, created, "".join(texts),
+                payload = oa.full_response(self.kind, ticket.rid, req.model, created, texts,
                                            last.finish_reason, usage)
                 await send({"type": "http.response.start", "status": 200,
                             "headers": [(b"content-type", b"application/json")]})

@@ -1,7 +1,10 @@
 """OpenAI request parsing and validation, and response shaping (chat and text completions).
 
 Validation is strict where a mistake would be silent (types, ranges, unknown roles) and lenient
-where OpenAI is (unknown top-level keys are ignored, as OpenAI-compatible servers do).
+where OpenAI is (unknown top-level keys are ignored, as OpenAI-compatible servers do). Every OpenAI
+parameter is either forwarded to the engine's OpenAI-compatible endpoint (`CompletionRequest.body`:
+the engine applies the model's chat template, tool-call and reasoning parsers, grammars, logprobs)
+or refused with a 400 naming it; none is accepted and dropped.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # OpenAI sampling fields -> SGLang sampling_params names
 _SAMPLING = {"temperature": "temperature", "top_p": "top_p", "frequency_penalty": "frequency_penalty",
-             "presence_penalty": "presence_penalty", "seed": "sampling_seed", "n": "n"}
+             "presence_penalty": "presence_penalty", "seed": "sampling_seed"}
 _RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "frequency_penalty": (-2.0, 2.0),
            "presence_penalty": (-2.0, 2.0)}
 
@@ -47,27 +50,157 @@ def _int(body: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def render_chat(messages: list[dict[str, Any]]) -> str:
-    """Llama 3 chat template as text; SGLang's tokenizer maps the header strings to special tokens."""
-    parts = ["<|begin_of_text|>"]
-    for m in messages:
-        parts.append(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>")
-    parts.append("<|start_header_id|>assistant<|end_header_id|>\n\n")
-    return "".join(parts)
-
-
-def _content_text(content: Any, i: int) -> str:
+def _content(content: Any, i: int, role: str, m: dict[str, Any]) -> None:
+    """Content is a string, a list of typed parts (text, image_url, input_audio, ...: the engine
+    decides what its model understands), or null on an assistant message that calls tools."""
+    where = f"messages[{i}].content"
     if isinstance(content, str):
-        return content
-    if isinstance(content, list):  # content parts: only text is supported by this gateway
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-                raise _bad(f"messages[{i}].content[{j}]: only text parts are supported", f"messages[{i}].content")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise _bad(f"messages[{i}].content must be a string or a list of text parts", f"messages[{i}].content",
-               "invalid_type")
+        return
+    if content is None:
+        if role == "assistant" and (m.get("tool_calls") or m.get("refusal") is not None):
+            return
+        raise _bad(f"{where} is required (null only on an assistant message with tool_calls)", where,
+                   "missing_required_parameter")
+    if not isinstance(content, list):
+        raise _bad(f"{where} must be a string or an array of content parts", where, "invalid_type")
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+            raise _bad(f"{where}[{j}] must be an object with a string 'type'", where, "invalid_type")
+        if part["type"] == "text" and not isinstance(part.get("text"), str):
+            raise _bad(f"{where}[{j}].text must be a string", where, "invalid_type")
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise _bad("'messages' is required and must be a non-empty array", "messages", "missing_required_parameter")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict):
+            raise _bad(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
+        role = m.get("role")
+        if role not in _ROLES:
+            raise _bad(f"messages[{i}].role must be one of {sorted(_ROLES)}", f"messages[{i}].role", "invalid_value")
+        _content(m.get("content"), i, role, m)
+        calls = m.get("tool_calls")
+        if calls is not None and (role != "assistant" or not isinstance(calls, list)
+                                  or not all(isinstance(c, dict) and isinstance(c.get("function"), dict)
+                                             for c in calls)):
+            raise _bad(f"messages[{i}].tool_calls must be an array of function calls on an assistant message",
+                       f"messages[{i}].tool_calls", "invalid_type")
+        if role == "tool" and not isinstance(m.get("tool_call_id"), str):
+            raise _bad(f"messages[{i}].tool_call_id is required on a tool message", f"messages[{i}].tool_call_id",
+                       "missing_required_parameter")
+    return messages
+
+
+def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
+    tools, choice = body.get("tools"), body.get("tool_choice")
+    names: list[str] = []
+    if tools is not None:
+        if not isinstance(tools, list) or not all(
+                isinstance(t, dict) and t.get("type", "function") == "function" and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) and isinstance(t["function"].get("parameters", {}), dict)
+                for t in tools):
+            raise _bad("'tools' must be an array of {\"type\": \"function\", \"function\": {\"name\", "
+                       "\"parameters\"}}", "tools", "invalid_type")
+        names = [t["function"]["name"] for t in tools]
+        out["tools"] = tools
+    if choice is not None:
+        if isinstance(choice, dict):
+            name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+            if choice.get("type") != "function" or name not in names:
+                raise _bad("'tool_choice' must name one of the 'tools' as {\"type\": \"function\", "
+                           "\"function\": {\"name\"}}", "tool_choice", "invalid_value")
+        elif choice not in ("none", "auto", "required"):
+            raise _bad("'tool_choice' must be 'none', 'auto', 'required' or a named function", "tool_choice",
+                       "invalid_value")
+        elif choice == "required" and not names:
+            raise _bad("'tool_choice' is 'required' but no 'tools' are given", "tool_choice", "invalid_value")
+        out["tool_choice"] = choice
+    if body.get("parallel_tool_calls") is not None:
+        out["parallel_tool_calls"] = _bool(body, "parallel_tool_calls")
+
+
+def _bool(body: dict[str, Any], key: str) -> bool:
+    value = body[key]
+    if not isinstance(value, bool):
+        raise _bad(f"'{key}' must be a boolean", key, "invalid_type")
+    return value
+
+
+def _response_format(body: dict[str, Any], out: dict[str, Any]) -> None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return
+    kind = fmt.get("type") if isinstance(fmt, dict) else None
+    if kind not in ("text", "json_object", "json_schema"):
+        raise _bad("'response_format.type' must be 'text', 'json_object' or 'json_schema'", "response_format",
+                   "invalid_value")
+    if kind == "json_schema":
+        spec = fmt.get("json_schema")
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+                or not isinstance(spec.get("schema", {}), dict):
+            raise _bad("'response_format.json_schema' must be an object with a 'name' and an object 'schema'",
+                       "response_format", "invalid_type")
+    out["response_format"] = fmt
+
+
+def _logit_bias(body: dict[str, Any], out: dict[str, Any]) -> None:
+    bias = body.get("logit_bias")
+    if bias is None:
+        return
+    if not isinstance(bias, dict) or not all(
+            isinstance(k, str) and k.isdigit() and not isinstance(v, bool) and isinstance(v, (int, float))
+            and -100 <= v <= 100 for k, v in bias.items()):
+        raise _bad("'logit_bias' must map token ids to numbers between -100 and 100", "logit_bias", "invalid_value")
+    out["logit_bias"] = bias
+
+
+def _logprobs(body: dict[str, Any], out: dict[str, Any], chat: bool) -> None:
+    if chat:
+        if body.get("logprobs") is not None and _bool(body, "logprobs"):
+            out["logprobs"] = True
+        top = _int(body, "top_logprobs")
+        if top is not None:
+            if not 0 <= top <= 20:
+                raise _bad("'top_logprobs' must be between 0 and 20", "top_logprobs", "invalid_value")
+            if not out.get("logprobs"):
+                raise _bad("'top_logprobs' requires 'logprobs' to be true", "top_logprobs", "invalid_value")
+            out["top_logprobs"] = top
+        return
+    k = _int(body, "logprobs")
+    if k is not None:
+        if not 0 <= k <= 5:
+            raise _bad("'logprobs' must be between 0 and 5", "logprobs", "invalid_value")
+        out["logprobs"] = k
+    if body.get("echo") is not None and _bool(body, "echo"):
+        out["echo"] = True
+
+
+def _refuse_unsupported(body: dict[str, Any], chat: bool) -> None:
+    """OpenAI parameters the engine would not honour: a 400 naming them, never a silent default."""
+    for key, why in _UNSUPPORTED.items():
+        if body.get(key) is not None and not (key == "store" and body[key] is False):
+            raise _bad(f"'{key}' is not supported: {why}", key, "unsupported_parameter")
+    if body.get("n") is not None and _int(body, "n") != 1:
+        raise _bad("only n = 1 is supported (sluice admits, schedules and accounts one completion per request)",
+                   "n", "unsupported_value")
+    best_of = _int(body, "best_of")
+    if best_of is not None and best_of != 1:
+        raise _bad("'best_of' is not supported (SGLang does not implement it)", "best_of", "unsupported_value")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise _bad("only text output is supported ('modalities': ['text'])", "modalities", "unsupported_value")
+    if not chat and body.get("suffix") is not None:
+        raise _bad("'suffix' is not supported (SGLang's /v1/completions does not implement it)", "suffix",
+                   "unsupported_parameter")
+
+
+_UNSUPPORTED = {
+    "functions": "use 'tools'", "function_call": "use 'tool_choice'", "audio": "no audio output",
+    "prediction": "no predicted outputs", "web_search_options": "no web search", "store": "completions are not stored",
+}
+_EXTRA_NUMBERS = ("top_k", "min_p", "repetition_penalty")  # SGLang's sampling extensions, forwarded
 
 
 def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_max_tokens: int = 256) -> CompletionRequest:
@@ -77,23 +210,19 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required and must be a string", "model", "missing_required_parameter")
-
-    if kind == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise _bad("'messages' is required and must be a non-empty array", "messages",
-                       "missing_required_parameter")
-        clean = []
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict):
-                raise _bad(f"messages[{i}] must be an object", f"messages[{i}]", "invalid_type")
-            role = m.get("role")
-            if role not in _ROLES:
-                raise _bad(f"messages[{i}].role must be one of {sorted(_ROLES)}", f"messages[{i}].role",
-                           "invalid_value")
-            clean.append({"role": role, "content": _content_text(m.get("content"), i)})
-        prompt, prompt_tokens = render_chat(clean), estimate_chat_tokens(clean)
+    chat = kind == "chat"
+    _refuse_unsupported(body, chat)
+    out: dict[str, Any] = {}
+    if chat:
+        messages = _messages(body)
+        prompt, prompt_tokens = "", estimate_chat_tokens(messages)
+        out["messages"] = messages
         limit_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+        _tools(body, out)
+        if body.get("reasoning_effort") is not None:
+            if not isinstance(body["reasoning_effort"], str):
+                raise _bad("'reasoning_effort' must be a string", "reasoning_effort", "invalid_type")
+            out["reasoning_effort"] = body["reasoning_effort"]
     else:
         p = body.get("prompt")
         if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
@@ -102,15 +231,21 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
             raise _bad("'prompt' is required and must be a string (batched prompts are not supported)", "prompt",
                        "missing_required_parameter" if p is None else "invalid_type")
         prompt, prompt_tokens = p, estimate_tokens(p)
+        out["prompt"] = p
         limit_key = "max_tokens"
+    _logprobs(body, out, chat)
+    _response_format(body, out)
+    _logit_bias(body, out)
 
     max_tokens = _int(body, limit_key)
-    if max_tokens is None:
+    default = max_tokens is None
+    if default:
         max_tokens = default_max_tokens
     if max_tokens < 1:
         raise _bad(f"'{limit_key}' must be at least 1, got {max_tokens}", limit_key, "invalid_value")
     if max_tokens > max_tokens_limit:
         raise _bad(f"'{limit_key}' must be at most {max_tokens_limit}, got {max_tokens}", limit_key, "invalid_value")
+    out["max_tokens"] = max_tokens
 
     stream = body.get("stream")
     if stream is None:  # null means the default, as OpenAI's own API reads it
@@ -129,12 +264,19 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
 
     sampling: dict[str, Any] = {"max_new_tokens": max_tokens}
     for key, target in _SAMPLING.items():
-        value = _int(body, key) if key in ("seed", "n") else _number(body, key)
+        value = _int(body, key) if key == "seed" else _number(body, key)
         if value is not None:
             sampling[target] = value
-    if sampling.get("n", 1) != 1:
-        raise _bad("only n = 1 is supported", "n", "invalid_value")
-    sampling.pop("n", None)
+            out[key] = value
+    for key in _EXTRA_NUMBERS:
+        value = _number(body, key)
+        if value is not None:
+            out[key] = int(value) if key == "top_k" else value
+    for key in ("regex", "ebnf"):
+        if body.get(key) is not None:
+            if not isinstance(body[key], str):
+                raise _bad(f"'{key}' must be a string", key, "invalid_type")
+            out[key] = body[key]
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -142,10 +284,12 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
         if not isinstance(stop, list) or len(stop) > 4 or not all(isinstance(s, str) for s in stop):
             raise _bad("'stop' must be a string or an array of at most 4 strings", "stop", "invalid_type")
         sampling["stop"] = stop
+        out["stop"] = stop
     user = body.get("user")
     if user is not None and not isinstance(user, str):
         raise _bad("'user' must be a string", "user", "invalid_type")
-    return CompletionRequest(kind, model, prompt, prompt_tokens, max_tokens, stream, include_usage, sampling, user)
+    return CompletionRequest(kind, model, prompt, prompt_tokens, max_tokens, stream, include_usage, sampling, user,
+                             out, default, prompt_tokens)
 
 
 # -- responses ---------------------------------------------------------------------------------
@@ -196,7 +340,10 @@ class StreamEncoder:
                 f'"model":{_json_str(model)},"choices":[{{"index":0,')
         self._head = head.encode()
 
-    def chunk(self, text: str | None, reason: str | None, first: bool = False) -> bytes:
+    def chunk(self, text: str | None, reason: str | None, first: bool = False,
+              extra: dict[str, Any] | None = None) -> bytes:
+        if extra:
+            return self._rich(text, reason, first, extra)
         if self._chat:
             if text:
                 body = (b'"delta":{"role":"assistant","content":' if first else b'"delta":{"content":') \
@@ -206,6 +353,19 @@ class StreamEncoder:
         else:
             body = b'"text":' + _json_str(text).encode() if text else b'"text":""'
         return self._head + body + _finish_tail(reason)
+
+    def _rich(self, text: str | None, reason: str | None, first: bool, extra: dict[str, Any]) -> bytes:
+        """A delta with tool calls, reasoning or logprobs: the plain JSON encoder (off the fast path)."""
+        if self._chat:
+            delta: dict[str, Any] = {"role": "assistant"} if first else {}
+            if text:
+                delta["content"] = text
+            delta.update((k, v) for k, v in extra.items() if k != "logprobs")
+            choice: dict[str, Any] = {"delta": delta}
+        else:
+            choice = {"text": text or ""}
+        choice.update(logprobs=extra.get("logprobs"), finish_reason=finish_reason(reason))
+        return (self._head + json.dumps(choice, separators=(",", ":"))[1:].encode() + b"]}\n\n")
 
 
 def usage_chunk(kind: str, rid: str, model: str, created: int, u: dict[str, Any]) -> bytes:
@@ -222,14 +382,48 @@ def error_event(err: ApiError) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def full_response(kind: str, rid: str, model: str, created: int, text: str, reason: str | None,
+def full_response(kind: str, rid: str, model: str, created: int, chunks: list[Any], reason: str | None,
                   u: dict[str, Any]) -> dict[str, Any]:
+    """A non-streamed reply from the engine's chunks (`engine_adapter.base.Chunk`): texts joined,
+    tool-call deltas merged into calls, logprobs concatenated."""
+    text = "".join(c.text for c in chunks)
+    extra = merge_extras([c.extra for c in chunks if c.extra], kind == "chat")
     if kind == "chat":
-        choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text},
-                                  "logprobs": None, "finish_reason": finish_reason(reason)}
+        message: dict[str, Any] = {"role": "assistant", "content": text if text or "tool_calls" not in extra else None}
+        message.update((k, v) for k, v in extra.items() if k != "logprobs")
+        choice: dict[str, Any] = {"index": 0, "message": message}
         obj = "chat.completion"
     else:
-        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
+        choice = {"index": 0, "text": text}
         obj = "text_completion"
+    choice.update(logprobs=extra.get("logprobs"), finish_reason=finish_reason(reason))
     return {"id": response_id(kind, rid), "object": obj, "created": created, "model": model, "choices": [choice],
             "usage": u}
+
+
+def merge_extras(extras: list[dict[str, Any]], chat: bool) -> dict[str, Any]:
+    """The deltas' OpenAI fields as one message's: tool calls by index (arguments concatenated),
+    reasoning concatenated, logprobs lists concatenated."""
+    out: dict[str, Any] = {}
+    calls: dict[int, dict[str, Any]] = {}
+    for extra in extras:
+        for call in extra.get("tool_calls") or ():
+            merged = calls.setdefault(call.get("index", 0), {"id": None, "type": "function",
+                                                             "function": {"name": "", "arguments": ""}})
+            merged["id"] = call.get("id") or merged["id"]
+            fn = call.get("function") or {}
+            merged["function"]["name"] += fn.get("name") or ""
+            merged["function"]["arguments"] += fn.get("arguments") or ""
+        if extra.get("reasoning_content"):
+            out["reasoning_content"] = out.get("reasoning_content", "") + extra["reasoning_content"]
+        lp = extra.get("logprobs")
+        if lp:
+            into = out.setdefault("logprobs", {})
+            for key, value in lp.items():
+                if isinstance(value, list):
+                    into.setdefault(key, []).extend(value)
+                else:
+                    into.setdefault(key, value)
+    if calls:
+        out["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return out

@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass
 from statistics import median
 
-KINDS: tuple[str, ...] = ("ttft", "tpot", "output_tokens")
+KINDS: tuple[str, ...] = ("ttft", "tpot", "output_tokens", "prompt_tokens")
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from pathlib import Path
 
 from engine_adapter.base import Chunk, EngineError, EngineInfo, EngineLoad, GenerateRequest
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import DEFAULT_PROFILE, SimProfile, load_profile
-from engine_adapter.tokens import estimate_tokens
+from engine_adapter.sim.surface import Script, script_for, stop_cut
+from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
 VOCAB = ("synthetic", "simulated", "tokens", "from", "the", "sluice", "sim", "engine", "lorem", "ipsum",
@@ -40,6 +42,35 @@ def synthetic_text(offset: int, start: int, end: int) -> str:
     """Words for tokens [start, end) of a request: one word and a space per token."""
     n = len(VOCAB)
     return "".join(VOCAB[(offset + i) % n] + " " for i in range(start, end))
+
+
+def synthetic_pieces(offset: int, n: int) -> list[str]:
+    return [VOCAB[(offset + i) % len(VOCAB)] + " " for i in range(n)]
+
+
+def _delta(script: Script | None, offset: int, start: int, end: int) -> tuple[str, dict[str, Any] | None]:
+    """The text of tokens [start, end) and, for an OpenAI request, the fields that go with it."""
+    if script is None:
+        return synthetic_text(offset, start, end), None
+    pieces = script.pieces[start:end] if script.pieces is not None else synthetic_pieces(offset + start, end - start)
+    extra = script.extra(pieces, start == 0)
+    text = "" if script.tool is not None else "".join(pieces)
+    if start == 0 and script.echo is not None:
+        text = script.echo + text
+    return text, extra
+
+
+def _check_context(prompt_tokens: int, max_new: int, context: int) -> None:
+    """SGLang's TokenizerManager._validate_one_request, its messages verbatim."""
+    if prompt_tokens >= context:
+        raise EngineError(f"The input ({prompt_tokens} tokens) is longer than the model's context length "
+                          f"({context} tokens).", status_code=400, retryable=False)
+    if prompt_tokens + max_new >= context:
+        raise EngineError(
+            f"Requested token count exceeds the model's maximum context length of {context} tokens. You requested "
+            f"a total of {prompt_tokens + max_new} tokens: {prompt_tokens} tokens from the input messages and "
+            f"{max_new} tokens for the completion. Please reduce the number of tokens in the input messages or "
+            f"the completion to fit within the limit.", status_code=400, retryable=False)
 
 
 class SimEngine:
@@ -117,6 +148,11 @@ class SimEngine:
 
     # -- Engine protocol ----------------------------------------------------------------------------
     def _prompt_tokens(self, request: GenerateRequest) -> int:
+        body = request.openai
+        if body is not None:  # the engine counts the tokens of what it was sent
+            if "messages" in body:
+                return estimate_chat_tokens(body["messages"])
+            return estimate_tokens(body.get("prompt") or "")
         if request.prompt_tokens is not None:
             return max(1, int(request.prompt_tokens))
         if request.input_ids is not None:
@@ -133,12 +169,24 @@ class SimEngine:
         if prompt_tokens + 1 > self.profile.kv_capacity_tokens:
             raise EngineError(f"prompt of {prompt_tokens} tokens exceeds the KV capacity "
                               f"({self.profile.kv_capacity_tokens})", status_code=400, retryable=False)
-        max_new = request.sampling_params.get("max_new_tokens")
+        sampling = request.sampling_params
+        if request.openai is not None:
+            body = request.openai
+            sampling = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens")}
+        max_new = sampling.get("max_new_tokens")
         max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
         if max_new < 0:
             raise EngineError("max_new_tokens must be >= 0", status_code=400, retryable=False)
+        _check_context(prompt_tokens, max_new, self.profile.context_length)
         # SGLang's ignore_eos: no end-of-sequence stop, the output runs to max_new_tokens
-        output_tokens = max_new if request.sampling_params.get("ignore_eos") else request.output_tokens
+        output_tokens = max_new if sampling.get("ignore_eos") else request.output_tokens
+        script = script_for(request.openai, rid) if request.openai is not None else None
+        if script is not None and script.pieces is None and script.stop:
+            script.pieces, matched = stop_cut(synthetic_pieces(0, max_new), script.stop)
+            if not matched:
+                script.pieces = None
+        if script is not None and script.pieces is not None:
+            output_tokens = len(script.pieces)
         self._ensure_driver()
         now = self._now()
         self._sync(now)
@@ -167,15 +215,19 @@ class SimEngine:
                     continue
                 if ev.kind != "finish" and not request.stream:
                     continue  # non-streaming: one chunk at the end, with all the text
-                text = synthetic_text(st.offset, sent, ev.completion_tokens)
+                text, extra = _delta(script, st.offset, sent, ev.completion_tokens)
                 sent = ev.completion_tokens
                 if ev.kind == "finish":
                     finished = True
-                    yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, finish_reason=ev.finish_reason,
+                    reason = ev.finish_reason
+                    if script is not None and script.pieces is not None and reason == "stop":
+                        reason = script.finish_reason
+                    yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, finish_reason=reason,
                                 message=ev.message, e2e_latency=(ev.time - start) / self.speedup,
-                                num_retractions=ev.num_retractions)
+                                num_retractions=ev.num_retractions, extra=extra)
                     return
-                yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, num_retractions=ev.num_retractions)
+                yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, num_retractions=ev.num_retractions,
+                            extra=extra)
         finally:
             self._streams.pop(rid, None)
             if not finished:  # the consumer went away (or was cancelled): free the engine's work
@@ -200,7 +252,8 @@ class SimEngine:
     async def info(self) -> EngineInfo:
         return EngineInfo(name=self.name, kind="sim", model=self.profile.model, url=None,
                           max_total_tokens=self.profile.kv_capacity_tokens, simulated=True,
-                          profile=self.profile.step, version=f"{VERSION} profile={self.profile.name}")
+                          profile=self.profile.step, version=f"{VERSION} profile={self.profile.name}",
+                          context_length=self.profile.context_length)
 
     async def health(self) -> bool:
         return not self._closed and self._error is None

@@ -31,6 +31,7 @@ class SimProfile:
     prefix_block_size: int = 512  # Mooncake hash_ids block
     prefix_cache_blocks: int = 0  # LRU capacity of the prefix cache, in blocks (0: disabled)
     new_token_ratio: float = 0.3  # admission reserve: fraction of each running request's remaining max_new_tokens
+    context_length: int = 131072  # the model's context window (Llama 3.1: max_position_embeddings)
     # simulated GPU
     f_max_mhz: float = 1980.0
     f_min_mhz: float = 345.0
@@ -63,7 +64,8 @@ class SimProfile:
         s = self.step
         if min(s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e, s.prefill_f) < 0:
             raise ValueError("step-time coefficients must be >= 0")
-        if self.kv_capacity_tokens < 2 or self.chunked_prefill_size < 1 or self.max_running_requests < 1:
+        if (self.kv_capacity_tokens < 2 or self.chunked_prefill_size < 1 or self.max_running_requests < 1
+                or self.context_length < 2):
             raise ValueError("capacities must be positive")
         if self.prefix_block_size < 1 or self.prefix_cache_blocks < 0:
             raise ValueError("bad prefix cache settings")
