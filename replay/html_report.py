@@ -143,8 +143,11 @@ def run_from_virtual(result: VirtualResult, name: str) -> ReportRun:
     """A virtual-time replay's run. An expired request's record has no expiry time: it is taken as
     arrival + its class's deadline (the core expires it at the first tick past that)."""
     policy = result.policy
-    slo = {c: SLOBound(_s(p.ttft_ms), _s(p.tpot_ms), p.ttft_ms_per_ktok / 1e3, p.deadline_s)
-           for c, p in policy.slo_classes.items()}
+    # the policy document's form (ms, as the admin API and the audit log give it): the same for a
+    # policy read back from the store
+    slo = {c: SLOBound(_s(p.get("ttft_ms")), _s(p.get("tpot_ms")), (p.get("ttft_ms_per_ktok") or 0.0) / 1e3,
+                       p.get("deadline_s"))
+           for c, p in policy.to_dict()["slo_classes"].items()}
     reqs = []
     for r in result.records:
         finish = r.finish_s
