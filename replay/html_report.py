@@ -279,7 +279,7 @@ _COLUMNS = [  # (key, header, tooltip, format)
     ("ttft_p99_ms", "TTFT p99 ms", "", "{:.0f}"),
     ("tpot_p50_ms", "TPOT p50 ms", "time per output token after the first, completed requests", "{:.1f}"),
     ("tpot_p99_ms", "TPOT p99 ms", "", "{:.1f}"),
-    ("share", "share of service", "of all service delivered (prompt + 2 x output tokens)", "pct"),
+    ("share", "share of service %", "of all service delivered (prompt + 2 x output tokens)", "pct"),
     ("fair_ratio", "SLO-met service / fair share",
      "service that met its SLO over the tenant's weighted max-min fair share of what it asked for "
      "(refusals included); 1 = exactly fair", "{:.2f}"),
@@ -425,8 +425,10 @@ def _cdf_figure(runs: Sequence[ReportRun], metric: str) -> Any:
         b = slo.get(c)
         bound = None if b is None else (b.ttft_s if metric == "ttft" else b.tpot_s)
         if bound is not None:  # a trace, not a shape: shapes on a log axis take log10 coordinates
-            fig.add_trace(go.Scatter(x=[bound * 1e3] * 2, y=[0, 1], mode="lines+text", text=["", f"SLO {bound * 1e3:g} ms "],
-                                     textposition="bottom left", line={"color": "black", "dash": "dot", "width": 1.5},
+            # labelled at the foot, right of the line: by then a CDF has usually risen out of the way
+            fig.add_trace(go.Scatter(x=[bound * 1e3] * 2, y=[0, 1], mode="lines+text", text=[f" SLO {bound * 1e3:g} ms", ""],
+                                     textposition="top right", cliponaxis=False,
+                                     line={"color": "black", "dash": "dot", "width": 1.5},
                                      name="the class's bound", legendgroup="bound", hoverinfo="skip",
                                      showlegend=not any(t.legendgroup == "bound" for t in fig.data)),
                           row=1, col=j)
@@ -468,7 +470,7 @@ def _admission_figure(runs: Sequence[ReportRun], window_s: float, end_s: float) 
     refusal_colors = ["#d62728", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#7f7f7f", "#17becf"]
     cats = ["admitted"] + sorted({f"{r.status}: {r.reason or 'no reason recorded'}" for run in runs
                                   for r in run.requests if r.refused})
-    color = {c: ("#4c9a2a" if c == "admitted" else refusal_colors[k % len(refusal_colors)]) for k, c in enumerate(cats)}
+    color = {c: ("#4c9a2a" if c == "admitted" else refusal_colors[(k - 1) % len(refusal_colors)]) for k, c in enumerate(cats)}
     n = max(1, math.ceil(end_s / window_s))
     edges = np.arange(n + 1) * window_s
     fig = _panels(len(runs), [f"run: {run.name}" for run in runs], "requests/s")
@@ -553,7 +555,7 @@ ul.notes { color: #444; }
 table.summary { border-collapse: collapse; font-size: 0.88em; margin: 8px 0 24px; }
 table.summary th, table.summary td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 table.summary thead th { background: #f0f0f0; position: sticky; top: 0; }
-table.summary tbody th, table.summary td:first-of-type { text-align: left; }
+table.summary tbody th, table.summary td:first-of-type, table.summary thead th:nth-child(-n+2) { text-align: left; }
 table.summary tr.group td, table.summary tr.group th { border-top: 2px solid #888; }
 .figure { margin: 8px 0 24px; }
 """
