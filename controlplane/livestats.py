@@ -23,6 +23,7 @@ class _Tenant:
     admitted: int = 0
     rejected: int = 0
     finished: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # rejected, by reason code
     recent: deque[tuple[float, float | None, float | None, bool | None, float]] = field(
         default_factory=lambda: deque(maxlen=4096))  # (ts, ttft_ms, tpot_ms, slo_met, service)
 
@@ -41,6 +42,8 @@ class LiveStats:
         now = row["finish_ts"]
         if row["status"] == "rejected":
             t.rejected += 1
+            code = row.get("error_code") or "unknown"
+            t.refused[code] = t.refused.get(code, 0) + 1
         else:
             t.admitted += 1
         if row["status"] == "ok":
@@ -70,5 +73,6 @@ class LiveStats:
         met = [r[3] for r in t.recent if r[3] is not None]
         return {"ttft_p50_ms": _quantile(ttfts, 0.5), "ttft_p99_ms": _quantile(ttfts, 0.99),
                 "tpot_p50_ms": _quantile(tpots, 0.5), "attainment": sum(met) / len(met) if met else None,
-                "admitted": t.admitted, "rejected": t.rejected, "finished": t.finished,
+                "admitted": t.admitted, "rejected": t.rejected, "rejected_by_reason": dict(t.refused),
+                "finished": t.finished,
                 "service": sum(r[4] for r in t.recent)}

@@ -96,3 +96,26 @@ async def test_overview_cards_are_scaled_and_labelled() -> None:
         assert app.query_one("#card-gpu_power").border_subtitle == "0–1400 W limit"
         assert app.query_one("#card-request_rate").border_subtitle.startswith("0–")
         assert app.query_one("#gpus").row_keys == ["1", "0"]  # the GPU index, not "None"
+
+
+async def test_fairness_reads_without_the_docs() -> None:
+    app = offline()
+    async with app.run_test(size=SIZE) as pilot:
+        # acme's instantaneous fair share flips between 0 and 2/3 as its queue empties and fills
+        for i in range(1, 61):
+            state = state_at(i)
+            acme = next(t for t in state["tenants"] if t["name"] == "acme")
+            acme.update(share=0.33, fair_share=(2 / 3) if i % 2 else 0.0,
+                        rejected_by_reason={"tenant_paused": 4, "rate_limited": 1})
+            app.ingest_state(state)
+        await pilot.press("2")
+        await pilot.pause()
+        table = app.tenants.table
+        row = dict(zip([c[0] for c in table.column_spec], table.get_row("acme")))
+        assert row["fair_60s"] == "33.3%"  # the 60 s average of the flips, the same window as Share
+        assert Text.assemble(row["ratio"]).plain == "0.99×"
+        assert Text.assemble(row["refusals"]).plain == "tenant_paused 4 rate_limited 1"
+        labels = [str(c.label) for c in table.columns.values()]
+        assert {"Share 60s", "Fair 60s", "U tok/w", "R GPU·s/w", "H ×avg"} <= set(labels)
+        legend = label(app, "#tenant-legend")
+        assert all(f"{name}:" in legend for name in ("Share 60s", "Fair 60s", "U", "R", "H", "Refused"))

@@ -282,7 +282,8 @@ class SluiceConsole(App[None]):
         try:
             with self.batch_update():
                 self.overview.update_state(state, new_sample)
-                self.tenants.update_tenants(list(state.get("tenants") or []))
+                self.tenants.update_tenants(list(state.get("tenants") or []),
+                                            float(now) if new_sample and now is not None else None)
                 self._show_connection()
         except NoMatches:
             pass  # a message that arrived while the app shuts down

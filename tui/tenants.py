@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -12,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.events import Key
 from textual.message import Message
-from textual.widgets import DataTable, Input, Label
+from textual.widgets import DataTable, Input, Label, Static
 
 from .format import ms, num, pct, si
 from .tables import KeyedTable
@@ -24,11 +25,42 @@ def _counter(name: str) -> Callable[[dict[str, Any]], Any]:
     return lambda t: (t.get("counters") or {}).get(name)
 
 
+FAIR_WINDOW_S = 60.0  # the server's Share window (LiveStats.window_s)
+
+
 def _share_ratio(t: dict[str, Any]) -> float | None:
-    share, fair = t.get("share"), t.get("fair_share")
+    share, fair = t.get("share"), t.get("fair_60s")
     if share is None or not fair:
         return None
     return float(share) / float(fair)
+
+
+def _refusals(t: dict[str, Any]) -> str:
+    by = t.get("rejected_by_reason") or {}
+    return " ".join(f"{code} {n}" for code, n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+class FairWindow:
+    """A tenant's fair share averaged over the last 60 s of server time, from the state samples.
+
+    The server's `fair_share` is instantaneous (weight / the weights backlogged right now) and
+    flips as queues empty and fill; `share` is the tenant's part of the service over 60 s. The
+    ratio of the two is only meaningful over the same window, so the console averages the
+    instantaneous value over the samples it saw in that window (a running sum, O(1) a sample)."""
+
+    __slots__ = ("samples", "total")
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float]] = deque()
+        self.total = 0.0
+
+    def add(self, now: float, fair: float) -> float:
+        self.samples.append((now, fair))
+        self.total += fair
+        since = now - FAIR_WINDOW_S
+        while self.samples[0][0] <= since:
+            self.total -= self.samples.popleft()[1]
+        return max(0.0, self.total / len(self.samples))
 
 
 def _ratio_cell(ratio: float | None) -> Any:
@@ -54,12 +86,12 @@ COLUMNS: list[tuple[str, str, int, Callable[[dict[str, Any]], Any], Callable[[An
     ("slo_class", "Class", 11, lambda t: str(t.get("slo_class") or "–"), Text),
     ("weight", "Weight", 6, lambda t: t.get("weight"), lambda v: num(v, 2)),
     ("state", "State", 6, lambda t: bool(t.get("paused")), lambda v: PAUSED if v else ACTIVE),
-    ("share", "Share", 6, lambda t: t.get("share"), lambda v: pct(v, 1)),
-    ("fair_share", "Fair", 6, lambda t: t.get("fair_share"), lambda v: pct(v, 1)),
+    ("share", "Share 60s", 9, lambda t: t.get("share"), lambda v: pct(v, 1)),
+    ("fair_60s", "Fair 60s", 8, lambda t: t.get("fair_60s"), lambda v: pct(v, 1)),
     ("ratio", "Shr/fair", 8, _share_ratio, _ratio_cell),
-    ("user", "U (user)", 8, _counter("user"), si),
-    ("resource", "R (res.)", 8, _counter("resource"), si),
-    ("holistic", "H", 5, _counter("holistic"), lambda v: num(v, 2)),
+    ("user", "U tok/w", 8, _counter("user"), si),
+    ("resource", "R GPU·s/w", 9, _counter("resource"), lambda v: num(v, 1)),
+    ("holistic", "H ×avg", 6, _counter("holistic"), lambda v: num(v, 2)),
     ("queued", "Queue", 5, lambda t: t.get("queued"), num),
     ("in_flight", "In fl.", 6, lambda t: t.get("in_flight"), num),
     ("ttft_p50_ms", "TTFT p50", 8, lambda t: t.get("ttft_p50_ms"), ms),
@@ -68,7 +100,16 @@ COLUMNS: list[tuple[str, str, int, Callable[[dict[str, Any]], Any], Callable[[An
     ("rejected", "Rejected", 8, lambda t: t.get("rejected"),
      lambda v: Text(num(v), style="red") if v else num(v)),
     ("admitted", "Admitted", 8, lambda t: t.get("admitted"), num),
+    ("refusals", "Refused by reason", 30, _refusals, lambda v: Text(v or "–", style="red" if v else "dim")),
 ]
+
+LEGEND = (
+    "Share 60s: the tenant's part of the service (weighted tokens) finished in the last 60 s · "
+    "Fair 60s: weight ÷ the weights of the tenants with work queued, averaged over the same 60 s · "
+    "Shr/fair: 1.00× is fair\n"
+    "U: weighted tokens served ÷ weight · R: GPU-seconds ÷ weight · H: U and R against the mean of "
+    "the queued tenants (1.00 = mean, 0 = nothing queued) · Refused: rejections since start, by reason"
+)
 COLUMN_KEYS = [c[0] for c in COLUMNS]
 RAW = {c[0]: c[3] for c in COLUMNS}
 LABELS = {c[0]: c[1] for c in COLUMNS}
@@ -126,6 +167,7 @@ class TenantsPane(Vertical):
         self.sort_column = "name"
         self.sort_reverse = False
         self.filter_text = ""
+        self.fair: dict[str, FairWindow] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="toolbar"):
@@ -133,6 +175,7 @@ class TenantsPane(Vertical):
             yield Label("", id="tenant-summary")
         yield KeyedTable([(k, label, w) for k, label, w, _, _ in COLUMNS], id="tenant-table",
                          cursor_type="row", zebra_stripes=True)
+        yield Static(Text(LEGEND, style="dim"), id="tenant-legend")
 
     @property
     def table(self) -> KeyedTable:
@@ -144,9 +187,20 @@ class TenantsPane(Vertical):
 
     # -- data -------------------------------------------------------------------------------------
 
-    def update_tenants(self, tenants: list[dict[str, Any]]) -> None:
+    def update_tenants(self, tenants: list[dict[str, Any]], now: float | None = None) -> None:
+        """Show `tenants`; `now` (the server time of a new sample) adds a point to each 60 s fair
+        share average. Without it the last averages are kept (a refilter, the same sample)."""
         previous = self.raw
-        self.raw = {str(t.get("name")): t for t in tenants}
+        raw: dict[str, dict[str, Any]] = {}
+        for t in tenants:
+            name = str(t.get("name"))
+            if now is not None:
+                window = self.fair.get(name) or self.fair.setdefault(name, FairWindow())
+                fair = window.add(now, float(t.get("fair_share") or 0.0))
+            else:
+                fair = (previous.get(name) or t).get("fair_60s")
+            raw[name] = {**t, "fair_60s": fair}
+        self.raw = raw
         terms = self.filter_text.lower().split()
         rows: dict[str, tuple[Any, ...]] = {}
         table = self.table
