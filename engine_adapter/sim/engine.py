@@ -172,7 +172,8 @@ class SimEngine:
         sampling = request.sampling_params
         if request.openai is not None:
             body = request.openai
-            sampling = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens")}
+            sampling = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
+                        "ignore_eos": body.get("ignore_eos")}  # SGLang's OpenAI endpoints take it too
         max_new = sampling.get("max_new_tokens")
         max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
         if max_new < 0:
