@@ -150,6 +150,16 @@ def _error_message(body: str) -> str:
     return body[:500]
 
 
+def _error_code(body: str) -> str | None:
+    """The OpenAI error body's ``code`` (sluice: the refusal reason, e.g. ``ttft_unattainable``)."""
+    try:
+        err = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+    code = err.get("code") if isinstance(err, dict) else None
+    return None if code is None else str(code)
+
+
 def _endpoint_url(base_url: str, endpoint: str) -> str:
     base = base_url.rstrip("/")
     if not base.endswith("/v1"):
@@ -191,6 +201,7 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
             if resp.status != 200:
                 text = await resp.text(errors="replace")
                 res.error = f"HTTP {resp.status}: {_error_message(text)}"
+                res.error_code = _error_code(text)
                 res.retry_after_s = _retry_after(resp.headers.get("Retry-After"))
                 res.status = REJECTED if resp.status == 429 else ERROR
                 res.e2e_ms = (time.perf_counter() - sent) * 1000.0
@@ -210,6 +221,7 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
                     continue
                 if isinstance(obj, dict) and obj.get("error"):
                     res.error = f"stream error: {_error_message(payload)}"
+                    res.error_code = _error_code(payload)
                     break
                 usage = obj.get("usage") if isinstance(obj, dict) else None
                 if isinstance(usage, dict):
@@ -251,7 +263,7 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
         res.error = "cancelled"
         res.e2e_ms = None
         raise
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         res.status = ERROR
         res.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         res.e2e_ms = (time.perf_counter() - sent) * 1000.0
@@ -341,7 +353,7 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
                         await asyncio.wait_for(stop.wait(), timeout=delay)
                         stopped = True
                         break
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         pass
             elif delay > 0:
                 await asyncio.sleep(delay)

@@ -307,9 +307,12 @@ def format_report(report: LiveReport, slo: Mapping[str, SLO], *, workload: str, 
              f"speedup {report.speedup:g}, {report.meta.get('endpoint')})", "",
              report.format_text(), ""]
     lines.append("SLO (goodput): " + "; ".join(f"{name}: {_slo_text(s)}" for name, s in sorted(slo.items())))
-    errors = Counter(r.error for r in report.results if r.status in ("error", "rejected") and r.error)
-    for msg, count in errors.most_common(3):
-        lines.append(f"{count:>6} x {msg}")
+    # grouped by status and code (sluice's refusal reason), one message shown per group
+    failures = [r for r in report.results if r.status in ("error", "rejected") and r.error]
+    groups = Counter((r.status, r.http_status, r.error_code or r.error) for r in failures)
+    example = {(r.status, r.http_status, r.error_code or r.error): r.error for r in failures}
+    for key, count in groups.most_common(5):
+        lines.append(f"{count:>6} {key[0]}" + (f" [{key[2]}]" if key[2] != example[key] else "") + f": {example[key]}")
     if report.stopped:
         lines.append(f"stopped early ({stop_reason or 'stop'}): {report.summary.overall.cancelled} cancelled in "
                      f"flight, {report.not_sent} never sent")

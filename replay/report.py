@@ -45,7 +45,7 @@ OVERALL = "__all__"
 
 # Status values of a RequestResult.
 OK = "ok"
-REJECTED = "rejected"  # admission refused (HTTP 429 / 503 with Retry-After, or the core's reject)
+REJECTED = "rejected"  # refused by policy: HTTP 429 (live), the core's reject or expiry (virtual time)
 ERROR = "error"  # HTTP error, connection error, broken stream
 CANCELLED = "cancelled"  # the run was stopped before the request finished
 
@@ -142,6 +142,7 @@ class RequestResult:
     requested_output_tokens: int = 0
     slo_met: bool | None = None
     error: str | None = None
+    error_code: str | None = None  # the error body's code: sluice's refusal reason
     retry_after_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
