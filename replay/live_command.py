@@ -98,7 +98,11 @@ def run(args: argparse.Namespace) -> int:
     tenants = sorted({r.tenant for r in plan.workload})
     print(f"{PROG}: {n} requests of {args.workload} ({len(tenants)} tenant(s)) to {args.live} "
           f"as {plan.model!r} (speedup {args.speedup:g})...", file=sys.stderr)
-    report, interrupted, reason = asyncio.run(_replay(args, plan))
+    try:
+        report, interrupted, reason = asyncio.run(_replay(args, plan))
+    except KeyboardInterrupt:
+        print(f"{PROG}: aborted", file=sys.stderr)
+        return 130
     print(format_report(report, plan.slo, workload=args.workload, stop_reason=reason))
     if args.json:
         doc = {"workload": args.workload, "stop_reason": reason, **report.to_dict(per_request=True)}
@@ -261,16 +265,19 @@ async def _replay(args: argparse.Namespace, plan: _Plan) -> tuple[LiveReport, bo
     why: list[str] = []
 
     def halt(reason: str) -> None:
+        if reason == "interrupted" and handled:
+            loop.remove_signal_handler(signal.SIGINT)  # a second Ctrl-C aborts (KeyboardInterrupt)
         if not stop.is_set():
             why.append(reason)
             print(f"\n{PROG}: {reason}: stopping, in-flight requests cancelled", file=sys.stderr)
             stop.set()
 
+    handled = False
     try:
         loop.add_signal_handler(signal.SIGINT, halt, "interrupted")
         handled = True
     except (NotImplementedError, RuntimeError, ValueError):  # not the main thread: no signal handler
-        handled = False
+        pass
     timer = loop.call_later(args.duration, halt, f"--duration {args.duration:g} s reached") if args.duration else None
     done = Counter[str]()
 
@@ -288,7 +295,7 @@ async def _replay(args: argparse.Namespace, plan: _Plan) -> tuple[LiveReport, bo
         if timer is not None:
             timer.cancel()
         if handled:
-            loop.remove_signal_handler(signal.SIGINT)
+            loop.remove_signal_handler(signal.SIGINT)  # False if already removed
     reason = why[0] if why else None
     return report, reason == "interrupted", reason
 

@@ -15,10 +15,12 @@ import pytest
 from engine_adapter.sglang_server import make_sglang_app
 from engine_adapter.sim.engine import SimEngine
 from engine_adapter.sim.profile import load_profile, zero_delay
+from replay.html_report import FIGURES
 from replay.live_command import add_arguments, run
 from replay.workload import WorkloadRequest, write_workload
-from tests.gateway_fixtures import KEYS, running_gateway
+from tests.gateway_fixtures import ADMIN, KEYS, running_gateway
 from tests.servers import ServerThread, free_port
+from tests.test_gateway import raw
 
 MODEL = "meta-llama/Llama-3.1-8B-Instruct"
 # SGLang bench_serving's result fields (python/sglang/bench_serving.py) that the JSON must carry
@@ -100,15 +102,17 @@ def test_against_the_simulated_engine_with_ignore_eos(sim_server, tmp_path, caps
     assert "interactive: TTFT <= 60000 ms, TPOT <= 60000 ms" in text
 
 
-def test_max_requests_and_chat(sim_server, tmp_path):
+def test_max_requests_chat_and_html_report(sim_server, tmp_path):
     url, app = sim_server
     out = tmp_path / "r.json"
     rc = run(parse(["--live", url, "--workload", "vtc-overload", "--speedup", "inf", "--max-requests", "5",
-                    "--chat", "--json", str(out)]))
+                    "--chat", "--json", str(out), "--report", str(tmp_path / "html")]))
     assert rc == 0
     doc = json.loads(out.read_text())
     assert doc["completed"] == 5 and app.posts == 5 and doc["endpoint"] == "chat"
     assert set(doc["per_tenant"]) <= {"client0", "client1"} and doc["not_sent"] == 0
+    page = (tmp_path / "html" / "index.html").read_text()
+    assert all(f'id="{fig}"' in page for fig in FIGURES) and "client0" in page
 
 
 def test_duration_bounds_the_run(tmp_path, capsys):
@@ -174,6 +178,19 @@ def test_through_sluice_with_tenant_keys(tmp_path, capsys):
         assert doc["total_output_tokens"] == sum(r["output_tokens"] for r in ok)
         captured = capsys.readouterr()
         assert "no key for tenant(s) stranger" in captured.err and "HTTP 401" in captured.out
+
+        # a paused tenant's requests are refused (429 tenant_paused): rejections, per tenant and class
+        assert raw(server, "POST", "/admin/v1/tenants/globex/pause", {"reason": "test"},
+                   {"Authorization": f"Bearer {ADMIN}"})[0] == 200
+        rc = run(parse(["--live", server.url, "--workload", workload_file(tmp_path, two_tenants(8, 5.0)),
+                        "--keys", str(keys), "--speedup", "2", "--json", str(out)]))
+        assert rc == 0
+        doc = json.loads(out.read_text())
+        globex, batch = doc["per_tenant"]["globex"], doc["per_class"]["batch"]
+        assert (globex["rejected"], globex["completed"], doc["per_tenant"]["acme"]["completed"]) == (4, 0, 4)
+        assert batch["rejected"] == 4 and batch["slo_attainment"] == 0.0 and globex["mean_retry_after_s"] > 0
+        assert {r["error_code"] for r in doc["requests"] if r["status"] == "rejected"} == {"tenant_paused"}
+        assert "4 rejected [tenant_paused]: HTTP 429" in capsys.readouterr().out
 
         # sluice drops ignore_eos: asking for it is refused up front, nothing is sent
         rc = run(parse(["--live", server.url, "--workload", workload_file(tmp_path, wl), "--keys", str(keys),
