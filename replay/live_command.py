@@ -35,6 +35,8 @@ __all__ = ["add_arguments", "run"]
 PROG = "sluice replay"
 # owners in GET /v1/models whose OpenAI endpoints take SGLang's `ignore_eos`; sluice drops unknown fields
 IGNORE_EOS_OWNERS = ("sglang", "vllm")
+# workload names whose requests are drawn from a seed (the others are fixed traces or files)
+GENERATED = ("scenario:", "servegen:", "vtc-")
 # options of the other `sluice replay` modes: given with --live they would be ignored, so they are refused
 _OTHER_MODES = ("db", "window", "since", "until", "policy")
 
@@ -175,6 +177,8 @@ def _keys(path: str | None, api_key: str | None) -> dict[str, str]:
 def _workload(args: argparse.Namespace) -> tuple[list[WorkloadRequest], dict[str, float]]:
     from replay.simulate import load_named_workload
 
+    if args.workload_seed != 0 and not args.workload.startswith(GENERATED):
+        raise UsageError(f"--workload-seed: {args.workload} is not generated (only {', '.join(GENERATED)}* are)")
     # with --duration, only the part of the workload due before it is needed (workload time)
     span = args.duration * args.speedup if args.duration and math.isfinite(args.speedup) else None
     try:
@@ -348,13 +352,18 @@ def _write_html(args: argparse.Namespace, plan: _Plan, report: LiveReport) -> No
         start = r.sent_ms if r.sent_ms is not None else (r.scheduled_ms or 0.0)
         first = None if r.ttft_ms is None else start + r.ttft_ms
         end = None if r.e2e_ms is None else start + r.e2e_ms
+        # a client cannot tell queueing in the gateway from prefill: the request is at the
+        # endpoint ("dispatched") from its send, waiting until its first token
         reqs.append(ReportRequest(
             tenant=r.tenant, slo_class=r.slo_class, arrival_s=start / 1e3, status=r.status,
-            reason=r.error, first_token_s=s(first), finish_s=s(end), input_tokens=r.input_tokens,
+            reason=r.error_code or r.error, engine="endpoint", dispatch_s=start / 1e3,
+            first_token_s=s(first), finish_s=s(end), input_tokens=r.input_tokens,
             output_tokens=r.output_tokens, requested_output_tokens=r.requested_output_tokens, slo_met=r.slo_met))
     bounds = {name: SLOBound(s(t.ttft_ms), s(t.tpot_ms), t.ttft_ms_per_ktok / 1e3, s(t.e2e_ms))
               for name, t in plan.slo.items()}
     run_ = ReportRun(f"live {plan.model}", reqs, weights=plan.weights, slo=bounds, duration_s=report.duration_s,
-                     notes=[f"client-side measurements against {args.live}; times from each request's send"])
+                     notes=[f"client-side measurements against {args.live}; times from each request's send",
+                            "engine load: 'endpoint' = requests sent and unfinished, 'waiting' = no token yet "
+                            "(queued in a gateway or in prefill: a client cannot tell which)"])
     path = write_report(args.report, f"Live replay of {args.workload} against {args.live}", [run_])
     print(f"{PROG}: wrote {path}", file=sys.stderr)

@@ -213,6 +213,9 @@ def test_unreachable_url_is_one_line_and_exit_1(tmp_path, capsys):
     (["--slo", "itl:3"], "unknown SLO key"),
     (["--keys", "/nonexistent/keys.toml"], "--keys /nonexistent/keys.toml"),
     (["--workload", "no-such-file.jsonl"], "no workload file"),
+    (["--workload-seed", "3"], "--workload-seed: "),
+    (["--max-concurrency", "0"], "--max-concurrency must be at least 1"),
+    (["--duration", "-1"], "--duration must be > 0 seconds"),
 ])
 def test_usage_errors_exit_2(tmp_path, capsys, extra, message):
     argv = ["--live", "http://127.0.0.1:9", "--workload", workload_file(tmp_path, two_tenants(2)), *extra]
