@@ -20,6 +20,7 @@ Aggregation is :func:`replay.report.summarize`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import logging
@@ -303,7 +304,7 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
     results: list[RequestResult] = []
     tasks: set[asyncio.Task[RequestResult]] = set()
     stopped = False
-    sent_count = 0
+    sent: dict[int, float] = {}  # index -> due time (ms) of every request handed to a task
 
     async def deliver(r: RequestResult) -> None:
         results.append(r)
@@ -321,16 +322,11 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
                            endpoint=endpoint, extra_body=extra_body, run_start=run_start,
                            scheduled_ms=scheduled_ms, prompt_fn=prompt_fn, sem=sem)
         except asyncio.CancelledError:
-            results.append(RequestResult(tenant=req.tenant, status=CANCELLED, index=idx,
-                                         slo_class=req.slo_class, scheduled_ms=scheduled_ms,
-                                         input_tokens=req.input_length,
-                                         requested_output_tokens=req.output_length, error="cancelled"))
+            results.append(_unfinished(idx, req, scheduled_ms, CANCELLED, "cancelled"))
             raise
         except Exception as exc:  # defensive: a bug in measurement never kills the run
             log.exception("request %d failed unexpectedly", idx)
-            r = RequestResult(tenant=req.tenant, status=ERROR, index=idx, slo_class=req.slo_class,
-                              scheduled_ms=scheduled_ms, error=f"{type(exc).__name__}: {exc}",
-                              input_tokens=req.input_length, requested_output_tokens=req.output_length)
+            r = _unfinished(idx, req, scheduled_ms, ERROR, f"{type(exc).__name__}: {exc}")
         await deliver(r)
         return r
 
@@ -345,22 +341,19 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
             due_ms = req.timestamp_ms / speedup if math.isfinite(speedup) else 0.0
             delay = run_start + due_ms / 1000.0 - time.perf_counter()
             if stop is not None:
+                if delay > 0 and not stop.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=delay)
+                # checked after the wait too: its timeout and the stop can come in the same loop turn
                 if stop.is_set():
                     stopped = True
                     break
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                        stopped = True
-                        break
-                    except TimeoutError:
-                        pass
             elif delay > 0:
                 await asyncio.sleep(delay)
             task = asyncio.create_task(wrapped(idx, req, due_ms))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            sent_count += 1
+            sent[idx] = due_ms
         if tasks:
             pending = set(tasks)
             if stop is not None and not stopped:
@@ -378,6 +371,10 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
                 await asyncio.gather(*pending, return_exceptions=True)
         if stopped:
             await _cancel_all(tasks)
+            # a task cancelled before its first step never ran wrapped(): it still gets its result
+            recorded = {r.index for r in results}
+            results += [_unfinished(i, workload[i], due, CANCELLED, "cancelled")
+                        for i, due in sent.items() if i not in recorded]
     except asyncio.CancelledError:
         await _cancel_all(tasks)
         raise
@@ -387,8 +384,14 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
     results.sort(key=lambda r: r.index)
     summary = summarize(results, duration, slo)
     return LiveReport(base_url=base_url, model=model, speedup=speedup, duration_s=duration, results=results,
-                      summary=summary, stopped=stopped, not_sent=len(workload) - sent_count,
+                      summary=summary, stopped=stopped, not_sent=len(workload) - len(sent),
                       meta={"endpoint": endpoint, "max_concurrency": max_concurrency})
+
+
+def _unfinished(idx: int, req: WorkloadRequest, scheduled_ms: float, status: str, error: str) -> RequestResult:
+    return RequestResult(tenant=req.tenant, status=status, index=idx, slo_class=req.slo_class,
+                         scheduled_ms=scheduled_ms, input_tokens=req.input_length,
+                         requested_output_tokens=req.output_length, error=error)
 
 
 async def _cancel_all(tasks: set[asyncio.Task[RequestResult]]) -> None:

@@ -237,6 +237,20 @@ async def test_stop_while_requests_in_flight_cancels_them(server):
     assert rep.summary.overall.cancelled == 1
 
 
+async def test_every_request_sent_has_exactly_one_result_whenever_it_stops(server):
+    # requests due every 2 ms, stopped at various instants: a stop can land in the same loop turn
+    # as a send, whose task is then cancelled before it ever ran
+    url, _ = server
+    wl = [WorkloadRequest(i * 2.0, 4, 50, "alice") for i in range(100)]
+    for k in range(6):
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(0.05 + 0.013 * k, stop.set)
+        rep = await run_live(url, wl, KEYS, stop=stop)
+        assert rep.stopped
+        assert [r.index for r in rep.results] == list(range(len(wl) - rep.not_sent))
+        assert rep.summary.overall.requests == len(wl) - rep.not_sent
+
+
 async def test_cancelling_the_task_propagates(server):
     url, fake = server
     wl = [WorkloadRequest(0, 4, 400, "alice"), WorkloadRequest(600_000, 4, 2, "bob")]
