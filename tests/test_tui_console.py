@@ -101,6 +101,9 @@ async def test_pause_and_resume_tenant(fake_admin: FakeAdmin) -> None:
         await loaded(pilot, app)
         await pilot.press("2", "p")  # acme is under the cursor
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirmation")
+        await pilot.press("ctrl+u", "enter")  # every steering action needs a reason
+        await pilot.pause()
+        assert isinstance(app.screen, ConfirmScreen) and fake_admin.mutations() == []
         await pilot.press(*"noisy neighbour", "enter")
         await wait_until(pilot, lambda: fake_admin.mutations(), "the POST")
         call = fake_admin.mutations()[0]
@@ -112,6 +115,7 @@ async def test_pause_and_resume_tenant(fake_admin: FakeAdmin) -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: len(fake_admin.mutations()) == 2, "the resume")
         assert fake_admin.mutations()[1].path == "/admin/v1/tenants/acme/resume"
+        assert fake_admin.mutations()[1].body == {"reason": "resumed from the console"}  # prefilled
         await wait_until(pilot, lambda: app.tenants.table.cells_of("acme")[3].plain == "active", "active")
 
 
@@ -205,8 +209,8 @@ async def test_abort_request_after_confirmation(fake_admin: FakeAdmin) -> None:
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirmation")
         await pilot.press("enter")
         await wait_until(pilot, lambda: fake_admin.mutations(), "the POST")
-        assert [(c.method, c.path) for c in fake_admin.mutations()] == [
-            ("POST", "/admin/v1/requests/req-1000/abort")]
+        assert [(c.method, c.path, c.body) for c in fake_admin.mutations()] == [
+            ("POST", "/admin/v1/requests/req-1000/abort", {"reason": "aborted from the console"})]
         await wait_until(pilot, lambda: app.requests_pane.store["req-1000"]["status"] == "aborted", "aborted")
 
 

@@ -119,3 +119,48 @@ async def test_fairness_reads_without_the_docs() -> None:
         assert {"Share 60s", "Fair 60s", "U tok/w", "R GPU·s/w", "H ×avg"} <= set(labels)
         legend = label(app, "#tenant-legend")
         assert all(f"{name}:" in legend for name in ("Share 60s", "Fair 60s", "U", "R", "H", "Refused"))
+
+
+async def test_policy_screen_newest_change_whole_and_checked_as_you_type() -> None:
+    from textual.widgets import TextArea
+
+    from tests.tui_fake_admin import initial_history, initial_policy
+    from tui.modals import ChangeScreen
+
+    app = offline()
+    async with app.run_test(size=SIZE) as pilot:
+        app.ingest_state(state_at(1))
+        app.policy_pane.update_policy(initial_policy())
+        history = initial_history()
+        app.policy_pane.update_history(history)
+        await pilot.press("4")
+        await pilot.pause()
+        # a new change lands while the history is shown: enter opens it, the newest
+        v4 = dict(history[0], version=4, actor="carol", before=history[0]["after"],
+                  after={**history[0]["after"], "version": 4, "holistic_alpha": 0.7},
+                  reason="interactive tenants waited too long behind a long batch of summaries")
+        app.policy_pane.update_history([v4, *history])
+        await pilot.pause()
+        await pilot.press("tab")  # leaves the editor (no indent) for the next focusable widget
+        assert not app.query_one("#policy-text", TextArea).has_focus
+        app.query_one("#history").focus()
+        await pilot.pause()
+        detail = label(app, "#history-detail")
+        assert "behind a long batch of summaries" in detail and "holistic_alpha" in detail  # whole
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, ChangeScreen)
+        assert app.screen.diff_lines[:2] == ["--- v3 (before)", "+++ v4 (after)"]
+        await pilot.press("escape")
+
+        # the editor names the valid values and flags a bad one before apply
+        hint = label(app, "#policy-hint")
+        assert "fcfs | vtc | equinox | wrr" in hint and "ttft_ms" in hint and "weight" in hint
+        editor = app.query_one("#policy-text", TextArea)
+        editor.load_text(editor.text.replace('"scheduler": "equinox"', '"scheduler": "fifo"'))
+        await pilot.pause()
+        assert "scheduler: must be one of fcfs, vtc, equinox, wrr" in label(app, "#policy-error")
+        editor.load_text(editor.text.replace('"scheduler": "fifo"', '"scheduler": "vtc"')
+                         .replace('"weight": 2.0', '"weight": "2"'))
+        await pilot.pause()
+        assert "tenants.acme.weight: must be a number" in label(app, "#policy-error")

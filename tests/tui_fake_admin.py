@@ -164,6 +164,7 @@ def state_at(i: int = 0, policy: dict[str, Any] | None = None) -> dict[str, Any]
         "engines": engines,
         "gpus": gpus,
         "gpu_status": "ok",
+        "policy_choices": {"scheduler": list(SCHEDULERS), "on_miss": ["reject", "defer"]},
     }
 
 

@@ -23,7 +23,7 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
 
 from .client import AdminClient, AdminError, ApiError, Unauthorized, Unreachable
-from .format import policy_document, unified_diff, utc_time
+from .format import plural, policy_document, unified_diff, utc_time
 from .messages import (
     ConnectionChanged,
     HistoryLoaded,
@@ -34,7 +34,7 @@ from .messages import (
 )
 from .modals import ChangeScreen, ConfirmScreen, HelpScreen, PolicyReviewScreen, WeightScreen
 from .overview import OverviewPane
-from .policy import PolicyPane
+from .policy import PolicyPane, change_summary
 from .requests import RequestsPane
 from .tenants import TenantsPane
 from .trace import TraceScreen
@@ -127,7 +127,7 @@ class SluiceConsole(App[None]):
     # -- layout -----------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="≈")  # Textual's default "⭘" is missing from browser fonts (an empty box)
         yield Static("", id="banner")
         with TabbedContent(initial="overview", id="tabs"):
             with TabPane("Overview [1]", id="overview"):
@@ -282,6 +282,7 @@ class SluiceConsole(App[None]):
         try:
             with self.batch_update():
                 self.overview.update_state(state, new_sample)
+                self.policy_pane.set_choices(dict(state.get("policy_choices") or {}))
                 self.tenants.update_tenants(list(state.get("tenants") or []),
                                             float(now) if new_sample and now is not None else None)
                 self._show_connection()
@@ -366,7 +367,8 @@ class SluiceConsole(App[None]):
         state = self.state
         if state is not None:
             bar.append(f"  policy v{state.get('policy_version')} ({state.get('scheduler')})")
-            bar.append(f"  {len(state.get('tenants') or [])} tenants · {len(state.get('engines') or [])} engines")
+            bar.append(f"  {plural(len(state.get('tenants') or []), 'tenant')} · "
+                       f"{plural(len(state.get('engines') or []), 'engine')}")
             if state.get("now") is not None:
                 bar.append(f"  server time {utc_time(state.get('now'))} UTC")
         self.main("#statusbar").update(bar)
@@ -441,15 +443,16 @@ class SluiceConsole(App[None]):
             if reason is not None:
                 self.pause_tenant(tenant, not paused, reason)
 
-        self.push_screen(ConfirmScreen(title, body, verb, danger=not paused), done)
+        reason = f"{verb.lower()}d from the console"
+        self.push_screen(ConfirmScreen(title, body, verb, reason=reason, danger=not paused), done)
 
     @work(group="actions", exit_on_error=False)
-    async def pause_tenant(self, tenant: str, pause: bool, reason: str = "") -> None:
+    async def pause_tenant(self, tenant: str, pause: bool, reason: str) -> None:
         try:
             if pause:
-                await self.client.pause_tenant(tenant, reason or None)
+                await self.client.pause_tenant(tenant, reason)
             else:
-                await self.client.resume_tenant(tenant, reason or None)
+                await self.client.resume_tenant(tenant, reason)
         except AdminError as exc:
             self.notify(f"{tenant}: {exc.message}", severity="error", timeout=8)
             return
@@ -468,20 +471,20 @@ class SluiceConsole(App[None]):
         r = message.request
         rid = str(r.get("rid"))
 
-        def done(result: str | None) -> None:
-            if result is not None:
-                self.abort_request(rid)
+        def done(reason: str | None) -> None:
+            if reason is not None:
+                self.abort_request(rid, reason)
 
         self.push_screen(ConfirmScreen(
             f"Abort request {rid}?",
             f"Tenant {r.get('tenant')}, status {r.get('status')}, engine {r.get('engine') or '–'}. "
             "The client gets an error and the engine stops generating.",
-            "Abort", ask_reason=False, danger=True), done)
+            "Abort", reason="aborted from the console", danger=True), done)
 
     @work(group="actions", exit_on_error=False)
-    async def abort_request(self, rid: str) -> None:
+    async def abort_request(self, rid: str, reason: str) -> None:
         try:
-            await self.client.abort(rid)
+            await self.client.abort(rid, reason)
         except AdminError as exc:
             self.notify(f"{rid} not aborted: {exc.message}", severity="error", timeout=8)
             return
@@ -529,10 +532,10 @@ class SluiceConsole(App[None]):
     @on(PolicyPane.ChangeSelected)
     def _change_selected(self, message: PolicyPane.ChangeSelected) -> None:
         c = message.change
-        header = (f"Policy v{c.get('version')} · {utc_time(c.get('ts'), with_date=True)} UTC · "
-                  f"by {c.get('actor')} · {c.get('reason')}")
-        diff = unified_diff(policy_document(c.get("before") or {}), policy_document(c.get("after") or {}))
-        self.push_screen(ChangeScreen(header, diff))
+        before, after = c.get("before") or {}, c.get("after") or {}
+        labels = (f"v{before.get('version', '?')} (before)", f"v{after.get('version', c.get('version'))} (after)")
+        diff = unified_diff(policy_document(before), policy_document(after), labels=labels)
+        self.push_screen(ChangeScreen(change_summary(c), diff))
 
     # -- command palette --------------------------------------------------------------------------
 

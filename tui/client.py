@@ -287,8 +287,9 @@ class AdminClient:
         body = {"reason": reason} if reason else {}
         return await self._request("POST", f"/tenants/{quote(tenant, safe='')}/resume", body=body)
 
-    async def abort(self, rid: str) -> Any:
-        return await self._request("POST", f"/requests/{quote(rid, safe='')}/abort")
+    async def abort(self, rid: str, reason: str | None = None) -> Any:
+        body = {"reason": reason} if reason else {}
+        return await self._request("POST", f"/requests/{quote(rid, safe='')}/abort", body=body)
 
     # -- live events ------------------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ def si(value: Any, digits: int = 1) -> str:
     return f"{v:.{digits}f}" if v != int(v) else f"{int(v)}"
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def pct(value: Any, digits: int = 1) -> str:
     if value is None:
         return "–"
@@ -192,11 +196,73 @@ def dump_json(doc: Any) -> str:
     return json.dumps(doc, indent=2, ensure_ascii=False)
 
 
-def unified_diff(before: Any, after: Any, context: int = 2) -> list[str]:
+def unified_diff(before: Any, after: Any, context: int = 2, labels: tuple[str, str] = ("current", "proposed")
+                 ) -> list[str]:
     """A unified diff of two JSON documents, pretty-printed with sorted keys."""
     a = json.dumps(before, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
     b = json.dumps(after, indent=2, sort_keys=True, ensure_ascii=False).splitlines()
-    return list(difflib.unified_diff(a, b, "current", "proposed", n=context, lineterm=""))
+    return list(difflib.unified_diff(a, b, labels[0], labels[1], n=context, lineterm=""))
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an object" if isinstance(value, Mapping) else "a list" if isinstance(value, list) else "null"
+
+
+def entry_fields(entries: Mapping[str, Any]) -> dict[str, Any]:
+    """Every field any entry of a named map has (e.g. all SLO classes), with a non-null example."""
+    out: dict[str, Any] = {}
+    for entry in entries.values():
+        if isinstance(entry, Mapping):
+            for key, value in entry.items():
+                if out.get(key) is None:
+                    out[key] = value
+    return out
+
+
+def policy_problems(edited: Mapping[str, Any], current: Mapping[str, Any],
+                    choices: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """What the server would refuse in `edited`, judged against the shape of the `current`
+    policy (its keys and the kinds of their values; the entries of a named map such as
+    `tenants` share the fields of the existing ones) and the server's `choices` for enumerated
+    fields (`scheduler`, `on_miss`). The server validates again on apply; this only spares the
+    round trip while typing."""
+    choices = choices or {}
+    problems: list[str] = []
+
+    def check(path: str, key: str, value: Any, example: Any) -> None:
+        allowed = choices.get(key)
+        if allowed and value is not None and value not in allowed:
+            problems.append(f"{path}: must be one of {', '.join(allowed)}")
+        elif value is not None and example is not None and _kind(value) != _kind(example):
+            problems.append(f"{path}: must be {_kind(example)}")
+
+    for key, value in edited.items():
+        if key not in current:
+            problems.append(f"{key}: unknown field (fields: {', '.join(sorted(current))})")
+            continue
+        example = current[key]
+        if isinstance(example, Mapping) and isinstance(value, Mapping) and example and all(
+                isinstance(v, Mapping) for v in example.values()):
+            fields = entry_fields(example)
+            for name, entry in value.items():
+                if not isinstance(entry, Mapping):
+                    problems.append(f"{key}.{name}: must be an object")
+                    continue
+                for field, v in entry.items():
+                    if field not in fields:
+                        problems.append(f"{key}.{name}.{field}: unknown field "
+                                        f"(fields: {', '.join(sorted(fields))})")
+                    else:
+                        check(f"{key}.{name}.{field}", field, v, fields[field])
+        else:
+            check(key, key, value, example)
+    return problems
 
 
 def diff_text(lines: Sequence[str]) -> Text:

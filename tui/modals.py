@@ -75,44 +75,43 @@ class WeightScreen(ModalScreen[tuple[float, str] | None]):
 
 
 class ConfirmScreen(ModalScreen[str | None]):
-    """Confirm an action; dismisses with the (possibly empty) reason, or None when cancelled."""
+    """Confirm a steering action; dismisses with its reason (required: every steering action is
+    audited with one, prefilled with `reason` for the operator to keep or edit), or None."""
 
     BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
-    def __init__(self, title: str, body: str, confirm: str = "Confirm", *, ask_reason: bool = True,
+    def __init__(self, title: str, body: str, confirm: str = "Confirm", *, reason: str = "",
                  danger: bool = False) -> None:
         super().__init__()
         self.title_text = title
         self.body = body
         self.confirm = confirm
-        self.ask_reason = ask_reason
+        self.reason = reason
         self.danger = danger
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text, classes="dialog-title")
             yield Static(self.body, classes="dialog-body")
-            if self.ask_reason:
-                yield Input(placeholder="reason (optional, recorded in the audit log)", id="confirm-reason")
+            yield Input(value=self.reason, placeholder="reason (required, recorded in the audit log)",
+                        id="confirm-reason")
+            yield Static("", id="confirm-error", classes="dialog-error")
             with Horizontal(classes="dialog-buttons"):
                 yield Button(self.confirm, variant="error" if self.danger else "primary", id="confirm-ok")
                 yield Button("Cancel", id="confirm-cancel")
 
     def on_mount(self) -> None:
-        if self.ask_reason:
-            self.query_one("#confirm-reason", Input).focus()
-        else:
-            self.query_one("#confirm-ok", Button).focus()
-
-    def _reason(self) -> str:
-        if not self.ask_reason:
-            return ""
-        return self.query_one("#confirm-reason", Input).value.strip()
+        self.query_one("#confirm-reason", Input).focus()
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#confirm-ok")
     def _ok(self) -> None:
-        self.dismiss(self._reason())
+        reason = self.query_one("#confirm-reason", Input).value.strip()
+        if not reason:
+            self.query_one("#confirm-error", Static).update("a reason is required")
+            self.query_one("#confirm-reason", Input).focus()
+            return
+        self.dismiss(reason)
 
     @on(Button.Pressed, "#confirm-cancel")
     def action_cancel(self) -> None:
@@ -178,7 +177,7 @@ class ChangeScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide"):
-            yield Label(self.header, classes="dialog-title")
+            yield Static(self.header, classes="dialog-title")  # wraps: who, why and what, whole
             with VerticalScroll(id="change-diff"):
                 yield Static(diff_text(self.diff_lines))
             with Horizontal(classes="dialog-buttons"):
@@ -244,10 +243,13 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog wide help"):
-            with VerticalScroll():
+            with VerticalScroll(id="help-scroll"):
                 yield Markdown(HELP)
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Close", id="help-close")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-scroll").focus()  # PageDown and the arrows scroll at once
 
     @on(Button.Pressed, "#help-close")
     def action_close(self) -> None:

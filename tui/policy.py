@@ -13,7 +13,16 @@ from textual.containers import Horizontal, Vertical
 from textual.message import Message
 from textual.widgets import Button, DataTable, Label, Static, TextArea
 
-from .format import changed_paths, dump_json, merge_patch_diff, policy_document, unified_diff, utc_time
+from .format import (
+    entry_fields,
+    changed_paths,
+    dump_json,
+    merge_patch_diff,
+    policy_document,
+    policy_problems,
+    unified_diff,
+    utc_time,
+)
 from .tables import KeyedTable
 
 HISTORY_COLUMNS: list[tuple[str, str, int | None]] = [
@@ -29,6 +38,13 @@ def _short_time(ts: Any) -> str:
 
 class HistoryTable(KeyedTable):
     BINDINGS = [Binding("enter", "select_cursor", "Show change")]
+
+
+def change_summary(c: dict[str, Any]) -> str:
+    """One audited change in full: version, when, who, why and what it changed."""
+    patch = merge_patch_diff(policy_document(c.get("before") or {}), policy_document(c.get("after") or {}))
+    return (f"v{c.get('version')} · {utc_time(c.get('ts'), with_date=True)} UTC · by {c.get('actor') or '?'}\n"
+            f"why: {c.get('reason') or '–'}\nchanged: {', '.join(changed_paths(patch)) or 'nothing'}")
 
 
 class PolicyPane(Vertical):
@@ -56,13 +72,16 @@ class PolicyPane(Vertical):
         self.policy: dict[str, Any] | None = None
         self.loaded_text = ""
         self.history: dict[str, dict[str, Any]] = {}
+        self.choices: dict[str, list[str]] = {}
 
     def compose(self) -> ComposeResult:
         with Horizontal():
             with Vertical(id="policy-editor"):
                 yield Label("Policy (loading…)", id="policy-title", classes="section-title")
+                # tab moves focus (to the history): JSON needs no tab characters
                 yield TextArea("", id="policy-text", show_line_numbers=True, soft_wrap=False,
-                               tab_behavior="indent")
+                               tab_behavior="focus")
+                yield Static("", id="policy-hint")
                 yield Static("", id="policy-error")
                 with Horizontal(classes="buttons"):
                     yield Button("Review & apply (ctrl+s)", id="policy-review", variant="primary")
@@ -70,6 +89,7 @@ class PolicyPane(Vertical):
             with Vertical(id="policy-history"):
                 yield Label("History (enter: show the change)", classes="section-title")
                 yield HistoryTable(HISTORY_COLUMNS, id="history", cursor_type="row", zebra_stripes=True)
+                yield Static("", id="history-detail")
 
     @property
     def editor(self) -> TextArea:
@@ -99,6 +119,38 @@ class PolicyPane(Vertical):
         title.update(f"Policy v{policy.get('version')} · scheduler {policy.get('scheduler')} "
                      f"· edit the JSON, then ctrl+s")
         self.query_one("#policy-error", Static).update("")
+        self._show_hint()
+
+    def set_choices(self, choices: dict[str, list[str]]) -> None:
+        """The server's values for enumerated fields (from the state); shown and checked."""
+        if choices != self.choices:
+            self.choices = choices
+            self._show_hint()
+
+    def _show_hint(self) -> None:
+        doc = policy_document(self.policy or {})
+        lines = []
+        if self.choices.get("scheduler"):
+            lines.append("scheduler: " + " | ".join(self.choices["scheduler"]))
+        for key, what in (("slo_classes", "an SLO class"), ("tenants", "a tenant")):
+            entries = doc.get(key)
+            if isinstance(entries, dict) and entries:
+                fields = ", ".join(sorted(entry_fields(entries)))
+                extra = f" (on_miss: {' | '.join(self.choices['on_miss'])})" if (
+                    key == "slo_classes" and self.choices.get("on_miss")) else ""
+                lines.append(f"{what}: {fields}{extra}")
+        self.query_one("#policy-hint", Static).update(Text("\n".join(lines), style="dim"))
+
+    @on(TextArea.Changed, "#policy-text")
+    def _edited(self) -> None:
+        if self.policy is not None:
+            self.proposed()  # checks as you type; the server validates again on apply
+
+    @on(DataTable.RowHighlighted, "#history")
+    def _history_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        change = self.history.get(str(event.row_key.value))
+        if change is not None:
+            self.query_one("#history-detail", Static).update(change_summary(change))
 
     def update_history(self, changes: list[dict[str, Any]]) -> None:
         rows: dict[str, tuple[Any, ...]] = {}
@@ -111,8 +163,11 @@ class PolicyPane(Vertical):
             rows[key] = (Text(key), _short_time(c.get("ts")), Text(str(c.get("actor") or "?")),
                          Text(str(c.get("reason") or "")), Text(paths, style="dim"))
         table = self.query_one("#history", HistoryTable)
+        newest_selected = table.cursor_row <= 0  # else the operator is reading an older change
         table.sync(rows)
         table.order({k: -int(k) if k.lstrip("-").isdigit() else 0 for k in rows})
+        if newest_selected and table.row_count:
+            table.move_cursor(row=0, animate=False)
 
     # -- actions ----------------------------------------------------------------------------------
 
@@ -132,6 +187,11 @@ class PolicyPane(Vertical):
             return None
         edited.pop("version", None)
         current = policy_document(self.policy)
+        problems = policy_problems(edited, current, self.choices)
+        if problems:
+            error.update(Text("\n".join(problems[:4]) + (f"\n… {len(problems) - 4} more" if len(problems) > 4 else ""),
+                              style="bold red"))
+            return None
         error.update("")
         return merge_patch_diff(current, edited), unified_diff(current, edited)
 

@@ -22,7 +22,7 @@ from .tables import KeyedTable
 COLUMNS: list[tuple[str, str, int | None]] = [
     ("rid", "Request", 14), ("tenant", "Tenant", 12), ("slo_class", "Class", 11), ("status", "Status", 8),
     ("engine", "Engine", 8), ("arrival", "Arrived (UTC)", 13), ("ttft", "TTFT", 7), ("tpot", "TPOT", 7),
-    ("e2e", "E2E", 7), ("in", "In tok", 6), ("out", "Out tok", 7), ("decision", "Decision", 30),
+    ("e2e", "E2E", 7), ("in", "In tok", 6), ("out", "Out tok", 7), ("decision", "Decision", 24),
 ]
 
 
@@ -103,7 +103,7 @@ class RequestsPane(Vertical):
 
     def compose(self) -> ComposeResult:
         with Horizontal(classes="toolbar"):
-            yield Input(placeholder="/ filter: words, status:running, status:inflight, tenant:acme",
+            yield Input(placeholder="/ filter: text, tenant:acme, status:inflight",
                         id="request-filter")
             yield Label("", id="request-summary")
         yield RequestsTable(COLUMNS, id="request-table", cursor_type="row", zebra_stripes=True)

@@ -41,7 +41,7 @@ class TraceScreen(Screen[None]):
         self.sub_title = f"trace of {self.rid}"
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield Header(icon="≈")
         with Vertical(id="trace-body"):
             yield Static(self._summary(), id="trace-summary")
             yield Static("", id="trace-axis")
