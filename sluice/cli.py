@@ -125,8 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sim_server)
 
     p = sub.add_parser("demo", help="serve the simulated engine under a multi-tenant load, with the console")
-    p.add_argument("--port", type=int, default=8080)
-    p.add_argument("--state-dir", default=".sluice")
+    p.add_argument("--port", type=int, default=8080, help="the port sluice serves on, on 127.0.0.1 (default 8080)")
+    p.add_argument("--state-dir", default=".sluice",
+                   help="where the demo keeps its config, keys, admin token and store (default .sluice)")
     p.add_argument("--scale", type=float, default=1.0, help="multiply the built-in load's request rates")
     p.add_argument("--headless", type=float, metavar="SECONDS", help="no console: run the load this long, report")
     p.set_defaults(func=cmd_demo)

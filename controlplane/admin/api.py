@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
 from controlplane.config import hash_key
+from controlplane.core.policy import ON_MISS, SCHEDULERS
 from controlplane.errors import ApiError, parse_json
 from controlplane.gateway.app import canonical_bearer
 from controlplane.livestats import LiveStats
@@ -120,6 +121,7 @@ class AdminAPI:
         totals = self.stats.totals(now) | {"queued": core.queued(), "in_flight": core.in_flight()}
         return {"now": now, "policy_version": policy.version, "scheduler": policy.scheduler, "totals": totals,
                 "tenants": tenants, "engines": engines, "gpus": gpus, "gpu_status": gpu_status,
+                "policy_choices": {"scheduler": list(SCHEDULERS), "on_miss": list(ON_MISS)},
                 "forecast_errors": self.sluice.errors.state()}
 
     async def get_state(self, request: Request) -> Response:
@@ -262,7 +264,9 @@ class AdminAPI:
           404: {description: Unknown or finished request.}
         """
         rid = request.path_params["rid"]
-        if not self.sluice.abort(rid, reason=f"aborted by {self._actor(request)}"):
+        why = (await self._json(request)).get("reason")  # optional: the console always sends one
+        reason = f"aborted by {self._actor(request)}" + (f": {str(why).strip()[:200]}" if why else "")
+        if not self.sluice.abort(rid, reason=reason):
             raise ApiError(404, f"request {rid!r} is not queued or running", code="request_not_found")
         return JSONResponse({"rid": rid, "aborted": True})
 
