@@ -105,7 +105,7 @@ async def test_fairness_reads_without_the_docs() -> None:
         for i in range(1, 61):
             state = state_at(i)
             acme = next(t for t in state["tenants"] if t["name"] == "acme")
-            acme.update(share=0.33, fair_share=(2 / 3) if i % 2 else 0.0,
+            acme.update(share=0.33, fair_share=(2 / 3) if i % 2 else 0.0, rejected=5,
                         rejected_by_reason={"tenant_paused": 4, "rate_limited": 1})
             app.ingest_state(state)
         await pilot.press("2")
@@ -114,7 +114,7 @@ async def test_fairness_reads_without_the_docs() -> None:
         row = dict(zip([c[0] for c in table.column_spec], table.get_row("acme")))
         assert row["fair_60s"] == "33.3%"  # the 60 s average of the flips, the same window as Share
         assert Text.assemble(row["ratio"]).plain == "0.99×"
-        assert Text.assemble(row["refusals"]).plain == "tenant_paused 4 rate_limited 1"
+        assert Text.assemble(row["refusals"]).plain == "5: tenant_paused 4 rate_limited 1"
         labels = [str(c.label) for c in table.columns.values()]
         assert {"Share 60s", "Fair 60s", "U tok/w", "R GPU·s/w", "H ×avg"} <= set(labels)
         legend = label(app, "#tenant-legend")

@@ -35,9 +35,17 @@ def _share_ratio(t: dict[str, Any]) -> float | None:
     return float(share) / float(fair)
 
 
-def _refusals(t: dict[str, Any]) -> str:
+def _refusals(t: dict[str, Any]) -> tuple[int, str]:
     by = t.get("rejected_by_reason") or {}
-    return " ".join(f"{code} {n}" for code, n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])))
+    reasons = " ".join(f"{code} {n}" for code, n in sorted(by.items(), key=lambda kv: (-kv[1], kv[0])))
+    return int(t.get("rejected") or 0), reasons
+
+
+def _refusals_cell(value: tuple[int, str]) -> Text:
+    total, reasons = value
+    if not total:
+        return Text("0", style="dim")
+    return Text(f"{total}: {reasons}" if reasons else str(total), style="red")
 
 
 class FairWindow:
@@ -97,10 +105,8 @@ COLUMNS: list[tuple[str, str, int, Callable[[dict[str, Any]], Any], Callable[[An
     ("ttft_p50_ms", "TTFT p50", 8, lambda t: t.get("ttft_p50_ms"), ms),
     ("ttft_p99_ms", "TTFT p99", 8, lambda t: t.get("ttft_p99_ms"), ms),
     ("attainment", "Attain", 6, lambda t: t.get("attainment"), _attainment_cell),
-    ("rejected", "Rejected", 8, lambda t: t.get("rejected"),
-     lambda v: Text(num(v), style="red") if v else num(v)),
     ("admitted", "Admitted", 8, lambda t: t.get("admitted"), num),
-    ("refusals", "Refused by reason", 30, _refusals, lambda v: Text(v or "–", style="red" if v else "dim")),
+    ("refusals", "Refused: by reason", 26, _refusals, _refusals_cell),
 ]
 
 LEGEND = (
