@@ -30,6 +30,7 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from engine_adapter.openai_chunks import choice_delta
 from engine_adapter.base import (
     Chunk,
     EngineError,
@@ -124,6 +125,8 @@ class SGLangHTTPEngine:
         self._ctl_timeout = aiohttp.ClientTimeout(total=control_timeout, sock_connect=connect_timeout)
         self._urls: dict[str, URL] = {}
         self._generate_url = self._u("/generate")
+        self._chat_url = self._u("/v1/chat/completions")
+        self._completions_url = self._u("/v1/completions")
         self._abort_url = self._u("/abort_request")
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         if api_key:
@@ -184,6 +187,15 @@ class SGLangHTTPEngine:
 
     # ------------------------------------------------------------------ generate
 
+    def _openai_body(self, req: GenerateRequest) -> bytes:
+        """The client's OpenAI body with sluice's rid and priority, always streamed with usage in
+        every chunk (`continuous_usage_stats`: the cumulative counts a `Chunk` carries)."""
+        body = dict(req.openai or {})
+        body.update(rid=req.rid, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
+        if req.priority is not None:
+            body["priority"] = req.priority
+        return _dumps(body)
+
     def _body(self, req: GenerateRequest) -> bytes:
         body: dict[str, Any] = {}
         text, ids = prompt_input(req, self.name)
@@ -223,7 +235,12 @@ class SGLangHTTPEngine:
         together come together (the gateway sends them to its client in one write). Same errors and
         the same abort-on-close as `submit`."""
         rid = request.rid
-        data = self._body(request)
+        oai: bool | None = None  # None: the native /generate; True/False: OpenAI chat/text completions
+        if request.openai is not None:
+            oai = "messages" in request.openai
+            url, data = (self._chat_url if oai else self._completions_url), self._openai_body(request)
+        else:
+            url, data = self._generate_url, self._body(request)
         headers = {"traceparent": request.traceparent} if request.traceparent else None
         need_abort = False  # the engine may still be working on this rid
         consumer_left = False
@@ -233,14 +250,14 @@ class SGLangHTTPEngine:
             need_abort = True
             try:
                 async with sess.post(
-                    self._generate_url, data=data, headers=headers, timeout=self._gen_timeout
+                    url, data=data, headers=headers, timeout=self._gen_timeout
                 ) as resp:
                     try:
                         if resp.status != 200:
                             body = await resp.read()
                             need_abort = False
                             raise _http_error(self.name, resp.status, body)
-                        if not request.stream:
+                        if not request.stream and oai is None:
                             obj = _loads(await resp.read())
                             need_abort = False
                             yielded = True
@@ -254,6 +271,8 @@ class SGLangHTTPEngine:
                         buf = b""
                         final: Chunk | None = None
                         failure: EngineError | None = None
+                        held: Chunk | None = None  # OpenAI: the finish chunk, until its usage or [DONE]
+                        counts = [0, 0, 0]  # OpenAI: prompt, completion, cached tokens
                         while final is None:
                             piece = await content.readany()
                             if not piece:
@@ -272,8 +291,39 @@ class SGLangHTTPEngine:
                                     payload = payload.strip()
                                     if payload == _DONE:
                                         done = True
+                                        if held is not None:
+                                            final = _counted(held, counts)
+                                            batch.append(final)
                                         break
                                 obj = _loads_line(payload)
+                                if oai is not None:
+                                    if "choices" not in obj:
+                                        need_abort = False
+                                        failure = _chunk_error(self.name, obj if "error" in obj else {"error": obj})
+                                        break
+                                    usage = obj.get("usage")
+                                    if usage:
+                                        counts = [usage.get("prompt_tokens") or 0, usage.get("completion_tokens") or 0,
+                                                  (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0]
+                                    if not obj["choices"]:  # the closing usage chunk
+                                        if held is not None:
+                                            final = _counted(held, counts)
+                                            batch.append(final)
+                                            break
+                                        continue
+                                    choice = obj["choices"][0]
+                                    delta, extra = choice_delta(choice, oai)
+                                    if not usage and (delta or extra):
+                                        counts[1] += 1  # a server without usage stats: one token per delta
+                                    chunk = Chunk(delta, counts[1], counts[0], counts[2], extra=extra,
+                                                  finish_reason=choice.get("finish_reason"))
+                                    if chunk.finish_reason is not None:
+                                        need_abort = False
+                                        held = chunk
+                                    elif delta or extra:
+                                        yielded = True
+                                        batch.append(chunk)
+                                    continue
                                 meta = obj.get("meta_info")
                                 if meta is None:
                                     need_abort = False
@@ -320,6 +370,9 @@ class SGLangHTTPEngine:
                                 raise failure
                             if done:
                                 break
+                        if final is None and held is not None:  # EOF right after the finish chunk
+                            final = _counted(held, counts)
+                            yield [final]
                         if final is not None:
                             # read the rest ("data: [DONE]" and the end of the body) so that the
                             # connection goes back to the pool
@@ -490,6 +543,7 @@ class SGLangHTTPEngine:
             model = model or si.get("served_model_name") or si.get("model_path") or "unknown"
             self.model = model
         version = si.get("version")
+        context = await self._context_length(model, si)
         return EngineInfo(
             name=self.name,
             kind=self.kind,
@@ -499,7 +553,25 @@ class SGLangHTTPEngine:
             simulated=False,
             profile=self.profile,
             version=str(version) if version is not None else None,
+            context_length=context,
         )
+
+    async def _context_length(self, model: str, si: dict[str, Any]) -> int | None:
+        """The model's context window: `/v1/models`' `max_model_len` (SGLang's
+        `model_config.context_len`, what its tokenizer manager checks requests against), else the
+        `context_length` server argument (None unless the operator set it)."""
+        try:
+            models = await self._get_json("/v1/models")
+        except (_Unavailable, EngineError):  # optional: the window then comes from the server args
+            models = None
+        cards = models.get("data") if isinstance(models, dict) else None
+        if isinstance(cards, list):
+            card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
+            card = card or (cards[0] if cards and isinstance(cards[0], dict) else {})
+            if isinstance(card.get("max_model_len"), int):
+                return card["max_model_len"]
+        value = si.get("context_length")
+        return value if isinstance(value, int) and value > 0 else None
 
     async def health(self) -> bool:
         """True when ``GET /health`` answers 2xx; never raises."""
@@ -512,6 +584,12 @@ class SGLangHTTPEngine:
 
 
 # ---------------------------------------------------------------------- helpers (module level)
+
+
+def _counted(chunk: Chunk, counts: list[int]) -> Chunk:
+    """The held OpenAI finish chunk with the last usage seen."""
+    chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens = counts
+    return chunk
 
 
 def _final_chunk(delta: str, completion: int, meta: dict[str, Any], fr: Any) -> Chunk:

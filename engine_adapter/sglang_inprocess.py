@@ -8,6 +8,7 @@ rules as `SGLangHTTPEngine` (delta text, cumulative counts, finish-reason dicts,
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -73,12 +74,15 @@ class SGLangInProcessEngine:
 
     async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
         kw: dict[str, Any] = {}
-        text, ids = prompt_input(request, self.name)
+        if request.openai is not None:
+            text, ids, sp = self._from_openai(request.openai), None, native_sampling(request.openai)
+        else:
+            text, ids = prompt_input(request, self.name)
+            sp = dict(request.sampling_params)
         if text is not None:
             kw["prompt"] = text
         else:
             kw["input_ids"] = ids
-        sp = dict(request.sampling_params)
         if request.output_tokens is not None:
             sp["max_new_tokens"] = request.output_tokens
             sp.setdefault("ignore_eos", True)
@@ -156,6 +160,19 @@ class SGLangInProcessEngine:
             if not finished:
                 await self.abort(rid)
 
+    def _from_openai(self, body: dict[str, Any]) -> str:
+        """The prompt of an OpenAI body: a chat rendered by the model's own template (its Hugging Face
+        tokenizer's `apply_chat_template`, as SGLang's serving_chat does without a template override)."""
+        refuse_unparsed(body)
+        if "messages" not in body:
+            return str(body.get("prompt") or "")
+        tokenizer = getattr(getattr(self._engine, "tokenizer_manager", None), "tokenizer", None)
+        if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
+            raise EngineError(f"{self.name}: this engine has no tokenizer with a chat template", status_code=400,
+                              retryable=False)
+        return str(tokenizer.apply_chat_template(body["messages"], tools=body.get("tools"), tokenize=False,
+                                                 add_generation_prompt=True))
+
     def _decode_final(self, out: Any) -> Chunk:
         if not isinstance(out, dict) or out.get("meta_info") is None:
             raise _chunk_error(self.name, out if isinstance(out, dict) else {})
@@ -203,9 +220,11 @@ class SGLangInProcessEngine:
             version = getattr(sglang, "__version__", None)
         except ImportError:
             version = None
+        # the window the tokenizer manager checks requests against (what /v1/models reports over HTTP)
+        context = getattr(getattr(getattr(e, "tokenizer_manager", None), "model_config", None), "context_len", None)
         return EngineInfo(name=self.name, kind=self.kind, model=str(model), url=None,
                           max_total_tokens=max_tokens, simulated=False, profile=self.profile,
-                          version=version)
+                          version=version, context_length=context if isinstance(context, int) else None)
 
     async def health(self) -> bool:
         if self._closed:
@@ -220,3 +239,34 @@ class SGLangInProcessEngine:
         shutdown = getattr(self._engine, "shutdown", None)
         if shutdown is not None:
             await asyncio.to_thread(shutdown)
+
+
+# The parts of SGLang's OpenAI serving that live in its HTTP layer, not in `sglang.Engine`: the
+# tool-call and reasoning parsers and the OpenAI logprob and echo shaping. In process they are
+# refused (a 400 naming the parameter), never dropped.
+_UNPARSED = {"logprobs": "logprobs", "echo": "echo", "reasoning_effort": "reasoning_effort"}
+_NATIVE = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
+           "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
+           "repetition_penalty": "repetition_penalty", "stop": "stop", "seed": "sampling_seed",
+           "logit_bias": "logit_bias", "regex": "regex", "ebnf": "ebnf", "max_tokens": "max_new_tokens"}
+
+
+def refuse_unparsed(body: dict[str, Any]) -> None:
+    if body.get("tools") and body.get("tool_choice", "auto") != "none":
+        raise EngineError("tool calls need SGLang's tool-call parser, which the in-process engine does not run: "
+                          "use SGLang over HTTP (param: tools)", status_code=400, retryable=False)
+    for key in _UNPARSED:
+        if body.get(key):
+            raise EngineError(f"'{key}' is not supported by the in-process SGLang engine: use SGLang over HTTP "
+                              f"(param: {key})", status_code=400, retryable=False)
+
+
+def native_sampling(body: dict[str, Any]) -> dict[str, Any]:
+    """SGLang sampling_params for an OpenAI body (serving_chat's `to_sampling_params`, the subset sluice forwards)."""
+    sp = {_NATIVE[k]: v for k, v in body.items() if k in _NATIVE and v is not None}
+    fmt = body.get("response_format") or {}
+    if fmt.get("type") == "json_object":
+        sp["json_schema"] = '{"type": "object"}'
+    elif fmt.get("type") == "json_schema":
+        sp["json_schema"] = json.dumps((fmt.get("json_schema") or {}).get("schema") or {})
+    return sp

@@ -42,6 +42,7 @@ from engine_adapter.base import (
     EngineOverloaded,
     GenerateRequest,
 )
+from engine_adapter.openai_chunks import message_fields, stream_choice
 
 __all__ = ["make_sglang_app", "serve_sglang", "run_sglang", "DEFAULT_VERSION"]
 
@@ -373,15 +374,15 @@ class _SGLangFacade:
         yield _SSE_DONE
 
     async def _run_to_end(self, req: GenerateRequest, duplicate: Any,
-                          no_output_type: str) -> tuple[str, Chunk] | Response:
-        """Drive a non-streaming request to its last chunk: (text, last chunk), or the error
+                          no_output_type: str) -> tuple[list[Chunk], Chunk] | Response:
+        """Drive a non-streaming request to its last chunk: (the chunks, the last one), or the error
         response to send (`duplicate(message)` builds the one for a duplicate rid)."""
-        parts: list[str] = []
+        parts: list[Chunk] = []
         last: Chunk | None = None
         run = self.drive(req, False)
         try:
             async for ch in run:
-                parts.append(ch.text)
+                parts.append(ch)
                 last = ch
                 if ch.finish_reason is not None:
                     break
@@ -395,7 +396,7 @@ class _SGLangFacade:
             await run.aclose()
         if last is None:
             return _oai_error_response("the engine returned no output", 500, no_output_type)
-        return "".join(parts), last
+        return parts, last
 
     async def _generate_once(self, req: GenerateRequest, matched: Any) -> Response:
         rid = req.rid
@@ -403,7 +404,8 @@ class _SGLangFacade:
             req, lambda msg: JSONResponse({"error": {"message": msg}}, status_code=400), "500")
         if isinstance(done, Response):
             return done
-        text, last = done
+        chunks, last = done
+        text = "".join(c.text for c in chunks)
         if last.finish_reason == "abort" and last.status_code in (500, 503):
             return _oai_error_response(last.message or "aborted", last.status_code, str(last.status_code))
         if last.finish_reason == "abort" and last.status_code == 400:
@@ -562,7 +564,7 @@ class _SGLangFacade:
             "enable_priority_scheduling": False,
             "incremental_streaming_output": self.incremental,
             "enable_cache_report": self.enable_cache_report,
-            "context_length": self.context_length,
+            "context_length": self.context_length or info.context_length,
         }
         internal = [{
             **args,
@@ -572,7 +574,7 @@ class _SGLangFacade:
             "effective_max_running_requests_per_dp": mr or None,
         }]
         sched = {"status": "ready", "max_total_num_tokens": info.max_total_tokens,
-                 "max_req_input_len": self.context_length or info.max_total_tokens}
+                 "max_req_input_len": (self.context_length or info.context_length or info.max_total_tokens) - 1}
         body: dict[str, Any] = dict(args)
         if flat:  # the pre-v0.5.6 /get_server_info merged scheduler_info into the top level
             body.update(sched)
@@ -624,7 +626,7 @@ class _SGLangFacade:
         return JSONResponse({"object": "list", "data": [{
             "id": self.model_name, "object": "model", "created": int(self.startup), "owned_by": "sglang",
             "root": self.model_name, "parent": None,
-            "max_model_len": self.context_length or info.max_total_tokens,
+            "max_model_len": self.context_length or info.context_length or info.max_total_tokens,
         }]})
 
     async def chat_completions(self, request: Request) -> Response:
@@ -644,19 +646,17 @@ class _SGLangFacade:
         if not isinstance(body, dict):
             return _oai_error_response("the body must be a JSON object", 400)
         try:
-            text, ids = _openai_prompt(body, chat)
-            sp = _openai_sampling(body, chat)
-        except ValueError as e:
+            engine_body = _openai_body(body, chat)
+            priority = int(body["priority"]) if body.get("priority") is not None else None
+        except (TypeError, ValueError) as e:
             return _oai_error_response(str(e), 400)
         stream = bool(body.get("stream", False))
         opts = body.get("stream_options") or {}
         include_usage = bool(isinstance(opts, dict) and opts.get("include_usage"))
         continuous = bool(isinstance(opts, dict) and opts.get("continuous_usage_stats"))
-        try:
-            req = self.make_request(rid=body.get("rid"), text=text, input_ids=ids, sp=sp, stream=stream,
-                                    priority=body.get("priority"), headers=request.headers)
-        except (TypeError, ValueError) as e:
-            return _oai_error_response(str(e), 400)
+        # the engine applies the chat template and the parsers, as SGLang's serving_chat does
+        req = GenerateRequest(rid=body.get("rid") or uuid.uuid4().hex, stream=stream, priority=priority,
+                              traceparent=request.headers.get("traceparent"), openai=engine_body)
         model = body.get("model") or self.model_name
         if stream:
             return StreamingResponse(self._openai_stream(req, chat, model, include_usage, continuous),
@@ -664,19 +664,11 @@ class _SGLangFacade:
         done = await self._run_to_end(req, lambda msg: _oai_error_response(msg, 400), "InternalServerError")
         if isinstance(done, Response):
             return done
-        content, last = done
+        chunks, last = done
         if last.finish_reason == "abort" and last.status_code:
             return _oai_error_response(last.message or "aborted", last.status_code, str(last.status_code))
-        fr = last.finish_reason
-        if chat:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "reasoning_content": None,
-                            "tool_calls": None},
-                "logprobs": None, "finish_reason": fr, "matched_stop": None,
-            }
-        else:
-            choice = {"index": 0, "text": content, "logprobs": None, "finish_reason": fr, "matched_stop": None}
+        choice = {"index": 0, **message_fields("".join(c.text for c in chunks), [c.extra for c in chunks if c.extra],
+                                               chat), "finish_reason": last.finish_reason, "matched_stop": None}
         return Response(_dumps({
             "id": req.rid, "object": "chat.completion" if chat else "text_completion",
             "created": int(time.time()), "model": model, "choices": [choice],
@@ -701,15 +693,13 @@ class _SGLangFacade:
         created = int(time.time())
         obj = "chat.completion.chunk" if chat else "text_completion"
 
-        def frame(delta_text: str | None, fr: str | None, *, role: bool = False,
+        def frame(ch: Chunk | None, fr: str | None, *, role: bool = False,
                   usage: dict[str, Any] | None = None) -> bytes:
-            if chat:
-                delta: dict[str, Any] = {"role": "assistant", "content": ""} if role else {}
-                if delta_text is not None:
-                    delta["content"] = delta_text
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": fr}
+            if role:
+                choice: dict[str, Any] = {"delta": {"role": "assistant", "content": ""}, "logprobs": None}
             else:
-                choice = {"index": 0, "text": delta_text or "", "logprobs": None, "finish_reason": fr}
+                choice = stream_choice(ch.text if ch else None, ch.extra if ch else None, chat, False)
+            choice = {"index": 0, **choice, "finish_reason": fr}
             if fr is not None:
                 choice["matched_stop"] = None
             out: dict[str, Any] = {"id": rid, "object": obj, "created": created, "model": model,
@@ -730,10 +720,10 @@ class _SGLangFacade:
                     yield frame(None, None, role=True)
                 first = False
                 u = self._usage(ch) if continuous else None
-                if ch.text or ch.finish_reason is None:
-                    yield frame(ch.text, None, usage=u)
+                if ch.text or ch.extra or ch.finish_reason is None:
+                    yield frame(ch, None, usage=u)
                 if ch.finish_reason is not None:
-                    yield frame(None if chat else "", ch.finish_reason, usage=u)
+                    yield frame(None, ch.finish_reason, usage=u)
                     if include_usage:
                         yield _sse({"id": rid, "object": obj, "created": created, "model": model,
                                     "choices": [], "usage": self._usage(ch)})
@@ -754,50 +744,32 @@ def _message(e: Exception, default: str) -> str:
     return text if text and text != "engine queue is full" else default
 
 
-def _openai_prompt(body: dict[str, Any], chat: bool) -> tuple[str | None, list[int] | None]:
+def _openai_body(body: dict[str, Any], chat: bool) -> dict[str, Any]:
+    """What the engine gets of an OpenAI request: everything but the transport fields."""
     if chat:
         msgs = body.get("messages")
-        if not isinstance(msgs, list) or not msgs:
-            raise ValueError("messages must be a non-empty list")
-        lines = []
-        for m in msgs:
-            if not isinstance(m, dict) or "role" not in m:
-                raise ValueError("each message needs a role")
-            c = m.get("content")
-            if isinstance(c, list):
-                c = "".join(p.get("text", "") for p in c if isinstance(p, dict))
-            lines.append(f"{m['role']}: {c or ''}")
-        lines.append("assistant:")
-        return "\n".join(lines), None
-    p = body.get("prompt")
-    if isinstance(p, str):
-        return p, None
-    if isinstance(p, list) and p and all(isinstance(t, int) for t in p):
-        return None, p
-    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
-        return p[0], None
-    raise ValueError("prompt must be a string, a one-element list of strings or a list of token ids")
-
-
-def _openai_sampling(body: dict[str, Any], chat: bool) -> dict[str, Any]:
-    n = body.get("n", 1)
-    if n not in (None, 1):
+        if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m for m in msgs):
+            raise ValueError("messages must be a non-empty list of messages with a role")
+    else:
+        p = body.get("prompt")
+        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+            p = p[0]
+        if not isinstance(p, str):
+            raise ValueError("prompt must be a string or a one-element list of strings (token ids and batches "
+                             "are not supported by this server)")
+    if body.get("n", 1) not in (None, 1):
         raise ValueError("n > 1 is not supported by this server")
-    sp: dict[str, Any] = {}
     mt = body.get("max_completion_tokens") if chat else None
-    if mt is None:
-        mt = body.get("max_tokens")
-    if mt is not None:
-        if not isinstance(mt, int) or mt < 0:
-            raise ValueError("max_tokens must be a non-negative integer")
-        sp["max_new_tokens"] = mt
-    for src, dst in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
-                     ("min_p", "min_p"), ("stop", "stop"), ("stop_token_ids", "stop_token_ids"),
-                     ("frequency_penalty", "frequency_penalty"), ("presence_penalty", "presence_penalty"),
-                     ("ignore_eos", "ignore_eos"), ("seed", "sampling_seed"), ("min_tokens", "min_new_tokens")):
-        if body.get(src) is not None:
-            sp[dst] = body[src]
-    return sp
+    mt = body.get("max_tokens") if mt is None else mt
+    if mt is not None and (not isinstance(mt, int) or mt < 0):
+        raise ValueError("max_tokens must be a non-negative integer")
+    out = {k: v for k, v in body.items() if k not in _TRANSPORT}
+    if not chat:
+        out["prompt"] = p
+    return out
+
+
+_TRANSPORT = ("rid", "priority", "stream", "stream_options", "model")
 
 
 def make_sglang_app(

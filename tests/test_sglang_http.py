@@ -519,6 +519,46 @@ async def test_inprocess_adapter_over_a_duck_typed_engine() -> None:
     assert fake.tokenizer_manager.aborted == ["ip-2"]
 
 
+async def test_inprocess_openai_body_uses_the_models_template_and_refuses_what_needs_the_http_layer() -> None:
+    from engine_adapter.sglang_inprocess import SGLangInProcessEngine
+
+    class Tokenizer:  # a Qwen-style template: the model's own, not Llama 3's
+        def apply_chat_template(self, messages: Any, tools: Any = None, tokenize: bool = True,
+                                add_generation_prompt: bool = False) -> str:
+            turns = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+            return turns + ("<|im_start|>assistant\n" if add_generation_prompt else "")
+
+    class Fake:
+        class tokenizer_manager:  # noqa: N801 - SGLang's attribute name
+            tokenizer = Tokenizer()
+
+            class model_config:  # noqa: N801
+                context_len = 32768
+
+        async def async_generate(self, stream: bool = False, **kw: Any) -> Any:
+            self.kw = kw
+
+            async def gen() -> Any:
+                yield {"text": "{}", "output_ids": [1], "meta_info": {
+                    "id": kw["rid"], "finish_reason": {"type": "stop", "matched": 2}, "prompt_tokens": 9,
+                    "completion_tokens": 1}}
+            return gen()
+
+    fake = Fake()
+    e = SGLangInProcessEngine("ip", engine=fake)
+    body = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 8, "seed": 3,
+            "response_format": {"type": "json_object"}}
+    chunks = [c async for c in e.submit(GenerateRequest(rid="ip-3", openai=body))]
+    assert chunks[-1].text == "{}" and fake.kw["prompt"] == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert fake.kw["sampling_params"] == {"max_new_tokens": 8, "sampling_seed": 3, "json_schema": '{"type": "object"}'}
+    assert (await e.info()).context_length == 32768
+    for extra, param in (({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+                         ({"logprobs": True}, "logprobs")):
+        with pytest.raises(EngineError) as ei:
+            [c async for c in e.submit(GenerateRequest(rid="ip-4", openai={**body, **extra}))]
+        assert ei.value.status_code == 400 and not ei.value.retryable and f"param: {param}" in str(ei.value)
+
+
 # ---------------------------------------------------------------------------------- the simulator
 
 
@@ -544,3 +584,90 @@ async def test_adapter_against_the_simulator_over_http() -> None:
     assert chunks[-1].prompt_tokens == 64
     assert "".join(c.text for c in chunks)  # synthetic text arrives as deltas
     assert ld.total_tokens > 0 and info.max_total_tokens == ld.total_tokens
+
+
+# ---------------------------------------------------------------------- OpenAI-compatible endpoints
+
+
+def _canned_openai(events: list[Any], seen: list[Any]) -> Starlette:
+    """SGLang's /v1/chat/completions as a canned stream: `events` (objects, or raw lines), then [DONE]."""
+    async def handle(request: Any) -> Response:
+        seen.append((request.url.path, await request.json(), request.headers.get("traceparent")))
+        lines = [e if isinstance(e, bytes) else b"data: " + json.dumps(e).encode() for e in events]
+        return Response(b"\n\n".join(lines + [b"data: [DONE]"]) + b"\n\n", media_type="text/event-stream")
+
+    return Starlette(routes=[Route("/v1/chat/completions", handle, methods=["POST"]),
+                             Route("/v1/completions", handle, methods=["POST"])])
+
+
+def _oai(delta: dict[str, Any] | None, fr: str | None = None, usage: tuple[int, int] | None = None,
+         logprobs: Any = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": "x", "object": "chat.completion.chunk", "choices": [] if delta is None else [
+        {"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": fr}]}
+    if usage:
+        out["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage),
+                        "prompt_tokens_details": {"cached_tokens": 2}}
+    return out
+
+
+async def test_openai_request_goes_to_the_chat_endpoint_with_rid_priority_and_trace() -> None:
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+    events = [_oai({"role": "assistant", "content": ""}, usage=(9, 0)),
+              _oai({"tool_calls": [call]}, usage=(9, 1)),
+              _oai({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}, usage=(9, 2)),
+              _oai({}, "tool_calls", usage=(9, 2)),
+              _oai(None, usage=(9, 3))]  # the closing usage chunk: the counts the final chunk carries
+    seen: list[Any] = []
+    body = {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", "function": {"name": "f"}}],
+            "max_tokens": 5}
+    async with serve(_canned_openai(events, seen)) as url:
+        e = SGLangHTTPEngine("sg", url)
+        try:
+            got = await collect(e, GenerateRequest(rid="oai-1", openai=body, priority=3, traceparent="00-" + "1" * 32
+                                                   + "-" + "2" * 16 + "-01"))
+        finally:
+            await e.close()
+    path, sent, trace = seen[0]
+    assert path == "/v1/chat/completions" and trace and sent["rid"] == "oai-1" and sent["priority"] == 3
+    assert sent["messages"] == body["messages"] and sent["tools"] == body["tools"] and sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    assert [c.extra["tool_calls"][0]["function"]["arguments"] for c in got[:-1]] == ["", "{}"]
+    final = got[-1]
+    assert (final.finish_reason, final.prompt_tokens, final.completion_tokens, final.cached_tokens) == \
+        ("tool_calls", 9, 3, 2)
+
+
+async def test_openai_text_completion_logprobs_and_error_chunk() -> None:
+    lp = {"tokens": ["a"], "token_logprobs": [-0.1], "top_logprobs": None, "text_offset": [0]}
+    events = [{"id": "x", "object": "text_completion", "choices": [
+        {"index": 0, "text": "a", "logprobs": lp, "finish_reason": "length"}]}]
+    seen: list[Any] = []
+    async with serve(_canned_openai(events, seen)) as url:
+        e = SGLangHTTPEngine("sg", url)
+        try:
+            got = await collect(e, GenerateRequest(rid="oai-2", openai={"prompt": "p", "logprobs": 0}))
+        finally:
+            await e.close()
+    assert seen[0][0] == "/v1/completions"
+    # no usage from this server: one token per delta, logprobs carried as they came
+    assert [(c.text, c.completion_tokens, c.finish_reason, c.extra) for c in got] == [("a", 1, "length", {"logprobs": lp})]
+    error = {"object": "error", "message": "The input (9000 tokens) is longer than the model's context length "
+                                           "(8192 tokens).", "type": "BadRequestError", "param": None, "code": 400}
+    async with serve(_canned_openai([error], [])) as url:
+        e = SGLangHTTPEngine("sg", url)
+        try:
+            with pytest.raises(EngineError) as ei:
+                await collect(e, GenerateRequest(rid="oai-3", openai={"prompt": "p"}))
+        finally:
+            await e.close()
+    assert ei.value.status_code == 400 and not ei.value.retryable and "context length" in str(ei.value)
+
+
+async def test_info_reads_the_context_length_from_v1_models() -> None:
+    async with serve(fake_app(FakeEngine())) as url:  # the fake engine reports no window: the server's max_model_len
+        e = SGLangHTTPEngine("sg", url)
+        try:
+            info = await e.info()
+        finally:
+            await e.close()
+    assert info.context_length == 10_000  # FakeEngine's capacity, advertised as max_model_len

@@ -61,9 +61,14 @@ class FakeEngine:
         self.requests.append(req)
         if self.overloaded:
             raise EngineOverloaded()
-        n = req.output_tokens or int(req.sampling_params.get("max_new_tokens", 16))
-        stop_at = req.sampling_params.get("x_stop_at")
-        prompt = len(req.input_ids) if req.input_ids else len((req.prompt or "").split())
+        sp, text = req.sampling_params, req.prompt
+        if req.openai is not None:  # the OpenAI endpoints hand the engine the request body
+            body = req.openai
+            sp = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or 16}
+            text = body.get("prompt") or " ".join(m.get("content") or "" for m in body.get("messages", []))
+        n = req.output_tokens or int(sp.get("max_new_tokens", 16))
+        stop_at = sp.get("x_stop_at")
+        prompt = len(req.input_ids) if req.input_ids else len((text or "").split())
         ev = self._abort[req.rid] = asyncio.Event()
         self.holding[req.rid] = held = asyncio.Event()
         done = False
@@ -459,7 +464,8 @@ async def test_openai_client_chat_and_completions() -> None:
             assert "".join([c.choices[0].text async for c in cstream if c.choices]) == expected_text(2)
         finally:
             await client.close()
-    assert eng.requests[0].sampling_params["max_new_tokens"] == 4
+    first = eng.requests[0].openai  # the body reaches the engine, which applies the template
+    assert first["max_tokens"] == 4 and first["messages"] == [{"role": "user", "content": "hello there"}]
 
 
 async def test_openai_errors_official_shapes() -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from controlplane.errors import ApiError, parse_json
 from controlplane.requests import CompletionRequest
+from engine_adapter.base import Chunk
+from engine_adapter.openai_chunks import message_fields, stream_choice
 from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
@@ -356,16 +358,9 @@ class StreamEncoder:
 
     def _rich(self, text: str | None, reason: str | None, first: bool, extra: dict[str, Any]) -> bytes:
         """A delta with tool calls, reasoning or logprobs: the plain JSON encoder (off the fast path)."""
-        if self._chat:
-            delta: dict[str, Any] = {"role": "assistant"} if first else {}
-            if text:
-                delta["content"] = text
-            delta.update((k, v) for k, v in extra.items() if k != "logprobs")
-            choice: dict[str, Any] = {"delta": delta}
-        else:
-            choice = {"text": text or ""}
-        choice.update(logprobs=extra.get("logprobs"), finish_reason=finish_reason(reason))
-        return (self._head + json.dumps(choice, separators=(",", ":"))[1:].encode() + b"]}\n\n")
+        choice = stream_choice(text, extra, self._chat, first)
+        choice["finish_reason"] = finish_reason(reason)
+        return self._head + json.dumps(choice, separators=(",", ":"))[1:].encode() + b"]}\n\n"
 
 
 def usage_chunk(kind: str, rid: str, model: str, created: int, u: dict[str, Any]) -> bytes:
@@ -382,48 +377,12 @@ def error_event(err: ApiError) -> bytes:
 DONE = b"data: [DONE]\n\n"
 
 
-def full_response(kind: str, rid: str, model: str, created: int, chunks: list[Any], reason: str | None,
+def full_response(kind: str, rid: str, model: str, created: int, chunks: list[Chunk], reason: str | None,
                   u: dict[str, Any]) -> dict[str, Any]:
-    """A non-streamed reply from the engine's chunks (`engine_adapter.base.Chunk`): texts joined,
-    tool-call deltas merged into calls, logprobs concatenated."""
-    text = "".join(c.text for c in chunks)
-    extra = merge_extras([c.extra for c in chunks if c.extra], kind == "chat")
-    if kind == "chat":
-        message: dict[str, Any] = {"role": "assistant", "content": text if text or "tool_calls" not in extra else None}
-        message.update((k, v) for k, v in extra.items() if k != "logprobs")
-        choice: dict[str, Any] = {"index": 0, "message": message}
-        obj = "chat.completion"
-    else:
-        choice = {"index": 0, "text": text}
-        obj = "text_completion"
-    choice.update(logprobs=extra.get("logprobs"), finish_reason=finish_reason(reason))
-    return {"id": response_id(kind, rid), "object": obj, "created": created, "model": model, "choices": [choice],
-            "usage": u}
-
-
-def merge_extras(extras: list[dict[str, Any]], chat: bool) -> dict[str, Any]:
-    """The deltas' OpenAI fields as one message's: tool calls by index (arguments concatenated),
-    reasoning concatenated, logprobs lists concatenated."""
-    out: dict[str, Any] = {}
-    calls: dict[int, dict[str, Any]] = {}
-    for extra in extras:
-        for call in extra.get("tool_calls") or ():
-            merged = calls.setdefault(call.get("index", 0), {"id": None, "type": "function",
-                                                             "function": {"name": "", "arguments": ""}})
-            merged["id"] = call.get("id") or merged["id"]
-            fn = call.get("function") or {}
-            merged["function"]["name"] += fn.get("name") or ""
-            merged["function"]["arguments"] += fn.get("arguments") or ""
-        if extra.get("reasoning_content"):
-            out["reasoning_content"] = out.get("reasoning_content", "") + extra["reasoning_content"]
-        lp = extra.get("logprobs")
-        if lp:
-            into = out.setdefault("logprobs", {})
-            for key, value in lp.items():
-                if isinstance(value, list):
-                    into.setdefault(key, []).extend(value)
-                else:
-                    into.setdefault(key, value)
-    if calls:
-        out["tool_calls"] = [calls[i] for i in sorted(calls)]
-    return out
+    """A non-streamed reply from the engine's chunks: texts joined, tool-call deltas merged into
+    calls, logprobs concatenated."""
+    chat = kind == "chat"
+    choice = {"index": 0, **message_fields("".join(c.text for c in chunks), [c.extra for c in chunks if c.extra], chat),
+              "finish_reason": finish_reason(reason)}
+    return {"id": response_id(kind, rid), "object": "chat.completion" if chat else "text_completion",
+            "created": created, "model": model, "choices": [choice], "usage": u}
