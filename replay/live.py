@@ -32,6 +32,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp
+import numpy as np
 
 from replay.report import (
     CANCELLED,
@@ -171,10 +172,11 @@ def _endpoint_url(base_url: str, endpoint: str) -> str:
 async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: WorkloadRequest, *, model: str,
                key: str | None, endpoint: str, extra_body: Mapping[str, Any] | None, run_start: float,
                scheduled_ms: float, prompt_fn: Callable[[WorkloadRequest, int], str],
-               sem: asyncio.Semaphore | None) -> RequestResult:
+               sem: asyncio.Semaphore | None, partial: list[RequestResult]) -> RequestResult:
     res = RequestResult(tenant=req.tenant, status=ERROR, index=idx, slo_class=req.slo_class,
                         scheduled_ms=scheduled_ms, input_tokens=req.input_length,
                         requested_output_tokens=req.output_length)
+    partial.append(res)  # what a cancelled request got so far (its send time, first token, chunks)
     max_tokens = max(1, req.output_length)
     prompt = prompt_fn(req, idx)
     body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True,
@@ -263,6 +265,7 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
         res.status = CANCELLED
         res.error = "cancelled"
         res.e2e_ms = None
+        res.output_tokens = chunks  # received before the cancel (not counted: the request is unfinished)
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         res.status = ERROR
@@ -317,12 +320,15 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
                 log.exception("on_result callback failed")
 
     async def wrapped(idx: int, req: WorkloadRequest, scheduled_ms: float) -> RequestResult:
+        partial: list[RequestResult] = []
         try:
             r = await _one(session, url, idx, req, model=model, key=keys.get(req.tenant, keys.get("*")),
                            endpoint=endpoint, extra_body=extra_body, run_start=run_start,
-                           scheduled_ms=scheduled_ms, prompt_fn=prompt_fn, sem=sem)
+                           scheduled_ms=scheduled_ms, prompt_fn=prompt_fn, sem=sem, partial=partial)
         except asyncio.CancelledError:
-            results.append(_unfinished(idx, req, scheduled_ms, CANCELLED, "cancelled"))
+            if partial:
+                partial[0].status, partial[0].error = CANCELLED, "cancelled"
+            results.append(partial[0] if partial else _unfinished(idx, req, scheduled_ms, CANCELLED, "cancelled"))
             raise
         except Exception as exc:  # defensive: a bug in measurement never kills the run
             log.exception("request %d failed unexpectedly", idx)
@@ -385,7 +391,18 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
     summary = summarize(results, duration, slo)
     return LiveReport(base_url=base_url, model=model, speedup=speedup, duration_s=duration, results=results,
                       summary=summary, stopped=stopped, not_sent=len(workload) - len(sent),
-                      meta={"endpoint": endpoint, "max_concurrency": max_concurrency})
+                      meta={"endpoint": endpoint, "max_concurrency": max_concurrency,
+                            "send_lag_ms": _send_lag(results)})
+
+
+def _send_lag(results: Sequence[RequestResult]) -> dict[str, float] | None:
+    """How far behind its schedule the client sent (sent - due, ms): latencies count from the send,
+    so a client that falls behind offers less load than the workload says."""
+    lag = [r.sent_ms - r.scheduled_ms for r in results if r.sent_ms is not None and r.scheduled_ms is not None]
+    if not lag:
+        return None
+    a = np.asarray(lag)
+    return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
 
 
 def _unfinished(idx: int, req: WorkloadRequest, scheduled_ms: float, status: str, error: str) -> RequestResult:

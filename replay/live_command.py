@@ -324,6 +324,10 @@ def format_report(report: LiveReport, slo: Mapping[str, SLO], *, workload: str, 
     example = {(r.status, r.http_status, r.error_code or r.error): r.error for r in failures}
     for key, count in groups.most_common(5):
         lines.append(f"{count:>6} {key[0]}" + (f" [{key[2]}]" if key[2] != example[key] else "") + f": {example[key]}")
+    lag = report.meta.get("send_lag_ms")
+    if lag:
+        lines.append(f"client send lag (sent - due): median {lag['median']:.1f} ms, p99 {lag['p99']:.1f} ms, "
+                     f"max {lag['max']:.1f} ms")
     if report.stopped:
         lines.append(f"stopped early ({stop_reason or 'stop'}): {report.summary.overall.cancelled} cancelled in "
                      f"flight, {report.not_sent} never sent")

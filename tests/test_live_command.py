@@ -97,6 +97,7 @@ def test_against_the_simulated_engine_with_ignore_eos(sim_server, tmp_path, caps
     assert doc["slo"]["interactive"]["ttft_ms"] == 60000 and doc["slo"]["batch"]["e2e_ms"] == 600_000
     assert doc["request_goodput"] == pytest.approx(doc["request_throughput"]) and doc["slo_attainment"] == 1.0
     assert doc["mean_tpot_ms"] is not None and doc["p99_e2e_latency_ms"] >= doc["median_e2e_latency_ms"]
+    assert doc["send_lag_ms"]["median"] <= doc["send_lag_ms"]["p99"] <= doc["send_lag_ms"]["max"]
     text = capsys.readouterr().out
     assert "Serving Benchmark Result" in text and "[interactive]" in text and "[batch]" in text
     assert "interactive: TTFT <= 60000 ms, TPOT <= 60000 ms" in text

@@ -235,6 +235,9 @@ async def test_stop_while_requests_in_flight_cancels_them(server):
     assert rep.stopped and rep.not_sent == 0
     assert [r.status for r in rep.results] == ["cancelled"]
     assert rep.summary.overall.cancelled == 1
+    (r,) = rep.results  # what it got before the stop is kept: its send, first token and chunks
+    assert r.sent_ms is not None and r.ttft_ms is not None and 1 <= r.output_tokens < 400
+    assert rep.summary.overall.total_output_tokens == 0  # an unfinished request counts in no total
 
 
 async def test_every_request_sent_has_exactly_one_result_whenever_it_stops(server):
