@@ -144,12 +144,14 @@ def _json(value: Any) -> Any:
 def _views(engines: Any) -> tuple[EngineView, ...]:
     if not isinstance(engines, list):
         raise ValueError(f"engines is not a list: {engines!r}")
-    views = []
-    for e in engines:
-        if not isinstance(e, Mapping) or any(k not in e for k in _VIEW_FIELDS):
-            raise ValueError(f"bad engine view {e!r}")
-        views.append(EngineView(**{k: e[k] for k in _VIEW_FIELDS}))
-    return tuple(views)
+    try:  # a recorded view holds exactly EngineView's fields, in order (the core's _shallow)
+        return tuple(EngineView(*e.values()) if tuple(e) == _VIEW_FIELDS else _view(e) for e in engines)
+    except (AttributeError, TypeError, KeyError):
+        raise ValueError(f"bad engine views {engines!r}") from None
+
+
+def _view(e: Mapping[str, Any]) -> EngineView:
+    return EngineView(**{k: e[k] for k in _VIEW_FIELDS})  # KeyError when a field is missing
 
 
 def rederive(inputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -176,6 +178,8 @@ def rederive_dispatch(inputs: Mapping[str, Any]) -> str:
 def _same(a: Any, b: Any) -> bool:
     """Equal as JSON values: numbers by value (an int recorded for a float is fine), bools and
     everything else exactly."""
+    if type(a) is type(b) and a == b:  # the common case, exact
+        return True
     if isinstance(a, bool) or isinstance(b, bool):
         return a is b
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):

@@ -180,10 +180,12 @@ def _f(x: float | None, d: int = 3, scale: float = 1.0) -> str:
 
 def format_side_by_side(results: dict[str, VirtualResult]) -> str:
     """One row per tenant, then one per SLO class and one for all; one column group per policy:
-    admitted %, goodput (req/s and prompt + output tokens/s of requests that met every SLO), SLO
-    attainment of admitted requests (%), TTFT p50 / p99 (s), and for tenants their SLO-met service
-    over their max-min fair share of what they asked for (refusals included)."""
+    admitted %, refused % (at arrival or expired in the queue), goodput (req/s and prompt + output
+    tokens/s of requests that met every SLO), SLO attainment of admitted requests (%), TTFT p50 / p99
+    (s), and for tenants their SLO-met service over their max-min fair share of what they asked for
+    (refusals included)."""
     cols = [("adm%", lambda o: _f(o.admitted / o.requests if o.requests else None, 1, 100)),
+            ("ref%", lambda o: _f(o.refused, 1, 100)),
             ("good/s", lambda o: _f(o.goodput_rps, 2)),
             ("goodtok/s", lambda o: _f(o.goodput_tps, 0)),
             ("SLO%", lambda o: _f(o.slo_attainment_admitted, 1, 100)),

@@ -300,7 +300,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
     sluice = Sluice(config, engines, recorder=telemetry.recorder)
     policies = PolicyStore(sluice, store=telemetry.store)
     admin = AdminAPI(sluice, sluice.stats, policies, token=config.admin_token(),
-                     gpus=telemetry.gpu_state, trace=telemetry.trace_of)
+                     gpus=telemetry.gpu_state, trace=telemetry.trace_of,
+                     snapshot=telemetry.store.snapshot if telemetry.store is not None else None)
     app = build_app(sluice, [*admin.routes(), *telemetry.routes()])
 
     @contextlib.asynccontextmanager

@@ -642,6 +642,39 @@ class Store:
             cur.close()
         return out
 
+    def snapshot(self, path: str | os.PathLike[str], tables: Iterable[str] | None = None) -> dict[str, int]:
+        """Copy ``tables`` (default: the durable ones, not spans) into a new DuckDB file at ``path``
+        (which must not exist), for readers while this store is open: no other process may open a
+        file a writer holds. Queued rows are flushed first; the copy is one transaction on the writer
+        thread, between batches, so it is one point of the store's history. Rows copied per table."""
+        target = Path(path)
+        if target.exists():
+            raise FileExistsError(f"{target} exists")
+        names = list(DURABLE_TABLES if tables is None else tables)
+        unknown = [t for t in names if t not in TABLES]
+        if unknown or not names:
+            raise ValueError(f"no such table(s) {unknown or names}; the store has {', '.join(TABLES)}")
+        self.flush()
+
+        def do(cur: duckdb.DuckDBPyConnection) -> dict[str, int]:
+            quoted = str(target).replace("'", "''")
+            cur.execute(f"ATTACH '{quoted}' AS sluice_snapshot")
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                out = {}
+                for table in names:
+                    cur.execute(f"CREATE TABLE sluice_snapshot.{table} AS SELECT * FROM main.{table}")
+                    out[table] = int(cur.execute(f"SELECT count(*) FROM sluice_snapshot.{table}").fetchone()[0])
+                cur.execute("COMMIT")
+                return out
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.execute("DETACH sluice_snapshot")
+
+        return self.run_on_writer(do)
+
     def stats(self) -> dict[str, Any]:
         """Counters per table and the writer's health; ``lag_s`` is the age of the oldest pending row."""
         with self._cond:

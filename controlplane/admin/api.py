@@ -7,13 +7,17 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
@@ -32,8 +36,10 @@ MAX_ADMIN_BODY = 256 * 1024
 class AdminAPI:
     def __init__(self, sluice: Sluice, stats: LiveStats, policies: PolicyStore, *, token: str | None,
                  gpus: Callable[[], tuple[list[dict[str, Any]], str]] | None = None,
-                 trace: Callable[[str], dict[str, Any] | None] | None = None) -> None:
+                 trace: Callable[[str], dict[str, Any] | None] | None = None,
+                 snapshot: Callable[[str, list[str] | None], dict[str, int]] | None = None) -> None:
         self.sluice, self.stats, self.policies = sluice, stats, policies
+        self.snapshot = snapshot  # (path, tables) -> rows copied: a consistent copy of the store
         self.token = token
         self.gpus = gpus or (lambda: ([], "no GPU: no sampler configured"))
         self.trace_lookup = trace
@@ -256,6 +262,32 @@ class AdminAPI:
             raise ApiError(404, f"no trace stored for request {rid!r}", code="trace_not_found")
         return JSONResponse(trace)
 
+    async def store_snapshot(self, request: Request) -> Response:
+        """
+        summary: A consistent copy of the telemetry store as a DuckDB file (?tables=a,b; default the durable tables), for sluice audit and sluice replay --db while serving.
+        responses:
+          200: {description: "The DuckDB file; X-Sluice-Snapshot-Rows: rows per table (JSON)."}
+          400: {description: An unknown table.}
+          404: {description: This sluice runs without a store.}
+        """
+        if self.snapshot is None:
+            raise ApiError(404, "this sluice runs without a telemetry store", code="no_store")
+        raw = request.query_params.get("tables")
+        tables = [t.strip() for t in raw.split(",") if t.strip()] if raw else None
+        folder = tempfile.mkdtemp(prefix="sluice-snapshot-")
+        path = os.path.join(folder, "snapshot.duckdb")
+        try:
+            rows = await self._off_loop(self.snapshot, path, tables)
+        except ValueError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise ApiError(400, str(exc), code="invalid_value", param="tables") from None
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return FileResponse(path, media_type="application/octet-stream", filename="sluice-snapshot.duckdb",
+                            headers={"X-Sluice-Snapshot-Rows": json.dumps(rows)},
+                            background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
+
     async def abort_request(self, request: Request) -> Response:
         """
         summary: Abort a queued or running request.
@@ -333,6 +365,7 @@ class AdminAPI:
             Route(f"{p}/requests/{{rid}}/trace", g(self.get_trace), methods=["GET"]),
             Route(f"{p}/requests/{{rid}}/abort", g(self.abort_request), methods=["POST"]),
             Route(f"{p}/events", g(self.events), methods=["GET"]),
+            Route(f"{p}/store/snapshot", g(self.store_snapshot), methods=["GET"]),
             Route(f"{p}/openapi.json", g(self.openapi), methods=["GET"]),
         ]
 
