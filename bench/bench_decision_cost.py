@@ -38,7 +38,7 @@ TENANTS = (10, 1_000, 10_000)
 def build(policy: str, tenants: int) -> tuple[DecisionCore, list[str]]:
     names = [f"t{i:05d}" for i in range(tenants)]
     pol = Policy(scheduler=policy, admission=True, window=64,
-                 slo_classes={"interactive": SLOClassPolicy(1e8, 1e6)},
+                 slo_classes={"interactive": SLOClassPolicy(1e5, 1e3)},
                  tenants={n: TenantPolicy(1.0 + (i % 4)) for i, n in enumerate(names)})
     core = DecisionCore(pol, engine_specs(load_profile("h100-llama3.1-8b"), 1),
                         OutputLengthPredictor(seed=0, torch_expert=False), ForecastErrors())

@@ -57,8 +57,8 @@ def _slice(name: str, factor: float, seconds: float) -> tuple[Scenario, list[Wor
 
 def _feasible(prompt_tokens: int, cls: str) -> bool:
     """Could this request meet its SLO alone on an idle engine (the simulator's own profile)?"""
-    budget = MATRIX_CLASSES[cls].ttft_budget_ms(prompt_tokens)
-    return budget is None or _PROFILE.step.prefill_time(prompt_tokens) * 1e3 <= budget
+    budget = MATRIX_CLASSES[cls].ttft_budget_s(prompt_tokens)
+    return budget is None or _PROFILE.step.prefill_time(prompt_tokens) <= budget
 
 
 def _attainment(name: str, factor: float, seconds: float) -> float:

@@ -2,6 +2,10 @@
 
 Every field has a documented default (docs/configuration.md). Tenant API keys are never stored in
 plain text: the config holds `api_key_sha256`, or names an environment variable (`api_key_env`).
+
+The policy part ([scheduler], [slo_classes.*], each tenant's weight, class and rate limits) parses
+straight into the core's `Policy` (`Config.policy`, version 1), through the same validation as a
+live change: its fields, defaults and units are defined once, in controlplane/core/policy.py.
 """
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ import hashlib
 import os
 import secrets
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, PolicyError, TenantPolicy, policy_from_dict, \
+    slo_class_to_json
 
 
 class ConfigError(ValueError):
@@ -27,25 +34,14 @@ def new_key(prefix: str = "sk-sluice-") -> str:
 
 
 @dataclass(slots=True)
-class SLOClass:
-    name: str
-    ttft_ms: float | None = 500.0  # time to first token target
-    tpot_ms: float | None = 50.0  # time per output token target
-    deadline_s: float | None = None  # end-to-end deadline (batch classes)
-    on_miss: str = "reject"  # "reject" (429 now) or "defer" (queue until the deadline)
-    priority: int | None = None  # SGLang priority passed through when engines enable it
-    ttft_ms_per_ktok: float = 0.0  # TTFT allowance per 1,000 prompt tokens (long-context classes)
-
-
-@dataclass(slots=True)
 class TenantConfig:
+    """Who may call as the tenant. What it gets (weight, SLO class, rate limits) is its entry in
+    `Config.policy.tenants`: a [[tenants]] table's policy keys go there."""
+
     name: str
-    weight: float = 1.0
-    slo_class: str = "interactive"
+    _: KW_ONLY  # (a positional weight, as this class once took, must not become a key hash)
     api_key_sha256: str | None = None
     api_key_env: str | None = None
-    rate_limit_rps: float | None = None  # requests/s (token bucket, burst = 1 s)
-    rate_limit_tpm: float | None = None  # tokens/min (prompt + max_tokens, reconciled at finish)
 
     def key_hashes(self) -> list[str]:
         hashes = [self.api_key_sha256] if self.api_key_sha256 else []
@@ -83,16 +79,6 @@ class ServerConfig:
 
 
 @dataclass(slots=True)
-class SchedulerConfig:
-    policy: str = "fcfs"  # fcfs | vtc | equinox | wrr
-    window: int = 0  # per-engine in-flight window; 0 sizes it from KV capacity and the SLO
-    holistic_alpha: float = 0.5  # equinox: weight of the user counter against the resource counter
-    admission: bool = False  # SLO-aware admission on/off
-    admission_margin: float = 0.8  # admit only if forecast <= margin * SLO
-    pass_priority: bool = False  # forward the SLO class's priority to SGLang
-
-
-@dataclass(slots=True)
 class TelemetryConfig:
     trace_sample_ratio: float = 1.0  # spans only; request rows are never sampled
     otlp_endpoint: str | None = None  # e.g. http://127.0.0.1:4318/v1/traces
@@ -115,14 +101,15 @@ class TelemetryConfig:
 @dataclass(slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     tenants: list[TenantConfig] = field(default_factory=list)
-    slo_classes: dict[str, SLOClass] = field(default_factory=dict)
     engines: list[EngineConfig] = field(default_factory=list)
+    policy: Policy = field(default_factory=Policy)  # the starting policy (version 1)
 
     def __post_init__(self) -> None:
-        self.slo_classes = {**default_slo_classes(), **self.slo_classes}
+        unlisted = {t.name: TenantPolicy() for t in self.tenants if t.name not in self.policy.tenants}
+        if unlisted:  # a tenant the policy does not name gets the defaults, as a [[tenants]] table would
+            self.policy = replace(self.policy, tenants={**self.policy.tenants, **unlisted})
         if not self.engines:
             self.engines = [EngineConfig(name="sim-0")]
         self.validate()
@@ -131,14 +118,10 @@ class Config:
         names = [t.name for t in self.tenants]
         if len(set(names)) != len(names):
             raise ConfigError("tenant names must be unique")
-        for t in self.tenants:
-            if not t.weight > 0:
-                raise ConfigError(f"tenant {t.name!r}: weight must be > 0")
-            if t.slo_class not in self.slo_classes:
-                raise ConfigError(f"tenant {t.name!r}: unknown slo_class {t.slo_class!r}")
-        for c in self.slo_classes.values():
-            if c.on_miss not in ("reject", "defer"):
-                raise ConfigError(f"slo class {c.name!r}: on_miss must be 'reject' or 'defer'")
+        try:
+            self.policy.validate()
+        except PolicyError as exc:
+            raise ConfigError(f"policy: {exc}") from None
         for key in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
             value = getattr(self.server, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -171,15 +154,9 @@ class Config:
         return {h: t for t in self.tenants for h in t.key_hashes()}
 
 
-def default_slo_classes() -> dict[str, SLOClass]:
-    return {
-        "interactive": SLOClass("interactive", ttft_ms=500.0, tpot_ms=50.0, on_miss="reject"),
-        "batch": SLOClass("batch", ttft_ms=None, tpot_ms=None, deadline_s=600.0, on_miss="defer"),
-    }
-
-
-def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
-    known = {f.name for f in fields(cls)}
+def _build(cls: type, raw: dict[str, Any], where: str, also: tuple[str, ...] = ()) -> Any:
+    """`cls` from a table; `also`: the table's other known keys (read elsewhere)."""
+    known = {f.name for f in fields(cls)} | set(also)
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
@@ -189,20 +166,49 @@ def _build(cls: type, raw: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+# [scheduler] key -> the Policy field it sets (the table calls the scheduler `policy`)
+_SCHEDULER_KEYS = {"policy": "scheduler", "window": "window", "holistic_alpha": "holistic_alpha",
+                   "admission": "admission", "admission_margin": "admission_margin",
+                   "pass_priority": "pass_priority"}
+# the [[tenants]] keys that are the tenant's policy (pausing is an operator's live action only)
+_TENANT_POLICY_KEYS = tuple(f.name for f in fields(TenantPolicy) if f.name != "paused")
+
+
+def _policy(raw: dict[str, Any]) -> Policy:
+    """The starting policy from the TOML's [scheduler], [slo_classes.*] and [[tenants]] tables. A
+    table for a built-in class changes only the keys it names; a new class starts from
+    SLOClassPolicy's defaults. Times in ms, as in the policy's JSON."""
+    scheduler = raw.get("scheduler", {})
+    unknown = set(scheduler) - set(_SCHEDULER_KEYS)
+    if unknown:
+        raise ConfigError(f"[scheduler]: unknown keys {sorted(unknown)}; known: {sorted(_SCHEDULER_KEYS)}")
+    classes = {name: slo_class_to_json(c) for name, c in DEFAULT_SLO_CLASSES.items()}
+    for name, table in raw.get("slo_classes", {}).items():
+        classes[name] = {**classes.get(name, {}), **table}
+    tenants = {t["name"]: {k: t[k] for k in _TENANT_POLICY_KEYS if k in t} for t in raw.get("tenants", [])}
+    doc = {**{_SCHEDULER_KEYS[k]: v for k, v in scheduler.items()}, "slo_classes": classes, "tenants": tenants}
+    try:
+        return policy_from_dict(doc)
+    except PolicyError as exc:
+        raise ConfigError(f"policy: {exc}") from None
+
+
 def parse_config(raw: dict[str, Any]) -> Config:
     unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
+    identities = []
+    for i, t in enumerate(raw.get("tenants", [])):
+        if not isinstance(t, dict) or not isinstance(t.get("name"), str):
+            raise ConfigError(f"[[tenants]] #{i}: a table with a name")
+        identity = {k: v for k, v in t.items() if k not in _TENANT_POLICY_KEYS}
+        identities.append(_build(TenantConfig, identity, f"[[tenants]] #{i}", also=_TENANT_POLICY_KEYS))
     return Config(
         server=_build(ServerConfig, raw.get("server", {}), "[server]"),
-        scheduler=_build(SchedulerConfig, raw.get("scheduler", {}), "[scheduler]"),
         telemetry=_build(TelemetryConfig, raw.get("telemetry", {}), "[telemetry]"),
-        tenants=[_build(TenantConfig, t, f"[[tenants]] #{i}") for i, t in enumerate(raw.get("tenants", []))],
-        slo_classes={
-            name: _build(SLOClass, {"name": name, **c}, f"[slo_classes.{name}]")
-            for name, c in raw.get("slo_classes", {}).items()
-        },
+        tenants=identities,
         engines=[_build(EngineConfig, e, f"[[engines]] #{i}") for i, e in enumerate(raw.get("engines", []))],
+        policy=_policy(raw),
     )
 
 

@@ -15,8 +15,9 @@ drive the same `DecisionCore`. What they must do the same way is written here, o
 - what a load report tells the core (`Driver.engine_load`);
 - an engine's `EngineSpec` and step-time model from what the engine reports (`engine_model`);
 - the `decisions` row (`decision_row`): what the store writes and replay's `record_decisions` keeps;
-- whether a finished request met its SLO class (`slo_met`);
-- the core's `Policy` from the configuration (`policy_from_config`).
+- whether a finished request met its SLO class (`slo_met`).
+
+The core's `Policy` comes straight from the configuration (`Config.policy`, controlplane/config.py).
 
 Pure like the core: no asyncio, no clock, no I/O. A new piece of glue that both sides need (a
 controller's cadence, a new event) belongs here, not in either driver loop.
@@ -28,10 +29,9 @@ import math
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from controlplane.config import Config
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
-from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
+from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.predict.step_time import StepTimeModel
 from engine_adapter.base import EngineInfo, EngineLoad, StepProfile
 
@@ -47,7 +47,6 @@ __all__ = [
     "next_load",
     "next_on_grid",
     "next_tick",
-    "policy_from_config",
     "slo_met",
 ]
 
@@ -155,18 +154,6 @@ def engine_model(name: str, info: EngineInfo) -> tuple[EngineSpec, StepTimeModel
     return spec, StepTimeModel(p)
 
 
-def policy_from_config(config: Config) -> Policy:
-    s = config.scheduler
-    return Policy(
-        version=1, scheduler=s.policy, holistic_alpha=s.holistic_alpha, admission=s.admission,
-        admission_margin=s.admission_margin, pass_priority=s.pass_priority, window=s.window,
-        slo_classes={n: SLOClassPolicy(c.ttft_ms, c.tpot_ms, c.deadline_s, c.on_miss, c.priority, c.ttft_ms_per_ktok)
-                     for n, c in config.slo_classes.items()},
-        tenants={t.name: TenantPolicy(t.weight, t.slo_class, False, t.rate_limit_rps, t.rate_limit_tpm)
-                 for t in config.tenants},
-    ).validate()
-
-
 # -- what comes out ---------------------------------------------------------------------------------
 
 def decision_row(d: Decision, *, as_json: bool = False) -> dict[str, Any]:
@@ -180,13 +167,13 @@ def decision_row(d: Decision, *, as_json: bool = False) -> dict[str, Any]:
             "policy_version": d.policy_version, "inputs": inputs, "outputs": outputs}
 
 
-def slo_met(cls: SLOClassPolicy, prompt_tokens: float, ttft_ms: float | None, tpot_ms: float | None,
-            e2e_ms: float | None) -> bool:
+def slo_met(cls: SLOClassPolicy, prompt_tokens: float, ttft_s: float | None, tpot_s: float | None,
+            e2e_s: float | None) -> bool:
     """Whether a completed request met every bound of its SLO class: TTFT within the class's budget
     for its prompt, TPOT (undefined for a one-token answer: nothing to miss), and the deadline."""
-    budget = cls.ttft_budget_ms(prompt_tokens)
-    if budget is not None and (ttft_ms is None or ttft_ms > budget):
+    budget = cls.ttft_budget_s(prompt_tokens)
+    if budget is not None and (ttft_s is None or ttft_s > budget):
         return False
-    if cls.tpot_ms is not None and tpot_ms is not None and tpot_ms > cls.tpot_ms:
+    if cls.tpot_s is not None and tpot_s is not None and tpot_s > cls.tpot_s:
         return False
-    return cls.deadline_s is None or (e2e_ms is not None and e2e_ms <= cls.deadline_s * 1e3)
+    return cls.deadline_s is None or (e2e_s is not None and e2e_s <= cls.deadline_s)

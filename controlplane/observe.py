@@ -28,8 +28,9 @@ from telemetry.store import Store
 from telemetry.tracing import GenAI, Sluice, SluiceTracerProvider, request_span_attributes
 
 _ADMISSION = ("admit", "defer", "reject")
-_PREDICTED = (("ttft_ms", Sluice.PREDICTED_TTFT_MS), ("tpot_ms", Sluice.PREDICTED_TPOT_MS),
-              ("e2e_ms", "sluice.predicted.e2e_ms"))
+# the admission forecast (seconds, as the core gives it) -> span attributes (ms)
+_PREDICTED = (("ttft_s", Sluice.PREDICTED_TTFT_MS), ("tpot_s", Sluice.PREDICTED_TPOT_MS),
+              ("e2e_s", "sluice.predicted.e2e_ms"))
 
 
 def _ns(ts: float) -> int:
@@ -101,7 +102,7 @@ class Recorder:
                 for key, attr in _PREDICTED:
                     v = outputs.get(key)
                     if v is not None:
-                        attrs[attr] = v
+                        attrs[attr] = v * 1e3
                 events.append(("admission", _ns(d.ts), attrs))
                 break
         if ticket.dispatched_at is not None:

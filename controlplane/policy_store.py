@@ -21,7 +21,6 @@ from typing import Any
 
 from controlplane.core.policy import Policy, PolicyError, apply_patch, policy_from_dict
 from controlplane.errors import ApiError
-from controlplane.driver import policy_from_config
 from controlplane.service import Sluice
 
 log = logging.getLogger("sluice.policy")
@@ -162,7 +161,7 @@ class PolicyStore:
         self.sluice = sluice
         self.store = store
         self.history: deque[dict[str, Any]] = deque(maxlen=history)  # without a store: this process's changes
-        self.config_policy = policy_from_config(sluice.config)
+        self.config_policy = sluice.config.policy
         self._lock = asyncio.Lock()
         self.restored: Restored | None = None
 

@@ -22,8 +22,7 @@ from controlplane.config import Config, TenantConfig, hash_key
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, SLOClassPolicy
-from controlplane.driver import (LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, policy_from_config,
-                                 slo_met)
+from controlplane.driver import LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, slo_met
 from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
@@ -100,7 +99,7 @@ class Sluice:
                 raise RuntimeError(f"engine {name!r} is not reachable: {exc}") from None
             self.infos[name] = info
             specs.append(engine_model(name, info))
-        self.core = DecisionCore(policy_from_config(self.config), specs, self.predictor, _ForecastTee(self))
+        self.core = DecisionCore(self.config.policy, specs, self.predictor, _ForecastTee(self))
         self.driver = Driver(self.core, _TicketSink(self))
         self._tasks = [asyncio.create_task(self._cadence())]
         if self.predictor.mlp is None:
@@ -363,10 +362,11 @@ class _TicketSink:
         if ticket is not None:
             ticket.decisions.append(d)
             if d.kind in ("admit", "defer", "reject"):
+                ttft, tpot = d.outputs.get("ttft_s"), d.outputs.get("tpot_s")  # the row says ms
                 ticket.row.update(decision=d.kind, reason=d.reason, policy_version=d.policy_version,
                                   predicted_output_tokens=d.inputs.get("output_tokens"),
-                                  predicted_ttft_ms=d.outputs.get("ttft_ms"),
-                                  predicted_tpot_ms=d.outputs.get("tpot_ms"))
+                                  predicted_ttft_ms=None if ttft is None else ttft * 1e3,
+                                  predicted_tpot_ms=None if tpot is None else tpot * 1e3)
         if self.sluice.recorder is not None:
             self.sluice.recorder.decision(d)
 
@@ -414,5 +414,7 @@ def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:
         if row["completion_tokens"] > 1:
             row["tpot_ms"] = (end - first) * 1e3 / (row["completion_tokens"] - 1)
     row["e2e_ms"] = (end - arrival) * 1e3
-    if row["status"] == "ok":
-        row["slo_met"] = slo_met(slo, row["prompt_tokens"], row["ttft_ms"], row["tpot_ms"], row["e2e_ms"])
+    if row["status"] == "ok":  # judged in seconds, as the core and replay judge it
+        n = row["completion_tokens"]
+        row["slo_met"] = slo_met(slo, row["prompt_tokens"], None if first is None else first - arrival,
+                                 (end - first) / (n - 1) if first is not None and n > 1 else None, end - arrival)

@@ -47,7 +47,7 @@ class AuditMismatch:
     ts: float | None
     rid: str | None
     kind: str
-    field: str  # which recorded value disagrees ("outputs.ttft_ms", "kind", "inputs.margin", ...)
+    field: str  # which recorded value disagrees ("outputs.ttft_s", "kind", "inputs.margin", ...)
     recorded: Any
     derived: Any
     message: str = ""
@@ -300,8 +300,9 @@ class _Auditor:
         if policy is not None:
             self.rep.policy_checked += 1
             cls = policy.slo(str(inputs.get("slo_class")))
-            expected = {"margin": policy.admission_margin, "admission": policy.admission, "ttft_slo_ms": cls.ttft_ms,
-                        "tpot_slo_ms": cls.tpot_ms, "deadline_s": cls.deadline_s, "on_miss": cls.on_miss}
+            budget = cls.ttft_budget_s(float(inputs.get("prompt_tokens") or 0))
+            expected = {"margin": policy.admission_margin, "admission": policy.admission, "ttft_slo_s": budget,
+                        "tpot_slo_s": cls.tpot_s, "deadline_s": cls.deadline_s, "on_miss": cls.on_miss}
             for key, value in expected.items():
                 if not _same(inputs.get(key), value) and not (inputs.get(key) is None and value is None):
                     self.bad(row, f"inputs.{key}", inputs.get(key), value, f"policy v{policy.version}")

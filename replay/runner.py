@@ -37,7 +37,7 @@ import numpy as np
 
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
-from controlplane.core.policy import Policy, SLOClassPolicy
+from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
 from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model, next_load,
                                  next_tick, slo_met)
 from controlplane.predict.errors import ForecastErrors
@@ -242,14 +242,11 @@ class VirtualResult:
 
 def default_policy(scheduler: str = "fcfs", *, admission: bool = False, weights: Mapping[str, float] | None = None,
                    slo_classes: Mapping[str, SLOClassPolicy] | None = None, **overrides: Any) -> Policy:
-    """A policy with sluice's default SLO classes (interactive: TTFT 500 ms, TPOT 50 ms, reject;
-    batch: 600 s deadline, defer) and the given tenant weights (every tenant interactive)."""
+    """A policy with the given SLO classes (default: sluice's built-in ones, DEFAULT_SLO_CLASSES)
+    and tenant weights (every tenant interactive)."""
     from controlplane.core.policy import TenantPolicy
 
-    classes = dict(slo_classes) if slo_classes is not None else {
-        "interactive": SLOClassPolicy(500.0, 50.0, None, "reject"),
-        "batch": SLOClassPolicy(None, None, 600.0, "defer"),
-    }
+    classes = dict(DEFAULT_SLO_CLASSES if slo_classes is None else slo_classes)
     tenants = {t: TenantPolicy(float(w)) for t, w in (weights or {}).items()}
     return Policy(scheduler=scheduler, admission=admission, slo_classes=classes, tenants=tenants,
                   **overrides).validate()
@@ -331,8 +328,7 @@ class _Run:
             rec.slo_class = d.inputs.get("slo_class", rec.slo_class) if d.inputs else rec.slo_class
             if d.kind != "reject":
                 out = d.outputs
-                rec.predicted_ttft_s = out["ttft_ms"] / 1e3 if out.get("ttft_ms") is not None else None
-                rec.predicted_tpot_s = out["tpot_ms"] / 1e3 if out.get("tpot_ms") is not None else None
+                rec.predicted_ttft_s, rec.predicted_tpot_s = out.get("ttft_s"), out.get("tpot_s")
                 rec.predicted_output_tokens = d.inputs.get("output_tokens")
                 self.enqueue(rec.tenant, d.ts)
         if self.record_decisions:  # the row the serving recorder writes to `decisions`
@@ -519,11 +515,11 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -
     for rec in run.records:
         rec.slo_class = rec.slo_class or policy.tenant(rec.tenant).slo_class
         if rec.status == OK:
-            ms = [None if x is None else x * 1e3 for x in (rec.ttft_s, rec.tpot_s, rec.e2e_s)]
             if slo is None:  # its class, judged as serving judges it
-                rec.slo_met = slo_met(policy.slo(rec.slo_class), rec.input_tokens, *ms)
-            else:
+                rec.slo_met = slo_met(policy.slo(rec.slo_class), rec.input_tokens, rec.ttft_s, rec.tpot_s, rec.e2e_s)
+            else:  # a given SLO (replay/report.py's, in ms)
                 s = resolve_slo(slo, rec.tenant, rec.slo_class)
+                ms = [None if x is None else x * 1e3 for x in (rec.ttft_s, rec.tpot_s, rec.e2e_s)]
                 rec.slo_met = True if s is None else s.met(*ms)
         else:
             rec.slo_met = False

@@ -37,8 +37,8 @@ INTERACTIVE, BATCH = "interactive", "batch"
 #: requests must finish within their deadline (shorter than sluice's default 600 s so that a
 #: matrix run of minutes sees deadlines pass).
 MATRIX_CLASSES = {
-    INTERACTIVE: SLOClassPolicy(ttft_ms=500.0, tpot_ms=50.0, on_miss="reject", ttft_ms_per_ktok=50.0),
-    BATCH: SLOClassPolicy(ttft_ms=None, tpot_ms=None, deadline_s=120.0, on_miss="defer"),
+    INTERACTIVE: SLOClassPolicy(ttft_s=0.5, tpot_s=0.05, on_miss="reject", ttft_s_per_ktok=0.05),
+    BATCH: SLOClassPolicy(ttft_s=None, tpot_s=None, deadline_s=120.0, on_miss="defer"),
 }
 
 

@@ -88,9 +88,8 @@ def build_policy(scheduler: str, *, admission: bool | None, config: str | None, 
     given, the admission switch) overridden; tenants the config does not name get `weights`."""
     if config:
         from controlplane.config import load_config
-        from controlplane.driver import policy_from_config
 
-        base = policy_from_config(load_config(config))
+        base = load_config(config).policy
         tenants = dict(base.tenants)
         for t, w in weights.items():
             tenants.setdefault(t, TenantPolicy(w))

@@ -9,7 +9,8 @@ import os
 import tomllib
 from pathlib import Path
 
-from controlplane.config import Config, EngineConfig, SchedulerConfig, ServerConfig, TenantConfig, hash_key, new_key
+from controlplane.config import Config, EngineConfig, ServerConfig, TenantConfig, hash_key, new_key
+from controlplane.core.policy import Policy, TenantPolicy
 
 DEV_TENANTS = (  # name, weight, SLO class
     ("acme", 2.0, "interactive"),
@@ -41,12 +42,13 @@ def dev_state(state_dir: str | Path = ".sluice") -> tuple[dict[str, str], str, P
 def dev_config(state_dir: str | Path = ".sluice", *, port: int = 8080, policy: str = "equinox",
                admission: bool = True, engines: int = 1, speedup: float = 1.0) -> tuple[Config, dict[str, str]]:
     keys, _, root = dev_state(state_dir)
-    tenants = [TenantConfig(name, weight, cls, api_key_sha256=hash_key(keys[name]))
-               for name, weight, cls in DEV_TENANTS if name in keys]
+    present = [(name, weight, cls) for name, weight, cls in DEV_TENANTS if name in keys]
+    tenants = [TenantConfig(name, api_key_sha256=hash_key(keys[name])) for name, _, _ in present]
     config = Config(
         server=ServerConfig(port=port, admin_token_file=str(root / "admin.token"),
                             db_path=str(root / "sluice.duckdb")),
-        scheduler=SchedulerConfig(policy=policy, admission=admission),
+        policy=Policy(scheduler=policy, admission=admission,
+                      tenants={name: TenantPolicy(weight, cls) for name, weight, cls in present}),
         tenants=tenants,
         engines=[EngineConfig(name=f"sim-{i}", seed=i, speedup=speedup) for i in range(engines)],
     )

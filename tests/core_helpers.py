@@ -15,7 +15,7 @@ PROFILE = StepProfile(prefill_a=0.008, prefill_b=0.00006, decode_c=0.007, decode
 def make_policy(**overrides: object) -> Policy:
     base = dict(
         scheduler="fcfs",
-        slo_classes={"interactive": SLOClassPolicy(500.0, 50.0), "batch": SLOClassPolicy(None, None, 60.0, "defer")},
+        slo_classes={"interactive": SLOClassPolicy(0.5, 0.05), "batch": SLOClassPolicy(None, None, 60.0, "defer")},
         tenants={"a": TenantPolicy(1.0), "b": TenantPolicy(2.0), "bulk": TenantPolicy(1.0, "batch")},
     )
     base.update(overrides)

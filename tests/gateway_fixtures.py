@@ -6,7 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from controlplane.config import Config, EngineConfig, SchedulerConfig, ServerConfig, TenantConfig, hash_key
+from controlplane.config import Config, EngineConfig, ServerConfig, TenantConfig, hash_key
+from controlplane.core.policy import Policy, TenantPolicy
 from sluice.server import create_app
 from tests.servers import ServerThread
 
@@ -14,21 +15,20 @@ KEYS = {"acme": "sk-test-acme", "globex": "sk-test-globex"}
 ADMIN = "admin-secret-token"
 
 
-def make_config(tmp: Path, engines: list[str], **scheduler: Any) -> Config:
+def make_config(tmp: Path, engines: list[str], **policy: Any) -> Config:
     token = tmp / "admin.token"
     token.write_text(ADMIN)
     return Config(
         server=ServerConfig(db_path=str(tmp / "sluice.duckdb"), admin_token_file=str(token), max_body_bytes=64 * 1024),
-        scheduler=SchedulerConfig(**scheduler),
-        tenants=[TenantConfig("acme", 2.0, api_key_sha256=hash_key(KEYS["acme"])),
-                 TenantConfig("globex", 1.0, api_key_sha256=hash_key(KEYS["globex"]))],
+        policy=Policy(**policy, tenants={"acme": TenantPolicy(2.0), "globex": TenantPolicy(1.0)}),
+        tenants=[TenantConfig(name, api_key_sha256=hash_key(key)) for name, key in KEYS.items()],
         engines=[EngineConfig(name=n) for n in engines],
     )
 
 
 @contextlib.contextmanager
-def running_gateway(tmp: Path, engines: dict[str, Any], **scheduler: Any) -> Iterator[tuple[ServerThread, Any]]:
-    config = make_config(tmp, list(engines), **scheduler)
+def running_gateway(tmp: Path, engines: dict[str, Any], **policy: Any) -> Iterator[tuple[ServerThread, Any]]:
+    config = make_config(tmp, list(engines), **policy)
     app, sluice = create_app(config, engines)
     with ServerThread(app) as server:
         yield server, sluice

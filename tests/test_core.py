@@ -62,7 +62,7 @@ def test_admission_rejects_when_the_queue_makes_ttft_unattainable():
     assert all(r.code == "ttft_unattainable" and r.retry_after_s >= 1 for r in rejected)
     # everything admitted was forecast within the margin of the SLO
     admitted = [d for d in results.values() if isinstance(d, Decision) and d.kind in ("admit", "defer")]
-    assert all(d.outputs["ttft_ms"] <= 0.8 * 500 for d in admitted)
+    assert all(d.outputs["ttft_s"] <= 0.8 * 0.5 for d in admitted)
 
 
 def test_recorded_decision_rederives_exactly():
@@ -75,7 +75,7 @@ def test_recorded_decision_rederives_exactly():
 
     inputs["engines"] = tuple(EngineView(**e) for e in inputs["engines"])
     again = decide(AdmissionInputs(**inputs))
-    assert again.decision == d.kind and again.ttft_ms == d.outputs["ttft_ms"] and again.engine == d.engine
+    assert again.decision == d.kind and again.ttft_s == d.outputs["ttft_s"] and again.engine == d.engine
 
 
 def test_batch_class_defers_and_expires_at_its_deadline():

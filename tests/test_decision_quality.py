@@ -60,16 +60,16 @@ def test_an_unknown_slo_class_is_an_error_that_names_it() -> None:
 def test_a_policy_cannot_drop_a_class_that_requests_are_in() -> None:
     core = make_core(make_policy(window=1))
     core.arrive(0.0, RequestSpec("r1", "bulk", 100, 10))
-    classes = {"interactive": SLOClassPolicy(500.0, 50.0)}
+    classes = {"interactive": SLOClassPolicy(0.5, 0.05)}
     with pytest.raises(PolicyError, match="batch"):
         core.set_policy(1.0, replace(core.policy, version=2, slo_classes=classes,
                                      tenants={"a": TenantPolicy(1.0)}))
 
 
 def test_ttft_budget_grows_with_the_prompt() -> None:
-    cls = SLOClassPolicy(500.0, 50.0, ttft_ms_per_ktok=50.0)
-    assert cls.ttft_budget_ms(0) == 500.0 and cls.ttft_budget_ms(10_000) == 1000.0
-    assert SLOClassPolicy(None, None, 60.0, "defer").ttft_budget_ms(10_000) is None
+    cls = SLOClassPolicy(0.5, 0.05, ttft_s_per_ktok=0.05)
+    assert cls.ttft_budget_s(0) == 0.5 and cls.ttft_budget_s(10_000) == 1.0
+    assert SLOClassPolicy(None, None, 60.0, "defer").ttft_budget_s(10_000) is None
 
 
 def _view(**kw: float) -> EngineView:
@@ -212,11 +212,11 @@ def test_simulate_table_has_class_rows_and_the_demand_fairness() -> None:
 def test_the_ttft_error_quantile_widens_the_admission_margin() -> None:
     from controlplane.core.admission import AdmissionInputs, decide
 
-    base = AdmissionInputs(prompt_tokens=1000, output_tokens=10, ttft_slo_ms=500.0, tpot_slo_ms=None,
+    base = AdmissionInputs(prompt_tokens=1000, output_tokens=10, ttft_slo_s=0.5, tpot_slo_s=None,
                            deadline_s=None, on_miss="reject", margin=0.8, admission=True, ahead_requests=0,
-                           ahead_tokens=0, inflight_tpot_slo_ms=None, engines=(_view(prefill_b=2.5e-4),))
-    ttft_ms = forecast(base.engines[0], 0, 0, 1000, 10).ttft_s * 1e3
-    assert ttft_ms < 400 < 2 * ttft_ms  # inside the margin alone, outside it at twice
+                           ahead_tokens=0, inflight_tpot_slo_s=None, engines=(_view(prefill_b=2.5e-4),))
+    ttft = forecast(base.engines[0], 0, 0, 1000, 10).ttft_s
+    assert ttft < 0.4 < 2 * ttft  # inside the margin alone, outside it at twice
     assert decide(base).decision == "admit"
     assert decide(replace(base, ttft_error=2.0)).reason == "ttft_unattainable"
 

@@ -37,11 +37,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controlplane.config import Config, EngineConfig, SchedulerConfig, SLOClass, TenantConfig
+from controlplane.config import Config, TenantConfig, parse_config
 from controlplane.core.events import Decision
 from controlplane.core.policy import SLOClassPolicy
 from controlplane.driver import (DECISION_COLUMNS, DEFAULT_PROFILE, LOAD_EVERY_S, TICK_EVERY_S, decision_row,
-                                 engine_model, next_on_grid, policy_from_config, slo_met)
+                                 engine_model, next_on_grid, slo_met)
 from controlplane.errors import ApiError
 from controlplane.observe import Recorder
 from controlplane.predict.output_length import OutputLengthPredictor
@@ -82,13 +82,12 @@ def _workload() -> list[WorkloadRequest]:
 
 
 def _config(policy: str) -> Config:
-    return Config(
-        scheduler=SchedulerConfig(policy=policy, admission=True, window=6),
-        tenants=[TenantConfig("acme", 2.0), TenantConfig("globex", 1.0),
-                 TenantConfig("batchco", 1.0, slo_class="batch")],
-        slo_classes={"batch": SLOClass("batch", ttft_ms=None, tpot_ms=None, deadline_s=10.0, on_miss="defer")},
-        engines=[EngineConfig(f"sim-{i}") for i in range(ENGINES)],
-    )
+    return parse_config({  # as the TOML file would give it
+        "scheduler": {"policy": policy, "admission": True, "window": 6},
+        "tenants": [{"name": "acme", "weight": 2.0}, {"name": "globex"}, {"name": "batchco", "slo_class": "batch"}],
+        "slo_classes": {"batch": {"deadline_s": 10.0}},  # the built-in batch class with a shorter deadline
+        "engines": [{"name": f"sim-{i}"} for i in range(ENGINES)],
+    })
 
 
 # -- serving on a virtual clock ---------------------------------------------------------------------
@@ -210,7 +209,7 @@ def _decisions(rows: list[dict[str, Any]], index: dict[str, int]) -> list[tuple[
 def _parity(policy: str) -> None:
     workload, config = _workload(), _config(policy)
     recorder, served = _run_serving(workload, config)
-    replayed = run_virtual(workload, policy_from_config(config), engines=ENGINES, profile=PROFILE, seed=SEED,
+    replayed = run_virtual(workload, config.policy, engines=ENGINES, profile=PROFILE, seed=SEED,
                            record_decisions=True, torch_expert=False)
 
     # rids differ (serving draws random ones): request k is the k-th arrival on both sides
@@ -274,13 +273,13 @@ def test_the_next_grid_instant_is_the_first_multiple_of_the_period_after_t(t: fl
 
 
 def test_slo_met_gives_a_long_prompt_its_longer_ttft_budget() -> None:
-    cls = SLOClassPolicy(ttft_ms=500.0, tpot_ms=50.0, ttft_ms_per_ktok=100.0)
-    assert slo_met(cls, 4000, 800.0, 40.0, 5000.0)  # budget 500 + 4 x 100 = 900 ms
-    assert not slo_met(cls, 1000, 800.0, 40.0, 5000.0)  # budget 600 ms
-    assert not slo_met(cls, 4000, 800.0, 60.0, 5000.0)  # TPOT missed
-    assert slo_met(cls, 4000, 800.0, None, 800.0)  # one token: no TPOT to miss
-    batch = SLOClassPolicy(ttft_ms=None, tpot_ms=None, deadline_s=10.0, on_miss="defer")
-    assert slo_met(batch, 9000, 9000.0, 100.0, 10_000.0) and not slo_met(batch, 9000, 9000.0, 100.0, 10_001.0)
+    cls = SLOClassPolicy(ttft_s=0.5, tpot_s=0.05, ttft_s_per_ktok=0.1)
+    assert slo_met(cls, 4000, 0.8, 0.04, 5.0)  # budget 0.5 + 4 x 0.1 = 0.9 s
+    assert not slo_met(cls, 1000, 0.8, 0.04, 5.0)  # budget 0.6 s
+    assert not slo_met(cls, 4000, 0.8, 0.06, 5.0)  # TPOT missed
+    assert slo_met(cls, 4000, 0.8, None, 0.8)  # one token: no TPOT to miss
+    batch = SLOClassPolicy(ttft_s=None, tpot_s=None, deadline_s=10.0, on_miss="defer")
+    assert slo_met(batch, 9000, 9.0, 0.1, 10.0) and not slo_met(batch, 9000, 9.0, 0.1, 10.001)
 
 
 @dataclass(slots=True)
@@ -301,7 +300,7 @@ def test_engine_model_takes_what_the_engine_reports() -> None:
 
 def test_a_decision_row_is_the_same_with_its_inputs_as_dicts_or_as_json() -> None:
     d = Decision(1.5, "r1", "acme", "admit", "within_slo", "sim-0", 3, {"engines": [{"x": 1.25}]},
-                 {"ttft_ms": 80.0})
+                 {"ttft_s": 0.08})
     row, text = decision_row(d), decision_row(d, as_json=True)
     assert set(row) == set(DECISION_COLUMNS) and row["inputs"] is d.inputs
     assert {**text, "inputs": json.loads(text["inputs"]), "outputs": json.loads(text["outputs"])} == row

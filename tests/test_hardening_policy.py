@@ -7,10 +7,8 @@ import contextlib
 import json
 from dataclasses import replace
 
-from controlplane.config import TenantConfig
-from controlplane.core.policy import TenantPolicy
+from controlplane.core.policy import Policy, TenantPolicy
 from controlplane.policy_store import merge_diff, reconcile
-from controlplane.driver import policy_from_config
 from sluice.server import create_app
 from telemetry.store import Store
 from tests.fake_engine import FakeEngine
@@ -83,8 +81,8 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
         patch(server, {"tenants": {"acme": {"weight": 5.0}}}, reason="acme's launch")  # v2, live
 
     # the operator edits the file: globex's weight and the scheduler; acme's line is untouched
-    config = make_config(tmp_path, ["fake"], policy="wrr")
-    config.tenants[1].weight = 3.0
+    config = make_config(tmp_path, ["fake"], scheduler="wrr")
+    config.policy = replace(config.policy, tenants={**config.policy.tenants, "globex": TenantPolicy(3.0)})
     with serving(config) as (server, sluice):
         policy = sluice.core.policy
         assert policy.version == 3
@@ -103,6 +101,7 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
 
     # a tenant removed from the file leaves the policy (audited)
     config.tenants = [t for t in config.tenants if t.name != "globex"]
+    config.policy = replace(config.policy, tenants={"acme": config.policy.tenants["acme"]})
     with serving(config) as (server, sluice):
         assert sluice.core.policy.version == 4 and "globex" not in sluice.core.policy.tenants
         assert sluice.core.policy.tenant("acme").weight == 5.0
@@ -111,7 +110,7 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
 
 def test_reconcile_rule():
     config = make_config_for_unit()
-    cfg = policy_from_config(config)
+    cfg = config.policy
     # nothing persisted: the config file's policy, version 1, no row
     r = reconcile(cfg, None)
     assert r.policy == cfg and r.record is None
@@ -149,7 +148,7 @@ def test_merge_diff_is_the_patch_that_turns_base_into_new():
 def make_config_for_unit():
     from controlplane.config import Config
 
-    return Config(tenants=[TenantConfig("acme", 2.0), TenantConfig("globex", 1.0, slo_class="batch")])
+    return Config(policy=Policy(tenants={"acme": TenantPolicy(2.0), "globex": TenantPolicy(1.0, "batch")}))
 
 
 def test_a_store_file_from_an_older_sluice_gains_the_config_column(tmp_path):

@@ -53,9 +53,9 @@ def test_a_tampered_record_is_detected(recorded: VirtualResult, tamper: str) -> 
     if tamper == "output_value":
         i = _first(rows, "admit")
         out = json.loads(rows[i]["outputs"])
-        out["ttft_ms"] = out["ttft_ms"] * (1 + 1e-12)  # one ulp-scale nudge is enough
+        out["ttft_s"] = out["ttft_s"] * (1 + 1e-12)  # one ulp-scale nudge is enough
         rows[i]["outputs"] = json.dumps(out)
-        field = "outputs.ttft_ms"
+        field = "outputs.ttft_s"
     elif tamper == "kind":
         i = _first(rows, "reject")
         rows[i]["kind"] = "admit"  # a refused request recorded as admitted
@@ -70,7 +70,7 @@ def test_a_tampered_record_is_detected(recorded: VirtualResult, tamper: str) -> 
         inp = json.loads(rows[i]["inputs"])
         inp["engines"][0]["waiting_tokens"] += 1e6
         rows[i]["inputs"] = json.dumps(inp)
-        field = "outputs.ttft_ms"
+        field = "outputs.ttft_s"
     else:
         i = _first(rows, "dispatch")
         rows[i]["engine"] = "sim-9"

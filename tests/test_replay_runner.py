@@ -42,7 +42,7 @@ def test_conservation_every_request_ends_exactly_once() -> None:
     # a paused tenant (rejections), a batch tenant deferred with a short deadline under overload
     # (expiries), and an interactive tenant (completions)
     policy = Policy(scheduler="equinox", admission=False,
-                    slo_classes={"interactive": SLOClassPolicy(500.0, 50.0),
+                    slo_classes={"interactive": SLOClassPolicy(0.5, 0.05),
                                  "batch": SLOClassPolicy(None, None, 3.0, "defer")},
                     tenants={"a": TenantPolicy(1.0), "bulk": TenantPolicy(1.0, "batch"),
                              "gone": TenantPolicy(1.0, paused=True)})

@@ -155,15 +155,15 @@ def choose_engine(views: Sequence[EngineView], prompt_tokens: float, output_toke
 class AdmissionInputs:
     prompt_tokens: float
     output_tokens: float  # predicted
-    ttft_slo_ms: float | None
-    tpot_slo_ms: float | None
+    ttft_slo_s: float | None  # the class's TTFT budget for this prompt
+    tpot_slo_s: float | None
     deadline_s: float | None
     on_miss: str  # "reject" | "defer"
     margin: float
     admission: bool  # admission control on; when off, everything is admitted
     ahead_requests: float  # queued requests that will run before this one, per engine
     ahead_tokens: float  # their prompt tokens, per engine
-    inflight_tpot_slo_ms: float | None  # the tightest TPOT SLO among requests already running
+    inflight_tpot_slo_s: float | None  # the tightest TPOT SLO among requests already running
     engines: tuple[EngineView, ...]  # healthy engines only
     cached_tokens: float = 0.0  # of the prompt, expected from the prefix cache
     ttft_error: float = 1.0  # the recent 90th percentile of actual / forecast TTFT (an uncertainty margin)
@@ -174,9 +174,9 @@ class AdmissionResult:
     decision: str  # "admit" | "defer" | "reject"
     reason: str
     engine: str | None
-    ttft_ms: float | None
-    tpot_ms: float | None
-    e2e_ms: float | None
+    ttft_s: float | None  # the forecast on `engine`
+    tpot_s: float | None
+    e2e_s: float | None
     retry_after_s: float | None = None
 
 
@@ -186,23 +186,23 @@ def decide(x: AdmissionInputs) -> AdmissionResult:
     forecasts = [forecast(e, x.ahead_requests, x.ahead_tokens, x.prompt_tokens, x.output_tokens, x.cached_tokens)
                  for e in x.engines]
     best = min(forecasts, key=lambda f: (f.ttft_s, f.e2e_s))
-    ms = (best.ttft_s * 1e3, best.tpot_s * 1e3, best.e2e_s * 1e3)
     queued = best.slot_wait_s > 0
 
     def result(decision: str, reason: str, retry_after: float | None = None) -> AdmissionResult:
-        return AdmissionResult(decision, reason, best.engine, *ms, retry_after_s=retry_after)
+        return AdmissionResult(decision, reason, best.engine, best.ttft_s, best.tpot_s, best.e2e_s,
+                               retry_after_s=retry_after)
 
     if not x.admission:
         return result("defer" if queued else "admit", "admission_off")
     if x.deadline_s is not None and best.e2e_s > x.margin * x.deadline_s:
         return result("reject", "deadline_unattainable", _retry_after(best.e2e_s - x.margin * x.deadline_s))
-    if x.ttft_slo_ms is not None and ms[0] * x.ttft_error > x.margin * x.ttft_slo_ms:
+    if x.ttft_slo_s is not None and best.ttft_s * x.ttft_error > x.margin * x.ttft_slo_s:
         if x.on_miss == "defer":
             return result("defer", "ttft_unattainable_deferred")
-        return result("reject", "ttft_unattainable", _retry_after(best.ttft_s - x.margin * x.ttft_slo_ms / 1e3))
-    tpot_slos = [v for v in (x.tpot_slo_ms, x.inflight_tpot_slo_ms) if v is not None]
-    if tpot_slos and ms[1] > x.margin * min(tpot_slos):
-        own = x.tpot_slo_ms is not None and min(tpot_slos) == x.tpot_slo_ms
+        return result("reject", "ttft_unattainable", _retry_after(best.ttft_s - x.margin * x.ttft_slo_s))
+    tpot_slos = [v for v in (x.tpot_slo_s, x.inflight_tpot_slo_s) if v is not None]
+    if tpot_slos and best.tpot_s > x.margin * min(tpot_slos):
+        own = x.tpot_slo_s is not None and min(tpot_slos) == x.tpot_slo_s
         reason = "tpot_unattainable" if own else "protects_running"
         if x.on_miss == "defer":
             return result("defer", reason + "_deferred")

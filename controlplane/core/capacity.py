@@ -200,8 +200,8 @@ def pool_load(core: DecisionCore, now: float, idle_since: float) -> PoolLoad:
     arrivals = core._tier_arrivals
     healthy = [e for e in core.engines.values() if e.healthy]
     latency_classes = [c for c in core.policy.slo_classes.values() if tier_of(c) == LATENCY]
-    tpots = [c.tpot_ms for c in latency_classes if c.tpot_ms is not None]
-    ttfts = [c.ttft_ms for c in latency_classes if c.ttft_ms is not None]
+    tpots = [c.tpot_s for c in latency_classes if c.tpot_s is not None]
+    ttfts = [c.ttft_s for c in latency_classes if c.ttft_s is not None]
     margin = core.policy.admission_margin
     deferred = sorted(t.deadline - now for t in core.requests.values()
                       if t.engine is None and t.tier == DEFERRABLE and t.deadline is not None)
@@ -210,9 +210,9 @@ def pool_load(core: DecisionCore, now: float, idle_since: float) -> PoolLoad:
         pressure = "latency requests refused for capacity"
     elif healthy and arrivals[LATENCY]:
         fc = [core.typical_forecast(e.spec.name, now) for e in healthy]
-        if ttfts and min(f[0] for f in fc) > margin * min(ttfts) / 1e3:
+        if ttfts and min(f[0] for f in fc) > margin * min(ttfts):
             pressure = "forecast TTFT past the budget on every engine"
-        elif tpots and min(f[1] for f in fc) > margin * min(tpots) / 1e3:
+        elif tpots and min(f[1] for f in fc) > margin * min(tpots):
             pressure = "forecast TPOT past the budget on every engine"
     if pressure is None and healthy and sum(max(e.kv_tokens, e.reported_kv_tokens) for e in healthy) \
             > KV_HIGH * sum(e.spec.kv_capacity for e in healthy):
@@ -221,7 +221,7 @@ def pool_load(core: DecisionCore, now: float, idle_since: float) -> PoolLoad:
     return PoolLoad(
         serving=len(healthy), latency_rps=arrivals[LATENCY] / RATE_WINDOW_S,
         deferrable_rps=arrivals[DEFERRABLE] / RATE_WINDOW_S, mean_prompt=core._mean_prompt,
-        mean_output=core._mean_output, tpot_budget_s=margin * min(tpots) / 1e3 if tpots else None,
+        mean_output=core._mean_output, tpot_budget_s=margin * min(tpots) if tpots else None,
         deferred=tuple(deferred), in_flight=in_flight, queued=core.queued(), pressure=pressure,
         idle_s=max(0.0, now - idle_since))
 

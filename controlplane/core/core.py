@@ -182,9 +182,7 @@ class DecisionCore:
             ]
 
         work = Work(int(round(cost)), int(round(predicted)))
-        tracked = Tracked(spec, cls_name, now, predicted, work, tier, cost,
-                          result.ttft_ms / 1e3 if result.ttft_ms is not None else None,
-                          result.tpot_ms / 1e3 if result.tpot_ms is not None else None)
+        tracked = Tracked(spec, cls_name, now, predicted, work, tier, cost, result.ttft_s, result.tpot_s)
         if cls.deadline_s is not None:
             tracked.deadline = now + cls.deadline_s
             self._arrival_seq += 1
@@ -451,14 +449,15 @@ class DecisionCore:
         healthy = [e for e in self.engines.values() if e.healthy]
         ahead, ahead_tokens = self._ahead(now, spec.tenant, tier)
         n = max(1, len(healthy))
-        running = [self.policy.slo(c).tpot_ms for c, k in self._inflight_tpot.items() if k > 0]
+        running = [self.policy.slo(c).tpot_s for c, k in self._inflight_tpot.items() if k > 0]
         running_slos = [v for v in running if v is not None]
         return AdmissionInputs(
             prompt_tokens=spec.prompt_tokens, output_tokens=predicted,
-            ttft_slo_ms=cls.ttft_budget_ms(spec.prompt_tokens), tpot_slo_ms=cls.tpot_ms, deadline_s=cls.deadline_s, on_miss=cls.on_miss,
+            ttft_slo_s=cls.ttft_budget_s(spec.prompt_tokens), tpot_slo_s=cls.tpot_s, deadline_s=cls.deadline_s,
+            on_miss=cls.on_miss,
             margin=self.policy.admission_margin, admission=self.policy.admission,
             ahead_requests=ahead / n, ahead_tokens=ahead_tokens / n,
-            inflight_tpot_slo_ms=min(running_slos) if running_slos else None,
+            inflight_tpot_slo_s=min(running_slos) if running_slos else None,
             engines=tuple(self.engine_view(e, now, ahead / n) for e in healthy),
             cached_tokens=spec.prompt_tokens - cost,
             ttft_error=self._ttft_error if tier == LATENCY else 1.0,
@@ -494,12 +493,12 @@ class DecisionCore:
     def _feasible_alone(self, x: AdmissionInputs) -> bool:
         """Whether the request would meet its TTFT on an idle engine (else its refusal says
         nothing about load)."""
-        if x.ttft_slo_ms is None:
+        if x.ttft_slo_s is None:
             return True
         idle = [replace(v, in_flight=0, waiting_tokens=0.0, kv_tokens=0.0, waiting_attention_s=0.0, meter_rate=0.0)
                 for v in x.engines]
-        return any(forecast(v, 0, 0, x.prompt_tokens, x.output_tokens, x.cached_tokens).ttft_s * 1e3
-                   <= x.margin * x.ttft_slo_ms for v in idle)
+        return any(forecast(v, 0, 0, x.prompt_tokens, x.output_tokens, x.cached_tokens).ttft_s
+                   <= x.margin * x.ttft_slo_s for v in idle)
 
     def _leaves_room(self, e: EngineState, now: float, t: Tracked) -> bool:
         """Whether a deferrable request may go to `e` now and leave the latency tier what it needs:
@@ -513,11 +512,11 @@ class DecisionCore:
             return False
         if not self._active_weight_at(now)[LATENCY] or e.profile.prefill_b <= 0:
             return True
-        ttfts = [c.ttft_ms for c in self.policy.slo_classes.values() if c.ttft_ms is not None and tier_of(c) == LATENCY]
+        ttfts = [c.ttft_s for c in self.policy.slo_classes.values() if c.ttft_s is not None and tier_of(c) == LATENCY]
         if not ttfts:
             return True
         waiting = max(e.waiting_tokens, e.reported_waiting_tokens)
-        room = 0.5 * self.policy.admission_margin * min(ttfts) / 1e3 / e.profile.prefill_b
+        room = 0.5 * self.policy.admission_margin * min(ttfts) / e.profile.prefill_b
         return waiting <= 0 or waiting + t.prompt_cost <= room
 
     def _free_engines(self, now: float, t: Tracked) -> tuple[list[EngineState], bool]:
@@ -621,10 +620,10 @@ class DecisionCore:
     def _latency_factor(self, cls_name: str, ttft: float | None, tpot: float | None) -> float:
         cls = self.policy.slo(cls_name)
         factor = 1.0
-        if cls.ttft_ms is not None and ttft is not None and ttft > 0:
-            factor *= min(1.0, cls.ttft_ms / 1e3 / ttft)
-        if cls.tpot_ms is not None and tpot is not None and tpot > 0:
-            factor *= min(1.0, cls.tpot_ms / 1e3 / tpot)
+        if cls.ttft_s is not None and ttft is not None and ttft > 0:
+            factor *= min(1.0, cls.ttft_s / ttft)
+        if cls.tpot_s is not None and tpot is not None and tpot > 0:
+            factor *= min(1.0, cls.tpot_s / tpot)
         return factor
 
     def _learn(self, now: float, t: Tracked, eng: EngineState, report: FinishReport, ttft: float | None,
@@ -662,7 +661,7 @@ class DecisionCore:
         admission: the largest batch whose decode step meets the tightest TPOT SLO (with the
         margin) and whose KV fits, and a prefill meter. Without admission nothing is promised, so
         nothing throttles the engine: the window is what its KV and batch cap hold."""
-        tpots = [c.tpot_ms for c in self.policy.slo_classes.values() if c.tpot_ms is not None]
+        tpots = [c.tpot_s for c in self.policy.slo_classes.values() if c.tpot_s is not None]
         per = self._mean_prompt + self._mean_output
         for eng in self.engines.values():
             if self.policy.window:
@@ -670,7 +669,7 @@ class DecisionCore:
                 continue
             kv_fit = max(1, int(eng.spec.kv_capacity / max(1.0, per)))
             limit = min(eng.spec.max_running, kv_fit)
-            budget = self.policy.admission_margin * min(tpots) / 1e3 if tpots and self.policy.admission else None
+            budget = self.policy.admission_margin * min(tpots) if tpots and self.policy.admission else None
             p = eng.profile
             if budget is not None and p.prefill_b > 0:
                 # the prompt tokens one step may prefill and still end within the TPOT budget,

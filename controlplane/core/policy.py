@@ -6,7 +6,9 @@ the core swaps policies atomically and every decision names the version it was m
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
@@ -24,20 +26,50 @@ class PolicyError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class SLOClassPolicy:
-    ttft_ms: float | None = 500.0
-    tpot_ms: float | None = 50.0
-    deadline_s: float | None = None
-    on_miss: str = "reject"
-    priority: int | None = None
+    """An SLO class. Its times are seconds, like every time in the core; the policy's JSON and the
+    TOML config say milliseconds (`ttft_ms`, `tpot_ms`, `ttft_ms_per_ktok`), converted at that edge
+    (`policy_from_dict`, `Policy.to_dict`). `deadline_s` is seconds everywhere."""
+
+    ttft_s: float | None = 0.5  # time to first token target
+    tpot_s: float | None = 0.05  # time per output token target
+    deadline_s: float | None = None  # end-to-end deadline (deferrable classes)
+    on_miss: str = "reject"  # "reject" (refused now) or "defer" (queued until the deadline)
+    priority: int | None = None  # SGLang priority passed through with `pass_priority`
     # TTFT allowance per 1,000 prompt tokens: a long prompt's prefill alone takes longer than a
     # flat target (a 30k-token prompt needs ~0.6 s on an H100), so long-context classes scale it
-    ttft_ms_per_ktok: float = 0.0
+    ttft_s_per_ktok: float = 0.0
 
-    def ttft_budget_ms(self, prompt_tokens: float) -> float | None:
+    def ttft_budget_s(self, prompt_tokens: float) -> float | None:
         """The TTFT target of a request with this many prompt tokens."""
-        if self.ttft_ms is None:
+        if self.ttft_s is None:
             return None
-        return self.ttft_ms + self.ttft_ms_per_ktok * prompt_tokens / 1e3
+        return self.ttft_s + self.ttft_s_per_ktok * prompt_tokens / 1e3
+
+
+# The built-in classes, defined here only: a config or a policy document that names one of them
+# changes only the keys it gives (controlplane/config.py).
+DEFAULT_SLO_CLASSES: Mapping[str, SLOClassPolicy] = MappingProxyType({
+    "interactive": SLOClassPolicy(ttft_s=0.5, tpot_s=0.05, on_miss="reject"),
+    "batch": SLOClassPolicy(ttft_s=None, tpot_s=None, deadline_s=600.0, on_miss="defer"),
+})
+
+# The SLO class fields that JSON and TOML give in milliseconds: JSON key -> field (seconds)
+_MS_FIELDS = {"ttft_ms": "ttft_s", "tpot_ms": "tpot_s", "ttft_ms_per_ktok": "ttft_s_per_ktok"}
+_MS_DIGITS = 9  # an ms value survives ms -> s -> ms unchanged (x / 1e3 * 1e3 may be off in the last bit)
+
+
+def slo_class_to_json(cls: SLOClassPolicy) -> dict[str, Any]:
+    """The class as its JSON object (times in ms, as documented)."""
+    out: dict[str, Any] = {}
+    for f in fields(cls):
+        value = getattr(cls, f.name)
+        key = _JSON_KEY.get(f.name, f.name)
+        out[key] = round(value * 1e3, _MS_DIGITS) if key in _MS_FIELDS and value is not None else value
+    return out
+
+
+_JSON_KEY = {field_name: key for key, field_name in _MS_FIELDS.items()}
+_JSON_KEYS = tuple(_JSON_KEY.get(f.name, f.name) for f in fields(SLOClassPolicy))
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +90,14 @@ class Policy:
     admission_margin: float = 0.8
     pass_priority: bool = False
     window: int = 0  # per-engine in-flight window; 0 = sized from KV capacity and the SLO
-    slo_classes: dict[str, SLOClassPolicy] = field(default_factory=dict)
+    slo_classes: dict[str, SLOClassPolicy] = field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
     tenants: dict[str, TenantPolicy] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The policy document as JSON (SLO times in ms): the admin API's and the audit log's form."""
+        out = asdict(self)
+        out["slo_classes"] = {name: slo_class_to_json(c) for name, c in self.slo_classes.items()}
+        return out
 
     def tenant(self, name: str) -> TenantPolicy:
         return self.tenants.get(name) or TenantPolicy()
@@ -88,11 +123,12 @@ class Policy:
             raise PolicyError("slo_classes: at least one class is required")
         for name, c in self.slo_classes.items():
             where = f"slo_classes.{name}"
-            for attr in ("ttft_ms", "tpot_ms", "deadline_s"):
+            # named and bounded as the JSON gives them: the ms fields in ms
+            for attr, lo, hi in (("ttft_s", 1e-6, 1e6), ("tpot_s", 1e-6, 1e6), ("deadline_s", 1e-3, 1e9)):
                 value = getattr(c, attr)
                 if value is not None:
-                    _check_range(f"{where}.{attr}", value, 1e-3, 1e9)
-            _check_range(f"{where}.ttft_ms_per_ktok", c.ttft_ms_per_ktok, 0.0, 1e9)
+                    _check_range(f"{where}.{_JSON_KEY.get(attr, attr)}", value, lo, hi, _JSON_KEY.get(attr))
+            _check_range(f"{where}.ttft_ms_per_ktok", c.ttft_s_per_ktok, 0.0, 1e6, "ttft_ms_per_ktok")
             if c.on_miss not in ON_MISS:
                 raise PolicyError(f"{where}.on_miss: must be one of {list(ON_MISS)}")
             if c.on_miss == "defer" and c.deadline_s is None:
@@ -113,11 +149,13 @@ class Policy:
         return self
 
 
-def _check_range(name: str, value: Any, lo: float, hi: float) -> None:
+def _check_range(name: str, value: Any, lo: float, hi: float, ms: str | None = None) -> None:
+    """`value` within [lo, hi]; with `ms` (its JSON key), a seconds field reported in milliseconds."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise PolicyError(f"{name}: must be a number, got {value!r}")
     if not lo <= value <= hi:
-        raise PolicyError(f"{name}: must be in [{lo}, {hi}], got {value!r}")
+        k = 1e3 if ms else 1.0
+        raise PolicyError(f"{name}: must be in [{lo * k:g}, {hi * k:g}], got {round(value * k, _MS_DIGITS)!r}")
 
 
 def _merge(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -154,9 +192,27 @@ def policy_from_dict(raw: Any) -> Policy:
     policy = _build(Policy, raw, "policy")
     return replace(
         policy,
-        slo_classes={k: _build(SLOClassPolicy, v, f"slo_classes.{k}") for k, v in classes.items()},
+        slo_classes={k: _slo_class_from_json(v, f"slo_classes.{k}") for k, v in classes.items()},
         tenants={k: _build(TenantPolicy, v, f"tenants.{k}") for k, v in tenants.items()},
     ).validate()
+
+
+def _slo_class_from_json(raw: Any, where: str) -> SLOClassPolicy:
+    """A class from its JSON object (times in ms); unknown keys are an error."""
+    if not isinstance(raw, dict):
+        raise PolicyError(f"{where}: must be an object")
+    unknown = set(raw) - set(_JSON_KEYS)
+    if unknown:
+        raise PolicyError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_JSON_KEYS)}")
+    kw: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in _MS_FIELDS:
+            # a value that is not a number goes through as it is: validate() names it in the JSON's terms
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            kw[_MS_FIELDS[key]] = value / 1e3 if is_number else value
+        else:
+            kw[key] = value
+    return SLOClassPolicy(**kw)
 
 
 def apply_patch(policy: Policy, changes: Any) -> Policy:
