@@ -27,7 +27,7 @@ from typing import Any
 import aiohttp
 
 from replay.live import LiveReport, run_live
-from replay.report import SLO, RequestResult
+from replay.report import SLO, RequestResult, clean_json
 from replay.workload import WorkloadRequest
 
 __all__ = ["add_arguments", "run"]
@@ -82,7 +82,7 @@ class _Plan:
     keys: dict[str, str]
     slo: dict[str, SLO]
     model: str
-    server: str | None  # owned_by of the served model, when the server said
+    server: str | None  # owned_by of the served model in GET /v1/models (sluice, sglang, vllm), if it said
     extra_body: dict[str, Any] | None
     weights: dict[str, float]
 
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     n = len(plan.workload)
     tenants = sorted({r.tenant for r in plan.workload})
     print(f"{PROG}: {n} requests of {args.workload} ({len(tenants)} tenant(s)) to {args.live} "
-          f"as {plan.model!r} (speedup {args.speedup:g})...", file=sys.stderr)
+          f"({plan.server or 'server unknown'}) as {plan.model!r} (speedup {args.speedup:g})...", file=sys.stderr)
     try:
         report, interrupted, reason = asyncio.run(_replay(args, plan))
     except KeyboardInterrupt:
@@ -107,9 +107,8 @@ def run(args: argparse.Namespace) -> int:
         return 130
     print(format_report(report, plan.slo, workload=args.workload, stop_reason=reason))
     if args.json:
-        doc = {"workload": args.workload, "stop_reason": reason, **report.to_dict(per_request=True)}
-        from replay.report import clean_json
-
+        doc = {"workload": args.workload, "server": plan.server, "stop_reason": reason,
+               **report.to_dict(per_request=True)}
         Path(args.json).write_text(json.dumps(clean_json(doc), indent=1))
         print(f"{PROG}: wrote {args.json}", file=sys.stderr)
     if args.report:

@@ -82,7 +82,8 @@ def test_against_the_simulated_engine_with_ignore_eos(sim_server, tmp_path, caps
     assert rc == 0
     doc = json.loads(out.read_text())
     assert set(doc) >= BENCH_SERVING_FIELDS
-    assert doc["model"] == MODEL and doc["request_rate"] == "trace" and doc["speedup"] == 4.0
+    assert doc["model"] == MODEL and doc["server"] == "sglang" and doc["request_rate"] == "trace"
+    assert doc["speedup"] == 4.0
     assert doc["completed"] == 6 and doc["failed"] == doc["rejected"] == doc["cancelled"] == 0
     assert app.posts == 6
     # ignore_eos: the engine generates exactly each request's output_length
@@ -168,7 +169,7 @@ def test_through_sluice_with_tenant_keys(tmp_path, capsys):
                         "--speedup", "2", "--json", str(out)]))
         assert rc == 0
         doc = json.loads(out.read_text())
-        assert doc["model"] == MODEL  # the first of GET /v1/models
+        assert doc["model"] == MODEL and doc["server"] == "sluice"  # the first of GET /v1/models
         assert doc["per_tenant"]["acme"]["completed"] == 4 and doc["per_tenant"]["globex"]["completed"] == 4
         # a tenant without a key is sent without one: sluice answers 401, recorded as a failure
         stranger = [r for r in doc["requests"] if r["tenant"] == "stranger"]
@@ -228,3 +229,15 @@ def test_a_class_without_targets_is_an_error(tmp_path, capsys):
     wl = [WorkloadRequest(0, 10, 4, "acme", slo_class="gold")]
     assert run(parse(["--live", "http://127.0.0.1:9", "--workload", workload_file(tmp_path, wl)])) == 2
     assert "gold" in capsys.readouterr().err
+
+
+def test_wired_into_the_cli(sim_server, tmp_path, capsys):
+    from sluice.cli import main
+
+    url, app = sim_server
+    out = tmp_path / "r.json"
+    assert main(["replay", "--live", url, "--workload", workload_file(tmp_path, two_tenants(4)), "--speedup", "inf",
+                 "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["completed"] == 4 and app.posts == 4
+    assert main(["replay", "--live", f"http://127.0.0.1:{free_port()}", "--workload", "vtc-overload"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("sluice replay: cannot reach")
