@@ -258,8 +258,9 @@ class Sluice:
                 return
 
     def engine_failed(self, ticket: Ticket, exc: EngineError) -> None:
-        """A stream ended in an EngineError: a dead engine is marked unhealthy (an overloaded one is not)."""
-        if not isinstance(exc, EngineOverloaded) and ticket.engine is not None:
+        """A stream ended in an EngineError: a dead engine is marked unhealthy (an overloaded one is not,
+        nor one that refused a bad request: a 4xx is the request's fault)."""
+        if not isinstance(exc, EngineOverloaded) and exc.status_code >= 500 and ticket.engine is not None:
             self.driver.engine_health(self.clock(), ticket.engine, False)  # type: ignore[union-attr]
 
     def close(self, ticket: Ticket, status: str, http_status: int, *, chunk: Chunk | None = None,
