@@ -25,6 +25,7 @@ from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.driver import LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, slo_met
 from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
+from controlplane.recorder import Recorder
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.prompt_tokens import PromptTokenEstimator
@@ -64,7 +65,7 @@ class Ticket:
 
 
 class Sluice:
-    def __init__(self, config: Config, engines: dict[str, Engine], *, recorder: Any = None,
+    def __init__(self, config: Config, engines: dict[str, Engine], *, recorder: Recorder | None = None,
                  clock: Callable[[], float] = time.time, predictor: OutputLengthPredictor | None = None) -> None:
         self.config = config
         self.engines = engines
