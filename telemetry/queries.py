@@ -148,6 +148,12 @@ def decisions_for_audit(db: Any, since: float, until: float | None = None) -> li
     return _rows(db, "SELECT * FROM decisions WHERE ts >= ? AND ts < ? ORDER BY ts", [since, until_v])
 
 
+def request_record(db: Any, rid: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Request ``rid``'s row (None if not stored) and its decision rows in order (for "why")."""
+    rows = _rows(db, "SELECT * FROM requests WHERE rid = ? LIMIT 1", [rid])
+    return (rows[0] if rows else None), _rows(db, "SELECT * FROM decisions WHERE rid = ? ORDER BY ts", [rid])
+
+
 def gpu_timeline(db: Any, since: float, until: float | None = None) -> list[dict[str, Any]]:
     until_v = until if until is not None else float("inf")
     return _rows(db, "SELECT * FROM gpu_samples WHERE ts >= ? AND ts < ? ORDER BY ts, gpu", [since, until_v])
@@ -159,6 +165,7 @@ __all__ = [
     "latest_policy_change",
     "policy_timeline",
     "recent_requests",
+    "request_record",
     "requests_for_replay",
     "tenant_summary",
     "trace",

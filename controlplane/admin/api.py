@@ -21,6 +21,7 @@ from starlette.responses import FileResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 from starlette.schemas import SchemaGenerator
 
+from controlplane.admin import why
 from controlplane.config import hash_key
 from controlplane.core.policy import ON_MISS, SCHEDULERS
 from controlplane.errors import ApiError, parse_json
@@ -302,6 +303,18 @@ class AdminAPI:
             raise ApiError(404, f"request {rid!r} is not queued or running", code="request_not_found")
         return JSONResponse({"rid": rid, "aborted": True})
 
+    async def get_why(self, request: Request) -> Response:
+        """Why a request was admitted, deferred, refused or sent where it went (controlplane/admin/why.py)."""
+        rid = request.path_params["rid"]
+        record = why.live_record(self.sluice, rid)  # in flight: from memory, on the loop
+        if record is None:
+            store = getattr(self.sluice.recorder, "store", None)
+            record = await self._off_loop(why.stored_record, store, rid) if store is not None else (None, [])
+        explained = why.explain(rid, *record)
+        if explained is None:
+            raise ApiError(404, f"no request {rid!r} is in flight or stored", code="request_not_found")
+        return JSONResponse(explained)
+
     # -- events -----------------------------------------------------------------------------
     async def events(self, request: Request) -> Response:
         """
@@ -364,6 +377,7 @@ class AdminAPI:
             Route(f"{p}/requests", g(self.list_requests), methods=["GET"]),
             Route(f"{p}/requests/{{rid}}/trace", g(self.get_trace), methods=["GET"]),
             Route(f"{p}/requests/{{rid}}/abort", g(self.abort_request), methods=["POST"]),
+            Route(f"{p}/requests/{{rid}}/why", g(self.get_why), methods=["GET"]),
             Route(f"{p}/events", g(self.events), methods=["GET"]),
             Route(f"{p}/store/snapshot", g(self.store_snapshot), methods=["GET"]),
             Route(f"{p}/openapi.json", g(self.openapi), methods=["GET"]),
