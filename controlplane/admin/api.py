@@ -297,8 +297,8 @@ class AdminAPI:
           404: {description: Unknown or finished request.}
         """
         rid = request.path_params["rid"]
-        why = (await self._json(request)).get("reason")  # optional: the console always sends one
-        reason = f"aborted by {self._actor(request)}" + (f": {str(why).strip()[:200]}" if why else "")
+        note = (await self._json(request)).get("reason")  # optional: the console always sends one
+        reason = f"aborted by {self._actor(request)}" + (f": {str(note).strip()[:200]}" if note else "")
         if not self.sluice.abort(rid, reason=reason):
             raise ApiError(404, f"request {rid!r} is not queued or running", code="request_not_found")
         return JSONResponse({"rid": rid, "aborted": True})
