@@ -237,6 +237,14 @@ class _Auditor:
         self.rep.mismatches.append(AuditMismatch(self.index, row[0], row[1], str(row[3]), name, recorded, derived,
                                                  message))
 
+    def rederived(self, row: tuple[Any, ...], fn: Any, inputs: Mapping[str, Any]) -> Any:
+        """fn(inputs), or None (and a mismatch) when the recorded inputs cannot be re-run."""
+        try:
+            return fn(inputs)
+        except (ValueError, TypeError, KeyError) as exc:
+            self.bad(row, "inputs", None, None, f"cannot re-derive: {exc}")
+            return None
+
     def skip(self, why: str) -> None:
         self.rep.skipped[why] = self.rep.skipped.get(why, 0) + 1
 
@@ -282,10 +290,8 @@ class _Auditor:
         kind, reason, engine = row[3], row[4], row[5]
         if isinstance(inputs.get("slo_class"), str) and row[1] is not None:
             self.admitted[row[1]] = (inputs["slo_class"], row[0], inputs.get("deadline_s"))
-        try:
-            derived = rederive(inputs)
-        except (ValueError, TypeError, KeyError) as exc:
-            self.bad(row, "inputs", None, None, f"cannot re-derive: {exc}")
+        derived = self.rederived(row, rederive, inputs)
+        if derived is None:
             return
         self.rep.rederived += 1
         for key, value in derived.items():
@@ -314,10 +320,8 @@ class _Auditor:
         if isinstance(candidates, list) and engine not in candidates:
             self.bad(row, "engine", engine, candidates, "dispatched to an engine that was not a candidate")
         if "engines" in inputs:
-            try:
-                chosen = rederive_dispatch(inputs)
-            except (ValueError, TypeError, KeyError) as exc:
-                self.bad(row, "inputs", None, None, f"cannot re-derive: {exc}")
+            chosen = self.rederived(row, rederive_dispatch, inputs)
+            if chosen is None:
                 return
             self.rep.dispatch_rederived += 1
             if chosen != engine:

@@ -113,7 +113,7 @@ def parse_time(text: str) -> float:
         when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(f"{text!r} is neither epoch seconds nor an ISO 8601 date-time") from None
-    return (when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)).timestamp()
+    return (when if when.tzinfo else when.replace(tzinfo=dt.UTC)).timestamp()
 
 
 def parse_window(text: str) -> tuple[float | None, float | None]:
@@ -168,19 +168,29 @@ def _open_store(path: str) -> Any:
     return con
 
 
+def _window_and_store(prog: str, args: argparse.Namespace, check: Any = None) -> tuple[float, float | None, Any] | int:
+    """(since, until, a read-only connection to --db), or the exit status after saying why not."""
+    try:
+        if check is not None:
+            check()
+        since, until = _window(args)
+    except ValueError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return since, until, _open_store(args.db)
+    except OSError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_UNREADABLE
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     from replay.audit import audit_db
 
-    try:
-        since, until = _window(args)
-    except ValueError as exc:
-        print(f"sluice audit: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        con = _open_store(args.db)
-    except OSError as exc:
-        print(f"sluice audit: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+    opened = _window_and_store("sluice audit", args)
+    if isinstance(opened, int):
+        return opened
+    since, until, con = opened
     try:
         report = audit_db(con, since, until)
         if args.report:
@@ -217,20 +227,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return run_live_command(args)
     given = [f"--{k.replace('_', '-')}" for k, default in _LIVE_ONLY.items() if getattr(args, k) != default]
     try:
+        base = _config_policy(args.config)
+    except OSError as exc:
+        print(f"sluice replay: cannot read --config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+    def check() -> None:
         if given:
             raise ValueError(f"{', '.join(given)} belong to the live replay (--live), not to --db")
-        since, until = _window(args)
-        base = _config_policy(args.config)
         if args.policy is None and args.admission is None and base is None:
             raise ValueError("nothing to change: give --policy, --admission or --config")
-    except ValueError as exc:
-        print(f"sluice replay: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        con = _open_store(args.db)
-    except OSError as exc:
-        print(f"sluice replay: {exc}", file=sys.stderr)
-        return EXIT_UNREADABLE
+
+    opened = _window_and_store("sluice replay", args, check)
+    if isinstance(opened, int):
+        return opened
+    since, until, con = opened
     try:
         admission = None if args.admission is None else args.admission == "on"
         w = what_if(con, since, until, scheduler=args.policy, admission=admission, config_policy=base,
@@ -238,7 +249,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
                     torch_expert=not args.no_torch)
         if args.report:
             _whatif_report(w, args.report)
-    except ValueError as exc:
+    except (ValueError, FileNotFoundError) as exc:  # FileNotFoundError: an unknown --profile
         print(f"sluice replay: {exc}", file=sys.stderr)
         return EXIT_USAGE
     finally:

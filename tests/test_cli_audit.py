@@ -59,6 +59,9 @@ def _record(root: Path) -> Path:
         _recorded["snapshot_rc"] = main(["snapshot", "--url", server.url, "--out", str(snap),
                                          "--token-file", str(root / "state" / "admin.token")])
         _recorded["snapshot"] = snap
+        _recorded["bad_tables_rc"] = main(["snapshot", "--url", server.url, "--out", str(root / "bad.duckdb"),
+                                           "--tables", "decisions,nope",
+                                           "--token-file", str(root / "state" / "admin.token")])
         (_recorded["requests_sent"],) = [len(demo_workload(LOAD_S, seed=3, scale=1.5))]
     return Path(config.server.db_path)
 
@@ -99,6 +102,7 @@ def test_the_audit_of_a_real_server_s_store_finds_no_mismatch(store: Path, tmp_p
 def test_a_running_server_s_store_is_audited_through_a_snapshot(store: Path, tmp_path: Path) -> None:
     assert _recorded["held"] == 3  # the live file: held by the server's writer
     assert _recorded["snapshot_rc"] == 0
+    assert _recorded["bad_tables_rc"] == 1  # an unknown table is refused (400), not skipped
     snap = _recorded["snapshot"]
     out = tmp_path / "audit.json"
     assert main(["audit", "--db", str(snap), "--json", str(out)]) == 0
@@ -220,6 +224,11 @@ def test_bad_windows_and_policies_are_usage_errors(store: Path, capsys: pytest.C
     assert "nothing to change" in capsys.readouterr().err
     assert main(["replay", "--db", db, "--window", "1:2", "--policy", "vtc"]) == 2  # long before the recording
     assert "no request arrived" in capsys.readouterr().err
+    assert main(["replay", "--db", db, "--policy", "vtc", "--profile", "a100-nope"]) == 2
+    assert "no simulator profile" in capsys.readouterr().err
+    assert main(["replay", "--db", db, "--config", "/nonexistent/sluice.toml"]) == 2
+    assert main(["replay", "--live", "http://127.0.0.1:9", "--workload", "vtc-overload", "--engines", "2"]) == 2
+    assert "--engines belong to the what-if replay" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["replay", "--db", db, "--policy", "lottery"])
     assert exc.value.code == 2

@@ -148,3 +148,16 @@ def test_audit_db_reads_a_store_file_read_only(recorded: VirtualResult, tmp_path
     assert rep.rows == len(recorded.decisions) and rep.policy_checked == rep.rederived > 0
     rep_all = audit_db(path)
     assert [m.field for m in rep_all.mismatches] == ["inputs.margin"]
+
+
+def test_a_dispatch_to_another_free_engine_is_found_only_by_re_deriving_it() -> None:
+    run = run_virtual(vtc_overload(6.0, rates=(30.0, 60.0)), POLICY, engines=2, torch_expert=False,
+                      record_decisions=True)
+    rows = _rows(run)
+    i = next(k for k, r in enumerate(rows) if r["kind"] == "dispatch" and len(json.loads(r["inputs"])["candidates"]) > 1)
+    chosen = rows[i]["engine"]
+    other = next(c for c in json.loads(rows[i]["inputs"])["candidates"] if c != chosen)
+    assert audit_decisions(rows, {1: POLICY}).ok
+    rows[i]["engine"] = other  # still a candidate: only choose_engine() on the recorded views tells
+    rep = audit_decisions(rows, {1: POLICY})
+    assert [(m.index, m.field, m.recorded, m.derived) for m in rep.mismatches] == [(i, "engine", other, chosen)]
