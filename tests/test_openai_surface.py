@@ -228,3 +228,22 @@ def test_an_engine_refusing_a_request_stays_healthy(tmp_path):
             client.completions.create(model="sluice-default", prompt="x" * 8000, max_tokens=16)
         assert sluice.core.engines["gpu0"].healthy  # a 400 is the request's fault, not the engine's
         assert client.completions.create(model="sluice-default", prompt="hi", max_tokens=2).choices[0].text
+
+
+async def test_native_sampling_params_are_honoured_or_refused_by_the_simulator():
+    from engine_adapter.base import EngineError
+
+    async def run(sp):
+        sim = SimEngine("s", small_profile())
+        try:
+            return [c async for c in sim.submit(GenerateRequest(rid="n" * 32, prompt="hi", sampling_params=sp))]
+        finally:
+            await sim.close()
+
+    out = await run({"max_new_tokens": 64, "json_schema": json.dumps(PERSON)})
+    assert json.loads("".join(c.text for c in out)) == minimal_instance(PERSON)
+    out = await run({"max_new_tokens": 64, "stop": ["sluice"]})
+    assert "".join(c.text for c in out) == "synthetic simulated tokens from the " and out[-1].finish_reason == "stop"
+    with pytest.raises(EngineError) as info:
+        await run({"max_new_tokens": 4, "regex": "[a-z]+"})
+    assert info.value.status_code == 400 and "regex" in str(info.value)

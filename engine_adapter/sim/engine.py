@@ -20,7 +20,7 @@ from pathlib import Path
 from engine_adapter.base import Chunk, EngineError, EngineInfo, EngineLoad, GenerateRequest
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import DEFAULT_PROFILE, SimProfile, load_profile
-from engine_adapter.sim.surface import Script, script_for, stop_cut
+from engine_adapter.sim.surface import Script, native_body, script_for, stop_cut
 from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 
 DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
@@ -181,7 +181,11 @@ class SimEngine:
         _check_context(prompt_tokens, max_new, self.profile.context_length)
         # SGLang's ignore_eos: no end-of-sequence stop, the output runs to max_new_tokens
         output_tokens = max_new if sampling.get("ignore_eos") else request.output_tokens
-        script = script_for(request.openai, rid) if request.openai is not None else None
+        wanted = request.openai if request.openai is not None else native_body(sampling)
+        try:
+            script = script_for(wanted, rid) if wanted is not None else None
+        except ValueError as e:  # a grammar the simulator cannot honour: refused, not ignored
+            raise EngineError(str(e), status_code=400, retryable=False) from None
         if script is not None and script.pieces is None and script.stop:
             script.pieces, matched = stop_cut(synthetic_pieces(0, max_new), script.stop)
             if not matched:

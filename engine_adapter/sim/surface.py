@@ -113,7 +113,11 @@ class Script:
 
 
 def script_for(body: dict[str, Any], rid: str) -> Script:
-    """The simulated reply to an OpenAI request body (already validated by the caller)."""
+    """The simulated reply to an OpenAI request body (already validated by the caller). Raises
+    ValueError for a grammar it cannot write to (`regex`, `ebnf`): refused, never ignored."""
+    for key in ("regex", "ebnf", "structural_tag"):
+        if body.get(key) is not None:
+            raise ValueError(f"the simulated engine cannot generate under a '{key}' grammar")
     chat = "messages" in body
     script = Script(chat, call_id=f"call_{rid[:24]}")
     stop = body.get("stop")
@@ -138,6 +142,17 @@ def script_for(body: dict[str, Any], rid: str) -> Script:
         schema = (fmt.get("json_schema") or {}).get("schema") or {}
         script.pieces = _cut(json.dumps(minimal_instance(schema)))
     return script
+
+
+def native_body(sampling: dict[str, Any]) -> dict[str, Any] | None:
+    """The OpenAI fields that native `/generate` sampling params ask the simulator for (a
+    `json_schema` string, `stop`, a grammar), or None when the free synthetic text will do."""
+    body: dict[str, Any] = {k: sampling[k] for k in ("stop", "regex", "ebnf", "structural_tag") if sampling.get(k)}
+    if sampling.get("json_schema"):
+        schema = sampling["json_schema"]
+        schema = json.loads(schema) if isinstance(schema, str) else schema
+        body["response_format"] = {"type": "json_schema", "json_schema": {"name": "schema", "schema": schema}}
+    return body or None
 
 
 def _called_tool(body: dict[str, Any]) -> dict[str, Any] | None:
