@@ -30,7 +30,6 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from engine_adapter.openai_chunks import choice_delta
 from engine_adapter.base import (
     Chunk,
     EngineError,
@@ -40,6 +39,7 @@ from engine_adapter.base import (
     GenerateRequest,
     StepProfile,
 )
+from engine_adapter.openai_chunks import choice_delta
 
 
 def _json_dumps(obj: Any) -> bytes:

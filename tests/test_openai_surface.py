@@ -61,10 +61,10 @@ def small_profile():
 def stack(tmp_path):
     """sluice -> SGLangHTTPEngine -> the SGLang-compatible server -> RecordingSim."""
     sim = RecordingSim("sim", small_profile())
-    with ServerThread(make_sglang_app(sim, model_name=MODEL)) as engine_server:
-        with running_gateway(tmp_path, {"gpu0": SGLangHTTPEngine("gpu0", engine_server.url)}) as (gateway, sluice):
-            client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEYS["acme"], max_retries=0)
-            yield client, sluice, sim
+    with ServerThread(make_sglang_app(sim, model_name=MODEL)) as engine_server, \
+            running_gateway(tmp_path, {"gpu0": SGLangHTTPEngine("gpu0", engine_server.url)}) as (gateway, sluice):
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEYS["acme"], max_retries=0)
+        yield client, sluice, sim
 
 
 def chat(client, **kw):
