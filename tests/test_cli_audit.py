@@ -79,9 +79,10 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_audit_of_a_real_server_s_store_finds_no_mismatch(store: Path, tmp_path: Path,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
-    out = tmp_path / "audit.json"
-    assert main(["audit", "--db", str(store), "--json", str(out)]) == 0
+    out, report = tmp_path / "audit.json", tmp_path / "report"
+    assert main(["audit", "--db", str(store), "--json", str(out), "--report", str(report)]) == 0
     text = capsys.readouterr().out
+    assert "recorded policy v2 from the audit log" in (report / "index.html").read_text()
     doc = json.loads(out.read_text())
     assert doc["ok"] and doc["mismatches"] == []
     kinds = doc["by_kind"]
