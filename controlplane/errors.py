@@ -41,6 +41,7 @@ class ApiError(Exception):
         self.code = code
         self.param = param
         self.retry_after = retry_after
+        self.request_id: str | None = None  # the request's row: `x-request-id`, the id a tenant quotes
 
     def body(self) -> dict[str, object]:
         return {"error": {"message": self.message, "type": _TYPES.get(self.status, "server_error"),
@@ -55,6 +56,8 @@ class ApiError(Exception):
             headers.append((b"retry-after", str(int(max(1, round(self.retry_after)))).encode()))
         if self.status == 401:
             headers.append((b"www-authenticate", b'Bearer realm="sluice"'))
+        if self.request_id is not None:
+            headers.append((b"x-request-id", self.request_id.encode()))
         return headers
 
 

@@ -119,6 +119,11 @@ class Recorder:
         provider.emit(tr.name, tr.trace_id, tr.root_id, None, SpanKind.SERVER, _ns(ticket.arrival), end,
                       attrs, events, error)
 
+    def unauthenticated(self, code: str | None, http_status: int) -> None:
+        """A request refused before its tenant was known: counted, no row (rows belong to a tenant)."""
+        if self.metrics is not None:
+            self.metrics.observe_refusal(code, http_status)
+
     def decision(self, d: Decision) -> None:
         if self.store is not None:  # inputs/outputs: fresh dicts from the core, JSON-encoded by the writer
             self.store.record_decision_fresh(**decision_row(d), wait=False)

@@ -201,8 +201,7 @@ class Sluice:
         """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
         assert self.core is not None and self.driver is not None
         now = self.clock()
-        # 128 random bits, fixed length: no rid is a prefix of another (SGLang aborts by prefix)
-        rid = f"{self._rid_bits(128):032x}"
+        rid = self._new_rid()
         slo_class = self.core.policy.tenant(tenant.name).slo_class
         ticket = Ticket(rid, tenant.name, req, slo_class, now, _new_row(rid, tenant.name, slo_class, req, now),
                         asyncio.get_running_loop().create_future())
@@ -213,9 +212,31 @@ class Sluice:
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
             rej = ticket.waiter.result()
             err = refusal(rej.code, rej.message, rej.retry_after_s)
-            self.close(ticket, "rejected", err.status, error=rej.code)
+            err.request_id = rid
+            self.close(ticket, "rejected", err.status, error=rej.code, code=rej.code)
             raise err
         return ticket
+
+    def _new_rid(self) -> str:
+        # 128 random bits, fixed length: no rid is a prefix of another (SGLang aborts by prefix)
+        return f"{self._rid_bits(128):032x}"
+
+    def refuse(self, tenant: TenantConfig, kind: str, req: CompletionRequest | None, status: str,
+               http_status: int, *, code: str | None, error: str | None) -> str:
+        """An authenticated request that never reached admission (bad input, unknown model, a client
+        gone while sending it): its one row and span, nothing for the core to reconcile. Returns its rid."""
+        assert self.core is not None
+        now, rid, parsed = self.clock(), self._new_rid(), req is not None
+        req = req or CompletionRequest(kind, "", "", 0, 0, False, False)
+        slo_class = self.core.policy.tenant(tenant.name).slo_class
+        ticket = Ticket(rid, tenant.name, req, slo_class, now, _new_row(rid, tenant.name, slo_class, req, now),
+                        asyncio.get_running_loop().create_future())
+        if not parsed:  # nothing is known of what was asked
+            ticket.row.update(model=None, stream=None, prompt_tokens=None, max_tokens=None)
+        if self.recorder is not None:
+            self.recorder.begin(ticket)
+        self.close(ticket, status, http_status, error=error, code=code)
+        return rid
 
     async def wait_dispatch(self, ticket: Ticket) -> None:
         """Wait in sluice's queue until the core dispatches the request (or expires it)."""
@@ -223,7 +244,8 @@ class Sluice:
         if isinstance(outcome, Reject):
             status = {"deadline_expired": "expired", "aborted": "aborted"}.get(outcome.code, "rejected")
             err = refusal(outcome.code, outcome.message, outcome.retry_after_s)
-            self.close(ticket, status, err.status, error=outcome.code)
+            err.request_id = ticket.rid
+            self.close(ticket, status, err.status, error=outcome.code, code=outcome.code)
             raise err
 
     def open_stream(self, ticket: Ticket) -> AsyncIterator[Sequence[Chunk]]:
@@ -265,8 +287,11 @@ class Sluice:
             self.driver.engine_health(self.clock(), ticket.engine, False)  # type: ignore[union-attr]
 
     def close(self, ticket: Ticket, status: str, http_status: int, *, chunk: Chunk | None = None,
-              error: str | None = None) -> None:
-        """End a ticket exactly once: reconcile the core, write the request row, notify listeners."""
+              error: str | None = None, code: str | None = None) -> None:
+        """End a ticket exactly once: reconcile the core, write the request row, notify listeners.
+
+        `http_status` and `code` are what the client received (200 and the in-band error's code for a
+        stream that failed after its headers); `error` is the detail, for operators only."""
         if ticket.closed:
             return
         ticket.closed = True
@@ -288,8 +313,8 @@ class Sluice:
             self.prompt_estimator.observe(req.model, req.estimate, chunk.prompt_tokens)
             _ForecastTee(self).record("prompt_tokens", req.prompt_tokens, chunk.prompt_tokens)
         row = ticket.row
-        row.update(status=status, http_status=http_status, error=error, finish_ts=now, engine=ticket.engine,
-                   dispatch_ts=ticket.dispatched_at, first_token_ts=ticket.first_token_at)
+        row.update(status=status, http_status=http_status, error=error, error_code=code, finish_ts=now,
+                   engine=ticket.engine, dispatch_ts=ticket.dispatched_at, first_token_ts=ticket.first_token_at)
         if chunk is not None:
             row.update(prompt_tokens=chunk.prompt_tokens, cached_tokens=chunk.cached_tokens,
                        completion_tokens=chunk.completion_tokens, finish_reason=chunk.finish_reason)
@@ -400,8 +425,8 @@ class _ForecastTee:
 def _new_row(rid: str, tenant: str, slo_class: str, req: CompletionRequest, now: float) -> dict[str, Any]:
     return {"rid": rid, "trace_id": None, "tenant": tenant, "slo_class": slo_class, "model": req.model,
             "engine": None, "stream": req.stream, "status": None, "http_status": None, "decision": None,
-            "reason": None, "finish_reason": None, "error": None, "arrival_ts": now, "dispatch_ts": None,
-            "first_token_ts": None, "finish_ts": None, "queue_ms": None, "ttft_ms": None, "tpot_ms": None,
+            "reason": None, "finish_reason": None, "error": None, "error_code": None, "arrival_ts": now,
+            "dispatch_ts": None, "first_token_ts": None, "finish_ts": None, "queue_ms": None, "ttft_ms": None, "tpot_ms": None,
             "e2e_ms": None, "prompt_tokens": req.prompt_tokens, "cached_tokens": 0, "completion_tokens": 0,
             "max_tokens": req.max_tokens, "predicted_output_tokens": None, "predicted_ttft_ms": None,
             "predicted_tpot_ms": None, "policy_version": None, "slo_met": None}

@@ -8,6 +8,7 @@ never changes meaning mid-series). Engines and rejection reasons are bounded the
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -27,6 +28,10 @@ TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1
 APE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 OUTCOMES = ("ok", "rejected", "aborted", "error", "expired")
+_REFUSED = ("rejected", "expired")  # outcomes where the client got an error status and no tokens
+# how late the event loop runs a timer (seconds); 0.02 is the soak target for its p99
+LOOP_LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+LOOP_LAG_PERIOD_S = 0.05
 
 
 class _Bounded:
@@ -79,6 +84,15 @@ class Metrics:
         self.admission_decisions_total = Counter(
             "sluice_admission_decisions", "Admission decisions", ["decision", "reason"], registry=r
         )
+        self.refusals_total = Counter(
+            "sluice_refusals", "Requests answered with an error status before any token, by the error code the "
+            "client received (bad input, unknown model, policy refusals, unauthenticated ...)",
+            ["reason", "http_status"], registry=r,
+        )
+        self.loop_lag_seconds = Histogram(
+            "sluice_event_loop_lag_seconds", f"How late the event loop ran a {LOOP_LAG_PERIOD_S:g} s timer",
+            buckets=LOOP_LAG_BUCKETS, registry=r,
+        )
         self.queue_depth = Gauge("sluice_queue_depth", "Queued requests per tenant", ["tenant"], registry=r)
         self._queue_labels: set[str] = set()
         self.in_flight = Gauge("sluice_in_flight", "Requests dispatched to an engine", ["engine"], registry=r)
@@ -110,6 +124,7 @@ class Metrics:
         self._request_children: dict[tuple[Any, Any], _RequestChildren] = {}
         self._forecast_children: dict[str, Any] = {}
         self._decision_children: dict[tuple[Any, Any], Any] = {}
+        self._refusal_children: dict[tuple[Any, Any], Any] = {}
 
     def _children(self, tenant_raw: Any, cls_raw: Any) -> _RequestChildren:
         key = (tenant_raw, cls_raw)
@@ -134,6 +149,8 @@ class Metrics:
         status = row.get("status") or "ok"
         outcome = status if status in OUTCOMES else "error"
         c.child("requests", outcome).inc()
+        if outcome in _REFUSED:
+            self.observe_refusal(row.get("error_code") or row.get("error"), row.get("http_status"))
         ttft = row.get("ttft_ms")
         if ttft is not None:
             c.child("ttft", "").observe(float(ttft) / 1000.0)
@@ -158,6 +175,24 @@ class Metrics:
             if len(self._decision_children) < 1024:
                 self._decision_children[key] = child
         child.inc()
+
+    def observe_refusal(self, reason: str | None, http_status: int | None) -> None:
+        """One refused request; also called, without a request row, for unauthenticated ones."""
+        key = (reason, http_status)
+        child = self._refusal_children.get(key)
+        if child is None:
+            child = self.refusals_total.labels(self.reason_label(reason or ""), str(http_status or ""))
+            if len(self._refusal_children) < 1024:
+                self._refusal_children[key] = child
+        child.inc()
+
+    async def watch_loop_lag(self, period_s: float = LOOP_LAG_PERIOD_S) -> None:
+        """Until cancelled: a timer every `period_s` on the running loop, its lateness observed."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = loop.time() + period_s
+            await asyncio.sleep(period_s)
+            self.loop_lag_seconds.observe(max(0.0, loop.time() - due))
 
     def observe_forecast(self, kind: str, predicted: float | None, actual: float | None) -> None:
         """Record |predicted - actual| / actual (skipped when either is missing or actual is 0)."""

@@ -30,7 +30,8 @@ TABLES: dict[str, Columns] = {
         ("decision", "VARCHAR"),
         ("reason", "VARCHAR"),
         ("finish_reason", "VARCHAR"),
-        ("error", "VARCHAR"),
+        ("error", "VARCHAR"),  # the detail, for operators (engine addresses, exception text)
+        ("error_code", "VARCHAR"),  # the OpenAI error code the client received (in-band too); NULL if none
         ("arrival_ts", "DOUBLE"),
         ("dispatch_ts", "DOUBLE"),
         ("first_token_ts", "DOUBLE"),

@@ -113,6 +113,16 @@ def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, cod
     err = json.loads(data)["error"]
     assert err["code"] == code and err["message"] and err["type"]
     assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+    # issue 9 item 10: an authenticated refusal leaves one row with what the client received (its
+    # rid in x-request-id); an unauthenticated one leaves none and is counted by reason
+    refusals = sluice.recorder.metrics.refusals_total.labels(code, str(status))._value.get()
+    assert refusals == 1
+    if status == 401:
+        assert "x-request-id" not in hdrs and list(sluice.stats.requests) == []
+        return
+    [row] = sluice.stats.requests
+    assert (row["rid"], row["tenant"], row["http_status"], row["error_code"], row["status"]) == \
+        (hdrs["x-request-id"], "acme", status, code, "rejected")
 
 
 def test_client_disconnect_mid_stream_aborts_the_engine_request(tmp_path):

@@ -22,8 +22,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
+from controlplane.config import TenantConfig
 from controlplane.errors import ApiError
 from controlplane.gateway import openai_api as oa
+from controlplane.requests import CompletionRequest
 from controlplane.service import Sluice, Ticket
 from engine_adapter.base import Chunk, EngineError
 
@@ -102,6 +104,8 @@ class CompletionsEndpoint:
             return await send_error(send, ApiError(405, "use POST", code="method_not_allowed"))
         sluice = self.sluice
         headers = dict(scope["headers"])
+        tenant: TenantConfig | None = None
+        req: CompletionRequest | None = None
         try:
             tenant = sluice.authenticate(canonical_bearer(headers.get(b"authorization", b"").decode("latin-1")))
             ctype = headers.get(b"content-type", b"application/json").split(b";")[0].strip()
@@ -112,14 +116,24 @@ class CompletionsEndpoint:
             if req.model not in sluice.model_names:
                 raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found", param="model")
             sluice.fit_context(req)
-            ticket = sluice.submit(tenant, req)
+            ticket = sluice.submit(tenant, req)  # a refusal here has its row already (and its request_id)
         except ApiError as err:
+            if tenant is None:
+                count_unauthenticated(sluice, err)
+            elif err.request_id is None:  # refused before admission: the request's one row
+                err.request_id = sluice.refuse(tenant, self.kind, req, "rejected", err.status, code=err.code,
+                                               error=err.message)
             return await send_error(send, err)
-        except ConnectionError:
+        except ConnectionError:  # gone while sending its body: no one to answer, but a row
+            if tenant is not None:
+                sluice.refuse(tenant, self.kind, req, "aborted", 499, code=None, error="client_disconnected")
             return
-        except Exception:  # a bug must still answer in the OpenAI shape, never a plain-text 500
+        except Exception as exc:  # a bug must still answer in the OpenAI shape, never a plain-text 500
             log.exception("unexpected error before admission")
-            return await send_error(send, ApiError(500, "internal error", code="internal_error"))
+            err = ApiError(500, "internal error", code="internal_error")
+            if tenant is not None:
+                err.request_id = sluice.refuse(tenant, self.kind, req, "error", 500, code=err.code, error=repr(exc))
+            return await send_error(send, err)
         await self._serve(ticket, receive, send)
 
     async def _serve(self, ticket: Ticket, receive: Receive, send: Send) -> None:
@@ -129,7 +143,8 @@ class CompletionsEndpoint:
         started = False
         held = b""  # the final batch's events, sent with the response's end (one write)
         last: Chunk | None = None
-        status, http_status, error = "error", 500, "internal_error"
+        status, http_status, error, code = "error", 500, "internal_error", "internal_error"
+        rid_header = (b"x-request-id", ticket.rid.encode())
         try:
             await sluice.wait_dispatch(ticket)
             created = int(time.time())
@@ -147,7 +162,8 @@ class CompletionsEndpoint:
                     last = batch[-1]
                     if stream:
                         if not started:
-                            await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+                            await send({"type": "http.response.start", "status": 200,
+                                        "headers": [*_SSE_HEADERS, rid_header]})
                             started = True
                         if len(batch) == 1:
                             if last.text or last.extra or last.finish_reason or first:
@@ -187,37 +203,65 @@ class CompletionsEndpoint:
                 payload = oa.full_response(self.kind, ticket.rid, req.model, created, texts,
                                            last.finish_reason, usage)
                 await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json")]})
+                            "headers": [(b"content-type", b"application/json"), rid_header]})
                 await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
-            status, http_status, error = "ok", 200, None
+            status, http_status, error, code = "ok", 200, None, None
             if last.finish_reason == "abort":
                 status, error = "aborted", last.message or "aborted by the engine"
-        except ApiError as err:  # refused or expired while queued
-            status, http_status, error = ticket.row.get("status") or "rejected", err.status, err.code
+        except ApiError as err:  # refused or expired while queued: wait_dispatch wrote the row
+            status, http_status, error, code = ticket.row.get("status") or "rejected", err.status, err.code, err.code
             if not gone.gone:
                 await send_error(send, err)
         except EngineError as exc:
-            err = ApiError(exc.status_code, f"engine {ticket.engine}: {exc}", code="engine_error",
-                           retry_after=1.0 if exc.status_code == 503 else None)
-            status, http_status, error = "error", exc.status_code, str(exc)
-            if started:  # headers are gone: end the stream with an error event, as SGLang does
-                await send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE})
-            else:
-                await send_error(send, err)
+            err = engine_error(exc, ticket.rid)
+            # the tenant gets a stable message and the rid; the row and the span get the detail
+            status, error, code = "error", f"engine {ticket.engine}: {exc}", err.code
+            http_status = await self._fail(send, err, started, held)
         except asyncio.CancelledError:
             if not gone.gone and ticket.abort_reason is None:
                 raise  # the server is shutting down, not a client going away or an operator abort
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            status, http_status, error = "aborted", 499, ticket.abort_reason or "client_disconnected"
+            status, error, code = "aborted", ticket.abort_reason or "client_disconnected", None
+            http_status = 200 if started else 499  # 499: the client left before any response
             if not gone.gone:  # an operator abort: tell the client
                 err = ApiError(503, f"request aborted: {ticket.abort_reason}", code="aborted")
-                if started:
-                    await send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE})
-                else:
-                    await send_error(send, err)
+                err.request_id = ticket.rid
+                code = err.code
+                http_status = await self._fail(send, err, started, held)
         finally:
             gone.disarm()
-            sluice.close(ticket, status, http_status, chunk=last, error=error)
+            sluice.close(ticket, status, http_status, chunk=last, error=error, code=code)
+
+    @staticmethod
+    async def _fail(send: Send, err: ApiError, started: bool, held: bytes) -> int:
+        """Send `err` and return the HTTP status the client got: a stream already started (200) ends
+        with an in-band error event, as SGLang's does."""
+        if started:
+            await send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE})
+            return 200
+        await send_error(send, err)
+        return err.status
+
+
+def engine_error(exc: EngineError, rid: str) -> ApiError:
+    """What a tenant sees of an engine failure: a stable message and the request id to quote, never
+    the engine's address or exception text (operators find those in the request's row and span)."""
+    if exc.status_code == 503:
+        what = "the engine is overloaded; retry later"
+    elif 400 <= exc.status_code < 500:
+        what = "the engine refused this request"
+    else:
+        what = "the engine failed while serving this request"
+    err = ApiError(exc.status_code, f"{what} (request id {rid})", code="engine_error",
+                   retry_after=1.0 if exc.status_code == 503 else None)
+    err.request_id = rid
+    return err
+
+
+def count_unauthenticated(sluice: Sluice, err: ApiError) -> None:
+    """No tenant, so no row: unauthenticated requests are only counted (`sluice_refusals`)."""
+    if sluice.recorder is not None:
+        sluice.recorder.unauthenticated(err.code, err.status)
 
 
 class Gateway:
@@ -260,9 +304,16 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
     def model_object(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": started, "owned_by": "sluice"}
 
-    async def models(request: Request) -> Response:
+    def authenticate(request: Request) -> None:
         try:
             sluice.authenticate(canonical_bearer(request.headers.get("authorization")))
+        except ApiError as err:
+            count_unauthenticated(sluice, err)
+            raise
+
+    async def models(request: Request) -> Response:
+        try:
+            authenticate(request)
         except ApiError as err:
             return _error_response(err)
         return JSONResponse({"object": "list", "data": [model_object(m) for m in sorted(sluice.model_names)]})
@@ -270,7 +321,7 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
     async def model(request: Request) -> Response:
         """GET /v1/models/{id} (ids may hold slashes: `meta-llama/Llama-3.1-8B-Instruct`)."""
         try:
-            sluice.authenticate(canonical_bearer(request.headers.get("authorization")))
+            authenticate(request)
             name = request.path_params["model"]
             if name not in sluice.model_names:
                 raise ApiError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")

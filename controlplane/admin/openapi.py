@@ -1,0 +1,152 @@
+"""The admin API's OpenAPI 3.0 document: every operation with its parameters, bodies and every
+status code it can answer (tests/test_admin_openapi.py holds it to the running server with
+schemathesis).
+
+Every operation can answer 401 (no or unknown admin token) and 403 (a tenant key); one that reads
+a JSON body also 400 (not a JSON object) and 413 (over 256 KiB); one that changes the policy also
+409 (stale `expected_version`), 422 (invalid change, nothing applied) and 503 (the audit log
+could not be written, nothing applied). Errors have OpenAI's shape.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+_NUM = {"type": "number"}
+_INT = {"type": "integer"}
+_STR = {"type": "string"}
+_BOOL = {"type": "boolean"}
+_OBJ = {"type": "object"}
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {**schema, "nullable": True}
+
+
+def _object(required: dict[str, Any], optional: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "required": list(required), "properties": {**required, **(optional or {})}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_ERROR = _object({"error": _object({"message": _STR, "type": _STR, "param": _nullable(_STR),
+                                    "code": _nullable(_STR)})})
+_TENANT_POLICY = _object({"weight": _NUM, "slo_class": _STR, "paused": _BOOL},
+                         {"rate_limit_rps": _nullable(_NUM), "rate_limit_tpm": _nullable(_NUM)})
+_POLICY = _object({"version": _INT, "scheduler": _STR, "slo_classes": {"type": "object", "additionalProperties": _OBJ},
+                   "tenants": {"type": "object", "additionalProperties": _TENANT_POLICY}},
+                  {"holistic_alpha": _NUM, "admission": _BOOL, "admission_margin": _NUM, "pass_priority": _BOOL,
+                   "window": _INT})
+_GPUS = {"gpus": {"type": "array", "items": _OBJ}, "gpu_status": _STR}
+_STATE = _object({"now": _NUM, "policy_version": _INT, "scheduler": _STR, "totals": _OBJ,
+                  "tenants": {"type": "array", "items": _object({"name": _STR, "weight": _NUM, "slo_class": _STR,
+                                                                 "paused": _BOOL})},
+                  "engines": {"type": "array", "items": _object({"name": _STR, "healthy": _BOOL})},
+                  **_GPUS, "forecast_errors": _OBJ})
+_REQUEST_ROW = _object({"rid": _STR, "tenant": _STR, "status": _STR},
+                       {"trace_id": _nullable(_STR), "slo_class": _nullable(_STR), "engine": _nullable(_STR),
+                        "arrival_ts": _NUM, "ttft_ms": _nullable(_NUM), "tpot_ms": _nullable(_NUM),
+                        "e2e_ms": _nullable(_NUM), "prompt_tokens": _nullable(_INT),
+                        "completion_tokens": _nullable(_INT), "decision": _nullable(_STR),
+                        "reason": _nullable(_STR)})
+_CHANGE = _object({"version": _INT, "ts": _NUM, "actor": _STR, "reason": _STR},
+                  {"before": _nullable(_OBJ), "after": _nullable(_OBJ)})
+_SPAN = _object({"span_id": _STR, "name": _STR, "attributes": _OBJ, "events": {"type": "array", "items": _OBJ}},
+                {"parent_span_id": _nullable(_STR), "start_ts": _nullable(_NUM), "end_ts": _nullable(_NUM)})
+_TRACE = _object({"trace_id": _STR, "spans": {"type": "array", "items": _SPAN}})
+
+_REASON = {"reason": _STR}
+_POLICY_PATCH = {"type": "object", "required": ["reason", "changes"], "additionalProperties": False,
+                 "properties": {"reason": _STR, "changes": _OBJ, "expected_version": _INT}}
+_TENANT_PATCH = {"type": "object", "required": ["reason"],
+                 "properties": {**_REASON, "weight": _NUM, "slo_class": _STR, "paused": _BOOL,
+                                "rate_limit_rps": _nullable(_NUM), "rate_limit_tpm": _nullable(_NUM)}}
+
+_ERRORS = {400: "The body is not a JSON object, or a query parameter is out of range.",
+           401: "No admin token, or an unknown one.", 403: "A tenant key: tenants cannot use the admin API.",
+           404: "Not found.", 409: "expected_version is stale; nothing applied.",
+           413: "The body is over 256 KiB.", 422: "An invalid change; nothing applied.",
+           503: "The audit log could not be written; nothing applied."}
+_CHANGES = (400, 409, 413, 422, 503)
+
+
+def _path(name: str, what: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "description": what, "schema": _STR}
+
+
+def _query(name: str, what: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": what, "schema": schema}
+
+
+def _limit(default: int, maximum: int) -> dict[str, Any]:
+    return _query("limit", "How many, newest first.", {"type": "integer", "minimum": 1, "maximum": maximum,
+                                                       "default": default})
+
+
+def _op(summary: str, ok: dict[str, Any] | None, *errors: int, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, media: str = "application/json") -> dict[str, Any]:
+    responses: dict[str, Any] = {"200": {"description": "OK"}}
+    if ok is not None:
+        responses["200"]["content"] = {media: {"schema": ok}}
+    for status in sorted({401, 403, *errors}):
+        responses[str(status)] = {"description": _ERRORS[status],
+                                  "content": {"application/json": {"schema": _ref("Error")}}}
+    op: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body}}}
+    return op
+
+
+_TENANT = [_path("name", "The tenant's name.")]
+_RID = [_path("rid", "The request id (x-request-id on the gateway's responses).")]
+_POLICY_REF = _ref("Policy")
+
+PATHS: dict[str, dict[str, Any]] = {
+    "/admin/v1/state": {"get": _op("Tenants, engines, totals, GPUs and forecasts now.", _STATE)},
+    "/admin/v1/gpus": {"get": _op("GPU readings (NVML or simulated).", _object(_GPUS))},
+    "/admin/v1/policy": {
+        "get": _op("The whole policy document.", _POLICY_REF),
+        "patch": _op("Merge a change into the policy, validated whole, audited, applied atomically.", _POLICY_REF,
+                     *_CHANGES, body=_POLICY_PATCH),
+    },
+    "/admin/v1/policy/history": {"get": _op(
+        "The audit log of policy changes, newest first (across restarts).",
+        _object({"changes": {"type": "array", "items": _CHANGE}}), 400, params=[_limit(50, 1000)])},
+    "/admin/v1/tenants/{name}": {"patch": _op(
+        "Change a tenant's weight (or other tenant policy fields) with a reason.", _POLICY_REF, 404, *_CHANGES,
+        params=_TENANT, body=_TENANT_PATCH)},
+    "/admin/v1/tenants/{name}/pause": {"post": _op(
+        "Pause a tenant; its new requests get 429 tenant_paused.", _POLICY_REF, 404, *_CHANGES, params=_TENANT,
+        body=_object({}, _REASON))},
+    "/admin/v1/tenants/{name}/resume": {"post": _op(
+        "Resume a paused tenant.", _POLICY_REF, 404, *_CHANGES, params=_TENANT, body=_object({}, _REASON))},
+    "/admin/v1/requests": {"get": _op(
+        "Recent and in-flight requests, newest first, filtered by tenant and status.",
+        _object({"requests": {"type": "array", "items": _REQUEST_ROW}}), 400,
+        params=[_query("tenant", "Only this tenant's.", _STR),
+                _query("status", "Only this status (queued, running, ok, rejected, aborted, error, expired).", _STR),
+                _limit(100, 10_000)])},
+    "/admin/v1/requests/{rid}/trace": {"get": _op(
+        "A request's trace, sluice's spans and the engine's.", _TRACE, 404, params=_RID)},
+    "/admin/v1/requests/{rid}/abort": {"post": _op(
+        "Abort a queued or running request (an optional reason, told to its client).",
+        _object({"rid": _STR, "aborted": _BOOL}), 400, 404, 413, params=_RID, body=_object({}, _REASON))},
+    "/admin/v1/store/snapshot": {"get": _op(
+        "A consistent copy of the telemetry store as a DuckDB file (404 when sluice runs without a store).",
+        {"type": "string", "format": "binary"}, 400, 404, media="application/octet-stream",
+        params=[_query("tables", "Comma-separated table names (default: the durable tables).", _STR)])},
+    "/admin/v1/events": {"get": _op("Server-Sent Events (request, policy, state) for the console.",
+                                    _STR, media="text/event-stream")},
+    "/admin/v1/openapi.json": {"get": _op("This document.", _OBJ)},
+}
+
+
+def openapi_document() -> dict[str, Any]:
+    return {"openapi": "3.0.3", "info": {"title": "sluice admin API", "version": "1"},
+            "paths": PATHS,
+            "components": {"schemas": {"Error": _ERROR, "Policy": _POLICY},
+                           "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
+            "security": [{"admin": []}]}
