@@ -105,6 +105,19 @@ def test_openai_client_chat_and_completions(fake_gateway):
      {"Authorization": "bearer sk-wrong"}, 401, "invalid_api_key"),
     ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}]},
      {"Authorization": "Basic c2stdGVzdC1hY21lOg=="}, 401, "invalid_api_key"),
+    # issue 9 item 6: what the engine would not honour is refused by name, never accepted and dropped
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "n": 2}, None, 400,
+     "unsupported_value"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "functions": [{"name": "f"}]}, None,
+     400, "unsupported_parameter"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "tool_choice": "required"}, None,
+     400, "invalid_value"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 3}, None, 400,
+     "invalid_value"),
+    ({"model": "sluice-default", "messages": [{"role": "tool", "content": "x"}]}, None, 400,
+     "missing_required_parameter"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": None}]}, None, 400,
+     "missing_required_parameter"),
 ])
 def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, code):
     server, sluice, _ = fake_gateway
