@@ -19,9 +19,9 @@ from starlette.requests import Request
 from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.schemas import SchemaGenerator
 
 from controlplane.admin import why
+from controlplane.admin.openapi import openapi_document
 from controlplane.config import hash_key
 from controlplane.core.policy import ON_MISS, SCHEDULERS
 from controlplane.errors import ApiError, parse_json
@@ -132,49 +132,21 @@ class AdminAPI:
                 "forecast_errors": self.sluice.errors.state()}
 
     async def get_state(self, request: Request) -> Response:
-        """
-        summary: Tenants, engines, totals, GPUs and forecasts now.
-        responses:
-          200: {description: The state document of docs/admin-api.md.}
-        """
+        """Tenants, engines, totals, GPUs and forecasts now."""
         return JSONResponse(self.state())
 
     async def get_gpus(self, request: Request) -> Response:
-        """
-        summary: GPU readings (NVML or simulated).
-        responses:
-          200: {description: "gpus and gpu_status."}
-        """
+        """GPU readings (NVML or simulated)."""
         gpus, status = self.gpus()
         return JSONResponse({"gpus": gpus, "gpu_status": status})
 
     # -- policy -----------------------------------------------------------------------------
     async def get_policy(self, request: Request) -> Response:
-        """
-        summary: The whole policy document.
-        responses:
-          200: {description: The policy.}
-        """
+        """The whole policy document."""
         return JSONResponse(self.policies.current.to_dict())
 
     async def patch_policy(self, request: Request) -> Response:
-        """
-        summary: Merge a change into the policy, validated whole, audited, applied atomically.
-        requestBody:
-          content:
-            application/json:
-              schema:
-                type: object
-                required: [reason, changes]
-                properties:
-                  reason: {type: string}
-                  changes: {type: object}
-                  expected_version: {type: integer}
-        responses:
-          200: {description: The new policy.}
-          409: {description: expected_version is stale.}
-          422: {description: Invalid change; nothing applied.}
-        """
+        """Merge a change into the policy, validated whole, audited, applied atomically."""
         body = await self._json(request)
         unknown = set(body) - {"reason", "changes", "expected_version"}
         if unknown:
@@ -184,11 +156,7 @@ class AdminAPI:
         return JSONResponse(policy.to_dict())
 
     async def policy_history(self, request: Request) -> Response:
-        """
-        summary: The audit log of policy changes, newest first (across restarts).
-        responses:
-          200: {description: "changes: version, ts, actor, reason, before, after."}
-        """
+        """The audit log of policy changes, newest first (across restarts)."""
         limit = _int_param(request, "limit", 50, 1000)
         # the store's audit log, across restarts; read off the event loop
         return JSONResponse({"changes": await self._off_loop(self.policies.changes, limit)})
@@ -202,41 +170,24 @@ class AdminAPI:
         return JSONResponse(policy.to_dict())
 
     async def patch_tenant(self, request: Request) -> Response:
-        """
-        summary: Change a tenant's weight (or other tenant policy fields) with a reason.
-        responses:
-          200: {description: The new policy.}
-          404: {description: Unknown tenant.}
-        """
+        """Change a tenant's weight (or other tenant policy fields) with a reason."""
         body = await self._json(request)
         reason = body.pop("reason", None)
         return await self._tenant_change(request, body, reason)
 
     async def pause_tenant(self, request: Request) -> Response:
-        """
-        summary: Pause a tenant; its new requests get 429 tenant_paused.
-        responses:
-          200: {description: The new policy.}
-        """
+        """Pause a tenant; its new requests get 429 tenant_paused."""
         body = await self._json(request)
         return await self._tenant_change(request, {"paused": True}, body.get("reason") or "paused by operator")
 
     async def resume_tenant(self, request: Request) -> Response:
-        """
-        summary: Resume a paused tenant.
-        responses:
-          200: {description: The new policy.}
-        """
+        """Resume a paused tenant."""
         body = await self._json(request)
         return await self._tenant_change(request, {"paused": False}, body.get("reason") or "resumed by operator")
 
     # -- requests ---------------------------------------------------------------------------
     async def list_requests(self, request: Request) -> Response:
-        """
-        summary: Recent and in-flight requests, newest first, filtered by tenant and status.
-        responses:
-          200: {description: requests.}
-        """
+        """Recent and in-flight requests, newest first, filtered by tenant and status."""
         tenant = request.query_params.get("tenant")
         status = request.query_params.get("status")
         limit = _int_param(request, "limit", 100, 10_000)
@@ -251,12 +202,7 @@ class AdminAPI:
         return JSONResponse({"requests": rows})
 
     async def get_trace(self, request: Request) -> Response:
-        """
-        summary: A request's trace, sluice's spans and the engine's.
-        responses:
-          200: {description: "trace_id and spans."}
-          404: {description: Unknown request or no trace stored.}
-        """
+        """A request's trace, sluice's spans and the engine's."""
         rid = request.path_params["rid"]
         trace = await self._off_loop(self.trace_lookup, rid) if self.trace_lookup else None
         if trace is None:
@@ -264,13 +210,7 @@ class AdminAPI:
         return JSONResponse(trace)
 
     async def store_snapshot(self, request: Request) -> Response:
-        """
-        summary: A consistent copy of the telemetry store as a DuckDB file (?tables=a,b; default the durable tables), for sluice audit and sluice replay --db while serving.
-        responses:
-          200: {description: "The DuckDB file; X-Sluice-Snapshot-Rows: rows per table (JSON)."}
-          400: {description: An unknown table.}
-          404: {description: This sluice runs without a store.}
-        """
+        """A consistent copy of the telemetry store as a DuckDB file (?tables=a,b; default the durable tables), for sluice audit and sluice replay --db while serving."""
         if self.snapshot is None:
             raise ApiError(404, "this sluice runs without a telemetry store", code="no_store")
         raw = request.query_params.get("tables")
@@ -290,12 +230,7 @@ class AdminAPI:
                             background=BackgroundTask(shutil.rmtree, folder, ignore_errors=True))
 
     async def abort_request(self, request: Request) -> Response:
-        """
-        summary: Abort a queued or running request.
-        responses:
-          200: {description: Aborted.}
-          404: {description: Unknown or finished request.}
-        """
+        """Abort a queued or running request."""
         rid = request.path_params["rid"]
         note = (await self._json(request)).get("reason")  # optional: the console always sends one
         reason = f"aborted by {self._actor(request)}" + (f": {str(note).strip()[:200]}" if note else "")
@@ -317,11 +252,7 @@ class AdminAPI:
 
     # -- events -----------------------------------------------------------------------------
     async def events(self, request: Request) -> Response:
-        """
-        summary: Server-Sent Events (request, policy, state) for the console.
-        responses:
-          200: {description: text/event-stream.}
-        """
+        """Server-Sent Events (request, policy, state) for the console."""
         queue: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue(maxsize=2000)
 
         def listener(kind: str, payload: dict[str, Any]) -> None:
@@ -355,12 +286,8 @@ class AdminAPI:
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     async def openapi(self, request: Request) -> Response:
-        """
-        summary: This API's OpenAPI schema.
-        responses:
-          200: {description: OpenAPI 3 document.}
-        """
-        return JSONResponse(_SCHEMAS.get_schema(self.routes()))
+        """This API's OpenAPI schema."""
+        return JSONResponse(openapi_document())
 
     def routes(self) -> list[Route]:
         g = self._guard
@@ -383,10 +310,6 @@ class AdminAPI:
             Route(f"{p}/openapi.json", g(self.openapi), methods=["GET"]),
         ]
 
-
-_SCHEMAS = SchemaGenerator({"openapi": "3.0.0", "info": {"title": "sluice admin API", "version": "1"},
-                            "components": {"securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
-                            "security": [{"admin": []}]})
 
 _REQUEST_FIELDS = ("rid", "trace_id", "tenant", "slo_class", "engine", "status", "arrival_ts", "ttft_ms", "tpot_ms",
                    "e2e_ms", "prompt_tokens", "completion_tokens", "decision", "reason")

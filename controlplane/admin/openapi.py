@@ -134,6 +134,11 @@ PATHS: dict[str, dict[str, Any]] = {
     "/admin/v1/requests/{rid}/abort": {"post": _op(
         "Abort a queued or running request (an optional reason, told to its client).",
         _object({"rid": _STR, "aborted": _BOOL}), 400, 404, 413, params=_RID, body=_object({}, _REASON))},
+    "/admin/v1/requests/{rid}/why": {"get": _op(
+        "Why a request was admitted, deferred, refused or sent where it went.",
+        _object({"rid": _STR, "decisions": {"type": "array", "items": _OBJ}, "summary": _STR},
+                {"tenant": _nullable(_STR), "status": _nullable(_STR), "slo_class": _nullable(_STR),
+                 "policy_version": _nullable(_INT), "actual": _OBJ, "phases": {}}), 404, params=_RID)},
     "/admin/v1/store/snapshot": {"get": _op(
         "A consistent copy of the telemetry store as a DuckDB file (404 when sluice runs without a store).",
         {"type": "string", "format": "binary"}, 400, 404, media="application/octet-stream",
