@@ -4,7 +4,8 @@ The serving runtime (`controlplane/service.py`: asyncio, an injected clock, real
 engines) and virtual-time replay (`replay/runner.py`: a discrete-event loop over simulated engines)
 drive the same `DecisionCore`. What they must do the same way is written here, once:
 
-- the cadence: the core's `tick` every TICK_EVERY_S and an engine-load report every LOAD_EVERY_S,
+- the cadence: the core's `tick` every TICK_EVERY_S, an engine-load report every LOAD_EVERY_S and
+  the capacity rule every CAPACITY_EVERY_S,
   at the instants k * period of the clock (`next_tick`, `next_load`), so both clocks tick at the
   same instants;
 - the order at one instant: engine events and arrivals first, then the tick, then the load
@@ -38,12 +39,14 @@ from engine_adapter.base import EngineInfo, EngineLoad, StepProfile
 __all__ = [
     "DECISION_COLUMNS",
     "DEFAULT_PROFILE",
+    "CAPACITY_EVERY_S",
     "LOAD_EVERY_S",
     "TICK_EVERY_S",
     "ActionSink",
     "Driver",
     "decision_row",
     "engine_model",
+    "next_capacity",
     "next_load",
     "next_on_grid",
     "next_tick",
@@ -52,6 +55,7 @@ __all__ = [
 
 TICK_EVERY_S = 0.05  # the core's tick: deadlines expire and the prefill meters refill at this grain
 LOAD_EVERY_S = 0.5  # each engine's load report
+CAPACITY_EVERY_S = 5.0  # the capacity rule (controlplane/core/capacity.py): desired replicas per pool
 
 # A step-time prior for engines that report none (a real SGLang server): H100-class, 8B model.
 DEFAULT_PROFILE = StepProfile(prefill_a=0.008, prefill_b=0.00006, decode_c=0.007, decode_d=0.00005, decode_e=2e-8)
@@ -79,6 +83,10 @@ def next_tick(t: float) -> float:
 
 def next_load(t: float) -> float:
     return next_on_grid(t, LOAD_EVERY_S)
+
+
+def next_capacity(t: float) -> float:
+    return next_on_grid(t, CAPACITY_EVERY_S)
 
 
 # -- actions ----------------------------------------------------------------------------------------
@@ -134,6 +142,13 @@ class Driver:
 
     def set_policy(self, now: float, policy: Policy) -> None:
         self.apply(now, self.core.set_policy(now, policy))
+
+    def engine_up(self, now: float, name: str, info: EngineInfo) -> None:
+        """An engine started by an autoscaler joins the pool, planned as `engine_model` plans it."""
+        self.apply(now, self.core.engine_up(now, *engine_model(name, info)))
+
+    def engine_down(self, now: float, name: str) -> None:
+        self.apply(now, self.core.engine_down(now, name))
 
 
 # -- what the core is built from --------------------------------------------------------------------

@@ -369,6 +369,10 @@ class _Run:
             self.end(rec, OK if status == "ok" else ERROR, ev.time)
             self.driver.finish(ev.time, ev.rid, report)
 
+    def scale(self, now: float) -> None:
+        """A hook at each load-report instant, before the reports: replay/autoscale.py adds and
+        removes engines here (a fixed fleet does nothing)."""
+
     def advance_engines(self, until: float) -> None:
         """Run every engine to `until`, feeding their events to the core in time order (ties: by
         engine, then by each engine's own order); repeat while handling them submits more work."""
@@ -421,6 +425,7 @@ class _Run:
             if t_tick <= now:
                 driver.tick(now)
             if t_load <= now:
+                self.scale(now)
                 for name in self.names:
                     driver.engine_load(now, name, sims[name].load(now))
                 t_load = next_load(now)

@@ -28,15 +28,21 @@ def load(rps: float, **kw: object) -> PoolLoad:
 
 
 def test_capacity_follows_the_step_model() -> None:
-    mu = replica_capacity(REPLICA, 0.045, 600, 250)
-    w = replica_window(REPLICA, 0.045, 850)
+    """At the capacity rate the steady step time of continuous batching (decodes of the batch plus
+    the prompts that arrived during the step) is the TPOT budget, and the batch fits the window."""
     p = PROFILE.step
-    assert p.decode_time(w, w * 850) <= 0.045
-    limit = min(REPLICA.max_running, REPLICA.kv_capacity // 850)  # the KV holds no more
-    assert w == limit or p.decode_time(w + 1, (w + 1) * 850) > 0.045
-    assert math.isclose(mu, w / (p.prefill_time(600) + 250 * p.decode_time(w, w * 850)))
-    # a tighter TPOT budget serves fewer requests per replica
-    assert replica_capacity(REPLICA, 0.02, 600, 250) < mu
+    for prompt, out in ((600, 250), (150, 30), (3000, 400)):
+        mu = replica_capacity(REPLICA, 0.04, prompt, out)
+        s = 0.04
+        for _ in range(200):  # the fixed point s = decode(B, B * (P + O)) + prefill of mu * s prompts
+            batch = mu * out * s
+            s = p.decode_time(batch, batch * (prompt + out)) + mu * s * (p.prefill_time(prompt) - p.prefill_a)
+        w = replica_window(REPLICA, 0.04, prompt + out)
+        assert s <= 0.04 * 1.001
+        assert math.isclose(s, 0.04, rel_tol=1e-3) or math.isclose(mu * out * s, w, rel_tol=1e-3)
+    # a tighter TPOT budget or longer requests: fewer requests per replica
+    assert replica_capacity(REPLICA, 0.02, 600, 250) < replica_capacity(REPLICA, 0.04, 600, 250)
+    assert replica_capacity(REPLICA, 0.04, 1200, 250) < replica_capacity(REPLICA, 0.04, 600, 250)
 
 
 rates = st.floats(min_value=0.0, max_value=400.0, allow_nan=False)
@@ -153,7 +159,7 @@ def test_controller_reads_a_live_core() -> None:
     policy = default_policy("fcfs", admission=True, weights={"a": 1.0})
     core = DecisionCore(policy, engine_specs(PROFILE, 1), OutputLengthPredictor(seed=0, torch_expert=False))
     ctl = Controller(REPLICA, behaviour=Behaviour(down_window_s=10.0), params=CapacityParams(idle_to_zero_s=20.0))
-    ctl.start(1)
+    ctl.start(1, 0.0)
     for k in range(200):  # 40 req/s for 5 s: more than one replica serves at the SLO
         core.arrive(k * 0.025, RequestSpec(f"r{k}", "a", 600, 250))
     rec = ctl.step(core, 5.0)
@@ -165,6 +171,6 @@ def test_controller_reads_a_live_core() -> None:
     # a pool nobody asks anything of goes to zero after the idle period, not before
     idle = DecisionCore(policy, engine_specs(PROFILE, 2), OutputLengthPredictor(seed=0, torch_expert=False))
     ctl = Controller(REPLICA, behaviour=Behaviour(down_window_s=10.0), params=CapacityParams(idle_to_zero_s=20.0))
-    ctl.start(2)
+    ctl.start(2, 0.0)
     seen = [ctl.step(idle, 5.0 * k).desired for k in range(1, 12)]
     assert seen[0] >= 1 and seen[-1] == 0

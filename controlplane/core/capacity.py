@@ -8,8 +8,9 @@ same decision.
 The rule (Chiron's hierarchy, docs/capacity.md):
 
 1. Interactive headroom first. One replica serves `mu` requests/s within the TPOT budget by the step
-   model: its window W is the largest batch whose decode step meets the budget (and whose KV fits),
-   each request costs a prefill plus its predicted output at that step time, so mu = W / service.
+   model: the rate at which continuous batching's step time (the decodes of the running batch plus
+   the prompts arriving meanwhile) stays within the budget and the batch within its window
+   (`replica_capacity`).
    The latency tier's arrival rate (refused requests too: demand, not what got in) needs
    lambda / (mu * target_utilisation) replicas, the headroom absorbing bursts inside a window.
 2. Batch deadlines second. Deferred work rides in that headroom; only when it cannot finish by its
@@ -97,13 +98,29 @@ def replica_window(r: Replica, tpot_budget_s: float | None, per_request_tokens: 
     return lo
 
 
-def replica_capacity(r: Replica, tpot_budget_s: float | None, mean_prompt: float, mean_output: float) -> float:
-    """Requests/s one replica completes while each decode step meets `tpot_budget_s` (Little's law
-    over its window: W / service time at a batch of W)."""
+def replica_capacity(r: Replica, tpot_budget_s: float | None, mean_prompt: float, mean_output: float, *,
+                     prefill: bool = True) -> float:
+    """Requests/s one replica sustains with every step within `tpot_budget_s`.
+
+    Continuous batching: each step decodes the B running requests and prefills the prompt tokens
+    that arrived meanwhile. At a rate lam with step time s, B = lam * O * s (Little) and lam * P * s
+    prompt tokens go into each step, so s = c + lam * s * (O * (d + e * (P + O)) + prefill(P) - a):
+    s = c / (1 - lam * work). s <= budget gives lam <= (1 - c / budget) / work; the batch must also
+    fit the window (KV and the running cap): lam * O * s <= W. `prefill=False`: a decode-only
+    replica (disaggregated)."""
+    p = r.profile
     per = max(1.0, mean_prompt + mean_output)
+    o = max(1.0, mean_output)
+    work = o * (p.decode_d + p.decode_e * per)
+    if prefill:
+        work += p.prefill_time(mean_prompt) - p.prefill_a
+    if work <= 0:
+        return math.inf
+    lam = (1.0 - p.decode_c / tpot_budget_s) / work if tpot_budget_s is not None else 1.0 / work
     w = replica_window(r, tpot_budget_s, per)
-    service = r.profile.prefill_time(mean_prompt) + mean_output * r.profile.decode_time(w, w * per)
-    return w / service if service > 0 else math.inf
+    # the window: lam * O * c / (1 - lam * work) <= W
+    lam_w = w / (o * p.decode_c + w * work) if p.decode_c > 0 else math.inf
+    return max(0.0, min(lam, lam_w))
 
 
 def need(load: PoolLoad, replica: Replica, params: CapacityParams, current: int) -> int:
@@ -159,6 +176,12 @@ class Stabiliser:
     current: int = 0
     _recs: deque[tuple[float, int]] = field(default_factory=deque)
     _changes: deque[tuple[float, int]] = field(default_factory=deque)  # (time, count before the change)
+
+    def start(self, replicas: int, now: float) -> None:
+        """The count in force at `now`, remembered as a recommendation: a fleet just started is not
+        scaled down before a whole down window has said so."""
+        self.current = replicas
+        self._recs.append((now, replicas))
 
     def update(self, now: float, recommendation: int) -> int:
         """The replica count to run now, given the rule's recommendation at `now`."""
@@ -270,9 +293,10 @@ class Controller:
     def __post_init__(self) -> None:
         self.stabiliser = Stabiliser(self.behaviour)
 
-    def start(self, replicas: int) -> None:
+    def start(self, replicas: int, now: float) -> None:
         """The count in force before the first evaluation (the fleet the pool starts with)."""
-        self.stabiliser.current = replicas
+        self.stabiliser.start(replicas, now)
+        self.idle_since = now
 
     def step(self, core: DecisionCore, now: float) -> Recommendation:
         for e in core.engines.values():
@@ -299,11 +323,10 @@ class Controller:
         assert self.pd_ratio is not None
         p, r = self.replica.profile, self.replica
         rate = load.latency_rps + load.deferrable_rps
-        per = load.mean_prompt + load.mean_output
-        w = replica_window(r, load.tpot_budget_s, per)
         util = self.params.target_utilisation
         pre = rate * p.prefill_time(load.mean_prompt) / util
-        dec = rate * load.mean_output * p.decode_time(w, w * per) / w / util
+        dec = rate / max(1e-9, replica_capacity(r, load.tpot_budget_s, load.mean_prompt, load.mean_output,
+                                                prefill=False)) / util
         a, b = split_pd(pre, dec, self.pd_ratio)
         units = max(a // self.pd_ratio[0], math.ceil(desired / sum(self.pd_ratio)))
         return units * self.pd_ratio[0], units * self.pd_ratio[1]

@@ -109,7 +109,7 @@ class DecisionCore:
         self.policy = policy.validate()
         self.predictor = predictor
         self.errors = errors
-        self.engines = {spec.name: EngineState(spec, model, model.profile()) for spec, model in engines}
+        self.engines = {spec.name: EngineState(spec, model, profile=model.profile()) for spec, model in engines}
         self.requests: dict[str, Tracked] = {}
         self.scheduler = self._new_queue(policy)
         self._rps: dict[str, TokenBucket] = {}
@@ -278,6 +278,24 @@ class DecisionCore:
     def engine_health(self, now: float, name: str, healthy: bool) -> list[Action]:
         self.engines[name].healthy = healthy
         return self._pump(now) if healthy else []
+
+    def engine_up(self, now: float, spec: EngineSpec, model: StepModel) -> list[Action]:
+        """An engine joins the pool (an autoscaler started it): it takes work from the next dispatch."""
+        if spec.name in self.engines:
+            raise ValueError(f"engine {spec.name!r} is already in the pool")
+        eng = self.engines[spec.name] = EngineState(spec, model, profile=model.profile())
+        self._inflight_deferrable[spec.name] = 0
+        self._resize_windows()
+        eng.prior_window = eng.window
+        return self._pump(now)
+
+    def engine_down(self, now: float, name: str) -> list[Action]:
+        """An engine leaves the pool. Only a drained one may (mark it unhealthy first, wait for
+        its in-flight requests to finish): the core never loses a running request's state."""
+        if self.engines[name].in_flight:
+            raise ValueError(f"engine {name!r} still runs {len(self.engines[name].in_flight)} requests")
+        del self.engines[name], self._inflight_deferrable[name]
+        return []
 
     def set_policy(self, now: float, policy: Policy) -> list[Action]:
         """Swap the policy atomically; it governs the very next decision."""

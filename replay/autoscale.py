@@ -1,0 +1,275 @@
+"""Replay with scaling: simulated engines started and stopped as an autoscaler asks.
+
+`run_autoscaled` is `run_virtual` with the fleet under one of three controllers:
+
+- ``sluice``: the capacity rule (controlplane/core/capacity.py) on the driver's capacity cadence,
+  from the core's state: what `sluice_desired_replicas` says while serving;
+- ``utilisation``: the setup users run today, an HPA on GPU utilisation (DCGM's GPU_UTIL: the share
+  of time a kernel runs, here the simulator's busy time over the period, averaged over the serving
+  replicas): desired = ceil(serving x utilisation / target), with HPA's 10% tolerance, its minimum
+  of one replica and the same stabilisation behaviour;
+- ``fixed``: the initial fleet, never changed (the peak-sized baseline).
+
+The fleet (`_Fleet`): a replica asked for is provisioned at once and serves after its start time:
+``cold_start_s`` (weights from remote storage) or ``warm_start_s`` when a replica was released within
+``warm_keep_s`` (ServerlessLLM: the checkpoint is still in the host's memory or local SSD; each release
+leaves one such warm slot). A replica asked away drains: the core stops dispatching to it (unhealthy)
+and it leaves once its requests are done; one still starting is cancelled first. GPU-seconds run
+from provisioning to departure (a GPU loading weights is held); energy is the simulator's (its step
+power model, engine_adapter/sim/profile.py) plus idle power while loading and between steps.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from controlplane.core.capacity import Behaviour, CapacityParams, Controller, Replica, Stabiliser
+from controlplane.core.policy import Policy
+from controlplane.driver import CAPACITY_EVERY_S, next_capacity
+from engine_adapter.base import EngineInfo
+from engine_adapter.sim.core import SimCore
+from engine_adapter.sim.profile import SimProfile, load_profile
+from replay.report import SLOSpec
+from replay.runner import VirtualResult, _result, _Run, default_policy
+from replay.workload import WorkloadRequest
+
+__all__ = ["MODES", "FleetReport", "Scaling", "run_autoscaled", "servegen_day"]
+
+Mode = Literal["sluice", "utilisation", "fixed"]
+MODES: tuple[Mode, ...] = ("sluice", "utilisation", "fixed")
+
+
+@dataclass(frozen=True, slots=True)
+class Scaling:
+    mode: Mode = "sluice"
+    initial: int = 1  # replicas serving at time 0 (already loaded)
+    cold_start_s: float = 60.0
+    warm_start_s: float = 10.0
+    warm_keep_s: float = 900.0
+    utilisation_target: float = 0.7
+    utilisation_tolerance: float = 0.1
+    params: CapacityParams = field(default_factory=CapacityParams)
+    behaviour: Behaviour = field(default_factory=Behaviour)
+
+
+@dataclass(slots=True)
+class FleetReport:
+    mode: str
+    gpu_seconds: float = 0.0
+    energy_j: float = 0.0
+    actions: int = 0  # changes of the target replica count
+    started: int = 0  # replicas provisioned (cold + warm)
+    warm_starts: int = 0
+    stopped: int = 0  # replicas released (drained or cancelled while starting)
+    peak: int = 0  # most replicas held at once
+    timeline: list[tuple[float, int, int]] = field(default_factory=list)  # (t, desired, serving)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("mode", "gpu_seconds", "energy_j", "actions", "started",
+                                              "warm_starts", "stopped", "peak")}
+
+
+@dataclass(slots=True)
+class _Replica:
+    name: str
+    since: float  # provisioned
+    ready_at: float
+    sim: SimCore | None = None
+    draining: bool = False
+
+
+class _ScaledRun(_Run):
+    def __init__(self, scaling: Scaling, profile: SimProfile, seed: int, *args: Any) -> None:
+        super().__init__(*args)
+        self.scaling = scaling
+        self.profile = profile
+        self.seed = seed
+        self.report = FleetReport(scaling.mode)
+        self.replicas = {name: _Replica(name, 0.0, 0.0, self.sims[name]) for name in self.names}
+        self.counter = len(self.names)
+        self.released: list[float] = []  # when each warm slot was left
+        self.next_eval = 0.0
+        self.target = len(self.names)
+        self.busy = {name: 0.0 for name in self.names}
+        self.controller = Controller(Replica(profile.step, profile.kv_capacity_tokens, profile.max_running_requests),
+                                     scaling.params, scaling.behaviour)
+        self.controller.start(self.target, 0.0)
+        self.hpa = Stabiliser(scaling.behaviour)
+        self.hpa.start(self.target, 0.0)
+        self.first_dispatch: dict[str, float] = {}
+
+    def dispatch(self, now: float, a: Any) -> None:
+        self.first_dispatch.setdefault(a.engine, now)
+        super().dispatch(now, a)
+
+    # -- the hook at each load-report instant --------------------------------------------------------
+    def scale(self, now: float) -> None:
+        for r in list(self.replicas.values()):
+            if r.sim is None and r.ready_at <= now:
+                self._serve(r, now)
+            elif r.draining and not self.core.engines[r.name].in_flight:
+                self._release(r, now)
+        self.report.peak = max(self.report.peak, len(self.replicas))
+        if self.scaling.mode == "fixed" or now < self.next_eval:
+            return
+        self.next_eval = next_capacity(now)
+        target = self._desired(now)
+        if target != self.target:
+            self.report.actions += 1
+            self.target = target
+        self._reconcile(now)
+        serving = sum(1 for r in self.replicas.values() if r.sim is not None and not r.draining)
+        self.report.timeline.append((now, self.target, serving))
+
+    def _desired(self, now: float) -> int:
+        if self.scaling.mode == "sluice":
+            return self.controller.step(self.core, now).desired
+        serving = [r for r in self.replicas.values() if r.sim is not None and not r.draining]
+        utils = []
+        for r in serving:
+            assert r.sim is not None
+            busy = r.sim.stats.busy_s
+            utils.append(min(1.0, (busy - self.busy.get(r.name, busy)) / CAPACITY_EVERY_S))
+            self.busy[r.name] = busy
+        if not utils:
+            return self.hpa.update(now, max(1, self.hpa.current))
+        ratio = sum(utils) / len(utils) / self.scaling.utilisation_target
+        n = len(utils)
+        rec = n if abs(ratio - 1.0) <= self.scaling.utilisation_tolerance else math.ceil(n * ratio)
+        return self.hpa.update(now, max(1, min(self.scaling.params.max_replicas, rec)))
+
+    def _reconcile(self, now: float) -> None:
+        held = [r for r in self.replicas.values() if not r.draining]
+        for r in self.replicas.values():  # un-drain before starting anew: it is warm and holds its GPU
+            if len(held) >= self.target:
+                break
+            if r.draining:
+                r.draining = False
+                self.driver.engine_health(now, r.name, True)
+                held.append(r)
+        while len(held) < self.target:
+            held.append(self._provision(now))
+        # away: first those still starting (newest first), then the least busy serving ones
+        excess = len(held) - self.target
+        starting = sorted((r for r in held if r.sim is None), key=lambda r: -r.since)
+        for r in starting[:excess]:
+            self._release(r, now)
+        excess -= min(excess, len(starting))
+        serving = sorted((r for r in held if r.sim is not None), key=lambda r: len(self.core.engines[r.name].in_flight))
+        for r in serving[:excess]:
+            r.draining = True
+            self.driver.engine_health(now, r.name, False)
+            if not self.core.engines[r.name].in_flight:
+                self._release(r, now)
+
+    def _provision(self, now: float) -> _Replica:
+        s = self.scaling
+        self.released = [t for t in self.released if t >= now - s.warm_keep_s]
+        warm = bool(self.released)
+        if warm:
+            self.released.pop()
+            self.report.warm_starts += 1
+        name = f"sim-{self.counter}"
+        self.counter += 1
+        r = _Replica(name, now, now + (s.warm_start_s if warm else s.cold_start_s))
+        self.replicas[name] = r
+        self.report.started += 1
+        return r
+
+    def _serve(self, r: _Replica, now: float) -> None:
+        p = self.profile
+        r.sim = SimCore(p, seed=self.seed + int(r.name.split("-")[1]))
+        self.sims[r.name] = r.sim
+        self.names.append(r.name)
+        self.busy[r.name] = 0.0
+        self.driver.engine_up(now, r.name, EngineInfo(r.name, "sim", p.model, None, p.kv_capacity_tokens, True,
+                                                      p.step))
+
+    def _release(self, r: _Replica, now: float) -> None:
+        self._account(r, now)
+        if r.sim is not None:
+            self.driver.engine_down(now, r.name)
+            del self.sims[r.name]
+            self.names.remove(r.name)
+            self.released.append(now)
+        self.report.stopped += 1
+        del self.replicas[r.name]
+
+    def _account(self, r: _Replica, end: float) -> None:
+        idle_w = self.profile.idle_w
+        self.report.gpu_seconds += end - r.since
+        if r.sim is None or r.name not in self.first_dispatch:
+            self.report.energy_j += idle_w * (end - r.since)
+        else:  # the simulator meters from its first request; before that the GPU idled (or loaded)
+            self.report.energy_j += idle_w * (self.first_dispatch[r.name] - r.since) + r.sim.gpu(end)["energy_j"]
+
+    def close(self, end: float) -> None:
+        for r in self.replicas.values():
+            self._account(r, end)
+
+
+def servegen_day(*, group: str = "m-small", day: int = 0, compress: float = 48.0, rate_scale: float = 0.05,
+                 lengths: str = "azure-conv", batch_every: int = 5, seed: int = 0) -> list[WorkloadRequest]:
+    """A day of ServeGen language rates (its diurnal curve and per-window burstiness), compressed
+    `compress` times in time (a day in 86400 / compress seconds) at `rate_scale` x the trace's rate.
+
+    Every client is a tenant; every `batch_every`-th client (by id; 0: none) is of the batch class
+    (a deadline, deferred), the rest interactive. `lengths`: "azure-conv" draws (prompt, output)
+    pairs from Azure's conversation trace (longer than m-small's own, so a few engines carry the
+    load with tens of thousands rather than millions of requests); "servegen": the clients' own."""
+    import dataclasses
+
+    import numpy as np
+
+    from replay.loaders import load_length_table, shared_trace
+    from replay.servegen import load_servegen, sample_servegen
+    from replay.workload import scale_rate
+
+    profile = load_servegen(group=group)
+    table = load_length_table(shared_trace("AzureLLMInferenceTrace_conv.csv"), "ContextTokens", "GeneratedTokens")
+    reqs = sample_servegen(profile, start_s=86400.0 * day, duration_s=86400.0, seed=seed,
+                           rate_scale=rate_scale / compress, fallback_lengths=table)
+    reqs = scale_rate(reqs, compress)
+    if lengths == "azure-conv":
+        ins, outs = table.sample(len(reqs), np.random.default_rng([seed, 7]))
+        reqs = [dataclasses.replace(r, input_length=int(i), output_length=int(o), extra=dict(r.extra))
+                for r, i, o in zip(reqs, ins, outs)]
+    elif lengths != "servegen":
+        raise ValueError(f"lengths: 'azure-conv' or 'servegen', got {lengths!r}")
+    if batch_every:
+        reqs = [dataclasses.replace(r, slo_class="batch" if int(r.tenant.rsplit("-", 1)[1]) % batch_every == 0
+                                    else "interactive", extra=dict(r.extra)) for r in reqs]
+    return reqs
+
+
+def run_autoscaled(
+    workload: Sequence[WorkloadRequest],
+    policy: Policy | str,
+    scaling: Scaling,
+    *,
+    profile: str | SimProfile = "h100-llama3.1-8b",
+    seed: int = 0,
+    slo: SLOSpec = None,
+    weights: Mapping[str, float] | None = None,
+    torch_expert: bool = True,
+    train_every: int = 256,
+) -> tuple[VirtualResult, FleetReport]:
+    """Replay `workload` with the fleet under `scaling`; the result as `run_virtual`'s, plus the
+    fleet's GPU-seconds, energy and scaling actions (all up to the run's last event)."""
+    import time
+
+    if isinstance(policy, str):
+        policy = default_policy(policy, weights=weights)
+    prof = profile if isinstance(profile, SimProfile) else load_profile(profile)
+    if scaling.initial < 1:
+        raise ValueError("the initial fleet needs at least one replica")
+    run = _ScaledRun(scaling, prof, seed, workload, policy, scaling.initial, prof, seed, None, False, torch_expert,
+                     train_every)
+    t0 = time.perf_counter()
+    run.run()
+    wall = time.perf_counter() - t0
+    result = _result(run, slo, wall, False, 0)
+    run.close(result.makespan_s)
+    return result, run.report
