@@ -22,7 +22,8 @@ from controlplane.config import Config, TenantConfig, hash_key
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, SLOClassPolicy
-from controlplane.driver import LOAD_EVERY_S, Driver, engine_model, next_load, next_tick, slo_met
+from controlplane.core.capacity import Controller, Replica
+from controlplane.driver import LOAD_EVERY_S, Driver, engine_model, next_capacity, next_load, next_tick, slo_met
 from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.recorder import Recorder
@@ -84,6 +85,7 @@ class Sluice:
         self.stats = LiveStats()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
         self.engine_loads: dict[str, Any] = {}  # last EngineLoad per engine, for the admin state
+        self.capacity: Controller | None = None  # desired replicas (docs/capacity.md), on the driver's cadence
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = threading.Event()
         self._trainer: threading.Thread | None = None
@@ -102,6 +104,10 @@ class Sluice:
             specs.append(engine_model(name, info))
         self.core = DecisionCore(self.config.policy, specs, self.predictor, _ForecastTee(self))
         self.driver = Driver(self.core, _TicketSink(self))
+        first = next(iter(self.core.engines.values()), None)
+        if first is not None and first.profile is not None:
+            self.capacity = Controller(Replica(first.profile, first.spec.kv_capacity, first.spec.max_running))
+            self.capacity.start(len(self.core.engines), self.clock())
         self._tasks = [asyncio.create_task(self._cadence())]
         if self.predictor.mlp is None:
             return  # nothing to train in the background
@@ -136,13 +142,13 @@ class Sluice:
         driver, clock = self.driver, self.clock
         poll: asyncio.Task[None] | None = None
         now = clock()
-        tick_at, load_at = next_tick(now), now
+        tick_at, load_at, capacity_at = next_tick(now), now, next_capacity(now)
         while True:
             due = min(tick_at, load_at)
             now = clock()
             if now < due:
                 if due - now > LOAD_EVERY_S:  # the clock was set back: start the grid again from now
-                    tick_at, load_at = next_tick(now), next_load(now)
+                    tick_at, load_at, capacity_at = next_tick(now), next_load(now), next_capacity(now)
                     continue
                 await asyncio.sleep(due - now)
                 continue  # a timer may fire a hair early: sleep again until the clock is there
@@ -158,6 +164,12 @@ class Sluice:
                     log.exception("tick failed")
             if load_at <= now:
                 load_at = next_load(now)
+                if capacity_at <= now and self.capacity is not None:  # before the reports, as replay
+                    capacity_at = next_capacity(now)
+                    try:
+                        self.capacity.step(self.driver.core, now)
+                    except Exception:
+                        log.exception("capacity evaluation failed")
                 # A task of its own: a slow engine delays its own report, never the tick. Started after
                 # the tick, it runs after the handlers of the tick's dispatches have submitted to their
                 # engines, so the reports include them (as replay's do).

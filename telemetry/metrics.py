@@ -111,6 +111,11 @@ class Metrics:
         self.engine_waiting = Gauge("sluice_engine_waiting", "Engine's waiting requests", ["engine"], registry=r)
         self.engine_kv_usage = Gauge("sluice_engine_kv_usage", "Engine's KV-cache usage (0..1)", ["engine"],
                                      registry=r)
+        # the autoscaling signal (docs/capacity.md): KEDA / an HPA scale the pool's engines to `desired`
+        self.desired_replicas = Gauge("sluice_desired_replicas", "Engine replicas the pool needs to meet its "
+                                      "SLOs (capacity rule, stabilised)", ["pool"], registry=r)
+        self.actual_replicas = Gauge("sluice_actual_replicas", "Engine replicas serving now (healthy)", ["pool"],
+                                     registry=r)
         self.forecast_error = Histogram(
             "sluice_forecast_error", "Absolute percentage error of forecasts, |pred - actual| / actual",
             ["kind"], buckets=APE_BUCKETS, registry=r,
@@ -232,6 +237,10 @@ class Metrics:
             self.engine_waiting.labels(e).set(waiting)
         if kv_usage is not None:
             self.engine_kv_usage.labels(e).set(kv_usage)
+
+    def set_replicas(self, pool: str, desired: int, actual: int) -> None:
+        self.desired_replicas.labels(pool).set(desired)
+        self.actual_replicas.labels(pool).set(actual)
 
     def set_gpu_samples(self, samples: Iterable[Mapping[str, Any]]) -> None:
         """The latest GPU readings (``GpuSampler.sample()`` dicts), exported on the next scrape."""
