@@ -75,7 +75,15 @@ class Telemetry:
         return queries.trace_for_request(self.store, rid)
 
     async def sample_loop(self, sluice: Sluice, retention_days: float | None) -> None:
-        """Once a second: GPU samples into the store, gauges for Prometheus; hourly: retention."""
+        """Once a second: GPU samples into the store, gauges for Prometheus; hourly: retention.
+        Meanwhile a ticker measures the event loop's lag (`sluice_event_loop_lag_seconds`)."""
+        ticker = asyncio.create_task(self.metrics.watch_loop_lag())
+        try:
+            await self._sample_forever(sluice, retention_days)
+        finally:
+            ticker.cancel()
+
+    async def _sample_forever(self, sluice: Sluice, retention_days: float | None) -> None:
         last_prune = 0.0
         while True:
             try:

@@ -97,3 +97,7 @@ def test_every_authenticated_request_leaves_one_row_with_what_its_client_receive
                for s in f.samples if s.name == "sluice_refusals_total"}
     expected = collections.Counter((code, str(status)) for _, status, code, _ in sent if status >= 400)
     assert counted == expected
+    # the serving loop's lag is measured (bench/bench_soak.py reads it): a ticker has been observing
+    [lag] = [s.value for f in text_string_to_metric_families(metrics.decode())
+             for s in f.samples if s.name == "sluice_event_loop_lag_seconds_count"]
+    assert lag > 0
