@@ -235,18 +235,20 @@ async def test_open_trace_waterfall(fake_admin: FakeAdmin) -> None:
         await pilot.press("3")
         await wait_until(pilot, lambda: app.requests_pane.table.row_count == 14, "requests")
         await pilot.press("down", "down", "down", "enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.trace, "trace")
+        await wait_until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.trace
+                         and app.screen.why, "trace and why")
         screen = app.screen
         assert screen.rid == "req-0998"
-        assert len(screen.rows) == 7
+        # the trace's 7 spans and the request's 4 phases from /why
+        assert [r.span["service"] for r in screen.rows].count("phase") == 4 and len(screen.rows) == 11
         names = [(r.depth, r.span["name"], r.span["service"]) for r in screen.rows]
         assert names[0] == (0, "POST /v1/chat/completions", "sluice")
         assert (2, "sglang.request", "sglang") in names and (3, "prefill", "sglang") in names
         waterfall = screen.query_one("#waterfall", OptionList)
-        assert waterfall.option_count == 7
+        assert waterfall.option_count == 11
         root = str(waterfall.get_option_at_index(0).prompt)
         assert "█" * 20 in root and "1700ms" in root  # the root spans the whole trace
-        await pilot.press("down")
+        await pilot.press("down", "down")  # the admission phase, then sluice's admission span
         assert "sluice.admission" in str(screen.query_one("#span-detail", Static).render())
         await pilot.press("escape")
         await pilot.pause()

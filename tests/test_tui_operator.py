@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.text import Text
 
-from tests.tui_fake_admin import NOW, initial_requests, state_at
+from tests.tui_fake_admin import NOW, fake_admin, initial_requests, state_at, wait_until  # noqa: F401 - fixture
 from tui.app import SluiceConsole
 
 SIZE = (150, 42)
@@ -164,3 +164,34 @@ async def test_policy_screen_newest_change_whole_and_checked_as_you_type() -> No
                          .replace('"weight": 2.0', '"weight": "2"'))
         await pilot.pause()
         assert "tenants.acme.weight: must be a number" in label(app, "#policy-error")
+
+
+async def test_opening_a_request_shows_why_and_its_phases(fake_admin) -> None:  # noqa: F811 - fixture
+    from textual.widgets import OptionList
+
+    from tui.trace import TraceScreen
+
+    app = SluiceConsole(fake_admin.url, fake_admin.token, refresh_interval=3600.0, requests_interval=3600.0)
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_until(pilot, lambda: len(app.requests_pane.store) == 14, "requests")
+        await pilot.press("3")
+        app.requests_pane.render_rows()
+        await pilot.pause()
+        await pilot.press("down", "down", "down", "enter")  # req-0998, ok
+        await wait_until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.trace
+                         and app.screen.why, "trace and why")
+        screen = app.screen
+        why = str(screen.query_one("#why").render())
+        assert "forecast TTFT 95 ms" in why and "500 ms budget" in why and "runners-up" in why
+        assert "fair share" in why and "policy v3" in why
+        names = [str(o.prompt) for o in screen.query_one("#waterfall", OptionList)._options]
+        assert [n for n in names if "phase:" in n] and all(
+            any(f"phase: {p}" in n for n in names) for p in ("admission", "queue", "prefill", "decode"))
+        await pilot.press("escape")
+        await pilot.pause()
+        # a refusal says what would have let it in
+        pane = app.requests_pane
+        pane.table.move_cursor(row=pane.table.get_row_index("req-0996"))
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.why, "why")
+        assert "would have been let in with" in str(app.screen.query_one("#why").render())

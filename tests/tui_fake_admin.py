@@ -242,6 +242,44 @@ def trace_for(req: dict[str, Any]) -> dict[str, Any]:
     return {"trace_id": tid, "spans": spans}
 
 
+def why_for(req: dict[str, Any]) -> dict[str, Any]:
+    """A deterministic `/why` in the server's shape (controlplane/admin/why.py), its phases on
+    trace_for's clock."""
+    t0 = float(req["arrival_ts"])
+    ttft = (req.get("ttft_ms") or 120.0) / 1000.0
+    e2e = (req.get("e2e_ms") or 1500.0) / 1000.0
+    queue_end = t0 + 0.004 + ttft * 0.4
+    refused = req["status"] == "rejected"
+    admission = {"kind": "reject" if refused else "admit", "reason": "ttft_unattainable" if refused else "within_slo",
+                 "ts": t0 + 0.004, "engine": req.get("engine"), "policy_version": 3,
+                 "text": f"{'reject (ttft_unattainable)' if refused else 'admit (within_slo)'}; forecast TTFT "
+                         f"{'820' if refused else '95'} ms x 1.00 (recent forecast error) = "
+                         f"{'820' if refused else '95'} ms, {'over' if refused else 'within'} 80% of the 500 ms budget; "
+                         "TTFT parts: 40 ms waiting for a slot, 30 ms of prefill ahead, 25 ms own prefill"}
+    why: dict[str, Any] = {
+        "rid": req["rid"], "tenant": req["tenant"], "status": req["status"], "slo_class": req["slo_class"],
+        "policy_version": 3, "slo": {"class": req["slo_class"], "ttft_budget_ms": 500.0, "tpot_budget_ms": 50.0,
+                                     "margin": 0.8},
+        "decisions": [admission], "summary": admission["text"],
+        "phases": [{"name": "admission", "start_ts": t0, "end_ts": t0 + 0.004, "ms": 4.0}],
+    }
+    if refused:
+        why["would_admit"] = {"reason": "ttft_unattainable", "limit_ms": 400.0, "need_ms": 420.0,
+                              "budget_needed_ms": 1025.0,
+                              "text": "a forecast TTFT within 400 ms (margin x budget): 420 ms less queue or "
+                                      "prefill ahead, a TTFT budget of at least 1025 ms, or on_miss = defer"}
+        return why
+    why["decisions"].append({"kind": "dispatch", "reason": "equinox", "ts": queue_end, "engine": req.get("engine"),
+                             "policy_version": 3,
+                             "text": f"dispatched by equinox to {req.get('engine')} after {(queue_end - t0) * 1e3:.0f} "
+                                     "ms in sluice's queue; runners-up: sim-1 140 ms (9 in flight); the tenant was "
+                                     "behind its fair share at dispatch (H = 0.85, 1.00 = fair)"})
+    why["phases"] += [{"name": "queue", "start_ts": t0 + 0.004, "end_ts": queue_end},
+                      {"name": "prefill", "start_ts": queue_end, "end_ts": t0 + ttft},
+                      {"name": "decode", "start_ts": t0 + ttft, "end_ts": t0 + e2e}]
+    return why
+
+
 def _merge_patch(target: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
@@ -448,6 +486,14 @@ class FakeAdmin:
                     return JSONResponse(trace_for(r))
             return _error(404, f"no trace for {rid!r}", "not_found_error")
 
+        @route("/admin/v1/requests/{rid}/why", ["GET"])
+        async def why(request: Request, body: Any) -> Response:
+            rid = request.path_params["rid"]
+            for r in self.reqs:
+                if r["rid"] == rid:
+                    return JSONResponse(why_for(r))
+            return _error(404, f"no request {rid!r}", "not_found_error")
+
         @route("/admin/v1/requests/{rid}/abort", ["POST"])
         async def abort(request: Request, body: Any) -> Response:
             rid = request.path_params["rid"]
@@ -486,7 +532,7 @@ class FakeAdmin:
 
             return StreamingResponse(stream(), media_type="text/event-stream")
 
-        routes.extend([get_state, get_gpus, policy, history, tenant, pause, resume, requests, trace,
+        routes.extend([get_state, get_gpus, policy, history, tenant, pause, resume, requests, trace, why,
                        abort, events])
         return Starlette(routes=routes)
 

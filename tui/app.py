@@ -464,7 +464,7 @@ class SluiceConsole(App[None]):
 
     @on(RequestsPane.TraceRequested)
     def _trace_requested(self, message: RequestsPane.TraceRequested) -> None:
-        self.push_screen(TraceScreen(message.request, self.client.trace))
+        self.push_screen(TraceScreen(message.request, self.client.trace, self.client.why))
 
     @on(RequestsPane.AbortRequested)
     def _abort_requested(self, message: RequestsPane.AbortRequested) -> None:

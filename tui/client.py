@@ -260,6 +260,11 @@ class AdminClient:
         result: dict[str, Any] = await self._request("GET", f"/requests/{quote(rid, safe='')}/trace")
         return result
 
+    async def why(self, rid: str) -> dict[str, Any]:
+        """Why the request was admitted, deferred, refused or sent where it went."""
+        result: dict[str, Any] = await self._request("GET", f"/requests/{quote(rid, safe='')}/why")
+        return result
+
     # -- steering ---------------------------------------------------------------------------------
 
     async def patch_policy(

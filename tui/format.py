@@ -23,7 +23,7 @@ STATUS_STYLE = {
     "error": "red",
     "expired": "dark_orange",
 }
-SERVICE_STYLE = {"sluice": "dodger_blue2", "sglang": "dark_orange", "engine": "dark_orange"}
+SERVICE_STYLE = {"sluice": "dodger_blue2", "sglang": "dark_orange", "engine": "dark_orange", "phase": "green"}
 
 
 # -- numbers ---------------------------------------------------------------------------------------
@@ -415,3 +415,48 @@ def axis_line(total_ms: float, bar_width: int, name_width: int = 32) -> Text:
     text.append("".join(axis))
     text.append(" " + "duration".rjust(8))
     return text
+
+
+# -- why -------------------------------------------------------------------------------------------
+
+def why_text(why: Mapping[str, Any]) -> Text:
+    """`/why` for reading: each decision in words, the SLO, the outcome, what would have let it in."""
+    text = Text()
+    slo = why.get("slo") or {}
+    head = [f"policy v{why.get('policy_version')}"]
+    if slo:
+        bounds = [f"{label} ≤ {ms(slo[key])}" for key, label in
+                  (("ttft_budget_ms", "TTFT"), ("tpot_budget_ms", "TPOT"), ("deadline_ms", "end")) if slo.get(key)]
+        head.append(f"class {slo.get('class')}: " + (", ".join(bounds) or "no latency bound"))
+    actual = why.get("actual") or {}
+    if actual:
+        met = actual.get("slo_met")
+        head.append(f"actual TTFT {ms(actual.get('ttft_ms'))}, TPOT {ms(actual.get('tpot_ms'))}"
+                    + ("" if met is None else (" (SLO met)" if met else " (SLO missed)")))
+    text.append("Why  ", style="bold")
+    text.append(" · ".join(head) + "\n", style="dim")
+    for d in why.get("decisions") or []:
+        kind = str(d.get("kind"))
+        text.append(f"{kind:>8}  ", style="bold red" if kind == "reject" else "bold cyan")
+        words = str(d.get("text") or d.get("reason") or "")
+        text.append((words[len(kind):].lstrip() if words.startswith(kind + " ") else words) + "\n")
+    would = why.get("would_admit")
+    if would:
+        text.append(" let in  ", style="bold yellow")
+        text.append(f"would have been let in with {would.get('text')}\n")
+    if not why.get("decisions"):
+        text.append(str(why.get("summary") or "no decision recorded"), style="dim")
+    return text
+
+
+def phase_spans(why: Mapping[str, Any] | None, spans: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The request's phases (admission, queue, prefill, decode) as spans under the trace's root,
+    so the waterfall shows where its time went, not just the two spans sluice emits."""
+    if not why:
+        return []
+    ids = {s.get("span_id") for s in spans}
+    root = next((s.get("span_id") for s in spans if s.get("parent_span_id") not in ids), None)
+    return [{"span_id": f"phase-{p['name']}", "parent_span_id": root, "name": f"phase: {p['name']}",
+             "service": "phase", "start_ts": p["start_ts"], "end_ts": p["end_ts"],
+             "attributes": {"duration_ms": round((float(p["end_ts"]) - float(p["start_ts"])) * 1e3, 3)}, "events": []}
+            for p in why.get("phases") or [] if p.get("start_ts") is not None and p.get("end_ts") is not None]

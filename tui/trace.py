@@ -1,4 +1,6 @@
-"""The trace of one request as a waterfall: spans as bars on the trace's time axis."""
+"""One request: why it was admitted, refused or sent where it went (`/why`), and its trace as a
+waterfall (spans as bars on the trace's time axis, with the request's phases from `/why`:
+admission, queueing in sluice, prefill, decode)."""
 
 from __future__ import annotations
 
@@ -17,7 +19,17 @@ from textual.widgets import Footer, Header, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
 
 from .client import AdminError
-from .format import SERVICE_STYLE, WaterfallRow, axis_line, ms, utc_time, waterfall_line, waterfall_rows
+from .format import (
+    SERVICE_STYLE,
+    WaterfallRow,
+    axis_line,
+    ms,
+    phase_spans,
+    utc_time,
+    waterfall_line,
+    waterfall_rows,
+    why_text,
+)
 
 NAME_WIDTH = 32
 FIXED = NAME_WIDTH + 1 + 9 + 9 + 4  # name, service, duration, borders and scrollbar
@@ -30,12 +42,15 @@ class TraceScreen(Screen[None]):
         Binding("R", "reload", "Reload"),
     ]
 
-    def __init__(self, request: dict[str, Any], loader: Callable[[str], Awaitable[dict[str, Any]]]) -> None:
+    def __init__(self, request: dict[str, Any], loader: Callable[[str], Awaitable[dict[str, Any]]],
+                 why_loader: Callable[[str], Awaitable[dict[str, Any]]] | None = None) -> None:
         super().__init__()
         self.request = request
         self.rid = str(request.get("rid"))
         self.loader = loader
+        self.why_loader = why_loader
         self.trace: dict[str, Any] | None = None
+        self.why: dict[str, Any] | None = None
         self.rows: list[WaterfallRow] = []
         self.total_ms = 0.0
         self.sub_title = f"trace of {self.rid}"
@@ -44,6 +59,8 @@ class TraceScreen(Screen[None]):
         yield Header(icon="≈")
         with Vertical(id="trace-body"):
             yield Static(self._summary(), id="trace-summary")
+            with VerticalScroll(id="why-box"):
+                yield Static(Text("Why: loading…", style="dim"), id="why")
             yield Static("", id="trace-axis")
             yield LoadingIndicator(id="trace-loading")
             yield OptionList(id="waterfall")
@@ -54,6 +71,7 @@ class TraceScreen(Screen[None]):
     def on_mount(self) -> None:
         self.query_one("#waterfall", OptionList).display = False
         self.load()
+        self.load_why()
 
     def _summary(self) -> Text:
         r = self.request
@@ -75,9 +93,28 @@ class TraceScreen(Screen[None]):
             return
         self.show_trace(trace)
 
+    @work(exclusive=True, group="why", exit_on_error=False)
+    async def load_why(self) -> None:
+        if self.why_loader is None:
+            self.query_one("#why-box").display = False
+            return
+        try:
+            why = await self.why_loader(self.rid)
+        except AdminError as exc:
+            self.query_one("#why", Static).update(Text(f"Why: cannot load the decisions: {exc.message}", style="red"))
+            return
+        self.show_why(why)
+
+    def show_why(self, why: dict[str, Any]) -> None:
+        self.why = why
+        self.query_one("#why", Static).update(why_text(why))
+        if self.trace is not None:
+            self.show_trace(self.trace)  # add the phases to the waterfall
+
     def show_trace(self, trace: dict[str, Any]) -> None:
         self.trace = trace
-        self.rows, _t0, total_s = waterfall_rows(trace.get("spans") or [])
+        spans = list(trace.get("spans") or []) + phase_spans(self.why, trace.get("spans") or [])
+        self.rows, _t0, total_s = waterfall_rows(spans)
         self.total_ms = total_s * 1000.0
         self.query_one("#trace-loading").display = False
         self.query_one("#waterfall", OptionList).display = True
