@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,14 +39,10 @@ from typing import Any
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from bench.bench_loop_stall import free_port, wait_http  # noqa: E402
+
 MODEL = "sluice-default"
 PROMPT = "Write a short note about the sea and the wind in the evening."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_bytes(pid: int) -> int:
@@ -157,20 +152,6 @@ async def soak(url: str, pid: int, keys: list[str], args: argparse.Namespace) ->
     return {"sent": sent, "samples": samples}
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"sluice serve exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except Exception:  # noqa: BLE001 - not up yet
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer in {timeout:.0f} s")
-
-
 def stored_rids(db_path: str) -> set[str]:
     from telemetry.store import open_read_only
 
@@ -214,9 +195,9 @@ def main() -> None:
     state = tempfile.mkdtemp(prefix="bench-soak-")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "SLUICE_METRICS_TOKEN"}  # /metrics open to the watcher
-    log = open(os.path.join(state, "serve.log"), "w")
-    proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", "serve", "--port", str(port), "--state-dir", state],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+    with open(os.path.join(state, "serve.log"), "w") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen([sys.executable, "-m", "sluice.cli", "serve", "--port", str(port), "--state-dir",
+                                 state], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url + "/health", proc)

@@ -66,29 +66,34 @@ def sluice_serve(tmp_path_factory):
         proc.wait(timeout=30)
 
 
+def exercise(operation, mode, url: str, auth: dict[str, str], answered: dict[str, set[int]]) -> None:
+    """A few generated requests to one operation, each answer checked against the document."""
+    checks = [schemathesis.checks.not_a_server_error, schemathesis.checks.status_code_conformance,
+              schemathesis.checks.content_type_conformance, schemathesis.checks.response_schema_conformance]
+
+    @given(case=operation.as_strategy(generation_mode=mode, headers=auth))
+    @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
+              suppress_health_check=list(HealthCheck))
+    def run(case):
+        response = case.call_and_validate(base_url=url, headers=auth, checks=checks, timeout=10)
+        answered.setdefault(operation.label, set()).add(response.status_code)
+
+    try:
+        run()
+    except Unsatisfiable:  # nothing in this operation can be made invalid (no parameter, no body)
+        assert mode is GenerationMode.NEGATIVE
+
+
 def test_the_document_holds_against_a_real_server(sluice_serve):
     url, token = sluice_serve
     auth = {"Authorization": f"Bearer {token}"}
     schema = schemathesis.openapi.from_url(f"{url}/admin/v1/openapi.json", headers=auth)
     # the event stream never ends: its operation is declared, not called
     schema = schema.exclude(path="/admin/v1/events")
-    checks = [schemathesis.checks.not_a_server_error, schemathesis.checks.status_code_conformance,
-              schemathesis.checks.content_type_conformance, schemathesis.checks.response_schema_conformance]
     answered: dict[str, set[int]] = {}  # operation -> the statuses it answered
     for result in schema.get_all_operations():
-        operation = result.ok()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
-            @given(case=operation.as_strategy(generation_mode=mode, headers=auth))
-            @settings(max_examples=EXAMPLES, deadline=None, database=None, phases=[Phase.generate],
-                      suppress_health_check=list(HealthCheck))
-            def run(case):
-                response = case.call_and_validate(base_url=url, headers=auth, checks=checks, timeout=10)
-                answered.setdefault(operation.label, set()).add(response.status_code)
-
-            try:
-                run()
-            except Unsatisfiable:  # nothing in this operation can be made invalid (no parameter, no body)
-                assert mode is GenerationMode.NEGATIVE
+            exercise(result.ok(), mode, url, auth, answered)
     # every operation answered, but the event stream and the document itself (schemathesis skips
     # the URL it loaded the schema from)
     assert set(answered) == {f"{method.upper()} {path}" for path, ops in openapi_document()["paths"].items()
