@@ -286,6 +286,8 @@ class _ReadDeadlines:
         if self._phase == "headers" or (cycle is not None and not cycle.response_started):
             transport.write(_raw_error(408, "Request Timeout", message, "request_timeout"))
         if self._phase == "body" and cycle is not None:  # the app sees a disconnect, its sends go nowhere
+            if not cycle.response_started:  # the client got the 408: the gateway records that, not a 499
+                cycle.scope["sluice.request_timeout"] = message
             cycle.disconnected = True
             cycle.message_event.set()
         self._phase = "closed"

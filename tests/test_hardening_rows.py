@@ -101,3 +101,18 @@ def test_every_authenticated_request_leaves_one_row_with_what_its_client_receive
     [lag] = [s.value for f in text_string_to_metric_families(metrics.decode())
              for s in f.samples if s.name == "sluice_event_loop_lag_seconds_count"]
     assert lag > 0
+
+
+def test_a_body_that_times_out_is_recorded_as_the_408_its_client_got(tmp_path):
+    from tests.test_hardening_http import connect, read_all, response, serving
+
+    with serving(tmp_path, body_timeout_s=0.5) as (port, sluice):
+        with connect(port) as s:
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      f"Authorization: Bearer {KEYS['acme']}\r\nContent-Length: 1000\r\n\r\n".encode() + b'{"model": ')
+            status, body = response(read_all(s))
+        assert status == 408
+        wait_until(lambda: sluice.stats.requests)
+        [row] = sluice.stats.requests
+        assert (row["tenant"], row["http_status"], row["error_code"], row["status"]) == \
+            ("acme", 408, "request_timeout", "rejected")

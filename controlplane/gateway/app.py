@@ -124,8 +124,11 @@ class CompletionsEndpoint:
                 err.request_id = sluice.refuse(tenant, self.kind, req, "rejected", err.status, code=err.code,
                                                error=err.message)
             return await send_error(send, err)
-        except ConnectionError:  # gone while sending its body: no one to answer, but a row
-            if tenant is not None:
+        except ConnectionError:  # gone while sending its body, or too slow (the listener answered 408)
+            timed_out = scope.get("sluice.request_timeout")
+            if tenant is not None and timed_out:
+                sluice.refuse(tenant, self.kind, req, "rejected", 408, code="request_timeout", error=timed_out)
+            elif tenant is not None:
                 sluice.refuse(tenant, self.kind, req, "aborted", 499, code=None, error="client_disconnected")
             return
         except Exception as exc:  # a bug must still answer in the OpenAI shape, never a plain-text 500
