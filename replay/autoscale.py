@@ -20,7 +20,9 @@ power model, engine_adapter/sim/profile.py) plus idle power while loading and be
 """
 from __future__ import annotations
 
+import argparse
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -35,7 +37,8 @@ from replay.report import SLOSpec
 from replay.runner import VirtualResult, _result, _Run, default_policy
 from replay.workload import WorkloadRequest
 
-__all__ = ["MODES", "FleetReport", "Scaling", "run_autoscaled", "servegen_day"]
+__all__ = ["MODES", "FleetReport", "Scaling", "add_arguments", "format_fleets", "run_autoscaled", "run_from_args",
+           "servegen_day"]
 
 Mode = Literal["sluice", "utilisation", "fixed"]
 MODES: tuple[Mode, ...] = ("sluice", "utilisation", "fixed")
@@ -273,3 +276,49 @@ def run_autoscaled(
     result = _result(run, slo, wall, False, 0)
     run.close(result.makespan_s)
     return result, run.report
+
+
+# -- sluice simulate --autoscale ---------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("autoscaling (docs/capacity.md)")
+    g.add_argument("--autoscale", metavar="MODES", help="start and stop simulated engines under "
+                   f"{'|'.join(MODES)}|all (comma-separated: side by side); --engines is the starting fleet")
+    g.add_argument("--cold-start", type=float, default=60.0, help="seconds to load a replica (default 60)")
+    g.add_argument("--warm-start", type=float, default=10.0, help="seconds when a released replica's checkpoint "
+                   "is still local (default 10)")
+    g.add_argument("--warm-keep", type=float, default=900.0, help="how long a release stays warm (default 900 s)")
+    g.add_argument("--down-window", type=float, default=300.0, help="scale-down stabilisation window (default 300 s)")
+    g.add_argument("--max-replicas", type=int, default=64)
+    g.add_argument("--min-replicas", type=int, default=0, help="0: idle pools scale to zero (default)")
+
+
+def run_from_args(args: argparse.Namespace, workload: Sequence[WorkloadRequest], policy: Policy, label: str
+                  ) -> dict[str, tuple[VirtualResult, FleetReport]]:
+    modes = list(MODES) if args.autoscale == "all" else [m.strip() for m in args.autoscale.split(",")]
+    bad = [m for m in modes if m not in MODES]
+    if bad:
+        raise SystemExit(f"sluice simulate: unknown --autoscale {bad}; use {'|'.join(MODES)}|all")
+    out = {}
+    for mode in modes:
+        scaling = Scaling(mode=mode, initial=args.engines, cold_start_s=args.cold_start,  # type: ignore[arg-type]
+                          warm_start_s=args.warm_start, warm_keep_s=args.warm_keep,
+                          params=CapacityParams(min_replicas=args.min_replicas, max_replicas=args.max_replicas),
+                          behaviour=Behaviour(down_window_s=args.down_window))
+        print(f"sluice simulate: {label}, autoscale {mode}: {len(workload)} requests from {args.engines} engine(s)...",
+              file=sys.stderr)
+        out[mode] = run_autoscaled(workload, policy, scaling, profile=args.profile, seed=args.seed,
+                                   torch_expert=not args.no_torch)
+    return out
+
+
+def format_fleets(results: Mapping[str, VirtualResult], fleets: Mapping[str, FleetReport]) -> str:
+    """The fleet's cost beside each run's SLO attainment (requests that met every bound / all)."""
+    head = f"{'run':>28}  {'SLO%':>6}  {'GPU-s':>9}  {'energy kJ':>10}  {'actions':>7}  {'starts':>6}  {'warm':>4}  {'peak':>4}"
+    lines = [head]
+    for label, f in fleets.items():
+        r = results[label]
+        att = r.overall.slo_attainment
+        lines.append(f"{label:>28}  {'-' if att is None else f'{100 * att:.2f}':>6}  {f.gpu_seconds:9.0f}  "
+                     f"{f.energy_j / 1e3:10.0f}  {f.actions:7d}  {f.started:6d}  {f.warm_starts:4d}  {f.peak:4d}")
+    return "\n".join(lines)

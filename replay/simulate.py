@@ -116,6 +116,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", action="store_true", help="include per-request records in the JSON")
     parser.add_argument("--report", metavar="DIR", help="write DIR/index.html: plots and tables of every run of "
                         "the call, one self-contained page (docs/replay.md, Reports)")
+    from replay.autoscale import add_arguments as autoscale_arguments
+
+    autoscale_arguments(parser)
 
 
 def _policies(spec: str) -> list[str]:
@@ -138,14 +141,25 @@ def run(args: argparse.Namespace) -> int:
         print("sluice simulate: the workload is empty", file=sys.stderr)
         return 2
     results: dict[str, VirtualResult] = {}
+    fleets: dict[str, Any] = {}
     for name in names:
         policy = build_policy(name, admission=args.admission, config=args.config, weights=weights)
         label = name + ("+admission" if policy.admission else "")
+        if args.autoscale:  # one run per controller (docs/capacity.md)
+            from replay.autoscale import run_from_args
+
+            for mode, (res, fleet) in run_from_args(args, workload, policy, label).items():
+                results[f"{label}/{mode}"], fleets[f"{label}/{mode}"] = res, fleet
+            continue
         print(f"sluice simulate: {label}: {len(workload)} requests on {args.engines} simulated engine(s)...",
               file=sys.stderr)
         results[label] = run_virtual(workload, policy, engines=args.engines, profile=args.profile, seed=args.seed,
                                      torch_expert=not args.no_torch)
     print(format_side_by_side(results))
+    if fleets:
+        from replay.autoscale import format_fleets
+
+        print(format_fleets(results, fleets))
     if len(results) == 1:
         print()
         print(format_result(next(iter(results.values()))))

@@ -94,3 +94,15 @@ def test_scale_to_zero_and_back() -> None:
     # min_replicas=1 never goes to zero
     _, kept = run(wl, "sluice", initial=1, cold_start_s=5.0, params=CapacityParams(idle_to_zero_s=30.0, min_replicas=1))
     assert min(s for _, _, s in kept.timeline) >= 1
+
+
+def test_simulate_autoscale_cli(capsys: pytest.CaptureFixture[str]) -> None:
+    from replay.simulate import simulate_main
+
+    rc = simulate_main(["--workload", "vtc-overload", "--policy", "fcfs", "--admission", "--duration", "20",
+                        "--autoscale", "all", "--no-torch", "--cold-start", "5", "--down-window", "10"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    for mode in ("sluice", "utilisation", "fixed"):
+        assert f"fcfs+admission/{mode}" in out
+    assert "GPU-s" in out and "energy kJ" in out
