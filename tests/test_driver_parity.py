@@ -29,7 +29,6 @@ import asyncio
 import itertools
 import json
 import random
-import selectors
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +51,7 @@ from engine_adapter.sim.engine import SimEngine
 from engine_adapter.sim.profile import load_profile
 from replay.runner import run_virtual
 from replay.workload import WorkloadRequest
+from tests.virtual_loop import VirtualTimeLoop
 
 PROFILE = load_profile("h100-llama3.1-8b")
 ENGINES = 2
@@ -91,35 +91,6 @@ def _config(policy: str) -> Config:
 
 
 # -- serving on a virtual clock ---------------------------------------------------------------------
-
-class _VirtualSelector(selectors.DefaultSelector):
-    loop: VirtualTimeLoop
-
-    def select(self, timeout: float | None = None) -> list[Any]:
-        ready = super().select(0)
-        if ready or timeout == 0:
-            return ready
-        if timeout is None:
-            raise RuntimeError("virtual time: no timer and nothing ready (the run is stuck)")
-        # nothing can happen before the next timer: jump to it, exactly (asyncio keeps its timers
-        # in `_scheduled`; `now + timeout` could land a rounding error short of it)
-        self.loop.now = max(self.loop.now, self.loop._scheduled[0].when())
-        return ready
-
-
-class VirtualTimeLoop(asyncio.SelectorEventLoop):
-    """An asyncio loop on a virtual clock from 0: whenever no callback is ready, time jumps to the
-    next timer instead of waiting for it, so a run takes no wall time and is the same every time."""
-
-    def __init__(self) -> None:
-        selector = _VirtualSelector()
-        super().__init__(selector)
-        selector.loop = self
-        self.now = 0.0
-
-    def time(self) -> float:
-        return self.now
-
 
 class _Rows(Recorder):
     """A recorder that keeps the decision rows the store would get, and the rids in arrival order."""

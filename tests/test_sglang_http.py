@@ -20,7 +20,7 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest
+from engine_adapter.base import Chunk, EngineError, EngineOverloaded, GenerateRequest
 from engine_adapter.sglang_http import SGLangHTTPEngine, parse_prometheus_load, synthetic_input_ids
 from engine_adapter.sglang_server import make_sglang_app
 from tests.test_sglang_server import MODEL, FakeEngine, _wait_holding, expected_text, fake_app, serve
@@ -39,11 +39,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-async def test_is_an_engine() -> None:
-    e = SGLangHTTPEngine("e", "http://127.0.0.1:1")
-    assert isinstance(e, Engine)
 
 
 # ---------------------------------------------------------------------------------- round trips
