@@ -103,6 +103,9 @@ class Telemetry:
                         load = sluice.engine_loads.get(name)
                         if load is not None:
                             self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage)
+                rec = sluice.capacity.last if sluice.capacity is not None else None
+                if rec is not None:
+                    self.metrics.set_replicas(rec.pool, rec.desired, rec.actual)
             except Exception:
                 log.exception("telemetry sampling failed")
             await asyncio.sleep(1.0)

@@ -174,3 +174,40 @@ def test_controller_reads_a_live_core() -> None:
     ctl.start(2, 0.0)
     seen = [ctl.step(idle, 5.0 * k).desired for k in range(1, 12)]
     assert seen[0] >= 1 and seen[-1] == 0
+
+
+def test_the_signal_while_serving(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A real server: the capacity rule runs on the driver's cadence; `GET /admin/v1/capacity` and
+    /metrics carry desired and actual replicas of the pool."""
+    import json
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from sluice.server import create_app
+    from tests.fake_engine import FakeEngine
+    from tests.gateway_fixtures import ADMIN, make_config
+    from tests.servers import ServerThread
+    from tests.test_gateway import raw, wait_until
+
+    app, sluice = create_app(make_config(tmp_path, ["fake"]), {"fake": FakeEngine()})
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    with ServerThread(app) as server:
+        wait_until(lambda: sluice.capacity is not None and sluice.capacity.last is not None, timeout=15)
+        status, _, data = raw(server, "GET", "/admin/v1/capacity", headers=auth)
+        doc = json.loads(data)
+        assert status == 200 and doc["every_s"] == 5.0
+        (pool,) = doc["pools"]
+        assert pool["pool"] == "default" and pool["actual"] == 1 and pool["desired"] >= 1
+        assert pool["capacity_rps"] > 0 and "latency_rps" in pool["load"]
+        assert doc["behaviour"]["down_window_s"] == 300.0
+
+        def gauges() -> dict[str, float]:
+            text = raw(server, "GET", "/metrics", headers=auth)[2].decode()
+            return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name in ("sluice_desired_replicas", "sluice_actual_replicas") and s.labels["pool"] == "default"}
+
+        wait_until(lambda: len(gauges()) == 2, timeout=15)
+        got = gauges()
+        assert got["sluice_actual_replicas"] == 1 and got["sluice_desired_replicas"] >= 1
+        schema = json.loads(raw(server, "GET", "/admin/v1/openapi.json", headers=auth)[2])
+        assert "get" in schema["paths"]["/admin/v1/capacity"]

@@ -5,6 +5,7 @@ Only the admin token opens it; a tenant key gets 403, anything else 401.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import os
@@ -24,6 +25,7 @@ from controlplane.admin import why
 from controlplane.admin.openapi import openapi_document
 from controlplane.config import hash_key
 from controlplane.core.policy import ON_MISS, SCHEDULERS
+from controlplane.driver import CAPACITY_EVERY_S
 from controlplane.errors import ApiError, parse_json
 from controlplane.gateway.app import canonical_bearer
 from controlplane.livestats import LiveStats
@@ -135,6 +137,14 @@ class AdminAPI:
         """Tenants, engines, totals, GPUs and forecasts now."""
         return JSONResponse(self.state())
 
+    async def get_capacity(self, request: Request) -> Response:
+        """Desired and actual engine replicas per pool: the capacity rule's last evaluation."""
+        cap = self.sluice.capacity
+        if cap is None or cap.last is None:
+            return JSONResponse({"every_s": CAPACITY_EVERY_S, "pools": []})
+        return JSONResponse({"every_s": CAPACITY_EVERY_S, "pools": [cap.last.to_dict()],
+                             "params": dataclasses.asdict(cap.params), "behaviour": dataclasses.asdict(cap.behaviour)})
+
     async def get_gpus(self, request: Request) -> Response:
         """GPU readings (NVML or simulated)."""
         gpus, status = self.gpus()
@@ -209,8 +219,21 @@ class AdminAPI:
             raise ApiError(404, f"no trace stored for request {rid!r}", code="trace_not_found")
         return JSONResponse(trace)
 
+    async def get_why(self, request: Request) -> Response:
+        """Why a request was admitted, deferred, refused or sent where it went (controlplane/admin/why.py)."""
+        rid = request.path_params["rid"]
+        record = why.live_record(self.sluice, rid)  # in flight: from memory, on the loop
+        if record is None:
+            store = getattr(self.sluice.recorder, "store", None)
+            record = await self._off_loop(why.stored_record, store, rid) if store is not None else (None, [])
+        explained = why.explain(rid, *record)
+        if explained is None:
+            raise ApiError(404, f"no request {rid!r} is in flight or stored", code="request_not_found")
+        return JSONResponse(explained)
+
     async def store_snapshot(self, request: Request) -> Response:
-        """A consistent copy of the telemetry store as a DuckDB file (?tables=a,b; default the durable tables), for sluice audit and sluice replay --db while serving."""
+        """A consistent copy of the telemetry store as a DuckDB file (?tables=a,b; default: the durable
+        tables), for `sluice audit` and `sluice replay --db` while serving."""
         if self.snapshot is None:
             raise ApiError(404, "this sluice runs without a telemetry store", code="no_store")
         raw = request.query_params.get("tables")
@@ -237,18 +260,6 @@ class AdminAPI:
         if not self.sluice.abort(rid, reason=reason):
             raise ApiError(404, f"request {rid!r} is not queued or running", code="request_not_found")
         return JSONResponse({"rid": rid, "aborted": True})
-
-    async def get_why(self, request: Request) -> Response:
-        """Why a request was admitted, deferred, refused or sent where it went (controlplane/admin/why.py)."""
-        rid = request.path_params["rid"]
-        record = why.live_record(self.sluice, rid)  # in flight: from memory, on the loop
-        if record is None:
-            store = getattr(self.sluice.recorder, "store", None)
-            record = await self._off_loop(why.stored_record, store, rid) if store is not None else (None, [])
-        explained = why.explain(rid, *record)
-        if explained is None:
-            raise ApiError(404, f"no request {rid!r} is in flight or stored", code="request_not_found")
-        return JSONResponse(explained)
 
     # -- events -----------------------------------------------------------------------------
     async def events(self, request: Request) -> Response:
@@ -295,6 +306,7 @@ class AdminAPI:
         return [
             Route(f"{p}/state", g(self.get_state), methods=["GET"]),
             Route(f"{p}/gpus", g(self.get_gpus), methods=["GET"]),
+            Route(f"{p}/capacity", g(self.get_capacity), methods=["GET"]),
             Route(f"{p}/policy", g(self.get_policy), methods=["GET"]),
             Route(f"{p}/policy", g(self.patch_policy), methods=["PATCH"]),
             Route(f"{p}/policy/history", g(self.policy_history), methods=["GET"]),

@@ -107,6 +107,13 @@ _POLICY_REF = _ref("Policy")
 PATHS: dict[str, dict[str, Any]] = {
     "/admin/v1/state": {"get": _op("Tenants, engines, totals, GPUs and forecasts now.", _STATE)},
     "/admin/v1/gpus": {"get": _op("GPU readings (NVML or simulated).", _object(_GPUS))},
+    "/admin/v1/capacity": {"get": _op(
+        "Engine replicas each pool needs to meet its SLOs (desired) and serving now (actual), with the "
+        "capacity rule's inputs (docs/capacity.md).",
+        _object({"every_s": _NUM, "pools": {"type": "array", "items": _object(
+            {"pool": _STR, "ts": _NUM, "desired": _INT, "actual": _INT, "need": _INT, "capacity_rps": _NUM,
+             "load": _OBJ}, {"prefill": _nullable(_INT), "decode": _nullable(_INT)})}},
+                {"params": _OBJ, "behaviour": _OBJ}))},
     "/admin/v1/policy": {
         "get": _op("The whole policy document.", _POLICY_REF),
         "patch": _op("Merge a change into the policy, validated whole, audited, applied atomically.", _POLICY_REF,
