@@ -66,7 +66,7 @@ def measure(policy: str, tenants: int, requests: int) -> dict[str, Any]:
             if isinstance(a, Dispatch):
                 running.append(a.rid)
 
-    for rnd in range(2):  # everyone backlogged
+    for _ in range(2):  # everyone backlogged
         for n in names:
             now += 1e-4
             arrive(n)

@@ -33,6 +33,7 @@ import json
 import random
 import sys
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -246,8 +247,8 @@ def service_difference_bench(args: argparse.Namespace, out: dict[str, Any]) -> N
     for tenants in args.sd_tenants:
         for policy in ("vtc", "fcfs"):
             rs, back = synthetic_run(tenants, policy, args.sd_s, seed=args.seed)
-            t_ref, ref = best_of(lambda: service_difference_pairwise(rs, back))
-            t_new, new = best_of(lambda: service_difference(rs, back))
+            t_ref, ref = best_of(partial(service_difference_pairwise, rs, back))
+            t_new, new = best_of(partial(service_difference, rs, back))
             if abs(new.value - ref.value) > 1e-9 * max(1.0, ref.value):
                 raise SystemExit(f"mismatch at {tenants} tenants, {policy}: {new.value} != {ref.value}")
             spans = sum(len(v) for v in back.values())

@@ -129,7 +129,7 @@ class Procs:
     def start(self, name: str, argv: list[str], cpu: int | None) -> subprocess.Popen:
         if self.pin and cpu is not None and shutil.which("taskset"):
             argv = ["taskset", "-c", str(cpu), *argv]
-        log = open(os.path.join(self.tmp, f"{name}.log"), "w")
+        log = open(os.path.join(self.tmp, f"{name}.log"), "w")  # noqa: SIM115 (the child's, for its lifetime)
         p = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         p.bench_name = name  # type: ignore[attr-defined]
         p.bench_log = log.name  # type: ignore[attr-defined]

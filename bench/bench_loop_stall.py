@@ -238,6 +238,10 @@ def wait_http(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{url} did not answer in {timeout:.0f} s")
 
 
+def _cell(v: object) -> str:
+    return "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rate", type=float, default=40.0, help="streaming requests per second")
@@ -251,7 +255,7 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="bench-loop-stall-")
     port = free_port()
     spec = {"port": port, "dir": tmp, "root": args.root}
-    log = open(os.path.join(tmp, "gateway.log"), "w")
+    log = open(os.path.join(tmp, "gateway.log"), "w")  # noqa: SIM115 (the child's, for its lifetime)
     proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "_server", json.dumps(spec)],
                             stdout=log, stderr=subprocess.STDOUT, cwd=args.root or ROOT)
     url = f"http://127.0.0.1:{port}"
@@ -282,8 +286,7 @@ def main() -> None:
     print(f"{'':24}" + "".join(f"{k:>20}" for k in ("A: load only", "B: + admin reads")))
     for k in keys:
         a, b = out["A_load_only"][k], out["B_load_and_admin_reads"][k]
-        fmt = (lambda v: "-" if v is None else (f"{v:.1f}" if isinstance(v, float) else str(v)))
-        print(f"{k:24}{fmt(a):>20}{fmt(b):>20}")
+        print(f"{k:24}{_cell(a):>20}{_cell(b):>20}")
     print("admin calls in B:", out["B_load_and_admin_reads"]["admin_calls"])
     if args.json:
         with open(args.json, "w") as f:

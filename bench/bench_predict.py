@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
 import math
 import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +113,15 @@ def per_call_us(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n * 1e6
 
 
+def _predict_next(m, probes) -> None:
+    t, p, mx, s, _ = next(probes)
+    m.predict(t, p, mx, s)
+
+
+def _observe_next(m, probes) -> None:
+    m.observe(*next(probes))
+
+
 def cost(work, seed: int) -> dict[str, float]:
     out: dict[str, float] = {}
     for torch_expert in (False, True):
@@ -118,22 +129,9 @@ def cost(work, seed: int) -> dict[str, float]:
         for tenant, prompt, max_tokens, slo, y in work[:5000]:
             m.observe(tenant, prompt, max_tokens, slo, y)
         probe = work[5000:5200]
-        i = [0]
-
-        def one() -> None:
-            t, p, mx, s, _ = probe[i[0] % len(probe)]
-            i[0] += 1
-            m.predict(t, p, mx, s)
-
         tag = "with_mlp" if torch_expert else "no_mlp"
-        out[f"predict_us_{tag}"] = per_call_us(one, 20000)
-        j = [0]
-
-        def obs() -> None:
-            t, p, mx, s, y = probe[j[0] % len(probe)]
-            j[0] += 1
-            m.observe(t, p, mx, s, y)
-
+        out[f"predict_us_{tag}"] = per_call_us(partial(_predict_next, m, itertools.cycle(probe)), 20000)
+        obs = partial(_observe_next, m, itertools.cycle(probe))
         if not torch_expert:
             out[f"observe_us_{tag}"] = per_call_us(obs, 20000)
         else:

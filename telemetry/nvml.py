@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 log = logging.getLogger("sluice.telemetry.nvml")
@@ -84,12 +85,12 @@ class GpuSampler:
             nvml = self._nvml
             out = []
             for i, h, name in self._handles:
-                power = self._read(i, "power", lambda: nvml.nvmlDeviceGetPowerUsage(h))  # mW
-                energy = self._read(i, "energy", lambda: nvml.nvmlDeviceGetTotalEnergyConsumption(h))  # mJ
-                clock = self._read(i, "clock", lambda: nvml.nvmlDeviceGetClockInfo(
-                    h, getattr(nvml, "NVML_CLOCK_SM", NVML_CLOCK_SM)))
-                util = self._read(i, "utilization", lambda: nvml.nvmlDeviceGetUtilizationRates(h))
-                mem = self._read(i, "memory", lambda: nvml.nvmlDeviceGetMemoryInfo(h))
+                power = self._read(i, "power", partial(nvml.nvmlDeviceGetPowerUsage, h))  # mW
+                energy = self._read(i, "energy", partial(nvml.nvmlDeviceGetTotalEnergyConsumption, h))  # mJ
+                clock = self._read(i, "clock", partial(nvml.nvmlDeviceGetClockInfo, h,
+                                                       getattr(nvml, "NVML_CLOCK_SM", NVML_CLOCK_SM)))
+                util = self._read(i, "utilization", partial(nvml.nvmlDeviceGetUtilizationRates, h))
+                mem = self._read(i, "memory", partial(nvml.nvmlDeviceGetMemoryInfo, h))
                 out.append({
                     "ts": ts,
                     "gpu": i,

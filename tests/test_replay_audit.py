@@ -109,7 +109,9 @@ def test_unrederivable_rows_are_counted_not_passed() -> None:
 
 def _request_row(rec: Any, t0: float) -> dict[str, Any]:
     d = rec.to_dict()
-    ms = (lambda x: None if x is None else x * 1e3)
+    def ms(x: float | None) -> float | None:
+        return None if x is None else x * 1e3
+
     return {"rid": rec.rid, "trace_id": None, "tenant": rec.tenant, "slo_class": rec.slo_class, "model": "m",
             "engine": rec.engine, "stream": True, "status": rec.status, "http_status": 200 if rec.status == "ok" else 429,
             "decision": rec.decision, "reason": rec.reason, "finish_reason": None, "error": None,

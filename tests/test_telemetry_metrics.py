@@ -18,7 +18,7 @@ def samples(fams, name):
 
 
 def value(fams, metric, **labels):
-    for s_name, s_labels, v in samples(fams, metric):
+    for _, s_labels, v in samples(fams, metric):
         if s_labels == labels:
             return v
     raise KeyError((metric, labels))

@@ -91,9 +91,9 @@ def test_sglang_shaped_spans_from_the_real_exporter_land_in_the_store(tmp_path):
                     "gen_ai.usage.cached_tokens": 512, "gen_ai.request.max_tokens": 256,
                     "gen_ai.response.finish_reasons": '["stop"]', "gen_ai.latency.time_to_first_token": 0.08,
                 })
-                with tracer.start_as_current_span("Scheduler [TP 0] (host:0a0b0c0d | pid:42)"):
-                    with tracer.start_as_current_span("prefill_forward") as fwd:
-                        fwd.add_event("schedule", {"batch": 4})
+                with tracer.start_as_current_span("Scheduler [TP 0] (host:0a0b0c0d | pid:42)"), \
+                        tracer.start_as_current_span("prefill_forward") as fwd:
+                    fwd.add_event("schedule", {"batch": 4})
             trace_id = f"{root.get_span_context().trace_id:032x}"
             provider.shutdown()
             assert server.receiver.stats.spans_accepted == 3

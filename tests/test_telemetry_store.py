@@ -113,7 +113,7 @@ def test_full_durable_queue_waits_then_counts_loss_and_dead_letters(tmp_path):
     results = [s.record_request(request_row(i)) for i in range(5)]
     assert results == [True, True, True, False, False]
     assert s.stats()["dropped"]["requests"] == 2
-    lost = [json.loads(line) for line in open(s.dead_letter_path)]
+    lost = [json.loads(line) for line in Path(s.dead_letter_path).read_text().splitlines()]
     assert [x["row"]["rid"] for x in lost] == ["r3", "r4"] and lost[0]["table"] == "requests"
     s.close()  # writes the three that were accepted
     con = open_read_only(tmp_path / "q.duckdb")
@@ -166,7 +166,7 @@ def test_past_the_retry_bound_rows_are_counted_lost_not_silently(tmp_path):
         s.flush()
         st = s.stats()
         assert st["dropped"]["requests"] == 1 and st["dropped"]["spans"] == 1
-        lost = [json.loads(line) for line in open(s.dead_letter_path)]
+        lost = [json.loads(line) for line in Path(s.dead_letter_path).read_text().splitlines()]
         assert [x["row"]["rid"] for x in lost] == ["r1"]  # durable rows are dead-lettered
         s.record_request(request_row(2))  # the process stays up and keeps accepting rows
     finally:
