@@ -377,7 +377,7 @@ class DecisionCore:
         params = {"alpha": policy.holistic_alpha} if policy.scheduler == "equinox" else {}
 
         def make() -> Scheduler:
-            scheduler = make_scheduler(policy.scheduler, {n: t.weight for n, t in policy.tenants.items()}, **params)
+            scheduler = make_scheduler(policy.scheduler, None, **params)  # weights: _configure_scheduler
             self._configure_scheduler(scheduler, policy)
             return scheduler
 
@@ -385,6 +385,9 @@ class DecisionCore:
 
     @staticmethod
     def _configure_scheduler(scheduler: Scheduler, policy: Policy) -> None:
+        """A tenant's weight lives in the policy; the schedulers' copies are made here only, and
+        the tiers' weight sums (`Tier.backlogged_weight`, `_active_weight`) are recomputed from
+        the policy by `set_policy`: every weight the core uses is the policy's."""
         for name, tp in policy.tenants.items():
             scheduler.set_weight(name, tp.weight)
             scheduler.set_paused(name, tp.paused)
