@@ -29,14 +29,15 @@ from replay.runner import default_policy  # noqa: E402
 MEAN_RATE = 985.0  # m-small's mean req/s over day 0 (all clients)
 
 
-def peak_fleet(workload, profile, window_s: float, util: float) -> int:  # type: ignore[no-untyped-def]
-    """What an operator sizing for the peak provisions, knowing the day: the busiest trace window's
-    rate over one replica's SLO capacity at the target utilisation (the rule's own model)."""
+def fleet_for(workload, profile, window_s: float, util: float, which: str) -> int:  # type: ignore[no-untyped-def]
+    """What an operator provisions knowing the day: the `which` ("peak" or "first") trace window's
+    rate over one replica's SLO capacity at the target utilisation (the rule's own model). The
+    peak-sized fleet; and the autoscalers' starting fleet (they ran through the night before)."""
     counts: dict[int, int] = {}
     for w in workload:
         k = int(w.timestamp_ms / 1e3 // window_s)
         counts[k] = counts.get(k, 0) + 1
-    peak = max(counts.values()) / window_s
+    peak = (max(counts.values()) if which == "peak" else counts[min(counts)]) / window_s
     prompt = sum(w.input_length for w in workload) / len(workload)
     out = sum(w.output_length for w in workload) / len(workload)
     mu = replica_capacity(Replica(profile.step, profile.kv_capacity_tokens, profile.max_running_requests),
@@ -65,13 +66,16 @@ def main() -> int:
         # per-replica SLO capacity for Azure-conv lengths is ~21 req/s; 70% of it is a replica's worth
         rate_scale = args.mean_replicas * 0.7 * 21.0 / MEAN_RATE  # of the compressed day
         wl = servegen_day(compress=compress, rate_scale=rate_scale, seed=seed)
-        fixed_n = peak_fleet(wl, profile, 600.0 / compress, CapacityParams().target_utilisation)
+        util = CapacityParams().target_utilisation
+        fixed_n = fleet_for(wl, profile, 600.0 / compress, util, "peak")
+        start_n = fleet_for(wl, profile, 600.0 / compress, util, "first")
         print(f"seed {seed}: {len(wl)} requests over {wl[-1].timestamp_ms / 1e3:.0f} s (a day / {compress:g}); "
-              f"peak-sized fleet {fixed_n}", file=sys.stderr)
-        for mode, initial in (("sluice", 2), ("utilisation", 2), ("fixed", fixed_n)):
+              f"peak-sized fleet {fixed_n}, autoscalers start from {start_n}", file=sys.stderr)
+        for mode, initial in (("sluice", start_n), ("utilisation", start_n), ("fixed", fixed_n)):
             t0 = time.perf_counter()
+            # maxReplicas: twice the peak-sized fleet, a budget cap an operator would set
             scaling = Scaling(mode=mode, initial=initial, cold_start_s=args.cold_start, warm_start_s=args.warm_start,
-                              behaviour=behaviour)
+                              behaviour=behaviour, params=CapacityParams(max_replicas=2 * fixed_n))
             res, fleet = run_autoscaled(wl, policy, scaling, torch_expert=False)
             serving = [s for _, _, s in fleet.timeline] or [initial]
             row = {"seed": seed, "mode": mode, "requests": len(wl), "gpu_s": fleet.gpu_seconds,

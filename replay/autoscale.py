@@ -21,6 +21,7 @@ power model, engine_adapter/sim/profile.py) plus idle power while loading and be
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import sys
 from collections.abc import Mapping, Sequence
@@ -96,8 +97,10 @@ class _ScaledRun(_Run):
         self.next_eval = 0.0
         self.target = len(self.names)
         self.busy = {name: 0.0 for name in self.names}
+        # the operator knows its cold start: a rising rate is met where a replica asked for now serves
+        params = dataclasses.replace(scaling.params, lead_s=scaling.cold_start_s)
         self.controller = Controller(Replica(profile.step, profile.kv_capacity_tokens, profile.max_running_requests),
-                                     scaling.params, scaling.behaviour)
+                                     params, scaling.behaviour)
         self.controller.start(self.target, 0.0)
         self.hpa = Stabiliser(scaling.behaviour)
         self.hpa.start(self.target, 0.0)
@@ -216,14 +219,13 @@ class _ScaledRun(_Run):
 def servegen_day(*, group: str = "m-small", day: int = 0, compress: float = 48.0, rate_scale: float = 0.05,
                  lengths: str = "azure-conv", batch_every: int = 5, seed: int = 0) -> list[WorkloadRequest]:
     """A day of ServeGen language rates (its diurnal curve and per-window burstiness), compressed
-    `compress` times in time (a day in 86400 / compress seconds) at `rate_scale` x the trace's rate.
+    `compress` times in time (a day in 86400 / compress seconds) at `rate_scale` x the trace's rate
+    (the compressed day's rate: it holds rate_scale x the day's requests / compress).
 
     Every client is a tenant; every `batch_every`-th client (by id; 0: none) is of the batch class
     (a deadline, deferred), the rest interactive. `lengths`: "azure-conv" draws (prompt, output)
     pairs from Azure's conversation trace (longer than m-small's own, so a few engines carry the
     load with tens of thousands rather than millions of requests); "servegen": the clients' own."""
-    import dataclasses
-
     import numpy as np
 
     from replay.loaders import load_length_table, shared_trace

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -211,3 +212,27 @@ def test_the_signal_while_serving(tmp_path) -> None:  # type: ignore[no-untyped-
         assert got["sluice_actual_replicas"] == 1 and got["sluice_desired_replicas"] >= 1
         schema = json.loads(raw(server, "GET", "/admin/v1/openapi.json", headers=auth)[2])
         assert "get" in schema["paths"]["/admin/v1/capacity"]
+
+
+def test_a_rising_rate_is_met_a_lead_ahead_and_noise_is_not() -> None:
+    ctl = Controller(REPLICA, params=CapacityParams(lead_s=60.0))
+    ctl.start(1, 0.0)
+    ahead = [ctl._ahead(load(10.0 + 1.0 * t), t) for t in range(0, 65, 5)]  # +1 req/s every second
+    assert ahead[0].latency_rps == 10.0  # no history yet: the rate as it is
+    assert ahead[-1].latency_rps == pytest.approx(70.0 + 60.0)  # the rate a lead (60 s) later
+    falling = Controller(REPLICA, params=CapacityParams(lead_s=60.0))
+    assert all(falling._ahead(load(100.0 - t), t).latency_rps == 100.0 - t for t in range(0, 65, 5))
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.floats(min_value=1.0, max_value=300.0), st.lists(st.floats(min_value=-0.04, max_value=0.04),
+                                                            min_size=50, max_size=300), st.integers(1, 30))
+def test_the_controller_does_not_flap_under_a_steady_load(rps: float, noise: list[float], start: int) -> None:
+    ctl = Controller(REPLICA, behaviour=Behaviour(down_window_s=60.0), params=CapacityParams(lead_s=60.0))
+    ctl.start(start, 0.0)
+    seen = []
+    for k, e in enumerate(noise):
+        x = ctl._ahead(load(rps * (1 + e)), 5.0 * k)
+        seen.append(ctl.stabiliser.update(5.0 * k, need(x, REPLICA, ctl.params, ctl.stabiliser.current)))
+    steps = [b - a for a, b in zip(seen, seen[1:]) if b != a]
+    assert all(s > 0 for s in steps) or all(s < 0 for s in steps)

@@ -17,6 +17,8 @@ The rule (Chiron's hierarchy, docs/capacity.md):
    deadline do replicas get added: the queued deferrable requests, ordered by deadline, need
    max_k (k requests ahead) / (slack of the k-th) requests/s on top of their arrival rate, and
    latency + batch together may run the pool up to `batch_utilisation`.
+   A rising rate is met where a replica asked for now will serve: `lead_s` (the cold start) ahead
+   (`Controller._ahead`).
 3. Backpressure overrides the model when it is wrong: a latency request refused for load, a typical
    request's forecast TTFT or TPOT past the budget, or KV nearly full ask for one replica more than
    are serving now (not more than are provisioned: a cold start in progress does not compound).
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from controlplane.core.core import RATE_WINDOW_S, DecisionCore
 from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
@@ -80,6 +82,7 @@ class CapacityParams:
     min_replicas: int = 0
     max_replicas: int = 64
     idle_to_zero_s: float = 60.0  # no demand this long: zero replicas (if min_replicas is 0)
+    lead_s: float = 60.0  # how long a new replica takes to serve (its cold start): a rising rate is met there
 
 
 def replica_window(r: Replica, tpot_budget_s: float | None, per_request_tokens: float) -> int:
@@ -213,6 +216,8 @@ class Stabiliser:
 # -- what the core knows ----------------------------------------------------------------------------
 
 KV_HIGH = 0.9  # a pool whose KV is this full is short of memory whatever the forecast says
+TREND_S = 15.0  # a rising rate: the last TREND_S against the TREND_S before
+CAPACITY_GRID_S = 5.0  # the evaluation period the trend's history is counted in (driver.CAPACITY_EVERY_S)
 
 
 def pool_load(core: DecisionCore, now: float, idle_since: float) -> PoolLoad:
@@ -287,6 +292,7 @@ class Controller:
     pool: str = "default"
     pd_ratio: tuple[int, int] | None = None
     stabiliser: Stabiliser = field(init=False)
+    _rates: deque[tuple[float, float, float]] = field(default_factory=deque)  # (t, latency rps, deferrable rps)
     idle_since: float = 0.0
     last: Recommendation | None = None
 
@@ -303,7 +309,7 @@ class Controller:
             if e.healthy and e.profile is not None:
                 self.replica = Replica(e.profile, e.spec.kv_capacity, e.spec.max_running)
                 break
-        load = pool_load(core, now, self.idle_since)
+        load = self._ahead(pool_load(core, now, self.idle_since), now)
         if load.latency_rps or load.deferrable_rps or load.queued or load.in_flight:
             self.idle_since = now
         current = self.stabiliser.current
@@ -315,6 +321,26 @@ class Controller:
             prefill, decode = self._pd(load, desired)
         self.last = Recommendation(self.pool, now, desired, load.serving, rec, mu, load, prefill, decode)
         return self.last
+
+    def _ahead(self, load: PoolLoad, now: float) -> PoolLoad:
+        """The load a replica asked for now will meet: a new replica serves `lead_s` later, so
+        while the rate rises it is sized for the rate then. Rising: the mean rate of the last
+        TREND_S exceeds that of the TREND_S before by more than the tolerance (noise within the
+        tolerance never anticipates, so a steady load does not flap); the rise is extrapolated
+        linearly over the lead. A falling rate is not: scaling down waits for what is."""
+        self._rates.append((now, load.latency_rps, load.deferrable_rps))
+        while self._rates and self._rates[0][0] < now - 2 * TREND_S:
+            self._rates.popleft()
+        recent = [(t, lat + dfr) for t, lat, dfr in self._rates if t > now - TREND_S]
+        before = [(t, lat + dfr) for t, lat, dfr in self._rates if t <= now - TREND_S]
+        if not before or self._rates[0][0] > now - 2 * TREND_S + CAPACITY_GRID_S:
+            return load  # not a full window of history yet
+        (t1, r1), (t0, r0) = (tuple(sum(v) / len(w) for v in zip(*w)) for w in (recent, before))
+        if r1 <= r0 * (1.0 + self.params.tolerance):
+            return load
+        total = load.latency_rps + load.deferrable_rps
+        scale = (total + (r1 - r0) / (t1 - t0) * self.params.lead_s) / total if total > 0 else 1.0
+        return replace(load, latency_rps=load.latency_rps * scale, deferrable_rps=load.deferrable_rps * scale)
 
     def _pd(self, load: PoolLoad, desired: int) -> tuple[int, int]:
         """Disaggregated pools: a prefill replica computes prompts one after another, a decode
