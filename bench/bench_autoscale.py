@@ -96,14 +96,15 @@ def main() -> int:
 
 def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
     classes = sorted({c for r in rows for c in r["per_class"]})
-    head = ["seed", "controller", "peak", "mean", "GPU-s", "vs util", "energy MJ", "actions", "SLO% all",
+    head = ["seed", "controller", "peak", "mean", "GPU-s", "vs util", "energy MJ", "actions", "missed", "SLO% all",
             *[f"SLO% {c}" for c in classes], "refused%"]
     lines = []
     for r in rows:
         util = next(x for x in rows if x["seed"] == r["seed"] and x["mode"] == "utilisation")
         lines.append([str(r["seed"]), r["mode"], str(r["peak"]), f"{r['mean_serving']:.1f}", f"{r['gpu_s']:.0f}",
                       f"{100 * (r['gpu_s'] / util['gpu_s'] - 1):+.0f}%", f"{r['energy_mj']:.1f}", str(r["actions"]),
-                      f"{100 * r['slo']:.2f}", *[f"{100 * r['per_class'].get(c, float('nan')):.2f}" for c in classes],
+                      str(round((1 - r["slo"]) * r["requests"])), f"{100 * r['slo']:.3f}",
+                      *[f"{100 * r['per_class'].get(c, float('nan')):.3f}" for c in classes],
                       f"{100 * (r['refused'] or 0):.2f}"])
     widths = [max(len(h), *(len(x[k]) for x in lines)) for k, h in enumerate(head)]
     out = ["  ".join(h.rjust(w) for h, w in zip(head, widths))]
@@ -112,7 +113,7 @@ def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
     for seed in sorted({r["seed"] for r in rows}):
         s, u, f = (next(x for x in rows if x["seed"] == seed and x["mode"] == m) for m in ("sluice", "utilisation",
                                                                                           "fixed"))
-        out.append(f"seed {seed}: sluice vs utilisation: SLO {100 * (s['slo'] - u['slo']):+.2f} pt (target >= 0), "
+        out.append(f"seed {seed}: sluice vs utilisation: SLO {100 * (s['slo'] - u['slo']):+.3f} pt (target >= 0), "
                    f"GPU-s {100 * (s['gpu_s'] / u['gpu_s'] - 1):+.1f}% (target <= -30%); vs peak-sized fleet: SLO "
                    f"{100 * (s['slo'] - f['slo']):+.2f} pt (target >= -1), GPU-s {100 * (s['gpu_s'] / f['gpu_s'] - 1):+.1f}%")
     return "\n".join(out)

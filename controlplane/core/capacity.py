@@ -13,12 +13,12 @@ The rule (Chiron's hierarchy, docs/capacity.md):
    (`replica_capacity`).
    The latency tier's arrival rate (refused requests too: demand, not what got in) needs
    lambda / (mu * target_utilisation) replicas, the headroom absorbing bursts inside a window.
+   A rising rate is met where a replica asked for now will serve: `lead_s` (the cold start) ahead
+   (`Controller._ahead`).
 2. Batch deadlines second. Deferred work rides in that headroom; only when it cannot finish by its
    deadline do replicas get added: the queued deferrable requests, ordered by deadline, need
    max_k (k requests ahead) / (slack of the k-th) requests/s on top of their arrival rate, and
    latency + batch together may run the pool up to `batch_utilisation`.
-   A rising rate is met where a replica asked for now will serve: `lead_s` (the cold start) ahead
-   (`Controller._ahead`).
 3. Backpressure overrides the model when it is wrong: a latency request refused for load, a typical
    request's forecast TTFT or TPOT past the budget, or KV nearly full ask for one replica more than
    are serving now (not more than are provisioned: a cold start in progress does not compound).
@@ -27,7 +27,7 @@ The rule (Chiron's hierarchy, docs/capacity.md):
    the scale-down window, the lowest over the (short) scale-up window, and rate limits per period.
 
 Scale to zero: a pool with no demand, nothing queued and nothing running for `idle_to_zero_s`
-asks for zero replicas; any arrival (it is refused or deferred while no engine serves) asks for one.
+asks for zero replicas; any arrival (refused while no engine serves) asks for one.
 
 Prefill/decode disaggregation (HeteroScale): sluice's engines are not disaggregated today, so a pool
 is a set of identical engines. With `pd_ratio=(p, d)` the rule sizes the prefill and decode pools
@@ -45,7 +45,7 @@ from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
 from engine_adapter.base import StepProfile
 
 __all__ = ["Behaviour", "CapacityParams", "Controller", "PoolLoad", "Recommendation", "Replica", "Stabiliser",
-           "need", "pool_load", "replica_capacity", "split_pd"]
+           "need", "pool_load", "replica_capacity", "replica_window", "split_pd"]
 
 
 @dataclass(frozen=True, slots=True)
