@@ -9,9 +9,17 @@ its workers would post:
   10,000 requests, then the capped requests table re-rendered in place (`render_rows`).
 
 It reports milliseconds per update (median and p95 of the handler, and of the handler plus the
-repaint that follows), and Python heap (tracemalloc) and RSS before and after many updates.
+repaint that follows), Python heap (tracemalloc) and RSS before and after many updates, and
+"key to screen": a tab key pressed while the 1,000-tenant states keep arriving, until the screen
+it asks for has been painted (Pilot's press, then a pause until idle; target < 100 ms).
+
+`--demo` measures `sluice demo` itself, in process: the demo's server and load start and the
+console (headless) comes up at once; it reports the time to the console's first frame, to its
+first live data (a state with traffic; target < 5 s), key to screen under the demo's load, and
+quit (console exit plus the load's and the server's stop; target < 2 s).
 
     .venv/bin/python bench/bench_console.py [--tenants 1000] [--requests 10000] [--updates 200]
+    .venv/bin/python bench/bench_console.py --demo
 """
 
 from __future__ import annotations
@@ -113,6 +121,7 @@ async def run(n_tenants: int, n_requests: int, updates: int, tab: str, memory_up
 
         for i in range(1, 21):  # warm up caches
             await cycle(i)
+        out["key_to_screen"] = await key_to_screen(pilot, app, lambda k: app.ingest_state(big_state(k, n_tenants)))
         # timing pass (no tracing: tracemalloc slows allocation-heavy code several-fold)
         rss_before = rss_mib()
         samples = [await cycle(i) for i in range(21, 21 + updates)] or [(0.0, 0.0, 0.0, 0.0)]
@@ -141,13 +150,89 @@ async def run(n_tenants: int, n_requests: int, updates: int, tab: str, memory_up
     return out
 
 
+KEYS = ("2", "3", "1")  # not "4": the policy tab focuses its editor, where digits are text
+TAB_OF = {"1": "overview", "2": "tenants", "3": "requests", "4": "policy"}
+
+
+async def key_to_screen(pilot: Any, app: SluiceConsole, between: Any = None, presses: int = 40
+                        ) -> tuple[float, float, float]:
+    """Milliseconds from a tab key to its screen painted (median, p95, max), with `between(i)`
+    (new data) applied before each press, as the state stream would. The key is queued as a
+    terminal's would be (`simulate_key`); the clock stops when the tab has switched and the frame
+    after it has been drawn (a `call_after_refresh` callback): what an operator sees."""
+    times = []
+    tabs = app.query_one("#tabs")
+    for i in range(presses):
+        if between is not None:
+            between(10_000 + i)
+        key = KEYS[i % len(KEYS)]
+        painted = asyncio.Event()
+        t = time.perf_counter()
+        app.simulate_key(key)
+        while tabs.active != TAB_OF[key]:
+            await asyncio.sleep(0.001)
+        app.call_after_refresh(painted.set)
+        await painted.wait()
+        times.append((time.perf_counter() - t) * 1000)
+        await pilot.pause(0.05)  # a person's pace, not a key-repeat burst
+    return statistics.median(times), pct(times, 0.95), max(times)
+
+
+async def run_demo(port: int) -> dict[str, Any]:
+    import tempfile
+
+    from sluice.demo import _Child
+    from sluice.devsetup import dev_state
+
+    out: dict[str, Any] = {}
+    state_dir = tempfile.mkdtemp(prefix="sluice-bench-demo-")
+    t0 = time.perf_counter()
+    _, token, _ = dev_state(state_dir)
+    child = _Child(port, state_dir, 1.0)  # as `sluice demo` runs it: the server and the load in a child
+    child.start()
+    app = SluiceConsole(f"http://127.0.0.1:{port}", token, actor="bench@console", starting=child.status)
+    try:
+        async with app.run_test(size=(160, 48)) as pilot:
+            out["console_up_s"] = time.perf_counter() - t0
+            out["starting_banner"] = str(app.query_one("#banner").render())
+            while not (app.state and (app.state.get("totals") or {}).get("request_rate")):
+                await pilot.pause(0.05)
+                if time.perf_counter() - t0 > 120:
+                    raise RuntimeError(f"no live data within 120 s; see {child.log}")
+            out["first_live_s"] = time.perf_counter() - t0
+            await pilot.pause(10.0)  # the load ramps up
+            out["key_to_screen"] = await key_to_screen(pilot, app)
+            t_quit = time.perf_counter()
+            app.exit()
+        out["console_exit_s"] = time.perf_counter() - t_quit
+    finally:
+        t_stop = time.perf_counter()
+        child.stop()
+        out["stop_s"] = time.perf_counter() - t_stop
+    out["quit_s"] = out["console_exit_s"] + out["stop_s"]
+    with open(child.log) as log:
+        out["sent"] = next((line.strip() for line in log if "requests finished" in line), "?")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=10_000)
     parser.add_argument("--updates", type=int, default=50, help="timed updates per tab")
     parser.add_argument("--memory-updates", type=int, default=400, help="traced updates (tenants tab)")
+    parser.add_argument("--demo", action="store_true", help="measure `sluice demo`: first data, keys, quit")
+    parser.add_argument("--port", type=int, default=8792, help="the demo's port (with --demo)")
     args = parser.parse_args()
+    if args.demo:
+        r = asyncio.run(run_demo(args.port))
+        med, p95, worst = r["key_to_screen"]
+        print(f"sluice demo: console up {r['console_up_s']:.1f} s (banner: {r['starting_banner'][:70]!r}), "
+              f"first live data {r['first_live_s']:.1f} s (target < 5 s)\n"
+              f"  key to screen under the demo's load: median {med:.0f} ms, p95 {p95:.0f} ms, max {worst:.0f} ms "
+              f"(target < 100 ms)\n  quit {r['quit_s']:.2f} s (console {r['console_exit_s']:.2f} s + load and "
+              f"server {r['stop_s']:.2f} s; target < 2 s); {r['sent']}")
+        return
     print(f"console refresh cost: {args.tenants} tenants (all changing every update), "
           f"{args.requests} requests in store (table capped at 500), {args.updates} updates")
     for tab in ("tenants", "requests", "overview"):
@@ -157,6 +242,8 @@ def main() -> None:
         for name in ("state_handler", "state_with_repaint", "requests_handler", "requests_with_repaint"):
             med, p95 = r[name]
             print(f"  {name:<24} median {med:7.2f} ms   p95 {p95:7.2f} ms")
+        med, p95, worst = r["key_to_screen"]
+        print(f"  {'key_to_screen':<24} median {med:7.2f} ms   p95 {p95:7.2f} ms   max {worst:7.2f} ms (target < 100)")
         rb, ra = r["maxrss_mib"]
         print(f"  max RSS {rb:.0f} -> {ra:.0f} MiB over the timed updates (store {r['store']} requests)")
     if args.memory_updates:

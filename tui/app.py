@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.text import Text
@@ -100,6 +101,7 @@ class SluiceConsole(App[None]):
         max_store: int = 10_000,
         live: bool = True,
         client: AdminClient | None = None,
+        starting: Callable[[], str | None] | None = None,
     ) -> None:
         super().__init__()
         self.url = url
@@ -111,6 +113,10 @@ class SluiceConsole(App[None]):
         self.max_requests = max_requests
         self.max_store = max_store
         self.live = live
+        # a server starting beside the console (`sluice demo`): until the first state arrives the
+        # banner says what it is doing (starting() -> text, or None once it has failed) instead of
+        # "cannot reach", and the reconnects stay frequent
+        self.starting = starting
         self.sub_title = url
         self.state: dict[str, Any] | None = None
         self.last_now: float | None = None
@@ -119,6 +125,7 @@ class SluiceConsole(App[None]):
         self.updates = 0
         self._wake: asyncio.Event | None = None
         self._requests_render_pending = False
+        self._state_seen = -1e9  # monotonic time of the last state shown
         self.overview = OverviewPane(id="overview-pane")
         self.tenants = TenantsPane(id="tenants-pane")
         self.requests_pane = RequestsPane(id="requests-pane", max_rows=max_requests, max_store=max_store)
@@ -186,6 +193,12 @@ class SluiceConsole(App[None]):
     async def state_loop(self) -> None:
         backoff = Backoff(self.backoff_initial, self.backoff_max)
         while True:
+            if self.connection == "ok" and time.monotonic() - self._state_seen < self.refresh_interval * 0.9:
+                # the event stream brought a state within the interval: reading another would
+                # double the work of every refresh for nothing new (this loop still reports the
+                # connection: it reads whenever the connection is not known to be fine)
+                await self._sleep(self.refresh_interval)
+                continue
             try:
                 state = await self.client.get_state()
             except Unauthorized as exc:
@@ -193,6 +206,8 @@ class SluiceConsole(App[None]):
                 self.post_message(ConnectionChanged("unauthorized", f"{exc.status}: {exc.message}", delay))
             except Unreachable as exc:
                 delay = backoff.next()
+                if self.starting is not None and self.state is None:
+                    delay = min(delay, 0.25)  # the server is on its way: pick it up at once
                 self.post_message(ConnectionChanged("unreachable", exc.message, delay))
             except ApiError as exc:
                 delay = backoff.next()
@@ -279,6 +294,7 @@ class SluiceConsole(App[None]):
             self.last_now = float(now)
         self.state = state
         self.updates += 1
+        self._state_seen = time.monotonic()
         try:
             with self.batch_update():
                 self.overview.update_state(state, new_sample)
@@ -322,7 +338,8 @@ class SluiceConsole(App[None]):
     def _render_requests(self) -> None:
         self._requests_render_pending = False
         pane = self.requests_pane
-        if pane.dirty and pane.is_mounted:
+        # a hidden table is rendered when its tab is shown (action_show_tab, _tab_activated)
+        if pane.dirty and pane.is_mounted and self.main("#tabs").active == "requests":
             try:
                 pane.render_rows()
             except NoMatches:
@@ -345,7 +362,12 @@ class SluiceConsole(App[None]):
     def _show_connection(self) -> None:
         banner = self.main("#banner")
         status = self.connection
-        if status == "unreachable":
+        waiting = self.starting() if self.starting is not None and self.state is None else None
+        if waiting is not None and status in ("connecting", "unreachable"):
+            banner.update(Text.assemble(("⏳ ", "bold"), waiting))
+            banner.set_class(True, "-visible")
+            banner.set_class(False, "-refused")
+        elif status == "unreachable":
             banner.update(Text.assemble(("⚠ Cannot reach the admin API ", "bold"), f"at {self.url}: ",
                                         self.connection_detail))
         elif status == "unauthorized":
@@ -355,8 +377,9 @@ class SluiceConsole(App[None]):
                 "(tenant API keys are not accepted)."))
         elif status == "error":
             banner.update(Text.assemble(("⚠ Admin API error: ", "bold"), self.connection_detail))
-        banner.set_class(status in ("unreachable", "unauthorized", "error"), "-visible")
-        banner.set_class(status == "unauthorized", "-refused")
+        if waiting is None or status not in ("connecting", "unreachable"):
+            banner.set_class(status in ("unreachable", "unauthorized", "error"), "-visible")
+            banner.set_class(status == "unauthorized", "-refused")
 
         bar = Text()
         marks = {"ok": ("● connected", "green"), "connecting": ("○ connecting…", "yellow"),

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 TOKEN_ENV = "SLUICE_ADMIN_TOKEN"
@@ -67,7 +69,32 @@ def add_console_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
                         help="seconds between state reads (default 1)")
     parser.add_argument("--max-requests", type=int, default=500, metavar="N",
                         help="rows shown in the requests table (default 500)")
+    parser.add_argument("--web", action="store_true",
+                        help="serve the console to a browser (textual-serve) instead of this terminal")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="with --web: the address to serve on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="with --web: the port (default 8000)")
     return parser
+
+
+def web_command(args: argparse.Namespace) -> str:
+    """The command textual-serve runs for each browser session: this console, same options, in
+    its own process. The token travels in the environment (never on a command line)."""
+    parts = [sys.executable, "-m", "tui", "--url", args.url, "--refresh", str(args.refresh),
+             "--max-requests", str(args.max_requests)]
+    if args.actor:
+        parts += ["--actor", args.actor]
+    return shlex.join(parts)
+
+
+def serve_web(args: argparse.Namespace, token: str) -> None:
+    """Serve the console at http://HOST:PORT until interrupted; each page runs its own console."""
+    from textual_serve.server import Server
+
+    os.environ[TOKEN_ENV] = token  # inherited by the console processes textual-serve starts
+    print(f"sluice console: serving on http://{args.host}:{args.port} (ctrl+c stops); whoever reaches this "
+          "page steers sluice with the admin token", file=sys.stderr)
+    Server(web_command(args), host=args.host, port=args.port, title="sluice console").serve()
 
 
 def run_console(
@@ -77,12 +104,13 @@ def run_console(
     actor: str | None = None,
     refresh_interval: float = 1.0,
     max_requests: int = 500,
+    starting: Callable[[], str | None] | None = None,
 ) -> None:
-    """Run the console in this terminal until the operator quits."""
+    """Run the console in this terminal until the operator quits (`starting`: see SluiceConsole)."""
     from .app import SluiceConsole
 
     SluiceConsole(url, token, actor=actor or default_actor(), refresh_interval=refresh_interval,
-                  max_requests=max_requests).run()
+                  max_requests=max_requests, starting=starting).run()
 
 
 def console_main(args: argparse.Namespace) -> int:
@@ -92,6 +120,9 @@ def console_main(args: argparse.Namespace) -> int:
     except TokenError as exc:
         print(f"sluice console: {exc}", file=sys.stderr)
         return 2
+    if getattr(args, "web", False):
+        serve_web(args, token)
+        return 0
     run_console(args.url, token, actor=args.actor, refresh_interval=args.refresh,
                 max_requests=args.max_requests)
     return 0
