@@ -208,8 +208,9 @@ says so and the console reconnects by itself (exponential backoff).
 
 ## Overview
 Totals over the last 10 s (request rate, goodput, SLO attainment, rejections, output tokens/s,
-GPU power) with sparklines of the last 5 minutes; engines (sim or real, load, KV cache usage,
-throughput, forecasts); GPUs (power, energy, clocks, utilisation, memory).
+GPU power) with charts of the last 5 minutes on fixed scales (named under each card: ratios
+0-100%, rates 0 to the peak shown, watts 0 to the power limit); engines (sim or real, load, KV
+cache usage, throughput, forecasts); GPUs (power, energy, clocks, utilisation, memory).
 
 ## Tenants
 | key | action |
@@ -217,21 +218,27 @@ throughput, forecasts); GPUs (power, energy, clocks, utilisation, memory).
 | `/` | filter by name or SLO class |
 | `s` / `r` | sort by the next column / reverse (or click a header) |
 | `w` | change the selected tenant's weight (asks for a reason) |
-| `p` | pause or resume the selected tenant |
+| `p` | pause or resume the selected tenant (asks for a reason, prefilled) |
 
-Share is the tenant's part of the service over the last 60 s; fair is weight / sum of the
-backlogged weights. U, R and H are the user, resource and holistic counters.
+Share 60s is the tenant's part of the service finished over the last 60 s; Fair 60s is weight /
+the weights of the tenants with work queued, averaged over the same 60 s. U: weighted tokens /
+weight; R: GPU-seconds / weight; H: both against the mean of the queued tenants (1.00 = mean).
+Refused: rejections by reason. The legend under the table says the same.
 
 ## Requests
-In-flight requests first, then the most recent. `/` filters: words match rid, tenant, status,
-engine; `status:running`, `status:inflight`, `tenant:acme` match a field.
+In-flight requests first, then the most recent. With the cursor on the top row the table is
+live (the newest on top); elsewhere it is paused for reading (rows stay put, the summary counts
+the newer ones). `/` filters: words match rid, tenant, status, engine; `status:running`,
+`status:inflight`, `tenant:acme` match a field.
 | key | action |
 |---|---|
-| `enter` | open the request's trace as a waterfall (sluice's and the engine's spans) |
-| `a` | abort the selected request (asks first) |
+| `enter` | open the request: why (its decisions in words and numbers) and its trace as a waterfall |
+| `home` / `g` | back to live |
+| `a` | abort the selected request (asks first, with a reason) |
 
 ## Policy
-Edit the policy as JSON, press `ctrl+s` to see the difference, give a reason and apply it.
+Edit the policy as JSON (the valid values are listed under the editor and checked as you type;
+`tab` leaves the editor), press `ctrl+s` to see the difference, give a reason and apply it.
 The change is validated and applied atomically by the server and lands in the history list
 with its version, who and when. `ctrl+o` reverts your edit to the server's policy; `enter` on a
 history row shows that change's diff.
