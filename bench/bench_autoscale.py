@@ -55,6 +55,9 @@ def main() -> int:
     ap.add_argument("--warm-start", type=float, default=4.0)
     ap.add_argument("--down-window", type=float, default=30.0, help="scale-down stabilisation (s)")
     ap.add_argument("--period", type=float, default=5.0, help="HPA rate-policy period (s)")
+    ap.add_argument("--target", type=float, default=CapacityParams().target_utilisation,
+                    help="sluice's target utilisation of a replica's SLO capacity (the interactive headroom)")
+    ap.add_argument("--modes", default="sluice,utilisation,fixed")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
     compress = 288.0 if args.quick else args.compress
@@ -72,10 +75,13 @@ def main() -> int:
         print(f"seed {seed}: {len(wl)} requests over {wl[-1].timestamp_ms / 1e3:.0f} s (a day / {compress:g}); "
               f"peak-sized fleet {fixed_n}, autoscalers start from {start_n}", file=sys.stderr)
         for mode, initial in (("sluice", start_n), ("utilisation", start_n), ("fixed", fixed_n)):
+            if mode not in args.modes.split(","):
+                continue
             t0 = time.perf_counter()
             # maxReplicas: twice the peak-sized fleet, a budget cap an operator would set
             scaling = Scaling(mode=mode, initial=initial, cold_start_s=args.cold_start, warm_start_s=args.warm_start,
-                              behaviour=behaviour, params=CapacityParams(max_replicas=2 * fixed_n))
+                              behaviour=behaviour,
+                              params=CapacityParams(max_replicas=2 * fixed_n, target_utilisation=args.target))
             res, fleet = run_autoscaled(wl, policy, scaling, torch_expert=False)
             serving = [s for _, _, s in fleet.timeline] or [initial]
             row = {"seed": seed, "mode": mode, "requests": len(wl), "gpu_s": fleet.gpu_seconds,
@@ -100,7 +106,7 @@ def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
             *[f"SLO% {c}" for c in classes], "refused%"]
     lines = []
     for r in rows:
-        util = next(x for x in rows if x["seed"] == r["seed"] and x["mode"] == "utilisation")
+        util = next((x for x in rows if x["seed"] == r["seed"] and x["mode"] == "utilisation"), r)
         lines.append([str(r["seed"]), r["mode"], str(r["peak"]), f"{r['mean_serving']:.1f}", f"{r['gpu_s']:.0f}",
                       f"{100 * (r['gpu_s'] / util['gpu_s'] - 1):+.0f}%", f"{r['energy_mj']:.1f}", str(r["actions"]),
                       str(round((1 - r["slo"]) * r["requests"])), f"{100 * r['slo']:.3f}",
@@ -111,6 +117,8 @@ def table(rows: list[dict]) -> str:  # type: ignore[type-arg]
     out += ["  ".join(v.rjust(w) for v, w in zip(x, widths)) for x in lines]
     out.append("")
     for seed in sorted({r["seed"] for r in rows}):
+        if len({r["mode"] for r in rows if r["seed"] == seed}) < 3:
+            continue
         s, u, f = (next(x for x in rows if x["seed"] == seed and x["mode"] == m) for m in ("sluice", "utilisation",
                                                                                           "fixed"))
         out.append(f"seed {seed}: sluice vs utilisation: SLO {100 * (s['slo'] - u['slo']):+.3f} pt (target >= 0), "
