@@ -49,31 +49,35 @@ class Unreachable(Exception):
     """The endpoint did not answer at all: one line, exit status 1."""
 
 
-def add_arguments(group: argparse._ActionsContainer) -> None:
-    group.add_argument("--workload", metavar="W",
-                       help="live: a canonical JSONL file or any `sluice simulate --workload` name "
-                            "(azure-conv, mooncake, servegen:m-small, vtc-overload, scenario:NAME, ...)")
-    group.add_argument("--speedup", type=float, default=1.0,
-                       help="live: divide the workload's timestamps by this (default 1 = its own timing; inf = all at once)")
-    group.add_argument("--max-requests", type=int, metavar="N", help="live: send at most the first N requests")
-    group.add_argument("--duration", type=float, metavar="S",
-                       help="live: stop after S seconds of wall time (requests still in flight are cancelled "
-                            "and counted as such)")
-    group.add_argument("--api-key", help="live: the API key of every tenant without one in --keys")
-    group.add_argument("--keys", metavar="FILE",
-                       help='live: TOML file of tenant = "key" lines (as .sluice/keys.toml); "*" = any other tenant')
-    group.add_argument("--chat", action="store_true", help="live: /v1/chat/completions instead of /v1/completions")
-    group.add_argument("--ignore-eos", action="store_true",
-                       help="live: ask the server to generate exactly each request's output_length (SGLang and "
-                            "vLLM only; refused for servers that would drop it)")
-    group.add_argument("--model", help="live: model name (default: the first of GET /v1/models)")
-    group.add_argument("--max-concurrency", type=int, metavar="N",
-                       help="live: at most N requests in flight (later ones wait client-side)")
-    group.add_argument("--slo", action="append", metavar="[NAME=]ttft:MS,tpot:MS,e2el:MS",
-                       help="live: goodput bounds (vLLM --goodput keys); NAME= an SLO class or tenant, none = "
-                            "every request (default: the classes of --config, else sluice's default classes)")
-    group.add_argument("--request-timeout", type=float, metavar="S", help="live: give up on a request after S seconds")
-    group.add_argument("--workload-seed", type=int, default=0, help="live: seed of generated workloads (default 0)")
+def add_arguments(group: argparse._ActionsContainer) -> dict[str, Any]:
+    """Add the live-only flags; returns each one's dest and default (so a caller can tell which were given)."""
+    flags = [
+        group.add_argument("--workload", metavar="W",
+                           help="live: a canonical JSONL file or any `sluice simulate --workload` name "
+                                "(azure-conv, mooncake, servegen:m-small, vtc-overload, scenario:NAME, ...)"),
+        group.add_argument("--speedup", type=float, default=1.0,
+                           help="live: divide the workload's timestamps by this (default 1 = its own timing; inf = all at once)"),
+        group.add_argument("--max-requests", type=int, metavar="N", help="live: send at most the first N requests"),
+        group.add_argument("--duration", type=float, metavar="S",
+                           help="live: stop after S seconds of wall time (requests still in flight are cancelled "
+                                "and counted as such)"),
+        group.add_argument("--api-key", help="live: the API key of every tenant without one in --keys"),
+        group.add_argument("--keys", metavar="FILE",
+                           help='live: TOML file of tenant = "key" lines (as .sluice/keys.toml); "*" = any other tenant'),
+        group.add_argument("--chat", action="store_true", help="live: /v1/chat/completions instead of /v1/completions"),
+        group.add_argument("--ignore-eos", action="store_true",
+                           help="live: ask the server to generate exactly each request's output_length (SGLang and "
+                                "vLLM only; refused for servers that would drop it)"),
+        group.add_argument("--model", help="live: model name (default: the first of GET /v1/models)"),
+        group.add_argument("--max-concurrency", type=int, metavar="N",
+                           help="live: at most N requests in flight (later ones wait client-side)"),
+        group.add_argument("--slo", action="append", metavar="[NAME=]ttft:MS,tpot:MS,e2el:MS",
+                           help="live: goodput bounds (vLLM --goodput keys); NAME= an SLO class or tenant, none = "
+                                "every request (default: the classes of --config, else sluice's default classes)"),
+        group.add_argument("--request-timeout", type=float, metavar="S", help="live: give up on a request after S seconds"),
+        group.add_argument("--workload-seed", type=int, default=0, help="live: seed of generated workloads (default 0)"),
+    ]
+    return {a.dest: a.default for a in flags}
 
 
 @dataclass(slots=True)

@@ -206,18 +206,16 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 DEFAULT_PROFILE = "h100-llama3.1-8b"
-_WHATIF_ONLY = ("admission", "engines", "profile", "seed", "no_torch", "requests")
-# live flags and their defaults (any other value is a live flag given with --db)
-_LIVE_ONLY = {"workload": None, "speedup": 1.0, "max_requests": None, "duration": None, "api_key": None,
-              "keys": None, "chat": False, "ignore_eos": False, "model": None, "max_concurrency": None,
-              "slo": None, "request_timeout": None, "workload_seed": 0}
+def _given(args: argparse.Namespace, flags: dict[str, Any]) -> list[str]:
+    """The flags of `flags` (dest -> default) that were given: those of the other mode are refused, not ignored."""
+    return [f"--{dest.replace('_', '-')}" for dest, default in flags.items() if getattr(args, dest) != default]
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
     from replay.whatif import format_whatif, what_if
 
     if args.live:
-        given = [f"--{k.replace('_', '-')}" for k in _WHATIF_ONLY if getattr(args, k) not in (None, False)]
+        given = _given(args, args.whatif_flags)
         if given:
             print(f"sluice replay: {', '.join(given)} belong to the what-if replay (--db), not to --live",
                   file=sys.stderr)
@@ -225,7 +223,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         from replay.live_command import run as run_live_command
 
         return run_live_command(args)
-    given = [f"--{k.replace('_', '-')}" for k, default in _LIVE_ONLY.items() if getattr(args, k) != default]
+    given = _given(args, args.live_flags)
     try:
         base = _config_policy(args.config)
     except OSError as exc:
@@ -335,12 +333,13 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
-def _window_arguments(p: argparse._ActionsContainer, window: bool) -> None:
+def _window_arguments(p: argparse._ActionsContainer, window: bool) -> list[argparse.Action]:
     when = "epoch seconds or an ISO 8601 date-time (UTC unless an offset is given)"
-    if window:
-        p.add_argument("--window", metavar="SINCE:UNTIL", help=f"the window, each side {when}, either may be empty")
-    p.add_argument("--since", help=f"from this time ({when}); default: the first record")
-    p.add_argument("--until", help=f"before this time ({when}); default: the last record")
+    actions = [p.add_argument("--window", metavar="SINCE:UNTIL", help=f"the window, each side {when}, either may be empty")
+               ] if window else []
+    return [*actions,
+            p.add_argument("--since", help=f"from this time ({when}); default: the first record"),
+            p.add_argument("--until", help=f"before this time ({when}); default: the last record")]
 
 
 def _output_arguments(p: argparse.ArgumentParser) -> None:
@@ -422,16 +421,19 @@ def build_parser() -> argparse.ArgumentParser:
     from replay.simulate import POLICIES
 
     g = p.add_argument_group("what-if (--db)")
-    _window_arguments(g, window=True)
-    g.add_argument("--policy", choices=POLICIES, help="the what-if's scheduler")
-    g.add_argument("--admission", choices=("on", "off"), help="the what-if's SLO-aware admission switch")
-    g.add_argument("--engines", type=int, help="simulated engines (default: as many as served the window)")
-    g.add_argument("--profile", help=f"simulator profile (default {DEFAULT_PROFILE})")
-    g.add_argument("--seed", type=int, help="the replays' seed (default 0)")
-    g.add_argument("--no-torch", action="store_true", help="output-length predictor without its MLP expert")
-    g.add_argument("--requests", action="store_true", help="include per-request records in the JSON")
-    add_live_arguments(p.add_argument_group("live replay (--live)"))
-    p.set_defaults(func=cmd_replay)
+    whatif_only = [
+        *_window_arguments(g, window=True),
+        g.add_argument("--policy", choices=POLICIES, help="the what-if's scheduler"),
+        g.add_argument("--admission", choices=("on", "off"), help="the what-if's SLO-aware admission switch"),
+        g.add_argument("--engines", type=int, help="simulated engines (default: as many as served the window)"),
+        g.add_argument("--profile", help=f"simulator profile (default {DEFAULT_PROFILE})"),
+        g.add_argument("--seed", type=int, help="the replays' seed (default 0)"),
+        g.add_argument("--no-torch", action="store_true", help="output-length predictor without its MLP expert"),
+        g.add_argument("--requests", action="store_true", help="include per-request records in the JSON"),
+    ]
+    live_flags = add_live_arguments(p.add_argument_group("live replay (--live)"))
+    p.set_defaults(func=cmd_replay, live_flags=live_flags,
+                   whatif_flags={a.dest: a.default for a in whatif_only})
 
     p = sub.add_parser("snapshot", help="a consistent copy of a running sluice's store, to audit or replay",
                        description="Copies the store of a running sluice through its admin API (one point of "
