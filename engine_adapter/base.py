@@ -102,12 +102,18 @@ class EngineInfo:
 
 
 class EngineError(Exception):
-    """The engine could not serve the request (connection refused, died mid-stream, bad reply)."""
+    """The engine could not serve the request (connection refused, died mid-stream, bad reply).
 
-    def __init__(self, message: str, *, status_code: int = 502, retryable: bool = True) -> None:
+    `message` is for operators (it may name the engine, its address, an exception); `client_message`,
+    set only when the engine refused the request itself (a 4xx), says what is wrong with the request
+    in words safe to show its tenant."""
+
+    def __init__(self, message: str, *, status_code: int = 502, retryable: bool = True,
+                 client_message: str | None = None) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.retryable = retryable
+        self.client_message = client_message
 
 
 class EngineOverloaded(EngineError):

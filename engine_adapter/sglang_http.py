@@ -168,7 +168,7 @@ class SGLangHTTPEngine:
         try:
             async with self._sess().get(self._u(path), params=params, timeout=self._ctl_timeout) as r:
                 return r.status, await r.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise EngineError(f"{self.name}: GET {path} failed: {_describe(e)}") from e
 
     async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
@@ -395,7 +395,7 @@ class SGLangHTTPEngine:
                         raise
             except EngineError:
                 raise
-            except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
                 if isinstance(e, aiohttp.ClientConnectorError):
                     need_abort = False  # the request never reached the engine
                 raise EngineError(
@@ -442,7 +442,7 @@ class SGLangHTTPEngine:
                 await r.read()
                 if r.status >= 400:
                     raise EngineError(f"{self.name}: /abort_request {rid} returned {r.status}")
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
+        except (TimeoutError, aiohttp.ClientError, OSError) as e:
             raise EngineError(f"{self.name}: /abort_request {rid} failed: {_describe(e)}") from e
 
     async def _abort_now(self, rid: str) -> None:
@@ -661,7 +661,8 @@ def _http_error(name: str, status: int, body: bytes) -> EngineError:
     msg = _error_message(body)
     if status == 503:
         return EngineOverloaded(f"{name}: {msg}")
-    return EngineError(f"{name}: HTTP {status}: {msg}", status_code=status, retryable=status >= 500)
+    return EngineError(f"{name}: HTTP {status}: {msg}", status_code=status, retryable=status >= 500,
+                       client_message=msg[:500] if 400 <= status < 500 else None)
 
 
 def _describe(e: BaseException) -> str:

@@ -11,7 +11,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NoReturn
 
 from engine_adapter.base import (
     Chunk,
@@ -147,7 +147,7 @@ class SGLangInProcessEngine:
             raise
         except ValueError as e:  # SGLang's request validation errors (e.g. a duplicate rid)
             finished = True
-            raise EngineError(f"{self.name}: {e}", status_code=400, retryable=False) from e
+            raise EngineError(f"{self.name}: {e}", status_code=400, retryable=False, client_message=str(e)[:500]) from e
         except Exception as e:
             status = getattr(e, "status_code", None)
             if status == 503:
@@ -169,7 +169,7 @@ class SGLangInProcessEngine:
         tokenizer = getattr(getattr(self._engine, "tokenizer_manager", None), "tokenizer", None)
         if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
             raise EngineError(f"{self.name}: this engine has no tokenizer with a chat template", status_code=400,
-                              retryable=False)
+                              retryable=False, client_message="this model has no chat template: use /v1/completions")
         return str(tokenizer.apply_chat_template(body["messages"], tools=body.get("tools"), tokenize=False,
                                                  add_generation_prompt=True))
 
@@ -253,12 +253,15 @@ _NATIVE = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "mi
 
 def refuse_unparsed(body: dict[str, Any]) -> None:
     if body.get("tools") and body.get("tool_choice", "auto") != "none":
-        raise EngineError("tool calls need SGLang's tool-call parser, which the in-process engine does not run: "
-                          "use SGLang over HTTP (param: tools)", status_code=400, retryable=False)
+        _refuse("tool calls need SGLang's tool-call parser, which the in-process engine does not run: "
+                "use SGLang over HTTP (param: tools)")
     for key in _UNPARSED:
         if body.get(key):
-            raise EngineError(f"'{key}' is not supported by the in-process SGLang engine: use SGLang over HTTP "
-                              f"(param: {key})", status_code=400, retryable=False)
+            _refuse(f"'{key}' is not supported by the in-process SGLang engine: use SGLang over HTTP (param: {key})")
+
+
+def _refuse(why: str) -> NoReturn:
+    raise EngineError(why, status_code=400, retryable=False, client_message=why)
 
 
 def native_sampling(body: dict[str, Any]) -> dict[str, Any]:

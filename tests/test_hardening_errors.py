@@ -80,3 +80,27 @@ def test_engine_failure_hides_internals_from_the_tenant_and_keeps_them_for_the_o
         # what the client received: a 200 whose stream ended in an engine_error event
         assert (row["status"], row["http_status"], row["error_code"]) == ("error", 200, "engine_error")
         assert DETAIL in row["error"]
+
+
+class RefusingEngine(FakeEngine):
+    """Refuses every request as SGLang's HTTP layer does a request it finds invalid (a 400)."""
+
+    async def submit(self, request):  # type: ignore[override]
+        raise EngineError("sim-0: HTTP 400: The input (140000 tokens) is longer than the model's context length",
+                          status_code=400, retryable=False,
+                          client_message="The input (140000 tokens) is longer than the model's context length")
+        yield  # pragma: no cover - an async generator that raises on its first step
+
+
+def test_an_engine_refusal_tells_the_tenant_what_is_wrong_with_the_request(tmp_path):
+    """A 4xx from the engine is about the request: its reason is passed on (the engine's name is not),
+    so the tenant can fix the request instead of retrying it."""
+    with running_gateway(tmp_path, {"fake": RefusingEngine()}) as (server, sluice):
+        status, headers, data = _request(server, stream=False)
+        rid = headers["x-request-id"]
+        err = json.loads(data)["error"]
+        assert status == 400 and err["code"] == "engine_error"
+        assert "longer than the model's context length" in err["message"], err
+        _stable(err["message"], rid)
+        assert "retry-after" not in headers
+        assert _row(sluice, rid)["http_status"] == 400

@@ -248,11 +248,12 @@ class CompletionsEndpoint:
 
 def engine_error(exc: EngineError, rid: str) -> ApiError:
     """What a tenant sees of an engine failure: a stable message and the request id to quote, never
-    the engine's address or exception text (operators find those in the request's row and span)."""
+    the engine's address or exception text (operators find those in the request's row and span). When
+    the engine refused the request itself (a 4xx), its reason is about the request and is passed on."""
     if exc.status_code == 503:
         what = "the engine is overloaded; retry later"
     elif 400 <= exc.status_code < 500:
-        what = "the engine refused this request"
+        what = "the engine refused this request" + (f": {exc.client_message}" if exc.client_message else "")
     else:
         what = "the engine failed while serving this request"
     err = ApiError(exc.status_code, f"{what} (request id {rid})", code="engine_error",
