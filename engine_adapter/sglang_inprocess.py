@@ -248,7 +248,8 @@ _UNPARSED = {"logprobs": "logprobs", "echo": "echo", "reasoning_effort": "reason
 _NATIVE = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k", "min_p": "min_p",
            "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
            "repetition_penalty": "repetition_penalty", "stop": "stop", "seed": "sampling_seed",
-           "logit_bias": "logit_bias", "regex": "regex", "ebnf": "ebnf", "max_tokens": "max_new_tokens"}
+           "logit_bias": "logit_bias", "regex": "regex", "ebnf": "ebnf", "max_tokens": "max_new_tokens",
+           "ignore_eos": "ignore_eos"}
 
 
 def refuse_unparsed(body: dict[str, Any]) -> None:

@@ -33,8 +33,9 @@ from replay.workload import WorkloadRequest
 __all__ = ["add_arguments", "run"]
 
 PROG = "sluice replay"
-# owners in GET /v1/models whose OpenAI endpoints take SGLang's `ignore_eos`; sluice drops unknown fields
-IGNORE_EOS_OWNERS = ("sglang", "vllm")
+# owners in GET /v1/models whose OpenAI endpoints take SGLang's `ignore_eos` (sluice forwards it to
+# its SGLang engines); others may drop an unknown field, and output lengths would silently differ
+IGNORE_EOS_OWNERS = ("sglang", "vllm", "sluice")
 # workload names whose requests are drawn from a seed (the others are fixed traces or files)
 GENERATED = ("scenario:", "servegen:", "vtc-")
 # options of the other `sluice replay` modes: given with --live they would be ignored, so they are refused
@@ -66,8 +67,8 @@ def add_arguments(group: argparse._ActionsContainer) -> dict[str, Any]:
                            help='live: TOML file of tenant = "key" lines (as .sluice/keys.toml); "*" = any other tenant'),
         group.add_argument("--chat", action="store_true", help="live: /v1/chat/completions instead of /v1/completions"),
         group.add_argument("--ignore-eos", action="store_true",
-                           help="live: ask the server to generate exactly each request's output_length (SGLang and "
-                                "vLLM only; refused for servers that would drop it)"),
+                           help="live: ask the server to generate exactly each request's output_length (SGLang, vLLM "
+                                "and sluice; refused for servers that would drop it)"),
         group.add_argument("--model", help="live: model name (default: the first of GET /v1/models)"),
         group.add_argument("--max-concurrency", type=int, metavar="N",
                            help="live: at most N requests in flight (later ones wait client-side)"),
@@ -153,7 +154,7 @@ def _prepare(args: argparse.Namespace) -> _Plan:
     if args.ignore_eos:
         if owner not in IGNORE_EOS_OWNERS:
             said = f"a server whose models are owned by {owner!r}" if owner else "a server that did not say what it is"
-            raise UsageError(f"--ignore-eos: {args.live} is {said}; only SGLang and vLLM accept ignore_eos "
+            raise UsageError(f"--ignore-eos: {args.live} is {said}; only SGLang, vLLM and sluice accept ignore_eos "
                              "(others drop it, and output lengths would silently differ)")
         extra = {"ignore_eos": True}
     return _Plan(workload, keys, slo, model, owner, extra, weights)

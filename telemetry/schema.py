@@ -49,6 +49,7 @@ TABLES: dict[str, Columns] = {
         ("predicted_tpot_ms", "DOUBLE"),
         ("policy_version", "BIGINT"),
         ("slo_met", "BOOLEAN"),
+        ("end_user", "VARCHAR"),  # the OpenAI `user` field: the tenant's own end-user id, if it sent one
     ),
     "decisions": (
         ("ts", "DOUBLE"),

@@ -96,6 +96,7 @@ _ROW_TO_ATTR: dict[str, str] = {
     "prompt_tokens": GenAI.USAGE_INPUT_TOKENS,
     "completion_tokens": GenAI.USAGE_OUTPUT_TOKENS,
     "cached_tokens": GenAI.USAGE_CACHE_READ_INPUT_TOKENS,
+    "end_user": "user.id",  # OpenTelemetry's general attribute for the end user
 }
 
 

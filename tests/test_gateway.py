@@ -118,6 +118,11 @@ def test_openai_client_chat_and_completions(fake_gateway):
      "missing_required_parameter"),
     ({"model": "sluice-default", "messages": [{"role": "user", "content": None}]}, None, 400,
      "missing_required_parameter"),
+    # an unknown key (a typo, another server's extension) is named, never accepted and dropped
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "temprature": 0.2}, None, 400,
+     "unknown_parameter"),
+    ({"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "guided_json": {}}, None, 400,
+     "unknown_parameter"),
 ])
 def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, code):
     server, sluice, _ = fake_gateway
@@ -234,3 +239,17 @@ def test_openai_surface_a_real_client_expects(fake_gateway):
         assert status == 200, data
         assert raw(server, "GET", "/v1/models", headers=lower)[0] == 200
     assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+
+
+def test_the_openai_user_field_is_recorded_and_unknown_keys_are_named(fake_gateway):
+    server, sluice, _ = fake_gateway
+    status, _, data = raw(server, "POST", "/v1/chat/completions",
+                          {"model": "sluice-default", "messages": [{"role": "user", "content": "x"}], "max_tokens": 3,
+                           "user": "end-user-42"}, auth())
+    assert status == 200
+    wait_until(lambda: len(sluice.stats.requests) == 1)
+    assert sluice.stats.requests[0]["end_user"] == "end-user-42"
+    status, _, data = raw(server, "POST", "/v1/completions",
+                          {"model": "sluice-default", "prompt": "x", "max_token": 3}, auth())
+    err = json.loads(data)["error"]
+    assert status == 400 and err["param"] == "max_token" and "max_token" in err["message"]

@@ -194,10 +194,16 @@ def test_through_sluice_with_tenant_keys(tmp_path, capsys):
         assert {r["error_code"] for r in doc["requests"] if r["status"] == "rejected"} == {"tenant_paused"}
         assert "4 rejected [tenant_paused]: HTTP 429" in capsys.readouterr().out
 
-        # sluice drops ignore_eos: asking for it is refused up front, nothing is sent
-        rc = run(parse(["--live", server.url, "--workload", workload_file(tmp_path, wl), "--keys", str(keys),
-                        "--ignore-eos"]))
-        assert rc == 2 and "--ignore-eos" in capsys.readouterr().err
+        # sluice forwards ignore_eos to its engine: every request generates exactly its output_length
+        assert raw(server, "POST", "/admin/v1/tenants/globex/resume", {"reason": "test"},
+                   {"Authorization": f"Bearer {ADMIN}"})[0] == 200
+        known = [r for r in wl if r.tenant != "stranger"]
+        rc = run(parse(["--live", server.url, "--workload", workload_file(tmp_path, known), "--keys", str(keys),
+                        "--ignore-eos", "--speedup", "4", "--json", str(out)]))
+        assert rc == 0
+        doc = json.loads(out.read_text())
+        assert doc["completed"] == len(known)
+        assert [r["output_tokens"] for r in doc["requests"]] == [r.output_length for r in known]
 
 
 def test_unreachable_url_is_one_line_and_exit_1(tmp_path, capsys):

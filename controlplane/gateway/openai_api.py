@@ -1,7 +1,7 @@
 """OpenAI request parsing and validation, and response shaping (chat and text completions).
 
-Validation is strict where a mistake would be silent (types, ranges, unknown roles) and lenient
-where OpenAI is (unknown top-level keys are ignored, as OpenAI-compatible servers do). Every OpenAI
+Validation is strict where a mistake would be silent (types, ranges, unknown roles, unknown keys:
+OpenAI's own API answers "Unrecognized request argument supplied" too). Every OpenAI
 parameter is either forwarded to the engine's OpenAI-compatible endpoint (`CompletionRequest.body`:
 the engine applies the model's chat template, tool-call and reasoning parsers, grammars, logprobs)
 or refused with a 400 naming it; none is accepted and dropped.
@@ -203,6 +203,18 @@ _UNSUPPORTED = {
     "prediction": "no predicted outputs", "web_search_options": "no web search", "store": "completions are not stored",
 }
 _EXTRA_NUMBERS = ("top_k", "min_p", "repetition_penalty")  # SGLang's sampling extensions, forwarded
+# every top-level key some part of parse_completion reads (the rest is refused by name)
+_KNOWN = frozenset({
+    "model", "messages", "prompt", "max_tokens", "max_completion_tokens", "stream", "stream_options", "stop",
+    "temperature", "top_p", "frequency_penalty", "presence_penalty", "seed", "user", "n", "best_of", "suffix",
+    "modalities", "logprobs", "top_logprobs", "echo", "logit_bias", "response_format", "tools", "tool_choice",
+    "parallel_tool_calls", "reasoning_effort", "regex", "ebnf", "ignore_eos", *_EXTRA_NUMBERS, *_UNSUPPORTED})
+
+
+def _refuse_unknown(body: dict[str, Any]) -> None:
+    for key in body:
+        if key not in _KNOWN:
+            raise _bad(f"Unrecognized request argument supplied: {key}", key, "unknown_parameter")
 
 
 def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_max_tokens: int = 256) -> CompletionRequest:
@@ -213,6 +225,7 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required and must be a string", "model", "missing_required_parameter")
     chat = kind == "chat"
+    _refuse_unknown(body)
     _refuse_unsupported(body, chat)
     out: dict[str, Any] = {}
     if chat:
@@ -274,6 +287,8 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
         value = _number(body, key)
         if value is not None:
             out[key] = int(value) if key == "top_k" else value
+    if body.get("ignore_eos") is not None:  # SGLang's: no stop at end-of-sequence (benchmarks)
+        out["ignore_eos"] = _bool(body, "ignore_eos")
     for key in ("regex", "ebnf"):
         if body.get(key) is not None:
             if not isinstance(body[key], str):
