@@ -195,3 +195,13 @@ async def test_opening_a_request_shows_why_and_its_phases(fake_admin) -> None:  
         await pilot.press("enter")
         await wait_until(pilot, lambda: isinstance(app.screen, TraceScreen) and app.screen.why, "why")
         assert "would have been let in with" in str(app.screen.query_one("#why").render())
+
+
+def test_phases_that_start_together_keep_their_order() -> None:
+    from tui.format import phase_spans, waterfall_rows
+
+    root = {"span_id": "r", "parent_span_id": None, "name": "root", "start_ts": 0.0, "end_ts": 2.0}
+    why = {"phases": [{"name": n, "start_ts": 1.0, "end_ts": 1.0 + d} for n, d in
+                      (("admission", 0.0), ("queue", 0.0), ("prefill", 0.5))]}
+    rows, _, _ = waterfall_rows([root, *phase_spans(why, [root])])
+    assert [r.span["name"] for r in rows] == ["root", "phase: admission", "phase: queue", "phase: prefill"]

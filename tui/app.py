@@ -338,12 +338,12 @@ class SluiceConsole(App[None]):
     def _render_requests(self) -> None:
         self._requests_render_pending = False
         pane = self.requests_pane
-        # a hidden table is rendered when its tab is shown (action_show_tab, _tab_activated)
-        if pane.dirty and pane.is_mounted and self.main("#tabs").active == "requests":
-            try:
+        try:
+            # a hidden table is rendered when its tab is shown (action_show_tab, _tab_activated)
+            if pane.dirty and pane.is_mounted and self.main("#tabs").active == "requests":
                 pane.render_rows()
-            except NoMatches:
-                pass  # shutting down
+        except NoMatches:
+            pass  # shutting down
 
     @on(ConnectionChanged)
     def _on_connection(self, message: ConnectionChanged) -> None:

@@ -346,7 +346,8 @@ def waterfall_rows(spans: Sequence[Mapping[str, Any]]) -> tuple[list[WaterfallRo
     t1 = max(float(s.get("end_ts") or s.get("start_ts") or 0.0) for s in spans)
     rows: list[WaterfallRow] = []
     seen: set[Any] = set()
-    stack = [(r, 0) for r in sorted(roots, key=start, reverse=True)]
+    # pushed latest first so that they pop earliest first; ties keep their given order
+    stack = [(r, 0) for r in reversed(sorted(roots, key=start))]
     while stack:
         s, depth = stack.pop()
         sid = s.get("span_id")
@@ -355,7 +356,7 @@ def waterfall_rows(spans: Sequence[Mapping[str, Any]]) -> tuple[list[WaterfallRo
         seen.add(sid)
         end = float(s.get("end_ts") or s.get("start_ts") or 0.0)
         rows.append(WaterfallRow(s, depth, (start(s) - t0) * 1000.0, max(0.0, end - start(s)) * 1000.0))
-        for c in sorted(children.get(sid, []), key=start, reverse=True):
+        for c in reversed(sorted(children.get(sid, []), key=start)):
             stack.append((c, depth + 1))
     return rows, t0, max(t1 - t0, 0.0)
 

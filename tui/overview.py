@@ -41,6 +41,8 @@ def _scale(key: str, history: list[float], state: dict[str, Any]) -> tuple[float
         if limit is not None:
             return limit, f"0–{limit:.0f} W limit"
         return peak(history), f"0–{peak(history):.0f} W peak"
+    if peak(history) <= 0:
+        return 0.0, "all 0"
     return peak(history), f"0–{si(peak(history))} peak"
 
 
