@@ -478,21 +478,18 @@ class FakeAdmin:
                     and (not q.get("status") or r["status"] == q["status"])]
             return JSONResponse({"requests": rows[: int(q.get("limit", "100"))]})
 
-        @route("/admin/v1/requests/{rid}/trace", ["GET"])
-        async def trace(request: Request, body: Any) -> Response:
-            rid = request.path_params["rid"]
-            for r in self.reqs:
-                if r["rid"] == rid:
-                    return JSONResponse(trace_for(r))
-            return _error(404, f"no trace for {rid!r}", "not_found_error")
+        def per_request(path: str, render: Any) -> Route:
+            @route(path, ["GET"])
+            async def read(request: Request, body: Any) -> Response:
+                rid = request.path_params["rid"]
+                for r in self.reqs:
+                    if r["rid"] == rid:
+                        return JSONResponse(render(r))
+                return _error(404, f"no request {rid!r}", "not_found_error")
+            return read
 
-        @route("/admin/v1/requests/{rid}/why", ["GET"])
-        async def why(request: Request, body: Any) -> Response:
-            rid = request.path_params["rid"]
-            for r in self.reqs:
-                if r["rid"] == rid:
-                    return JSONResponse(why_for(r))
-            return _error(404, f"no request {rid!r}", "not_found_error")
+        trace = per_request("/admin/v1/requests/{rid}/trace", trace_for)
+        why = per_request("/admin/v1/requests/{rid}/why", why_for)
 
         @route("/admin/v1/requests/{rid}/abort", ["POST"])
         async def abort(request: Request, body: Any) -> Response:
