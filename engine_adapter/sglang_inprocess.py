@@ -22,12 +22,12 @@ from engine_adapter.base import (
     GenerateRequest,
     StepProfile,
 )
-from engine_adapter.sglang_http import (
-    _abort_error,
-    _chunk_error,
-    _final_chunk,
-    _max_total_tokens,
-    _parse_v1_loads,
+from engine_adapter.sglang_wire import (
+    abort_error,
+    chunk_error,
+    final_chunk,
+    max_total_tokens,
+    parse_v1_loads,
     prompt_input,
 )
 
@@ -109,7 +109,7 @@ class SGLangInProcessEngine:
                     meta = out.get("meta_info")
                     if meta is None:
                         finished = True
-                        raise _chunk_error(self.name, out)
+                        raise chunk_error(self.name, out)
                     text = out.get("text") or ""
                     completion = meta.get("completion_tokens", 0)
                     if incremental is None:
@@ -129,9 +129,9 @@ class SGLangInProcessEngine:
                                         meta.get("cached_tokens", 0) or 0)
                         continue
                     finished = True
-                    chunk = _final_chunk(delta, completion, meta, fr)
+                    chunk = final_chunk(delta, completion, meta, fr)
                     if chunk.finish_reason == "abort" and chunk.status_code and not yielded:
-                        raise _abort_error(self.name, chunk)
+                        raise abort_error(self.name, chunk)
                     yield chunk
                     return
             finally:
@@ -175,12 +175,12 @@ class SGLangInProcessEngine:
 
     def _decode_final(self, out: Any) -> Chunk:
         if not isinstance(out, dict) or out.get("meta_info") is None:
-            raise _chunk_error(self.name, out if isinstance(out, dict) else {})
+            raise chunk_error(self.name, out if isinstance(out, dict) else {})
         meta = out["meta_info"]
-        chunk = _final_chunk(out.get("text") or "", meta.get("completion_tokens", 0), meta,
+        chunk = final_chunk(out.get("text") or "", meta.get("completion_tokens", 0), meta,
                              meta.get("finish_reason"))
         if chunk.finish_reason == "abort" and chunk.status_code and not chunk.completion_tokens:
-            raise _abort_error(self.name, chunk)
+            raise abort_error(self.name, chunk)
         return chunk
 
     async def abort(self, rid: str) -> None:
@@ -197,7 +197,7 @@ class SGLangInProcessEngine:
             if get_loads is not None:
                 snaps = await get_loads(include=["core"], dp_rank=None)
                 loads = [s.to_dict({"core"}) if hasattr(s, "to_dict") else dict(s) for s in snaps]
-                return _parse_v1_loads({"loads": loads, "timestamp": time.time()})
+                return parse_v1_loads({"loads": loads, "timestamp": time.time()})
         except EngineError:
             raise
         except Exception as e:
@@ -211,7 +211,7 @@ class SGLangInProcessEngine:
             getattr(e, "server_args", None)
         model = getattr(sa, "served_model_name", None) or getattr(sa, "model_path", None) or "unknown"
         sched = getattr(e, "scheduler_info", None)
-        max_tokens = _max_total_tokens({"scheduler_info": sched} if isinstance(sched, dict) else {})
+        max_tokens = max_total_tokens({"scheduler_info": sched} if isinstance(sched, dict) else {})
         if not max_tokens and isinstance(sched, dict):
             max_tokens = int(sched.get("max_total_num_tokens") or 0)
         try:

@@ -21,7 +21,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from engine_adapter.base import Chunk, EngineError, EngineOverloaded, GenerateRequest
-from engine_adapter.sglang_http import SGLangHTTPEngine, parse_prometheus_load, synthetic_input_ids
+from engine_adapter.sglang_http import SGLangHTTPEngine
+from engine_adapter.sglang_wire import parse_prometheus_load, synthetic_input_ids
 from engine_adapter.sglang_server import make_sglang_app
 from tests.test_sglang_server import MODEL, FakeEngine, _wait_holding, expected_text, fake_app, serve
 
