@@ -21,7 +21,7 @@ import time
 import uuid
 import zlib
 from collections.abc import AsyncIterator
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -473,7 +473,7 @@ class _SGLangFacade:
             return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4; charset=utf-8")
         info = await self.info()
         out: dict[str, Any] = {
-            "timestamp": datetime.now(timezone.utc).isoformat(),
+            "timestamp": datetime.now(UTC).isoformat(),
             "version": self.version,
             "accelerator": "simulated" if info.simulated else None,
             "num_accelerators": 1,
@@ -539,7 +539,7 @@ class _SGLangFacade:
 
         try:
             ok = await asyncio.wait_for(first(), 20.0)
-        except (EngineError, asyncio.TimeoutError):
+        except (TimeoutError, EngineError):
             ok = False
         return Response(status_code=200 if ok else 503)
 

@@ -70,6 +70,10 @@ OK, REJECTED, EXPIRED, ERROR, CANCELLED = "ok", "rejected", "expired", "error", 
 STATUSES = (OK, REJECTED, EXPIRED, ERROR, CANCELLED)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
 @dataclass(slots=True)
 class RequestRecord:
     """One workload request's outcome in virtual time (seconds from the workload start)."""
@@ -130,11 +134,10 @@ class RequestRecord:
         rejected (error "deadline_expired"): report.py has no expired column."""
         status = {OK: "ok", REJECTED: "rejected", EXPIRED: "rejected", ERROR: "error"}.get(self.status or "",
                                                                                        "cancelled")
-        ms = (lambda x: None if x is None else x * 1e3)
         return RequestResult(
             tenant=self.tenant, status=status, index=self.index, slo_class=self.slo_class,
-            scheduled_ms=self.arrival_s * 1e3, sent_ms=self.arrival_s * 1e3, ttft_ms=ms(self.ttft_s),
-            tpot_ms=ms(self.tpot_s), e2e_ms=ms(self.e2e_s), input_tokens=self.input_tokens,
+            scheduled_ms=self.arrival_s * 1e3, sent_ms=self.arrival_s * 1e3, ttft_ms=_ms(self.ttft_s),
+            tpot_ms=_ms(self.tpot_s), e2e_ms=_ms(self.e2e_s), input_tokens=self.input_tokens,
             output_tokens=self.output_tokens, requested_output_tokens=self.requested_output_tokens,
             slo_met=self.slo_met, error=self.reason if self.status != OK else None,
             retry_after_s=self.retry_after_s)
