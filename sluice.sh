@@ -15,8 +15,7 @@ if [ "${1:-}" = "test" ]; then
     shift
     "$venv/bin/lint-imports" --config pyproject.toml
     "$venv/bin/mypy"  # strict on controlplane/core and fairness ([tool.mypy] in pyproject.toml)
-    # TODO(issue 14): enable once the files other helpers are rewriting are clean:
-    # "$venv/bin/ruff" check .
+    "$venv/bin/ruff" check --quiet .  # [tool.ruff] in pyproject.toml
     exec "$venv/bin/python" -m pytest "$@"
 fi
 exec "$venv/bin/sluice" "$@"

@@ -513,7 +513,7 @@ class FakeAdmin:
                     while not self._closing:
                         try:
                             item = await asyncio.wait_for(q.get(), timeout=0.25)
-                        except asyncio.TimeoutError:
+                        except TimeoutError:
                             idle += 0.25
                             if idle >= 15.0:
                                 idle = 0.0

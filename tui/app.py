@@ -180,7 +180,7 @@ class SluiceConsole(App[None]):
             return
         try:
             await asyncio.wait_for(wake.wait(), timeout=delay)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         wake.clear()
 

@@ -221,7 +221,7 @@ class AdminClient:
                 text = await resp.text()
         except AdminError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unreachable(_describe(exc)) from exc
         if not text:
             return None
@@ -329,7 +329,7 @@ class AdminClient:
                         yield event
         except AdminError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise Unreachable(_describe(exc)) from exc
         raise Unreachable("event stream closed by the server")
 
