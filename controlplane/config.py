@@ -60,6 +60,7 @@ class EngineConfig:
     seed: int = 0
     speedup: float = 1.0  # sim only: run the simulated GPU this many times faster than real time
     api_key_env: str | None = None  # SGLang --api-key, read from this environment variable
+    gpu: int | None = None  # the GPU index (NVML) whose SM clock [server] clock_control sets for this engine
 
 
 @dataclass(slots=True)
@@ -76,6 +77,7 @@ class ServerConfig:
     body_timeout_s: float = 30.0  # its body within this of the headers (408 and close)
     keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
     max_connections: int = 1024  # open connections; past it a new one gets 503 and is closed
+    clock_control: bool = False  # SLO-aware SM clocks per engine (docs/frequency.md)
 
 
 @dataclass(slots=True)
@@ -96,6 +98,7 @@ class TelemetryConfig:
     metrics_max_tenants: int = 50  # tenants with a label of their own; later ones are "other"
     retention_days: float | None = 7.0
     flush_interval_s: float = 1.0
+    store_memory_mb: int = 64  # DuckDB's buffer pool; unbounded, it caches the growing file in RAM (bench_soak)
 
 
 @dataclass(slots=True)

@@ -44,7 +44,7 @@ class Telemetry:
 
     def __init__(self, config: Config, engines: dict[str, Engine], *, store: bool = True) -> None:
         t = config.telemetry
-        self.store = Store(config.server.db_path, flush_interval_s=t.flush_interval_s) if store else None
+        self.store = Store(config.server.db_path, flush_interval_s=t.flush_interval_s, memory_mb=t.store_memory_mb) if store else None
         self.metrics = Metrics(t.metrics_max_tenants, hide_tenants=not t.metrics_tenant_labels)
         self.metrics_tokens = [tok for tok in (secret(t.metrics_token_file, t.metrics_token_env),) if tok]
         if self.metrics_tokens and config.admin_token():
@@ -97,9 +97,10 @@ class Telemetry:
                     self.store.record_gpu_samples(self.last_gpus, wait=False)
                 core = sluice.core
                 if core is not None:
-                    self.metrics.set_queue_depths({n: core.scheduler.queued(n) for n in core.scheduler.tenants})
-                    for name, eng in core.engines.items():
-                        self.metrics.set_in_flight(name, len(eng.in_flight))
+                    snap = core.snapshot(sluice.clock())
+                    self.metrics.set_queue_depths({t.name: t.queued for t in snap.tenants.values()})
+                    for name, eng in snap.engines.items():
+                        self.metrics.set_in_flight(name, eng.in_flight)
                         load = sluice.engine_loads.get(name)
                         if load is not None:
                             self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage)
@@ -306,11 +307,29 @@ def http_protocol(header_timeout_s: float, body_timeout_s: float, max_connection
                  "max_connections": max_connections})
 
 
+def clock_control(config: Config) -> dict[str, Any]:
+    """Sluice's frequency-control arguments from [server] clock_control and each engine's `gpu`:
+    a simulated engine sets its own clock, a real one's GPU is locked through NVML (a dry run, with
+    one log line, where not permitted or not configured)."""
+    if not config.server.clock_control:
+        return {}
+    from controlplane.core.frequency import FrequencyParams
+    from telemetry.nvml import NvmlClocks
+
+    nvml, gpus = NvmlClocks(), {e.name: e.gpu for e in config.engines}
+
+    def set_clock(engine: str, mhz: float) -> str:
+        gpu = gpus.get(engine)
+        return nvml.set_sm_clock(gpu, mhz) if gpu is not None else "dry run: the engine names no [[engines]] gpu"
+
+    return {"clock_control": FrequencyParams(), "set_clock": set_clock}
+
+
 def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
                store: bool = True) -> tuple[Gateway, Sluice]:
     engines = engines if engines is not None else build_engines(config)
     telemetry = Telemetry(config, engines, store=store)
-    sluice = Sluice(config, engines, recorder=telemetry.recorder)
+    sluice = Sluice(config, engines, recorder=telemetry.recorder, **clock_control(config))
     policies = PolicyStore(sluice, store=telemetry.store)
     admin = AdminAPI(sluice, sluice.stats, policies, token=config.admin_token(),
                      gpus=telemetry.gpu_state, trace=telemetry.trace_of,
@@ -324,9 +343,9 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
         sampler: asyncio.Task[None] | None = None
         try:
             await policies.restore()  # the audit log's policy, reconciled with the config file, before serving
-            # What exists now (modules, torch, the engines' sessions) lives as long as the server: out of
-            # the cyclic GC's reach, a full collection no longer walks it (tens of ms, several times a
-            # minute under load, with torch imported).
+            # What exists now (modules, the engines' sessions) lives as long as the server: out of the
+            # cyclic GC's reach, a full collection no longer walks it (tens of ms, several times a minute
+            # under load; torch, imported by the trainer once the server serves, is frozen there).
             gc.collect()
             gc.freeze()
             sampler = asyncio.create_task(telemetry.sample_loop(sluice, config.telemetry.retention_days))

@@ -101,6 +101,7 @@ class Store:
         retry_bound_s: float = 300.0,
         span_retries: int = 3,
         threads: int | None = None,
+        memory_mb: int | None = None,
         fault_hook: FaultHook | None = None,
         autostart: bool = True,
     ) -> None:
@@ -126,6 +127,8 @@ class Store:
             config: dict[str, Any] = {}
             if threads:
                 config["threads"] = int(threads)
+            if memory_mb:  # DuckDB's default (80% of RAM) lets a long-running store cache its whole file
+                config["memory_limit"] = f"{int(memory_mb)}MB"
             try:
                 self._con = duckdb.connect(self.path, config=config)
             except duckdb.IOException as exc:
