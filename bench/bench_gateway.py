@@ -234,8 +234,8 @@ def sluice_main(spec: dict[str, Any]) -> None:
         server=ServerConfig(port=spec["port"], db_path=os.path.join(spec["dir"], "sluice.duckdb"),
                             admin_token_file=token),
         telemetry=TelemetryConfig(trace_sample_ratio=spec["trace_ratio"]),
-        tenants=[TenantConfig("acme", 1.0, api_key_sha256=hash_key(KEYS["acme"])),
-                 TenantConfig("globex", 1.0, api_key_sha256=hash_key(KEYS["globex"]))],
+        tenants=[TenantConfig("acme", api_key_sha256=hash_key(KEYS["acme"])),
+                 TenantConfig("globex", api_key_sha256=hash_key(KEYS["globex"]))],
         engines=[EngineConfig(name="sim", kind="sglang", url=spec["engine_url"], model=MODEL)],
     )
 
