@@ -78,6 +78,7 @@ class ServerConfig:
     keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
     max_connections: int = 1024  # open connections; past it a new one gets 503 and is closed
     clock_control: bool = False  # SLO-aware SM clocks per engine (docs/frequency.md)
+    tokenizer: str | None = None  # the model's tokenizer.json: exact prompt counts before dispatch
 
 
 @dataclass(slots=True)

@@ -32,6 +32,7 @@ from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.prompt_tokens import PromptTokenEstimator
 from controlplane.requests import CompletionRequest
 from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest
+from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice")
 
@@ -82,6 +83,8 @@ class Sluice:
         self.predictor = predictor if predictor is not None else OutputLengthPredictor(seed=0, torch_expert=True)
         self.errors = ForecastErrors()
         self.prompt_estimator = PromptTokenEstimator()
+        tokenizer = config.server.tokenizer  # the model's own count when configured, else 4 chars/token
+        self.count_tokens = tokenizer_counter(tokenizer) if tokenizer else estimate_tokens
         self.stats = LiveStats()
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
         self.engine_loads: dict[str, Any] = {}  # last EngineLoad per engine, for the admin state

@@ -13,8 +13,10 @@ role name) and the prompt starts with ``<|begin_of_text|>`` and ends with the as
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+
+Counter = Callable[[str], int]  # text -> its token count
 
 CHARS_PER_TOKEN = 4
 PER_MESSAGE_TOKENS = 5  # role header + end-of-turn marker
@@ -24,6 +26,19 @@ PER_CONVERSATION_TOKENS = 5  # begin-of-text + the assistant header that primes 
 def estimate_tokens(text: str) -> int:
     """ceil(len(text) / 4), at least 1."""
     return max(1, -(-len(text) // CHARS_PER_TOKEN))
+
+
+def tokenizer_counter(path: str) -> Counter:
+    """The count of the model's own tokenizer (a Hugging Face ``tokenizer.json``, read with the
+    `tokenizers` library), special tokens included as the engine adds them. Raises OSError for a
+    missing or unreadable file, so a bad config fails at start-up with one line."""
+    from tokenizers import Tokenizer  # imported only when configured
+
+    try:
+        tokenizer = Tokenizer.from_file(path)
+    except Exception as exc:  # the library raises a bare Exception for a malformed file
+        raise OSError(0, f"cannot load the tokenizer ({exc})", path) from exc
+    return lambda text: max(1, len(tokenizer.encode(text).ids))
 
 
 def _content_text(content: Any) -> str:
@@ -39,8 +54,10 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def estimate_chat_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
-    """Estimated prompt tokens of an OpenAI-style chat: content (4 chars/token) + template overhead.
+def estimate_chat_tokens(messages: Iterable[Mapping[str, Any]], count: Counter = estimate_tokens) -> int:
+    """Estimated prompt tokens of an OpenAI-style chat: content (4 chars/token, or `count`, the
+    model's tokenizer) + template overhead (the template is the engine's; the per-model correction
+    learns what these constants miss).
 
     Each message costs ``PER_MESSAGE_TOKENS`` plus its content (and its ``name``, if any); the whole
     conversation costs ``PER_CONVERSATION_TOKENS`` more. Non-text content parts count as nothing.
@@ -51,5 +68,5 @@ def estimate_chat_tokens(messages: Iterable[Mapping[str, Any]]) -> int:
         name = message.get("name")
         if isinstance(name, str) and name:
             text += name
-        total += PER_MESSAGE_TOKENS + (estimate_tokens(text) if text else 0)
+        total += PER_MESSAGE_TOKENS + (count(text) if text else 0)
     return total

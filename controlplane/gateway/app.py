@@ -112,7 +112,8 @@ class CompletionsEndpoint:
             if ctype != b"application/json":
                 raise ApiError(415, "Content-Type must be application/json", code="unsupported_media_type")
             body = await read_body(receive, headers, sluice.config.server.max_body_bytes)
-            req = oa.parse_completion(body, self.kind, max_tokens_limit=sluice.config.server.max_tokens_limit)
+            req = oa.parse_completion(body, self.kind, max_tokens_limit=sluice.config.server.max_tokens_limit,
+                                      count=sluice.count_tokens)
             if req.model not in sluice.model_names:
                 raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found", param="model")
             sluice.fit_context(req)

@@ -17,7 +17,7 @@ from controlplane.errors import ApiError, parse_json
 from controlplane.requests import CompletionRequest
 from engine_adapter.base import Chunk
 from engine_adapter.openai_chunks import message_fields, stream_choice
-from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
+from engine_adapter.tokens import Counter, estimate_chat_tokens, estimate_tokens
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # OpenAI sampling fields -> SGLang sampling_params names
@@ -217,7 +217,9 @@ def _refuse_unknown(body: dict[str, Any]) -> None:
             raise _bad(f"Unrecognized request argument supplied: {key}", key, "unknown_parameter")
 
 
-def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_max_tokens: int = 256) -> CompletionRequest:
+def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_max_tokens: int = 256,
+                     count: Counter = estimate_tokens) -> CompletionRequest:
+    """`count`: the prompt's token count before the engine's (the model's tokenizer when configured)."""
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", code="invalid_json")
@@ -230,7 +232,7 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
     out: dict[str, Any] = {}
     if chat:
         messages = _messages(body)
-        prompt, prompt_tokens = "", estimate_chat_tokens(messages)
+        prompt, prompt_tokens = "", estimate_chat_tokens(messages, count)
         out["messages"] = messages
         limit_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
         _tools(body, out)
@@ -245,7 +247,7 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
         if not isinstance(p, str):
             raise _bad("'prompt' is required and must be a string (batched prompts are not supported)", "prompt",
                        "missing_required_parameter" if p is None else "invalid_type")
-        prompt, prompt_tokens = p, estimate_tokens(p)
+        prompt, prompt_tokens = p, count(p)
         out["prompt"] = p
         limit_key = "max_tokens"
     _logprobs(body, out, chat)
