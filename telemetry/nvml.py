@@ -4,7 +4,8 @@ No GPU, no driver or no library is a normal state: ``sample()`` returns ``[]`` a
 says ``"no GPU: <reason>"``. A reading a device does not support is ``None``.
 
 Every source yields dicts with the ``gpu_samples`` columns: ``ts, gpu, name, simulated, power_w,
-energy_j, sm_clock_mhz, utilization (0..1), memory_used_bytes, memory_total_bytes``.
+energy_j, sm_clock_mhz, utilization (0..1), memory_used_bytes, memory_total_bytes, power_limit_w``
+(the enforced power limit, what a chart of the power is scaled to).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 log = logging.getLogger("sluice.telemetry.nvml")
 
 SAMPLE_KEYS = ("ts", "gpu", "name", "simulated", "power_w", "energy_j", "sm_clock_mhz", "utilization",
-               "memory_used_bytes", "memory_total_bytes")
+               "memory_used_bytes", "memory_total_bytes", "power_limit_w")
 NVML_CLOCK_SM = 1
 
 
@@ -91,6 +92,8 @@ class GpuSampler:
                                                        getattr(nvml, "NVML_CLOCK_SM", NVML_CLOCK_SM)))
                 util = self._read(i, "utilization", partial(nvml.nvmlDeviceGetUtilizationRates, h))
                 mem = self._read(i, "memory", partial(nvml.nvmlDeviceGetMemoryInfo, h))
+                # the enforced limit (the lower of the board limit and any operator cap), mW
+                limit = self._read(i, "power limit", partial(_call, nvml, "nvmlDeviceGetEnforcedPowerLimit", h))
                 out.append({
                     "ts": ts,
                     "gpu": i,
@@ -102,6 +105,7 @@ class GpuSampler:
                     "utilization": util.gpu / 100.0 if util is not None else None,
                     "memory_used_bytes": int(mem.used) if mem is not None else None,
                     "memory_total_bytes": int(mem.total) if mem is not None else None,
+                    "power_limit_w": limit / 1000.0 if limit is not None else None,
                 })
             return out
 
@@ -179,6 +183,11 @@ class CombinedGpuSource:
         for s in self.sources:
             out.extend(s.sample())
         return out
+
+
+def _call(module: Any, name: str, *args: Any) -> Any:
+    """module.name(*args), looked up at call time: older bindings (and fakes) may lack a call."""
+    return getattr(module, name)(*args)
 
 
 def _describe(exc: BaseException) -> str:

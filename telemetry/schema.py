@@ -84,6 +84,7 @@ TABLES: dict[str, Columns] = {
         ("utilization", "DOUBLE"),  # fraction 0..1
         ("memory_used_bytes", "BIGINT"),
         ("memory_total_bytes", "BIGINT"),
+        ("power_limit_w", "DOUBLE"),  # the enforced power limit (W)
     ),
     "spans": (
         ("trace_id", "VARCHAR"),

@@ -49,6 +49,9 @@ CLIP_MAX_NEW_TOKENS = 4096  # SGLang clips each request's reserve at this many t
 OUTPUT_LEN_MEDIAN = 180.0  # drawn output lengths: log-normal, median 180, sigma 1.0 (mean ~300)
 OUTPUT_LEN_SIGMA = 1.0
 THROUGHPUT_WINDOW_S = 5.0
+# GPU readings average over the last second, as NVML's do (H100: power is a 1 s average,
+# utilisation the busy fraction of a sample period of up to 1 s).
+GPU_WINDOW_S = 1.0
 
 _WAITING, _RUNNING, _DONE = 0, 1, 2
 _NORMAL = NormalDist()
@@ -161,6 +164,8 @@ class SimCore:
         self._lru: OrderedDict[int, None] = OrderedDict()
         self._energy_j = 0.0
         self._energy_t: float | None = None
+        self._origin: float | None = None  # the first submit: readings do not average over before it
+        self._busy: deque[tuple[float, float, float]] = deque()  # completed busy spans (start, end, W)
         self._tput: deque[tuple[float, int]] = deque()
         self.stats = SimStats()
 
@@ -172,7 +177,7 @@ class SimCore:
         if req.prompt_tokens < 1 or req.max_new_tokens < 0:
             raise ValueError("need prompt_tokens >= 1 and max_new_tokens >= 0")
         if self._energy_t is None:
-            self._energy_t = now
+            self._energy_t = self._origin = now
         if req.output_tokens is not None:
             target = min(max(0, req.output_tokens), req.max_new_tokens)
             length_limited = req.output_tokens >= req.max_new_tokens
@@ -254,10 +259,10 @@ class SimCore:
         )
 
     def gpu(self, now: float) -> dict[str, float]:
-        """Simulated NVML-like readings at `now`."""
+        """Simulated NVML-like readings at `now`: power and utilisation averaged over the last
+        `GPU_WINDOW_S` (since the first submit, if later), energy since then, memory in use."""
         p = self.profile
         step = self._step
-        busy = step is not None and step.start <= now
         energy = self._energy_j
         t0 = self._energy_t if self._energy_t is not None else now
         if step is not None and now > step.start:
@@ -265,12 +270,32 @@ class SimCore:
             energy += p.idle_w * max(0.0, now - step.end)
         else:
             energy += p.idle_w * max(0.0, now - t0)
+        w0 = now - GPU_WINDOW_S if self._origin is None else max(now - GPU_WINDOW_S, self._origin)
+        busy = above_idle_j = 0.0
+        spans = list(self._busy)
+        if step is not None and step.start < now:
+            spans.append((step.start, min(now, step.end), step.power_w))
+        for start, end, power in spans:
+            overlap = min(end, now) - max(start, w0)
+            if overlap > 0:
+                busy += overlap
+                above_idle_j += (power - p.idle_w) * overlap
+        if now > w0:
+            utilization, power_w = min(1.0, busy / (now - w0)), p.idle_w + above_idle_j / (now - w0)
+        elif step is not None and step.start <= now:  # nothing to average over yet (the first submit)
+            utilization, power_w = 1.0, step.power_w
+        else:
+            utilization, power_w = 0.0, p.idle_w
+        # SGLang preallocates its KV pool (NVML shows it whole, a constant): the simulator reports
+        # the weights plus the KV tokens in use instead, so that memory follows the load
+        kv_bytes = p.kv_bytes_per_token
+        weights = max(0, p.memory_used_bytes - p.kv_capacity_tokens * kv_bytes)
         return {
-            "power_w": step.power_w if busy and step is not None else p.idle_w,
+            "power_w": power_w,
             "energy_j": energy,
             "sm_clock_mhz": self._freq,
-            "utilization": 1.0 if busy else 0.0,
-            "memory_used_bytes": float(p.memory_used_bytes),
+            "utilization": utilization,
+            "memory_used_bytes": float(weights + self._used * kv_bytes if kv_bytes else p.memory_used_bytes),
             "memory_total_bytes": float(p.memory_total_bytes),
         }
 
@@ -475,6 +500,18 @@ class SimCore:
             self._energy_t = start
         self._energy_j += self.profile.idle_w * max(0.0, start - self._energy_t) + power * (end - start)
         self._energy_t = end
+        self._record_busy(start, end, power)
+
+    def _record_busy(self, start: float, end: float, power: float) -> None:
+        """Keep the busy spans of the last GPU window (back-to-back steps at one power merge)."""
+        busy = self._busy
+        if busy and busy[-1][1] == start and busy[-1][2] == power:
+            busy[-1] = (busy[-1][0], end, power)
+        else:
+            busy.append((start, end, power))
+        while len(busy) > 1 and busy[0][1] < end - GPU_WINDOW_S:
+            busy.popleft()
+
 
     def _record_tput(self, t: float) -> None:
         self._tput.append((t, self.stats.output_tokens))
@@ -568,6 +605,7 @@ class SimCore:
         self._account_energy(step.start, step.end, step.power_w)
         self._energy_j += extra_j
         self._energy_t = t
+        self._record_busy(step.end, t, power)
         st = self.stats
         st.steps += k
         st.busy_s += busy

@@ -87,6 +87,7 @@ class SimEngine:
         self._zero_delay = not any((s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e, s.prefill_f))
         self._streams: dict[str, _Stream] = {}
         self._t0: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # whose clock _t0 is on
         self._last_now = 0.0
         self._task: asyncio.Task[None] | None = None
         self._wake: asyncio.Event | None = None
@@ -101,7 +102,7 @@ class SimEngine:
         except RuntimeError:  # no loop (e.g. a generator finalised at shutdown): last known time
             return self._last_now
         if self._t0 is None:
-            self._t0 = loop_time
+            self._t0, self._loop = loop_time, asyncio.get_running_loop()
         self._last_now = max(self._last_now, (loop_time - self._t0) * self.speedup)
         return self._last_now
 
@@ -283,8 +284,14 @@ class SimEngine:
 
     # -- simulated GPU ------------------------------------------------------------------------------
     def gpu(self) -> dict[str, float]:
-        """NVML-like readings of the simulated GPU (power_w, energy_j, sm_clock_mhz, ...)."""
-        return self.core.gpu(self._now())
+        """NVML-like readings of the simulated GPU (power_w, energy_j, sm_clock_mhz, ...), with its
+        power limit (the profile's max_w, what nvmlDeviceGetEnforcedPowerLimit reports on a real one)."""
+        # the server samples from a worker thread: read the engine loop's clock (without moving
+        # _last_now, which belongs to the loop), so an idle engine's readings do not stand still
+        now, loop = self._now(), self._loop
+        if loop is not None and self._t0 is not None and not loop.is_closed():
+            now = max(now, (loop.time() - self._t0) * self.speedup)
+        return {**self.core.gpu(now), "power_limit_w": self.core.profile.max_w}
 
     def set_frequency(self, mhz: float) -> float:
         """Lock the simulated SM clock; returns the clamped value."""
