@@ -2,9 +2,10 @@
 
 One request = arrive (admission forecast + enqueue) + the dispatch it eventually gets (scheduler
 pop, engine choice) + first_token + finish (counters reconciled, predictors and step model learn,
-next dispatch). The core runs one engine with the default H100 profile prior, admission on (an SLO
-loose enough that everything is admitted, so the full forecast path runs) and every tenant
-backlogged: before timing, each tenant gets two queued requests; then, per iteration, a new
+next dispatch); and the cost of one `DecisionCore.snapshot` with every tenant in it (what the
+admin API's /state and the metrics sampler take once a second). The core runs one engine with the
+default H100 profile prior, admission on (an SLO loose enough that everything is admitted, so the
+full forecast path runs) and every tenant backlogged: before timing, each tenant gets two queued requests; then, per iteration, a new
 request arrives for the next tenant (round robin) and the oldest running request finishes,
 which dispatches the next one. Target: the cost per request within 2x across tenant counts.
 
@@ -33,6 +34,7 @@ from replay.runner import engine_specs  # noqa: E402
 
 POLICIES = ("fcfs", "vtc", "equinox", "wrr")
 TENANTS = (10, 1_000, 10_000)
+SNAPSHOTS = 5
 
 
 def build(policy: str, tenants: int) -> tuple[DecisionCore, list[str]]:
@@ -82,8 +84,13 @@ def measure(policy: str, tenants: int, requests: int) -> dict[str, Any]:
         k = (k + 1) % len(names)
         finish_one()
     dt = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    for _ in range(SNAPSHOTS):  # what the admin API's /state and the metrics sampler take once a second
+        snap = core.snapshot(now)
+    snapshot_ms = (time.perf_counter() - t1) / SNAPSHOTS * 1e3
     return {"policy": policy, "tenants": tenants, "requests": requests, "us_per_request": dt / requests * 1e6,
-            "queued": core.queued(), "backlogged": len(core.scheduler.backlogged())}
+            "snapshot_ms": snapshot_ms, "queued": snap.queued,
+            "backlogged": sum(1 for t in snap.tenants.values() if t.fair_share)}
 
 
 def main() -> int:
@@ -99,6 +106,7 @@ def main() -> int:
         costs = [r["us_per_request"] for r in res]
         print(f"{p:>8} " + " ".join(f"{c:>13.1f}us" for c in costs) + f"   {max(costs) / min(costs):.2f}x"
               + ("" if max(costs) / min(costs) <= 2.0 else "  (target 2x MISSED)"))
+        print(f"{'snapshot':>8} " + " ".join(f"{r['snapshot_ms']:>13.2f}ms" for r in res))
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(rows, indent=1))
     return 0

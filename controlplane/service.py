@@ -107,10 +107,11 @@ class Sluice:
             specs.append(engine_model(name, info))
         self.core = DecisionCore(self.config.policy, specs, self.predictor, _ForecastTee(self))
         self.driver = Driver(self.core, _TicketSink(self))
-        first = next(iter(self.core.engines.values()), None)
-        if first is not None and first.profile is not None:
-            self.capacity = Controller(Replica(first.profile, first.spec.kv_capacity, first.spec.max_running))
-            self.capacity.start(len(self.core.engines), self.clock())
+        engines = self.core.snapshot(self.clock(), with_tenants=False).engines
+        first = next(iter(engines.values()), None)
+        if first is not None:
+            self.capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running))
+            self.capacity.start(len(engines), self.clock())
         self._tasks = [asyncio.create_task(self._cadence())]
         if self.predictor.mlp is None:
             return  # nothing to train in the background

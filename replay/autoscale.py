@@ -115,7 +115,7 @@ class _ScaledRun(_Run):
         for r in list(self.replicas.values()):
             if r.sim is None and r.ready_at <= now:
                 self._serve(r, now)
-            elif r.draining and not self.core.engines[r.name].in_flight:
+            elif r.draining and not self._in_flight(now)[r.name]:
                 self._release(r, now)
         self.report.peak = max(self.report.peak, len(self.replicas))
         if self.scaling.mode == "fixed" or now < self.next_eval:
@@ -146,6 +146,9 @@ class _ScaledRun(_Run):
         rec = n if abs(ratio - 1.0) <= self.scaling.utilisation_tolerance else math.ceil(n * ratio)
         return self.hpa.update(now, max(1, min(self.scaling.params.max_replicas, rec)))
 
+    def _in_flight(self, now: float) -> dict[str, int]:
+        return {e.name: e.in_flight for e in self.core.snapshot(now, with_tenants=False).engines.values()}
+
     def _reconcile(self, now: float) -> None:
         held = [r for r in self.replicas.values() if not r.draining]
         for r in self.replicas.values():  # un-drain before starting anew: it is warm and holds its GPU
@@ -163,11 +166,12 @@ class _ScaledRun(_Run):
         for r in starting[:excess]:
             self._release(r, now)
         excess -= min(excess, len(starting))
-        serving = sorted((r for r in held if r.sim is not None), key=lambda r: len(self.core.engines[r.name].in_flight))
+        in_flight = self._in_flight(now)
+        serving = sorted((r for r in held if r.sim is not None), key=lambda r: in_flight[r.name])
         for r in serving[:excess]:
             r.draining = True
             self.driver.engine_health(now, r.name, False)
-            if not self.core.engines[r.name].in_flight:
+            if not in_flight[r.name]:
                 self._release(r, now)
 
     def _provision(self, now: float) -> _Replica:

@@ -600,6 +600,7 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -
     forecast = {k: {"count": s.count, "median_ape": s.median_ape, "bias": s.bias, "mae": s.mae}
                 for k, s in stats.items()}
     engines = {}
+    snap = run.core.snapshot(makespan, with_tenants=False)
     for name, sim in run.sims.items():
         st = sim.stats
         engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
@@ -608,7 +609,7 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -
                          "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
                                             if st.admitted_prompt_tokens else None),
                          "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
-                         "window": run.core.engines[name].window}
+                         "window": snap.engines[name].window}
     return VirtualResult(policy, run.records, per_tenant, overall, per_class, duration, makespan, wall, fairness, forecast,
                          engines, run.decisions, served, run.backlogged)
 

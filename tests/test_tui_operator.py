@@ -86,7 +86,7 @@ async def test_overview_cards_are_scaled_and_labelled() -> None:
             state = state_at(i)
             state["totals"]["attainment"] = 1.0
             for g in state["gpus"]:
-                g.update(gpu=1 - g.pop("index"), power_limit_w=700.0)  # the server's name: "gpu"
+                g.update(gpu=1 - g["gpu"], power_limit_w=700.0)
             app.ingest_state(state)
         await pilot.pause()
         card = app.query_one("#card-attainment")

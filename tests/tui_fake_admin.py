@@ -1,5 +1,8 @@
 """A fake sluice admin API for the console's tests (docs/admin-api.md, frozen data).
 
+Its `/state` bodies are held to the real one's schema (`STATE` in controlplane/admin/openapi.py,
+tests/test_admin_state.py), so the console is tested against what the server sends.
+
 A small Starlette app served by uvicorn on 127.0.0.1 in a background thread, so it works both for
 async Pilot tests and for the synchronous `snap_compare` fixture (which runs its own event loop).
 
@@ -114,6 +117,7 @@ def _tenant_state(i: int, name: str, weight: float, slo: str, paused: bool, k: i
         "attainment": round(0.999 - 0.012 * k, 3),
         "admitted": 1200 - 90 * k + i,
         "rejected": 3 * k,
+        "rejected_by_reason": {"ttft_unattainable": 3 * k} if k else {},
         "finished": 1180 - 90 * k + i,
     }
 
@@ -140,7 +144,7 @@ def state_at(i: int = 0, policy: dict[str, Any] | None = None) -> dict[str, Any]
          "gen_throughput": 0.0, "window": 16, "in_flight": 0, "forecast": None},
     ]
     gpus = [
-        {"index": g, "name": "H100 (simulated)", "simulated": True,
+        {"gpu": g, "name": "H100 (simulated)", "simulated": True,
          "power_w": round(410.0 + 60 * math.sin((i + 4 * g) / 4.0), 1),
          "energy_j": round(123456.0 + 410.0 * i + 5000 * g, 1), "sm_clock_mhz": 1980 - 300 * g,
          "utilization": round(0.93 - 0.2 * g, 2),
@@ -165,6 +169,8 @@ def state_at(i: int = 0, policy: dict[str, Any] | None = None) -> dict[str, Any]
         "gpus": gpus,
         "gpu_status": "ok",
         "policy_choices": {"scheduler": list(SCHEDULERS), "on_miss": ["reject", "defer"]},
+        "forecast_errors": {"window": 1000, "dropped": 0,
+                            "ttft": {"count": 400, "total": 1200, "median_ape": 0.12, "bias": 0.03, "mae": 0.011}},
     }
 
 

@@ -23,8 +23,8 @@ from starlette.routing import Route
 
 from controlplane.admin import why
 from controlplane.admin.openapi import openapi_document
+from controlplane.admin.state import state_document
 from controlplane.config import hash_key
-from controlplane.core.policy import ON_MISS, SCHEDULERS
 from controlplane.driver import CAPACITY_EVERY_S
 from controlplane.errors import ApiError, parse_json
 from controlplane.gateway.app import canonical_bearer
@@ -93,45 +93,12 @@ class AdminAPI:
 
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
+        """The `/state` body: the core's snapshot now, with the runtime's statistics (admin/state.py)."""
         core = self.sluice.core
         assert core is not None
-        now = time.time()
-        policy = core.policy
-        backlogged = set(core.scheduler.backlogged())
-        service = {n: self.stats.tenant(n, now) for n in set(policy.tenants) | set(self.stats.tenants)}
-        total_service = sum(s["service"] for s in service.values()) or 1.0
-        bw = sum(policy.tenant(n).weight for n in backlogged) or 1.0
-        in_flight: dict[str, int] = {}
-        for e in core.engines.values():
-            for t in e.in_flight.values():
-                in_flight[t.spec.tenant] = in_flight.get(t.spec.tenant, 0) + 1
-        tenants = []
-        for name in sorted(service):
-            tp, s = policy.tenant(name), service[name]
-            tenants.append({
-                "name": name, "weight": tp.weight, "slo_class": tp.slo_class, "paused": tp.paused,
-                "share": s.pop("service") / total_service,
-                "fair_share": tp.weight / bw if name in backlogged else 0.0,
-                "counters": core.scheduler.counters(name), "queued": core.scheduler.queued(name),
-                "in_flight": in_flight.get(name, 0), **s})
-        engines = []
-        for name, e in core.engines.items():
-            load = self.sluice.engine_loads.get(name)
-            info = self.sluice.infos.get(name)
-            ttft, tpot = core.typical_forecast(name, now)
-            engines.append({
-                "name": name, "kind": info.kind if info else None, "simulated": bool(info and info.simulated),
-                "healthy": e.healthy, "url": info.url if info else None,
-                "running": load.running if load else len(e.in_flight), "waiting": load.waiting if load else 0,
-                "kv_usage": load.kv_usage if load else None, "gen_throughput": load.gen_throughput if load else None,
-                "window": e.window, "in_flight": len(e.in_flight),
-                "forecast": {"ttft_ms": ttft * 1e3, "tpot_ms": tpot * 1e3}})
-        gpus, gpu_status = self.gpus()
-        totals = self.stats.totals(now) | {"queued": core.queued(), "in_flight": core.in_flight()}
-        return {"now": now, "policy_version": policy.version, "scheduler": policy.scheduler, "totals": totals,
-                "tenants": tenants, "engines": engines, "gpus": gpus, "gpu_status": gpu_status,
-                "policy_choices": {"scheduler": list(SCHEDULERS), "on_miss": list(ON_MISS)},
-                "forecast_errors": self.sluice.errors.state()}
+        snap = core.snapshot(self.sluice.clock(), also=self.stats.tenants)
+        return state_document(snap, self.stats, self.sluice.engine_loads, self.sluice.infos, self.gpus(),
+                              self.sluice.errors.state())
 
     async def get_state(self, request: Request) -> Response:
         """Tenants, engines, totals, GPUs and forecasts now."""

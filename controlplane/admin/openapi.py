@@ -38,12 +38,36 @@ _POLICY = _object({"version": _INT, "scheduler": _STR, "slo_classes": {"type": "
                    "tenants": {"type": "object", "additionalProperties": _TENANT_POLICY}},
                   {"holistic_alpha": _NUM, "admission": _BOOL, "admission_margin": _NUM, "pass_priority": _BOOL,
                    "window": _INT})
-_GPUS = {"gpus": {"type": "array", "items": _OBJ}, "gpu_status": _STR}
-_STATE = _object({"now": _NUM, "policy_version": _INT, "scheduler": _STR, "totals": _OBJ,
-                  "tenants": {"type": "array", "items": _object({"name": _STR, "weight": _NUM, "slo_class": _STR,
-                                                                 "paused": _BOOL})},
-                  "engines": {"type": "array", "items": _object({"name": _STR, "healthy": _BOOL})},
-                  **_GPUS, "forecast_errors": _OBJ})
+_GPU = _object({"gpu": _INT, "name": _STR, "simulated": _BOOL},
+               {"ts": _nullable(_NUM), "power_w": _nullable(_NUM), "energy_j": _nullable(_NUM),
+                "sm_clock_mhz": _nullable(_NUM), "utilization": _nullable(_NUM),
+                "memory_used_bytes": _nullable(_INT), "memory_total_bytes": _nullable(_INT),
+                "power_limit_w": _nullable(_NUM)})
+_GPUS = {"gpus": {"type": "array", "items": _GPU}, "gpu_status": _STR}
+_MS = _nullable(_NUM)
+# `GET /state` (controlplane/admin/state.py: the core's snapshot with the runtime's statistics); the
+# console's fake admin in tests is validated against it (tests/test_admin_state.py)
+_TOTALS = _object({"request_rate": _NUM, "goodput": _NUM, "attainment": _NUM, "rejections_per_s": _NUM,
+                   "output_tokens_per_s": _NUM, "queued": _INT, "in_flight": _INT})
+_TENANT_STATE = _object(
+    {"name": _STR, "weight": _NUM, "slo_class": _STR, "paused": _BOOL, "share": _NUM, "fair_share": _NUM,
+     "counters": {"type": "object", "required": ["user", "resource", "holistic"], "additionalProperties": _NUM,
+                  "properties": {"user": _NUM, "resource": _NUM, "holistic": _NUM}},
+     "queued": _INT, "in_flight": _INT, "ttft_p50_ms": _MS, "ttft_p99_ms": _MS, "tpot_p50_ms": _MS,
+     "attainment": _nullable(_NUM), "admitted": _INT, "rejected": _INT, "finished": _INT,
+     "rejected_by_reason": {"type": "object", "additionalProperties": _INT}},
+    {"energy_j": _NUM})  # GPU joules attributed to the tenant's requests since start (engines that report it)
+_ENGINE_STATE = _object(
+    {"name": _STR, "kind": _nullable(_STR), "simulated": _BOOL, "healthy": _BOOL, "url": _nullable(_STR),
+     "running": _nullable(_INT), "waiting": _nullable(_INT), "kv_usage": _nullable(_NUM),
+     "gen_throughput": _nullable(_NUM), "window": _INT, "in_flight": _INT,
+     "forecast": _nullable(_object({"ttft_ms": _NUM, "tpot_ms": _NUM}))})
+STATE = _object({"now": _NUM, "policy_version": _INT, "scheduler": _STR, "totals": _TOTALS,
+                 "tenants": {"type": "array", "items": _TENANT_STATE},
+                 "engines": {"type": "array", "items": _ENGINE_STATE}, **_GPUS,
+                 "policy_choices": _object({"scheduler": {"type": "array", "items": _STR},
+                                            "on_miss": {"type": "array", "items": _STR}}),
+                 "forecast_errors": _OBJ})
 _REQUEST_ROW = _object({"rid": _STR, "tenant": _STR, "status": _STR},
                        {"trace_id": _nullable(_STR), "slo_class": _nullable(_STR), "engine": _nullable(_STR),
                         "arrival_ts": _NUM, "ttft_ms": _nullable(_NUM), "tpot_ms": _nullable(_NUM),
@@ -105,7 +129,7 @@ _RID = [_path("rid", "The request id (x-request-id on the gateway's responses)."
 _POLICY_REF = _ref("Policy")
 
 PATHS: dict[str, dict[str, Any]] = {
-    "/admin/v1/state": {"get": _op("Tenants, engines, totals, GPUs and forecasts now.", _STATE)},
+    "/admin/v1/state": {"get": _op("Tenants, engines, totals, GPUs and forecasts now.", _ref("State"))},
     "/admin/v1/gpus": {"get": _op("GPU readings (NVML or simulated).", _object(_GPUS))},
     "/admin/v1/capacity": {"get": _op(
         "Engine replicas each pool needs to meet its SLOs (desired) and serving now (actual), with the "
@@ -159,6 +183,6 @@ PATHS: dict[str, dict[str, Any]] = {
 def openapi_document() -> dict[str, Any]:
     return {"openapi": "3.0.3", "info": {"title": "sluice admin API", "version": "1"},
             "paths": PATHS,
-            "components": {"schemas": {"Error": _ERROR, "Policy": _POLICY},
+            "components": {"schemas": {"Error": _ERROR, "Policy": _POLICY, "State": STATE},
                            "securitySchemes": {"admin": {"type": "http", "scheme": "bearer"}}},
             "security": [{"admin": []}]}

@@ -2,7 +2,7 @@
 
 Same discipline as the core: no I/O, no clock, no await, no random; `now` is an argument. The
 serving runtime and replay compute it on the driver's cadence (`driver.CAPACITY_EVERY_S`) from the
-core's state (`pool_load`), so `sluice_desired_replicas` and `sluice simulate --autoscale` are the
+core's snapshot (`pool_load`), so `sluice_desired_replicas` and `sluice simulate --autoscale` are the
 same decision.
 
 The rule (Chiron's hierarchy, docs/capacity.md):
@@ -41,6 +41,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 
 from controlplane.core.core import RATE_WINDOW_S, DecisionCore
+from controlplane.core.snapshot import CoreSnapshot
 from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
 from engine_adapter.base import StepProfile
 
@@ -220,38 +221,33 @@ TREND_S = 15.0  # a rising rate: the last TREND_S against the TREND_S before
 CAPACITY_GRID_S = 5.0  # the evaluation period the trend's history is counted in (driver.CAPACITY_EVERY_S)
 
 
-def pool_load(core: DecisionCore, now: float, idle_since: float) -> PoolLoad:
-    """The rule's inputs from the decision core's state at `now` (what serving knows: arrivals,
-    queues, forecasts, refusals; never a request's true length). `idle_since`: when the pool last
-    had demand or work (the caller keeps it)."""
-    core._active_weight_at(now)  # ages the arrival window to `now`
-    arrivals = core._tier_arrivals
-    healthy = [e for e in core.engines.values() if e.healthy]
-    latency_classes = [c for c in core.policy.slo_classes.values() if tier_of(c) == LATENCY]
+def pool_load(snap: CoreSnapshot, idle_since: float) -> PoolLoad:
+    """The rule's inputs from what the decision core knows at `snap.now` (what serving knows:
+    arrivals, queues, forecasts, refusals; never a request's true length). `idle_since`: when the
+    pool last had demand or work (the caller keeps it)."""
+    now, policy = snap.now, snap.policy
+    latency_rps, deferrable_rps = snap.tiers[LATENCY].arrivals_per_s, snap.tiers[DEFERRABLE].arrivals_per_s
+    healthy = snap.healthy_engines()
+    latency_classes = [c for c in policy.slo_classes.values() if tier_of(c) == LATENCY]
     tpots = [c.tpot_s for c in latency_classes if c.tpot_s is not None]
     ttfts = [c.ttft_s for c in latency_classes if c.ttft_s is not None]
-    margin = core.policy.admission_margin
-    deferred = sorted(t.deadline - now for t in core.requests.values()
-                      if t.engine is None and t.tier == DEFERRABLE and t.deadline is not None)
+    margin = policy.admission_margin
     pressure = None
-    if now - core._latency_refused_at < RATE_WINDOW_S:
+    if now - snap.latency_refused_at < RATE_WINDOW_S:
         pressure = "latency requests refused for capacity"
-    elif healthy and arrivals[LATENCY]:
-        fc = [core.typical_forecast(e.spec.name, now) for e in healthy]
-        if ttfts and min(f[0] for f in fc) > margin * min(ttfts):
+    elif healthy and latency_rps:
+        if ttfts and min(e.forecast_ttft_s for e in healthy) > margin * min(ttfts):
             pressure = "forecast TTFT past the budget on every engine"
-        elif tpots and min(f[1] for f in fc) > margin * min(tpots):
+        elif tpots and min(e.forecast_tpot_s for e in healthy) > margin * min(tpots):
             pressure = "forecast TPOT past the budget on every engine"
-    if pressure is None and healthy and sum(max(e.kv_tokens, e.reported_kv_tokens) for e in healthy) \
-            > KV_HIGH * sum(e.spec.kv_capacity for e in healthy):
+    if pressure is None and healthy and sum(e.kv_tokens for e in healthy) \
+            > KV_HIGH * sum(e.kv_capacity for e in healthy):
         pressure = "KV cache nearly full"
-    in_flight = core.in_flight()
     return PoolLoad(
-        serving=len(healthy), latency_rps=arrivals[LATENCY] / RATE_WINDOW_S,
-        deferrable_rps=arrivals[DEFERRABLE] / RATE_WINDOW_S, mean_prompt=core._mean_prompt,
-        mean_output=core._mean_output, tpot_budget_s=margin * min(tpots) if tpots else None,
-        deferred=tuple(deferred), in_flight=in_flight, queued=core.queued(), pressure=pressure,
-        idle_s=max(0.0, now - idle_since))
+        serving=len(healthy), latency_rps=latency_rps, deferrable_rps=deferrable_rps,
+        mean_prompt=snap.mean_prompt_tokens, mean_output=snap.mean_output_tokens,
+        tpot_budget_s=margin * min(tpots) if tpots else None, deferred=snap.deferred_slack_s,
+        in_flight=snap.in_flight, queued=snap.queued, pressure=pressure, idle_s=max(0.0, now - idle_since))
 
 
 # -- the controller both drivers run -----------------------------------------------------------------
@@ -305,11 +301,11 @@ class Controller:
         self.idle_since = now
 
     def step(self, core: DecisionCore, now: float) -> Recommendation:
-        for e in core.engines.values():
-            if e.healthy and e.profile is not None:
-                self.replica = Replica(e.profile, e.spec.kv_capacity, e.spec.max_running)
-                break
-        load = self._ahead(pool_load(core, now, self.idle_since), now)
+        snap = core.snapshot(now, with_tenants=False)
+        for e in snap.healthy_engines():
+            self.replica = Replica(e.profile, e.kv_capacity, e.max_running)
+            break
+        load = self._ahead(pool_load(snap, self.idle_since), now)
         if load.latency_rps or load.deferrable_rps or load.queued or load.in_flight:
             self.idle_since = now
         current = self.stabiliser.current

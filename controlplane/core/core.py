@@ -9,12 +9,14 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Protocol
 
 from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, choose_engine, decide, forecast
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, PolicyError
+from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot, TierSnapshot
 from controlplane.core.tiers import DEFERRABLE, LATENCY, TieredQueue, tier_of
 from engine_adapter.base import StepProfile
 from fairness import Outcome, Scheduler, Work, make_scheduler
@@ -330,6 +332,44 @@ class DecisionCore:
 
     def in_flight(self) -> int:
         return sum(len(e.in_flight) for e in self.engines.values())
+
+    def snapshot(self, now: float, *, with_tenants: bool = True, also: Iterable[str] = ()) -> CoreSnapshot:
+        """What the core knows at `now`, as frozen values (controlplane/core/snapshot.py): its
+        readers' contract. The tenants (one pass over all of them) only `with_tenants`: every tenant
+        the policy or the queues know, and those named in `also`."""
+        self._active_weight_at(now)  # ages the arrival window to `now`
+        running: dict[str, int] = {}
+        deferred = []
+        for t in self.requests.values():
+            if t.engine is not None:
+                running[t.spec.tenant] = running.get(t.spec.tenant, 0) + 1
+            elif t.tier == DEFERRABLE and t.deadline is not None:
+                deferred.append(t.deadline - now)
+        tiers = {name: TierSnapshot(name, q.queued, q.tokens, q.backlogged_weight,
+                                    self._tier_arrivals[name] / RATE_WINDOW_S)
+                 for name, q in self.scheduler.tiers.items()}
+        engines = {}
+        for name, e in self.engines.items():
+            ttft, tpot = self.typical_forecast(name, now)
+            engines[name] = EngineSnapshot(name, e.healthy, len(e.in_flight), e.window,
+                                           max(e.kv_tokens, e.reported_kv_tokens), e.spec.kv_capacity,
+                                           e.spec.max_running, e.profile, ttft, tpot)
+        tenants = self._tenant_snapshots(running, also) if with_tenants else {}
+        return CoreSnapshot(now, self.policy, tenants, tiers, engines, self.scheduler.total, sum(running.values()),
+                            self._mean_prompt, self._mean_output, self._ttft_error, self._latency_refused_at,
+                            tuple(sorted(deferred)))
+
+    def _tenant_snapshots(self, running: dict[str, int], also: Iterable[str]) -> dict[str, TenantSnapshot]:
+        policy, queues = self.policy, self.scheduler
+        backlogged = set(queues.backlogged())
+        backlogged_weight = sum(policy.tenant(n).weight for n in backlogged) or 1.0
+        out = {}
+        for name in dict.fromkeys([*queues.tenants, *policy.tenants, *also]):
+            tp = policy.tenant(name)
+            out[name] = TenantSnapshot(name, tp.weight, tp.slo_class, tp.paused, queues.queued(name),
+                                       running.get(name, 0), tp.weight / backlogged_weight if name in backlogged
+                                       else 0.0, queues.counters(name))
+        return out
 
     def engine_view(self, eng: EngineState, now: float, ahead: float = 0.0) -> EngineView:
         """The engine as the forecast sees it; `ahead` requests queued before the one forecast."""

@@ -335,7 +335,8 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
         return JSONResponse(model_object(name))
 
     async def health(request: Request) -> Response:
-        healthy = [n for n, e in sluice.core.engines.items() if e.healthy] if sluice.core else []
+        snap = sluice.core.snapshot(sluice.clock(), with_tenants=False) if sluice.core else None
+        healthy = [e.name for e in snap.healthy_engines()] if snap else []
         body = {"status": "ok" if healthy else "unavailable", "engines": healthy}
         return JSONResponse(body, 200 if healthy else 503, headers=None if healthy else {"Retry-After": "5"})
 
