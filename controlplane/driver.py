@@ -4,8 +4,9 @@ The serving runtime (`controlplane/service.py`: asyncio, an injected clock, real
 engines) and virtual-time replay (`replay/runner.py`: a discrete-event loop over simulated engines)
 drive the same `DecisionCore`. What they must do the same way is written here, once:
 
-- the cadence: the core's `tick` every TICK_EVERY_S, an engine-load report every LOAD_EVERY_S and
-  the capacity rule every CAPACITY_EVERY_S,
+- the cadence: the core's `tick` every TICK_EVERY_S, an engine-load report every LOAD_EVERY_S,
+  the capacity rule every CAPACITY_EVERY_S and the frequency rule every FREQUENCY_EVERY_S (right
+  after the load reports of that instant, which it reads),
   at the instants k * period of the clock (`next_tick`, `next_load`), so both clocks tick at the
   same instants;
 - the order at one instant: engine events and arrivals first, then the tick, then the load
@@ -40,6 +41,7 @@ __all__ = [
     "DECISION_COLUMNS",
     "DEFAULT_PROFILE",
     "CAPACITY_EVERY_S",
+    "FREQUENCY_EVERY_S",
     "LOAD_EVERY_S",
     "TICK_EVERY_S",
     "ActionSink",
@@ -47,6 +49,7 @@ __all__ = [
     "decision_row",
     "engine_model",
     "next_capacity",
+    "next_frequency",
     "next_load",
     "next_on_grid",
     "next_tick",
@@ -56,6 +59,7 @@ __all__ = [
 TICK_EVERY_S = 0.05  # the core's tick: deadlines expire and the prefill meters refill at this grain
 LOAD_EVERY_S = 0.5  # each engine's load report
 CAPACITY_EVERY_S = 5.0  # the capacity rule (controlplane/core/capacity.py): desired replicas per pool
+FREQUENCY_EVERY_S = 1.0  # the frequency rule (controlplane/core/frequency.py): each engine's SM clock
 
 # A step-time prior for engines that report none (a real SGLang server): H100-class, 8B model.
 DEFAULT_PROFILE = StepProfile(prefill_a=0.008, prefill_b=0.00006, decode_c=0.007, decode_d=0.00005, decode_e=2e-8)
@@ -87,6 +91,10 @@ def next_load(t: float) -> float:
 
 def next_capacity(t: float) -> float:
     return next_on_grid(t, CAPACITY_EVERY_S)
+
+
+def next_frequency(t: float) -> float:
+    return next_on_grid(t, FREQUENCY_EVERY_S)
 
 
 # -- actions ----------------------------------------------------------------------------------------

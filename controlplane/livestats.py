@@ -24,6 +24,7 @@ class _Tenant:
     rejected: int = 0
     finished: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # rejected, by reason code
+    energy_j: float = 0.0  # GPU joules attributed to its requests (engines that report it), since start
     recent: deque[tuple[float, float | None, float | None, bool | None, float]] = field(
         default_factory=lambda: deque(maxlen=4096))  # (ts, ttft_ms, tpot_ms, slo_met, service)
 
@@ -50,6 +51,7 @@ class LiveStats:
             t.finished += 1
             service = self.w_p * (row["prompt_tokens"] - (row["cached_tokens"] or 0)) + self.w_q * row["completion_tokens"]
             t.recent.append((now, row["ttft_ms"], row["tpot_ms"], row["slo_met"], service))
+        t.energy_j += row.get("energy_j") or 0.0
         self.requests.append(row)
         self._events.append((now, row["status"], row["slo_met"], row["completion_tokens"] or 0))
 
@@ -74,5 +76,5 @@ class LiveStats:
         return {"ttft_p50_ms": _quantile(ttfts, 0.5), "ttft_p99_ms": _quantile(ttfts, 0.99),
                 "tpot_p50_ms": _quantile(tpots, 0.5), "attainment": sum(met) / len(met) if met else None,
                 "admitted": t.admitted, "rejected": t.rejected, "rejected_by_reason": dict(t.refused),
-                "finished": t.finished,
+                "finished": t.finished, "energy_j": t.energy_j,
                 "service": sum(r[4] for r in t.recent)}

@@ -23,7 +23,9 @@ from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.core.capacity import Controller, Replica
-from controlplane.driver import LOAD_EVERY_S, Driver, engine_model, next_capacity, next_load, next_tick, slo_met
+from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
+from controlplane.driver import (DEFAULT_PROFILE, LOAD_EVERY_S, Driver, engine_model, next_capacity, next_frequency,
+                                 next_load, next_tick, slo_met)
 from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.recorder import Recorder
@@ -68,7 +70,9 @@ class Ticket:
 
 class Sluice:
     def __init__(self, config: Config, engines: dict[str, Engine], *, recorder: Recorder | None = None,
-                 clock: Callable[[], float] = time.time, predictor: OutputLengthPredictor | None = None) -> None:
+                 clock: Callable[[], float] = time.time, predictor: OutputLengthPredictor | None = None,
+                 clock_control: FrequencyParams | None = None,
+                 set_clock: Callable[[str, float], str] | None = None) -> None:
         self.config = config
         self.engines = engines
         self.clock = clock
@@ -89,6 +93,12 @@ class Sluice:
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []  # admin event stream
         self.engine_loads: dict[str, Any] = {}  # last EngineLoad per engine, for the admin state
         self.capacity: Controller | None = None  # desired replicas (docs/capacity.md), on the driver's cadence
+        # SLO-aware SM clocks (controlplane/core/frequency.py): a simulated engine sets its own, a real
+        # one's GPU goes through `set_clock(engine, mhz)` (NVML, a dry run where not permitted)
+        self.clock_control, self.set_clock = clock_control, set_clock
+        self.frequency: dict[str, FrequencyController] = {}
+        self.clock_status: dict[str, str] = {}
+        self._frequency_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self._stop = threading.Event()
         self._trainer: threading.Thread | None = None
@@ -112,6 +122,14 @@ class Sluice:
         if first is not None:
             self.capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running))
             self.capacity.start(len(engines), self.clock())
+        if self.clock_control is not None:
+            from engine_adapter.clock import ClockModel
+
+            self._frequency_at = next_frequency(self.clock())  # the first instant after the start, as replay
+            for name, engine in self.engines.items():
+                model = getattr(engine, "clock_model", None) or ClockModel()  # a real GPU: H100-class defaults
+                self.frequency[name] = FrequencyController(name, self.infos[name].profile or DEFAULT_PROFILE,
+                                                           model, self.clock_control)
         self._tasks = [asyncio.create_task(self._cadence())]
         if self.predictor.mlp is None:
             return  # nothing to train in the background
@@ -203,6 +221,32 @@ class Sluice:
         if tenant is None:
             raise ApiError(401, "invalid API key", code="invalid_api_key")
         return tenant
+        now = self.clock()
+        if self.frequency and now >= self._frequency_at:  # after the reports it reads, as replay
+            self._frequency_at = next_frequency(now)
+            self._clock_step(now)
+
+    def _clock_step(self, now: float) -> None:
+        """The frequency rule on every engine; a change is applied and recorded as a decision row.
+        Nothing here may fail serving: an engine that cannot take a clock keeps running."""
+        assert self.driver is not None
+        core = self.driver.core
+        for name, ctl in self.frequency.items():
+            try:
+                choice = ctl.step(clock_inputs(core, name, now), now)
+                if not choice.changed:
+                    continue
+                engine = self.engines[name]
+                if hasattr(engine, "set_frequency"):
+                    engine.set_frequency(choice.target_mhz)
+                    self.clock_status[name] = "simulated"
+                elif self.set_clock is not None:
+                    self.clock_status[name] = self.set_clock(name, choice.target_mhz)
+                else:
+                    self.clock_status[name] = "dry run: no clock actuator"
+                self.driver.apply(now, [ctl.decision(choice, core.policy.version)])
+            except Exception:
+                log.exception("frequency rule on engine %s failed", name)
 
     # -- the request path ------------------------------------------------------------------------
     def fit_context(self, req: CompletionRequest) -> None:
@@ -333,7 +377,8 @@ class Sluice:
                    engine=ticket.engine, dispatch_ts=ticket.dispatched_at, first_token_ts=ticket.first_token_at)
         if chunk is not None:
             row.update(prompt_tokens=chunk.prompt_tokens, cached_tokens=chunk.cached_tokens,
-                       completion_tokens=chunk.completion_tokens, finish_reason=chunk.finish_reason)
+                       completion_tokens=chunk.completion_tokens, finish_reason=chunk.finish_reason,
+                       energy_j=chunk.energy_j)
         _derive_latencies(row, self.core.policy.slo(ticket.slo_class))
         self.stats.record(row)
         if self.recorder is not None:
@@ -445,7 +490,8 @@ def _new_row(rid: str, tenant: str, slo_class: str, req: CompletionRequest, now:
             "dispatch_ts": None, "first_token_ts": None, "finish_ts": None, "queue_ms": None, "ttft_ms": None, "tpot_ms": None,
             "e2e_ms": None, "prompt_tokens": req.prompt_tokens, "cached_tokens": 0, "completion_tokens": 0,
             "max_tokens": req.max_tokens, "predicted_output_tokens": None, "predicted_ttft_ms": None,
-            "predicted_tpot_ms": None, "policy_version": None, "slo_met": None, "end_user": req.user}
+            "predicted_tpot_ms": None, "policy_version": None, "slo_met": None, "end_user": req.user,
+            "energy_j": None}
 
 
 def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:

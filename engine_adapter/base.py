@@ -45,6 +45,7 @@ class Chunk:
     # OpenAI fields of this delta beyond its text (OpenAI requests only): `tool_calls` (delta
     # list), `reasoning_content`, `logprobs` (the choice's logprobs for this delta).
     extra: dict[str, Any] | None = None
+    energy_j: float | None = None  # GPU joules attributed to the request (last chunk; None: not known)
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 
 from controlplane.core.admission import AdmissionInputs, AdmissionResult, EngineView, choose_engine, decide
+from controlplane.core.frequency import rederive as rederive_clock
 from controlplane.core.policy import Policy, policy_from_dict
 
 __all__ = ["AuditMismatch", "AuditReport", "PolicyChange", "audit_db", "audit_decisions", "policies_from_changes",
@@ -266,6 +267,12 @@ class _Auditor:
             self.admission(row, inputs, outputs, policy)
         elif kind == "dispatch":
             self.dispatch(row, inputs, outputs, policy)
+        elif kind == "clock":  # an engine's SM clock (controlplane/core/frequency.py): the rule re-run
+            wanted = self.rederived(row, rederive_clock, inputs)
+            if wanted is not None:
+                rep.checked += 1
+                if not _same(outputs.get("wanted_mhz"), wanted):
+                    self.bad(row, "outputs.wanted_mhz", outputs.get("wanted_mhz"), wanted)
         elif kind == "expire" and rid in self.admitted:
             rep.checked += 1
             _, admitted_ts, deadline = self.admitted[rid]

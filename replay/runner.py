@@ -38,8 +38,9 @@ import numpy as np
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
-from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model, next_load,
-                                 next_tick, slo_met)
+from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
+from controlplane.driver import (FREQUENCY_EVERY_S, LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model,
+                                 next_frequency, next_load, next_tick, slo_met)
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
@@ -100,6 +101,7 @@ class RequestRecord:
     predicted_output_tokens: float | None = None
     retry_after_s: float | None = None
     slo_met: bool | None = None
+    energy_j: float = 0.0  # the simulator's attribution: its share of each step's energy (docs/simulator.md)
 
     @property
     def ttft_s(self) -> float | None:
@@ -173,6 +175,7 @@ class TenantOutcome:
     output_ape_p50: float | None = None  # the output-length prediction (the core saw only max_tokens)
     cache_hit_rate: float | None = None  # prefix-cache hits / prompt tokens of completed requests
     service: float = 0.0  # w_p * prompt + w_q * output of completed requests
+    energy_j: float = 0.0  # GPU energy attributed to its requests (finished or aborted on the engine)
     share: float = 0.0  # of all service
     weight_share: float = 0.0  # of the weights of tenants present
     share_ratio: float = 0.0  # share / weight_share (1 = exactly the weighted share)
@@ -277,7 +280,7 @@ def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy) -> None:
 class _Run:
     def __init__(self, workload: Sequence[WorkloadRequest], policy: Policy, engines: int, profile: SimProfile,
                  seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
-                 train_every: int) -> None:
+                 train_every: int, clock_control: FrequencyParams | None = None) -> None:
         _check_classes(workload, policy)
         order = sorted(range(len(workload)), key=lambda i: (workload[i].timestamp_ms, i))
         self.workload = [workload[i] for i in order]
@@ -289,6 +292,12 @@ class _Run:
         self.driver = Driver(self.core, self)
         self.names = [f"sim-{i}" for i in range(engines)]
         self.sims = {name: SimCore(profile, seed=seed + i) for i, name in enumerate(self.names)}
+        # the frequency rule per engine (None: every engine stays at f_max), planning with the
+        # engine's prior step profile at f_max, as serving does with what the engine reports
+        self.clocks = None if clock_control is None else {
+            name: FrequencyController(name, profile.step, profile.clock, clock_control) for name in self.names}
+        self.clock_log: dict[str, list[tuple[float, float]]] = {name: [(0.0, profile.f_max_mhz)]
+                                                                 for name in self.names}
         width = max(6, len(str(len(workload))))
         self.records = [
             RequestRecord(k, f"r{k:0{width}d}", w.tenant, w.slo_class, w.timestamp_ms / 1e3, max(1, w.input_length),
@@ -364,7 +373,7 @@ class _Run:
             rec.first_token_s = ev.time
             self.driver.first_token(ev.time, ev.rid)
         elif ev.kind == "finish":
-            rec.cached_tokens, rec.output_tokens = ev.cached_tokens, ev.completion_tokens
+            rec.cached_tokens, rec.output_tokens, rec.energy_j = ev.cached_tokens, ev.completion_tokens, ev.energy_j
             status = "aborted" if ev.finish_reason == "abort" else "ok"
             report = FinishReport(status, ev.prompt_tokens, ev.cached_tokens, ev.completion_tokens, rec.first_token_s)
             if status != "ok":
@@ -375,6 +384,17 @@ class _Run:
     def scale(self, now: float) -> None:
         """A hook at each load-report instant, before the reports: replay/autoscale.py adds and
         removes engines here (a fixed fleet does nothing)."""
+
+    def clock_step(self, now: float) -> None:
+        """The frequency rule on every engine (after this instant's load reports); a change locks
+        the engine's clock from its next step and is a decision row."""
+        assert self.clocks is not None
+        for name, ctl in self.clocks.items():
+            choice = ctl.step(clock_inputs(self.core, name, now), now)
+            if choice.changed:
+                mhz = self.sims[name].set_frequency(choice.target_mhz)
+                self.clock_log[name].append((now, mhz))
+                self.decision(ctl.decision(choice, self.core.policy.version))
 
     def advance_engines(self, until: float) -> None:
         """Run every engine to `until`, feeding their events to the core in time order (ties: by
@@ -400,6 +420,7 @@ class _Run:
         # the first load report at the grid instant at or before the first arrival (serving reports
         # from its start; reports before anything happened change nothing)
         t_load = LOAD_EVERY_S * int(first / LOAD_EVERY_S)
+        t_freq = next_frequency(t_load)  # (a load instant too) serving's first is the first after its start
         while True:
             t_arr = self.workload[i].timestamp_ms / 1e3 if i < n else inf
             if t_arr > horizon:
@@ -432,6 +453,9 @@ class _Run:
                 for name in self.names:
                     driver.engine_load(now, name, sims[name].load(now))
                 t_load = next_load(now)
+                if self.clocks is not None and t_freq <= now:
+                    self.clock_step(now)
+                    t_freq = next_frequency(now)
         for rec in self.records:  # the horizon cut the rest off
             if rec.status is None:
                 rec.status = CANCELLED
@@ -452,6 +476,7 @@ def run_virtual(
     train_every: int = 256,
     service_difference: bool = True,
     fairness_ticks: int = 20,
+    clock_control: FrequencyParams | None = None,
 ) -> VirtualResult:
     """Replay `workload` through the decision core and `engines` simulated engines in virtual time.
 
@@ -465,13 +490,16 @@ def run_virtual(
         `train_every` finishes (deterministic for the seed).
     service_difference: compute VTC's max service difference between backlogged tenants (exact for
         any number of tenants; pass False to skip it); default: on.
+    clock_control: run the frequency rule (controlplane/core/frequency.py) with these parameters
+        on the driver's cadence; default: every engine at its maximum clock.
     """
     if isinstance(policy, str):
         policy = default_policy(policy, weights=weights)
     prof = profile if isinstance(profile, SimProfile) else load_profile(profile)
     if engines < 1:
         raise ValueError("engines must be >= 1")
-    run = _Run(workload, policy, engines, prof, seed, horizon_s, record_decisions, torch_expert, train_every)
+    run = _Run(workload, policy, engines, prof, seed, horizon_s, record_decisions, torch_expert, train_every,
+               clock_control)
     t0 = time.perf_counter()
     run.run()
     wall = time.perf_counter() - t0
@@ -515,6 +543,7 @@ def _outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: fl
     prompt = sum(r.input_tokens for r in ok)
     o.cache_hit_rate = sum(r.cached_tokens for r in ok) / prompt if prompt else None
     o.service = float(sum(request_service(r.input_tokens, r.output_tokens, W_P, W_Q) for r in ok))
+    o.energy_j = float(sum(r.energy_j for r in recs))
     return o
 
 
@@ -609,9 +638,21 @@ def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -
                          "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
                                             if st.admitted_prompt_tokens else None),
                          "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
-                         "window": snap.engines[name].window}
+                         "window": snap.engines[name].window,
+                         "energy_j": sim.gpu(makespan)["energy_j"],  # idle between steps included
+                         "idle_w": sim.profile.idle_w,
+                         "clock_changes": len(run.clock_log.get(name, [])[1:]),
+                         "mean_clock_mhz": _time_mean(run.clock_log.get(name) or [(0.0, sim.frequency_mhz)], makespan)}
     return VirtualResult(policy, run.records, per_tenant, overall, per_class, duration, makespan, wall, fairness, forecast,
                          engines, run.decisions, served, run.backlogged)
+
+
+def _time_mean(log: list[tuple[float, float]], end: float) -> float | None:
+    """The time-weighted mean of a step function given as (from, value) pairs, up to `end`."""
+    if end <= 0 or not log:
+        return log[-1][1] if log else None
+    total = sum(v * (min(end, t1) - t0) for (t0, v), (t1, _) in zip(log, log[1:] + [(end, 0.0)]) if t1 > t0)
+    return total / end
 
 
 def _all_backlogged(backlogged: Mapping[str, list[tuple[float, float]]], tenants: list[str]

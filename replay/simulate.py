@@ -6,6 +6,7 @@ time, under one or several policies, and print per-tenant outcomes side by side 
     sluice simulate --workload servegen:m-small --policy vtc --duration 600 --engines 2
     sluice simulate --workload trace.jsonl --policy fcfs --config sluice.toml
     sluice simulate --workload scenario:mooncake --policy all --admission --duration 120 --report /tmp/r
+    sluice simulate --workload scenario:azure-conv --policy fcfs --duration 60 --clock-control
 
 Workloads: a canonical JSONL file, or one of the public traces in shared/traces
 (`azure-conv`, `azure-code`, `mooncake`, `servegen:<group>` = the busiest hour of a ServeGen
@@ -116,6 +117,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--requests", action="store_true", help="include per-request records in the JSON")
     parser.add_argument("--report", metavar="DIR", help="write DIR/index.html: plots and tables of every run of "
                         "the call, one self-contained page (docs/replay.md, Reports)")
+    parser.add_argument("--clock-control", action="store_true",
+                        help="also run each policy with the SLO-aware frequency rule (controlplane/core/frequency.py) "
+                             "and compare energy per SLO-meeting output token with the fixed maximum clock")
     from replay.autoscale import add_arguments as autoscale_arguments
 
     autoscale_arguments(parser)
@@ -155,7 +159,15 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
         results[label] = run_virtual(workload, policy, engines=args.engines, profile=args.profile, seed=args.seed,
                                      torch_expert=not args.no_torch)
+        if getattr(args, "clock_control", False):
+            from controlplane.core.frequency import FrequencyParams
+
+            results[f"{label}/clock"] = run_virtual(workload, policy, engines=args.engines, profile=args.profile,
+                                                    seed=args.seed, torch_expert=not args.no_torch,
+                                                    clock_control=FrequencyParams())
     print(format_side_by_side(results))
+    if getattr(args, "clock_control", False):
+        print(format_energy(results))
     if fleets:
         from replay.autoscale import format_fleets
 
@@ -185,6 +197,29 @@ def simulate_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sluice simulate", description=__doc__.split("\n\n")[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))
+
+
+def energy_per_good_token(r: VirtualResult, end_s: float | None = None) -> float | None:
+    """GPU joules (every engine, idle included, up to `end_s` or the run's last event) per output
+    token of the requests that met their SLO."""
+    end = r.makespan_s if end_s is None else max(end_s, r.makespan_s)
+    joules = sum(e["energy_j"] + e["idle_w"] * (end - r.makespan_s) for e in r.engines.values())
+    good = sum(x.output_tokens for x in r.records if x.slo_met)
+    return joules / good if good else None
+
+
+def format_energy(results: dict[str, VirtualResult]) -> str:
+    """Energy per good output token, mean clock and clock changes per run, every run measured up to
+    the latest end among them (the same GPUs over the same time)."""
+    end = max(r.makespan_s for r in results.values())
+    out = ["energy (GPU J per output token of requests that met their SLO; all runs to the same end):"]
+    for label, r in results.items():
+        clocks = [e.get("mean_clock_mhz") or 0.0 for e in r.engines.values()]
+        changes = sum(e.get("clock_changes", 0) for e in r.engines.values())
+        out.append(f"{label:>28}: {_f(energy_per_good_token(r, end), 4)} J/token  SLO% "
+                   f"{_f(r.overall.slo_attainment, 1, 100)}  mean clock {sum(clocks) / len(clocks):.0f} MHz  "
+                   f"{changes} clock changes")
+    return "\n".join(out)
 
 
 def _f(x: float | None, d: int = 3, scale: float = 1.0) -> str:

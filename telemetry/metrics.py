@@ -107,6 +107,10 @@ class Metrics:
         self.tokens_total = Counter(
             "sluice_tokens", "Tokens by kind (prompt, completion, cached prompt)", ["tenant", "kind"], registry=r
         )
+        self.tenant_energy_total = Counter(
+            "sluice_tenant_energy_joules", "GPU energy attributed to the tenant's requests (their share of each "
+            "engine step by tokens computed; engines that report it)", ["tenant"], registry=r
+        )
         self.engine_running = Gauge("sluice_engine_running", "Engine's running requests", ["engine"], registry=r)
         self.engine_waiting = Gauge("sluice_engine_waiting", "Engine's waiting requests", ["engine"], registry=r)
         self.engine_kv_usage = Gauge("sluice_engine_kv_usage", "Engine's KV-cache usage (0..1)", ["engine"],
@@ -166,6 +170,9 @@ class Metrics:
             n = row.get(key)
             if n:
                 c.child("tokens", kind).inc(int(n))
+        joules = row.get("energy_j")
+        if joules:
+            c.child("energy", "").inc(float(joules))
         if outcome == "ok":
             for pred, actual, kind in (("predicted_ttft_ms", "ttft_ms", "ttft"),
                                        ("predicted_tpot_ms", "tpot_ms", "tpot"),
@@ -277,6 +284,8 @@ class _RequestChildren:
                 c = m.ttft_seconds.labels(self.tenant, self.cls)
             elif metric == "tpot":
                 c = m.tpot_seconds.labels(self.tenant, self.cls)
+            elif metric == "energy":
+                c = m.tenant_energy_total.labels(self.tenant)
             else:
                 c = m.tokens_total.labels(self.tenant, label)
             self.cache[(metric, label)] = c

@@ -50,12 +50,15 @@ TABLES: dict[str, Columns] = {
         ("policy_version", "BIGINT"),
         ("slo_met", "BOOLEAN"),
         ("end_user", "VARCHAR"),  # the OpenAI `user` field: the tenant's own end-user id, if it sent one
+        # GPU joules attributed to the request: its share (by tokens computed) of the energy of each
+        # engine step it was in (docs/telemetry.md); NULL where the engine does not report it
+        ("energy_j", "DOUBLE"),
     ),
     "decisions": (
         ("ts", "DOUBLE"),
         ("rid", "VARCHAR"),
         ("tenant", "VARCHAR"),
-        ("kind", "VARCHAR"),  # admit | reject | defer | dispatch | expire | abort
+        ("kind", "VARCHAR"),  # admit | reject | defer | dispatch | expire | abort | clock (an engine's SM clock)
         ("reason", "VARCHAR"),
         ("engine", "VARCHAR"),
         ("policy_version", "BIGINT"),

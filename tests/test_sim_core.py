@@ -343,13 +343,31 @@ def test_frequency_scales_step_time_and_power():
     assert step.end - step.start == pytest.approx(2 * (A + B * 40))
     g = core.gpu(step.start + 1e-3)
     assert g["sm_clock_mhz"] == 1000.0 and g["utilization"] == 1.0
-    assert g["power_w"] == pytest.approx(100 + 400 * 0.5**3)
+    busy_w = 100 + 400 * (1 - prof.sm_power_share + prof.sm_power_share * 0.5**3)  # the clock-scaled share only
+    assert g["power_w"] == pytest.approx(busy_w)
     run_all(core)
     idle = core.gpu(10.0)
     assert idle["utilization"] == 0.0 and idle["power_w"] == 100.0
-    busy_j = (100 + 400 * 0.125) * 2 * (A + B * 40)
+    busy_j = busy_w * 2 * (A + B * 40)
     assert idle["energy_j"] == pytest.approx(busy_j + 100 * (10.0 - 2 * (A + B * 40)))
     assert core.gpu(20.0)["energy_j"] > idle["energy_j"]
+
+
+def test_decode_is_memory_bound_prefill_compute_bound():
+    """At half the clock a prefill takes twice as long, a decode step only 1 + phi longer (its HBM
+    reads do not follow the SM clock), and a decode-only step draws less than a prefill one."""
+    prof = small_profile()
+    core = SimCore(prof)
+    full = (core.step_time(8, 800, 0), core.step_time(0, 0, 40))
+    core.set_frequency(prof.f_max_mhz / 2)
+    half = (core.step_time(8, 800, 0), core.step_time(0, 0, 40))
+    assert half[1] == pytest.approx(2 * full[1])
+    assert half[0] == pytest.approx((1 + prof.decode_clock_share) * full[0])
+    clock = prof.clock
+    assert clock.power_w(1000.0, False) < clock.power_w(1000.0, True) < clock.power_w(2000.0, True) == prof.max_w
+    # the dynamic energy of a prefill is U-shaped in the clock: the f-independent power is paid longer
+    energy = [clock.dynamic_w(f, True) * clock.prefill_scale(f) for f in (500.0, 1200.0, 2000.0)]
+    assert energy[1] < energy[0] and energy[1] < energy[2]
 
 
 def test_gpu_readings_have_nvml_fields():

@@ -18,8 +18,10 @@ in short:
      ``used + pending prefill + its uncached prompt + new_token_ratio * sum(remaining max_new_tokens,
      each clipped at 4096) <= kv_capacity`` (SGLang's admission reserve); a request alone is always
      admitted;
-  4. its duration, scaled by ``f_max / f``, is
-     ``[n_decode > 0] * (c + d*n_decode + e*kv_decode) + [n_prefill > 0] * (a + b*n_prefill + f*pairs)``
+  4. its duration at SM clock f is
+     ``[n_decode > 0] * (c + d*n_decode + e*kv_decode) * D(f) + [n_prefill > 0] * (a + b*n_prefill + f*pairs) * P(f)``
+     with P(f) = f_max / f (compute-bound) and D(f) = 1 - phi + phi * f_max / f (memory-bound:
+     only the share phi scales; engine_adapter/clock.py), and its power is the clock model's
      where ``kv_decode`` is the KV tokens held by the decoding requests (after this step's
      allocation), ``n_prefill`` the prefill tokens computed (prefix-cache hits are not computed) and
      ``pairs`` the attention work of the chunks: ``sum chunk * (context + chunk / 2)``, ``context``
@@ -150,8 +152,9 @@ class SimCore:
         self._a, self._b, self._c, self._d, self._e, self._f = (
             s.prefill_a, s.prefill_b, s.decode_c, s.decode_d, s.decode_e, s.prefill_f)
         self._cap = profile.kv_capacity_tokens
+        self._clock = profile.clock
         self._freq = profile.f_max_mhz
-        self._scale = 1.0
+        self._pscale = self._dscale = 1.0  # prefill and decode time factors at the current clock
         self._reqs: dict[str, _Req] = {}
         self._waiting: list[tuple[tuple[int, int], str]] = []  # sorted by key
         self._waiting_tokens = 0
@@ -301,9 +304,9 @@ class SimCore:
 
     def set_frequency(self, mhz: float) -> float:
         """Lock the SM clock (clamped to [f_min, f_max]); applies from the next step. Returns it."""
-        p = self.profile
-        self._freq = min(p.f_max_mhz, max(p.f_min_mhz, float(mhz)))
-        self._scale = p.f_max_mhz / self._freq
+        self._freq = self._clock.clamp(mhz)
+        self._pscale = self._clock.prefill_scale(self._freq)
+        self._dscale = self._clock.decode_scale(self._freq)
         return self._freq
 
     @property
@@ -317,10 +320,10 @@ class SimCore:
         """
         t = 0.0
         if n_decode:
-            t += self._decode_time(n_decode, kv_decode)
+            t += self._decode_time(n_decode, kv_decode) * self._dscale
         if n_prefill:
-            t += self._a + self._b * n_prefill + self._f * prefill_pairs
-        return t * self._scale
+            t += (self._a + self._b * n_prefill + self._f * prefill_pairs) * self._pscale
+        return t
 
     def active(self) -> int:
         return len(self._reqs)
@@ -490,9 +493,7 @@ class SimCore:
             self._step = None
             return
         dur = self.step_time(n, kv_decode, n_prefill, pairs)
-        p = self.profile
-        activity = 1.0 if n_prefill else p.decode_power_fraction
-        power = p.idle_w + (p.max_w - p.idle_w) * activity * (self._freq / p.f_max_mhz) ** 3
+        power = self._clock.power_w(self._freq, n_prefill > 0)
         self._step = _Step(t, t + dur, decoders, prefill, kv_decode, n_prefill, power, pairs)
 
     def _account_energy(self, start: float, end: float, power: float) -> None:
@@ -511,7 +512,6 @@ class SimCore:
             busy.append((start, end, power))
         while len(busy) > 1 and busy[0][1] < end - GPU_WINDOW_S:
             busy.popleft()
-
 
     def _record_tput(self, t: float) -> None:
         self._tput.append((t, self.stats.output_tokens))
@@ -583,9 +583,8 @@ class SimCore:
         kmax = min(r.target - r.generated for r in decoders) - 1  # steps with no finish
         if kmax < 2:
             return False
-        p = self.profile
-        cap, scale = self._cap, self._scale
-        power = p.idle_w + (p.max_w - p.idle_w) * p.decode_power_fraction * (self._freq / p.f_max_mhz) ** 3
+        cap, scale = self._cap, self._dscale
+        power = self._clock.power_w(self._freq, False)
         t, used, kv, k = step.end, self._used, step.kv_decode, 1
         busy = step.end - step.start
         extra_j = 0.0

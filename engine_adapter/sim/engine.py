@@ -18,6 +18,7 @@ from typing import Any
 from pathlib import Path
 
 from engine_adapter.base import Chunk, EngineError, EngineInfo, EngineLoad, GenerateRequest
+from engine_adapter.clock import ClockModel
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import DEFAULT_PROFILE, SimProfile, load_profile
 from engine_adapter.sim.surface import Script, native_body, script_for, stop_cut
@@ -230,7 +231,7 @@ class SimEngine:
                         reason = script.finish_reason
                     yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, finish_reason=reason,
                                 message=ev.message, e2e_latency=(ev.time - start) / self.speedup,
-                                num_retractions=ev.num_retractions, extra=extra)
+                                num_retractions=ev.num_retractions, extra=extra, energy_j=ev.energy_j)
                     return
                 yield Chunk(text, sent, ev.prompt_tokens, ev.cached_tokens, num_retractions=ev.num_retractions,
                             extra=extra)
@@ -296,3 +297,8 @@ class SimEngine:
     def set_frequency(self, mhz: float) -> float:
         """Lock the simulated SM clock; returns the clamped value."""
         return self.core.set_frequency(mhz)
+
+    @property
+    def clock_model(self) -> ClockModel:
+        """Step time and power against the SM clock (the frequency rule plans with it)."""
+        return self.core.profile.clock

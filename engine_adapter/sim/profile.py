@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from engine_adapter.base import StepProfile
+from engine_adapter.clock import ClockModel
 
 PROFILES_DIR = Path(__file__).resolve().parent / "profiles"
 DEFAULT_PROFILE = "h100-llama3.1-8b"
@@ -38,10 +39,18 @@ class SimProfile:
     idle_w: float = 70.0
     max_w: float = 700.0
     decode_power_fraction: float = 0.6  # dynamic power of a decode-only step relative to a prefill step
+    sm_power_share: float = 0.7  # of the dynamic power, the part that scales as f^3 (engine_adapter/clock.py)
+    decode_clock_share: float = 0.3  # of a decode step's time, the part that scales as 1/f (the rest is HBM)
     memory_total_bytes: int = 0
     memory_used_bytes: int = 0  # weights + preallocated KV pool, as NVML would report it
     kv_bytes_per_token: int = 0
     calibration: dict[str, Any] = field(default_factory=dict)  # provenance, free-form
+
+    @property
+    def clock(self) -> ClockModel:
+        """Step time and power as functions of the SM clock (engine_adapter/clock.py)."""
+        return ClockModel(self.f_min_mhz, self.f_max_mhz, self.idle_w, self.max_w, self.decode_power_fraction,
+                          self.sm_power_share, self.decode_clock_share)
 
     def to_json(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
@@ -71,6 +80,8 @@ class SimProfile:
             raise ValueError("bad prefix cache settings")
         if not 0 < self.f_min_mhz <= self.f_max_mhz:
             raise ValueError("need 0 < f_min_mhz <= f_max_mhz")
+        if not (0.0 <= self.sm_power_share <= 1.0 and 0.0 <= self.decode_clock_share <= 1.0):
+            raise ValueError("sm_power_share and decode_clock_share must be in [0, 1]")
         if not 0.0 <= self.new_token_ratio <= 1.0:
             raise ValueError("new_token_ratio must be in [0, 1]")
 
