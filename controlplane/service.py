@@ -8,7 +8,7 @@ and every request leaves one row in the store.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import gc
 import logging
 import os
 import random
@@ -133,7 +133,8 @@ class Sluice:
         self._tasks = [asyncio.create_task(self._cadence())]
         if self.predictor.mlp is None:
             return  # nothing to train in the background
-        await asyncio.to_thread(_import_torch)  # import torch now, not under load with the GIL held
+        # the trainer thread imports torch first (seconds): the server serves meanwhile, the MLP
+        # expert cold (it answers only once trained) and the other experts answering
         self._trainer = threading.Thread(target=self._train, name="sluice-trainer", daemon=True)
         self._trainer.start()
 
@@ -147,6 +148,14 @@ class Sluice:
 
     def _train(self) -> None:
         """Background training of the output-length model's torch expert (never on the event loop)."""
+        if self._stop.is_set() or not self.predictor.prepare():
+            mlp = self.predictor.mlp
+            if not self._stop.is_set():  # (an import cut short by the shutdown is no news)
+                log.warning("output-length predictor: the MLP expert stays cold (%s)", mlp and mlp.error)
+            return
+        # torch's modules live as long as the process: out of the cyclic GC's reach, as the
+        # server's start-up does for everything before them (sluice/server.py, lifespan)
+        gc.freeze()
         wait = 1.0
         while not self._stop.wait(wait):
             t0 = time.perf_counter()
@@ -423,17 +432,6 @@ async def _singles(gen: AsyncIterator[Chunk]) -> AsyncIterator[Sequence[Chunk]]:
             yield (chunk,)
     finally:
         await gen.aclose()  # type: ignore[attr-defined]
-
-
-def _import_torch() -> None:
-    """torch and what the trainer's first step imports (the optimizer pulls in torch._dynamo:
-    seconds of imports holding the GIL, which would otherwise stall the event loop under load)."""
-    for name in ("torch", "torch.optim", "torch._dynamo"):
-        try:
-            importlib.import_module(name)
-        except Exception:  # an optional part missing: the trainer reports its own errors
-            if name == "torch":
-                raise
 
 
 class _TicketSink:

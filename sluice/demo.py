@@ -3,9 +3,10 @@
 With the console, the server and the load run in a child process (their own interpreter: under
 load they would otherwise hold the console's GIL, and keys took seconds to show), logging to
 <state-dir>/demo-server.log. The console comes up at once and says what the server is doing until
-it answers (its start imports torch for the output-length predictor: seconds); the load starts as
-soon as the server does. Quitting the console stops the load and the server together (the store
-is flushed), saying so. `--headless` runs the server and the load on threads of this process.
+it answers (a second or two: torch, for the output-length predictor's MLP expert, is imported in
+the background once it serves); the load starts as soon as the server does. Quitting the console
+stops the load and the server together (the store is flushed), saying so. `--headless` runs the
+server and the load on threads of this process.
 """
 from __future__ import annotations
 
@@ -114,8 +115,7 @@ class _Background:
             return None
         elapsed = time.monotonic() - self.started_at
         if not self.server.started:
-            return (f"sluice demo: starting the server with a simulated H100 ({elapsed:.0f} s; its start imports "
-                    "torch for the output-length predictor)…")
+            return f"sluice demo: starting the server with a simulated H100 ({elapsed:.0f} s)…"
         return f"sluice demo: server up, the load is starting ({elapsed:.0f} s)…"
 
     def _count(self, result: Any) -> None:
@@ -184,8 +184,7 @@ class _Child:
             return None
         elapsed = time.monotonic() - self.started_at
         if not self.ready.is_set():
-            return (f"sluice demo: starting the server with a simulated H100 ({elapsed:.0f} s; its start imports "
-                    "torch for the output-length predictor)…")
+            return f"sluice demo: starting the server with a simulated H100 ({elapsed:.0f} s)…"
         return f"sluice demo: server up, the load is starting ({elapsed:.0f} s)…"
 
     def stop(self) -> None:

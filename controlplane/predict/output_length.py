@@ -37,6 +37,7 @@ Pure: no clock, no I/O, no asyncio; torch is imported lazily by the MLP expert's
 """
 from __future__ import annotations
 
+import importlib
 import math
 import threading
 import zlib
@@ -331,6 +332,23 @@ class MLPExpert:
         return 0 if s is None else s.version
 
     # -- training (trainer thread, or inline in replay) ----------------------------------------
+    def prepare(self) -> bool:
+        """Import torch and what the first training step imports (the optimizer pulls in
+        torch._dynamo): seconds of imports, which serving does on its trainer thread once it
+        serves, not before (the expert is cold until its first training anyway; the others answer
+        meanwhile). Replay need not call it: its inline training imports on first use. False when
+        torch is missing: the expert stays cold and `error` says why."""
+        if self.error is not None:
+            return False
+        for name in ("torch", "torch.optim", "torch._dynamo"):
+            try:
+                importlib.import_module(name)
+            except Exception as exc:  # an optional part missing: training reports its own errors
+                if name == "torch":
+                    self.error = f"torch unavailable: {exc}"
+                    return False
+        return True
+
     def train_pending(self, max_steps: int) -> int:
         """Train on what was observed since the last call: ceil(passes * new / batch_size) minibatch
         steps, at most `max_steps`, sampled uniformly from the buffer. Returns the steps taken."""
@@ -549,6 +567,10 @@ class OutputLengthPredictor:
         """Train the MLP expert on newly observed data (see MLPExpert.train_pending). Thread-safe
         with respect to `predict` and `observe`; returns the minibatch steps taken."""
         return 0 if self.mlp is None else self.mlp.train_pending(max_steps)
+
+    def prepare(self) -> bool:
+        """Import what the MLP expert trains with (MLPExpert.prepare); False without the expert or torch."""
+        return self.mlp is not None and self.mlp.prepare()
 
     def state(self) -> dict[str, Any]:
         experts: dict[str, Any] = {}
