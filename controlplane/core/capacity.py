@@ -40,9 +40,11 @@ import math
 from collections import deque
 from dataclasses import dataclass, field, replace
 
-from controlplane.core.core import RATE_WINDOW_S, DecisionCore
+from controlplane.core.core import DecisionCore
+from controlplane.core.engine_state import RATE_WINDOW_S
 from controlplane.core.snapshot import CoreSnapshot
 from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
+from controlplane.core.windows import largest_batch
 from engine_adapter.base import StepProfile
 
 __all__ = ["Behaviour", "CapacityParams", "Controller", "PoolLoad", "Recommendation", "Replica", "Stabiliser",
@@ -92,14 +94,7 @@ def replica_window(r: Replica, tpot_budget_s: float | None, per_request_tokens: 
     limit = max(1, min(r.max_running, int(r.kv_capacity / per)))
     if tpot_budget_s is None:
         return limit
-    lo, hi = 1, limit
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if r.profile.decode_time(mid, mid * per) <= tpot_budget_s:
-            lo = mid
-        else:
-            hi = mid - 1
-    return lo
+    return largest_batch(r.profile, tpot_budget_s, per, limit)
 
 
 def replica_capacity(r: Replica, tpot_budget_s: float | None, mean_prompt: float, mean_output: float, *,

@@ -10,15 +10,17 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field, fields, replace
-from typing import Any, Protocol
+from dataclasses import fields, replace
+from typing import Protocol
 
-from controlplane.core.admission import AdmissionInputs, EngineView, TokenBucket, choose_engine, decide, forecast
+from controlplane.core.admission import AdmissionInputs, EngineView, choose_engine, decide, forecast
+from controlplane.core.engine_state import RATE_WINDOW_S, EngineState, StepModel, Tracked
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, PolicyError
+from controlplane.core.rate_limits import RateLimits
 from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot, TierSnapshot
 from controlplane.core.tiers import DEFERRABLE, LATENCY, TieredQueue, tier_of
-from engine_adapter.base import StepProfile
+from controlplane.core.windows import size_window
 from fairness import Outcome, Scheduler, Work, make_scheduler
 
 
@@ -31,73 +33,8 @@ class OutputPredictor(Protocol):
     def observe(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None, actual: int) -> None: ...
 
 
-class StepModel(Protocol):
-    def prefill_time(self, tokens: float, context: float = 0.0) -> float: ...
-    def decode_time(self, batch: float, kv_tokens: float) -> float: ...
-    def observe_prefill(self, tokens: float, seconds: float, context: float = 0.0) -> Any: ...
-    def observe_decode(self, batch: float, kv_tokens: float, seconds: float) -> None: ...
-    def profile(self) -> StepProfile: ...
-
-
 class ForecastLog(Protocol):
     def record(self, kind: str, predicted: float, actual: float) -> None: ...
-
-
-@dataclass(slots=True)
-class Tracked:
-    spec: RequestSpec
-    slo_class: str
-    arrival: float
-    predicted_output: float
-    work: Work
-    tier: str
-    prompt_cost: float  # prompt tokens expected to be computed (not served from the prefix cache)
-    forecast_ttft_s: float | None
-    forecast_tpot_s: float | None
-    deadline: float | None = None
-    attention_s: float = 0.0  # its prefill's attention seconds on the engine it runs on
-    engine: str | None = None
-    dispatched_at: float | None = None
-    first_token_at: float | None = None
-    batch_at_dispatch: int = 1
-    kv_at_dispatch: float = 0.0
-    engine_waiting_at_dispatch: float = 0.0  # other prompt tokens the engine still had to prefill
-    expected_finish: float = 0.0  # predicted at dispatch: when its window slot frees
-    prefilled_at_first_token: float = 0.0  # the engine's cumulative prefill tokens then
-    dispatched_at_first_token: int = 0  # and its cumulative dispatches
-    batch_at_first_token: int = 1
-
-
-@dataclass(slots=True)
-class EngineState:
-    spec: EngineSpec
-    model: StepModel
-    profile: StepProfile  # the model's estimate, refreshed with each load report
-    healthy: bool = True
-    in_flight: dict[str, Tracked] = field(default_factory=dict)
-    waiting_tokens: float = 0.0  # dispatched prompt tokens without a first token yet
-    waiting_attention_s: float = 0.0  # their attention seconds (the quadratic part of prefill)
-    kv_tokens: float = 0.0  # prompt + predicted output of in-flight requests
-    reported_waiting_tokens: float = 0.0  # from the engine's own load report
-    reported_kv_tokens: float = 0.0
-    window: int = 1
-    prior_window: int = 1  # the window the engine's own profile gives: a floor when learning goes wrong
-    prefill_budget: float = 8192.0  # prompt tokens per step that keep a step within the TPOT budget
-    meter: TokenBucket | None = None  # meters prompt tokens in at prefill_budget per TPOT budget
-    prefilled: float = 0.0  # cumulative prompt tokens dispatched
-    dispatched: int = 0  # cumulative requests dispatched
-    finishes: deque[float] = field(default_factory=deque)  # times of the finishes over the last RATE_WINDOW_S
-    recent: deque[tuple[float, float]] = field(default_factory=deque)  # (time, prompt tokens) of dispatches
-    recent_tokens: float = 0.0
-
-    def rates(self, now: float) -> tuple[float, float]:
-        """(prompt tokens/s, requests/s) dispatched over the last RATE_WINDOW_S."""
-        while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
-            self.recent_tokens -= self.recent.popleft()[1]
-        return self.recent_tokens / RATE_WINDOW_S, len(self.recent) / RATE_WINDOW_S
-
-
-RATE_WINDOW_S = 5.0
 
 
 class DecisionCore:
@@ -114,8 +51,7 @@ class DecisionCore:
         self.engines = {spec.name: EngineState(spec, model, profile=model.profile()) for spec, model in engines}
         self.requests: dict[str, Tracked] = {}
         self.scheduler = self._new_queue(policy)
-        self._rps: dict[str, TokenBucket] = {}
-        self._tpm: dict[str, TokenBucket] = {}
+        self.rate_limits = RateLimits()
         # heap of queued requests' (deadline, arrival number, rid): ties go by arrival, not by rid
         # (serving's rids are random, replay's ordered: the same decisions need the same tie-break)
         self._deadlines: list[tuple[float, int, str]] = []
@@ -158,7 +94,7 @@ class DecisionCore:
 
         if tp.paused:
             return refuse("tenant_paused", f"tenant {spec.tenant!r} is paused by the operator", 30.0)
-        limited = self._rate_limited(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm)
+        limited = self.rate_limits.refusal(now, spec.tenant, spec.prompt_tokens, tp.rate_limit_rps, tp.rate_limit_tpm)
         if limited is not None:
             code, wait = limited
             return refuse(code, f"rate limit exceeded for tenant {spec.tenant!r}", wait)
@@ -190,7 +126,7 @@ class DecisionCore:
             self._arrival_seq += 1
             heapq.heappush(self._deadlines, (tracked.deadline, self._arrival_seq, spec.rid))
         self.requests[spec.rid] = tracked
-        self._take_rate(now, spec, tp.rate_limit_rps, tp.rate_limit_tpm, predicted)
+        self.rate_limits.take(now, spec.tenant, spec.prompt_tokens + predicted, tp.rate_limit_rps, tp.rate_limit_tpm)
         self._enqueue(tracked)
         actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
                                           version, _inputs_record(inputs, cls_name), _shallow(result))]
@@ -240,9 +176,8 @@ class DecisionCore:
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
             gpu_seconds=eng.profile.prefill_time(computed, report.cached_tokens) + report.completion_tokens * (
                 eng.profile.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
-        tpm = self._tpm.get(t.spec.tenant)
-        if tpm is not None:  # reconcile the tokens/min charge with the truth
-            tpm.give(now, t.spec.prompt_tokens + t.predicted_output - report.prompt_tokens - report.completion_tokens)
+        self.rate_limits.reconcile(now, t.spec.tenant, t.spec.prompt_tokens + t.predicted_output
+                                   - report.prompt_tokens - report.completion_tokens)
         return self._pump(now)
 
     def abort(self, now: float, rid: str, reason: str = "client_disconnected") -> list[Action]:
@@ -652,32 +587,6 @@ class DecisionCore:
                           "output_tokens": t.predicted_output, "cached_tokens": cached},
                          {"priority": priority})]
 
-    def _rate_limited(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None) -> tuple[str, float] | None:
-        if rps is not None:
-            bucket = self._bucket(self._rps, spec.tenant, rps, max(1.0, rps), now)
-            wait = bucket.wait_for(now, 1.0)
-            if wait > 0:
-                return "rate_limited_requests", float(max(1, int(wait + 0.999)))
-        if tpm is not None:
-            bucket = self._bucket(self._tpm, spec.tenant, tpm / 60.0, tpm, now)
-            wait = bucket.wait_for(now, spec.prompt_tokens + 1)
-            if wait > 0:
-                return "rate_limited_tokens", float(max(1, int(wait + 0.999)))
-        return None
-
-    def _take_rate(self, now: float, spec: RequestSpec, rps: float | None, tpm: float | None, predicted: float) -> None:
-        if rps is not None:
-            self._rps[spec.tenant].take(now, 1.0)
-        if tpm is not None:
-            self._tpm[spec.tenant].take(now, spec.prompt_tokens + predicted)
-
-    @staticmethod
-    def _bucket(buckets: dict[str, TokenBucket], tenant: str, rate: float, burst: float, now: float) -> TokenBucket:
-        b = buckets.get(tenant)
-        if b is None or b.rate != rate:  # a policy change of the limit starts a fresh bucket
-            b = buckets[tenant] = TokenBucket.full(rate, burst, now)
-        return b
-
     def _latency_factor(self, cls_name: str, ttft: float | None, tpot: float | None) -> float:
         cls = self.policy.slo(cls_name)
         factor = 1.0
@@ -718,46 +627,10 @@ class DecisionCore:
                 self.errors.record("tpot", t.forecast_tpot_s, tpot)
 
     def _resize_windows(self) -> None:
-        """Per-engine in-flight window, so sluice's queue order is the order that runs. With
-        admission: the largest batch whose decode step meets the tightest TPOT SLO (with the
-        margin) and whose KV fits, and a prefill meter. Without admission nothing is promised, so
-        nothing throttles the engine: the window is what its KV and batch cap hold."""
-        tpots = [c.tpot_s for c in self.policy.slo_classes.values() if c.tpot_s is not None]
+        """Every engine's window and prefill meter for the policy and the mean request (windows.py)."""
         per = self._mean_prompt + self._mean_output
         for eng in self.engines.values():
-            if self.policy.window:
-                eng.window = self.policy.window
-                continue
-            kv_fit = max(1, int(eng.spec.kv_capacity / max(1.0, per)))
-            limit = min(eng.spec.max_running, kv_fit)
-            budget = self.policy.admission_margin * min(tpots) if tpots and self.policy.admission else None
-            p = eng.profile
-            if budget is not None and p.prefill_b > 0:
-                # the prompt tokens one step may prefill and still end within the TPOT budget,
-                # metered in at that many per budget-long step
-                batch = max(1, len(eng.in_flight))  # refreshed with every load report
-                kv = max(eng.kv_tokens, eng.reported_kv_tokens)
-                room = (0.9 * budget - p.decode_time(batch, kv) - p.prefill_a) / p.prefill_b  # 10% headroom
-                eng.prefill_budget = min(float(eng.spec.chunk), max(512.0, room))
-                rate = eng.prefill_budget / budget
-                if eng.meter is None or abs(eng.meter.rate - rate) > 0.05 * rate:
-                    eng.meter = TokenBucket(rate, eng.prefill_budget, eng.prefill_budget,
-                                            eng.meter.stamp if eng.meter else 0.0)
-            else:
-                eng.prefill_budget, eng.meter = float(eng.spec.chunk), None
-            if budget is not None and eng.profile.decode_time(1, per) > budget:
-                # Not even one request meets the SLO by the learned model: trust the profile's window.
-                limit = eng.prior_window
-            elif budget is not None:
-                lo, hi = 1, limit
-                while lo < hi:  # largest batch B with decode_time(B, B * tokens) <= budget
-                    mid = (lo + hi + 1) // 2
-                    if eng.profile.decode_time(mid, mid * per) <= budget:
-                        lo = mid
-                    else:
-                        hi = mid - 1
-                limit = lo
-            eng.window = max(1, limit)
+            size_window(eng, self.policy, per)
 
 
 _LOAD_REASONS = ("ttft_unattainable", "tpot_unattainable", "protects_running")
