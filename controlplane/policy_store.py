@@ -89,9 +89,10 @@ def reconcile(config_policy: Policy, latest: dict[str, Any] | None, *, now: floa
     """
     ts = time.time() if now is None else now
     cfg = config_policy.to_dict()
-    if latest is None:
-        return Restored(config_policy, None, f"policy v{config_policy.version} from the config file "
-                                             "(the audit log holds no policy yet)", False)
+    if latest is None:  # the first start: the starting policy is audited too, so every decision's version has a row
+        reason = f"start-up: policy v{config_policy.version} from the config file (the audit log held no policy)"
+        return Restored(config_policy, _record(config_policy.version, ts, reason, None, config_policy, cfg), reason,
+                        False)
     last_version = int(latest["version"])
     after = latest.get("after")
     try:
@@ -191,7 +192,8 @@ class PolicyStore:
             self.history.appendleft(restored.record)
         if restored.policy != self.current:
             self.sluice.set_policy(restored.policy)
-        level = logging.WARNING if restored.record is not None or restored.differs_from_config else logging.INFO
+        replaced = restored.record is not None and restored.record["before"] is not None  # not the first start
+        level = logging.WARNING if replaced or restored.differs_from_config else logging.INFO
         log.log(level, "%s", restored.message)
         return restored
 

@@ -92,12 +92,13 @@ def test_the_audit_of_a_real_server_s_store_finds_no_mismatch(store: Path, tmp_p
     assert doc["rederived"] == admissions and doc["skipped"] == {}
     assert doc["dispatch_rederived"] == kinds["dispatch"]
     # the change made through the admin API is in the timeline, with who, why and what changed
-    (change,) = doc["timeline"]
+    (start, change) = doc["timeline"]
+    assert (start["version"], start["actor"]) == (1, "config")  # the first start's policy, audited too
     assert change["version"] == 2 and change["actor"] == "ops@test" and change["reason"] == "acme pays for more"
     assert change["changes"] == [["tenants.acme.weight", 2.0, 3.0]]
-    # v1 came from the config file and was never audited: said, with its decisions counted
-    assert set(doc["by_version"]) == {"1", "2"} and doc["unaudited_versions"] == {"1": doc["by_version"]["1"]}
-    assert "tenants.acme.weight: 2.0 -> 3.0" in text and "v1: no audit row" in text and "OK" in text
+    # every version has its audit row, so every admission is checked against its policy too
+    assert set(doc["by_version"]) == {"1", "2"} and doc["unaudited_versions"] == {}
+    assert "tenants.acme.weight: 2.0 -> 3.0" in text and "no audit row" not in text and "OK" in text
 
 
 def test_a_running_server_s_store_is_audited_through_a_snapshot(store: Path, tmp_path: Path) -> None:

@@ -58,7 +58,9 @@ def test_policy_changes_survive_restarts_and_versions_never_repeat(tmp_path):
         state = json.loads(raw(server, "GET", "/admin/v1/state", headers=ADMIN_AUTH)[2])
         assert state["policy_version"] == 3
         # the history reads across the restart
-        assert [(c["version"], c["reason"]) for c in history(server)] == [(3, "fairer"), (2, "r")]
+        # (v1, the config file's policy at the first start, is audited too)
+        assert [(c["version"], c["reason"]) for c in history(server)] == \
+            [(3, "fairer"), (2, "r"), (1, "start-up: policy v1 from the config file (the audit log held no policy)")]
         # decisions made now name the restored version
         status, _, _ = raw(server, "POST", "/v1/completions", {"model": "sluice-default", "prompt": "x",
                                                                "max_tokens": 2},
@@ -72,7 +74,7 @@ def test_policy_changes_survive_restarts_and_versions_never_repeat(tmp_path):
     with serving(config) as (server, sluice):
         assert sluice.core.policy.version == 4 and sluice.core.policy.tenant("globex").weight == 2.0
     rows = audit_rows(config.server.db_path)
-    assert [v for v, _, _ in rows] == [2, 3, 4]  # one row per version, none repeated, no start-up rows
+    assert [v for v, _, _ in rows] == [1, 2, 3, 4]  # one row per version, none repeated; v1: the first start
 
 
 def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audited_change(tmp_path):
@@ -97,7 +99,7 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
     # the same file again: nothing to reconcile, no new row
     with serving(config) as (server, sluice):
         assert sluice.core.policy.version == 3
-    assert [(v, a) for v, a, _ in audit_rows(config.server.db_path)] == [(2, "alice"), (3, "config")]
+    assert [(v, a) for v, a, _ in audit_rows(config.server.db_path)] == [(1, "config"), (2, "alice"), (3, "config")]
 
     # a tenant removed from the file leaves the policy (audited)
     config.tenants = [t for t in config.tenants if t.name != "globex"]
@@ -111,9 +113,10 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
 def test_reconcile_rule():
     config = make_config_for_unit()
     cfg = config.policy
-    # nothing persisted: the config file's policy, version 1, no row
+    # nothing persisted: the config file's policy, version 1, audited as the first start's row
     r = reconcile(cfg, None)
-    assert r.policy == cfg and r.record is None
+    assert r.policy == cfg and r.record is not None
+    assert (r.record["version"], r.record["before"], r.record["after"]) == (1, None, cfg.to_dict())
     # persisted and unchanged config: the persisted policy, no row
     live = replace(cfg, version=7, tenants={**cfg.tenants, "acme": TenantPolicy(weight=9.0)})
     row = {"version": 7, "after": live.to_dict(), "config": cfg.to_dict()}
