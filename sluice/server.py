@@ -97,8 +97,8 @@ class Telemetry:
                     self.store.record_gpu_samples(self.last_gpus, wait=False)
                 core = sluice.core
                 if core is not None:
-                    snap = core.snapshot(sluice.clock())
-                    self.metrics.set_queue_depths({t.name: t.queued for t in snap.tenants.values()})
+                    snap = core.snapshot(sluice.clock(), with_tenants=False)
+                    self.metrics.set_queue_depths(snap.queued_by_tenant)
                     for name, eng in snap.engines.items():
                         self.metrics.set_in_flight(name, eng.in_flight)
                         load = sluice.engine_loads.get(name)

@@ -89,5 +89,6 @@ def test_the_snapshot_is_what_the_core_knows() -> None:
     assert snap.tiers["latency"].arrivals_per_s > 0 and snap.tiers["deferrable"].arrivals_per_s > 0
     with pytest.raises(dataclasses.FrozenInstanceError):
         snap.queued = 0  # type: ignore[misc]
-    assert core.snapshot(0.1, with_tenants=False).tenants == {}
+    light = core.snapshot(0.1, with_tenants=False)  # what /health, the sampler and the capacity rule take
+    assert light.tenants == {} and light.queued_by_tenant == {n: t.queued for n, t in snap.tenants.items()}
     assert core.snapshot(0.1, also=["newcomer"]).tenants["newcomer"].queued == 0

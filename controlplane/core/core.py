@@ -289,19 +289,21 @@ class DecisionCore:
             engines[name] = EngineSnapshot(name, e.healthy, len(e.in_flight), e.window,
                                            max(e.kv_tokens, e.reported_kv_tokens), e.spec.kv_capacity,
                                            e.spec.max_running, e.profile, ttft, tpot)
-        tenants = self._tenant_snapshots(running, also) if with_tenants else {}
-        return CoreSnapshot(now, self.policy, tenants, tiers, engines, self.scheduler.total, sum(running.values()),
-                            self._mean_prompt, self._mean_output, self._ttft_error, self._latency_refused_at,
-                            tuple(sorted(deferred)))
+        queued = self.scheduler.queued_by_tenant()
+        tenants = self._tenant_snapshots(queued, running, also) if with_tenants else {}
+        return CoreSnapshot(now, self.policy, tenants, queued, tiers, engines, self.scheduler.total,
+                            sum(running.values()), self._mean_prompt, self._mean_output, self._ttft_error,
+                            self._latency_refused_at, tuple(sorted(deferred)))
 
-    def _tenant_snapshots(self, running: dict[str, int], also: Iterable[str]) -> dict[str, TenantSnapshot]:
+    def _tenant_snapshots(self, queued: dict[str, int], running: dict[str, int],
+                          also: Iterable[str]) -> dict[str, TenantSnapshot]:
         policy, queues = self.policy, self.scheduler
         backlogged = set(queues.backlogged())
         backlogged_weight = sum(policy.tenant(n).weight for n in backlogged) or 1.0
         out = {}
-        for name in dict.fromkeys([*queues.tenants, *policy.tenants, *also]):
+        for name in dict.fromkeys([*queued, *policy.tenants, *also]):
             tp = policy.tenant(name)
-            out[name] = TenantSnapshot(name, tp.weight, tp.slo_class, tp.paused, queues.queued(name),
+            out[name] = TenantSnapshot(name, tp.weight, tp.slo_class, tp.paused, queued.get(name, 0),
                                        running.get(name, 0), tp.weight / backlogged_weight if name in backlogged
                                        else 0.0, queues.counters(name))
         return out

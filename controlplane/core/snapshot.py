@@ -6,7 +6,8 @@ Prometheus gauges, `/health`, the capacity rule, replay's results) reads a `Core
 core's internals can change without breaking its readers.
 
 Cheap by construction: one pass over the tenants, the engines and the requests in flight, and one
-typical forecast per engine (the admin API takes one a second).
+typical forecast per engine (the admin API takes one a second). The tenants' full views (counters,
+fair shares) only when asked for; every tenant's queue length always.
 """
 from __future__ import annotations
 
@@ -58,6 +59,7 @@ class CoreSnapshot:
     policy: Policy  # in force (frozen)
     tenants: Mapping[str, TenantSnapshot]  # every tenant the policy or the queues know, and any asked for
                                            # (empty when taken without them)
+    queued_by_tenant: Mapping[str, int]  # every tenant the queues know: its queued requests (always there)
     tiers: Mapping[str, TierSnapshot]
     engines: Mapping[str, EngineSnapshot]
     queued: int

@@ -138,6 +138,15 @@ class TieredQueue:
     def queued(self, tenant: str) -> int:
         return sum(q.scheduler.queued(tenant) for q in self.tiers.values())
 
+    def queued_by_tenant(self) -> dict[str, int]:
+        """Every tenant the queues know (the policy's among them), with its queued requests: one
+        pass, for readers of many tenants at once (`queued(tenant)` costs a call per tier)."""
+        out: dict[str, int] = {}
+        for q in self.tiers.values():
+            for name, state in q.scheduler.tenants.items():
+                out[name] = out.get(name, 0) + len(state.queue)
+        return out
+
     def backlogged(self) -> list[str]:
         seen: dict[str, None] = {}
         for q in self.tiers.values():
