@@ -22,7 +22,6 @@ Target (issue 12): at least 20 % less energy per good token, attainment within 1
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -32,10 +31,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_matrix import DRAIN_S, _slice, capacity_factor  # noqa: E402
+from bench.bench_matrix import DRAIN_S, _slice, capacity_factor, matrix_parser  # noqa: E402
 from controlplane.core.frequency import FrequencyParams  # noqa: E402
 from replay.runner import VirtualResult, run_virtual  # noqa: E402
-from replay.scenarios import SCENARIOS, scenario_policy  # noqa: E402
+from replay.scenarios import scenario_policy  # noqa: E402
 from replay.simulate import energy_per_good_token  # noqa: E402
 
 LOADS = (0.5, 0.8, 1.0)
@@ -100,16 +99,10 @@ def markdown(doc: dict[str, Any]) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=60.0, help="offered-load span of every run")
-    ap.add_argument("--jobs", type=int, default=2)
-    ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--loads", default=",".join(str(x) for x in LOADS))
+    ap = matrix_parser(__doc__, 60.0, LOADS)
     ap.add_argument("--policy", default="fcfs")
     ap.add_argument("--admission", action="store_true")
     ap.add_argument("--measure", action="store_true", help="bisect each scenario's capacity again")
-    ap.add_argument("--json")
-    ap.add_argument("--markdown", action="store_true")
     args = ap.parse_args()
     names = [s for s in args.scenarios.split(",") if s]
     loads = [float(x) for x in args.loads.split(",")]

@@ -221,15 +221,20 @@ def targets(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=90.0, help="offered-load span of every run")
+def matrix_parser(doc: str, seconds: float, loads: tuple[float, ...]) -> argparse.ArgumentParser:
+    """The options of a bench over the scenario matrix (this one and bench/bench_frequency.py)."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=seconds, help="offered-load span of every run")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--scenarios", default=",".join(SCENARIOS))
-    ap.add_argument("--loads", default=",".join(str(x) for x in LOADS))
+    ap.add_argument("--loads", default=",".join(str(x) for x in loads))
     ap.add_argument("--json")
     ap.add_argument("--markdown", action="store_true")
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> int:
+    args = matrix_parser(__doc__, 90.0, LOADS).parse_args()
     names = [s for s in args.scenarios.split(",") if s]
     loads = [float(x) for x in args.loads.split(",")]
     t0 = time.perf_counter()

@@ -221,29 +221,22 @@ class Sluice:
                 self.driver.engine_health(self.clock(), name, await engine.health())
             except Exception:
                 log.exception("polling engine %s failed", name)
-
-    # -- authentication ------------------------------------------------------------------------
-    def authenticate(self, authorization: str | None) -> TenantConfig:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
-        tenant = self.keys.get(hash_key(authorization[7:].strip()))
-        if tenant is None:
-            raise ApiError(401, "invalid API key", code="invalid_api_key")
-        return tenant
         now = self.clock()
         if self.frequency and now >= self._frequency_at:  # after the reports it reads, as replay
             self._frequency_at = next_frequency(now)
             self._clock_step(now)
 
-    def _clock_step(self, now: float) -> None:
-        """The frequency rule on every engine; a change is applied and recorded as a decision row.
-        Nothing here may fail serving: an engine that cannot take a clock keeps running."""
+    def _clock_step(self, now: float, dispatched: str | None = None) -> None:
+        """The frequency rule on every engine, or on the engine just `dispatched` to (a raise only,
+        as replay's); a change is applied and recorded as a decision row. Nothing here may fail
+        serving: an engine that cannot take a clock keeps running."""
         assert self.driver is not None
         core = self.driver.core
-        for name, ctl in self.frequency.items():
+        for name in [dispatched] if dispatched is not None else list(self.frequency):
             try:
-                choice = ctl.step(clock_inputs(core, name, now), now)
-                if not choice.changed:
+                ctl, x = self.frequency[name], clock_inputs(core, name, now)
+                choice = ctl.on_dispatch(x, now) if dispatched is not None else ctl.step(x, now)
+                if choice is None or not choice.changed:
                     continue
                 engine = self.engines[name]
                 if hasattr(engine, "set_frequency"):
@@ -256,6 +249,15 @@ class Sluice:
                 self.driver.apply(now, [ctl.decision(choice, core.policy.version)])
             except Exception:
                 log.exception("frequency rule on engine %s failed", name)
+
+    # -- authentication ------------------------------------------------------------------------
+    def authenticate(self, authorization: str | None) -> TenantConfig:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
+        tenant = self.keys.get(hash_key(authorization[7:].strip()))
+        if tenant is None:
+            raise ApiError(401, "invalid API key", code="invalid_api_key")
+        return tenant
 
     # -- the request path ------------------------------------------------------------------------
     def fit_context(self, req: CompletionRequest) -> None:
@@ -462,6 +464,8 @@ class _TicketSink:
             return
         ticket.engine, ticket.priority, ticket.dispatched_at = action.engine, action.priority, now
         ticket.waiter.set_result(action)
+        if self.sluice.frequency:
+            self.sluice._clock_step(now, action.engine)
 
     def reject(self, now: float, action: Reject) -> None:
         ticket = self.sluice.tickets.get(action.rid)

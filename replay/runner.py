@@ -39,8 +39,8 @@ from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
 from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
-from controlplane.driver import (FREQUENCY_EVERY_S, LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model,
-                                 next_frequency, next_load, next_tick, slo_met)
+from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model, next_frequency,
+                                 next_load, next_tick, slo_met)
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
@@ -322,6 +322,8 @@ class _Run:
         w = self.workload[rec.index]
         self.sims[a.engine].submit(now, SimRequest(
             a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
+        if self.clocks is not None:
+            self.clock_step(now, a.engine)
 
     def reject(self, now: float, a: Reject) -> None:
         rec = self.by_rid[a.rid]
@@ -385,13 +387,15 @@ class _Run:
         """A hook at each load-report instant, before the reports: replay/autoscale.py adds and
         removes engines here (a fixed fleet does nothing)."""
 
-    def clock_step(self, now: float) -> None:
-        """The frequency rule on every engine (after this instant's load reports); a change locks
-        the engine's clock from its next step and is a decision row."""
+    def clock_step(self, now: float, dispatched: str | None = None) -> None:
+        """The frequency rule on every engine (after this instant's load reports), or on the engine
+        just `dispatched` to (a raise only, when the clock in force falls short); a change locks the
+        engine's clock from its next step and is a decision row."""
         assert self.clocks is not None
-        for name, ctl in self.clocks.items():
-            choice = ctl.step(clock_inputs(self.core, name, now), now)
-            if choice.changed:
+        for name in [dispatched] if dispatched is not None else list(self.clocks):
+            ctl, x = self.clocks[name], clock_inputs(self.core, name, now)
+            choice = ctl.on_dispatch(x, now) if dispatched is not None else ctl.step(x, now)
+            if choice is not None and choice.changed:
                 mhz = self.sims[name].set_frequency(choice.target_mhz)
                 self.clock_log[name].append((now, mhz))
                 self.decision(ctl.decision(choice, self.core.policy.version))
@@ -420,7 +424,9 @@ class _Run:
         # the first load report at the grid instant at or before the first arrival (serving reports
         # from its start; reports before anything happened change nothing)
         t_load = LOAD_EVERY_S * int(first / LOAD_EVERY_S)
-        t_freq = next_frequency(t_load)  # (a load instant too) serving's first is the first after its start
+        if self.clocks is not None:  # the rule counts evaluations from the start, as serving's does
+            t_load = 0.0
+        t_freq = next_frequency(0.0)  # (a load instant too) serving's first is the first after its start
         while True:
             t_arr = self.workload[i].timestamp_ms / 1e3 if i < n else inf
             if t_arr > horizon:

@@ -23,9 +23,9 @@ from engine_adapter.sim.profile import load_profile
 from replay.audit import audit_decisions
 from replay.runner import default_policy, engine_specs, run_virtual
 from replay.simulate import energy_per_good_token, format_energy
-from replay.workload import WorkloadRequest
+from replay.workload import WorkloadRequest, scale_rate
 from telemetry.nvml import NvmlClocks
-from tests.test_telemetry_nvml import FakeNvml
+from tests.test_telemetry_nvml import FakeNvml, NVMLError, NVMLError_LibraryNotFound, NVMLError_NotSupported
 
 PROFILE = load_profile()
 STEP, CLOCK = PROFILE.step, PROFILE.clock
@@ -187,19 +187,7 @@ def test_replay_without_control_is_unchanged() -> None:
 
 # -- NVML: locked clocks on real GPUs, a dry run where not permitted ---------------------------------
 
-class NVMLError(Exception):
-    pass
-
-
 class NVMLError_NoPermission(NVMLError):  # noqa: N801 - pynvml's own naming
-    pass
-
-
-class NVMLError_NotSupported(NVMLError):  # noqa: N801
-    pass
-
-
-class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801
     pass
 
 
@@ -272,7 +260,8 @@ def test_serving_and_replay_change_clocks_alike(monkeypatch) -> None:
     from tests import test_driver_parity as parity
 
     monkeypatch.setattr(parity, "Sluice", functools.partial(parity.Sluice, clock_control=PARAMS))
-    workload, config = parity._workload(), parity._config("vtc")
+    # the parity workload at a third of its rate: below saturation, so that the clock moves
+    workload, config = scale_rate(parity._workload(), 1 / 3), parity._config("vtc")
     recorder, served = parity._run_serving(workload, config)
     replayed = run_virtual(workload, config.policy, engines=parity.ENGINES, profile=parity.PROFILE, seed=parity.SEED,
                            record_decisions=True, torch_expert=False, clock_control=PARAMS)

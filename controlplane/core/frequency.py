@@ -11,16 +11,19 @@ The rule, per engine (docs/simulator.md has the clock model, engine_adapter/cloc
 1. By the engine's step profile at f_max and the clock model, forecast at a candidate clock f what
    a typical new latency request would see (`forecast_at`): a steady continuous-batching step
    (the running batch's decode, slowed by the decode factor, plus the prompt tokens arriving during
-   the step, slowed as compute: s = decode + a + rho * s), its TPOT (one step) and TTFT (the step
-   in progress, then the prompt tokens already waiting and its own, in chunks beside the decodes).
-2. The SLO floor: the lowest clock (on NVML's 15 MHz grid) at which TTFT and TPOT stay within
+   the step, slowed as compute: s = decode + a + rho * s), its TTFT (the step in progress, then the
+   prompt tokens already waiting and its own, in chunks beside the decodes) and TPOT (the step,
+   plus the waiting tokens' prefill spread over a typical answer).
+2. The SLO floor (f_max while the engine runs its whole in-flight window: throughput-bound, a
+   slower step is a longer queue): the lowest clock (on NVML's 15 MHz grid) at which TTFT and TPOT stay within
    `margin` of the tightest latency class's budgets and prefill keeps at most `max_utilisation` of
    the engine's time. Every term grows as f falls, so the floor is found by bisection.
 3. The energy floor: among the clocks at or above the SLO floor, the one that minimises the dynamic
    energy of this engine's mix of work (prefill share rho, decode the rest): GreenLLM's objective
    P_active(f) * busy(f) + P_idle * (D - busy(f)), whose idle part does not depend on f. Below it
    the clock-independent power (HBM, uncore) is paid for longer than the lower clock saves.
-4. Hysteresis (`FrequencyController`): a higher clock applies at once (the SLO first); a lower one
+4. Hysteresis (`FrequencyController`): a higher clock applies at once (the SLO first; between
+   evaluations too, when a dispatch leaves the clock in force short: `on_dispatch`); a lower one
    only when the last `down_after` evaluations all asked for at least `band_mhz` less, and then
    the highest of them (HPA's scale-down stabilisation), so a steady or jittering load settles.
 
@@ -66,15 +69,17 @@ class ClockInputs:
     engine: str
     batch: int  # requests in flight on the engine
     kv_tokens: float
-    waiting_tokens: float  # prompt tokens dispatched to it without a first token yet
+    waiting_tokens: float  # prompt tokens dispatched to it without a first token yet, and its share of the queue
     prompt_rate: float  # prompt tokens/s dispatched to it over the core's rate window
     mean_prompt: float
     chunk: int  # the engine's per-step token budget
     ttft_budget_s: float | None  # the tightest latency class's TTFT budget for a typical prompt
     tpot_budget_s: float | None
+    mean_output: float = 512.0  # tokens: the backlog's prefill steps spread over a typical answer
+    window: int = 0  # the in-flight window the core keeps the engine to (0: unknown)
 
     def to_dict(self) -> dict[str, object]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+        return _fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +91,8 @@ class ClockForecast:
     utilisation: float  # share of the engine's time spent on prefill
     energy: float  # dynamic energy of the mix per unit of work, relative to f_max (1.0 there)
 
-    def to_dict(self) -> dict[str, float]:
-        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+    def to_dict(self) -> dict[str, object]:
+        return _fields(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,13 +135,21 @@ def forecast_at(x: ClockInputs, p: StepProfile, clock: ClockModel, mhz: float) -
     tokens = x.waiting_tokens + x.mean_prompt
     steps = math.ceil(tokens / max(1, x.chunk - batch))
     ttft = step + steps * (decode + p.prefill_a * pre) + tokens * per_token * pre
+    # TPOT: the steady step, plus the prompt tokens already waiting, which the next steps prefill
+    # beside this request's decodes, spread over a typical answer (a short answer feels them most)
+    backlog = (math.ceil(x.waiting_tokens / max(1, x.chunk - batch)) * p.prefill_a
+               + x.waiting_tokens * per_token) * pre
+    tpot = step + backlog / max(1.0, x.mean_output - 1)
     # dynamic energy per unit of work relative to f_max: the prefill share at its power and time,
     # the rest decode
     share = min(1.0, x.prompt_rate * per_token)
     base = share * clock.dynamic_w(clock.f_max_mhz, True) + (1 - share) * clock.dynamic_w(clock.f_max_mhz, False)
     energy = (share * clock.dynamic_w(mhz, True) * pre + (1 - share) * clock.dynamic_w(mhz, False) * dec) / base \
         if base > 0 else 1.0
-    return ClockForecast(mhz, step, ttft, step, rho, energy)
+    return ClockForecast(mhz, step, ttft, tpot, rho, energy)
+
+
+_NO_MARGIN = FrequencyParams(margin=1.0, max_utilisation=1.0)
 
 
 def _meets(f: ClockForecast, x: ClockInputs, params: FrequencyParams) -> bool:
@@ -157,6 +170,8 @@ def choose_clock(x: ClockInputs, p: StepProfile, clock: ClockModel, params: Freq
                  ) -> tuple[float, float, float, str]:
     """(wanted clock, SLO floor, energy floor, why) for one engine, before hysteresis."""
     grid = _grid(clock, params.step_mhz)
+    if x.window and x.batch >= x.window:  # throughput-bound: a slower step is a longer queue
+        return grid[-1], grid[-1], grid[-1], "saturated: the engine runs its whole in-flight window"
     if not _meets(forecast_at(x, p, clock, grid[-1]), x, params):
         return grid[-1], grid[-1], grid[-1], "the SLO is not met with margin even at the maximum clock"
     lo, hi = 0, len(grid) - 1  # grid[hi] meets the SLO; find the lowest that does (monotone in f)
@@ -215,6 +230,16 @@ class FrequencyController:
                                 forecast_at(x, self.profile, self.clock, target))
         return self.last
 
+    def on_dispatch(self, x: ClockInputs, now: float) -> ClockChoice | None:
+        """Between evaluations: a dispatch after which the clock in force would miss the SLO itself
+        (the budgets without the margin) raises the clock at once (a burst does not wait for the
+        cadence); never lowers it. Without the margin: each raise holds the clock up for a whole
+        down window, so only a real shortfall is worth one."""
+        if self.current_mhz >= self.clock.f_max_mhz or _meets(
+                forecast_at(x, self.profile, self.clock, self.current_mhz), x, _NO_MARGIN):
+            return None
+        return self.step(x, now)
+
     def decision(self, c: ClockChoice, policy_version: int) -> Decision:
         """The decision row of a clock change (kind "clock"): everything that produced it (the
         inputs, the step profile and clock model planned with, the parameters), so an audit
@@ -247,8 +272,11 @@ def clock_inputs(core: DecisionCore, name: str, now: float) -> ClockInputs:
     ttfts = [b for b in (c.ttft_budget_s(mean_prompt) for c in latency) if b is not None]
     tpots = [c.tpot_s for c in latency if c.tpot_s is not None]
     prompt_rate, _ = eng.rates(now)
+    # a new request also waits behind the latency tier's queue in sluice (its share per engine, as
+    # the core's typical forecast counts it): a pool short of throughput shows here first
+    queued = core.scheduler.tiers[LATENCY].tokens / max(1, len(core.engines))
     return ClockInputs(
         engine=name, batch=len(eng.in_flight), kv_tokens=max(eng.kv_tokens, eng.reported_kv_tokens),
-        waiting_tokens=max(eng.waiting_tokens, eng.reported_waiting_tokens), prompt_rate=prompt_rate,
+        waiting_tokens=max(eng.waiting_tokens, eng.reported_waiting_tokens) + queued, prompt_rate=prompt_rate,
         mean_prompt=mean_prompt, chunk=eng.spec.chunk, ttft_budget_s=min(ttfts) if ttfts else None,
-        tpot_budget_s=min(tpots) if tpots else None)
+        tpot_budget_s=min(tpots) if tpots else None, mean_output=core._mean_output, window=eng.window)
