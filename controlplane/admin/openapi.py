@@ -41,7 +41,7 @@ _POLICY = _object({"version": _INT, "scheduler": _STR, "slo_classes": {"type": "
 _GPU = _object({"gpu": _INT, "name": _STR, "simulated": _BOOL},
                {"ts": _nullable(_NUM), "power_w": _nullable(_NUM), "energy_j": _nullable(_NUM),
                 "sm_clock_mhz": _nullable(_NUM), "utilization": _nullable(_NUM),
-                "memory_used_bytes": _nullable(_INT), "memory_total_bytes": _nullable(_INT),
+                "memory_used_bytes": _nullable(_NUM), "memory_total_bytes": _nullable(_NUM),
                 "power_limit_w": _nullable(_NUM)})
 _GPUS = {"gpus": {"type": "array", "items": _GPU}, "gpu_status": _STR}
 _MS = _nullable(_NUM)
