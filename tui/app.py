@@ -399,13 +399,16 @@ class SluiceConsole(App[None]):
     # -- navigation -------------------------------------------------------------------------------
 
     def action_show_tab(self, tab: str) -> None:
-        # Focusing a widget inside a TabPane makes TabbedContent show that pane; switching the
-        # pane first would hide the focused widget and Textual would move focus to a sibling.
         if isinstance(self.screen, ModalScreen):
             return
         if isinstance(self.screen, TraceScreen):
             self.pop_screen()
-        self.main(FOCUS_TARGET[tab]).focus()
+        # Focus the tab's widget, then show its pane, in one step: switching the pane first would
+        # hide the focused widget and Textual would move the focus to a sibling; `focus()` alone
+        # left the switch to TabbedContent, messages and frames later.
+        target = self.main(FOCUS_TARGET[tab])
+        target.screen.set_focus(target)
+        self.main("#tabs").active = tab
         if tab == "requests" and self.requests_pane.dirty:
             self.requests_pane.render_rows()
 

@@ -4,7 +4,8 @@ Rebuilding a table every second (clear + add_row) costs O(rows x columns) render
 cursor and scroll position; `KeyedTable.sync` instead diffs the new rows against the cells it
 already shows and only touches what changed (`update_cell` by row and column key), adds new
 rows and removes vanished ones. `order` re-sorts by a rank of row keys and keeps the cursor on the
-same row.
+same row. Rendered cells are kept while their cell is (see `_render_cell`), so that showing a
+table again, or moving the focus to it, repaints only what changed.
 """
 
 from __future__ import annotations
@@ -12,9 +13,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
+from textual.geometry import Region
+from textual.strip import Strip
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
+
+
+CELL_RENDERS = 10_000  # rendered cells kept per table (about the screen's cells a few times over)
+LINE_RENDERS = 2_000  # rendered lines kept per table
 
 
 class KeyedTable(DataTable[Any]):
@@ -35,6 +44,9 @@ class KeyedTable(DataTable[Any]):
         # internals ever go away we fall back to update_cell.
         self._batch_writes = isinstance(getattr(self, "_data", None), dict) and isinstance(
             getattr(self, "_update_count", None), int)
+        self._cell_renders: dict[tuple[Any, ...], tuple[Any, list[list[Segment]]]] = {}
+        self._line_renders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Strip]] = {}
+        self._last_render: tuple[Any, list[Strip]] | None = None
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -113,6 +125,68 @@ class KeyedTable(DataTable[Any]):
         self.sort(first, key=key, reverse=reverse)
         if cursor is not None:
             self._restore_cursor(cursor)
+
+    # -- rendering --------------------------------------------------------------------------------
+
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # A tab switch hides this table's pane, but the frame drawn before the layout catches up
+        # still paints it where it was, and losing the focus restyled it: rendering it again,
+        # only to be hidden, cost as much as the table shown. What it drew last will do.
+        last = self._last_render
+        if last is not None and last[0] == crop and not all(node.display for node in self.ancestors):
+            return last[1]
+        lines = super().render_lines(crop)
+        self._last_render = (crop, lines)
+        return lines
+
+    def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
+        """Textual's line render, remembered while the row on that line keeps its cells (the same
+        tuple: `sync` replaces it when a cell changes), as `_render_cell` does for a cell."""
+        try:
+            row_key, line_no = self._get_offsets(y) if self._batch_writes else (None, 0)
+        except LookupError:
+            row_key = None
+        cells = None if row_key is None or row_key.value is None else self._cells.get(str(row_key.value))
+        if cells is None:  # the header, or DataTable internals changed
+            return super()._render_line(y, x1, x2, base_style)
+        key = (y, x1, x2, line_no, row_key, self.size.width, base_style, self.cursor_coordinate,
+               self.hover_coordinate, self.cursor_type, self.show_cursor, self._show_hover_cursor,
+               self._pseudo_class_state, self.app.theme)
+        kept = self._line_renders.get(key)
+        if kept is not None and kept[0] is cells:
+            return kept[1]
+        strip = super()._render_line(y, x1, x2, base_style)
+        if len(self._line_renders) >= LINE_RENDERS:
+            self._line_renders.clear()
+        self._line_renders[key] = (cells, strip)
+        return strip
+
+    def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
+                     cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
+        """Textual's cell render, remembered while the cell object stays the same.
+
+        Textual keys its own cell cache on a table-wide update count and drops it on any style
+        change, and a focus change restyles the table: every tab switch rendered every visible
+        cell again (most of a key's time to screen). Cells here are immutable values that `sync`
+        replaces when they change, so a render stays good for the same cell object at the same
+        place (the row and column are in the render, for clicks), width and styles."""
+        row = self._data.get(self._row_locations.get_key(row_index)) if self._batch_writes else None
+        cell = None if row is None or column_index < 0 else row.get(self._column_locations.get_key(column_index))
+        if cell is None:  # a header, a row label, an empty cell, or DataTable internals changed
+            return super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        styles = self._get_styles_to_render_cell(  # the cursor's and hover's styles (the theme)
+            False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+            self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+        key = (row_index, column_index, id(cell), width, base_style, styles, cursor, hover,
+               self._pseudo_class_state)
+        kept = self._cell_renders.get(key)
+        if kept is not None and kept[0] is cell:
+            return kept[1]
+        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+        if len(self._cell_renders) >= CELL_RENDERS:
+            self._cell_renders.clear()
+        self._cell_renders[key] = (cell, lines)
+        return lines
 
     def _restore_cursor(self, key: str) -> None:
         try:
