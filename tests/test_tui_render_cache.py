@@ -55,3 +55,22 @@ async def test_a_tab_switch_repaints_only_what_changed(monkeypatch):
         # style follows the focus) is rendered, not the other rows' unchanged cells
         assert "3.50" in line_of(table, "t05") and "3.50" not in line_of(table, "t04")
         assert "t05" in rendered and set(rendered) <= {"t05", table.cursor_key()}
+
+
+async def test_a_cell_moved_to_another_row_renders_as_textual_would_there():
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False)
+    async with app.run_test(size=(160, 40)) as pilot:
+        app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 for i in range(20)}))
+        app.action_show_tab("tenants")
+        await pilot.pause()
+        table = app.tenants.table
+        style = table.rich_style
+        for column in range(len(table.columns)):
+            table._cell_renders.clear()
+            table._render_cell(2, column, style, 12)
+            (key, (cell, _, lines)), = table._cell_renders.items()
+            table._cell_renders = {key: (cell, 9, lines)}  # as if rendered at row 9, then moved to 2
+            stamped = table._render_cell(2, column, style, 12)
+            table._cell_renders.clear()
+            textual = DataTable._render_cell(table, 2, column, style, 12)
+            assert stamped == textual and stamped[0][0].style.meta == {"row": 2, "column": column}

@@ -44,7 +44,7 @@ class KeyedTable(DataTable[Any]):
         # internals ever go away we fall back to update_cell.
         self._batch_writes = isinstance(getattr(self, "_data", None), dict) and isinstance(
             getattr(self, "_update_count", None), int)
-        self._cell_renders: dict[tuple[Any, ...], tuple[Any, list[list[Segment]]]] = {}
+        self._cell_renders: dict[tuple[Any, ...], tuple[Any, int, list[list[Segment]]]] = {}
         self._line_renders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Strip]] = {}
         self._last_render: tuple[Any, list[Strip]] | None = None
 
@@ -168,8 +168,9 @@ class KeyedTable(DataTable[Any]):
         Textual keys its own cell cache on a table-wide update count and drops it on any style
         change, and a focus change restyles the table: every tab switch rendered every visible
         cell again (most of a key's time to screen). Cells here are immutable values that `sync`
-        replaces when they change, so a render stays good for the same cell object at the same
-        place (the row and column are in the render, for clicks), width and styles."""
+        replaces when they change, so a render stays good for the same cell object, width and
+        styles. The render carries its row and column (mouse clicks read them): a cell that moved
+        to another row (new requests on top) gets its new row stamped on, not rendered again."""
         row = self._data.get(self._row_locations.get_key(row_index)) if self._batch_writes else None
         cell = None if row is None or column_index < 0 else row.get(self._column_locations.get_key(column_index))
         if cell is None:  # a header, a row label, an empty cell, or DataTable internals changed
@@ -177,15 +178,19 @@ class KeyedTable(DataTable[Any]):
         styles = self._get_styles_to_render_cell(  # the cursor's and hover's styles (the theme)
             False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
             self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
-        key = (row_index, column_index, id(cell), width, base_style, styles, cursor, hover,
-               self._pseudo_class_state)
+        key = (column_index, id(cell), width, base_style, styles, cursor, hover, self._pseudo_class_state)
         kept = self._cell_renders.get(key)
         if kept is not None and kept[0] is cell:
-            return kept[1]
-        lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
-        if len(self._cell_renders) >= CELL_RENDERS:
-            self._cell_renders.clear()
-        self._cell_renders[key] = (cell, lines)
+            if kept[1] == row_index:
+                return kept[2]
+            place = Style.from_meta({"row": row_index, "column": column_index})  # later meta wins
+            lines = [[Segment(text, style + place if style is not None else style, control)
+                      for text, style, control in line] for line in kept[2]]
+        else:
+            lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
+            if len(self._cell_renders) >= CELL_RENDERS:
+                self._cell_renders.clear()
+        self._cell_renders[key] = (cell, row_index, lines)
         return lines
 
     def _restore_cursor(self, key: str) -> None:
