@@ -216,14 +216,16 @@ def _random_run(rng: random.Random, tenants: int, requests: int, spans: int) -> 
     return rs, back
 
 
-def _attained(rs: list[Served], w: dict[str, float], pair: tuple[str, str], interval: tuple[float, float]) -> float:
-    """The normalised difference of the reported pair over the reported interval; the ends may be
-    left limits or right values (a jump at an end is in or out), so the best of the four."""
+def _attained(rs: list[Served], w: dict[str, float], pair: tuple[str, str], interval: tuple[float, float]
+              ) -> list[float]:
+    """The normalised difference of the reported pair over the reported interval, for each reading
+    of its ends: left limits or right values (a jump at an end is in or out). The reported value
+    must be one of the four (the largest can overshoot: a jump just past a backlogged span's end)."""
     f, g = pair
     cf, cg = ServiceCurve([r for r in rs if r.tenant == f]), ServiceCurve([r for r in rs if r.tenant == g])
     t1, t2 = interval
-    return max((e2(cf, t2) - e1(cf, t1)) / w.get(f, 1.0) - (e2(cg, t2) - e1(cg, t1)) / w.get(g, 1.0)
-               for e1 in (ServiceCurve.at, ServiceCurve.before) for e2 in (ServiceCurve.at, ServiceCurve.before))
+    return [(e2(cf, t2) - e1(cf, t1)) / w.get(f, 1.0) - (e2(cg, t2) - e1(cg, t1)) / w.get(g, 1.0)
+            for e1 in (ServiceCurve.at, ServiceCurve.before) for e2 in (ServiceCurve.at, ServiceCurve.before)]
 
 
 @settings(max_examples=150, deadline=None)
@@ -239,7 +241,7 @@ def test_fast_service_difference_equals_the_pairwise_reference(seed: int, tenant
     assert fast.upper_bound == fast.value
     if fast.value > 0:
         assert fast.tenants is not None and fast.interval is not None
-        assert _attained(rs, w, fast.tenants, fast.interval) == pytest.approx(fast.value, rel=1e-9, abs=1e-6)
+        assert fast.value in [pytest.approx(v, rel=1e-9, abs=1e-6) for v in _attained(rs, w, fast.tenants, fast.interval)]
     capped = service_difference(rs, back, w, max_pairs=1)  # a bound when the pairs run out
     assert capped.value <= ref.value + 1e-6 and capped.upper_bound + 1e-6 >= ref.value
 
