@@ -418,6 +418,8 @@ class SluiceConsole(App[None]):
         if tab not in TABS:
             return
         pane = event.pane
+        if not self.screen_stack:  # a late message while the app shuts down (no screen to focus in)
+            return
         focused = self.focused
         if focused is None or pane not in focused.ancestors:
             self.main(FOCUS_TARGET[tab]).focus()
