@@ -42,6 +42,7 @@ from dataclasses import dataclass, field, replace
 
 from controlplane.core.core import DecisionCore
 from controlplane.core.engine_state import RATE_WINDOW_S
+from controlplane.core.events import shallow_dict
 from controlplane.core.snapshot import CoreSnapshot
 from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
 from controlplane.core.windows import largest_batch
@@ -264,7 +265,7 @@ class Recommendation:
     def to_dict(self) -> dict[str, object]:
         out = {f: getattr(self, f) for f in ("pool", "ts", "desired", "actual", "need", "capacity_rps",
                                               "prefill", "decode")}
-        load: dict[str, object] = {f: getattr(self.load, f) for f in self.load.__dataclass_fields__}
+        load = shallow_dict(self.load)
         load["deferred"] = len(self.load.deferred)
         out["load"] = load
         return out

@@ -10,12 +10,21 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import fields, replace
+from dataclasses import replace
 from typing import Protocol
 
 from controlplane.core.admission import AdmissionInputs, EngineView, choose_engine, decide, forecast
 from controlplane.core.engine_state import RATE_WINDOW_S, EngineState, StepModel, Tracked
-from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
+from controlplane.core.events import (
+    Action,
+    Decision,
+    Dispatch,
+    EngineSpec,
+    FinishReport,
+    Reject,
+    RequestSpec,
+    shallow_dict,
+)
 from controlplane.core.policy import Policy, PolicyError
 from controlplane.core.rate_limits import RateLimits
 from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot, TierSnapshot
@@ -116,7 +125,7 @@ class DecisionCore:
             return [
                 Reject(spec.rid, result.reason, message, result.retry_after_s),
                 Decision(now, spec.rid, spec.tenant, "reject", result.reason, result.engine, version,
-                         _inputs_record(inputs, cls_name), _shallow(result)),
+                         _inputs_record(inputs, cls_name), shallow_dict(result)),
             ]
 
         work = Work(int(round(cost)), int(round(predicted)))
@@ -129,7 +138,7 @@ class DecisionCore:
         self.rate_limits.take(now, spec.tenant, spec.prompt_tokens + predicted, tp.rate_limit_rps, tp.rate_limit_tpm)
         self._enqueue(tracked)
         actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
-                                          version, _inputs_record(inputs, cls_name), _shallow(result))]
+                                          version, _inputs_record(inputs, cls_name), shallow_dict(result))]
         actions += self._pump(now)
         return actions
 
@@ -585,7 +594,7 @@ class DecisionCore:
                          {"candidates": [v.name for v in views], "queued_s": now - t.arrival, "tier": t.tier,
                           "counters": self.scheduler.tiers[t.tier].scheduler.counters(tenant),
                           # what choose_engine saw, so that the audit can re-derive the engine
-                          "engines": [_shallow(v) for v in views], "prompt_tokens": t.spec.prompt_tokens,
+                          "engines": [shallow_dict(v) for v in views], "prompt_tokens": t.spec.prompt_tokens,
                           "output_tokens": t.predicted_output, "cached_tokens": cached},
                          {"priority": priority})]
 
@@ -647,13 +656,8 @@ _REJECT_MESSAGES = {
 }
 
 
-def _shallow(obj: object) -> dict[str, object]:
-    """A flat dataclass as a dict (dataclasses.asdict deep-copies every value: 10x slower)."""
-    return {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
-
-
 def _inputs_record(inputs: AdmissionInputs, cls_name: str) -> dict[str, object]:
-    record = _shallow(inputs)
-    record["engines"] = [_shallow(e) for e in inputs.engines]
+    record = shallow_dict(inputs)
+    record["engines"] = [shallow_dict(e) for e in inputs.engines]
     record["slo_class"] = cls_name
     return record

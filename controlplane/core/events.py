@@ -1,8 +1,14 @@
 """What goes into the decision core (requests, finishes) and what comes out (actions)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
+
+
+def shallow_dict(obj: object) -> dict[str, object]:
+    """A flat dataclass as a dict, for decision records (dataclasses.asdict deep-copies every value:
+    10x slower)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj)}  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.core.core import DecisionCore
-from controlplane.core.events import Decision
+from controlplane.core.events import Decision, shallow_dict
 from controlplane.core.tiers import LATENCY, tier_of
 from engine_adapter.base import StepProfile
 from engine_adapter.clock import ClockModel
@@ -79,7 +79,7 @@ class ClockInputs:
     window: int = 0  # the in-flight window the core keeps the engine to (0: unknown)
 
     def to_dict(self) -> dict[str, object]:
-        return _fields(self)
+        return shallow_dict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +92,7 @@ class ClockForecast:
     energy: float  # dynamic energy of the mix per unit of work, relative to f_max (1.0 there)
 
     def to_dict(self) -> dict[str, object]:
-        return _fields(self)
+        return shallow_dict(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,16 +245,12 @@ class FrequencyController:
         inputs, the step profile and clock model planned with, the parameters), so an audit
         recomputes it from the row alone, and the forecast at the new clock."""
         inputs: dict[str, object] = {**c.inputs.to_dict(), "previous_mhz": c.previous_mhz,
-                                     "params": _fields(self.params), "profile": _fields(self.profile),
-                                     "clock": _fields(self.clock)}
+                                     "params": shallow_dict(self.params), "profile": shallow_dict(self.profile),
+                                     "clock": shallow_dict(self.clock)}
         outputs: dict[str, object] = {"target_mhz": c.target_mhz, "wanted_mhz": c.wanted_mhz,
                                       "slo_floor_mhz": c.slo_floor_mhz, "energy_floor_mhz": c.energy_floor_mhz,
                                       **{f"forecast_{k}": v for k, v in c.forecast.to_dict().items()}}
         return Decision(c.ts, "", "", "clock", c.reason, c.engine, policy_version, inputs, outputs)
-
-
-def _fields(obj: object) -> dict[str, object]:
-    return {f: getattr(obj, f) for f in obj.__dataclass_fields__}  # type: ignore[attr-defined]
 
 
 def rederive(inputs: Mapping[str, Any]) -> float:
