@@ -21,13 +21,12 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from controlplane.core.events import Decision
+from controlplane.core.events import ADMISSION_KINDS, Decision
 from controlplane.driver import decision_row
 from telemetry.metrics import Metrics
 from telemetry.store import Store
 from telemetry.tracing import GenAI, Sluice, SluiceTracerProvider, request_span_attributes
 
-_ADMISSION = ("admit", "defer", "reject")
 # the admission forecast (seconds, as the core gives it) -> span attributes (ms)
 _PREDICTED = (("ttft_s", Sluice.PREDICTED_TTFT_MS), ("tpot_s", Sluice.PREDICTED_TPOT_MS),
               ("e2e_s", "sluice.predicted.e2e_ms"))
@@ -95,7 +94,7 @@ class Recorder:
         end = _ns(row["finish_ts"])
         events: list[tuple[str, int, dict[str, Any]]] = []
         for d in ticket.decisions:
-            if d.kind in _ADMISSION:
+            if d.kind in ADMISSION_KINDS:
                 attrs: dict[str, Any] = {Sluice.DECISION: d.kind, Sluice.REASON: d.reason,
                                          Sluice.POLICY_VERSION: d.policy_version}
                 outputs = d.outputs

@@ -20,7 +20,7 @@ from typing import Any
 
 from controlplane.config import Config, TenantConfig, hash_key
 from controlplane.core.core import DecisionCore
-from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, RequestSpec
+from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.core.capacity import Controller, Replica
 from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
@@ -449,7 +449,7 @@ class _TicketSink:
         ticket = self.sluice.tickets.get(d.rid)
         if ticket is not None:
             ticket.decisions.append(d)
-            if d.kind in ("admit", "defer", "reject"):
+            if d.kind in ADMISSION_KINDS:
                 ttft, tpot = d.outputs.get("ttft_s"), d.outputs.get("tpot_s")  # the row says ms
                 ticket.row.update(decision=d.kind, reason=d.reason, policy_version=d.policy_version,
                                   predicted_output_tokens=d.inputs.get("output_tokens"),

@@ -26,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from controlplane.core.events import ADMISSION_KINDS
 from controlplane.core.admission import AdmissionInputs, AdmissionResult, EngineView, choose_engine, decide
 from controlplane.core.frequency import rederive as rederive_clock
 from controlplane.core.policy import Policy, policy_from_dict
@@ -33,7 +34,6 @@ from controlplane.core.policy import Policy, policy_from_dict
 __all__ = ["AuditMismatch", "AuditReport", "PolicyChange", "audit_db", "audit_decisions", "policies_from_changes",
            "policy_diff", "rederive", "rederive_dispatch", "timeline_from_changes"]
 
-ADMISSION_KINDS = ("admit", "defer", "reject")
 _INPUT_FIELDS = tuple(f.name for f in fields(AdmissionInputs))
 _REQUIRED_INPUTS = tuple(f.name for f in fields(AdmissionInputs) if f.default is MISSING)
 _VIEW_FIELDS = tuple(f.name for f in fields(EngineView))

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from controlplane.core.core import DecisionCore
-from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
+from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
 from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
 from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model, next_frequency,
@@ -337,7 +337,7 @@ class _Run:
 
     def decision(self, d: Decision) -> None:
         rec = self.by_rid.get(d.rid)
-        if rec is not None and d.kind in ("admit", "defer", "reject"):
+        if rec is not None and d.kind in ADMISSION_KINDS:
             rec.decision, rec.reason = d.kind, d.reason
             rec.slo_class = d.inputs.get("slo_class", rec.slo_class) if d.inputs else rec.slo_class
             if d.kind != "reject":

@@ -17,10 +17,10 @@ import dataclasses
 from typing import Any
 
 from controlplane.core.admission import EngineView, forecast
+from controlplane.core.events import ADMISSION_KINDS
 from telemetry import queries
 
 _VIEW_FIELDS = {f.name for f in dataclasses.fields(EngineView)}
-_ADMISSION = ("admit", "defer", "reject")
 
 # what each refusal needed; {placeholders} come from the numbers of the refusal
 _LET_IN = {
@@ -222,7 +222,7 @@ def explain(rid: str, row: dict[str, Any] | None, decisions: list[dict[str, Any]
     steps = []
     for d in decisions:
         kind = d.get("kind")
-        if kind in _ADMISSION:
+        if kind in ADMISSION_KINDS:
             text = _admission(d, why)
             if kind == "reject":
                 text += "; " + _let_in(d, why)
@@ -247,7 +247,7 @@ def explain(rid: str, row: dict[str, Any] | None, decisions: list[dict[str, Any]
 def _phases(row: dict[str, Any], decisions: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The request's time in parts: admission, queueing in sluice, prefill, decode."""
     arrival = row.get("arrival_ts")
-    admitted = next((d.get("ts") for d in decisions if d.get("kind") in _ADMISSION), None)
+    admitted = next((d.get("ts") for d in decisions if d.get("kind") in ADMISSION_KINDS), None)
     dispatched = row.get("dispatch_ts") or next((d.get("ts") for d in decisions if d.get("kind") == "dispatch"), None)
     first, end = row.get("first_token_ts"), row.get("finish_ts")
     marks = [("admission", arrival, admitted), ("queue", admitted, dispatched),

@@ -67,6 +67,9 @@ class Reject:
     retry_after_s: float | None
 
 
+ADMISSION_KINDS = ("admit", "defer", "reject")  # the decisions `decide()` makes (the rest: dispatch, expire...)
+
+
 @dataclass(frozen=True, slots=True)
 class Decision:
     """A record of one decision and the inputs that produced it (written to `decisions`)."""
