@@ -35,14 +35,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
-import json
-import math
 import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +48,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine_adapter.base import StepProfile  # noqa: E402
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest  # noqa: E402
 from engine_adapter.sim.profile import SimProfile, load_profile  # noqa: E402
+# the comparison lives in replay/fidelity.py (shared with `sluice replay --live --fidelity`); its names
+# are re-exported here for the tests and scripts that read them from the bench
+from replay.fidelity import (  # noqa: E402, F401
+    Timed,
+    compare,
+    comparison_lines,
+    latencies,
+    load_run,
+    replay_run,
+)
 
 BS1_FLOOR = 135.0
 OFFLINE_RANGE = (3800.0, 4300.0)
@@ -65,9 +71,6 @@ ATTN_FLOPS_PER_PAIR = 4 * 32 * 4096  # Llama-3.1-8B: q.k and p.v over 32 query h
 H100_BF16 = 989e12
 RUN_DIR = Path(__file__).resolve().parents[2] / "shared/calibration/llmservingsim/bench/RTXPRO6000/Llama-3.1-8B"
 RUN_PROFILE = "rtxpro6000-llama3.1-8b-vllm"
-RUN_TOLERANCE_PCT = 10.0
-METRICS = ("ttft", "tpot", "e2e")
-STATS = ("mean", "median", "p90", "p95", "p99")
 _SUMMARY_NAMES = {"TTFT": "ttft", "TPOT": "tpot", "Latency": "e2e"}  # LLMServingSim's summary.txt
 
 
@@ -136,97 +139,6 @@ def single_ttft(profile: SimProfile, tokens: int) -> float:
     return next(e.time for e in events if e.kind == "first_token")
 
 
-@dataclass(frozen=True, slots=True)
-class Timed:
-    """One request of a run, real or simulated: seconds on one clock (any origin)."""
-
-    rid: str
-    arrival: float  # entered the engine's queue (the real run's queued_ts): what TTFT counts from
-    input_tokens: int
-    output_tokens: int
-    first_token: float
-    last_token: float
-    scheduled: float | None = None  # first step that computed part of its prompt
-
-
-def load_run(path: Path) -> list[Timed]:
-    """A run in LLMServingSim's requests.jsonl format (a file, or a folder holding one or vllm/requests.jsonl)."""
-    if path.is_dir():
-        path = path / "requests.jsonl" if (path / "requests.jsonl").exists() else path / "vllm" / "requests.jsonl"
-    out = []
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            out.append(Timed(str(r["request_id"]), float(r["queued_ts"]), int(r["input_toks"]), int(r["output_toks"]),
-                             float(r["first_token_ts"]), float(r["last_token_ts"]),
-                             None if r.get("scheduled_ts") is None else float(r["scheduled_ts"])))
-    return out
-
-
-def replay_run(profile: SimProfile, run: list[Timed], seed: int = 0) -> list[Timed]:
-    """The run's requests (arrival times, prompt and output lengths) through SimCore on a virtual clock.
-
-    Steps are completed one at a time so that each request's first prefill step (its scheduled time)
-    can be read from the step plan; event times are the same as when advancing straight to arrivals.
-    """
-    core = SimCore(profile, seed=seed)
-    t0 = min(r.arrival for r in run)
-    order = sorted(run, key=lambda r: (r.arrival, r.rid))
-    scheduled: dict[str, float] = {}
-    events: list[SimEvent] = []
-
-    def note_step() -> None:
-        step = core.current_step()
-        if step is not None:
-            for rid in step.prefill_rids:
-                scheduled.setdefault(rid, step.start)
-
-    i = 0
-    while True:
-        end, arrival = core.next_time(), order[i].arrival - t0 if i < len(order) else math.inf
-        if end is not None and end <= arrival:  # a step ending at an arrival completes before it is queued
-            note_step()
-            events += core.advance(end, per_token=False)
-        elif i < len(order):
-            r = order[i]
-            events += core.advance(arrival, per_token=False)
-            core.submit(arrival, SimRequest(r.rid, r.input_tokens, r.output_tokens, output_tokens=r.output_tokens))
-            i += 1
-        else:
-            break
-    first = {e.rid: e.time for e in events if e.kind == "first_token"}
-    last = {e.rid: e.time for e in events if e.kind == "finish"}
-    return [Timed(r.rid, r.arrival - t0, r.input_tokens, r.output_tokens, first[r.rid], last[r.rid],
-                  scheduled.get(r.rid)) for r in order]
-
-
-def latencies(run: list[Timed]) -> dict[str, list[float]]:
-    """Per request, ms: TTFT = first token - arrival, TPOT = (last - first) / (output - 1) (requests
-    with more than one output token), E2E = last token - arrival (vLLM's and LLMServingSim's)."""
-    return {
-        "ttft": [(r.first_token - r.arrival) * 1e3 for r in run],
-        "tpot": [(r.last_token - r.first_token) / (r.output_tokens - 1) * 1e3 for r in run if r.output_tokens > 1],
-        "e2e": [(r.last_token - r.arrival) * 1e3 for r in run],
-    }
-
-
-def summarize(values: list[float]) -> dict[str, float]:
-    """Mean, median and p90/p95/p99 (linear interpolation between order statistics, numpy's default)."""
-    v = np.asarray(values, dtype=float)
-    return {"mean": float(v.mean()), "median": float(np.median(v)),
-            **{f"p{q}": float(np.percentile(v, q)) for q in (90, 95, 99)}}
-
-
-def compare(real: list[Timed], sim: list[Timed]) -> list[tuple[str, str, float, float, float]]:
-    """(metric, stat, real, simulated, difference in % of real) for every metric and statistic."""
-    rl, sl = latencies(real), latencies(sim)
-    rows = []
-    for m in METRICS:
-        rs, ss = summarize(rl[m]), summarize(sl[m])
-        rows += [(m, st, rs[st], ss[st], (ss[st] / rs[st] - 1.0) * 100.0) for st in STATS]
-    return rows
-
-
 def load_reference_summary(path: Path) -> dict[tuple[str, str], tuple[float, float, float]]:
     """LLMServingSim's validation/summary.txt: (metric, stat) -> (real, their simulator, their diff %)."""
     out = {}
@@ -247,25 +159,8 @@ def check_run(path: Path, profile: SimProfile, seed: int = 0) -> bool:
     ref = load_reference_summary(ref_path) if ref_path else {}
     print(f"5. measured run {path} ({len(real)} requests) replayed on {profile.name}"
           f" ({'derived from ' + profile.calibration['derived_from'] if 'derived_from' in profile.calibration else 'profile'})")
-    print(f"   {'metric':<6} {'stat':<6} {'real':>10} {'LLMServingSim':>14} {'diff':>7} {'sluice':>10} {'diff':>7}")
-    worst = 0.0
-    for m, st, r, s_, d in compare(real, sim):
-        their = ref.get((m, st))
-        theirs = f"{their[1]:14.1f} {their[2]:+6.1f}%" if their else f"{'-':>14} {'':>7}"
-        print(f"   {m:<6} {st:<6} {r:10.1f} {theirs} {s_:10.1f} {d:+6.1f}%")
-        worst = max(worst, abs(d))
-    good = worst <= RUN_TOLERANCE_PCT
-    print(f"   every sluice figure within {RUN_TOLERANCE_PCT:.0f} %: largest |diff| {worst:.1f} %"
-          f"   {'PASS' if good else 'FAIL'}")
-    waits = [[(r.scheduled - r.arrival) * 1e3 for r in run if r.scheduled is not None] for run in (real, sim)]
-    if all(waits):
-        (rm, rmed), (sm, smed) = ((statistics.mean(w), statistics.median(w)) for w in waits)
-        print(f"   (info) queue wait (scheduled - arrival) mean / median ms: real {rm:.0f} / {rmed:.0f},"
-              f" sluice {sm:.0f} / {smed:.0f}")
-    fcfs = ["yes" if all(a.scheduled <= b.scheduled for a, b in itertools.pairwise(run)) else "no"  # type: ignore[operator]
-            for run in (sorted(real, key=lambda r: r.arrival), sim) if all(r.scheduled is not None for r in run)]
-    if fcfs:
-        print(f"   (info) scheduled in arrival order (FCFS): {' / '.join(fcfs)} (real / sluice)")
+    lines, good = comparison_lines(real, sim, reference=ref)
+    print("\n".join(lines))
     return good
 
 
