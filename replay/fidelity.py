@@ -24,7 +24,7 @@ from engine_adapter.sim.profile import SimProfile
 from replay.report import OK, RequestResult
 
 __all__ = ["METRICS", "STATS", "TOLERANCE_PCT", "Timed", "compare", "comparison_lines", "from_live",
-           "latencies", "load_run", "replay_run", "summarize", "write_run"]
+           "latencies", "live_comparison", "load_run", "replay_run", "summarize", "write_run"]
 
 TOLERANCE_PCT = 10.0  # issue 16's target: every figure within 10 % of the real one
 METRICS = ("ttft", "tpot", "e2e")
@@ -117,6 +117,7 @@ def replay_run(profile: SimProfile, run: Sequence[Timed], seed: int = 0) -> list
             i += 1
         else:
             break
+    events += core.advance(math.inf, per_token=False)  # idle: only what submit() left pending (aborts)
     first = {e.rid: e.time for e in events if e.kind == "first_token"}
     last = {e.rid: e.time for e in events if e.kind == "finish"}
     lost = [e for e in events if e.kind == "finish" and e.rid not in first]
@@ -189,6 +190,23 @@ def comparison_lines(real: Sequence[Timed], sim: Sequence[Timed], *, sim_label: 
     lines.append(f"{indent}every {sim_label} figure within {tolerance_pct:.0f} %: largest |diff| {worst:.1f} %"
                  f"   {'PASS' if good else 'FAIL'}")
     return lines + _schedule_lines(real, sim, sim_label, indent), good
+
+
+def live_comparison(results: Sequence[RequestResult], profile: SimProfile, *, not_sent: int = 0,
+                    seed: int = 0) -> tuple[list[str], bool]:
+    """`sluice replay --live --fidelity`: a live run's completed requests (`from_live`) replayed on
+    `profile`, the table under a header that says what was compared. ValueError: nothing completed, or
+    the profile cannot serve one of them."""
+    real = from_live(results)
+    if not real:
+        raise ValueError("no request completed, nothing to compare")
+    lines, good = comparison_lines(real, replay_run(profile, real, seed), sim_label="simulated", indent="  ")
+    left = len(results) + not_sent - len(real)
+    head = [f"fidelity: {len(real)} completed requests replayed on {profile.name} with their send times, prompt "
+            f"and output lengths (ms; real: client side, from each send; off by > {TOLERANCE_PCT:g} % marked)"]
+    if left:
+        head.append(f"  {left} request(s) did not complete and are on neither side")
+    return head + lines, good
 
 
 def _schedule_lines(real: Sequence[Timed], sim: Sequence[Timed], sim_label: str, indent: str) -> list[str]:

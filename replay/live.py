@@ -339,7 +339,7 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
     timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
     connector = aiohttp.TCPConnector(limit=max_concurrency or 0, force_close=False)
     session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False)
-    run_start = time.perf_counter()
+    run_start, started_unix = time.perf_counter(), time.time()  # sent_ms counts from run_start
     try:
         for idx in order:
             req = workload[idx]
@@ -392,7 +392,7 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
     return LiveReport(base_url=base_url, model=model, speedup=speedup, duration_s=duration, results=results,
                       summary=summary, stopped=stopped, not_sent=len(workload) - len(sent),
                       meta={"endpoint": endpoint, "max_concurrency": max_concurrency,
-                            "send_lag_ms": _send_lag(results)})
+                            "send_lag_ms": _send_lag(results), "started_unix": started_unix})
 
 
 def _send_lag(results: Sequence[RequestResult]) -> dict[str, float] | None:

@@ -4,6 +4,7 @@ in SGLang `bench_serving`'s vocabulary, per tenant and per SLO class.
 
     sluice replay --live http://127.0.0.1:8080 --workload scenario:azure-mix --keys .sluice/keys.toml
     sluice replay --live http://127.0.0.1:30000 --workload trace.jsonl --speedup 4 --max-requests 500 --ignore-eos
+    sluice replay --live http://127.0.0.1:30000 --workload azure-conv --max-requests 300 --fidelity h100-llama3.1-8b
 
 The caller (sluice/cli.py) owns `--live` (the URL), `--json` (a file) and `--report` (a folder)
 and `--config` (read here for the SLO classes' targets); this module adds only the live flags.
@@ -26,6 +27,7 @@ from typing import Any
 
 import aiohttp
 
+from engine_adapter.sim.profile import SimProfile, load_profile
 from replay.live import LiveReport, run_live
 from replay.report import SLO, RequestResult, clean_json
 from replay.workload import WorkloadRequest
@@ -77,6 +79,14 @@ def add_arguments(group: argparse._ActionsContainer) -> dict[str, Any]:
                                 "every request (default: the classes of --config, else sluice's default classes)"),
         group.add_argument("--request-timeout", type=float, metavar="S", help="live: give up on a request after S seconds"),
         group.add_argument("--workload-seed", type=int, default=0, help="live: seed of generated workloads (default 0)"),
+        group.add_argument("--fidelity", metavar="PROFILE",
+                           help="live: then simulate the completed requests (send times, prompt and output lengths) "
+                                "on this simulator profile (name or JSON file) and print real vs simulated TTFT, "
+                                "TPOT and E2E; exit status 1 if a figure is off by more than 10 %%. Implies "
+                                "--ignore-eos where the server takes it"),
+        group.add_argument("--requests-out", metavar="FILE",
+                           help="live: write each completed request's send, first- and last-token times and token "
+                                "counts as LLMServingSim's requests.jsonl (bench/bench_calibration.py --run reads it)"),
     ]
     return {a.dest: a.default for a in flags}
 
@@ -90,6 +100,7 @@ class _Plan:
     server: str | None  # owned_by of the served model in GET /v1/models (sluice, sglang, vllm), if it said
     extra_body: dict[str, Any] | None
     weights: dict[str, float]
+    profile: SimProfile | None  # --fidelity's
 
 
 def run(args: argparse.Namespace) -> int:
@@ -118,10 +129,11 @@ def run(args: argparse.Namespace) -> int:
         print(f"{PROG}: wrote {args.json}", file=sys.stderr)
     if args.report:
         _write_html(args, plan, report)
+    checked = _fidelity(args, plan, report) if plan.profile is not None or args.requests_out else 0
     if interrupted:
         return 130
     o = report.summary.overall
-    return 1 if o.completed == 0 and o.failed > 0 else 0
+    return 1 if o.completed == 0 and o.failed > 0 else checked
 
 
 def _prepare(args: argparse.Namespace) -> _Plan:
@@ -139,6 +151,9 @@ def _prepare(args: argparse.Namespace) -> _Plan:
         if value is not None and not value > 0:
             raise UsageError(f"{flag} must be > 0 seconds, got {value}")
     keys = _keys(args.keys, args.api_key)
+    profile = _profile(args.fidelity)
+    if args.requests_out and not Path(args.requests_out).parent.is_dir():  # before the run, not after it
+        raise UsageError(f"--requests-out {args.requests_out}: no folder {Path(args.requests_out).parent}")
     workload, weights = _workload(args)
     policy = _policy(getattr(args, "config", None), weights)
     workload = [dataclasses.replace(r, slo_class=r.slo_class or policy.tenant(r.tenant).slo_class, extra=dict(r.extra))
@@ -150,14 +165,23 @@ def _prepare(args: argparse.Namespace) -> _Plan:
               f"(add them to --keys or give --api-key)", file=sys.stderr)
     probe_key = next((keys[t] for t in (*(r.tenant for r in workload[:50]), "*") if t in keys), None)
     model, owner = asyncio.run(_probe(args.live, probe_key, args.model))
-    extra: dict[str, Any] | None = None
-    if args.ignore_eos:
-        if owner not in IGNORE_EOS_OWNERS:
-            said = f"a server whose models are owned by {owner!r}" if owner else "a server that did not say what it is"
-            raise UsageError(f"--ignore-eos: {args.live} is {said}; only SGLang, vLLM and sluice accept ignore_eos "
-                             "(others drop it, and output lengths would silently differ)")
-        extra = {"ignore_eos": True}
-    return _Plan(workload, keys, slo, model, owner, extra, weights)
+    if args.ignore_eos and owner not in IGNORE_EOS_OWNERS:
+        said = f"a server whose models are owned by {owner!r}" if owner else "a server that did not say what it is"
+        raise UsageError(f"--ignore-eos: {args.live} is {said}; only SGLang, vLLM and sluice accept ignore_eos "
+                         "(others drop it, and output lengths would silently differ)")
+    # --fidelity: the workload's output lengths where the server can be made to keep them; elsewhere
+    # the simulation is given the lengths the engine produced, so both sides still run the same requests
+    force = args.ignore_eos or (profile is not None and owner in IGNORE_EOS_OWNERS)
+    return _Plan(workload, keys, slo, model, owner, {"ignore_eos": True} if force else None, weights, profile)
+
+
+def _profile(name: str | None) -> SimProfile | None:
+    if name is None:
+        return None
+    try:
+        return load_profile(name)
+    except (OSError, ValueError, KeyError, TypeError) as exc:  # unknown name, unreadable or malformed JSON
+        raise UsageError(f"--fidelity {name}: {exc}") from None
 
 
 def _keys(path: str | None, api_key: str | None) -> dict[str, str]:
@@ -336,6 +360,30 @@ def format_report(report: LiveReport, slo: Mapping[str, SLO], *, workload: str, 
         lines.append(f"stopped early ({stop_reason or 'stop'}): {report.summary.overall.cancelled} cancelled in "
                      f"flight, {report.not_sent} never sent")
     return "\n".join(lines)
+
+
+def _fidelity(args: argparse.Namespace, plan: _Plan, report: LiveReport) -> int:
+    """--requests-out and --fidelity after the run: 0 every figure within the tolerance (or only
+    --requests-out), 1 one is not or nothing to compare, 2 the file cannot be written."""
+    from replay.fidelity import from_live, live_comparison, write_run
+
+    if args.requests_out:
+        real = from_live(report.results)
+        try:
+            write_run(Path(args.requests_out), real, report.meta.get("started_unix"))
+        except OSError as exc:
+            print(f"{PROG}: --requests-out {args.requests_out}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"{PROG}: wrote {args.requests_out} ({len(real)} completed requests)", file=sys.stderr)
+    if plan.profile is None:
+        return 0
+    try:
+        lines, good = live_comparison(report.results, plan.profile, not_sent=report.not_sent)
+    except ValueError as exc:  # nothing completed, or the profile cannot serve a request of the run
+        print(f"{PROG}: --fidelity: {exc}", file=sys.stderr)
+        return 1
+    print("\n" + "\n".join(lines))
+    return 0 if good else 1
 
 
 def _slo_text(s: SLO) -> str:

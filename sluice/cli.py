@@ -409,7 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="--db: the requests of a recorded window replayed on the virtual clock under "
                        "the recorded policy (fidelity) and under another policy or config, beside what was "
                        "recorded (exit status: 0 done, 2 a usage error, 3 the store cannot be read). --live: a "
-                       "workload sent over HTTP to any OpenAI-compatible endpoint, measured as a client sees it.")
+                       "workload sent over HTTP to any OpenAI-compatible endpoint, measured as a client sees it "
+                       "(--fidelity: beside the same requests on a simulator profile).")
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--db", help="what-if on this DuckDB store (a stopped server's, or a snapshot)")
     mode.add_argument("--live", metavar="URL", help="live replay against this OpenAI-compatible endpoint")
