@@ -3,7 +3,7 @@
 Every field has a documented default (docs/configuration.md). Tenant API keys are never stored in
 plain text: the config holds `api_key_sha256`, or names an environment variable (`api_key_env`).
 
-The policy part ([scheduler], [slo_classes.*], each tenant's weight, class and rate limits) parses
+The policy part ([scheduler], [slo_classes.*], [dispatch], each tenant's weight, class and rate limits) parses
 straight into the core's `Policy` (`Config.policy`, version 1), through the same validation as a
 live change: its fields, defaults and units are defined once, in controlplane/core/policy.py.
 """
@@ -61,6 +61,7 @@ class EngineConfig:
     speedup: float = 1.0  # sim only: run the simulated GPU this many times faster than real time
     api_key_env: str | None = None  # SGLang --api-key, read from this environment variable
     gpu: int | None = None  # the GPU index (NVML) whose SM clock [server] clock_control sets for this engine
+    mig: str | None = None  # or the MIG instance it runs on: its NVML UUID ("MIG-..."), checked at start-up
 
 
 @dataclass(slots=True)
@@ -148,6 +149,7 @@ class Config:
                 raise ConfigError(f"engine {e.name!r}: unknown kind {e.kind!r}")
             if e.kind == "sglang" and not e.url:
                 raise ConfigError(f"engine {e.name!r}: kind 'sglang' needs a url")
+            _check_binding(e)
 
     def admin_token(self) -> str | None:
         if self.server.admin_token_file:
@@ -156,6 +158,21 @@ class Config:
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:
         return {h: t for t in self.tenants for h in t.key_hashes()}
+
+
+def _check_binding(e: EngineConfig) -> None:
+    """`gpu` (an NVML index) or `mig` (a MIG instance's UUID), not both: the instances of a MIG GPU
+    share its clock, so clock_control cannot set one engine's (docs/configuration.md)."""
+    if e.gpu is not None and (isinstance(e.gpu, bool) or not isinstance(e.gpu, int) or e.gpu < 0):
+        raise ConfigError(f"engine {e.name!r}: gpu must be an NVML index (an integer >= 0), got {e.gpu!r}")
+    if e.mig is None:
+        return
+    if not isinstance(e.mig, str) or not e.mig.startswith("MIG-"):
+        raise ConfigError(f"engine {e.name!r}: mig must be a MIG instance's UUID as `nvidia-smi -L` prints it "
+                          f"(\"MIG-...\"), got {e.mig!r}")
+    if e.gpu is not None:
+        raise ConfigError(f"engine {e.name!r}: give gpu or mig, not both (a MIG instance shares its GPU's clock "
+                          "with the other instances: clock_control cannot set it for one engine)")
 
 
 def _build(cls: type, raw: dict[str, Any], where: str, also: tuple[str, ...] = ()) -> Any:
@@ -191,6 +208,8 @@ def _policy(raw: dict[str, Any]) -> Policy:
         classes[name] = {**classes.get(name, {}), **table}
     tenants = {t["name"]: {k: t[k] for k in _TENANT_POLICY_KEYS if k in t} for t in raw.get("tenants", [])}
     doc = {**{_SCHEDULER_KEYS[k]: v for k, v in scheduler.items()}, "slo_classes": classes, "tenants": tenants}
+    if "dispatch" in raw:  # [dispatch]: scorers and their weights, the cached-token estimate (docs/dispatch.md)
+        doc["dispatch"] = raw["dispatch"]
     try:
         return policy_from_dict(doc)
     except PolicyError as exc:
@@ -198,7 +217,7 @@ def _policy(raw: dict[str, Any]) -> Policy:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines"}
+    unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines", "dispatch"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
     identities = []

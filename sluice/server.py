@@ -31,7 +31,7 @@ from controlplane.service import Sluice
 from engine_adapter.base import Engine
 from telemetry import queries
 from telemetry.metrics import Metrics
-from telemetry.nvml import CombinedGpuSource, GpuSampler, SimulatedGpuSource
+from telemetry.nvml import CombinedGpuSource, GpuSampler, SimulatedGpuSource, unknown_mig_bindings
 from telemetry.otlp_receiver import OtlpReceiver, OtlpServer, otlp_routes
 from telemetry.store import Store, StoreError
 from telemetry.tracing import setup_tracing
@@ -325,8 +325,24 @@ def clock_control(config: Config) -> dict[str, Any]:
     return {"clock_control": FrequencyParams(), "set_clock": set_clock}
 
 
+def check_mig_bindings(config: Config, sampler: GpuSampler | None = None) -> None:
+    """StartupError unless every engine bound to a MIG instance (`mig = "MIG-..."`) names one that
+    NVML lists now (one NVML enumeration, before anything else opens)."""
+    bound = {e.name: e.mig for e in config.engines if e.mig}
+    if not bound:
+        return
+    sampler = sampler or GpuSampler()
+    try:
+        problems = unknown_mig_bindings(bound, sampler.sample(), sampler.status)
+    finally:
+        sampler.close()
+    if problems:
+        raise StartupError("; ".join(problems))
+
+
 def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
                store: bool = True) -> tuple[Gateway, Sluice]:
+    check_mig_bindings(config)
     engines = engines if engines is not None else build_engines(config)
     telemetry = Telemetry(config, engines, store=store)
     sluice = Sluice(config, engines, recorder=telemetry.recorder, **clock_control(config))

@@ -293,10 +293,38 @@ class _RequestChildren:
 
 
 class _GpuCollector(Collector):
+    """Whole GPUs as `sluice_gpu_*{gpu, name}`; MIG instances in families of their own,
+    `sluice_gpu_mig_memory_{used,total}_bytes{gpu, mig, profile}`, so that summing a family never
+    counts a GPU's memory twice (NVML gives an instance its memory, not its power, clock or
+    utilisation: telemetry/nvml.py)."""
+
     def __init__(self) -> None:
         self.latest: list[dict[str, Any]] = []
 
     def collect(self) -> Iterable[Metric]:
+        rows = [s for s in self.latest if not s.get("mig")]
+        yield from self._whole(rows)
+        yield from self._mig([s for s in self.latest if s.get("mig")], rows)
+
+    @staticmethod
+    def _mig(instances: list[dict[str, Any]], gpus: list[dict[str, Any]]) -> Iterable[Metric]:
+        mode = GaugeMetricFamily("sluice_gpu_mig_mode", "MIG enabled on the GPU (1) or not (0)", labels=["gpu", "name"])
+        for s in gpus:
+            if s.get("mig_mode") is not None:
+                mode.add_metric([str(s.get("gpu", "")), str(s.get("name") or "")], 1.0 if s["mig_mode"] else 0.0)
+        labels = ["gpu", "mig", "profile"]
+        used = GaugeMetricFamily("sluice_gpu_mig_memory_used_bytes", "MIG instance memory used", labels=labels)
+        total = GaugeMetricFamily("sluice_gpu_mig_memory_total_bytes", "MIG instance memory", labels=labels)
+        for s in instances:
+            values = [str(s.get("gpu", "")), str(s["mig"]), str(s.get("mig_profile") or "")]
+            if s.get("memory_used_bytes") is not None:
+                used.add_metric(values, float(s["memory_used_bytes"]))
+            if s.get("memory_total_bytes") is not None:
+                total.add_metric(values, float(s["memory_total_bytes"]))
+        yield from (mode, used, total)
+
+    @staticmethod
+    def _whole(latest: list[dict[str, Any]]) -> Iterable[Metric]:
         gauges = {
             "power_w": GaugeMetricFamily("sluice_gpu_power_watts", "GPU power draw", labels=["gpu", "name"]),
             "sm_clock_mhz": GaugeMetricFamily("sluice_gpu_sm_clock_mhz", "GPU SM clock", labels=["gpu", "name"]),
@@ -307,7 +335,7 @@ class _GpuCollector(Collector):
         }
         energy = CounterMetricFamily("sluice_gpu_energy_joules", "GPU energy since driver load",
                                      labels=["gpu", "name"])
-        for s in self.latest:
+        for s in latest:
             labels = [str(s.get("gpu", "")), str(s.get("name") or "")]
             for key, fam in gauges.items():
                 if s.get(key) is not None:

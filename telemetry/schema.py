@@ -88,6 +88,13 @@ TABLES: dict[str, Columns] = {
         ("memory_used_bytes", "BIGINT"),
         ("memory_total_bytes", "BIGINT"),
         ("power_limit_w", "DOUBLE"),  # the enforced power limit (W)
+        # MIG (telemetry/nvml.py): on a whole GPU's row, whether MIG is enabled (NULL: no MIG on it);
+        # one more row per MIG instance, `gpu` its parent's index, `mig` its UUID (NULL on whole GPUs)
+        ("mig_mode", "BOOLEAN"),
+        ("mig", "VARCHAR"),
+        ("mig_profile", "VARCHAR"),  # e.g. 3g.40gb
+        ("gpu_instance_id", "BIGINT"),
+        ("compute_instance_id", "BIGINT"),
     ),
     "spans": (
         ("trace_id", "VARCHAR"),

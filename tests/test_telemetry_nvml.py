@@ -3,70 +3,11 @@
 from __future__ import annotations
 
 import sys
-from types import SimpleNamespace
 
 from telemetry.nvml import SAMPLE_KEYS, CombinedGpuSource, GpuSampler, SimulatedGpuSource
+from tests.fake_nvml import FakeNvml, NVMLError, NVMLError_LibraryNotFound, NVMLError_NotSupported
 
-
-class NVMLError(Exception):
-    pass
-
-
-class NVMLError_LibraryNotFound(NVMLError):  # noqa: N801 - pynvml's own naming
-    pass
-
-
-class NVMLError_NotSupported(NVMLError):  # noqa: N801
-    pass
-
-
-class FakeNvml:
-    NVML_CLOCK_SM = 1
-
-    def __init__(self, count=2, init_error=None, unsupported=()):
-        self.count = count
-        self.init_error = init_error
-        self.unsupported = set(unsupported)
-        self.energy_mj = 2**40  # far beyond 32 bits: catches a c_uint-style overflow
-
-    def _check(self, what):
-        if what in self.unsupported:
-            raise NVMLError_NotSupported("Not Supported")
-
-    def nvmlInit(self):
-        if self.init_error:
-            raise self.init_error
-
-    def nvmlShutdown(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return self.count
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return ("handle", i)
-
-    def nvmlDeviceGetName(self, h):
-        return b"NVIDIA H100 80GB HBM3"
-
-    def nvmlDeviceGetPowerUsage(self, h):
-        self._check("power")
-        return 412_345  # mW
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h):
-        self._check("energy")
-        return self.energy_mj + h[1]
-
-    def nvmlDeviceGetClockInfo(self, h, kind):
-        assert kind == self.NVML_CLOCK_SM
-        return 1980
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        self._check("utilization")
-        return SimpleNamespace(gpu=93, memory=40)
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(total=80 * 2**30, used=70 * 2**30, free=10 * 2**30)
+__all__ = ["FakeNvml", "NVMLError", "NVMLError_LibraryNotFound", "NVMLError_NotSupported"]  # test_frequency's
 
 
 def test_sample_every_gpu_in_si_units():

@@ -24,8 +24,9 @@ def _gpu_power(state: dict[str, Any]) -> float:
 
 
 def power_limit(gpus: list[dict[str, Any]]) -> float | None:
-    """The sum of the GPUs' power limits, when every reading carries one."""
-    limits = [g.get("power_limit_w") for g in gpus]
+    """The sum of the GPUs' power limits, when every reading carries one (a MIG instance's row has
+    none of its own: its GPU's row carries it)."""
+    limits = [g.get("power_limit_w") for g in gpus if not g.get("mig")]
     if not limits or any(not v for v in limits):
         return None
     return float(sum(limits))
@@ -173,6 +174,9 @@ class OverviewPane(Vertical):
         for g in gpus:
             index = g.get("gpu", g.get("index"))  # the admin API's readings name it "gpu"
             key = "–" if index is None else str(index)
+            if g.get("mig"):  # a MIG instance, under its GPU: its memory (NVML gives it no power or clock)
+                rows[f"{key}/{g['mig']}"] = _mig_row(key, g)
+                continue
             hist = self.gpu_power.setdefault(key, deque(maxlen=HISTORY))
             if new_sample:
                 hist.append(float(g.get("power_w") or 0.0))
@@ -187,6 +191,13 @@ class OverviewPane(Vertical):
                 Text(bar(util, 10) + " " + pct(util, 0).rjust(4), style=_load_style(util)), mem,
             )
         self.query_one("#gpus", KeyedTable).sync(rows)
+
+
+def _mig_row(index: str, g: dict[str, Any]) -> tuple[Any, ...]:
+    ids = f" GI {g['gpu_instance_id']}" if g.get("gpu_instance_id") is not None else ""
+    name = Text(f"└ MIG {g.get('mig_profile') or '?'}{ids}", style="dim")
+    mem = f"{gib(g.get('memory_used_bytes'))}/{gib(g.get('memory_total_bytes'))}"
+    return (index, name, "", "", "", "", Text("n/a under MIG", style="dim"), mem)
 
 
 def _load_style(fraction: Any) -> str:

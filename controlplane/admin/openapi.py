@@ -42,7 +42,10 @@ _GPU = _object({"gpu": _INT, "name": _STR, "simulated": _BOOL},
                {"ts": _nullable(_NUM), "power_w": _nullable(_NUM), "energy_j": _nullable(_NUM),
                 "sm_clock_mhz": _nullable(_NUM), "utilization": _nullable(_NUM),
                 "memory_used_bytes": _nullable(_NUM), "memory_total_bytes": _nullable(_NUM),
-                "power_limit_w": _nullable(_NUM)})
+                "power_limit_w": _nullable(_NUM),
+                # MIG (docs/telemetry.md): a whole GPU's mode; an instance's row (`mig` its UUID)
+                "mig_mode": _nullable(_BOOL), "mig": _nullable(_STR), "mig_profile": _nullable(_STR),
+                "gpu_instance_id": _nullable(_INT), "compute_instance_id": _nullable(_INT)})
 _GPUS = {"gpus": {"type": "array", "items": _GPU}, "gpu_status": _STR}
 _MS = _nullable(_NUM)
 # `GET /state` (controlplane/admin/state.py: the core's snapshot with the runtime's statistics); the
