@@ -17,7 +17,9 @@ drive the same `DecisionCore`. What they must do the same way is written here, o
 - what a load report tells the core (`Driver.engine_load`);
 - an engine's `EngineSpec` and step-time model from what the engine reports (`engine_model`);
 - the `decisions` row (`decision_row`): what the store writes and replay's `record_decisions` keeps;
-- whether a finished request met its SLO class (`slo_met`).
+- whether a finished request met its SLO class (`slo_met`);
+- the frequency rule on each engine (`ClockSteering`): when it is evaluated, from what, and the
+  `clock` decision row of each change (the side only sets the clock).
 
 The core's `Policy` comes straight from the configuration (`Config.policy`, controlplane/config.py).
 
@@ -28,11 +30,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import Action, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
+from controlplane.core.frequency import FrequencyController, clock_inputs
 from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.predict.step_time import StepTimeModel
 from engine_adapter.base import EngineInfo, EngineLoad, StepProfile
@@ -45,6 +48,7 @@ __all__ = [
     "LOAD_EVERY_S",
     "TICK_EVERY_S",
     "ActionSink",
+    "ClockSteering",
     "Driver",
     "decision_row",
     "engine_model",
@@ -157,6 +161,42 @@ class Driver:
 
     def engine_down(self, now: float, name: str) -> None:
         self.apply(now, self.core.engine_down(now, name))
+
+
+class ClockSteering:
+    """The frequency rule (controlplane/core/frequency.py) on each engine, as both sides run it:
+    every engine at the frequency instants (`evaluate`, right after that instant's load reports,
+    which it reads), and between them the engine just dispatched to (`dispatched`: a raise only,
+    so only below f_max; at f_max a dispatch costs nothing, not even a snapshot). The inputs come
+    from the core's snapshot. A change goes to the side's `actuate(now, engine, mhz)` (serving: the
+    engine or its GPU; replay: the simulated engine), then comes back as a `clock` decision for the
+    side to apply (`Driver.apply`)."""
+
+    __slots__ = ("actuate", "controllers", "core")
+
+    def __init__(self, core: DecisionCore, controllers: Mapping[str, FrequencyController],
+                 actuate: Callable[[float, str, float], None]) -> None:
+        self.core = core
+        self.controllers = controllers
+        self.actuate = actuate
+
+    def evaluate(self, now: float) -> list[Decision]:
+        return self._steer(now, list(self.controllers), dispatched=False)
+
+    def dispatched(self, now: float, engine: str) -> list[Decision]:
+        ctl = self.controllers.get(engine)
+        return self._steer(now, [engine], dispatched=True) if ctl is not None and ctl.can_raise else []
+
+    def _steer(self, now: float, engines: list[str], *, dispatched: bool) -> list[Decision]:
+        snap = self.core.snapshot(now, with_tenants=False)
+        out = []
+        for name in engines:
+            ctl, x = self.controllers[name], clock_inputs(snap, name)
+            choice = ctl.on_dispatch(x, now) if dispatched else ctl.step(x, now)
+            if choice is not None and choice.changed:
+                self.actuate(now, name, choice.target_mhz)
+                out.append(ctl.decision(choice, snap.policy.version))
+        return out
 
 
 # -- what the core is built from --------------------------------------------------------------------

@@ -23,9 +23,9 @@ from controlplane.core.core import DecisionCore
 from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import Policy, SLOClassPolicy
 from controlplane.core.capacity import Controller, Replica
-from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
-from controlplane.driver import (DEFAULT_PROFILE, LOAD_EVERY_S, Driver, engine_model, next_capacity, next_frequency,
-                                 next_load, next_tick, slo_met)
+from controlplane.core.frequency import FrequencyController, FrequencyParams
+from controlplane.driver import (DEFAULT_PROFILE, LOAD_EVERY_S, ClockSteering, Driver, engine_model, next_capacity,
+                                 next_frequency, next_load, next_tick, slo_met)
 from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.recorder import Recorder
@@ -96,7 +96,7 @@ class Sluice:
         # SLO-aware SM clocks (controlplane/core/frequency.py): a simulated engine sets its own, a real
         # one's GPU goes through `set_clock(engine, mhz)` (NVML, a dry run where not permitted)
         self.clock_control, self.set_clock = clock_control, set_clock
-        self.frequency: dict[str, FrequencyController] = {}
+        self.steering: ClockSteering | None = None
         self.clock_status: dict[str, str] = {}
         self._frequency_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -126,10 +126,12 @@ class Sluice:
             from engine_adapter.clock import ClockModel
 
             self._frequency_at = next_frequency(self.clock())  # the first instant after the start, as replay
+            controllers = {}
             for name, engine in self.engines.items():
                 model = getattr(engine, "clock_model", None) or ClockModel()  # a real GPU: H100-class defaults
-                self.frequency[name] = FrequencyController(name, self.infos[name].profile or DEFAULT_PROFILE,
-                                                           model, self.clock_control)
+                controllers[name] = FrequencyController(name, self.infos[name].profile or DEFAULT_PROFILE,
+                                                        model, self.clock_control)
+            self.steering = ClockSteering(self.core, controllers, self._set_clock)
         self._tasks = [asyncio.create_task(self._cadence())]
         if self.predictor.mlp is None:
             return  # nothing to train in the background
@@ -222,33 +224,24 @@ class Sluice:
             except Exception:
                 log.exception("polling engine %s failed", name)
         now = self.clock()
-        if self.frequency and now >= self._frequency_at:  # after the reports it reads, as replay
+        if self.steering is not None and now >= self._frequency_at:  # after the reports it reads, as replay
             self._frequency_at = next_frequency(now)
-            self._clock_step(now)
-
-    def _clock_step(self, now: float, dispatched: str | None = None) -> None:
-        """The frequency rule on every engine, or on the engine just `dispatched` to (a raise only,
-        as replay's); a change is applied and recorded as a decision row. Nothing here may fail
-        serving: an engine that cannot take a clock keeps running."""
-        assert self.driver is not None
-        core = self.driver.core
-        for name in [dispatched] if dispatched is not None else list(self.frequency):
-            try:
-                ctl, x = self.frequency[name], clock_inputs(core, name, now)
-                choice = ctl.on_dispatch(x, now) if dispatched is not None else ctl.step(x, now)
-                if choice is None or not choice.changed:
-                    continue
-                engine = self.engines[name]
-                if hasattr(engine, "set_frequency"):
-                    engine.set_frequency(choice.target_mhz)
-                    self.clock_status[name] = "simulated"
-                elif self.set_clock is not None:
-                    self.clock_status[name] = self.set_clock(name, choice.target_mhz)
-                else:
-                    self.clock_status[name] = "dry run: no clock actuator"
-                self.driver.apply(now, [ctl.decision(choice, core.policy.version)])
+            try:  # nothing here may fail serving: an engine that cannot take a clock keeps running
+                self.driver.apply(now, self.steering.evaluate(now))
             except Exception:
-                log.exception("frequency rule on engine %s failed", name)
+                log.exception("frequency rule failed")
+
+    def _set_clock(self, now: float, name: str, mhz: float) -> None:
+        """The frequency rule's change (`ClockSteering`): a simulated engine sets its own clock, a
+        real one's GPU goes through `set_clock` (NVML, a dry run where not permitted)."""
+        engine = self.engines[name]
+        if hasattr(engine, "set_frequency"):
+            engine.set_frequency(mhz)
+            self.clock_status[name] = "simulated"
+        elif self.set_clock is not None:
+            self.clock_status[name] = self.set_clock(name, mhz)
+        else:
+            self.clock_status[name] = "dry run: no clock actuator"
 
     # -- authentication ------------------------------------------------------------------------
     def authenticate(self, authorization: str | None) -> TenantConfig:
@@ -464,8 +457,13 @@ class _TicketSink:
             return
         ticket.engine, ticket.priority, ticket.dispatched_at = action.engine, action.priority, now
         ticket.waiter.set_result(action)
-        if self.sluice.frequency:
-            self.sluice._clock_step(now, action.engine)
+        steering = self.sluice.steering
+        if steering is not None:
+            try:  # a raise between evaluations when the dispatch leaves the clock short
+                for d in steering.dispatched(now, action.engine):
+                    self.decision(d)
+            except Exception:
+                log.exception("frequency rule on engine %s failed", action.engine)
 
     def reject(self, now: float, action: Reject) -> None:
         ticket = self.sluice.tickets.get(action.rid)

@@ -38,9 +38,9 @@ import numpy as np
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
-from controlplane.core.frequency import FrequencyController, FrequencyParams, clock_inputs
-from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, engine_model, next_frequency,
-                                 next_load, next_tick, slo_met)
+from controlplane.core.frequency import FrequencyController, FrequencyParams
+from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, ClockSteering, Driver, decision_row, engine_model,
+                                 next_frequency, next_load, next_tick, slo_met)
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
@@ -294,8 +294,9 @@ class _Run:
         self.sims = {name: SimCore(profile, seed=seed + i) for i, name in enumerate(self.names)}
         # the frequency rule per engine (None: every engine stays at f_max), planning with the
         # engine's prior step profile at f_max, as serving does with what the engine reports
-        self.clocks = None if clock_control is None else {
-            name: FrequencyController(name, profile.step, profile.clock, clock_control) for name in self.names}
+        self.steering = None if clock_control is None else ClockSteering(self.core, {
+            name: FrequencyController(name, profile.step, profile.clock, clock_control) for name in self.names},
+            self.set_clock)
         self.clock_log: dict[str, list[tuple[float, float]]] = {name: [(0.0, profile.f_max_mhz)]
                                                                  for name in self.names}
         width = max(6, len(str(len(workload))))
@@ -322,8 +323,8 @@ class _Run:
         w = self.workload[rec.index]
         self.sims[a.engine].submit(now, SimRequest(
             a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
-        if self.clocks is not None:
-            self.clock_step(now, a.engine)
+        if self.steering is not None:
+            self.driver.apply(now, self.steering.dispatched(now, a.engine))
 
     def reject(self, now: float, a: Reject) -> None:
         rec = self.by_rid[a.rid]
@@ -387,18 +388,9 @@ class _Run:
         """A hook at each load-report instant, before the reports: replay/autoscale.py adds and
         removes engines here (a fixed fleet does nothing)."""
 
-    def clock_step(self, now: float, dispatched: str | None = None) -> None:
-        """The frequency rule on every engine (after this instant's load reports), or on the engine
-        just `dispatched` to (a raise only, when the clock in force falls short); a change locks the
-        engine's clock from its next step and is a decision row."""
-        assert self.clocks is not None
-        for name in [dispatched] if dispatched is not None else list(self.clocks):
-            ctl, x = self.clocks[name], clock_inputs(self.core, name, now)
-            choice = ctl.on_dispatch(x, now) if dispatched is not None else ctl.step(x, now)
-            if choice is not None and choice.changed:
-                mhz = self.sims[name].set_frequency(choice.target_mhz)
-                self.clock_log[name].append((now, mhz))
-                self.decision(ctl.decision(choice, self.core.policy.version))
+    def set_clock(self, now: float, engine: str, mhz: float) -> None:
+        """The frequency rule's change (`ClockSteering`): the engine runs at it from its next step."""
+        self.clock_log[engine].append((now, self.sims[engine].set_frequency(mhz)))
 
     def advance_engines(self, until: float) -> None:
         """Run every engine to `until`, feeding their events to the core in time order (ties: by
@@ -424,7 +416,7 @@ class _Run:
         # the first load report at the grid instant at or before the first arrival (serving reports
         # from its start; reports before anything happened change nothing)
         t_load = LOAD_EVERY_S * int(first / LOAD_EVERY_S)
-        if self.clocks is not None:  # the rule counts evaluations from the start, as serving's does
+        if self.steering is not None:  # the rule counts evaluations from the start, as serving's does
             t_load = 0.0
         t_freq = next_frequency(0.0)  # (a load instant too) serving's first is the first after its start
         while True:
@@ -459,8 +451,8 @@ class _Run:
                 for name in self.names:
                     driver.engine_load(now, name, sims[name].load(now))
                 t_load = next_load(now)
-                if self.clocks is not None and t_freq <= now:
-                    self.clock_step(now)
+                if self.steering is not None and t_freq <= now:
+                    driver.apply(now, self.steering.evaluate(now))
                     t_freq = next_frequency(now)
         for rec in self.records:  # the horizon cut the rest off
             if rec.status is None:

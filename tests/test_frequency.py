@@ -141,7 +141,7 @@ def test_inputs_come_from_the_core() -> None:
     core = DecisionCore(default_policy("fcfs"), engine_specs(PROFILE, 1), OutputLengthPredictor(torch_expert=False))
     for k in range(5):
         core.arrive(0.1 * k, RequestSpec(f"r{k}", "t", 1000, 200, "interactive"))
-    x = clock_inputs(core, "sim-0", 1.0)
+    x = clock_inputs(core.snapshot(1.0, with_tenants=False), "sim-0")
     assert x.batch == 5 and x.waiting_tokens > 0 and x.prompt_rate > 0
     assert x.tpot_budget_s == 0.05 and x.ttft_budget_s is not None and x.chunk == PROFILE.chunked_prefill_size
 

@@ -297,7 +297,9 @@ class DecisionCore:
             ttft, tpot = self.typical_forecast(name, now)
             engines[name] = EngineSnapshot(name, e.healthy, len(e.in_flight), e.window,
                                            max(e.kv_tokens, e.reported_kv_tokens), e.spec.kv_capacity,
-                                           e.spec.max_running, e.profile, ttft, tpot)
+                                           e.spec.max_running, e.profile, ttft, tpot,
+                                           max(e.waiting_tokens, e.reported_waiting_tokens), e.rates(now)[0],
+                                           e.spec.chunk)
         queued = self.scheduler.queued_by_tenant()
         tenants = self._tenant_snapshots(queued, running, also) if with_tenants else {}
         return CoreSnapshot(now, self.policy, tenants, queued, tiers, engines, self.scheduler.total,

@@ -2,7 +2,7 @@
 
 Same discipline as the core: no I/O, no clock, no await, no random; `now` is an argument. The
 serving runtime and replay evaluate it on the driver's cadence (`driver.FREQUENCY_EVERY_S`), right
-after the engines' load reports, from the core's state (`clock_inputs`), so a clock change in
+after the engines' load reports, from the core's snapshot (`clock_inputs`), so a clock change in
 serving and in `sluice simulate --clock-control` is the same decision; each change is a decision
 row (kind "clock") with the inputs that produced it.
 
@@ -39,8 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from controlplane.core.core import DecisionCore
 from controlplane.core.events import Decision, shallow_dict
+from controlplane.core.snapshot import CoreSnapshot
 from controlplane.core.tiers import LATENCY, tier_of
 from engine_adapter.base import StepProfile
 from engine_adapter.clock import ClockModel
@@ -230,13 +230,17 @@ class FrequencyController:
                                 forecast_at(x, self.profile, self.clock, target))
         return self.last
 
+    @property
+    def can_raise(self) -> bool:
+        """Below f_max: only then can a dispatch change anything (`on_dispatch`)."""
+        return self.current_mhz < self.clock.f_max_mhz
+
     def on_dispatch(self, x: ClockInputs, now: float) -> ClockChoice | None:
         """Between evaluations: a dispatch after which the clock in force would miss the SLO itself
         (the budgets without the margin) raises the clock at once (a burst does not wait for the
         cadence); never lowers it. Without the margin: each raise holds the clock up for a whole
         down window, so only a real shortfall is worth one."""
-        if self.current_mhz >= self.clock.f_max_mhz or _meets(
-                forecast_at(x, self.profile, self.clock, self.current_mhz), x, _NO_MARGIN):
+        if not self.can_raise or _meets(forecast_at(x, self.profile, self.clock, self.current_mhz), x, _NO_MARGIN):
             return None
         return self.step(x, now)
 
@@ -260,19 +264,18 @@ def rederive(inputs: Mapping[str, Any]) -> float:
                         FrequencyParams(**inputs["params"]))[0]
 
 
-def clock_inputs(core: DecisionCore, name: str, now: float) -> ClockInputs:
-    """The rule's inputs for engine `name` from the decision core's state at `now`."""
-    eng = core.engines[name]
-    latency = [c for c in core.policy.slo_classes.values() if tier_of(c) == LATENCY]
-    mean_prompt = core._mean_prompt
+def clock_inputs(snap: CoreSnapshot, name: str) -> ClockInputs:
+    """The rule's inputs for engine `name` from the decision core's snapshot (its read contract)."""
+    eng = snap.engines[name]
+    latency = [c for c in snap.policy.slo_classes.values() if tier_of(c) == LATENCY]
+    mean_prompt = snap.mean_prompt_tokens
     ttfts = [b for b in (c.ttft_budget_s(mean_prompt) for c in latency) if b is not None]
     tpots = [c.tpot_s for c in latency if c.tpot_s is not None]
-    prompt_rate, _ = eng.rates(now)
     # a new request also waits behind the latency tier's queue in sluice (its share per engine, as
     # the core's typical forecast counts it): a pool short of throughput shows here first
-    queued = core.scheduler.tiers[LATENCY].tokens / max(1, len(core.engines))
+    queued = snap.tiers[LATENCY].queued_tokens / max(1, len(snap.engines))
     return ClockInputs(
-        engine=name, batch=len(eng.in_flight), kv_tokens=max(eng.kv_tokens, eng.reported_kv_tokens),
-        waiting_tokens=max(eng.waiting_tokens, eng.reported_waiting_tokens) + queued, prompt_rate=prompt_rate,
-        mean_prompt=mean_prompt, chunk=eng.spec.chunk, ttft_budget_s=min(ttfts) if ttfts else None,
-        tpot_budget_s=min(tpots) if tpots else None, mean_output=core._mean_output, window=eng.window)
+        engine=name, batch=eng.in_flight, kv_tokens=eng.kv_tokens, waiting_tokens=eng.waiting_tokens + queued,
+        prompt_rate=eng.prompt_rate, mean_prompt=mean_prompt, chunk=eng.chunk,
+        ttft_budget_s=min(ttfts) if ttfts else None, tpot_budget_s=min(tpots) if tpots else None,
+        mean_output=snap.mean_output_tokens, window=eng.window)

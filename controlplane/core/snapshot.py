@@ -51,6 +51,10 @@ class EngineSnapshot:
     profile: StepProfile  # the learned step-time model's estimate
     forecast_ttft_s: float  # what a typical new latency-tier request would see on it now
     forecast_tpot_s: float
+    waiting_tokens: float  # prompt tokens dispatched to it without a first token yet (the larger of
+                           # the core's count and the engine's own report)
+    prompt_rate: float  # prompt tokens/s dispatched to it over the core's rate window
+    chunk: int  # its per-step token budget (chunked prefill)
 
 
 @dataclass(frozen=True, slots=True)
