@@ -168,8 +168,7 @@ class PolicyStore:
 
     @property
     def current(self) -> Policy:
-        assert self.sluice.core is not None
-        return self.sluice.core.policy
+        return self.sluice.policy
 
     # -- start-up --------------------------------------------------------------------------
     def reconcile_with_store(self) -> Restored:
@@ -221,8 +220,7 @@ class PolicyStore:
                                code="version_conflict", param="expected_version")
             try:
                 after = apply_patch(before, changes)
-                if self.sluice.core is not None:  # e.g. a class that queued requests still belong to
-                    self.sluice.core.check_policy(after)
+                self.sluice.check_policy(after)  # e.g. a class that queued requests still belong to
             except (PolicyError, TypeError, RecursionError) as exc:
                 raise ApiError(422, f"invalid policy change: {exc}", code="invalid_policy") from None
             record = {"version": after.version, "ts": time.time(), "actor": actor, "reason": reason.strip(),

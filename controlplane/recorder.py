@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from controlplane.core.events import Decision
-    from controlplane.service import Ticket
+    from controlplane.tickets import Ticket
 
 
 class Recorder(Protocol):

@@ -95,16 +95,14 @@ class Telemetry:
                 self.metrics.set_gpu_samples(self.last_gpus)
                 if self.store is not None and self.last_gpus:
                     self.store.record_gpu_samples(self.last_gpus, wait=False)
-                core = sluice.core
-                if core is not None:
-                    snap = core.snapshot(sluice.clock(), with_tenants=False)
-                    self.metrics.set_queue_depths(snap.queued_by_tenant)
-                    for name, eng in snap.engines.items():
-                        self.metrics.set_in_flight(name, eng.in_flight)
-                        load = sluice.engine_loads.get(name)
-                        if load is not None:
-                            self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage)
-                rec = sluice.capacity.last if sluice.capacity is not None else None
+                pool, snap = sluice.pool, sluice.snapshot(with_tenants=False)
+                self.metrics.set_queue_depths(snap.queued_by_tenant)
+                for name, eng in snap.engines.items():
+                    self.metrics.set_in_flight(name, eng.in_flight)
+                    load = pool.loads.get(name)
+                    if load is not None:
+                        self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage)
+                rec = pool.capacity.last if pool.capacity is not None else None
                 if rec is not None:
                     self.metrics.set_replicas(rec.pool, rec.desired, rec.actual)
             except Exception:

@@ -66,10 +66,10 @@ def test_state_and_openapi(gateway):
 ])
 def test_invalid_policy_changes_are_rejected_whole(gateway, body, status, code):
     server, sluice, _ = gateway
-    before = sluice.core.policy
+    before = sluice.policy
     got, _, data = raw(server, "PATCH", "/admin/v1/policy", body, ADMIN_AUTH)
     assert got == status and json.loads(data)["error"]["code"] == code
-    assert sluice.core.policy is before
+    assert sluice.policy is before
 
 
 def test_admin_token_with_a_lowercase_scheme(gateway):
@@ -82,7 +82,7 @@ def test_mixed_valid_and_invalid_change_applies_nothing(gateway):
     server, sluice, _ = gateway
     body = {"reason": "r", "changes": {"scheduler": "wrr", "tenants": {"acme": {"weight": 0}}}}
     assert raw(server, "PATCH", "/admin/v1/policy", body, ADMIN_AUTH)[0] == 422
-    assert sluice.core.policy.scheduler == "fcfs" and sluice.core.policy.tenant("acme").weight == 2.0
+    assert sluice.policy.scheduler == "fcfs" and sluice.policy.tenant("acme").weight == 2.0
 
 
 def test_live_policy_change_under_traffic_is_audited_and_takes_effect(gateway, tmp_path):
@@ -107,8 +107,8 @@ def test_live_policy_change_under_traffic_is_audited_and_takes_effect(gateway, t
                 "expected_version": 1}
         status, _, data = raw(server, "PATCH", "/admin/v1/policy", body, {**ADMIN_AUTH, "X-Sluice-Actor": "alice"})
         assert status == 200 and json.loads(data)["version"] == 2
-        assert sluice.core.policy.scheduler == "vtc" and sluice.core.scheduler.name == "vtc"
-        assert sluice.core.scheduler.tenants["globex"].weight == 3
+        assert sluice.policy.scheduler == "vtc" and sluice.pool.core.scheduler.name == "vtc"
+        assert sluice.pool.core.scheduler.tenants["globex"].weight == 3
         mark = len(sluice.stats.requests)
         wait_until(lambda: len(sluice.stats.requests) >= mark + 10)
     finally:
@@ -161,6 +161,6 @@ def test_operator_abort_of_a_running_request(tmp_path):
         rest = resp.read().decode()
         assert '"code":"aborted"' in rest.replace(" ", "") and rest.rstrip().endswith("[DONE]")
         conn.close()
-        wait_until(lambda: sluice.core.in_flight() == 0)
+        wait_until(lambda: sluice.pool.core.in_flight() == 0)
         assert engine.aborted == [rid]
         assert raw(server, "POST", f"/admin/v1/requests/{rid}/abort", None, ADMIN_AUTH)[0] == 404

@@ -193,7 +193,7 @@ def test_the_signal_while_serving(tmp_path) -> None:  # type: ignore[no-untyped-
     app, sluice = create_app(make_config(tmp_path, ["fake"]), {"fake": FakeEngine()})
     auth = {"Authorization": f"Bearer {ADMIN}"}
     with ServerThread(app) as server:
-        wait_until(lambda: sluice.capacity is not None and sluice.capacity.last is not None, timeout=15)
+        wait_until(lambda: sluice.pool.capacity is not None and sluice.pool.capacity.last is not None, timeout=15)
         status, _, data = raw(server, "GET", "/admin/v1/capacity", headers=auth)
         doc = json.loads(data)
         assert status == 200 and doc["every_s"] == 5.0

@@ -44,8 +44,8 @@ def test_openai_client_through_sluice_to_sglang(stack):
     usage = chunks[-1].usage
     assert text and usage.completion_tokens <= 6 and usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     # the engine (through /v1/loads) is what sluice sees
-    assert sluice.infos["gpu0"].kind == "sglang"
-    wait_until(lambda: "gpu0" in sluice.engine_loads)
+    assert sluice.pool.infos["gpu0"].kind == "sglang"
+    wait_until(lambda: "gpu0" in sluice.pool.loads)
 
 
 def test_concurrent_tenants_through_sglang(stack):
@@ -77,6 +77,6 @@ def test_client_disconnect_aborts_at_the_sglang_engine(stack):
     conn.sock.close()
     conn.close()
     wait_until(lambda: sim.core.stats.aborted == 1, timeout=10)  # seen by the engine behind SGLang's API
-    wait_until(lambda: sluice.core.in_flight() == 0)
+    wait_until(lambda: sluice.pool.core.in_flight() == 0)
     row = next(r for r in sluice.stats.requests if r["status"] == "aborted")
     assert row["error"] == "client_disconnected" and row["completion_tokens"] < 4000

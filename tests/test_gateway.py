@@ -65,7 +65,7 @@ def test_openai_client_chat_and_completions(fake_gateway):
     assert streamed == "w1 w2 "
     models = client.models.list()
     assert "sluice-default" in [m.id for m in models.data]
-    assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+    assert sluice.pool.core.in_flight() == 0 and sluice.pool.core.queued() == 0
 
 
 @pytest.mark.parametrize("body,headers,status,code", [
@@ -130,7 +130,7 @@ def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, cod
     assert got == status
     err = json.loads(data)["error"]
     assert err["code"] == code and err["message"] and err["type"]
-    assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+    assert sluice.pool.core.in_flight() == 0 and sluice.pool.core.queued() == 0
     # issue 9 item 10: an authenticated refusal leaves one row with what the client received (its
     # rid in x-request-id); an unauthenticated one leaves none and is counted by reason
     refusals = sluice.recorder.metrics.refusals_total.labels(code, str(status))._value.get()
@@ -156,7 +156,7 @@ def test_client_disconnect_mid_stream_aborts_the_engine_request(tmp_path):
         conn.sock.close()
         conn.close()
         wait_until(lambda: engine.aborted)
-        wait_until(lambda: sluice.core.in_flight() == 0)
+        wait_until(lambda: sluice.pool.core.in_flight() == 0)
         rid = engine.aborted[0]
         assert rid == engine.submitted[0].rid
         wait_until(lambda: any(r["rid"] == rid for r in sluice.stats.requests))
@@ -173,12 +173,12 @@ def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event(tmp_path):
         events = [line[6:] for line in data.decode().splitlines() if line.startswith("data: ")]
         assert events[-1] == "[DONE]"
         assert "error" in json.loads(events[-2]) and json.loads(events[-2])["error"]["code"] == "engine_error"
-        assert sluice.core.in_flight() == 0
+        assert sluice.pool.core.in_flight() == 0
         # the failed engine is out of rotation until its next successful load poll
         status, _, data = raw(server, "POST", "/v1/completions",
                               {"model": "sluice-default", "prompt": "x", "max_tokens": 50}, auth())
         assert status == 503 and json.loads(data)["error"]["code"] == "no_healthy_engine"
-        wait_until(lambda: sluice.core.engines["fake"].healthy)
+        wait_until(lambda: sluice.pool.core.engines["fake"].healthy)
         status, _, data = raw(server, "POST", "/v1/completions",
                               {"model": "sluice-default", "prompt": "x", "max_tokens": 50}, auth())
         assert status == 502 and json.loads(data)["error"]["code"] == "engine_error"
@@ -187,7 +187,7 @@ def test_engine_dying_mid_stream_ends_the_stream_with_an_error_event(tmp_path):
 def test_no_healthy_engine_is_503_with_retry_after(tmp_path):
     engine = FakeEngine(healthy=False)
     with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
-        wait_until(lambda: not sluice.core.engines["fake"].healthy)
+        wait_until(lambda: not sluice.pool.core.engines["fake"].healthy)
         status, headers, data = raw(server, "POST", "/v1/completions",
                                     {"model": "sluice-default", "prompt": "x", "max_tokens": 5}, auth())
         assert status == 503 and int(headers["retry-after"]) >= 1
@@ -210,7 +210,7 @@ def test_concurrent_tenants_all_complete(tmp_path):
         assert max(len(set(r.rid for r in engine.submitted)), 0) == 24
         wait_until(lambda: len(sluice.stats.requests) == 24)
         assert {r["tenant"] for r in sluice.stats.requests} == {"acme", "globex"}
-        assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+        assert sluice.pool.core.in_flight() == 0 and sluice.pool.core.queued() == 0
 
 
 def test_openai_surface_a_real_client_expects(fake_gateway):
@@ -238,7 +238,7 @@ def test_openai_surface_a_real_client_expects(fake_gateway):
                               {"model": "sluice-default", "prompt": "x", "max_tokens": 1}, lower)
         assert status == 200, data
         assert raw(server, "GET", "/v1/models", headers=lower)[0] == 200
-    assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0
+    assert sluice.pool.core.in_flight() == 0 and sluice.pool.core.queued() == 0
 
 
 def test_the_openai_user_field_is_recorded_and_unknown_keys_are_named(fake_gateway):

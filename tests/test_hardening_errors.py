@@ -68,7 +68,7 @@ def test_engine_failure_hides_internals_from_the_tenant_and_keeps_them_for_the_o
         [root] = roots()
         assert root["status_code"] == "ERROR" and DETAIL in root["status_message"]
 
-        wait_until(lambda: sluice.core.engines["fake"].healthy)  # out of rotation until its next load poll
+        wait_until(lambda: sluice.pool.core.engines["fake"].healthy)  # out of rotation until its next load poll
         status, headers, data = _request(server, stream=True)
         rid = headers["x-request-id"]
         events = [line[6:] for line in data.decode().splitlines() if line.startswith("data: ")]

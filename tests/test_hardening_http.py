@@ -85,7 +85,7 @@ def test_a_partial_body_gets_408_closes_and_leaves_nothing_behind(tmp_path):
                           + b'{"model": "sluice-')
                 status, body = response(read_all(s))
             assert status == 408 and "body" in body["error"]["message"]
-        assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0 and not sluice.tickets
+        assert sluice.pool.core.in_flight() == 0 and sluice.pool.core.queued() == 0 and not sluice.tickets
 
 
 def test_deadlines_cover_receiving_the_request_not_a_long_streamed_response(tmp_path):

@@ -92,7 +92,7 @@ def test_admin_reads_and_writes_never_stall_the_event_loop(slow_store_gateway):
             assert status == 200, (name, data)
             stalls[name] = ticker.worst
         # the loop went on serving while the writes were slow
-        assert sluice.core.policy.tenant("acme").weight == 3.0 and sluice.core.policy.tenant("globex").paused
+        assert sluice.policy.tenant("acme").weight == 3.0 and sluice.policy.tenant("globex").paused
         trace = json.loads(raw(server, "GET", f"/admin/v1/requests/{rid}/trace", headers=ADMIN_AUTH)[2])
         assert trace["spans"]
     finally:

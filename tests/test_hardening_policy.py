@@ -52,9 +52,9 @@ def test_policy_changes_survive_restarts_and_versions_never_repeat(tmp_path):
         assert patch(server, {"scheduler": "vtc"}, reason="fairer")["version"] == 3
 
     with serving(config) as (server, sluice):
-        policy = sluice.core.policy
+        policy = sluice.policy
         assert (policy.version, policy.scheduler, policy.tenant("acme").weight) == (3, "vtc", 3.0)
-        assert sluice.core.scheduler.name == "vtc"
+        assert sluice.pool.core.scheduler.name == "vtc"
         state = json.loads(raw(server, "GET", "/admin/v1/state", headers=ADMIN_AUTH)[2])
         assert state["policy_version"] == 3
         # the history reads across the restart
@@ -72,7 +72,7 @@ def test_policy_changes_survive_restarts_and_versions_never_repeat(tmp_path):
         assert patch(server, {"tenants": {"globex": {"weight": 2.0}}})["version"] == 4
 
     with serving(config) as (server, sluice):
-        assert sluice.core.policy.version == 4 and sluice.core.policy.tenant("globex").weight == 2.0
+        assert sluice.policy.version == 4 and sluice.policy.tenant("globex").weight == 2.0
     rows = audit_rows(config.server.db_path)
     assert [v for v, _, _ in rows] == [1, 2, 3, 4]  # one row per version, none repeated; v1: the first start
 
@@ -86,7 +86,7 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
     config = make_config(tmp_path, ["fake"], scheduler="wrr")
     config.policy = replace(config.policy, tenants={**config.policy.tenants, "globex": TenantPolicy(3.0)})
     with serving(config) as (server, sluice):
-        policy = sluice.core.policy
+        policy = sluice.policy
         assert policy.version == 3
         assert (policy.scheduler, policy.tenant("acme").weight, policy.tenant("globex").weight) == ("wrr", 5.0, 3.0)
         change = history(server)[0]
@@ -98,15 +98,15 @@ def test_an_edited_config_file_is_applied_over_the_persisted_policy_in_an_audite
 
     # the same file again: nothing to reconcile, no new row
     with serving(config) as (server, sluice):
-        assert sluice.core.policy.version == 3
+        assert sluice.policy.version == 3
     assert [(v, a) for v, a, _ in audit_rows(config.server.db_path)] == [(1, "config"), (2, "alice"), (3, "config")]
 
     # a tenant removed from the file leaves the policy (audited)
     config.tenants = [t for t in config.tenants if t.name != "globex"]
     config.policy = replace(config.policy, tenants={"acme": config.policy.tenants["acme"]})
     with serving(config) as (server, sluice):
-        assert sluice.core.policy.version == 4 and "globex" not in sluice.core.policy.tenants
-        assert sluice.core.policy.tenant("acme").weight == 5.0
+        assert sluice.policy.version == 4 and "globex" not in sluice.policy.tenants
+        assert sluice.policy.tenant("acme").weight == 5.0
         assert "tenants.globex" in history(server)[0]["reason"]
 
 

@@ -171,7 +171,7 @@ def test_suffix_is_refused_and_seed_logit_bias_are_forwarded(stack):
 
 def test_context_length_exceeded_is_a_400_never_a_retry(stack):
     client, sluice, sim = stack
-    assert sluice.infos["gpu0"].context_length == CONTEXT  # read from the engine (/v1/models max_model_len)
+    assert sluice.pool.infos["gpu0"].context_length == CONTEXT  # read from the engine (/v1/models max_model_len)
     long = "word " * (CONTEXT * 2)  # 10,240 tokens at 4 characters a token
     with pytest.raises(openai.BadRequestError) as info:
         chat(client, messages=[{"role": "user", "content": long}], max_tokens=16)
@@ -226,7 +226,7 @@ def test_an_engine_refusing_a_request_stays_healthy(tmp_path):
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=KEYS["acme"], max_retries=0)
         with pytest.raises(openai.BadRequestError):  # fits sluice's first estimate, not the engine's window
             client.completions.create(model="sluice-default", prompt="x" * 8000, max_tokens=16)
-        assert sluice.core.engines["gpu0"].healthy  # a 400 is the request's fault, not the engine's
+        assert sluice.pool.core.engines["gpu0"].healthy  # a 400 is the request's fault, not the engine's
         assert client.completions.create(model="sluice-default", prompt="hi", max_tokens=2).choices[0].text
 
 

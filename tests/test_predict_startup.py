@@ -33,7 +33,7 @@ def test_start_serves_before_the_mlp_expert_is_ready_and_trains_it_after(tmp_pat
 
     async def main() -> None:
         await asyncio.wait_for(sluice.start(), 10)  # returns although prepare() is blocked
-        assert sluice.core is not None and not predictor.prepared.is_set()
+        assert sluice.pool.infos["sim-0"].simulated and not predictor.prepared.is_set()
         assert predictor.predict("acme", 100, 500).by_expert.get("mlp") is None  # cold meanwhile
         for i in range(16):
             predictor.observe("acme", 100 + i, 500, None, 50 + i)

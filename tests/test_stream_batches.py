@@ -120,7 +120,7 @@ def test_gateway_sends_every_event_of_a_batch(tmp_path, kind):
     engine = BatchingEngine(3)
     with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
         events = _stream(server, kind, 7)
-        assert sluice.core.in_flight() == 0 and sluice.core.queued() == 0 and not sluice.tickets
+        assert sluice.pool.core.in_flight() == 0 and sluice.pool.core.queued() == 0 and not sluice.tickets
     chunks, usage = events[:-1], events[-1]
     assert len(chunks) == 7 and usage["usage"]["completion_tokens"] == 7
     if kind == "chat":
@@ -144,5 +144,5 @@ def test_gateway_batches_die_mid_stream_mark_the_engine_and_close_once(tmp_path)
         conn.close()
         assert resp.status == 200 and '"engine_error"' in raw and raw.endswith("data: [DONE]\n\n")
         assert raw.count('"text":"w') == 2  # the full batch before the failure was delivered
-        assert not sluice.core.engines["fake"].healthy
-        assert sluice.core.in_flight() == 0 and not sluice.tickets
+        assert not sluice.pool.core.engines["fake"].healthy
+        assert sluice.pool.core.in_flight() == 0 and not sluice.tickets

@@ -55,8 +55,8 @@ async def test_weight_change_in_the_console_takes_effect_and_is_audited(sluice_s
         await pilot.press("w")
         await wait_until(pilot, lambda: isinstance(app.screen, WeightScreen), "weight dialog")
         await pilot.press("end", *["backspace"] * 6, "4", "enter", *"more for globex", "enter")
-        await wait_until(pilot, lambda: sluice.core.policy.tenant("globex").weight == 4.0, "weight applied")
-    assert sluice.core.scheduler.tenants["globex"].weight == 4.0
+        await wait_until(pilot, lambda: sluice.policy.tenant("globex").weight == 4.0, "weight applied")
+    assert sluice.pool.core.scheduler.tenants["globex"].weight == 4.0
     change = history(server)[0]
     assert (change["actor"], change["reason"]) == ("operator@test", "more for globex")
     assert change["before"]["tenants"]["globex"]["weight"] == 1.0 and change["after"]["tenants"]["globex"]["weight"] == 4.0
@@ -78,9 +78,9 @@ async def test_policy_edit_in_the_console_changes_the_scheduler(sluice_server) -
         await pilot.press("ctrl+s")
         await wait_until(pilot, lambda: isinstance(app.screen, PolicyReviewScreen), "review")
         await pilot.press(*"fair share drill", "enter")
-        await wait_until(pilot, lambda: sluice.core.policy.version == 2, "new policy version")
-    assert sluice.core.policy.scheduler == "vtc" and sluice.core.scheduler.name == "vtc"
-    assert sluice.core.policy.admission is True
+        await wait_until(pilot, lambda: sluice.policy.version == 2, "new policy version")
+    assert sluice.policy.scheduler == "vtc" and sluice.pool.core.scheduler.name == "vtc"
+    assert sluice.policy.admission is True
     assert history(server)[0]["reason"] == "fair share drill"
 
 
@@ -92,7 +92,7 @@ async def test_pausing_a_tenant_in_the_console_refuses_its_requests(sluice_serve
         await pilot.press("p")
         await wait_until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "confirmation")
         await pilot.press(*"incident 42", "enter")
-        await wait_until(pilot, lambda: sluice.core.policy.tenant("acme").paused, "paused")
+        await wait_until(pilot, lambda: sluice.policy.tenant("acme").paused, "paused")
     status, _, body = raw(server, "POST", "/v1/completions", {"model": "sluice-default", "prompt": "x", "max_tokens": 2},
                           {"Authorization": f"Bearer {KEYS['acme']}"})
     assert status == 429 and json.loads(body)["error"]["code"] == "tenant_paused"

@@ -94,11 +94,9 @@ class AdminAPI:
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The `/state` body: the core's snapshot now, with the runtime's statistics (admin/state.py)."""
-        core = self.sluice.core
-        assert core is not None
-        snap = core.snapshot(self.sluice.clock(), also=self.stats.tenants)
-        return state_document(snap, self.stats, self.sluice.engine_loads, self.sluice.infos, self.gpus(),
-                              self.sluice.errors.state())
+        pool = self.sluice.pool
+        return state_document(self.sluice.snapshot(also=self.stats.tenants), self.stats, pool.loads, pool.infos,
+                              self.gpus(), self.sluice.errors.state())
 
     async def get_state(self, request: Request) -> Response:
         """Tenants, engines, totals, GPUs and forecasts now."""
@@ -106,7 +104,7 @@ class AdminAPI:
 
     async def get_capacity(self, request: Request) -> Response:
         """Desired and actual engine replicas per pool: the capacity rule's last evaluation."""
-        cap = self.sluice.capacity
+        cap = self.sluice.pool.capacity
         if cap is None or cap.last is None:
             return JSONResponse({"every_s": CAPACITY_EVERY_S, "pools": []})
         return JSONResponse({"every_s": CAPACITY_EVERY_S, "pools": [cap.last.to_dict()],
@@ -168,7 +166,7 @@ class AdminAPI:
         tenant = request.query_params.get("tenant")
         status = request.query_params.get("status")
         limit = _int_param(request, "limit", 100, 10_000)
-        live = [self.sluice.live_row(t) for t in reversed(list(self.sluice.tickets.values()))]
+        live = [t.live_row() for t in reversed(list(self.sluice.tickets.values()))]
         rows = []
         for row in [*live, *reversed(self.stats.requests)]:
             if (tenant and row["tenant"] != tenant) or (status and row["status"] != status):

@@ -83,6 +83,22 @@ _SPAN = _object({"span_id": _STR, "name": _STR, "attributes": _OBJ, "events": {"
                 {"parent_span_id": _nullable(_STR), "start_ts": _nullable(_NUM), "end_ts": _nullable(_NUM)})
 _TRACE = _object({"trace_id": _STR, "spans": {"type": "array", "items": _SPAN}})
 
+# `GET /plan` (controlplane/admin/plan.py, controlplane/core/placement.py; docs/placement.md)
+_STRS = {"type": "array", "items": _STR}
+_FIT = _object({"target": _STR, "memory_bytes": _INT, "fits": _BOOL, "kv_tokens": _INT},
+               {"board": _nullable(_STR), "profile": _nullable(_STR), "per_board": _INT, "memory_measured": _BOOL,
+                "reserve_bytes": _INT, "kv_pool_bytes": _INT, "sequences": _nullable(_INT), "holds_context": _BOOL})
+_POOL = _object({"replicas": _INT, "verdict": _STR, "reason": _STR},
+                {"capacity_tokens": _nullable(_INT), "demand_tokens": _nullable(_NUM), "utilisation": _nullable(_NUM),
+                 "needed": _nullable(_INT), "smallest_fit": _nullable(_STR)})
+_PLAN_MODEL = _object({"model": _STR}, {
+    "engines": _STRS, "error": _STR, "params": _INT, "weight_bytes_per_param": _NUM, "weights_bytes": _INT,
+    "kv_bytes_per_token": _INT, "context_length": _INT,
+    "demand": _nullable(_object({"sequences": _NUM, "mean_context": _NUM, "tokens": _NUM, "source": _STR})),
+    "fits": {"type": "array", "items": _FIT}, "pool": _nullable(_POOL), "notes": _STRS})
+_PLAN = _object({"advice_only": _BOOL, "assumptions": _OBJ, "models": {"type": "array", "items": _PLAN_MODEL},
+                 "notes": _STRS})
+
 _REASON = {"reason": _STR}
 _POLICY_PATCH = {"type": "object", "required": ["reason", "changes"], "additionalProperties": False,
                  "properties": {"reason": _STR, "changes": _OBJ, "expected_version": _INT}}
@@ -141,6 +157,11 @@ PATHS: dict[str, dict[str, Any]] = {
             {"pool": _STR, "ts": _NUM, "desired": _INT, "actual": _INT, "need": _INT, "capacity_rps": _NUM,
              "load": _OBJ}, {"prefill": _nullable(_INT), "decode": _nullable(_INT)})}},
                 {"params": _OBJ, "behaviour": _OBJ}))},
+    "/admin/v1/plan": {"get": _op(
+        "Placement advice (it moves nothing): each served model's fit, KV tokens and sequences on every GPU "
+        "or MIG profile, and its pool's verdict (docs/placement.md).", _PLAN, 400,
+        params=[_query("boards", "Comma-separated boards whose MIG profiles to consider (A100-40GB, A100-80GB, "
+                       "H100-80GB, H200-141GB; default: the boards of the GPUs seen, else H100-80GB).", _STR)])},
     "/admin/v1/policy": {
         "get": _op("The whole policy document.", _POLICY_REF),
         "patch": _op("Merge a change into the policy, validated whole, audited, applied atomically.", _POLICY_REF,

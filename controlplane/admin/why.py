@@ -61,7 +61,7 @@ def live_record(sluice: Any, rid: str) -> tuple[dict[str, Any], list[dict[str, A
     ticket = sluice.tickets.get(rid)
     if ticket is None:
         return None
-    row = sluice.live_row(ticket)
+    row = ticket.live_row()
     row.setdefault("dispatch_ts", ticket.dispatched_at)
     row.setdefault("first_token_ts", ticket.first_token_at)
     return row, [{"ts": d.ts, "kind": d.kind, "reason": d.reason, "engine": d.engine,

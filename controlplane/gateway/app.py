@@ -26,7 +26,8 @@ from controlplane.config import TenantConfig
 from controlplane.errors import ApiError
 from controlplane.gateway import openai_api as oa
 from controlplane.requests import CompletionRequest
-from controlplane.service import Sluice, Ticket
+from controlplane.service import Sluice
+from controlplane.tickets import Ticket
 from engine_adapter.base import Chunk, EngineError
 
 log = logging.getLogger("sluice.gateway")
@@ -335,8 +336,7 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
         return JSONResponse(model_object(name))
 
     async def health(request: Request) -> Response:
-        snap = sluice.core.snapshot(sluice.clock(), with_tenants=False) if sluice.core else None
-        healthy = [e.name for e in snap.healthy_engines()] if snap else []
+        healthy = [e.name for e in sluice.snapshot(with_tenants=False).healthy_engines()]
         body = {"status": "ok" if healthy else "unavailable", "engines": healthy}
         return JSONResponse(body, 200 if healthy else 503, headers=None if healthy else {"Retry-After": "5"})
 

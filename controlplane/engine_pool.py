@@ -1,0 +1,97 @@
+"""The engines one decision core decides for, with that core, its driver and its controllers.
+
+`EnginePool.open` asks each engine what it is (`info()`: KV capacity, step profile, context window,
+model) and only then builds the rest, so nothing in a pool is ever missing: the core planned from
+those infos, the driver that routes the core's actions to the tickets (`TicketSink`), the capacity
+rule's controller (docs/capacity.md) and, with `[server] clock_control`, the frequency rule's
+(`ClockSteering`, docs/frequency.md). The serving runtime opens one pool over all its engines when it
+starts (`Sluice.start`); nothing here assumes a pool is the only one.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from controlplane.core.capacity import Controller, Replica
+from controlplane.core.core import DecisionCore, ForecastLog
+from controlplane.core.frequency import FrequencyController, FrequencyParams
+from controlplane.core.policy import Policy
+from controlplane.driver import DEFAULT_PROFILE, ClockSteering, Driver, engine_model
+from controlplane.predict.output_length import OutputLengthPredictor
+from controlplane.recorder import Recorder
+from controlplane.tickets import Ticket, TicketSink
+from engine_adapter.base import Engine, EngineError, EngineInfo, EngineLoad
+
+__all__ = ["EnginePool"]
+
+
+@dataclass(slots=True)
+class EnginePool:
+    engines: Mapping[str, Engine]
+    infos: dict[str, EngineInfo]  # what each engine reported at the start
+    core: DecisionCore
+    driver: Driver
+    capacity: Controller | None  # desired replicas on the driver's cadence (None: a pool without engines)
+    steering: ClockSteering | None  # SLO-aware SM clocks (None: every engine keeps its clock)
+    clock_status: dict[str, str] = field(default_factory=dict)  # how each engine's last clock change went
+    loads: dict[str, EngineLoad] = field(default_factory=dict)  # each engine's last load report (admin state)
+
+    @classmethod
+    async def open(cls, engines: Mapping[str, Engine], policy: Policy, predictor: OutputLengthPredictor,
+                   forecasts: ForecastLog, tickets: dict[str, Ticket], recorder: Recorder | None,
+                   clock: Callable[[], float], *,
+                   clock_control: FrequencyParams | None = None,
+                   set_clock: Callable[[str, float], str] | None = None) -> EnginePool:
+        """Raises RuntimeError naming an engine that does not answer `info()`."""
+        infos = {}
+        for name, engine in engines.items():
+            try:
+                infos[name] = await engine.info()
+            except EngineError as exc:
+                raise RuntimeError(f"engine {name!r} is not reachable: {exc}") from None
+        core = DecisionCore(policy, [engine_model(name, info) for name, info in infos.items()], predictor, forecasts)
+        clocks = _EngineClocks(engines, set_clock)
+        steering = None
+        if clock_control is not None:
+            from engine_adapter.clock import ClockModel
+
+            steering = ClockSteering(core, {
+                name: FrequencyController(name, infos[name].profile or DEFAULT_PROFILE,
+                                          getattr(engine, "clock_model", None) or ClockModel(),  # a real GPU: H100-class
+                                          clock_control)
+                for name, engine in engines.items()}, clocks)
+        driver = Driver(core, TicketSink(tickets, recorder, steering))
+        snap = core.snapshot(clock(), with_tenants=False).engines
+        first = next(iter(snap.values()), None)
+        capacity = None
+        if first is not None:
+            capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running))
+            capacity.start(len(snap), clock())
+        return cls(engines, infos, core, driver, capacity, steering, clocks.status)
+
+    def context_window(self) -> int | None:
+        """The smallest context window of the engines (any of them may serve a request), if known."""
+        windows = [info.context_length for info in self.infos.values() if info.context_length]
+        return min(windows) if windows else None
+
+
+class _EngineClocks:
+    """Serving's side of `ClockSteering`: a simulated engine sets its own clock, a real one's GPU
+    goes through `set_clock(engine, mhz)` (NVML, a dry run where not permitted)."""
+
+    __slots__ = ("engines", "set_clock", "status")
+
+    def __init__(self, engines: Mapping[str, Engine], set_clock: Callable[[str, float], str] | None) -> None:
+        self.engines = engines
+        self.set_clock = set_clock
+        self.status: dict[str, str] = {}
+
+    def __call__(self, now: float, name: str, mhz: float) -> None:
+        engine = self.engines[name]
+        if hasattr(engine, "set_frequency"):
+            engine.set_frequency(mhz)
+            self.status[name] = "simulated"
+        elif self.set_clock is not None:
+            self.status[name] = self.set_clock(name, mhz)
+        else:
+            self.status[name] = "dry run: no clock actuator"
