@@ -448,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for the copy (default 600)")
     p.set_defaults(func=cmd_snapshot)
 
+    from sluice import plan_command
+
+    p = sub.add_parser("plan", help="placement advice: which models fit which GPUs or MIG profiles, with how much "
+                       "KV room, and whether each pool is over- or under-provisioned (it moves nothing)",
+                       description=plan_command.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    plan_command.add_arguments(p)
+    p.set_defaults(func=plan_command.run)
+
     p = sub.add_parser("keys", help="generate a tenant API key and its hash for the config")
     p.set_defaults(func=cmd_keys)
     return parser

@@ -29,7 +29,7 @@ from typing import Any
 from controlplane.core.placement_catalog import MIB, ModelSpec, Target
 
 __all__ = ["HIGH_WATER", "Demand", "Fit", "ModelPlan", "PoolAdvice", "Replica", "advise_pool", "assumptions",
-           "fit", "plan_model", "reserve_mib", "static_fraction_milli"]
+           "document", "fit", "plan_model", "reserve_mib", "static_fraction_milli"]
 
 # A pool's demand may fill this much of its KV capacity: SGLang also reserves room for its running
 # requests' future output (new_token_ratio) and retracts requests when the pool fills; the rest
@@ -218,3 +218,9 @@ def assumptions() -> dict[str, Any]:
         "mig_memory": "measured (nvidia-smi mig -lgip) for H100-80GB; other boards' profiles estimated as "
                       "0.975 x their nominal size; a live instance's NVML memory where sluice sees it",
     }
+
+
+def document(models: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> dict[str, Any]:
+    """The plan as `sluice plan --json` writes it and `GET /admin/v1/plan` answers: each model's
+    entry (`ModelPlan.to_dict()`, or `{"model", "error"}` where it could not be sized)."""
+    return {"advice_only": True, "assumptions": assumptions(), "models": list(models), "notes": list(notes)}
