@@ -21,7 +21,7 @@ from starlette.background import BackgroundTask
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from controlplane.admin import why
+from controlplane.admin import plan, why
 from controlplane.admin.openapi import openapi_document
 from controlplane.admin.state import state_document
 from controlplane.config import hash_key
@@ -114,6 +114,15 @@ class AdminAPI:
         """GPU readings (NVML or simulated)."""
         gpus, status = self.gpus()
         return JSONResponse({"gpus": gpus, "gpu_status": status})
+
+    async def get_plan(self, request: Request) -> Response:
+        """Placement advice: which models fit on which GPUs or MIG profiles, and each pool's verdict."""
+        views = await plan.engine_views(self.sluice.config.engines, self.sluice.engines, self.state()["engines"])
+        try:
+            return JSONResponse(plan.plan_document(views, self.gpus()[0], self.stats.requests,
+                                                   request.query_params.get("boards")))
+        except plan.ModelConfigError as exc:  # an unknown board
+            raise ApiError(400, str(exc), code="invalid_value", param="boards") from None
 
     # -- policy -----------------------------------------------------------------------------
     async def get_policy(self, request: Request) -> Response:
@@ -272,6 +281,7 @@ class AdminAPI:
             Route(f"{p}/state", g(self.get_state), methods=["GET"]),
             Route(f"{p}/gpus", g(self.get_gpus), methods=["GET"]),
             Route(f"{p}/capacity", g(self.get_capacity), methods=["GET"]),
+            Route(f"{p}/plan", g(self.get_plan), methods=["GET"]),
             Route(f"{p}/policy", g(self.get_policy), methods=["GET"]),
             Route(f"{p}/policy", g(self.patch_policy), methods=["PATCH"]),
             Route(f"{p}/policy/history", g(self.policy_history), methods=["GET"]),
