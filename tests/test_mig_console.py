@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.fake_nvml import FakeNvml, h100_layout
-from tests.test_tui_console import SIZE, make_app
+from tests.test_tui_console import SIZE, loaded, make_app
 from tests.tui_fake_admin import FakeAdmin, serve_fake, wait_until
 from telemetry.nvml import GpuSampler
 from tui.overview import power_limit
@@ -36,6 +36,10 @@ async def test_instances_are_listed_under_their_gpu(mig_admin: FakeAdmin) -> Non
     async with app.run_test(size=SIZE) as pilot:
         table = app.query_one("#gpus")
         await wait_until(pilot, lambda: table.row_count == 5, "GPU rows")
+        # the first load complete (the policy history too) before the app closes: a reply landing
+        # during shutdown finds the policy pane gone (a console race, not this view's)
+        await loaded(pilot, app)
+        await wait_until(pilot, lambda: app.query_one("#history").row_count == 3, "history")
         keys = table.row_keys
         assert keys[0] == "0" and keys[1] == "0/MIG-3b2c9f60-0001-5e0e-9a1c-6b1f00000001"
         cells = table.cells_of(keys[1])
