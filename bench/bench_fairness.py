@@ -43,7 +43,8 @@ from fairness import Outcome, Work, make_scheduler  # noqa: E402
 from fairness.metrics import (Served, demand_fairness, service_difference,  # noqa: E402
                               service_difference_pairwise)
 from replay.loaders import LengthTable, poisson_workload, vtc_overload, vtc_weighted  # noqa: E402
-from replay.runner import VirtualResult, default_policy, run_virtual  # noqa: E402
+from replay.outcomes import VirtualResult  # noqa: E402
+from replay.runner import default_policy, run_virtual  # noqa: E402
 from replay.workload import WorkloadRequest, scale_rate  # noqa: E402
 
 SLO_TARGET = 0.90  # DistServe's attainment goal for the SLO capacity

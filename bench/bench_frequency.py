@@ -33,7 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.bench_matrix import DRAIN_S, _slice, capacity_factor, matrix_parser  # noqa: E402
 from controlplane.core.frequency import FrequencyParams  # noqa: E402
-from replay.runner import VirtualResult, run_virtual  # noqa: E402
+from replay.outcomes import VirtualResult  # noqa: E402
+from replay.runner import run_virtual  # noqa: E402
 from replay.scenarios import scenario_policy  # noqa: E402
 from replay.simulate import energy_per_good_token  # noqa: E402
 

@@ -18,7 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from replay.loaders import load_azure, shared_trace  # noqa: E402
-from replay.runner import default_policy, format_result, run_virtual  # noqa: E402
+from replay.runner import default_policy, run_virtual  # noqa: E402
+from replay.tables import format_result  # noqa: E402
 from replay.workload import scale_rate  # noqa: E402
 
 

@@ -35,7 +35,8 @@ from engine_adapter.base import EngineInfo
 from engine_adapter.sim.core import SimCore
 from engine_adapter.sim.profile import SimProfile, load_profile
 from replay.report import SLOSpec
-from replay.runner import VirtualResult, _result, _Run, default_policy
+from replay.outcomes import VirtualResult
+from replay.runner import VirtualRun, default_policy
 from replay.workload import WorkloadRequest
 
 __all__ = ["MODES", "FleetReport", "Scaling", "add_arguments", "format_fleets", "run_autoscaled", "run_from_args",
@@ -84,7 +85,7 @@ class _Replica:
     draining: bool = False
 
 
-class _ScaledRun(_Run):
+class _ScaledRun(VirtualRun):
     def __init__(self, scaling: Scaling, profile: SimProfile, seed: int, *args: Any) -> None:
         super().__init__(*args)
         self.scaling = scaling
@@ -279,7 +280,7 @@ def run_autoscaled(
     t0 = time.perf_counter()
     run.run()
     wall = time.perf_counter() - t0
-    result = _result(run, slo, wall, False, 0)
+    result = run.result(slo, wall, False, 0)
     run.close(result.makespan_s)
     return result, run.report
 

@@ -75,14 +75,13 @@ def from_live(results: Sequence[RequestResult]) -> list[Timed]:
     arrival = send, first token = send + TTFT, last token = the last streamed chunk (first + ITLs;
     the end of the stream can come later, with the usage chunk). Not completed: not part of it."""
     out = []
-    for r in sorted(results, key=lambda r: (r.sent_ms or 0.0, r.index)):
-        if r.status != OK or r.sent_ms is None or r.ttft_ms is None:
+    for r in sorted(results, key=lambda r: (r.sent_s or 0.0, r.index)):
+        if r.status != OK or r.sent_s is None or r.ttft_s is None:
             continue
-        sent = r.sent_ms / 1e3
-        first = sent + r.ttft_ms / 1e3
+        first = r.sent_s + r.ttft_s
         # the prompt is at least one word (live.synth_prompt) when the server reports no usage
-        out.append(Timed(f"live-{r.index}", sent, max(1, r.input_tokens), r.output_tokens, first,
-                         first + sum(r.itl_ms) / 1e3))
+        out.append(Timed(f"live-{r.index}", r.sent_s, max(1, r.input_tokens), r.output_tokens, first,
+                         first + sum(r.itl_s)))
     return out
 
 

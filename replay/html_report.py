@@ -30,7 +30,7 @@ import numpy as np
 from fairness.metrics import Asked, demand_fairness, request_service, windowed_demand_fairness
 
 if TYPE_CHECKING:
-    from replay.runner import VirtualResult
+    from replay.outcomes import VirtualResult
 
 __all__ = [
     "FIGURES",

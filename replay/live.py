@@ -171,10 +171,10 @@ def _endpoint_url(base_url: str, endpoint: str) -> str:
 
 async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: WorkloadRequest, *, model: str,
                key: str | None, endpoint: str, extra_body: Mapping[str, Any] | None, run_start: float,
-               scheduled_ms: float, prompt_fn: Callable[[WorkloadRequest, int], str],
+               scheduled_s: float, prompt_fn: Callable[[WorkloadRequest, int], str],
                sem: asyncio.Semaphore | None, partial: list[RequestResult]) -> RequestResult:
     res = RequestResult(tenant=req.tenant, status=ERROR, index=idx, slo_class=req.slo_class,
-                        scheduled_ms=scheduled_ms, input_tokens=req.input_length,
+                        scheduled_s=scheduled_s, input_tokens=req.input_length,
                         requested_output_tokens=req.output_length)
     partial.append(res)  # what a cancelled request got so far (its send time, first token, chunks)
     max_tokens = max(1, req.output_length)
@@ -193,7 +193,7 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
     if sem is not None:
         await sem.acquire()
     sent = time.perf_counter()
-    res.sent_ms = (sent - run_start) * 1000.0
+    res.sent_s = sent - run_start
     first: float | None = None
     last: float | None = None
     chunks = 0
@@ -207,7 +207,7 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
                 res.error_code = _error_code(text)
                 res.retry_after_s = _retry_after(resp.headers.get("Retry-After"))
                 res.status = REJECTED if resp.status == 429 else ERROR
-                res.e2e_ms = (time.perf_counter() - sent) * 1000.0
+                res.e2e_s = time.perf_counter() - sent
                 return res
             async for raw in resp.content:
                 line = raw.decode("utf-8", "replace").strip()
@@ -242,14 +242,14 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
                     continue
                 if first is None:
                     first = now
-                    res.ttft_ms = (now - sent) * 1000.0
+                    res.ttft_s = now - sent
                 else:
                     assert last is not None
-                    res.itl_ms.append((now - last) * 1000.0)
+                    res.itl_s.append(now - last)
                 last = now
                 chunks += 1
             end = time.perf_counter()
-            res.e2e_ms = (end - sent) * 1000.0
+            res.e2e_s = end - sent
             res.output_tokens = usage_out if usage_out is not None else chunks
             if res.error is not None and res.error.startswith("stream error"):
                 res.status = ERROR
@@ -258,19 +258,19 @@ async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: Workload
                 res.error = res.error or "no tokens streamed"
             else:
                 res.status = OK
-                if res.output_tokens > 1 and res.ttft_ms is not None:
-                    res.tpot_ms = (res.e2e_ms - res.ttft_ms) / (res.output_tokens - 1)
+                if res.output_tokens > 1 and res.ttft_s is not None:
+                    res.tpot_s = (res.e2e_s - res.ttft_s) / (res.output_tokens - 1)
             return res
     except asyncio.CancelledError:
         res.status = CANCELLED
         res.error = "cancelled"
-        res.e2e_ms = None
+        res.e2e_s = None
         res.output_tokens = chunks  # received before the cancel (not counted: the request is unfinished)
         raise
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         res.status = ERROR
         res.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        res.e2e_ms = (time.perf_counter() - sent) * 1000.0
+        res.e2e_s = time.perf_counter() - sent
         if first is not None:
             res.output_tokens = usage_out if usage_out is not None else chunks
         return res
@@ -307,7 +307,7 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
     results: list[RequestResult] = []
     tasks: set[asyncio.Task[RequestResult]] = set()
     stopped = False
-    sent: dict[int, float] = {}  # index -> due time (ms) of every request handed to a task
+    sent: dict[int, float] = {}  # index -> due time (s) of every request handed to a task
 
     async def deliver(r: RequestResult) -> None:
         results.append(r)
@@ -319,33 +319,33 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
             except Exception:  # a broken callback must not stop the run
                 log.exception("on_result callback failed")
 
-    async def wrapped(idx: int, req: WorkloadRequest, scheduled_ms: float) -> RequestResult:
+    async def wrapped(idx: int, req: WorkloadRequest, scheduled_s: float) -> RequestResult:
         partial: list[RequestResult] = []
         try:
             r = await _one(session, url, idx, req, model=model, key=keys.get(req.tenant, keys.get("*")),
                            endpoint=endpoint, extra_body=extra_body, run_start=run_start,
-                           scheduled_ms=scheduled_ms, prompt_fn=prompt_fn, sem=sem, partial=partial)
+                           scheduled_s=scheduled_s, prompt_fn=prompt_fn, sem=sem, partial=partial)
         except asyncio.CancelledError:
             if partial:
                 partial[0].status, partial[0].error = CANCELLED, "cancelled"
-            results.append(partial[0] if partial else _unfinished(idx, req, scheduled_ms, CANCELLED, "cancelled"))
+            results.append(partial[0] if partial else _unfinished(idx, req, scheduled_s, CANCELLED, "cancelled"))
             raise
         except Exception as exc:  # defensive: a bug in measurement never kills the run
             log.exception("request %d failed unexpectedly", idx)
-            r = _unfinished(idx, req, scheduled_ms, ERROR, f"{type(exc).__name__}: {exc}")
+            r = _unfinished(idx, req, scheduled_s, ERROR, f"{type(exc).__name__}: {exc}")
         await deliver(r)
         return r
 
     timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
     connector = aiohttp.TCPConnector(limit=max_concurrency or 0, force_close=False)
     session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False)
-    run_start, started_unix = time.perf_counter(), time.time()  # sent_ms counts from run_start
+    run_start, started_unix = time.perf_counter(), time.time()  # sent_s counts from run_start
     try:
         for idx in order:
             req = workload[idx]
             # timestamps count from the workload start (0): leading idle time is kept
-            due_ms = req.timestamp_ms / speedup if math.isfinite(speedup) else 0.0
-            delay = run_start + due_ms / 1000.0 - time.perf_counter()
+            due_s = req.timestamp_ms / 1e3 / speedup if math.isfinite(speedup) else 0.0
+            delay = run_start + due_s - time.perf_counter()
             if stop is not None:
                 if delay > 0 and not stop.is_set():
                     with contextlib.suppress(TimeoutError):
@@ -356,10 +356,10 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
                     break
             elif delay > 0:
                 await asyncio.sleep(delay)
-            task = asyncio.create_task(wrapped(idx, req, due_ms))
+            task = asyncio.create_task(wrapped(idx, req, due_s))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            sent[idx] = due_ms
+            sent[idx] = due_s
         if tasks:
             pending = set(tasks)
             if stop is not None and not stopped:
@@ -398,16 +398,16 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
 def _send_lag(results: Sequence[RequestResult]) -> dict[str, float] | None:
     """How far behind its schedule the client sent (sent - due, ms): latencies count from the send,
     so a client that falls behind offers less load than the workload says."""
-    lag = [r.sent_ms - r.scheduled_ms for r in results if r.sent_ms is not None and r.scheduled_ms is not None]
+    lag = [(r.sent_s - r.scheduled_s) * 1e3 for r in results if r.sent_s is not None and r.scheduled_s is not None]
     if not lag:
         return None
     a = np.asarray(lag)
     return {"median": float(np.median(a)), "p99": float(np.percentile(a, 99)), "max": float(a.max())}
 
 
-def _unfinished(idx: int, req: WorkloadRequest, scheduled_ms: float, status: str, error: str) -> RequestResult:
+def _unfinished(idx: int, req: WorkloadRequest, scheduled_s: float, status: str, error: str) -> RequestResult:
     return RequestResult(tenant=req.tenant, status=status, index=idx, slo_class=req.slo_class,
-                         scheduled_ms=scheduled_ms, input_tokens=req.input_length,
+                         scheduled_s=scheduled_s, input_tokens=req.input_length,
                          requested_output_tokens=req.output_length, error=error)
 
 

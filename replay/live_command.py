@@ -405,15 +405,14 @@ def _write_html(args: argparse.Namespace, plan: _Plan, report: LiveReport) -> No
 
     reqs = []
     for r in report.results:
-        start = r.sent_ms if r.sent_ms is not None else (r.scheduled_ms or 0.0)
-        first = None if r.ttft_ms is None else start + r.ttft_ms
-        end = None if r.e2e_ms is None else start + r.e2e_ms
+        start = r.sent_s if r.sent_s is not None else (r.scheduled_s or 0.0)
         # a client cannot tell queueing in the gateway from prefill: the request is at the
         # endpoint ("dispatched") from its send, waiting until its first token
         reqs.append(ReportRequest(
-            tenant=r.tenant, slo_class=r.slo_class, arrival_s=start / 1e3, status=r.status,
-            reason=r.error_code or r.error, engine="endpoint", dispatch_s=start / 1e3,
-            first_token_s=s(first), finish_s=s(end), input_tokens=r.input_tokens,
+            tenant=r.tenant, slo_class=r.slo_class, arrival_s=start, status=r.status,
+            reason=r.error_code or r.error, engine="endpoint", dispatch_s=start,
+            first_token_s=None if r.ttft_s is None else start + r.ttft_s,
+            finish_s=None if r.e2e_s is None else start + r.e2e_s, input_tokens=r.input_tokens,
             output_tokens=r.output_tokens, requested_output_tokens=r.requested_output_tokens, slo_met=r.slo_met))
     bounds = {name: SLOBound(s(t.ttft_ms), s(t.tpot_ms), t.ttft_ms_per_ktok / 1e3, s(t.e2e_ms))
               for name, t in plan.slo.items()}

@@ -1,8 +1,13 @@
 """Per-tenant and per-SLO-class outcome tables shared by the live runner and virtual-time replay.
 
-Input: one :class:`RequestResult` per request (tenant, SLO class, status, TTFT, TPOT, ITLs, e2e,
-tokens, SLO met). Output: :class:`Summary` with one :class:`Row` per tenant, per SLO class and
-overall, in the vocabulary (and JSON field names) of SGLang's ``bench_serving``:
+Input: one :class:`Outcome` per request (tenant, SLO class, status, TTFT, TPOT, ITLs, e2e in
+seconds, tokens, SLO met): a live run's :class:`RequestResult` (what a client saw) or a virtual
+run's ``replay.records.RequestRecord``, one vocabulary for both. Output: :class:`Summary` with one
+:class:`Row` per tenant, per SLO class and overall, in the vocabulary (and JSON field names, ms) of
+SGLang's ``bench_serving``. Milliseconds appear only at the edges: the rows, their text tables
+and JSON, and an :class:`SLO`'s bounds as users write them.
+
+The rows:
 
 - ``ttft``: time from sending the request to the first streamed output token;
 - ``tpot``: per request, ``(e2e - ttft) / (output_tokens - 1)`` (requests with > 1 token);
@@ -24,13 +29,14 @@ import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 __all__ = [
     "OVERALL",
     "SLO",
+    "Outcome",
     "RequestResult",
     "Row",
     "Summary",
@@ -43,11 +49,13 @@ __all__ = [
 
 OVERALL = "__all__"
 
-# Status values of a RequestResult.
+# Status values of an Outcome.
 OK = "ok"
-REJECTED = "rejected"  # refused by policy: HTTP 429 (live), the core's reject or expiry (virtual time)
-ERROR = "error"  # HTTP error, connection error, broken stream
-CANCELLED = "cancelled"  # the run was stopped before the request finished
+REJECTED = "rejected"  # refused by policy: HTTP 429 (live), the core's reject (virtual time)
+EXPIRED = "expired"  # virtual time: deferred, then its deadline passed in the queue (a table counts it rejected)
+ERROR = "error"  # HTTP error, connection error, broken stream; an engine's abort (virtual time)
+CANCELLED = "cancelled"  # the run was stopped (or reached its horizon) before the request finished
+STATUSES = (OK, REJECTED, EXPIRED, ERROR, CANCELLED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,15 +106,16 @@ class SLO:
             return None
         return self.ttft_ms + self.ttft_ms_per_ktok * input_tokens / 1e3
 
-    def met(self, ttft_ms: float | None, tpot_ms: float | None, e2e_ms: float | None, *,
+    def met(self, ttft_s: float | None, tpot_s: float | None, e2e_s: float | None, *,
             input_tokens: int = 0) -> bool:
+        """Whether a request's times (seconds, as every outcome holds them) meet each bound given (ms)."""
         bound = self.ttft_bound_ms(input_tokens)
-        if bound is not None and (ttft_ms is None or ttft_ms > bound):
+        if bound is not None and (ttft_s is None or ttft_s * 1e3 > bound):
             return False
         # TPOT is undefined for a one-token answer: nothing to miss.
-        if self.tpot_ms is not None and tpot_ms is not None and tpot_ms > self.tpot_ms:
+        if self.tpot_ms is not None and tpot_s is not None and tpot_s * 1e3 > self.tpot_ms:
             return False
-        return self.e2e_ms is None or (e2e_ms is not None and e2e_ms <= self.e2e_ms)
+        return self.e2e_ms is None or (e2e_s is not None and e2e_s * 1e3 <= self.e2e_ms)
 
 
 SLOSpec = SLO | Mapping[str, SLO] | None
@@ -122,21 +131,48 @@ def resolve_slo(slo: SLOSpec, tenant: str, slo_class: str | None) -> SLO | None:
     return None
 
 
+class Outcome(Protocol):
+    """One request's outcome as the tables read it; times in seconds (None: not reached)."""
+
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def slo_class(self) -> str | None: ...
+    @property
+    def status(self) -> str | None: ...  # one of STATUSES
+    @property
+    def ttft_s(self) -> float | None: ...
+    @property
+    def tpot_s(self) -> float | None: ...
+    @property
+    def e2e_s(self) -> float | None: ...
+    @property
+    def itl_s(self) -> Sequence[float]: ...
+    @property
+    def input_tokens(self) -> int: ...
+    @property
+    def output_tokens(self) -> int: ...
+    @property
+    def retry_after_s(self) -> float | None: ...
+
+    slo_met: bool | None  # (re)judged by summarize when it is given an SLO
+
+
 @dataclass(slots=True)
 class RequestResult:
-    """What a client saw for one request. Times in ms; ``sent_ms`` from the start of the run."""
+    """What a client saw for one request. Times in seconds; ``sent_s`` from the start of the run."""
 
     tenant: str
     status: str  # ok | rejected | error | cancelled
     index: int = -1  # position in the workload
     slo_class: str | None = None
     http_status: int | None = None
-    scheduled_ms: float | None = None  # workload timestamp / speedup
-    sent_ms: float | None = None
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    e2e_ms: float | None = None
-    itl_ms: list[float] = field(default_factory=list)
+    scheduled_s: float | None = None  # workload timestamp / speedup
+    sent_s: float | None = None
+    ttft_s: float | None = None
+    tpot_s: float | None = None
+    e2e_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
     input_tokens: int = 0
     output_tokens: int = 0
     requested_output_tokens: int = 0
@@ -146,7 +182,17 @@ class RequestResult:
     retry_after_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The JSON form (`--json`'s `requests`): times in ms, as bench_serving writes them."""
+        return {_MS_KEYS.get(k, k): _ms(v) if k in _MS_KEYS else v for k, v in asdict(self).items()}
+
+
+_MS_KEYS = {f"{k}_s": f"{k}_ms" for k in ("scheduled", "sent", "ttft", "tpot", "e2e", "itl")}
+
+
+def _ms(seconds: Any) -> Any:
+    if isinstance(seconds, list):
+        return [x * 1e3 for x in seconds]
+    return None if seconds is None else seconds * 1e3
 
 
 _METRICS = ("ttft", "tpot", "itl", "e2e_latency")
@@ -253,25 +299,25 @@ def _set_stats(row: Row, metric: str, values: Sequence[float]) -> None:
         setattr(row, f"{stat}_{metric}_ms", float(stats[stat]))
 
 
-def _row(name: str, results: Sequence[RequestResult], duration_s: float, with_slo: bool) -> Row:
+def _row(name: str, results: Sequence[Outcome], duration_s: float, with_slo: bool) -> Row:
     row = Row(name=name, requests=len(results), duration=duration_s)
     ok = [r for r in results if r.status == OK]
     row.completed = len(ok)
-    row.rejected = sum(r.status == REJECTED for r in results)
+    row.rejected = sum(r.status in (REJECTED, EXPIRED) for r in results)
     row.failed = sum(r.status == ERROR for r in results)
     row.cancelled = sum(r.status == CANCELLED for r in results)
     row.total_input_tokens = sum(r.input_tokens for r in ok)
     row.total_output_tokens = sum(r.output_tokens for r in ok)
-    e2e = [r.e2e_ms for r in ok if r.e2e_ms is not None]
+    e2e = [r.e2e_s * 1e3 for r in ok if r.e2e_s is not None]  # the Row's unit, bench_serving's
     if duration_s > 0:
         row.request_throughput = row.completed / duration_s
         row.input_throughput = row.total_input_tokens / duration_s
         row.output_throughput = row.total_output_tokens / duration_s
         row.total_throughput = (row.total_input_tokens + row.total_output_tokens) / duration_s
         row.concurrency = sum(e2e) / 1e3 / duration_s  # SGLang's: mean requests in flight
-    _set_stats(row, "ttft", [r.ttft_ms for r in ok if r.ttft_ms is not None])
-    _set_stats(row, "tpot", [r.tpot_ms for r in ok if r.tpot_ms is not None])
-    _set_stats(row, "itl", [x for r in ok for x in r.itl_ms])
+    _set_stats(row, "ttft", [r.ttft_s * 1e3 for r in ok if r.ttft_s is not None])
+    _set_stats(row, "tpot", [r.tpot_s * 1e3 for r in ok if r.tpot_s is not None])
+    _set_stats(row, "itl", [x * 1e3 for r in ok for x in r.itl_s])
     _set_stats(row, "e2e_latency", e2e)
     ra = [r.retry_after_s for r in results if r.retry_after_s is not None]
     row.mean_retry_after_s = float(np.mean(ra)) if ra else None
@@ -285,7 +331,7 @@ def _row(name: str, results: Sequence[RequestResult], duration_s: float, with_sl
 NO_CLASS = "-"  # the per-class key of requests without an SLO class
 
 
-def summarize(results: Iterable[RequestResult], duration_s: float, slo: SLOSpec = None) -> Summary:
+def summarize(results: Iterable[Outcome], duration_s: float, slo: SLOSpec = None) -> Summary:
     """Per-tenant rows, per-SLO-class rows (when some request names a class) and an overall row.
 
     ``duration_s`` is the benchmark duration (rates are per second of it, for every tenant and
@@ -300,10 +346,10 @@ def summarize(results: Iterable[RequestResult], duration_s: float, slo: SLOSpec 
             if r.status != OK:
                 r.slo_met = False if s is not None else r.slo_met
             elif s is not None:
-                r.slo_met = s.met(r.ttft_ms, r.tpot_ms, r.e2e_ms, input_tokens=r.input_tokens)
+                r.slo_met = s.met(r.ttft_s, r.tpot_s, r.e2e_s, input_tokens=r.input_tokens)
     with_slo = any(r.slo_met is not None for r in res)
-    tenants: dict[str, list[RequestResult]] = {}
-    classes: dict[str, list[RequestResult]] = {}
+    tenants: dict[str, list[Outcome]] = {}
+    classes: dict[str, list[Outcome]] = {}
     for r in res:
         tenants.setdefault(r.tenant, []).append(r)
         classes.setdefault(r.slo_class or NO_CLASS, []).append(r)

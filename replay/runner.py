@@ -23,225 +23,43 @@ learns), so the engines are advanced straight to the next arrival or load report
 simulator merge decode-only steps (`advance(per_token=False)`).
 
 Everything is deterministic for a seed: no wall clock is read except to report the speed.
+
+What a run comes to (per tenant and class outcomes, fairness, the `VirtualResult`) is
+replay/outcomes.py's, over the run's `RequestRecord`s (replay/records.py); its text table is
+replay/tables.py's.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
-
-import numpy as np
 
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
-from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
 from controlplane.core.frequency import FrequencyController, FrequencyParams
+from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
 from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, ClockSteering, Driver, decision_row, engine_model,
-                                 next_frequency, next_load, next_tick, slo_met)
+                                 next_frequency, next_load, next_tick)
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.predict.step_time import StepTimeModel
 from engine_adapter.base import EngineInfo
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import SimProfile, load_profile
-from fairness.metrics import (Served, demand_fairness, fairness_summary, request_service, service_curves, shares,
-                             weighted_jain)
-from replay.report import RequestResult, SLOSpec, Summary, format_table, resolve_slo, summarize
+from replay.outcomes import VirtualResult, fairness_figures, judge, outcomes, served
+from replay.records import RequestRecord
+from replay.report import CANCELLED, ERROR, EXPIRED, OK, REJECTED, SLOSpec
 from replay.workload import WorkloadRequest
 
 __all__ = [
     "LOAD_EVERY_S",
     "TICK_EVERY_S",
-    "RequestRecord",
-    "TenantOutcome",
-    "VirtualResult",
+    "VirtualRun",
     "default_policy",
     "engine_specs",
-    "format_result",
     "run_virtual",
 ]
-
-W_P, W_Q = 1.0, 2.0  # VTC's service weights for the fairness metrics
-
-# request statuses
-OK, REJECTED, EXPIRED, ERROR, CANCELLED = "ok", "rejected", "expired", "error", "cancelled"
-STATUSES = (OK, REJECTED, EXPIRED, ERROR, CANCELLED)
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else seconds * 1e3
-
-
-@dataclass(slots=True)
-class RequestRecord:
-    """One workload request's outcome in virtual time (seconds from the workload start)."""
-
-    index: int
-    rid: str
-    tenant: str
-    slo_class: str | None
-    arrival_s: float
-    input_tokens: int
-    requested_output_tokens: int  # the true output length (the engine stops there); never shown to the core
-    max_tokens: int = 0  # the client's cap: what the core sees
-    status: str | None = None  # ok | rejected | expired | error | cancelled
-    reason: str | None = None  # the core's decision reason or reject code
-    decision: str | None = None  # admit | defer | reject
-    engine: str | None = None
-    dispatch_s: float | None = None
-    first_token_s: float | None = None
-    finish_s: float | None = None
-    cached_tokens: int = 0
-    output_tokens: int = 0
-    predicted_ttft_s: float | None = None
-    predicted_tpot_s: float | None = None
-    predicted_output_tokens: float | None = None
-    retry_after_s: float | None = None
-    slo_met: bool | None = None
-    energy_j: float = 0.0  # the simulator's attribution: its share of each step's energy (docs/simulator.md)
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_s is None else self.first_token_s - self.arrival_s
-
-    @property
-    def tpot_s(self) -> float | None:
-        if self.first_token_s is None or self.finish_s is None or self.output_tokens < 2:
-            return None
-        return (self.finish_s - self.first_token_s) / (self.output_tokens - 1)
-
-    @property
-    def e2e_s(self) -> float | None:
-        return None if self.finish_s is None else self.finish_s - self.arrival_s
-
-    @property
-    def queue_s(self) -> float | None:
-        return None if self.dispatch_s is None else self.dispatch_s - self.arrival_s
-
-    @property
-    def admitted(self) -> bool:
-        """Admitted or deferred by the core (not refused at arrival)."""
-        return self.decision in ("admit", "defer")
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.update(ttft_s=self.ttft_s, tpot_s=self.tpot_s, e2e_s=self.e2e_s, queue_s=self.queue_s)
-        return out
-
-    def to_result(self) -> RequestResult:
-        """The live runner's vocabulary (ms), for replay.report. An expired request is reported as
-        rejected (error "deadline_expired"): report.py has no expired column."""
-        status = {OK: "ok", REJECTED: "rejected", EXPIRED: "rejected", ERROR: "error"}.get(self.status or "",
-                                                                                       "cancelled")
-        return RequestResult(
-            tenant=self.tenant, status=status, index=self.index, slo_class=self.slo_class,
-            scheduled_ms=self.arrival_s * 1e3, sent_ms=self.arrival_s * 1e3, ttft_ms=_ms(self.ttft_s),
-            tpot_ms=_ms(self.tpot_s), e2e_ms=_ms(self.e2e_s), input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens, requested_output_tokens=self.requested_output_tokens,
-            slo_met=self.slo_met, error=self.reason if self.status != OK else None,
-            retry_after_s=self.retry_after_s)
-
-
-@dataclass(slots=True)
-class TenantOutcome:
-    """Per-tenant outcome of a virtual run. Times in seconds; rates per second of `duration_s`."""
-
-    tenant: str
-    weight: float
-    requests: int = 0
-    admitted: int = 0  # admitted or deferred by the core
-    rejected: int = 0  # refused at arrival (429/503)
-    expired: int = 0  # deferred, then its deadline passed in the queue
-    completed: int = 0
-    errors: int = 0
-    cancelled: int = 0  # still queued or running at the horizon
-    good: int = 0  # completed within every bound of its SLO
-    goodput_rps: float = 0.0
-    goodput_tps: float = 0.0  # prompt + output tokens/s of the good requests
-    refused: float | None = None  # share of requests refused at arrival (rejected) or expired in the queue
-    slo_attainment: float | None = None  # good / requests
-    slo_attainment_admitted: float | None = None  # good / admitted
-    ttft_p50_s: float | None = None
-    ttft_p99_s: float | None = None
-    tpot_p50_s: float | None = None
-    tpot_p99_s: float | None = None
-    queue_p50_s: float | None = None
-    # forecast error of admitted, completed requests: |predicted - actual| / actual
-    ttft_ape_p50: float | None = None
-    ttft_ape_p90: float | None = None
-    output_ape_p50: float | None = None  # the output-length prediction (the core saw only max_tokens)
-    cache_hit_rate: float | None = None  # prefix-cache hits / prompt tokens of completed requests
-    service: float = 0.0  # w_p * prompt + w_q * output of completed requests
-    energy_j: float = 0.0  # GPU energy attributed to its requests (finished or aborted on the engine)
-    share: float = 0.0  # of all service
-    weight_share: float = 0.0  # of the weights of tenants present
-    share_ratio: float = 0.0  # share / weight_share (1 = exactly the weighted share)
-    # the same, counting only service delivered while every tenant was backlogged (None if never)
-    share_backlogged: float | None = None
-    share_ratio_backlogged: float | None = None
-    # service that met its SLO over the tenant's weighted max-min fair share of what was asked
-    fair_ratio: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class VirtualResult:
-    policy: Policy
-    records: list[RequestRecord]
-    per_tenant: dict[str, TenantOutcome]
-    overall: TenantOutcome
-    per_class: dict[str, TenantOutcome]
-    duration_s: float  # the workload's span: last arrival (or the horizon)
-    makespan_s: float  # the last event
-    wall_s: float
-    fairness: dict[str, Any]
-    forecast: dict[str, Any]
-    engines: dict[str, dict[str, Any]]
-    decisions: list[dict[str, Any]] = field(default_factory=list)  # recorder-format rows (record_decisions)
-    served: list[Served] = field(default_factory=list)
-    backlogged: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-
-    @property
-    def virtual_per_wall(self) -> float:
-        return self.makespan_s / self.wall_s if self.wall_s > 0 else math.inf
-
-    def status_counts(self) -> dict[str, int]:
-        out = {s: 0 for s in STATUSES}
-        for r in self.records:
-            out[r.status or CANCELLED] += 1
-        return out
-
-    def summary(self) -> Summary:
-        """replay.report's per-tenant table (ms, bench_serving vocabulary)."""
-        return summarize([r.to_result() for r in self.records], self.duration_s)
-
-    def to_dict(self, *, requests: bool = False) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "policy": self.policy.to_dict(),
-            "duration_s": self.duration_s,
-            "makespan_s": self.makespan_s,
-            "wall_s": self.wall_s,
-            "virtual_s_per_wall_s": self.virtual_per_wall,
-            "statuses": self.status_counts(),
-            "overall": self.overall.to_dict(),
-            "per_tenant": {t: o.to_dict() for t, o in self.per_tenant.items()},
-            "per_class": {c: o.to_dict() for c, o in self.per_class.items()},
-            "fairness": self.fairness,
-            "forecast": self.forecast,
-            "engines": self.engines,
-            "report": self.summary().to_dict(),
-        }
-        if requests:
-            out["requests"] = [r.to_dict() for r in self.records]
-        return _clean(out)
-
-    def to_json(self, *, requests: bool = False, **kw: Any) -> str:
-        return json.dumps(self.to_dict(requests=requests), **kw)
 
 
 # -- building the core as the gateway does --------------------------------------------------------
@@ -277,7 +95,9 @@ def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy) -> None:
 
 # -- the run --------------------------------------------------------------------------------------
 
-class _Run:
+class VirtualRun:
+    """One run: the core, the simulated engines and the records; `run()`, then `result()`."""
+
     def __init__(self, workload: Sequence[WorkloadRequest], policy: Policy, engines: int, profile: SimProfile,
                  seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
                  train_every: int, clock_control: FrequencyParams | None = None) -> None:
@@ -458,6 +278,44 @@ class _Run:
             if rec.status is None:
                 rec.status = CANCELLED
 
+    # -- what it comes to (replay/outcomes.py) -------------------------------------------------------
+    def result(self, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -> VirtualResult:
+        records, policy = self.records, self.policy
+        judge(records, policy, slo)
+        last_arrival = max((r.arrival_s for r in records), default=0.0)
+        duration = self.horizon if self.horizon is not None else last_arrival
+        makespan = max([self.last_event] + [r.finish_s for r in records if r.finish_s is not None])
+        weights = {t: policy.tenant(t).weight for t in dict.fromkeys(r.tenant for r in records)}
+        per_tenant, overall, per_class, df = outcomes(records, weights, duration)
+        done = served(records)
+        for tenant, start in self.backlog_start.items():  # still backlogged at the horizon
+            self.backlogged.setdefault(tenant, []).append((start, makespan))
+        fairness = fairness_figures(per_tenant, df, done, self.backlogged, weights, duration, want_sd, n_ticks)
+        forecast = {k: {"count": s.count, "median_ape": s.median_ape, "bias": s.bias, "mae": s.mae}
+                    for k, s in self.errors.summary().items()}
+        return VirtualResult(policy, records, per_tenant, overall, per_class, duration, makespan, wall, fairness,
+                             forecast, self.engine_figures(makespan), self.decisions, done, self.backlogged)
+
+    def engine_figures(self, makespan: float) -> dict[str, dict[str, Any]]:
+        """Per engine: the simulator's step statistics, utilisation, energy and clocks up to `makespan`."""
+        engines = {}
+        snap = self.core.snapshot(makespan, with_tenants=False)
+        for name, sim in self.sims.items():
+            st = sim.stats
+            engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
+                             "prefill_tokens": st.prefill_tokens, "cached_tokens": st.cached_tokens,
+                             "retractions": st.retractions, "finished": st.finished, "aborted": st.aborted,
+                             "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
+                                                if st.admitted_prompt_tokens else None),
+                             "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
+                             "window": snap.engines[name].window,
+                             "energy_j": sim.gpu(makespan)["energy_j"],  # idle between steps included
+                             "idle_w": sim.profile.idle_w,
+                             "clock_changes": len(self.clock_log.get(name, [])[1:]),
+                             "mean_clock_mhz": _time_mean(self.clock_log.get(name) or [(0.0, sim.frequency_mhz)],
+                                                          makespan)}
+        return engines
+
 
 def run_virtual(
     workload: Sequence[WorkloadRequest],
@@ -496,153 +354,12 @@ def run_virtual(
     prof = profile if isinstance(profile, SimProfile) else load_profile(profile)
     if engines < 1:
         raise ValueError("engines must be >= 1")
-    run = _Run(workload, policy, engines, prof, seed, horizon_s, record_decisions, torch_expert, train_every,
-               clock_control)
+    run = VirtualRun(workload, policy, engines, prof, seed, horizon_s, record_decisions, torch_expert, train_every,
+                     clock_control)
     t0 = time.perf_counter()
     run.run()
     wall = time.perf_counter() - t0
-    return _result(run, slo, wall, service_difference, fairness_ticks)
-
-
-# -- outcomes ------------------------------------------------------------------------------------
-
-def _pct(values: list[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(values, dtype=float), q)) if values else None
-
-
-def _outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: float) -> TenantOutcome:
-    o = TenantOutcome(tenant, weight, requests=len(recs))
-    ok = [r for r in recs if r.status == OK]
-    o.admitted = sum(r.admitted for r in recs)
-    o.rejected = sum(r.status == REJECTED for r in recs)
-    o.expired = sum(r.status == EXPIRED for r in recs)
-    o.errors = sum(r.status == ERROR for r in recs)
-    o.cancelled = sum(r.status == CANCELLED for r in recs)
-    o.completed = len(ok)
-    o.good = sum(1 for r in ok if r.slo_met)
-    o.goodput_rps = o.good / duration if duration > 0 else 0.0
-    good_tokens = sum(r.input_tokens + r.output_tokens for r in ok if r.slo_met)
-    o.goodput_tps = good_tokens / duration if duration > 0 else 0.0
-    o.refused = (o.rejected + o.expired) / o.requests if o.requests else None
-    o.slo_attainment = o.good / o.requests if o.requests else None
-    o.slo_attainment_admitted = o.good / o.admitted if o.admitted else None
-    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
-    tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
-    queue = [r.queue_s for r in ok if r.queue_s is not None]
-    o.ttft_p50_s, o.ttft_p99_s = _pct(ttft, 50), _pct(ttft, 99)  # type: ignore[arg-type]
-    o.tpot_p50_s, o.tpot_p99_s = _pct(tpot, 50), _pct(tpot, 99)  # type: ignore[arg-type]
-    o.queue_p50_s = _pct(queue, 50)  # type: ignore[arg-type]
-    ttft_ape = [abs(r.predicted_ttft_s - r.ttft_s) / r.ttft_s for r in ok
-                if r.predicted_ttft_s is not None and r.ttft_s]
-    o.ttft_ape_p50, o.ttft_ape_p90 = _pct(ttft_ape, 50), _pct(ttft_ape, 90)
-    out_ape = [abs(r.predicted_output_tokens - r.output_tokens) / r.output_tokens for r in ok
-               if r.predicted_output_tokens is not None and r.output_tokens]
-    o.output_ape_p50 = _pct(out_ape, 50)
-    prompt = sum(r.input_tokens for r in ok)
-    o.cache_hit_rate = sum(r.cached_tokens for r in ok) / prompt if prompt else None
-    o.service = float(sum(request_service(r.input_tokens, r.output_tokens, W_P, W_Q) for r in ok))
-    o.energy_j = float(sum(r.energy_j for r in recs))
-    return o
-
-
-def _result(run: _Run, slo: SLOSpec, wall: float, want_sd: bool, n_ticks: int) -> VirtualResult:
-    policy = run.policy
-    for rec in run.records:
-        rec.slo_class = rec.slo_class or policy.tenant(rec.tenant).slo_class
-        if rec.status == OK:
-            if slo is None:  # its class, judged as serving judges it
-                rec.slo_met = slo_met(policy.slo(rec.slo_class), rec.input_tokens, rec.ttft_s, rec.tpot_s, rec.e2e_s)
-            else:  # a given SLO (replay/report.py's, in ms)
-                s = resolve_slo(slo, rec.tenant, rec.slo_class)
-                ms = [None if x is None else x * 1e3 for x in (rec.ttft_s, rec.tpot_s, rec.e2e_s)]
-                rec.slo_met = True if s is None else s.met(*ms)
-        else:
-            rec.slo_met = False
-    last_arrival = max((r.arrival_s for r in run.records), default=0.0)
-    duration = run.horizon if run.horizon is not None else last_arrival
-    makespan = max([run.last_event] + [r.finish_s for r in run.records if r.finish_s is not None])
-    groups: dict[str, list[RequestRecord]] = {}
-    for r in run.records:
-        groups.setdefault(r.tenant, []).append(r)
-    weights = {t: policy.tenant(t).weight for t in groups}
-    per_tenant = {t: _outcome(t, weights[t], rs, duration) for t, rs in sorted(groups.items())}
-    overall = _outcome("__all__", sum(weights.values()), run.records, duration)
-    classes: dict[str, list[RequestRecord]] = {}
-    for r in run.records:
-        classes.setdefault(r.slo_class or "", []).append(r)
-    per_class = {c: _outcome(c, sum(weights[t] for t in {r.tenant for r in rs}), rs, duration)
-                 for c, rs in sorted(classes.items())}
-    overall.service = sum(o.service for o in per_tenant.values())
-    total_w = sum(weights.values())
-    for o in per_tenant.values():
-        o.share = o.service / overall.service if overall.service > 0 else 0.0
-        o.weight_share = o.weight / total_w if total_w > 0 else 0.0
-        o.share_ratio = o.share / o.weight_share if o.weight_share > 0 else 0.0
-
-    served = [Served(r.tenant, r.first_token_s if r.first_token_s is not None else r.finish_s, r.finish_s,
-                     request_service(r.input_tokens, r.output_tokens, W_P, W_Q), r.arrival_s)
-              for r in run.records if r.status == OK and r.finish_s is not None]
-    for tenant, start in run.backlog_start.items():  # still backlogged at the horizon
-        run.backlogged.setdefault(tenant, []).append((start, makespan))
-    ticks = list(np.linspace(0.0, max(duration, 1e-9), n_ticks + 1)[1:]) if n_ticks else None
-    fs = fairness_summary(served, weights, run.backlogged if want_sd else None, ticks)
-    sd = fs.get("service_difference")
-    asked: dict[str, float] = {}
-    good_service: dict[str, float] = {}
-    for r in run.records:  # what each tenant asked for (refused requests too) and what met its SLO
-        svc = request_service(r.input_tokens, r.requested_output_tokens, W_P, W_Q)
-        asked[r.tenant] = asked.get(r.tenant, 0.0) + svc
-        good_service[r.tenant] = good_service.get(r.tenant, 0.0) + (svc if r.slo_met else 0.0)
-    df = demand_fairness(asked, good_service, weights)
-    for t, o in per_tenant.items():
-        o.fair_ratio = df.tenants[t].ratio
-    fairness: dict[str, Any] = {
-        "w_p": W_P, "w_q": W_Q,
-        "jain_demand": df.jain,  # Jain over good service / max-min fair share of offered demand
-        "min_fair_ratio": df.min_ratio, "min_fair_tenant": df.min_tenant,
-        "jain_weighted": fs["jain"],
-        "service_difference": sd.value if sd is not None else None,  # type: ignore[attr-defined]
-        "service_difference_pair": list(sd.tenants) if sd is not None and sd.tenants else None,  # type: ignore[attr-defined]
-        "service_difference_interval": list(sd.interval) if sd is not None and sd.interval else None,  # type: ignore[attr-defined]
-        "backlogged_s": {t: sum(b - a for a, b in iv) for t, iv in sorted(run.backlogged.items())},
-    }
-    common = _all_backlogged(run.backlogged, list(groups))
-    fairness["all_backlogged_s"] = sum(b - a for a, b in common)
-    if common and len(groups) > 1:
-        curves = service_curves(served)
-        got = {t: sum(float(curves[t].at(b)) - float(curves[t].at(a)) for a, b in common) if t in curves else 0.0
-               for t in groups}
-        sh = shares(got, weights)
-        fairness["jain_backlogged"] = weighted_jain(got, weights)
-        for t, o in per_tenant.items():
-            o.share_backlogged, o.share_ratio_backlogged = sh[t].share, sh[t].ratio
-        fairness["shares_backlogged"] = {t: {"service": v.service, "share": v.share, "weight_share": v.weight_share,
-                                             "ratio": v.ratio} for t, v in sh.items()}
-    for key in ("accumulated_difference", "windowed_difference"):
-        if key in fs:
-            fairness[key] = fs[key]
-    if ticks is not None:
-        fairness["ticks_s"] = ticks
-    stats = run.errors.summary()
-    forecast = {k: {"count": s.count, "median_ape": s.median_ape, "bias": s.bias, "mae": s.mae}
-                for k, s in stats.items()}
-    engines = {}
-    snap = run.core.snapshot(makespan, with_tenants=False)
-    for name, sim in run.sims.items():
-        st = sim.stats
-        engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
-                         "prefill_tokens": st.prefill_tokens, "cached_tokens": st.cached_tokens,
-                         "retractions": st.retractions, "finished": st.finished, "aborted": st.aborted,
-                         "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
-                                            if st.admitted_prompt_tokens else None),
-                         "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
-                         "window": snap.engines[name].window,
-                         "energy_j": sim.gpu(makespan)["energy_j"],  # idle between steps included
-                         "idle_w": sim.profile.idle_w,
-                         "clock_changes": len(run.clock_log.get(name, [])[1:]),
-                         "mean_clock_mhz": _time_mean(run.clock_log.get(name) or [(0.0, sim.frequency_mhz)], makespan)}
-    return VirtualResult(policy, run.records, per_tenant, overall, per_class, duration, makespan, wall, fairness, forecast,
-                         engines, run.decisions, served, run.backlogged)
+    return run.result(slo, wall, service_difference, fairness_ticks)
 
 
 def _time_mean(log: list[tuple[float, float]], end: float) -> float | None:
@@ -651,86 +368,3 @@ def _time_mean(log: list[tuple[float, float]], end: float) -> float | None:
         return log[-1][1] if log else None
     total = sum(v * (min(end, t1) - t0) for (t0, v), (t1, _) in zip(log, log[1:] + [(end, 0.0)]) if t1 > t0)
     return total / end
-
-
-def _all_backlogged(backlogged: Mapping[str, list[tuple[float, float]]], tenants: list[str]
-                    ) -> list[tuple[float, float]]:
-    """Intervals in which every tenant was backlogged (queued in the core)."""
-    common: list[tuple[float, float]] | None = None
-    for t in tenants:
-        ivs = sorted(backlogged.get(t, []))
-        if common is None:
-            common = ivs
-            continue
-        out, i, j = [], 0, 0
-        while i < len(common) and j < len(ivs):
-            lo, hi = max(common[i][0], ivs[j][0]), min(common[i][1], ivs[j][1])
-            if lo < hi:
-                out.append((lo, hi))
-            if common[i][1] < ivs[j][1]:
-                i += 1
-            else:
-                j += 1
-        common = out
-    return common or []
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, (np.floating,)):
-        return _clean(float(x))
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
-# -- text ----------------------------------------------------------------------------------------
-
-def _f(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None or not math.isfinite(x) else f"{x:.{digits}f}"
-
-
-def _pctf(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}"
-
-
-def format_result(result: VirtualResult, title: str | None = None) -> str:
-    """Per-tenant outcomes (seconds), fairness and forecast error of one run."""
-    heads = ["tenant", "weight", "req", "admit", "rej", "exp", "ok", "good/s", "SLO%adm", "TTFT p50",
-             "TTFT p99", "TPOT p50", "share*", "share*/w"]
-    rows = []
-    for o in list(result.per_tenant.values()) + [result.overall]:
-        rows.append([
-            "all" if o.tenant == "__all__" else o.tenant, _f(o.weight, 1), str(o.requests), str(o.admitted),
-            str(o.rejected), str(o.expired), str(o.completed), _f(o.goodput_rps, 2), _pctf(o.slo_attainment_admitted),
-            _f(o.ttft_p50_s), _f(o.ttft_p99_s), _f(o.tpot_p50_s, 4),
-            "-" if o.tenant == "__all__" else _f(o.share if o.share_backlogged is None else o.share_backlogged),
-            "-" if o.tenant == "__all__" else _f(o.share_ratio if o.share_ratio_backlogged is None
-                                                  else o.share_ratio_backlogged)])
-    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(heads)]
-
-    def line(vals: list[str]) -> str:
-        return "  ".join(v.ljust(w) if k == 0 else v.rjust(w) for k, (v, w) in enumerate(zip(vals, widths)))
-
-    out = []
-    if title:
-        out.append(title)
-    out += [line(heads), line(["-" * w for w in widths])]
-    out += [line(r) for r in rows[:-1]]
-    out += [line(["-" * w for w in widths]), line(rows[-1])]
-    fz = result.fairness
-    fc = result.forecast.get("ttft", {})
-    out.append("share*: of the service delivered while every tenant was backlogged (else of all service)")
-    out.append(f"Jain over fair shares of demand {_f(fz['jain_demand'])}   max service difference (backlogged) "
-               f"{_f(fz['service_difference'], 0)}   TTFT forecast MdAPE {_pctf(fc.get('median_ape'))}%   "
-               f"virtual {result.makespan_s:.0f} s in {result.wall_s:.1f} s wall "
-               f"({result.virtual_per_wall:.0f}x)")
-    return "\n".join(out)
-
-
-def format_report_table(result: VirtualResult) -> str:
-    """The live runner's table (ms) for the same run."""
-    return format_table(result.summary())

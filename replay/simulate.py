@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from controlplane.core.policy import Policy, TenantPolicy
-from replay.runner import VirtualResult, default_policy, format_result, run_virtual
+from replay.outcomes import VirtualResult
+from replay.runner import default_policy, run_virtual
+from replay.tables import format_result
 from replay.workload import WorkloadRequest, read_workload, scale_rate, window
 
 POLICIES = ("fcfs", "vtc", "equinox", "wrr")

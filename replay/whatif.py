@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controlplane.core.policy import Policy
-from fairness.metrics import demand_fairness, request_service
 from replay.audit import policies_from_changes
-# _outcome: the recorded window is aggregated by the very code that aggregates a virtual run
-from replay.runner import (W_P, W_Q, RequestRecord, TenantOutcome, VirtualResult, _outcome, default_policy,
-                           run_virtual)
+# the recorded window is aggregated by the very code that aggregates a virtual run
+from replay.outcomes import TenantOutcome, VirtualResult, outcomes
+from replay.records import RequestRecord
+from replay.runner import default_policy, run_virtual
 from replay.workload import DEFAULT_MAX_TOKENS, WorkloadRequest
 
 __all__ = ["WhatIf", "fidelity", "format_whatif", "load_window", "recorded_policy", "recorded_result", "recorded_run",
@@ -111,33 +111,11 @@ def recorded_result(rows: Sequence[Mapping[str, Any]], workload: Sequence[Worklo
             predicted_tpot_s=_since(r.get("predicted_tpot_ms"), 0.0, 1e3),
             predicted_output_tokens=r.get("predicted_output_tokens"), slo_met=bool(r.get("slo_met"))))
     duration = max((r.arrival_s for r in records), default=0.0)  # as a virtual run: to the last arrival
-    groups: dict[str, list[RequestRecord]] = {}
-    classes: dict[str, list[RequestRecord]] = {}
-    for rec in records:
-        groups.setdefault(rec.tenant, []).append(rec)
-        classes.setdefault(rec.slo_class or "", []).append(rec)
-    weights = {t: policy.tenant(t).weight for t in groups}
-    per_tenant = {t: _outcome(t, weights[t], rs, duration) for t, rs in sorted(groups.items())}
-    per_class = {c: _outcome(c, sum(weights[t] for t in {r.tenant for r in rs}), rs, duration)
-                 for c, rs in sorted(classes.items())}
-    overall = _outcome("__all__", sum(weights.values()), records, duration)
-    overall.service = sum(o.service for o in per_tenant.values())
-    asked: dict[str, float] = {}
-    good: dict[str, float] = {}
-    for rec in records:
-        svc = request_service(rec.input_tokens, rec.requested_output_tokens, W_P, W_Q)
-        asked[rec.tenant] = asked.get(rec.tenant, 0.0) + svc
-        good[rec.tenant] = good.get(rec.tenant, 0.0) + (svc if rec.slo_met else 0.0)
-    df = demand_fairness(asked, good, weights) if records else None
-    total_w = sum(weights.values())
-    for t, o in per_tenant.items():
-        o.share = o.service / overall.service if overall.service > 0 else 0.0
-        o.weight_share = o.weight / total_w if total_w > 0 else 0.0
-        o.share_ratio = o.share / o.weight_share if o.weight_share > 0 else 0.0
-        o.fair_ratio = df.tenants[t].ratio if df else None
+    weights = {t: policy.tenant(t).weight for t in dict.fromkeys(r.tenant for r in records)}
+    per_tenant, overall, per_class, df = outcomes(records, weights, duration)
     makespan = max([duration] + [r.finish_s for r in records if r.finish_s is not None])
-    fairness = {"jain_demand": df.jain if df else None, "min_fair_ratio": df.min_ratio if df else None,
-                "min_fair_tenant": df.min_tenant if df else None, "service_difference": None}
+    fairness = {"jain_demand": df.jain if records else None, "min_fair_ratio": df.min_ratio,
+                "min_fair_tenant": df.min_tenant, "service_difference": None}
     # recorded in real time: its makespan took as long on the wall
     return VirtualResult(policy, records, per_tenant, overall, per_class, duration, makespan, makespan, fairness,
                          {}, {})

@@ -12,7 +12,8 @@ from controlplane.core.events import Dispatch, FinishReport, RequestSpec
 from controlplane.core.policy import PolicyError, SLOClassPolicy, TenantPolicy
 from controlplane.core.tiers import DEFERRABLE, LATENCY
 from replay.loaders import LengthTable, poisson_workload
-from replay.runner import VirtualResult, default_policy, run_virtual
+from replay.outcomes import VirtualResult
+from replay.runner import default_policy, run_virtual
 from replay.workload import DEFAULT_MAX_TOKENS, WorkloadRequest, merge, read_workload
 from tests.core_helpers import make_core, make_policy
 

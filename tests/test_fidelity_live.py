@@ -122,11 +122,11 @@ def test_zero_real_figures_and_single_token_runs():
 
 def test_a_live_run_becomes_a_run_file(tmp_path):
     results = [
-        RequestResult("t", OK, index=1, sent_ms=250.0, ttft_ms=40.0, e2e_ms=300.0, itl_ms=[100.0, 120.0],
+        RequestResult("t", OK, index=1, sent_s=0.25, ttft_s=0.04, e2e_s=0.3, itl_s=[0.1, 0.12],
                       input_tokens=0, output_tokens=3),
-        RequestResult("t", OK, index=0, sent_ms=0.0, ttft_ms=20.0, e2e_ms=100.0, input_tokens=7, output_tokens=1),
-        RequestResult("t", ERROR, index=2, sent_ms=260.0, e2e_ms=5.0, error="HTTP 500: boom"),
-        RequestResult("t", CANCELLED, index=3, sent_ms=270.0, ttft_ms=10.0, output_tokens=2),
+        RequestResult("t", OK, index=0, sent_s=0.0, ttft_s=0.02, e2e_s=0.1, input_tokens=7, output_tokens=1),
+        RequestResult("t", ERROR, index=2, sent_s=0.26, e2e_s=0.005, error="HTTP 500: boom"),
+        RequestResult("t", CANCELLED, index=3, sent_s=0.27, ttft_s=0.01, output_tokens=2),
     ]
     run = from_live(results)
     # send order; last token = first + the ITLs; a prompt without usage counts as 1 token

@@ -15,7 +15,8 @@ import pytest
 from replay.html_report import (FIGURES, ReportRequest, ReportRun, _figures, _summary_rows, run_from_virtual,
                                 share_over_time, write_report)
 from replay.loaders import LengthTable, poisson_workload
-from replay.runner import VirtualResult, default_policy, run_virtual
+from replay.outcomes import VirtualResult
+from replay.runner import default_policy, run_virtual
 from replay.simulate import simulate_main
 from replay.workload import merge, write_workload
 

@@ -13,7 +13,8 @@ import pytest
 from controlplane.core.policy import apply_patch
 from replay.audit import audit_db, audit_decisions, policies_from_changes, rederive
 from replay.loaders import vtc_overload
-from replay.runner import VirtualResult, default_policy, run_virtual
+from replay.outcomes import VirtualResult
+from replay.runner import default_policy, run_virtual
 from telemetry.store import Store
 
 # a fixed window small enough that the 8 s run below fills it: queueing (defer) happens too

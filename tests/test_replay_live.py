@@ -124,15 +124,18 @@ async def test_measures_ttft_tpot_itl_and_tokens(server):
         assert res.tenant == req.tenant
         assert res.output_tokens == req.output_length
         assert res.input_tokens == req.input_length  # the synthetic prompt has input_length words
-        assert res.ttft_ms >= FIRST_DELAY_S * 1000
-        assert res.e2e_ms >= res.ttft_ms + (req.output_length - 1) * GAP_S * 1000
-        assert len(res.itl_ms) == req.output_length - 1
-        assert sum(res.itl_ms) <= res.e2e_ms - res.ttft_ms + 1e-6
-        assert res.sent_ms >= res.scheduled_ms
+        assert res.ttft_s >= FIRST_DELAY_S
+        assert res.e2e_s >= res.ttft_s + (req.output_length - 1) * GAP_S
+        assert len(res.itl_s) == req.output_length - 1
+        assert sum(res.itl_s) <= res.e2e_s - res.ttft_s + 1e-9
+        assert res.sent_s >= res.scheduled_s
         if req.output_length > 1:
-            assert res.tpot_ms == pytest.approx((res.e2e_ms - res.ttft_ms) / (req.output_length - 1))
+            assert res.tpot_s == pytest.approx((res.e2e_s - res.ttft_s) / (req.output_length - 1))
         else:
-            assert res.tpot_ms is None
+            assert res.tpot_s is None
+        d = res.to_dict()  # the JSON form keeps bench_serving's ms
+        assert d["ttft_ms"] == pytest.approx(res.ttft_s * 1e3) and d["itl_ms"] == pytest.approx([x * 1e3 for x in res.itl_s])
+        assert "ttft_s" not in d and d["sent_ms"] == pytest.approx(res.sent_s * 1e3)
     s = rep.summary
     assert set(s.per_tenant) == {"alice", "bob"}
     assert s.per_tenant["alice"].completed == 2 and s.per_tenant["bob"].completed == 1
@@ -191,7 +194,7 @@ async def test_chat_endpoint_and_no_key(server):
     url, fake = server
     rep = await run_live(url + "/v1", [WorkloadRequest(0, 4, 3, "nokey")], {}, endpoint="chat", model="m")
     (r,) = rep.results
-    assert r.status == "ok" and r.output_tokens == 3 and len(r.itl_ms) == 2
+    assert r.status == "ok" and r.output_tokens == 3 and len(r.itl_s) == 2
     assert fake.auth == [None] and fake.bodies[0]["messages"][0]["role"] == "user"
     assert fake.bodies[0]["model"] == "m"
 
@@ -236,7 +239,7 @@ async def test_stop_while_requests_in_flight_cancels_them(server):
     assert [r.status for r in rep.results] == ["cancelled"]
     assert rep.summary.overall.cancelled == 1
     (r,) = rep.results  # what it got before the stop is kept: its send, first token and chunks
-    assert r.sent_ms is not None and r.ttft_ms is not None and 1 <= r.output_tokens < 400
+    assert r.sent_s is not None and r.ttft_s is not None and 1 <= r.output_tokens < 400
     assert rep.summary.overall.total_output_tokens == 0  # an unfinished request counts in no total
 
 
@@ -298,12 +301,12 @@ def test_synth_prompt_lengths_and_shared_prefixes():
 
 def _results():
     return [
-        RequestResult("a", "ok", ttft_ms=100, tpot_ms=10, e2e_ms=200, itl_ms=[10.0] * 10, input_tokens=50,
+        RequestResult("a", "ok", ttft_s=0.1, tpot_s=0.01, e2e_s=0.2, itl_s=[0.01] * 10, input_tokens=50,
                       output_tokens=11),
-        RequestResult("a", "ok", ttft_ms=300, tpot_ms=30, e2e_ms=600, itl_ms=[30.0] * 10, input_tokens=50,
+        RequestResult("a", "ok", ttft_s=0.3, tpot_s=0.03, e2e_s=0.6, itl_s=[0.03] * 10, input_tokens=50,
                       output_tokens=11),
         RequestResult("b", "rejected", http_status=429, retry_after_s=2.0),
-        RequestResult("b", "ok", ttft_ms=50, tpot_ms=None, e2e_ms=50, input_tokens=10, output_tokens=1),
+        RequestResult("b", "ok", ttft_s=0.05, tpot_s=None, e2e_s=0.05, input_tokens=10, output_tokens=1),
     ]
 
 
@@ -311,9 +314,10 @@ def test_summarize_rows_and_goodput():
     s = summarize(_results(), duration_s=2.0, slo=SLO(ttft_ms=200, tpot_ms=20))
     a, b, o = s.per_tenant["a"], s.per_tenant["b"], s.overall
     assert o.name == OVERALL and o.requests == 4 and o.completed == 3 and o.rejected == 1
-    assert a.mean_ttft_ms == 200 and a.median_ttft_ms == 200
+    # the rows are in ms (bench_serving's fields), the results in seconds
+    assert a.mean_ttft_ms == pytest.approx(200) and a.median_ttft_ms == pytest.approx(200)
     assert a.p99_ttft_ms == pytest.approx(100 + 0.99 * 200)  # linear interpolation, as numpy/vLLM
-    assert a.mean_itl_ms == 20 and a.mean_tpot_ms == 20
+    assert a.mean_itl_ms == pytest.approx(20) and a.mean_tpot_ms == pytest.approx(20)
     assert a.request_throughput == 1.0 and a.output_throughput == 11.0
     assert a.total_throughput == pytest.approx((100 + 22) / 2)
     assert a.good == 1 and b.good == 1 and o.good == 2  # b's 1-token answer has no TPOT to miss
@@ -331,7 +335,7 @@ def test_summarize_rows_and_goodput():
 
 
 def test_summarize_uses_precomputed_slo_met_without_slo():
-    rs = [RequestResult("a", "ok", ttft_ms=1, slo_met=True), RequestResult("a", "ok", ttft_ms=1, slo_met=False)]
+    rs = [RequestResult("a", "ok", ttft_s=0.001, slo_met=True), RequestResult("a", "ok", ttft_s=0.001, slo_met=False)]
     s = summarize(rs, duration_s=4.0)
     assert s.overall.good == 1 and s.overall.request_goodput == 0.25
     assert summarize([RequestResult("a", "ok")], 1.0).overall.request_goodput is None

@@ -9,7 +9,9 @@ import pytest
 
 from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
 from replay.loaders import LengthTable, poisson_workload, vtc_overload
-from replay.runner import EXPIRED, OK, REJECTED, default_policy, format_result, run_virtual
+from replay.report import EXPIRED, OK, REJECTED
+from replay.runner import default_policy, run_virtual
+from replay.tables import format_result
 from replay.simulate import format_side_by_side, simulate_main
 from replay.workload import WorkloadRequest, merge, write_workload
 
