@@ -10,6 +10,7 @@ token refused) and the workers retry with exponential backoff.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -324,11 +325,13 @@ class SluiceConsole(App[None]):
 
     @on(PolicyUpdated)
     def _on_policy(self, message: PolicyUpdated) -> None:
-        self.policy_pane.update_policy(message.policy)
+        with contextlib.suppress(NoMatches):  # a reply that arrives while the app shuts down
+            self.policy_pane.update_policy(message.policy)
 
     @on(HistoryLoaded)
     def _on_history(self, message: HistoryLoaded) -> None:
-        self.policy_pane.update_history(message.changes)
+        with contextlib.suppress(NoMatches):  # a reply that arrives while the app shuts down
+            self.policy_pane.update_history(message.changes)
 
     def _schedule_requests_render(self) -> None:
         if not self._requests_render_pending:
