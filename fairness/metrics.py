@@ -443,7 +443,8 @@ class ServiceDifference:
     pairs_evaluated: int | None = None  # pairs whose difference was computed exactly
 
 
-def _intersect(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+def intersect_intervals(a: Sequence[tuple[float, float]], b: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The overlaps of two sorted lists of disjoint intervals."""
     out, i, j = [], 0, 0
     while i < len(a) and j < len(b):
         lo, hi = max(a[i][0], b[j][0]), min(a[i][1], b[j][1])
@@ -489,7 +490,7 @@ def service_difference_pairwise(
         cf, wf = curves.get(f, empty), w.get(f, 1.0)
         for g in names[x + 1:]:
             cg, wg = curves.get(g, empty), w.get(g, 1.0)
-            for lo, hi in _intersect(spans[f], spans[g]):
+            for lo, hi in intersect_intervals(spans[f], spans[g]):
                 inner = np.concatenate([cf.knots, cg.knots, [lo]])
                 inner = np.unique(inner[(inner >= lo) & (inner < hi)])
                 pts = np.concatenate([np.repeat(inner, 2), [hi]])
@@ -565,7 +566,7 @@ def _pair_difference(f: str, g: str, nf: _Normalised, ng: _Normalised
     """Exact max over the common backlogged intervals of (max D - min D), D = S_f/w_f - S_g/w_g,
     on `service_difference_pairwise`'s points; one pass over both curves' knots for all the
     intervals together. (max - min over an interval is max |D(t2) - D(t1)|, t1 <= t2.)"""
-    common = _intersect(nf.spans, ng.spans)
+    common = intersect_intervals(nf.spans, ng.spans)
     if not common:
         return None
     lo = np.array([a for a, _ in common])

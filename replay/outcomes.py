@@ -14,8 +14,8 @@ import numpy as np
 
 from controlplane.core.policy import Policy
 from controlplane.driver import slo_met
-from fairness.metrics import (DemandFairness, Served, demand_fairness, fairness_summary, request_service,
-                              service_curves, shares, weighted_jain)
+from fairness.metrics import (DemandFairness, Served, demand_fairness, fairness_summary, intersect_intervals,
+                              request_service, service_curves, shares, weighted_jain)
 from replay.records import RequestRecord
 from replay.report import CANCELLED, ERROR, EXPIRED, OK, REJECTED, STATUSES, SLOSpec, Summary, resolve_slo, summarize
 
@@ -267,19 +267,7 @@ def _all_backlogged(backlogged: Mapping[str, list[tuple[float, float]]], tenants
     common: list[tuple[float, float]] | None = None
     for t in tenants:
         ivs = sorted(backlogged.get(t, []))
-        if common is None:
-            common = ivs
-            continue
-        out, i, j = [], 0, 0
-        while i < len(common) and j < len(ivs):
-            lo, hi = max(common[i][0], ivs[j][0]), min(common[i][1], ivs[j][1])
-            if lo < hi:
-                out.append((lo, hi))
-            if common[i][1] < ivs[j][1]:
-                i += 1
-            else:
-                j += 1
-        common = out
+        common = ivs if common is None else intersect_intervals(common, ivs)
     return common or []
 
 
