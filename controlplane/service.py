@@ -40,7 +40,7 @@ from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice")
 
-__all__ = ["Sluice", "Ticket"]
+__all__ = ["Sluice"]
 
 
 class Sluice:
