@@ -30,6 +30,7 @@ from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
+from controlplane.prefix_hash import request_prefix
 from controlplane.prompt_tokens import PromptTokenEstimator
 from controlplane.recorder import Recorder
 from controlplane.requests import CompletionRequest
@@ -141,7 +142,9 @@ class Sluice:
         self.tickets[rid] = ticket
         if self.recorder is not None:
             self.recorder.begin(ticket)
-        pool.driver.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens, None, req.stream))
+        hashes, block = request_prefix(req)  # where dispatch expects the prompt cached (docs/dispatch.md)
+        pool.driver.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens, None, req.stream,
+                                            hashes, block))
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
             rej = ticket.waiter.result()
             err = refusal(rej.code, rej.message, rej.retry_after_s)

@@ -2,12 +2,14 @@
 
 Every admission decision (`admit`, `defer`, `reject` by the forecast) is written to the `decisions`
 table with its complete `AdmissionInputs` (engines as a list of `EngineView` dicts, plus the SLO
-class) and its `AdmissionResult` as outputs; every dispatch with the views of the free engines and
-the request's sizes that `choose_engine` saw (controlplane/core). Both functions are pure, so
+class) and its `AdmissionResult` as outputs; every dispatch with the views of the free engines, each
+engine's expected cached tokens, the request's sizes, the scorer weights and every candidate's
+scores that `dispatch.choose` saw and gave (controlplane/core). Both functions are pure, so
 re-running them on the recorded inputs must give the recorded outputs bit for bit (JSON round-trips
 Python floats exactly). When the policy versions are known (the `policy_changes` audit log), each
 row is also checked against the policy of its version: the margin, admission switch and SLO bounds
-its inputs carry, dispatch priorities and scheduler, operator pauses, rate limits, deadlines.
+its inputs carry, dispatch priorities, scheduler and scorer weights, operator pauses, rate limits,
+deadlines.
 
 Rows that cannot be re-derived from what is recorded are counted, not silently passed: rate-limit
 refusals (the token bucket's level is not recorded), aborts (a client's or operator's act).
@@ -27,12 +29,13 @@ from typing import Any
 import orjson
 
 from controlplane.core.events import ADMISSION_KINDS
-from controlplane.core.admission import AdmissionInputs, AdmissionResult, EngineView, choose_engine, decide
+from controlplane.core.admission import AdmissionInputs, AdmissionResult, EngineView, decide
+from controlplane.core.dispatch import Choice, rechoose
 from controlplane.core.frequency import rederive as rederive_clock
 from controlplane.core.policy import Policy, policy_from_dict
 
 __all__ = ["AuditMismatch", "AuditReport", "PolicyChange", "audit_db", "audit_decisions", "policies_from_changes",
-           "policy_diff", "rederive", "rederive_dispatch", "timeline_from_changes"]
+           "policy_diff", "rederive", "rederive_choice", "rederive_dispatch", "timeline_from_changes"]
 
 _INPUT_FIELDS = tuple(f.name for f in fields(AdmissionInputs))
 _REQUIRED_INPUTS = tuple(f.name for f in fields(AdmissionInputs) if f.default is MISSING)
@@ -68,7 +71,7 @@ class PolicyChange:
 class AuditReport:
     rows: int = 0
     rederived: int = 0  # admission decisions re-run through decide()
-    dispatch_rederived: int = 0  # dispatches re-run through choose_engine()
+    dispatch_rederived: int = 0  # dispatches re-run through dispatch.choose()
     checked: int = 0  # other rows checked against their policy (pauses, rate limits, deadlines, old dispatches)
     policy_checked: int = 0  # admission rows whose inputs were checked against their policy version
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows neither re-derived nor checked
@@ -100,7 +103,7 @@ class AuditReport:
 
     def format(self, limit: int = 20) -> str:
         lines = [f"audited {self.rows} decisions: {self.rederived} admissions re-derived through decide(), "
-                 f"{self.dispatch_rederived} dispatches through choose_engine(), {self.checked} other rows "
+                 f"{self.dispatch_rederived} dispatches through dispatch.choose(), {self.checked} other rows "
                  f"checked against their policy, {self.policy_checked} admissions checked against their policy "
                  f"version; {len(self.mismatches)} mismatch(es)"]
         if self.by_kind:
@@ -167,13 +170,18 @@ def rederive(inputs: Mapping[str, Any]) -> dict[str, Any]:
     return {f: getattr(result, f) for f in _RESULT_FIELDS}
 
 
-def rederive_dispatch(inputs: Mapping[str, Any]) -> str:
-    """The engine `choose_engine` picks from a recorded dispatch's inputs."""
+def rederive_choice(inputs: Mapping[str, Any]) -> tuple[tuple[EngineView, ...], Choice]:
+    """`dispatch.choose` re-run on a recorded dispatch's inputs: the engine views and the choice."""
     views = _views(inputs.get("engines"))
     if not views:
         raise ValueError("no engine views")
-    i, _ = choose_engine(views, inputs["prompt_tokens"], inputs["output_tokens"], inputs.get("cached_tokens", 0.0))
-    return views[i].name
+    return views, rechoose(views, inputs)
+
+
+def rederive_dispatch(inputs: Mapping[str, Any]) -> str:
+    """The engine `dispatch.choose` picks from a recorded dispatch's inputs."""
+    views, choice = rederive_choice(inputs)
+    return views[choice.index].name
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -186,6 +194,18 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return float(a) == float(b) or (math.isnan(a) and math.isnan(b))
     return bool(a == b)
+
+
+def _same_scores(recorded: Any, derived: list[dict[str, float] | None]) -> bool:
+    if not isinstance(recorded, list) or len(recorded) != len(derived):
+        return False
+    for r, d in zip(recorded, derived):
+        if r is None or d is None:
+            if r is not d:
+                return False
+        elif not isinstance(r, Mapping) or set(r) != set(d) or not all(_same(r[k], d[k]) for k in d):
+            return False
+    return True
 
 
 def policies_from_changes(changes: Iterable[Mapping[str, Any]]) -> dict[int, Policy]:
@@ -327,17 +347,28 @@ class _Auditor:
         if isinstance(candidates, list) and engine not in candidates:
             self.bad(row, "engine", engine, candidates, "dispatched to an engine that was not a candidate")
         if "engines" in inputs:
-            chosen = self.rederived(row, rederive_dispatch, inputs)
-            if chosen is None:
+            derived = self.rederived(row, rederive_choice, inputs)
+            if derived is None:
                 return
+            views, choice = derived
             self.rep.dispatch_rederived += 1
-            if chosen != engine:
-                self.bad(row, "engine", engine, chosen, "choose_engine picks another engine")
+            if views[choice.index].name != engine:
+                self.bad(row, "engine", engine, views[choice.index].name, "dispatch.choose picks another engine")
+            if "scores" in inputs:
+                scores = [s.record() if s else None for s in choice.scored]
+                if not _same_scores(inputs["scores"], scores):
+                    self.bad(row, "inputs.scores", inputs["scores"], scores)
         else:
             self.rep.checked += 1  # recorded before dispatches carried their views: candidates only
         if policy is not None:
             if reason != policy.scheduler:
                 self.bad(row, "reason", reason, policy.scheduler, f"scheduler of policy v{version}")
+            weights = inputs.get("weights")
+            if weights is not None and weights != policy.dispatch.scorers:
+                self.bad(row, "inputs.weights", weights, policy.dispatch.scorers, f"scorers of policy v{version}")
+            if weights is not None and "engine_cached" in inputs and policy.dispatch.cache_estimate != "prefix":
+                self.bad(row, "inputs.engine_cached", inputs["engine_cached"], None,
+                         f"policy v{version} estimates cached tokens from the tenant's hit share")
             if rid in self.admitted:
                 cls = policy.slo(self.admitted[rid][0])
                 expected = cls.priority if policy.pass_priority else None

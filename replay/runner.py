@@ -263,7 +263,8 @@ class VirtualRun:
                 rec = self.records[i]
                 w = self.workload[i]
                 i += 1
-                driver.arrive(now, RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.max_tokens, w.slo_class))
+                driver.arrive(now, RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.max_tokens, w.slo_class,
+                                               prefix_hashes=tuple(w.hash_ids or ())))  # Mooncake: 512-token blocks
             if t_tick <= now:
                 driver.tick(now)
             if t_load <= now:

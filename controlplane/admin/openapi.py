@@ -37,7 +37,9 @@ _TENANT_POLICY = _object({"weight": _NUM, "slo_class": _STR, "paused": _BOOL},
 _POLICY = _object({"version": _INT, "scheduler": _STR, "slo_classes": {"type": "object", "additionalProperties": _OBJ},
                    "tenants": {"type": "object", "additionalProperties": _TENANT_POLICY}},
                   {"holistic_alpha": _NUM, "admission": _BOOL, "admission_margin": _NUM, "pass_priority": _BOOL,
-                   "window": _INT})
+                   "window": _INT,
+                   "dispatch": _object({"scorers": {"type": "object", "additionalProperties": _NUM},
+                                        "cache_estimate": _STR})})
 _GPU = _object({"gpu": _INT, "name": _STR, "simulated": _BOOL},
                {"ts": _nullable(_NUM), "power_w": _nullable(_NUM), "energy_j": _nullable(_NUM),
                 "sm_clock_mhz": _nullable(_NUM), "utilization": _nullable(_NUM),

@@ -3,9 +3,10 @@
 `GET /admin/v1/requests/{rid}/why` (docs/admin-api.md) and the console's request view read this.
 Everything comes from what was recorded at the time: the request's row and its `decisions` rows
 (the admission row carries the admission inputs, the engines as admission saw them and the
-result; the dispatch row the candidates, the tenant's fairness counters and the time queued).
-Forecasts and their parts are re-derived from the recorded engine views with the same
-`forecast` the core ran, so the numbers are the ones the decision saw, not today's.
+result; the dispatch row the candidates with their expected cached tokens and scores, the
+tenant's fairness counters and the time queued). Forecasts, their parts and the candidates' order
+are re-derived from the recorded engine views with the same `forecast` and `dispatch.choose` the
+core ran, so the numbers are the ones the decision saw, not today's.
 
 Three steps, so that the admin API never blocks its event loop: `live_record` (on the loop: an
 in-flight request's row and decisions from memory), `stored_record` (blocking: flush the store,
@@ -17,6 +18,7 @@ import dataclasses
 from typing import Any
 
 from controlplane.core.admission import EngineView, forecast
+from controlplane.core.dispatch import own_prefill, rechoose
 from controlplane.core.events import ADMISSION_KINDS
 from telemetry import queries
 
@@ -85,10 +87,7 @@ def _forecasts(inputs: dict[str, Any]) -> list[dict[str, Any]]:
         try:
             view = _view(d)
             fc = forecast(view, ahead_r, ahead_t, prompt, output, cached)
-            computed = max(1.0, prompt - cached)
-            batch = min(view.in_flight + 1, max(view.window, 1))
-            kv = view.kv_tokens + prompt + output / 2
-            own = view.prefill_through(computed, batch, kv, view.attention(computed, cached))
+            own = own_prefill(view, prompt, output, cached)
         except (TypeError, ValueError):
             continue  # a row recorded by another version of the core: show what can be read
         out.append({
@@ -167,34 +166,43 @@ def _let_in(d: dict[str, Any], why: dict[str, Any]) -> str:
     return "would have been let in with " + text
 
 
+def _candidates(x: dict[str, Any], engine: Any) -> list[dict[str, Any]]:
+    """The dispatch's candidates in the picker's order (best first), each with its forecast, its
+    expected cached tokens and its scores, re-derived through `dispatch.choose`."""
+    try:
+        views = [_view(v) for v in x.get("engines") or []]
+        choice = rechoose(views, x) if views else None
+    except (TypeError, ValueError, KeyError):
+        return []  # a row recorded by another version of the core
+    if choice is None:
+        return []
+    cached = x.get("engine_cached") or [x.get("cached_tokens") or 0.0] * len(views)
+    out = []
+    for view, c, s in zip(views, cached, choice.scored):
+        if s is None:
+            continue
+        out.append({"engine": view.name, "ttft_ms": _ms(s.forecast.ttft_s), "tpot_ms": _ms(s.forecast.tpot_s),
+                    "in_flight": view.in_flight, "cached_tokens": c, "scores": s.scores, "score": s.total,
+                    "chosen": view.name == engine})
+    return sorted(out, key=lambda r: (-r["score"], r["in_flight"]))  # the picker's order
+
+
 def _dispatch(d: dict[str, Any], why: dict[str, Any]) -> str:
     x = d.get("inputs") or {}
     engine = d.get("engine")
-    views = x.get("engines") or []
-    prompt, output = float(x.get("prompt_tokens") or 0), float(x.get("output_tokens") or 0)
-    cached = float(x.get("cached_tokens") or 0)
-    ranked = []
-    for v in views:
-        try:
-            view = _view(v)
-            fc = forecast(view, 0, 0, prompt, output, cached)
-        except (TypeError, ValueError):
-            continue
-        ranked.append({"engine": view.name, "ttft_ms": _ms(fc.ttft_s), "tpot_ms": _ms(fc.tpot_s),
-                       "in_flight": view.in_flight, "chosen": view.name == engine})
-    ranked.sort(key=lambda r: (r["ttft_ms"], r["in_flight"]))  # choose_engine's order: the score
+    ranked = _candidates(x, engine)
     counters = x.get("counters") or {}
+    weights = x.get("weights") or {"ttft": 1.0}
     why["dispatch"] = {"engine": engine, "scheduler": d.get("reason"), "queued_ms": _ms(x.get("queued_s")),
-                       "tier": x.get("tier"), "candidates": ranked, "counters": counters}
+                       "tier": x.get("tier"), "weights": weights, "candidates": ranked, "counters": counters}
     words = [f"dispatched by {d.get('reason')} to {engine} after {_t(_ms(x.get('queued_s')) or 0.0)} in "
              f"sluice's queue"]
     others = [r for r in ranked if not r["chosen"]]
     mine = next((r for r in ranked if r["chosen"]), None)
     if mine is not None:
-        words.append(f"{engine}: forecast TTFT {_t(mine['ttft_ms'])} with {mine['in_flight']} in flight")
+        words.append(f"{engine}: {_scored(mine, weights)}")
     if others:
-        words.append("runners-up: " + ", ".join(f"{r['engine']} {_t(r['ttft_ms'])} ({r['in_flight']} in flight)"
-                                                for r in others[:3]))
+        words.append("runners-up: " + ", ".join(f"{r['engine']} {_scored(r, weights)}" for r in others[:3]))
     h = counters.get("holistic")
     if h is not None:
         why["fairness"] = {"holistic": h, "user": counters.get("user"), "resource": counters.get("resource"),
@@ -208,6 +216,18 @@ def _dispatch(d: dict[str, Any], why: dict[str, Any]) -> str:
             position = "behind" if h < 0.995 else "ahead of" if h > 1.005 else "at"
             words.append(f"the tenant was {position} its fair share at dispatch (H = {h:.2f}, 1.00 = fair; {detail})")
     return "; ".join(words)
+
+
+def _scored(r: dict[str, Any], weights: dict[str, Any]) -> str:
+    """A candidate in words: its forecast TTFT, in flight, expected cached tokens and, with more than
+    the default scorer, its total and each weighted score."""
+    text = f"forecast TTFT {_t(r['ttft_ms'])} with {r['in_flight']} in flight"
+    if r["cached_tokens"]:
+        text += f", {r['cached_tokens']:.0f} prompt tokens expected cached"
+    if set(weights) != {"ttft"}:
+        parts = " + ".join(f"{float(weights[name]):g} x {name} {v:.3g}" for name, v in r["scores"].items())
+        text += f" (score {r['score']:.3g} = {parts})"
+    return text
 
 
 def explain(rid: str, row: dict[str, Any] | None, decisions: list[dict[str, Any]]) -> dict[str, Any] | None:

@@ -31,7 +31,6 @@ TPOT = that step time at the batch the request joins, e2e = TTFT + predicted out
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -140,15 +139,6 @@ def forecast(
         ttft = max(slot_wait + own, everything)
     tpot = engine.step_time(batch, kv)
     return Forecast(engine.name, ttft, tpot, ttft + output_tokens * tpot, slot_wait)
-
-
-def choose_engine(views: Sequence[EngineView], prompt_tokens: float, output_tokens: float,
-                  cached_tokens: float = 0.0) -> tuple[int, Forecast]:
-    """Where a dequeued request goes: the free engine with the lowest forecast TTFT, ties to the one
-    with fewer requests in flight (the dispatch decision; the audit re-derives it)."""
-    forecasts = [forecast(v, 0, 0, prompt_tokens, output_tokens, cached_tokens) for v in views]
-    i = min(range(len(views)), key=lambda k: (forecasts[k].ttft_s, views[k].in_flight))
-    return i, forecasts[i]
 
 
 @dataclass(frozen=True, slots=True)

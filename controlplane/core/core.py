@@ -13,7 +13,8 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol
 
-from controlplane.core.admission import AdmissionInputs, EngineView, choose_engine, decide, forecast
+from controlplane.core.admission import AdmissionInputs, EngineView, decide, forecast
+from controlplane.core.dispatch import Candidate, DispatchRequest, choose
 from controlplane.core.engine_state import RATE_WINDOW_S, EngineState, StepModel, Tracked
 from controlplane.core.events import (
     Action,
@@ -26,6 +27,7 @@ from controlplane.core.events import (
     shallow_dict,
 )
 from controlplane.core.policy import Policy, PolicyError
+from controlplane.core.prefix_index import PrefixIndex
 from controlplane.core.rate_limits import RateLimits
 from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot, TierSnapshot
 from controlplane.core.tiers import DEFERRABLE, LATENCY, TieredQueue, tier_of
@@ -81,6 +83,7 @@ class DecisionCore:
         # (a quantile by stochastic gradient): admission holds forecast x this to the budget
         self._ttft_error = 1.0
         self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
+        self.prefix_index = PrefixIndex()  # where each prompt prefix should be cached (dispatch's locality)
         self._resize_windows()
         for eng in self.engines.values():
             eng.prior_window = eng.window
@@ -241,6 +244,7 @@ class DecisionCore:
         if self.engines[name].in_flight:
             raise ValueError(f"engine {name!r} still runs {len(self.engines[name].in_flight)} requests")
         del self.engines[name], self._inflight_deferrable[name]
+        self.prefix_index.drop(name)
         return []
 
     def set_policy(self, now: float, policy: Policy) -> list[Action]:
@@ -568,9 +572,16 @@ class DecisionCore:
     def _dispatch(self, now: float, t: Tracked, free: list[EngineState]) -> list[Action]:
         views = [self.engine_view(e, now) for e in free]
         cached = t.spec.prompt_tokens - t.prompt_cost
-        i, fc = choose_engine(views, t.spec.prompt_tokens, t.predicted_output, cached)
+        spec, rule = t.spec, self.policy.dispatch
+        by_engine = self._expected_cached(t, free)
+        choice = choose([Candidate(v, by_engine[k] if by_engine else cached) for k, v in enumerate(views)],
+                        DispatchRequest(spec.prompt_tokens, t.predicted_output), rule.scorers)
+        i, fc = choice.index, choice.chosen.forecast
         best = views[i]
         eng = self.engines[best.name]
+        if by_engine is not None:  # the prompt tokens it will compute are those this engine lacks
+            t.prompt_cost = max(1.0, spec.prompt_tokens - by_engine[i])
+        self.prefix_index.add(best.name, spec.prefix_hashes, eng.spec.kv_capacity // max(1, spec.block_tokens))
         t.engine, t.dispatched_at, t.expected_finish = best.name, now, now + fc.e2e_s
         t.engine_waiting_at_dispatch = max(eng.waiting_tokens, eng.reported_waiting_tokens)
         eng.in_flight[t.spec.rid] = t
@@ -595,10 +606,22 @@ class DecisionCore:
                 Decision(now, t.spec.rid, tenant, "dispatch", self.policy.scheduler, best.name, self.policy.version,
                          {"candidates": [v.name for v in views], "queued_s": now - t.arrival, "tier": t.tier,
                           "counters": self.scheduler.tiers[t.tier].scheduler.counters(tenant),
-                          # what choose_engine saw, so that the audit can re-derive the engine
+                          # what dispatch.choose saw, so that the audit can re-derive the engine
                           "engines": [shallow_dict(v) for v in views], "prompt_tokens": t.spec.prompt_tokens,
-                          "output_tokens": t.predicted_output, "cached_tokens": cached},
+                          "output_tokens": t.predicted_output, "cached_tokens": cached,
+                          **({"engine_cached": by_engine} if by_engine is not None else {}),
+                          "weights": dict(rule.scorers),
+                          "scores": [s.record() if s else None for s in choice.scored]},
                          {"priority": priority})]
+
+    def _expected_cached(self, t: Tracked, free: list[EngineState]) -> list[float] | None:
+        """Each engine's expected prefix-cache hit for `t`, from what sluice sent where
+        (prefix_index.py); None when the policy estimates from the tenant's hit share instead."""
+        spec = t.spec
+        if self.policy.dispatch.cache_estimate != "prefix" or not spec.prefix_hashes:
+            return None
+        return [self.prefix_index.cached_tokens(e.spec.name, spec.prefix_hashes, spec.block_tokens,
+                                                spec.prompt_tokens) for e in free]
 
     def _latency_factor(self, cls_name: str, ttft: float | None, tpot: float | None) -> float:
         cls = self.policy.slo(cls_name)

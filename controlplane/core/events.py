@@ -19,6 +19,12 @@ class RequestSpec:
     max_tokens: int
     slo_class: str | None = None  # None: the tenant's class
     stream: bool = True
+    # chained hashes of the prompt's leading blocks of `block_tokens` tokens each (block k's hash
+    # stands for the prefix up to k): where dispatch expects the prompt to be cached
+    # (core/prefix_index.py). Serving hashes the prompt's text (controlplane/prefix_hash.py), replay
+    # passes Mooncake's hash_ids.
+    prefix_hashes: tuple[int, ...] = ()
+    block_tokens: int = 512
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from controlplane.core.dispatch import DEFAULT_WEIGHTS, check_weights
+
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
@@ -18,6 +20,9 @@ if TYPE_CHECKING:
 
 SCHEDULERS = ("fcfs", "vtc", "equinox", "wrr")
 ON_MISS = ("reject", "defer")
+# where dispatch's expected cached prompt tokens come from: the tenant's recent hit share (the
+# same on every engine) or each engine's prefix index (core/prefix_index.py)
+CACHE_ESTIMATES = ("tenant", "prefix")
 
 
 class PolicyError(ValueError):
@@ -82,6 +87,14 @@ class TenantPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class DispatchPolicy:
+    """How dispatch weighs the free engines (controlplane/core/dispatch.py, docs/dispatch.md)."""
+
+    scorers: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))  # scorer -> weight
+    cache_estimate: str = "tenant"  # "tenant" | "prefix"
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int = 1
     scheduler: str = "fcfs"
@@ -92,6 +105,7 @@ class Policy:
     window: int = 0  # per-engine in-flight window; 0 = sized from KV capacity and the SLO
     slo_classes: dict[str, SLOClassPolicy] = field(default_factory=lambda: dict(DEFAULT_SLO_CLASSES))
     tenants: dict[str, TenantPolicy] = field(default_factory=dict)
+    dispatch: DispatchPolicy = field(default_factory=DispatchPolicy)
 
     def to_dict(self) -> dict[str, Any]:
         """The policy document as JSON (SLO times in ms): the admin API's and the audit log's form."""
@@ -135,6 +149,12 @@ class Policy:
                 raise PolicyError(f"{where}: a deferring class needs deadline_s")
             if c.priority is not None and (not isinstance(c.priority, int) or isinstance(c.priority, bool)):
                 raise PolicyError(f"{where}.priority: must be an integer or null")
+        problem = check_weights(self.dispatch.scorers)
+        if problem:
+            raise PolicyError(f"dispatch.scorers: {problem}")
+        if self.dispatch.cache_estimate not in CACHE_ESTIMATES:
+            raise PolicyError(f"dispatch.cache_estimate: must be one of {list(CACHE_ESTIMATES)}, "
+                              f"got {self.dispatch.cache_estimate!r}")
         for name, t in self.tenants.items():
             where = f"tenants.{name}"
             _check_range(f"{where}.weight", t.weight, 1e-6, 1e6)
@@ -187,13 +207,18 @@ def policy_from_dict(raw: Any) -> Policy:
     raw = dict(raw)
     classes = raw.pop("slo_classes", {})
     tenants = raw.pop("tenants", {})
+    dispatch = raw.pop("dispatch", {})
     if not isinstance(classes, dict) or not isinstance(tenants, dict):
         raise PolicyError("slo_classes and tenants must be objects")
     policy = _build(Policy, raw, "policy")
+    dispatch = _build(DispatchPolicy, dispatch, "dispatch")
+    if isinstance(dispatch.scorers, dict):  # a copy; null removes a scorer (a merge patch's null removes a key)
+        dispatch = replace(dispatch, scorers={k: w for k, w in dispatch.scorers.items() if w is not None})
     return replace(
         policy,
         slo_classes={k: _slo_class_from_json(v, f"slo_classes.{k}") for k, v in classes.items()},
         tenants={k: _build(TenantPolicy, v, f"tenants.{k}") for k, v in tenants.items()},
+        dispatch=dispatch,
     ).validate()
 
 
