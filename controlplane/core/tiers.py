@@ -17,8 +17,11 @@ take everything (fairness inverts). Instead each tier gets its weighted share:
   latency tier on ties), so over the horizon each tier gets its weighted share;
 - with admission, the latency tier goes first (its queue is bounded by admission: what could not
   start within its TTFT was refused), and is held to its share from the other side: while it is
-  ahead of its share and the deferrable tier's head has waited a quarter of its deadline, new
-  latency requests are refused (`over_share`, DecisionCore._over_share);
+  ahead of its share and the deferrable tier *starves* (its head has waited a quarter of its
+  deadline, or the latency tier has had STARVING_BEHIND times its service per unit of weight), new
+  latency requests are refused (`over_share`, DecisionCore._over_share), and a starving deferrable
+  request is dispatched even into a prefill queue that a latency request would wait behind (the
+  latency tier's forecasts then see that queue);
 - while the latency tier is refusing requests for lack of capacity (not ones that no engine could
   serve in time even idle), a deferrable tier ahead of its share dispatches nothing: its requests
   wait (they have a deadline, not a TTFT), and the capacity goes to the refused tier.
@@ -39,6 +42,11 @@ from fairness import Scheduler, Work
 LATENCY, DEFERRABLE = "latency", "deferrable"
 TIERS = (LATENCY, DEFERRABLE)
 HORIZON_S = 30.0  # decay time constant of each tier's service
+# The deferrable tier starves when the latency tier has had this many times its service per unit of
+# weight. Waiting for its head to age a quarter of its deadline was not enough: a fair queue (VTC)
+# keeps rotating the head, so on a mix of bursty interactive and batch tenants at 1.5x the batch
+# tier got a tenth of its share until the interactive load ended, and its waits hid behind the run's end.
+STARVING_BEHIND = 2.0
 
 
 def tier_of(cls: SLOClassPolicy) -> str:
@@ -113,10 +121,10 @@ class TieredQueue:
     def other(self, q: Tier) -> Tier:
         return self.tiers[DEFERRABLE if q.name == LATENCY else LATENCY]
 
-    def ahead_of_share(self, q: Tier, now: float, active: Mapping[str, float]) -> bool:
-        """Whether tier `q` has had more service per unit of weight than the other tier."""
+    def ahead_of_share(self, q: Tier, now: float, active: Mapping[str, float], by: float = 1.0) -> bool:
+        """Whether tier `q` has had more than `by` times the other tier's service per unit of weight."""
         other = self.other(q)
-        return q.served(now) / q.weight(active) > other.served(now) / other.weight(active)
+        return q.served(now) / q.weight(active) > by * other.served(now) / other.weight(active)
 
     def charge(self, tier: Tier, now: float, cost: float) -> None:
         tier.served(now)
