@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections import deque
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol
 
 from controlplane.core.admission import AdmissionInputs, EngineView, decide, forecast
 from controlplane.core.dispatch import Candidate, DispatchRequest, choose
-from controlplane.core.dispatch_share import DispatchShares
+from controlplane.core.demand import Demand
 from controlplane.core.engine_state import RATE_WINDOW_S, EngineState, StepModel, Tracked
 from controlplane.core.events import (
     Action,
@@ -31,7 +30,7 @@ from controlplane.core.policy import Policy, PolicyError
 from controlplane.core.prefix_index import PrefixIndex
 from controlplane.core.rate_limits import RateLimits
 from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot, TierSnapshot
-from controlplane.core.tiers import DEFERRABLE, LATENCY, STARVING_BEHIND, Tier, TieredQueue, tier_of
+from controlplane.core.tiers import DEFERRABLE, LATENCY, STARVING_BEHIND, TieredQueue, tier_of
 from controlplane.core.windows import size_window
 from fairness import Outcome, Scheduler, Work, make_scheduler
 
@@ -68,12 +67,7 @@ class DecisionCore:
         # (serving's rids are random, replay's ordered: the same decisions need the same tie-break)
         self._deadlines: list[tuple[float, int, str]] = []
         self._arrival_seq = 0
-        # (time, tenant, tier) of the arrivals over the last RATE_WINDOW_S (refused ones too: a tier's
-        # share follows what its tenants ask for), counted per (tenant, tier)
-        self._arrivals: deque[tuple[float, str, str]] = deque()
-        self._arrival_counts: dict[tuple[str, str], int] = {}
-        self._tier_arrivals = {LATENCY: 0, DEFERRABLE: 0}
-        self._active_weight = {LATENCY: 0.0, DEFERRABLE: 0.0}  # of the tenants that asked lately, per tier
+        self.demand = Demand(lambda tenant: self.policy.tenant(tenant).weight)  # who asked, who got what
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
         self._inflight_deferrable: dict[str, int] = {name: 0 for name in self.engines}  # per engine
         self._hit_rate: dict[str, float] = {}  # per tenant: EWMA of the prefix-cache hit share of prompts
@@ -85,7 +79,6 @@ class DecisionCore:
         self._ttft_error = 1.0
         self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
         self.prefix_index = PrefixIndex()  # where each prompt prefix should be cached (dispatch's locality)
-        self._shares = DispatchShares()  # what each backlogged tenant has really been getting
         self._resize_windows()
         for eng in self.engines.values():
             eng.prior_window = eng.window
@@ -114,7 +107,7 @@ class DecisionCore:
             return refuse(code, f"rate limit exceeded for tenant {spec.tenant!r}", wait)
 
         tier = tier_of(cls)
-        self._arrived(now, spec.tenant, tier)
+        self.demand.arrived(now, spec.tenant, tier)
         if self._over_share(now, tier):
             return refuse("over_share", _REJECT_MESSAGES["over_share"], 1.0, tier=tier)
         predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
@@ -263,8 +256,7 @@ class DecisionCore:
                 self._configure_scheduler(sched, policy)
             for q in self.scheduler.tiers.values():
                 q.backlogged_weight = sum(policy.tenant(n).weight for n in q.tenant_tokens)
-        self._active_weight = {tier: sum(policy.tenant(n).weight for n, k in self._arrival_counts if k == tier)
-                               for tier in self._active_weight}
+        self.demand.reweigh()
         self._resize_windows()
         return self._pump(now)
 
@@ -287,7 +279,7 @@ class DecisionCore:
         """What the core knows at `now`, as frozen values (controlplane/core/snapshot.py): its
         readers' contract. The tenants (one pass over all of them) only `with_tenants`: every tenant
         the policy or the queues know, and those named in `also`."""
-        self._active_weight_at(now)  # ages the arrival window to `now`
+        self.demand.active_weight(now)  # ages the arrival window to `now`
         running: dict[str, int] = {}
         deferred = []
         for t in self.requests.values():
@@ -296,7 +288,7 @@ class DecisionCore:
             elif t.tier == DEFERRABLE and t.deadline is not None:
                 deferred.append(t.deadline - now)
         tiers = {name: TierSnapshot(name, q.queued, q.tokens, q.backlogged_weight,
-                                    self._tier_arrivals[name] / RATE_WINDOW_S)
+                                    self.demand.tier_arrivals[name] / RATE_WINDOW_S)
                  for name, q in self.scheduler.tiers.items()}
         engines = {}
         for name, e in self.engines.items():
@@ -380,7 +372,7 @@ class DecisionCore:
     @staticmethod
     def _configure_scheduler(scheduler: Scheduler, policy: Policy) -> None:
         """A tenant's weight lives in the policy; the schedulers' copies are made here only, and
-        the tiers' weight sums (`Tier.backlogged_weight`, `_active_weight`) are recomputed from
+        the tiers' weight sums (`Tier.backlogged_weight`, `Demand`'s active weights) are recomputed from
         the policy by `set_policy`: every weight the core uses is the policy's."""
         for name, tp in policy.tenants.items():
             scheduler.set_weight(name, tp.weight)
@@ -395,98 +387,19 @@ class DecisionCore:
 
     def _enqueue(self, t: Tracked) -> None:
         self.scheduler.push(t.tier, t.spec.tenant, t.spec.rid, t.work, t.prompt_cost)
-        self._shares.backlog(t.arrival, t.spec.tenant, t.tier, 1)
+        self.demand.backlog(t.arrival, t.spec.tenant, t.tier, 1)
 
     def _dequeue(self, t: Tracked, removed: bool = False) -> None:
         self.scheduler.remove(t.spec.tenant, t.spec.rid, t.prompt_cost, popped=removed)
         tenant = t.spec.tenant
-        self._shares.backlog(t.arrival, tenant, t.tier, self.scheduler.tiers[t.tier].scheduler.queued(tenant))
-
-    def _ahead(self, now: float, tenant: str, tier: str) -> tuple[float, float]:
-        """Requests and prompt tokens that will be served before a new request of `tenant` is.
-
-        Within its tier: FCFS, everything queued now. Fair policies: a tenant with nothing queued
-        is served almost at once (the lift rule puts it level with the others): one request per
-        other backlogged weight unit ahead; a backlogged tenant, see `_backlogged_ahead`. While the
-        other tier is backlogged it takes its share of the dispatches meanwhile (tiers.py), which
-        stretches the wait by 1 / this tier's share. A deferrable tenant backlogged for a few
-        seconds is forecast from the share of the dispatches it has really been getting, when that
-        is the longer wait (dispatch_share.py).
-        """
-        q = self.scheduler.tiers[tier]
-        total, tokens = float(q.queued), q.tokens
-        if self.policy.scheduler != "fcfs" and total:
-            own = float(q.scheduler.queued(tenant))
-            if not own:
-                ahead = min(total, q.backlogged_weight / self.policy.tenant(tenant).weight)
-                total, tokens = ahead, tokens * ahead / total
-            else:
-                total, tokens = self._backlogged_ahead(now, tenant, q, own)
-        other = self.scheduler.other(q)
-        if other.queued:
-            active = self._active_weight_at(now)
-            mine = q.weight(active)
-            stretch = (mine + other.weight(active)) / mine
-            total, tokens = total * stretch, tokens * stretch
-        measured = self._shares.measured_share(now, tenant, tier) if tier == DEFERRABLE else None
-        if measured is not None:
-            waited = (q.scheduler.queued(tenant) + 1) / measured - 1
-            if waited > total:
-                total, tokens = waited, q.tenant_tokens.get(tenant, 0.0) / measured
-        return total, tokens
-
-    def _backlogged_ahead(self, now: float, tenant: str, q: Tier, own: float) -> tuple[float, float]:
-        """Requests and tokens ahead of a new request of a tenant with `own` requests queued.
-
-        Its weight's share among the tenants being served (those backlogged now and those that
-        asked lately: a light tenant is backlogged only for a moment, yet takes its turn every
-        round) is guaranteed: its own queue scaled up by 1/share passes first. A deferrable request
-        (a deadline of minutes, so a long queue) also counts on what the others leave: they cannot
-        take more than they ask for (max-min), measured by their share of the tier's recent
-        arrivals (without it, a heavy batch tenant among many light ones was refused at 0.8x load).
-        And the others put ahead no more than they ask for meanwhile: what they have queued, plus
-        their arrivals while the queue drains at the tier's recent dispatch rate (a few light
-        tenants that asked lately otherwise counted as a dozen requests ahead, and at 0.8x load
-        15 % of interactive requests were refused that would have met their SLO).
-        """
-        weight = self.policy.tenant(tenant).weight
-        share = weight / max(q.backlogged_weight, self._active_weight_at(now)[q.name], weight)
-        asked = self._tier_arrivals[q.name]
-        my_arrivals = self._arrival_counts.get((tenant, q.name), 0)
-        if q.name == DEFERRABLE and asked:
-            share = max(share, my_arrivals / asked)
-        modelled = (own + 1) / share - 1
-        rate = self._shares.tier_rate(now, q.name)
-        drain_s = (q.queued + 1) / rate if rate > 0 else math.inf
-        asked_meanwhile = q.queued + (asked - my_arrivals) / RATE_WINDOW_S * drain_s
-        if asked_meanwhile < modelled:
-            return asked_meanwhile, q.tokens + (asked_meanwhile - q.queued) * self._mean_prompt
-        return modelled, q.tenant_tokens[tenant] / share
-
-    def _arrived(self, now: float, tenant: str, tier: str) -> None:
-        self._active_weight_at(now)
-        self._arrivals.append((now, tenant, tier))
-        if (tenant, tier) not in self._arrival_counts:
-            self._arrival_counts[tenant, tier] = 0
-            self._active_weight[tier] += self.policy.tenant(tenant).weight
-        self._arrival_counts[tenant, tier] += 1
-        self._tier_arrivals[tier] += 1
-
-    def _active_weight_at(self, now: float) -> dict[str, float]:
-        while self._arrivals and self._arrivals[0][0] < now - RATE_WINDOW_S:
-            _, tenant, tier = self._arrivals.popleft()
-            self._arrival_counts[tenant, tier] -= 1
-            self._tier_arrivals[tier] -= 1
-            if not self._arrival_counts[tenant, tier]:
-                del self._arrival_counts[tenant, tier]
-                self._active_weight[tier] -= self.policy.tenant(tenant).weight
-        return self._active_weight
+        self.demand.backlog(t.arrival, tenant, t.tier, self.scheduler.tiers[t.tier].scheduler.queued(tenant))
 
     def _admission_inputs(self, now: float, spec: RequestSpec, cls_name: str, predicted: float, tier: str,
                           cost: float) -> AdmissionInputs:
         cls = self.policy.slo(cls_name)
         healthy = [e for e in self.engines.values() if e.healthy]
-        ahead, ahead_tokens = self._ahead(now, spec.tenant, tier)
+        ahead, ahead_tokens = self.demand.ahead(now, self.scheduler, spec.tenant, tier,
+                                                 self.policy.scheduler != "fcfs", self._mean_prompt)
         n = max(1, len(healthy))
         running = [self.policy.slo(c).tpot_s for c, k in self._inflight_tpot.items() if k > 0]
         running_slos = [v for v in running if v is not None]
@@ -506,10 +419,10 @@ class DecisionCore:
         """Window slots deferrable requests leave free on `eng` for the latency tier: its expected
         concurrency (Little's law: recent arrival rate x mean service time) plus one for the next
         arrival, but never more than the latency tier's weighted share of the window."""
-        active = self._active_weight_at(now)
+        active = self.demand.active_weight(now)
         if eng.window <= 1 or not active[LATENCY]:
             return 0
-        rate = self._tier_arrivals[LATENCY] / RATE_WINDOW_S / max(1, len(self.engines))
+        rate = self.demand.tier_arrivals[LATENCY] / RATE_WINDOW_S / max(1, len(self.engines))
         need = math.ceil(rate * self._latency_service_s) + 1
         w_lat = self.scheduler.tiers[LATENCY].weight(active)
         w_dfr = self.scheduler.tiers[DEFERRABLE].weight(active)
@@ -521,7 +434,7 @@ class DecisionCore:
         head = self.scheduler.tiers[DEFERRABLE].scheduler.peek()
         if head is None:
             return False
-        if self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now, self._active_weight_at(now),
+        if self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now, self.demand.active_weight(now),
                                          by=STARVING_BEHIND):
             return True
         t = self.requests[str(head[1])]
@@ -531,7 +444,7 @@ class DecisionCore:
         """With admission, the latency tier runs first; it is held to its weighted share by refusing
         its new requests while it is ahead of that share and the deferrable tier is starving."""
         return (self.policy.admission and tier == LATENCY and self._deferrable_starving(now)
-                and self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now, self._active_weight_at(now)))
+                and self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now, self.demand.active_weight(now)))
 
     def _feasible_alone(self, x: AdmissionInputs) -> bool:
         """Whether the request would meet its TTFT on an idle engine (else its refusal says
@@ -551,9 +464,9 @@ class DecisionCore:
         if self._inflight_deferrable[e.spec.name] >= e.window - self._latency_reserve(e, now):
             return False
         if now - self._latency_refused_at < RATE_WINDOW_S and self.scheduler.ahead_of_share(
-                self.scheduler.tiers[DEFERRABLE], now, self._active_weight_at(now)):
+                self.scheduler.tiers[DEFERRABLE], now, self.demand.active_weight(now)):
             return False
-        if not self._active_weight_at(now)[LATENCY] or e.profile.prefill_b <= 0:
+        if not self.demand.active_weight(now)[LATENCY] or e.profile.prefill_b <= 0:
             return True
         if self._deferrable_starving(now):  # it gets its share; the latency tier's admission sees the queue
             return True
@@ -584,7 +497,7 @@ class DecisionCore:
     def _pump(self, now: float) -> list[Action]:
         actions: list[Action] = []
         while True:
-            for q in self.scheduler.order(now, self._active_weight_at(now), self.policy.admission):
+            for q in self.scheduler.order(now, self.demand.active_weight(now), self.policy.admission):
                 head = q.scheduler.peek()
                 if head is None:  # only paused tenants have queued requests
                     continue
@@ -599,7 +512,7 @@ class DecisionCore:
             q.scheduler.pop()
             self._dequeue(t, removed=True)
             self.scheduler.charge(q, now, q.scheduler.token_cost(t.work))
-            self._shares.dispatched(now, t.spec.tenant, t.tier)
+            self.demand.dispatched(now, t.spec.tenant, t.tier)
             actions += self._dispatch(now, t, free)
 
     def _dispatch(self, now: float, t: Tracked, free: list[EngineState]) -> list[Action]:

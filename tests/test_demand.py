@@ -1,4 +1,4 @@
-"""The measured side of a backlogged tenant's wait (controlplane/core/dispatch_share.py) and the
+"""The measured side of a backlogged tenant's wait (controlplane/core/demand.py) and the
 core's uses of it: the bound on what other tenants put ahead, the measured share of a deferrable
 tenant, and the deferrable tier's starvation by service share."""
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controlplane.core.events import RequestSpec
-from controlplane.core.dispatch_share import MIN_BACKLOG_S, SHARE_WINDOW_S, DispatchShares
+from controlplane.core.demand import MIN_BACKLOG_S, SHARE_WINDOW_S, Demand
 from controlplane.core.policy import SLOClassPolicy, TenantPolicy
 from controlplane.core.tiers import DEFERRABLE, LATENCY
 from fairness import Work
@@ -14,7 +14,7 @@ from tests.core_helpers import make_core, make_policy
 
 
 def test_a_share_is_measured_only_after_the_tenant_has_waited() -> None:
-    s = DispatchShares()
+    s = Demand(lambda tenant: 1.0)
     s.backlog(0.0, "a", DEFERRABLE, 1)
     for i in range(9):
         s.dispatched(0.1 * i, "b", DEFERRABLE)
@@ -27,7 +27,7 @@ def test_a_share_is_measured_only_after_the_tenant_has_waited() -> None:
 
 
 def test_shares_and_tier_rates_forget_what_left_the_window() -> None:
-    s = DispatchShares()
+    s = Demand(lambda tenant: 1.0)
     s.backlog(0.0, "a", DEFERRABLE, 3)
     for i in range(10):
         s.dispatched(float(i), "b", LATENCY)
@@ -38,10 +38,14 @@ def test_shares_and_tier_rates_forget_what_left_the_window() -> None:
     assert s.measured_share(late, "a", DEFERRABLE) == 1.0  # smoothed: nobody got anything
 
 
+def _ahead(core, now: float, tenant: str, tier: str) -> tuple[float, float]:
+    return core.demand.ahead(now, core.scheduler, tenant, tier, True, core._mean_prompt)
+
+
 def _queue(core, tenant: str, tier: str, n: int, now: float = 0.0) -> None:
     for i in range(n):
         core.scheduler.push(tier, tenant, f"{tenant}-{tier}-{i}", Work(500, 50), 500.0)
-        core._shares.backlog(now, tenant, tier, core.scheduler.tiers[tier].scheduler.queued(tenant))
+        core.demand.backlog(now, tenant, tier, core.scheduler.tiers[tier].scheduler.queued(tenant))
 
 
 def test_light_tenants_that_asked_lately_put_ahead_only_what_they_ask_for_meanwhile() -> None:
@@ -49,15 +53,15 @@ def test_light_tenants_that_asked_lately_put_ahead_only_what_they_ask_for_meanwh
     core = make_core(make_policy(scheduler="vtc", tenants=tenants))
     now = 4.0
     for i in range(1, 8):  # seven light tenants each asked once lately (and were served at once)
-        core._arrived(now - 1.0, f"t{i}", LATENCY)
-    core._arrived(now - 1.0, "t0", LATENCY)
+        core.demand.arrived(now - 1.0, f"t{i}", LATENCY)
+    core.demand.arrived(now - 1.0, "t0", LATENCY)
     _queue(core, "t0", LATENCY, 2)
     # without a dispatch rate the guaranteed share alone counts: 1/8, so (2 + 1) x 8 - 1 ahead
-    assert core._ahead(now, "t0", LATENCY)[0] == pytest.approx(23.0)
+    assert _ahead(core, now, "t0", LATENCY)[0] == pytest.approx(23.0)
     for i in range(50):  # the tier dispatched 2.5 requests/s lately
-        core._shares.dispatched(now - 19.0 + 0.38 * i, "t1", LATENCY)
+        core.demand.dispatched(now - 19.0 + 0.38 * i, "t1", LATENCY)
     drain = (2 + 1) / (50 / SHARE_WINDOW_S)
-    ahead, tokens = core._ahead(now, "t0", LATENCY)
+    ahead, tokens = _ahead(core, now, "t0", LATENCY)
     assert ahead == pytest.approx(2 + 7 / 5.0 * drain)  # its 2 queued + 7 arrivals per 5 s while they drain
     assert tokens == pytest.approx(1000 + (ahead - 2) * core._mean_prompt)
 
@@ -66,14 +70,14 @@ def test_a_deferrable_tenant_that_has_waited_is_forecast_from_what_it_really_got
     core = make_core(make_policy(scheduler="vtc", tenants={"bulk": TenantPolicy(1.0, "batch"),
                                                           "other": TenantPolicy(1.0, "batch")}))
     _queue(core, "bulk", DEFERRABLE, 9, now=0.0)
-    core._arrived(0.0, "bulk", DEFERRABLE)
-    before = core._ahead(1.0, "bulk", DEFERRABLE)[0]
+    core.demand.arrived(0.0, "bulk", DEFERRABLE)
+    before = _ahead(core, 1.0, "bulk", DEFERRABLE)[0]
     for i in range(19):  # it got 1 of the last 20 dispatches while backlogged
-        core._shares.dispatched(1.0 + 0.1 * i, "other", DEFERRABLE)
-    core._shares.dispatched(3.0, "bulk", DEFERRABLE)
-    assert core._ahead(MIN_BACKLOG_S - 0.5, "bulk", DEFERRABLE)[0] == before  # not backlogged long enough yet
+        core.demand.dispatched(1.0 + 0.1 * i, "other", DEFERRABLE)
+    core.demand.dispatched(3.0, "bulk", DEFERRABLE)
+    assert _ahead(core, MIN_BACKLOG_S - 0.5, "bulk", DEFERRABLE)[0] == before  # not backlogged long enough yet
     measured = (1 + 1) / (20 + 1)
-    assert core._ahead(MIN_BACKLOG_S + 0.5, "bulk", DEFERRABLE)[0] == pytest.approx((9 + 1) / measured - 1)
+    assert _ahead(core, MIN_BACKLOG_S + 0.5, "bulk", DEFERRABLE)[0] == pytest.approx((9 + 1) / measured - 1)
 
 
 def test_the_deferrable_tier_starves_when_the_latency_tier_had_twice_its_service_per_weight() -> None:
@@ -81,7 +85,7 @@ def test_the_deferrable_tier_starves_when_the_latency_tier_had_twice_its_service
                                                        "batch": SLOClassPolicy(None, None, 600.0, "defer")})
     core = make_core(policy)
     now = 10.0
-    core._arrived(now, "a", LATENCY)
+    core.demand.arrived(now, "a", LATENCY)
     for i in range(400):  # the batch tenant fills what the window leaves it and queues the rest
         core.arrive(now, RequestSpec(f"b{i}", "bulk", 500, 50))
     lat, dfr = core.scheduler.tiers[LATENCY], core.scheduler.tiers[DEFERRABLE]
