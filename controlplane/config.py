@@ -19,6 +19,7 @@ from typing import Any
 
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, PolicyError, TenantPolicy, policy_from_dict, \
     slo_class_to_json
+from controlplane.model_pools import ModelCatalog
 
 
 class ConfigError(ValueError):
@@ -42,6 +43,7 @@ class TenantConfig:
     _: KW_ONLY  # (a positional weight, as this class once took, must not become a key hash)
     api_key_sha256: str | None = None
     api_key_env: str | None = None
+    models: list[str] | None = None  # the model names it may use (None: every model; docs/configuration.md)
 
     def key_hashes(self) -> list[str]:
         hashes = [self.api_key_sha256] if self.api_key_sha256 else []
@@ -110,6 +112,8 @@ class Config:
     tenants: list[TenantConfig] = field(default_factory=list)
     engines: list[EngineConfig] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)  # the starting policy (version 1)
+    # [models."<model>"] tables: aliases and LoRA adapters of the engines' model pools (model_pools.py)
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unlisted = {t.name: TenantPolicy() for t in self.tenants if t.name not in self.policy.tenants}
@@ -150,6 +154,39 @@ class Config:
             if e.kind == "sglang" and not e.url:
                 raise ConfigError(f"engine {e.name!r}: kind 'sglang' needs a url")
             _check_binding(e)
+        self._check_models()
+
+    def catalog(self) -> ModelCatalog:
+        """The engines' model pools and every model name clients may send (model_pools.py)."""
+        try:
+            return ModelCatalog.build([(e.name, e.model) for e in self.engines], self.models, self.server.model_name)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+
+    def _check_models(self) -> None:
+        """Engine names unique, the [models.*] tables, the tenants' allow-lists and per-pool weights."""
+        names = [e.name for e in self.engines]
+        if len(set(names)) != len(names):
+            raise ConfigError("engine names must be unique")
+        if not isinstance(self.models, dict):
+            raise ConfigError("[models]: must be a table of model -> its table")
+        for model, table in self.models.items():
+            unknown = set(table) - _MODEL_KEYS if isinstance(table, dict) else None
+            if unknown is None or unknown:
+                raise ConfigError(f"[models.{model!r}]: unknown keys {sorted(unknown or ())}; known: {sorted(_MODEL_KEYS)}"
+                                  if unknown else f"[models.{model!r}]: must be a table")
+        catalog = self.catalog()
+        for t in self.tenants:
+            if t.models is None:
+                continue
+            if not isinstance(t.models, list) or not t.models:
+                raise ConfigError(f"tenant {t.name!r}: models must be a non-empty list of model names")
+            for name in t.models:
+                if not isinstance(name, str) or catalog.resolve(name) is None:
+                    raise ConfigError(f"tenant {t.name!r}: models: {name!r} names no model; known: {catalog.listed()}")
+        problem = catalog.weights_problem(self.policy.tenants)
+        if problem:
+            raise ConfigError(f"policy: {problem}")
 
     def admin_token(self) -> str | None:
         if self.server.admin_token_file:
@@ -158,6 +195,9 @@ class Config:
 
     def tenant_by_key_hash(self) -> dict[str, TenantConfig]:
         return {h: t for t in self.tenants for h in t.key_hashes()}
+
+
+_MODEL_KEYS = {"aliases", "adapters", "adapter_aliases"}
 
 
 def _check_binding(e: EngineConfig) -> None:
@@ -217,7 +257,7 @@ def _policy(raw: dict[str, Any]) -> Policy:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines", "dispatch"}
+    unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines", "dispatch", "models"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
     identities = []
@@ -232,6 +272,7 @@ def parse_config(raw: dict[str, Any]) -> Config:
         tenants=identities,
         engines=[_build(EngineConfig, e, f"[[engines]] #{i}") for i, e in enumerate(raw.get("engines", []))],
         policy=_policy(raw),
+        models=raw.get("models", {}),
     )
 
 

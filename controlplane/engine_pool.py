@@ -4,8 +4,9 @@
 model) and only then builds the rest, so nothing in a pool is ever missing: the core planned from
 those infos, the driver that routes the core's actions to the tickets (`TicketSink`), the capacity
 rule's controller (docs/capacity.md) and, with `[server] clock_control`, the frequency rule's
-(`ClockSteering`, docs/frequency.md). The serving runtime opens one pool over all its engines when it
-starts (`Sluice.start`); nothing here assumes a pool is the only one.
+(`ClockSteering`, docs/frequency.md). The serving runtime opens one pool per model when it starts
+(`Sluice.start`: the engines that declare the same model, controlplane/model_pools.py), each with
+its own core, so fairness and admission hold per pool; nothing here assumes a pool is the only one.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ __all__ = ["EnginePool"]
 
 @dataclass(slots=True)
 class EnginePool:
+    name: str  # the model its engines serve (controlplane/model_pools.py)
     engines: Mapping[str, Engine]
     infos: dict[str, EngineInfo]  # what each engine reported at the start
     core: DecisionCore
@@ -37,37 +39,38 @@ class EnginePool:
     loads: dict[str, EngineLoad] = field(default_factory=dict)  # each engine's last load report (admin state)
 
     @classmethod
-    async def open(cls, engines: Mapping[str, Engine], policy: Policy, predictor: OutputLengthPredictor,
+    async def open(cls, name: str, engines: Mapping[str, Engine], policy: Policy, predictor: OutputLengthPredictor,
                    forecasts: ForecastLog, tickets: dict[str, Ticket], recorder: Recorder | None,
                    clock: Callable[[], float], *,
                    clock_control: FrequencyParams | None = None,
                    set_clock: Callable[[str, float], str] | None = None) -> EnginePool:
-        """Raises RuntimeError naming an engine that does not answer `info()`."""
+        """`policy`: the pool's own (`Policy.for_pool`). Raises RuntimeError naming an engine that
+        does not answer `info()`."""
         infos = {}
-        for name, engine in engines.items():
+        for engine_name, engine in engines.items():
             try:
-                infos[name] = await engine.info()
+                infos[engine_name] = await engine.info()
             except EngineError as exc:
-                raise RuntimeError(f"engine {name!r} is not reachable: {exc}") from None
-        core = DecisionCore(policy, [engine_model(name, info) for name, info in infos.items()], predictor, forecasts)
+                raise RuntimeError(f"engine {engine_name!r} is not reachable: {exc}") from None
+        core = DecisionCore(policy, [engine_model(e, info) for e, info in infos.items()], predictor, forecasts)
         clocks = _EngineClocks(engines, set_clock)
         steering = None
         if clock_control is not None:
             from engine_adapter.clock import ClockModel
 
             steering = ClockSteering(core, {
-                name: FrequencyController(name, infos[name].profile or DEFAULT_PROFILE,
-                                          getattr(engine, "clock_model", None) or ClockModel(),  # a real GPU: H100-class
-                                          clock_control)
-                for name, engine in engines.items()}, clocks)
-        driver = Driver(core, TicketSink(tickets, recorder, steering))
+                e: FrequencyController(e, infos[e].profile or DEFAULT_PROFILE,
+                                       getattr(engine, "clock_model", None) or ClockModel(),  # a real GPU: H100-class
+                                       clock_control)
+                for e, engine in engines.items()}, clocks)
+        driver = Driver(core, TicketSink(tickets, recorder, steering, name))
         snap = core.snapshot(clock(), with_tenants=False).engines
         first = next(iter(snap.values()), None)
         capacity = None
         if first is not None:
-            capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running))
+            capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running), pool=name)
             capacity.start(len(snap), clock())
-        return cls(engines, infos, core, driver, capacity, steering, clocks.status)
+        return cls(name, engines, infos, core, driver, capacity, steering, clocks.status)
 
     def context_window(self) -> int | None:
         """The smallest context window of the engines (any of them may serve a request), if known."""

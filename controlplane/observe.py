@@ -123,9 +123,9 @@ class Recorder:
         if self.metrics is not None:
             self.metrics.observe_refusal(code, http_status)
 
-    def decision(self, d: Decision) -> None:
+    def decision(self, d: Decision, pool: str | None = None) -> None:
         if self.store is not None:  # inputs/outputs: fresh dicts from the core, JSON-encoded by the writer
-            self.store.record_decision_fresh(**decision_row(d), wait=False)
+            self.store.record_decision_fresh(**decision_row(d), pool=pool, wait=False)
         if self.metrics is not None and d.kind in ("admit", "defer", "reject", "expire"):
             self.metrics.observe_decision(d.kind, d.reason)
 

@@ -29,7 +29,8 @@ class Recorder(Protocol):
     def unauthenticated(self, code: str | None, http_status: int) -> None:
         """A request refused before it had a tenant (no row, no span: a count)."""
 
-    def decision(self, d: Decision) -> None: ...
+    def decision(self, d: Decision, pool: str | None = None) -> None:
+        """A decision of the core of model pool `pool`."""
 
     def forecast(self, kind: str, predicted: float, actual: float) -> None:
         """A forecast (`kind`: output_tokens, ttft, tpot) and what it turned out to be."""

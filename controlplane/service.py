@@ -23,11 +23,12 @@ from controlplane.cadence import Cadence
 from controlplane.config import Config, TenantConfig, hash_key
 from controlplane.core.events import FinishReport, Reject, RequestSpec
 from controlplane.core.frequency import FrequencyParams
-from controlplane.core.policy import Policy
+from controlplane.core.policy import Policy, PolicyError
 from controlplane.core.snapshot import CoreSnapshot
 from controlplane.engine_pool import EnginePool
 from controlplane.errors import ApiError, refusal
 from controlplane.livestats import LiveStats
+from controlplane.model_pools import Route
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.prefix_hash import request_prefix
@@ -54,7 +55,10 @@ class Sluice:
         self.clock = clock
         self.recorder = recorder  # telemetry sink: spans, request rows, decisions, metrics (see observe.py)
         self.keys = config.tenant_by_key_hash()
-        self.model_names = {config.server.model_name} | {e.model for e in config.engines}
+        self.catalog = config.catalog()  # the model pools and every name clients may send (model_pools.py)
+        self._allowed = {t.name: [self.catalog.resolve(m) for m in t.models] for t in config.tenants
+                         if t.models is not None}
+        self._policy = config.policy  # the one policy; each pool's core takes it with its own weights
         self.tickets: dict[str, Ticket] = {}
         self.predictor = predictor if predictor is not None else OutputLengthPredictor(seed=0, torch_expert=True)
         self.errors = ForecastErrors()
@@ -68,53 +72,91 @@ class Sluice:
         # goes through `set_clock(engine, mhz)` (NVML, a dry run where not permitted)
         self.clock_control, self.set_clock = clock_control, set_clock
         self.trainer = PredictorTrainer(self.predictor)
-        self._pool: EnginePool | None = None
-        self._cadence: Cadence | None = None
+        self._pools: dict[str, EnginePool] = {}
+        self._engine_pool: dict[str, EnginePool] = {}
+        self._cadences: list[Cadence] = []
         # request ids: a generator seeded from the OS, no system call (and no GIL release) per request
         self._rid_bits = random.Random(os.urandom(32)).getrandbits
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:
-        """Ask the engines what they are and open their pool; then the cadence and the trainer run."""
-        self._pool = await EnginePool.open(self.engines, self.config.policy, self.predictor, self.forecasts,
-                                           self.tickets, self.recorder, self.clock,
-                                           clock_control=self.clock_control, set_clock=self.set_clock)
-        self._cadence = Cadence(self._pool, self.clock)
-        self._cadence.start()
+        """Ask the engines what they are and open one pool per model (each with its own core and
+        cadence); then the trainer runs. An engine the config does not list (tests that build
+        their engines themselves) joins the first pool."""
+        first = next(iter(self.catalog.pools))
+        members: dict[str, dict[str, Engine]] = {name: {} for name in self.catalog.pools}
+        for name, engine in self.engines.items():
+            members[self.catalog.engine_pool.get(name, first)][name] = engine
+        for name, engines in members.items():
+            names = self.catalog.pools[name].names
+            pool = await EnginePool.open(name, engines, self._policy.for_pool(names), self.predictor, self.forecasts,
+                                         self.tickets, self.recorder, self.clock,
+                                         clock_control=self.clock_control, set_clock=self.set_clock)
+            self._pools[name] = pool
+            self._engine_pool.update(dict.fromkeys(engines, pool))
+        for pool in self._pools.values():
+            cadence = Cadence(pool, self.clock)
+            cadence.start()
+            self._cadences.append(cadence)
         self.trainer.start()
 
     async def stop(self) -> None:
         self.trainer.stop()
-        if self._cadence is not None:
-            await self._cadence.stop()
+        for cadence in self._cadences:
+            await cadence.stop()
         for engine in self.engines.values():
             await engine.close()
 
     @property
-    def pool(self) -> EnginePool:
-        """The engines, their core and its controllers: there from `start()` on (it asks the
-        engines what they are), which the server's start-up runs before it serves."""
-        if self._pool is None:
+    def pools(self) -> dict[str, EnginePool]:
+        """Each model pool's engines, core and controllers, by pool name: there from `start()` on."""
+        if not self._pools:
             raise RuntimeError("Sluice.start() has not run: the engines are not known yet")
-        return self._pool
+        return self._pools
+
+    @property
+    def pool(self) -> EnginePool:
+        """The pool, where there is one (most deployments and tests); with several, `pools`."""
+        pools = self.pools
+        if len(pools) != 1:
+            raise RuntimeError(f"{len(pools)} model pools ({sorted(pools)}): name one (Sluice.pools)")
+        return next(iter(pools.values()))
+
+    def pool_of(self, engine: str) -> EnginePool:
+        """The pool an engine serves in (from `start()` on)."""
+        return self._engine_pool[engine]
 
     # -- reading and steering the core ---------------------------------------------------------------
-    def snapshot(self, *, with_tenants: bool = True, also: Iterable[str] = ()) -> CoreSnapshot:
-        """What the core knows now (controlplane/core/snapshot.py)."""
-        return self.pool.core.snapshot(self.clock(), with_tenants=with_tenants, also=also)
+    def snapshot(self, pool: str | None = None, *, with_tenants: bool = True, also: Iterable[str] = ()) -> CoreSnapshot:
+        """What a pool's core knows now (controlplane/core/snapshot.py); `pool` None: the only pool."""
+        p = self.pool if pool is None else self.pools[pool]
+        return p.core.snapshot(self.clock(), with_tenants=with_tenants, also=also)
+
+    def snapshots(self, *, with_tenants: bool = True, also: Iterable[str] = ()) -> dict[str, CoreSnapshot]:
+        """Every pool's snapshot, at one instant."""
+        now = self.clock()
+        return {name: p.core.snapshot(now, with_tenants=with_tenants, also=also) for name, p in self.pools.items()}
 
     @property
     def policy(self) -> Policy:
-        """The policy in force."""
-        return self.pool.core.policy
+        """The policy in force (each pool's core holds it with the tenants' weights in that pool)."""
+        return self._policy
 
     def check_policy(self, policy: Policy) -> None:
-        """Raises PolicyError if `policy` cannot replace the one in force (e.g. it drops a class
-        that queued requests still belong to)."""
-        self.pool.core.check_policy(policy)
+        """Raises PolicyError if `policy` cannot replace the one in force (a per-pool weight naming no
+        pool, a dropped class that queued requests in some pool still belong to)."""
+        problem = self.catalog.weights_problem(policy.tenants)
+        if problem:
+            raise PolicyError(problem)
+        for name, pool in self.pools.items():
+            pool.core.check_policy(policy.for_pool(self.catalog.pools[name].names))
 
     def set_policy(self, policy: Policy) -> None:
-        self.pool.driver.set_policy(self.clock(), policy)
+        """One policy for every pool, swapped in each pool's core at the same instant."""
+        now = self.clock()
+        self._policy = policy
+        for name, pool in self.pools.items():
+            pool.driver.set_policy(now, policy.for_pool(self.catalog.pools[name].names))
         self._emit("policy", policy.to_dict())
 
     # -- authentication ------------------------------------------------------------------------
@@ -127,17 +169,40 @@ class Sluice:
         return tenant
 
     # -- the request path ------------------------------------------------------------------------
+    def resolve_model(self, tenant: TenantConfig, name: str) -> Route:
+        """Where `name` goes for this tenant: OpenAI's 404 `model_not_found` for a name that names no
+        model, 403 `model_not_allowed` for one outside the tenant's `models` (docs/configuration.md)."""
+        route = self.catalog.resolve(name)
+        if route is None:
+            raise ApiError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
+        if not self._may_use(tenant.name, route):
+            raise ApiError(403, f"The model '{name}' is not available to this API key", code="model_not_allowed",
+                           param="model")
+        return route
+
+    def _may_use(self, tenant: str, route: Route) -> bool:
+        allowed = self._allowed.get(tenant)
+        return allowed is None or any(a is not None and a.allows(route) for a in allowed)
+
+    def model_list(self, tenant: TenantConfig) -> list[str]:
+        """The model names this tenant may send (`GET /v1/models`)."""
+        return [n for n in self.catalog.listed() if self._may_use(tenant.name, self.catalog.resolve(n))]  # type: ignore[arg-type]
+
+    def route(self, tenant: TenantConfig, req: CompletionRequest) -> None:
+        """Sets `req.pool`, the pool its model names (`resolve_model`'s errors otherwise)."""
+        req.pool = self.resolve_model(tenant, req.model).pool
+
     def fit_context(self, req: CompletionRequest) -> None:
-        """Correct the prompt estimate for the model, then fit the smallest context window of the
-        engines (any of them may serve it); raises OpenAI's 400 `context_length_exceeded`."""
+        """Correct the prompt estimate for the model, then fit the smallest context window of its
+        pool's engines (any of them may serve it); raises OpenAI's 400 `context_length_exceeded`."""
         req.prompt_tokens = self.prompt_estimator.correct(req.model, req.estimate or req.prompt_tokens)
-        window = self.pool.context_window()
+        window = self._request_pool(req).context_window()
         if window is not None:
             req.fit_context(window)
 
     def submit(self, tenant: TenantConfig, req: CompletionRequest) -> Ticket:
         """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
-        pool, now, rid = self.pool, self.clock(), self._new_rid()
+        pool, now, rid = self._request_pool(req), self.clock(), self._new_rid()
         ticket = Ticket.open(rid, tenant.name, req, pool.core.policy.tenant(tenant.name).slo_class, now)
         self.tickets[rid] = ticket
         if self.recorder is not None:
@@ -152,6 +217,17 @@ class Sluice:
             self.close(ticket, "rejected", err.status, error=rej.code, code=rej.code)
             raise err
         return ticket
+
+    def _request_pool(self, req: CompletionRequest) -> EnginePool:
+        """The pool `route` chose (the only pool for a request no route was taken for: tests that
+        drive the runtime without the gateway)."""
+        return self.pools[req.pool] if req.pool else self.pool
+
+    def _pool_if_routed(self, req: CompletionRequest) -> EnginePool | None:
+        """Its pool, or None for a request refused before routing while there are several."""
+        if req.pool or len(self.pools) == 1:
+            return self._request_pool(req)
+        return None
 
     def _new_rid(self) -> str:
         # 128 random bits, fixed length: no rid is a prefix of another (SGLang aborts by prefix)
@@ -193,7 +269,7 @@ class Sluice:
         engine = self.engines[ticket.engine]
         req = ticket.request
         traceparent = self.recorder.engine_call(ticket) if self.recorder is not None else None
-        body = None if req.body is None else {**req.body, "model": self.pool.infos[ticket.engine].model}
+        body = None if req.body is None else {**req.body, "model": self.pool_of(ticket.engine).infos[ticket.engine].model}
         greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
                                stream=True, priority=ticket.priority, traceparent=traceparent,
                                prompt_tokens=req.prompt_tokens, openai=body)
@@ -207,7 +283,7 @@ class Sluice:
         for chunk in batch:
             if chunk.completion_tokens or chunk.finish_reason:
                 ticket.first_token_at = self.clock()
-                self.pool.driver.first_token(ticket.first_token_at, ticket.rid)
+                self._request_pool(ticket.request).driver.first_token(ticket.first_token_at, ticket.rid)
                 if self.recorder is not None:
                     self.recorder.first_token(ticket)
                 return
@@ -216,7 +292,7 @@ class Sluice:
         """A stream ended in an EngineError: a dead engine is marked unhealthy (an overloaded one is not,
         nor one that refused a bad request: a 4xx is the request's fault)."""
         if not isinstance(exc, EngineOverloaded) and exc.status_code >= 500 and ticket.engine is not None:
-            self.pool.driver.engine_health(self.clock(), ticket.engine, False)
+            self.pool_of(ticket.engine).driver.engine_health(self.clock(), ticket.engine, False)
 
     def close(self, ticket: Ticket, status: str, http_status: int, *, chunk: Chunk | None = None,
               error: str | None = None, code: str | None = None) -> None:
@@ -227,9 +303,11 @@ class Sluice:
         if ticket.closed:
             return
         ticket.closed = True
-        now, pool = self.clock(), self.pool
+        now, pool = self.clock(), self._pool_if_routed(ticket.request)
         self.tickets.pop(ticket.rid, None)
-        if ticket.engine is not None:
+        if pool is None:  # refused before routing: the core never saw it
+            pass
+        elif ticket.engine is not None:
             report = FinishReport(
                 status if status in ("ok", "aborted") else "error",
                 chunk.prompt_tokens if chunk else ticket.request.prompt_tokens,
@@ -243,7 +321,7 @@ class Sluice:
             req = ticket.request
             self.prompt_estimator.observe(req.model, req.estimate, chunk.prompt_tokens)
             self.forecasts.record("prompt_tokens", req.prompt_tokens, chunk.prompt_tokens)
-        row = ticket.finish_row(now, status, http_status, chunk, error, code, pool.core.policy.slo(ticket.slo_class))
+        row = ticket.finish_row(now, status, http_status, chunk, error, code, self._policy.slo(ticket.slo_class))
         self.stats.record(row)
         if self.recorder is not None:
             self.recorder.request_finished(ticket, row)

@@ -78,12 +78,14 @@ class TicketSink:
     and goes to the recorder; a dispatch or a refusal resolves the ticket's waiter. A dispatch may
     raise its engine's clock at once (`ClockSteering.dispatched`), as replay's does."""
 
-    __slots__ = ("recorder", "steering", "tickets")
+    __slots__ = ("pool", "recorder", "steering", "tickets")
 
-    def __init__(self, tickets: dict[str, Ticket], recorder: Recorder | None, steering: ClockSteering | None) -> None:
+    def __init__(self, tickets: dict[str, Ticket], recorder: Recorder | None, steering: ClockSteering | None,
+                 pool: str | None = None) -> None:
         self.tickets = tickets
         self.recorder = recorder
         self.steering = steering
+        self.pool = pool  # the model pool whose core this sink serves (its decision rows say so)
 
     def decision(self, d: Decision) -> None:
         ticket = self.tickets.get(d.rid)
@@ -96,7 +98,7 @@ class TicketSink:
                                   predicted_ttft_ms=None if ttft is None else ttft * 1e3,
                                   predicted_tpot_ms=None if tpot is None else tpot * 1e3)
         if self.recorder is not None:
-            self.recorder.decision(d)
+            self.recorder.decision(d, self.pool)
 
     def dispatch(self, now: float, action: Dispatch) -> None:
         ticket = self.tickets.get(action.rid)
@@ -125,7 +127,7 @@ def _new_row(rid: str, tenant: str, slo_class: str, req: CompletionRequest, now:
             "e2e_ms": None, "prompt_tokens": req.prompt_tokens, "cached_tokens": 0, "completion_tokens": 0,
             "max_tokens": req.max_tokens, "predicted_output_tokens": None, "predicted_ttft_ms": None,
             "predicted_tpot_ms": None, "policy_version": None, "slo_met": None, "end_user": req.user,
-            "energy_j": None}
+            "energy_j": None, "pool": req.pool or None}
 
 
 def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:

@@ -22,6 +22,11 @@ every step end. While nothing is queued, no engine event can produce an action (
 learns), so the engines are advanced straight to the next arrival or load report, which lets the
 simulator merge decode-only steps (`advance(per_token=False)`).
 
+Model pools: `engines` may map pool names to engine counts; each pool gets its own core (its own
+fair queues, admission and dispatch, the policy's per-pool weights: `Policy.for_pool`) over its own
+engines, as serving opens one per model (controlplane/engine_pool.py), and a request goes to the pool
+its `model` names (the first when it names none). With one pool, everything is as it always was.
+
 Everything is deterministic for a seed: no wall clock is read except to report the speed.
 
 What a run comes to (per tenant and class outcomes, fairness, the `VirtualResult`) is
@@ -76,21 +81,42 @@ def default_policy(scheduler: str = "fcfs", *, admission: bool = False, weights:
                   **overrides).validate()
 
 
-def engine_specs(profile: SimProfile, engines: int) -> list[tuple[EngineSpec, StepTimeModel]]:
+def engine_specs(profile: SimProfile, engines: int, first: int = 0) -> list[tuple[EngineSpec, StepTimeModel]]:
     """What `Sluice.start` builds (`driver.engine_model`) from the `info()` of `engines` simulated
-    engines named sim-0, sim-1, ... (SimEngine.info reports this)."""
+    engines named sim-<first>, sim-<first + 1>, ... (SimEngine.info reports this)."""
     return [engine_model(f"sim-{i}", EngineInfo(f"sim-{i}", "sim", profile.model, None, profile.kv_capacity_tokens,
-                                                 True, profile.step)) for i in range(engines)]
+                                                 True, profile.step)) for i in range(first, first + engines)]
 
 
-def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy) -> None:
-    """Every request's SLO class (its own, else its tenant's) must exist in the policy: an unknown
-    class is an error that names it, never silently interactive."""
+def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy, pools: Sequence[str]) -> None:
+    """Every request's SLO class (its own, else its tenant's) must exist in the policy, and its
+    model name a pool: an unknown one is an error that names it, never silently something else."""
     for k, w in enumerate(workload):
         name = w.slo_class or policy.tenant(w.tenant).slo_class
         if name not in policy.slo_classes:
             raise ValueError(f"workload request {k} (tenant {w.tenant!r}): unknown slo_class {name!r}; "
                              f"the policy's classes are {sorted(policy.slo_classes)}")
+        if w.model is not None and len(pools) > 1 and w.model not in pools:
+            raise ValueError(f"workload request {k} (tenant {w.tenant!r}): model {w.model!r} names no pool; "
+                             f"the pools are {list(pools)}")
+
+
+class _PoolSink:
+    """One pool's actions to the run, its decision rows marked with the pool (several pools only)."""
+
+    __slots__ = ("pool", "run")
+
+    def __init__(self, run: VirtualRun, pool: str) -> None:
+        self.run, self.pool = run, pool
+
+    def dispatch(self, now: float, a: Dispatch) -> None:
+        self.run.dispatch(now, a)
+
+    def reject(self, now: float, a: Reject) -> None:
+        self.run.reject(now, a)
+
+    def decision(self, d: Decision, pool: str | None = None) -> None:
+        self.run.decision(d, self.pool)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -98,25 +124,40 @@ def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy) -> None:
 class VirtualRun:
     """One run: the core, the simulated engines and the records; `run()`, then `result()`."""
 
-    def __init__(self, workload: Sequence[WorkloadRequest], policy: Policy, engines: int, profile: SimProfile,
-                 seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
+    def __init__(self, workload: Sequence[WorkloadRequest], policy: Policy, engines: int | Mapping[str, int],
+                 profile: SimProfile, seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
                  train_every: int, clock_control: FrequencyParams | None = None) -> None:
-        _check_classes(workload, policy)
+        counts = {"": engines} if isinstance(engines, int) else dict(engines)
+        _check_classes(workload, policy, list(counts))
         order = sorted(range(len(workload)), key=lambda i: (workload[i].timestamp_ms, i))
         self.workload = [workload[i] for i in order]
         self.policy = policy
         self.horizon = horizon_s
         self.errors = ForecastErrors(window=max(1, len(workload)))
         self.predictor = OutputLengthPredictor(seed=seed, torch_expert=torch_expert, train_every=train_every)
-        self.core = DecisionCore(policy, engine_specs(profile, engines), self.predictor, self.errors)
-        self.driver = Driver(self.core, self)
-        self.names = [f"sim-{i}" for i in range(engines)]
+        self.names = [f"sim-{i}" for i in range(sum(counts.values()))]
         self.sims = {name: SimCore(profile, seed=seed + i) for i, name in enumerate(self.names)}
-        # the frequency rule per engine (None: every engine stays at f_max), planning with the
-        # engine's prior step profile at f_max, as serving does with what the engine reports
-        self.steering = None if clock_control is None else ClockSteering(self.core, {
-            name: FrequencyController(name, profile.step, profile.clock, clock_control) for name in self.names},
-            self.set_clock)
+        # one core per model pool (engines sim-0.. numbered across the pools in order); with one,
+        # the run is its own sink, as it always was
+        self.pools, self.engine_pool, self.drivers = list(counts), {}, {}
+        self.steerings: dict[str, ClockSteering] = {}
+        first = 0
+        for pool, n in counts.items():
+            core = DecisionCore(policy.for_pool((pool,)), engine_specs(profile, n, first), self.predictor,
+                                self.errors)
+            self.drivers[pool] = Driver(core, self if len(counts) == 1 else _PoolSink(self, pool))
+            mine = self.names[first:first + n]
+            self.engine_pool.update(dict.fromkeys(mine, pool))
+            first += n
+            # the frequency rule per engine (None: every engine stays at f_max), planning with the
+            # engine's prior step profile at f_max, as serving does with what the engine reports
+            if clock_control is not None:
+                self.steerings[pool] = ClockSteering(core, {
+                    name: FrequencyController(name, profile.step, profile.clock, clock_control) for name in mine},
+                    self.set_clock)
+        self.driver = self.drivers[self.pools[0]]  # the first pool's (replay/autoscale.py: one pool)
+        self.core = self.driver.core
+        self.steering = self.steerings.get(self.pools[0])
         self.clock_log: dict[str, list[tuple[float, float]]] = {name: [(0.0, profile.f_max_mhz)]
                                                                  for name in self.names}
         width = max(6, len(str(len(workload))))
@@ -143,8 +184,9 @@ class VirtualRun:
         w = self.workload[rec.index]
         self.sims[a.engine].submit(now, SimRequest(
             a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
-        if self.steering is not None:
-            self.driver.apply(now, self.steering.dispatched(now, a.engine))
+        steering = self.steerings.get(self.engine_pool.get(a.engine, self.pools[0]))
+        if steering is not None:
+            self._driver_of(a.engine).apply(now, steering.dispatched(now, a.engine))
 
     def reject(self, now: float, a: Reject) -> None:
         rec = self.by_rid[a.rid]
@@ -156,7 +198,7 @@ class VirtualRun:
         else:
             self.end(rec, REJECTED, now)
 
-    def decision(self, d: Decision) -> None:
+    def decision(self, d: Decision, pool: str | None = None) -> None:
         rec = self.by_rid.get(d.rid)
         if rec is not None and d.kind in ADMISSION_KINDS:
             rec.decision, rec.reason = d.kind, d.reason
@@ -167,7 +209,14 @@ class VirtualRun:
                 rec.predicted_output_tokens = d.inputs.get("output_tokens")
                 self.enqueue(rec.tenant, d.ts)
         if self.record_decisions:  # the row the serving recorder writes to `decisions`
-            self.decisions.append(decision_row(d, as_json=True))
+            row = decision_row(d, as_json=True)
+            if pool is not None:  # several pools: which one's core decided (serving's rows say so too)
+                row["pool"] = pool
+            self.decisions.append(row)
+
+    def _driver_of(self, engine: str) -> Driver:
+        """The driver of the pool an engine serves in (an engine an autoscaler added: the first)."""
+        return self.drivers[self.engine_pool.get(engine, self.pools[0])]
 
     def enqueue(self, tenant: str, now: float) -> None:
         n = self.queued.get(tenant, 0)
@@ -192,9 +241,10 @@ class VirtualRun:
 
     def engine_event(self, ev: SimEvent) -> None:
         rec = self.by_rid[ev.rid]
+        driver = self._driver_of(rec.engine)  # type: ignore[arg-type]  # dispatched: it has one
         if ev.kind == "first_token":
             rec.first_token_s = ev.time
-            self.driver.first_token(ev.time, ev.rid)
+            driver.first_token(ev.time, ev.rid)
         elif ev.kind == "finish":
             rec.cached_tokens, rec.output_tokens, rec.energy_j = ev.cached_tokens, ev.completion_tokens, ev.energy_j
             status = "aborted" if ev.finish_reason == "abort" else "ok"
@@ -202,7 +252,7 @@ class VirtualRun:
             if status != "ok":
                 rec.reason = ev.message or "engine_abort"
             self.end(rec, OK if status == "ok" else ERROR, ev.time)
-            self.driver.finish(ev.time, ev.rid, report)
+            driver.finish(ev.time, ev.rid, report)
 
     def scale(self, now: float) -> None:
         """A hook at each load-report instant, before the reports: replay/autoscale.py adds and
@@ -228,7 +278,8 @@ class VirtualRun:
                 self.engine_event(ev)
 
     def run(self) -> None:
-        core, sims, driver = self.core, self.sims, self.driver
+        sims, drivers = self.sims, self.drivers
+        cores = [d.core for d in drivers.values()]
         n, i = len(self.workload), 0
         horizon = self.horizon if self.horizon is not None else math.inf
         inf = math.inf
@@ -236,7 +287,7 @@ class VirtualRun:
         # the first load report at the grid instant at or before the first arrival (serving reports
         # from its start; reports before anything happened change nothing)
         t_load = LOAD_EVERY_S * int(first / LOAD_EVERY_S)
-        if self.steering is not None:  # the rule counts evaluations from the start, as serving's does
+        if self.steerings:  # the rule counts evaluations from the start, as serving's does
             t_load = 0.0
         t_freq = next_frequency(0.0)  # (a load instant too) serving's first is the first after its start
         while True:
@@ -245,8 +296,8 @@ class VirtualRun:
                 t_arr = inf
             ends = [t for t in (s.next_time() for s in sims.values()) if t is not None]
             t_eng = min(ends) if ends else inf
-            queued = core.queued()
-            busy = queued > 0 or bool(ends) or core.in_flight() > 0
+            queued = sum(c.queued() for c in cores)
+            busy = queued > 0 or bool(ends) or any(c.in_flight() for c in cores)
             if t_arr == inf and not busy:
                 break
             t_tick = next_tick(self.last_event) if queued else inf
@@ -263,17 +314,20 @@ class VirtualRun:
                 rec = self.records[i]
                 w = self.workload[i]
                 i += 1
+                driver = drivers.get(w.model or "", self.driver)  # its pool's (default: the first)
                 driver.arrive(now, RequestSpec(rec.rid, w.tenant, rec.input_tokens, rec.max_tokens, w.slo_class,
                                                prefix_hashes=tuple(w.hash_ids or ())))  # Mooncake: 512-token blocks
             if t_tick <= now:
-                driver.tick(now)
+                for driver in drivers.values():
+                    driver.tick(now)
             if t_load <= now:
                 self.scale(now)
                 for name in self.names:
-                    driver.engine_load(now, name, sims[name].load(now))
+                    self._driver_of(name).engine_load(now, name, sims[name].load(now))
                 t_load = next_load(now)
-                if self.steering is not None and t_freq <= now:
-                    driver.apply(now, self.steering.evaluate(now))
+                if self.steerings and t_freq <= now:
+                    for pool, steering in self.steerings.items():
+                        drivers[pool].apply(now, steering.evaluate(now))
                     t_freq = next_frequency(now)
         for rec in self.records:  # the horizon cut the rest off
             if rec.status is None:
@@ -286,6 +340,7 @@ class VirtualRun:
         last_arrival = max((r.arrival_s for r in records), default=0.0)
         duration = self.horizon if self.horizon is not None else last_arrival
         makespan = max([self.last_event] + [r.finish_s for r in records if r.finish_s is not None])
+        # the policy's weights (with several pools: each tenant's base weight, whatever a pool gives it)
         weights = {t: policy.tenant(t).weight for t in dict.fromkeys(r.tenant for r in records)}
         per_tenant, overall, per_class, df = outcomes(records, weights, duration)
         done = served(records)
@@ -300,8 +355,9 @@ class VirtualRun:
     def engine_figures(self, makespan: float) -> dict[str, dict[str, Any]]:
         """Per engine: the simulator's step statistics, utilisation, energy and clocks up to `makespan`."""
         engines = {}
-        snap = self.core.snapshot(makespan, with_tenants=False)
+        snaps = {p: d.core.snapshot(makespan, with_tenants=False) for p, d in self.drivers.items()}
         for name, sim in self.sims.items():
+            snap = snaps[self.engine_pool.get(name, self.pools[0])]
             st = sim.stats
             engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
                              "prefill_tokens": st.prefill_tokens, "cached_tokens": st.cached_tokens,
@@ -322,7 +378,7 @@ def run_virtual(
     workload: Sequence[WorkloadRequest],
     policy: Policy | str,
     *,
-    engines: int = 1,
+    engines: int | Mapping[str, int] = 1,
     profile: str | SimProfile = "h100-llama3.1-8b",
     seed: int = 0,
     slo: SLOSpec = None,
@@ -338,6 +394,8 @@ def run_virtual(
     """Replay `workload` through the decision core and `engines` simulated engines in virtual time.
 
     policy: a `Policy`, or a scheduler name (then `default_policy(name, weights=weights)`).
+    engines: how many simulated engines; or model pool -> how many (each pool its own core, a
+        request to the pool its `model` names, the first when it names none).
     slo: the bounds a request must meet to count as good; default: its SLO class in the policy
         (TTFT, TPOT and, for deadline classes, e2e <= deadline).
     horizon_s: stop at this virtual time; requests still queued or running end as "cancelled".
@@ -353,8 +411,9 @@ def run_virtual(
     if isinstance(policy, str):
         policy = default_policy(policy, weights=weights)
     prof = profile if isinstance(profile, SimProfile) else load_profile(profile)
-    if engines < 1:
-        raise ValueError("engines must be >= 1")
+    counts = [engines] if isinstance(engines, int) else list(engines.values())
+    if not counts or any(n < 1 for n in counts):
+        raise ValueError("engines must be >= 1 (in every pool)")
     run = VirtualRun(workload, policy, engines, prof, seed, horizon_s, record_decisions, torch_expert, train_every,
                      clock_control)
     t0 = time.perf_counter()

@@ -8,7 +8,8 @@ A line looks like::
 ``timestamp`` is in milliseconds from the start of the workload, ``input_length`` and
 ``output_length`` in tokens. Optional: ``tenant`` (default ``"default"``), ``slo_class`` (default:
 the tenant's class, i.e. ``None`` here), ``hash_ids`` (512-token prefix blocks, Mooncake's
-convention) and ``max_tokens`` (the client's cap on the output, as it would send it).
+convention), ``max_tokens`` (the client's cap on the output, as it would send it) and ``model``
+(the model pool it goes to in a replay with several, docs/replay.md; default: the first pool).
 ``output_length`` is what the engine will generate (it stops there); replay never shows it to the
 decision core, which sees only ``max_tokens`` (default: :data:`DEFAULT_MAX_TOKENS`).
 Any other field is kept in :attr:`WorkloadRequest.extra` and written back
@@ -46,7 +47,8 @@ __all__ = [
 DEFAULT_TENANT = "default"
 #: Key of the all-tenants row in :func:`offered_load`'s answer.
 ALL_TENANTS = "__all__"
-CANONICAL_FIELDS = ("timestamp", "input_length", "output_length", "tenant", "slo_class", "hash_ids", "max_tokens")
+CANONICAL_FIELDS = ("timestamp", "input_length", "output_length", "tenant", "slo_class", "hash_ids", "max_tokens",
+                    "model")
 HASH_BLOCK_TOKENS = 512
 #: The output cap a request without ``max_tokens`` is replayed with: what a client that sends no
 #: ``max_tokens`` gets from an engine with a 32k context. Never the true output length (an oracle).
@@ -81,6 +83,7 @@ class WorkloadRequest:
     hash_ids: list[int] | None = None
     max_tokens: int | None = None  # the client's output cap; None: DEFAULT_MAX_TOKENS
     extra: dict[str, Any] = field(default_factory=dict)
+    model: str | None = None  # its model pool (replay with several pools); None: the first
 
     @property
     def output_cap(self) -> int:
@@ -104,6 +107,8 @@ class WorkloadRequest:
             out["hash_ids"] = list(self.hash_ids)
         if self.max_tokens is not None:
             out["max_tokens"] = self.max_tokens
+        if self.model is not None:
+            out["model"] = self.model
         for key, value in self.extra.items():
             if key in CANONICAL_FIELDS:
                 raise ValueError(f"extra field {key!r} collides with a canonical field")
@@ -143,6 +148,9 @@ class WorkloadRequest:
             max_tokens = _token_count(max_tokens, "max_tokens")
             if max_tokens < 1:
                 raise WorkloadFormatError(f"'max_tokens' must be at least 1, got {max_tokens!r}")
+        model = obj.get("model")
+        if model is not None and (not isinstance(model, str) or not model):
+            raise WorkloadFormatError(f"'model' must be a non-empty string or null, got {model!r}")
         extra = {k: v for k, v in obj.items() if k not in CANONICAL_FIELDS}
         return cls(
             timestamp_ms=ts,
@@ -153,6 +161,7 @@ class WorkloadRequest:
             hash_ids=hash_ids,
             max_tokens=max_tokens,
             extra=extra,
+            model=model,
         )
 
 

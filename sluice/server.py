@@ -95,16 +95,17 @@ class Telemetry:
                 self.metrics.set_gpu_samples(self.last_gpus)
                 if self.store is not None and self.last_gpus:
                     self.store.record_gpu_samples(self.last_gpus, wait=False)
-                pool, snap = sluice.pool, sluice.snapshot(with_tenants=False)
-                self.metrics.set_queue_depths(snap.queued_by_tenant)
-                for name, eng in snap.engines.items():
-                    self.metrics.set_in_flight(name, eng.in_flight)
-                    load = pool.loads.get(name)
-                    if load is not None:
-                        self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage)
-                rec = pool.capacity.last if pool.capacity is not None else None
-                if rec is not None:
-                    self.metrics.set_replicas(rec.pool, rec.desired, rec.actual)
+                for pool_name, snap in sluice.snapshots(with_tenants=False).items():  # each model pool
+                    pool = sluice.pools[pool_name]
+                    self.metrics.set_queue_depths(snap.queued_by_tenant, pool_name)
+                    for name, eng in snap.engines.items():
+                        self.metrics.set_in_flight(name, eng.in_flight, pool_name)
+                        load = pool.loads.get(name)
+                        if load is not None:
+                            self.metrics.set_engine_load(name, load.running, load.waiting, load.kv_usage, pool_name)
+                    rec = pool.capacity.last if pool.capacity is not None else None
+                    if rec is not None:
+                        self.metrics.set_replicas(rec.pool, rec.desired, rec.actual)
             except Exception:
                 log.exception("telemetry sampling failed")
             await asyncio.sleep(1.0)

@@ -3,7 +3,9 @@
 Tenant labels: the first ``max_tenants`` distinct tenants seen get their own label value; every
 later tenant is reported as ``"other"`` (first-come, stable for the life of the process: a label
 never changes meaning mid-series). Engines and rejection reasons are bounded the same way
-(``max_engines``, ``max_reasons``).
+(``max_engines``, ``max_reasons``). The per-pool series (requests, latencies, tokens, queue depth,
+engines) carry a ``pool`` label: the model pool (controlplane/model_pools.py), "" where none was
+chosen (a request refused before routing).
 """
 
 from __future__ import annotations
@@ -77,9 +79,10 @@ class Metrics:
         self.engine_label = _Bounded(max_engines)
         self.reason_label = _Bounded(max_reasons)
         self.class_label = _Bounded(32)
+        self.pool_label = _Bounded(32)
         r = self.registry
         self.requests_total = Counter(
-            "sluice_requests", "Finished requests by outcome", ["tenant", "slo_class", "outcome"], registry=r
+            "sluice_requests", "Finished requests by outcome", ["tenant", "slo_class", "outcome", "pool"], registry=r
         )
         self.admission_decisions_total = Counter(
             "sluice_admission_decisions", "Admission decisions", ["decision", "reason"], registry=r
@@ -93,27 +96,30 @@ class Metrics:
             "sluice_event_loop_lag_seconds", f"How late the event loop ran a {LOOP_LAG_PERIOD_S:g} s timer",
             buckets=LOOP_LAG_BUCKETS, registry=r,
         )
-        self.queue_depth = Gauge("sluice_queue_depth", "Queued requests per tenant", ["tenant"], registry=r)
-        self._queue_labels: set[str] = set()
-        self.in_flight = Gauge("sluice_in_flight", "Requests dispatched to an engine", ["engine"], registry=r)
+        self.queue_depth = Gauge("sluice_queue_depth", "Queued requests per tenant and model pool", ["tenant", "pool"],
+                                 registry=r)
+        self._queue_labels: dict[str, set[str]] = {}  # pool -> tenant labels set so far
+        self.in_flight = Gauge("sluice_in_flight", "Requests dispatched to an engine", ["engine", "pool"], registry=r)
         self.ttft_seconds = Histogram(
-            "sluice_ttft_seconds", "Time to first token", ["tenant", "slo_class"], buckets=TTFT_BUCKETS,
+            "sluice_ttft_seconds", "Time to first token", ["tenant", "slo_class", "pool"], buckets=TTFT_BUCKETS,
             registry=r,
         )
         self.tpot_seconds = Histogram(
-            "sluice_tpot_seconds", "Time per output token after the first", ["tenant", "slo_class"],
+            "sluice_tpot_seconds", "Time per output token after the first", ["tenant", "slo_class", "pool"],
             buckets=TPOT_BUCKETS, registry=r,
         )
         self.tokens_total = Counter(
-            "sluice_tokens", "Tokens by kind (prompt, completion, cached prompt)", ["tenant", "kind"], registry=r
+            "sluice_tokens", "Tokens by kind (prompt, completion, cached prompt)", ["tenant", "kind", "pool"], registry=r
         )
         self.tenant_energy_total = Counter(
             "sluice_tenant_energy_joules", "GPU energy attributed to the tenant's requests (their share of each "
             "engine step by tokens computed; engines that report it)", ["tenant"], registry=r
         )
-        self.engine_running = Gauge("sluice_engine_running", "Engine's running requests", ["engine"], registry=r)
-        self.engine_waiting = Gauge("sluice_engine_waiting", "Engine's waiting requests", ["engine"], registry=r)
-        self.engine_kv_usage = Gauge("sluice_engine_kv_usage", "Engine's KV-cache usage (0..1)", ["engine"],
+        self.engine_running = Gauge("sluice_engine_running", "Engine's running requests", ["engine", "pool"],
+                                    registry=r)
+        self.engine_waiting = Gauge("sluice_engine_waiting", "Engine's waiting requests", ["engine", "pool"],
+                                    registry=r)
+        self.engine_kv_usage = Gauge("sluice_engine_kv_usage", "Engine's KV-cache usage (0..1)", ["engine", "pool"],
                                      registry=r)
         # the autoscaling signal (docs/capacity.md): KEDA / an HPA scale the pool's engines to `desired`
         self.desired_replicas = Gauge("sluice_desired_replicas", "Engine replicas the pool needs to meet its "
@@ -128,19 +134,19 @@ class Metrics:
         r.register(self._gpu)
         self._store = _StoreCollector()
         r.register(self._store)
-        # label children resolved once per (tenant, slo_class) / forecast kind: .labels() takes a
-        # lock and builds tuples, and observe_request would call it up to six times per request
-        self._request_children: dict[tuple[Any, Any], _RequestChildren] = {}
+        # label children resolved once per (tenant, slo_class, pool) / forecast kind: .labels() takes
+        # a lock and builds tuples, and observe_request would call it up to six times per request
+        self._request_children: dict[tuple[Any, Any, Any], _RequestChildren] = {}
         self._forecast_children: dict[str, Any] = {}
         self._decision_children: dict[tuple[Any, Any], Any] = {}
         self._refusal_children: dict[tuple[Any, Any], Any] = {}
 
-    def _children(self, tenant_raw: Any, cls_raw: Any) -> _RequestChildren:
-        key = (tenant_raw, cls_raw)
+    def _children(self, tenant_raw: Any, cls_raw: Any, pool_raw: Any) -> _RequestChildren:
+        key = (tenant_raw, cls_raw, pool_raw)
         c = self._request_children.get(key)
         if c is None:
-            tenant, cls = self.tenant_label(tenant_raw), self.class_label(cls_raw)
-            c = _RequestChildren(self, tenant, cls)
+            tenant, cls, pool = self.tenant_label(tenant_raw), self.class_label(cls_raw), self.pool_label(pool_raw)
+            c = _RequestChildren(self, tenant, cls, pool)
             if len(self._request_children) < 4096:  # bounded whatever the label values
                 self._request_children[key] = c
         return c
@@ -150,11 +156,11 @@ class Metrics:
     def observe_request(self, row: Mapping[str, Any]) -> None:
         """Count a finished request from its request row (the dict given to ``Store.record_request``).
 
-        Uses ``tenant``, ``slo_class``, ``status``, ``ttft_ms``, ``tpot_ms``, ``prompt_tokens``,
+        Uses ``tenant``, ``slo_class``, ``pool``, ``status``, ``ttft_ms``, ``tpot_ms``, ``prompt_tokens``,
         ``completion_tokens``, ``cached_tokens``, and, when present with their actual values,
         ``predicted_ttft_ms``/``predicted_tpot_ms``/``predicted_output_tokens`` for forecast error.
         """
-        c = self._children(row.get("tenant") or "default", row.get("slo_class") or "")
+        c = self._children(row.get("tenant") or "default", row.get("slo_class") or "", row.get("pool") or "")
         status = row.get("status") or "ok"
         outcome = status if status in OUTCOMES else "error"
         c.child("requests", outcome).inc()
@@ -219,31 +225,33 @@ class Metrics:
 
     # -------------------------------------------------------------- gauges
 
-    def set_queue_depths(self, depths: Mapping[str, int]) -> None:
-        """Set every tenant's queue depth at once (tenants over the bound are summed into "other";
-        tenants absent from ``depths`` read 0)."""
+    def set_queue_depths(self, depths: Mapping[str, int], pool: str = "") -> None:
+        """Set every tenant's queue depth in a model pool at once (tenants over the bound are summed
+        into "other"; tenants absent from ``depths`` read 0)."""
+        p = self.pool_label(pool)
         agg: dict[str, float] = {}
         for tenant, n in depths.items():
             label = self.tenant_label(tenant)
             agg[label] = agg.get(label, 0) + n
-        for label in self._queue_labels - agg.keys():
-            self.queue_depth.labels(label).set(0)
+        seen = self._queue_labels.setdefault(p, set())
+        for label in seen - agg.keys():
+            self.queue_depth.labels(label, p).set(0)
         for label, n in agg.items():
-            self.queue_depth.labels(label).set(n)
-        self._queue_labels |= agg.keys()
+            self.queue_depth.labels(label, p).set(n)
+        seen.update(agg)
 
-    def set_in_flight(self, engine: str, n: int) -> None:
-        self.in_flight.labels(self.engine_label(engine)).set(n)
+    def set_in_flight(self, engine: str, n: int, pool: str = "") -> None:
+        self.in_flight.labels(self.engine_label(engine), self.pool_label(pool)).set(n)
 
     def set_engine_load(self, engine: str, running: float | None, waiting: float | None,
-                        kv_usage: float | None) -> None:
-        e = self.engine_label(engine)
+                        kv_usage: float | None, pool: str = "") -> None:
+        e, p = self.engine_label(engine), self.pool_label(pool)
         if running is not None:
-            self.engine_running.labels(e).set(running)
+            self.engine_running.labels(e, p).set(running)
         if waiting is not None:
-            self.engine_waiting.labels(e).set(waiting)
+            self.engine_waiting.labels(e, p).set(waiting)
         if kv_usage is not None:
-            self.engine_kv_usage.labels(e).set(kv_usage)
+            self.engine_kv_usage.labels(e, p).set(kv_usage)
 
     def set_replicas(self, pool: str, desired: int, actual: int) -> None:
         self.desired_replicas.labels(pool).set(desired)
@@ -266,12 +274,12 @@ _TOKEN_KINDS = (("prompt_tokens", "prompt"), ("completion_tokens", "completion")
 
 
 class _RequestChildren:
-    """One (tenant, slo_class)'s metric children, each created on first use (as .labels() would)."""
+    """One (tenant, slo_class, pool)'s metric children, each created on first use (as .labels() would)."""
 
-    __slots__ = ("metrics", "tenant", "cls", "cache")
+    __slots__ = ("metrics", "tenant", "cls", "pool", "cache")
 
-    def __init__(self, metrics: Metrics, tenant: str, cls: str) -> None:
-        self.metrics, self.tenant, self.cls = metrics, tenant, cls
+    def __init__(self, metrics: Metrics, tenant: str, cls: str, pool: str) -> None:
+        self.metrics, self.tenant, self.cls, self.pool = metrics, tenant, cls, pool
         self.cache: dict[tuple[str, str], Any] = {}
 
     def child(self, metric: str, label: str) -> Any:
@@ -279,15 +287,15 @@ class _RequestChildren:
         if c is None:
             m = self.metrics
             if metric == "requests":
-                c = m.requests_total.labels(self.tenant, self.cls, label)
+                c = m.requests_total.labels(self.tenant, self.cls, label, self.pool)
             elif metric == "ttft":
-                c = m.ttft_seconds.labels(self.tenant, self.cls)
+                c = m.ttft_seconds.labels(self.tenant, self.cls, self.pool)
             elif metric == "tpot":
-                c = m.tpot_seconds.labels(self.tenant, self.cls)
+                c = m.tpot_seconds.labels(self.tenant, self.cls, self.pool)
             elif metric == "energy":
                 c = m.tenant_energy_total.labels(self.tenant)
             else:
-                c = m.tokens_total.labels(self.tenant, label)
+                c = m.tokens_total.labels(self.tenant, label, self.pool)
             self.cache[(metric, label)] = c
         return c
 

@@ -53,6 +53,7 @@ TABLES: dict[str, Columns] = {
         # GPU joules attributed to the request: its share (by tokens computed) of the energy of each
         # engine step it was in (docs/telemetry.md); NULL where the engine does not report it
         ("energy_j", "DOUBLE"),
+        ("pool", "VARCHAR"),  # the model pool that served it (the model its engines serve; `model` is as sent)
     ),
     "decisions": (
         ("ts", "DOUBLE"),
@@ -64,6 +65,7 @@ TABLES: dict[str, Columns] = {
         ("policy_version", "BIGINT"),
         ("inputs", "JSON"),
         ("outputs", "JSON"),
+        ("pool", "VARCHAR"),  # the model pool whose core decided (NULL in rows written before pools)
     ),
     "policy_changes": (
         ("version", "BIGINT"),

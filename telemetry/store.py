@@ -259,7 +259,7 @@ class Store:
 
     def record_decision_fresh(self, ts: float, rid: str, tenant: str | None, kind: str, reason: str | None,
                               engine: str | None, policy_version: int | None, inputs: Any, outputs: Any,
-                              *, wait: bool = True) -> bool:
+                              *, pool: str | None = None, wait: bool = True) -> bool:
         """Queue one decision from already well-typed values (the serving hot path).
 
         ``inputs``/``outputs`` may be dicts: they are JSON-encoded on the writer thread, so the
@@ -267,7 +267,7 @@ class Store:
         """
         return self._put("decisions", [{"ts": ts, "rid": rid, "tenant": tenant, "kind": kind, "reason": reason,
                                         "engine": engine, "policy_version": policy_version, "inputs": inputs,
-                                        "outputs": outputs}], wait)
+                                        "outputs": outputs, "pool": pool}], wait)
 
     def record_policy_change(self, row: Mapping[str, Any]) -> bool:
         """Queue one audit-log row asynchronously (prefer ``record_policy_change_now``)."""

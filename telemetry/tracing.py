@@ -73,6 +73,7 @@ class Sluice:
     PREDICTED_TPOT_MS = "sluice.predicted.tpot_ms"
     PREDICTED_OUTPUT_TOKENS = "sluice.predicted.output_tokens"
     SLO_MET = "sluice.slo_met"
+    POOL = "sluice.pool"  # the model pool that served the request (gen_ai.request.model: the name as sent)
 
 
 # request-row key -> span attribute, for annotate_request_span
@@ -91,6 +92,7 @@ _ROW_TO_ATTR: dict[str, str] = {
     "predicted_output_tokens": Sluice.PREDICTED_OUTPUT_TOKENS,
     "slo_met": Sluice.SLO_MET,
     "model": GenAI.REQUEST_MODEL,
+    "pool": Sluice.POOL,
     "max_tokens": GenAI.REQUEST_MAX_TOKENS,
     "stream": GenAI.REQUEST_STREAM,
     "prompt_tokens": GenAI.USAGE_INPUT_TOKENS,

@@ -198,14 +198,15 @@ def test_the_signal_while_serving(tmp_path) -> None:  # type: ignore[no-untyped-
         doc = json.loads(data)
         assert status == 200 and doc["every_s"] == 5.0
         (pool,) = doc["pools"]
-        assert pool["pool"] == "default" and pool["actual"] == 1 and pool["desired"] >= 1
+        assert pool["pool"] == sluice.pool.name == "meta-llama/Llama-3.1-8B-Instruct"  # the model pool's name
+        assert pool["actual"] == 1 and pool["desired"] >= 1
         assert pool["capacity_rps"] > 0 and "latency_rps" in pool["load"]
         assert doc["behaviour"]["down_window_s"] == 300.0
 
         def gauges() -> dict[str, float]:
             text = raw(server, "GET", "/metrics", headers=auth)[2].decode()
             return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples
-                    if s.name in ("sluice_desired_replicas", "sluice_actual_replicas") and s.labels["pool"] == "default"}
+                    if s.name in ("sluice_desired_replicas", "sluice_actual_replicas") and s.labels["pool"] == sluice.pool.name}
 
         wait_until(lambda: len(gauges()) == 2, timeout=15)
         got = gauges()

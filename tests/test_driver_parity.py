@@ -103,7 +103,7 @@ class _Rows(Recorder):
     def begin(self, ticket: Any) -> None:
         self.rids.append(ticket.rid)
 
-    def decision(self, d: Decision) -> None:
+    def decision(self, d: Decision, pool: str | None = None) -> None:
         self.rows.append(decision_row(d))
 
 

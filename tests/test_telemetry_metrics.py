@@ -38,16 +38,16 @@ def test_request_metrics_and_genai_buckets():
     m.observe_request(row(status="rejected", ttft_ms=None, tpot_ms=None, prompt_tokens=0, completion_tokens=0,
                           cached_tokens=0))
     f = families(m)
-    assert value(f, "sluice_requests_total", tenant="acme", slo_class="interactive", outcome="ok") == 1
-    assert value(f, "sluice_requests_total", tenant="acme", slo_class="interactive", outcome="rejected") == 1
-    assert value(f, "sluice_tokens_total", tenant="acme", kind="prompt") == 100
-    assert value(f, "sluice_tokens_total", tenant="acme", kind="cached") == 64
+    assert value(f, "sluice_requests_total", tenant="acme", slo_class="interactive", outcome="ok", pool="") == 1
+    assert value(f, "sluice_requests_total", tenant="acme", slo_class="interactive", outcome="rejected", pool="") == 1
+    assert value(f, "sluice_tokens_total", tenant="acme", kind="prompt", pool="") == 100
+    assert value(f, "sluice_tokens_total", tenant="acme", kind="cached", pool="") == 64
     ttft_les = [s[1]["le"] for s in samples(f, "sluice_ttft_seconds_bucket")]
     assert ttft_les == [str(b) for b in TTFT_BUCKETS] + ["+Inf"]
     tpot_les = [s[1]["le"] for s in samples(f, "sluice_tpot_seconds_bucket")]
     assert tpot_les == [str(b) for b in TPOT_BUCKETS] + ["+Inf"]
-    assert value(f, "sluice_ttft_seconds_bucket", tenant="acme", slo_class="interactive", le="0.25") == 1
-    assert value(f, "sluice_ttft_seconds_bucket", tenant="acme", slo_class="interactive", le="0.1") == 0
+    assert value(f, "sluice_ttft_seconds_bucket", tenant="acme", slo_class="interactive", pool="", le="0.25") == 1
+    assert value(f, "sluice_ttft_seconds_bucket", tenant="acme", slo_class="interactive", pool="", le="0.1") == 0
     # forecast error: |120-150|/150 = 0.2 ; tpot exact ; output |25-20|/20 = 0.25
     assert value(f, "sluice_forecast_error_sum", kind="ttft") == 0.2
     assert value(f, "sluice_forecast_error_sum", kind="tpot") == 0.0
@@ -62,28 +62,29 @@ def test_tenant_labels_are_bounded_first_seen():
     f = families(m)
     tenants = {s[1]["tenant"] for s in samples(f, "sluice_requests_total")}
     assert tenants == {"t0", "t1", "t2", "other"}
-    assert value(f, "sluice_requests_total", tenant="other", slo_class="interactive", outcome="ok") == 7
-    assert value(f, "sluice_queue_depth", tenant="other") == 7
+    assert value(f, "sluice_requests_total", tenant="other", slo_class="interactive", outcome="ok", pool="") == 7
+    assert value(f, "sluice_queue_depth", tenant="other", pool="") == 7
     m.set_queue_depths({"t1": 4})  # tenants no longer queued read 0
     f = families(m)
-    assert value(f, "sluice_queue_depth", tenant="t1") == 4
-    assert value(f, "sluice_queue_depth", tenant="t0") == 0 and value(f, "sluice_queue_depth", tenant="other") == 0
+    assert value(f, "sluice_queue_depth", tenant="t1", pool="") == 4
+    assert value(f, "sluice_queue_depth", tenant="t0", pool="") == 0 \
+        and value(f, "sluice_queue_depth", tenant="other", pool="") == 0
 
 
 def test_decisions_engines_gpus_and_store():
     m = Metrics()
     m.observe_decision("reject", "slo_unattainable")
-    m.set_in_flight("sim-0", 12)
-    m.set_engine_load("sim-0", running=12, waiting=3, kv_usage=0.43)
+    m.set_in_flight("sim-0", 12, "llama")
+    m.set_engine_load("sim-0", running=12, waiting=3, kv_usage=0.43, pool="llama")
     m.set_gpu_samples([{"gpu": 0, "name": "H100", "power_w": 410.0, "energy_j": 123456.0, "sm_clock_mhz": 1980,
                         "utilization": 0.93, "memory_used_bytes": 7e10}])
     m.bind_store(lambda: {"lag_s": 0.5, "pending": {"requests": 3}, "written": {"requests": 10},
                           "dropped": {"requests": 1}, "write_failures": 2})
     f = families(m)
     assert value(f, "sluice_admission_decisions_total", decision="reject", reason="slo_unattainable") == 1
-    assert value(f, "sluice_in_flight", engine="sim-0") == 12
-    assert value(f, "sluice_engine_kv_usage", engine="sim-0") == 0.43
-    assert value(f, "sluice_engine_waiting", engine="sim-0") == 3
+    assert value(f, "sluice_in_flight", engine="sim-0", pool="llama") == 12
+    assert value(f, "sluice_engine_kv_usage", engine="sim-0", pool="llama") == 0.43
+    assert value(f, "sluice_engine_waiting", engine="sim-0", pool="llama") == 3
     assert value(f, "sluice_gpu_power_watts", gpu="0", name="H100") == 410.0
     assert value(f, "sluice_gpu_energy_joules_total", gpu="0", name="H100") == 123456.0
     assert value(f, "sluice_gpu_utilization", gpu="0", name="H100") == 0.93

@@ -94,9 +94,13 @@ class AdminAPI:
     # -- state ------------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """The `/state` body: the core's snapshot now, with the runtime's statistics (admin/state.py)."""
-        pool = self.sluice.pool
-        return state_document(self.sluice.snapshot(also=self.stats.tenants), self.stats, pool.loads, pool.infos,
-                              self.gpus(), self.sluice.errors.state())
+        sluice = self.sluice
+        pools = sluice.pools.values()
+        loads = {n: v for p in pools for n, v in p.loads.items()}
+        infos = {n: v for p in pools for n, v in p.infos.items()}
+        aliases = {name: p.aliases for name, p in sluice.catalog.pools.items()}
+        return state_document(sluice.snapshots(also=self.stats.tenants), self.stats, loads, infos, self.gpus(),
+                              sluice.errors.state(), aliases, sluice.policy)
 
     async def get_state(self, request: Request) -> Response:
         """Tenants, engines, totals, GPUs and forecasts now."""
@@ -104,11 +108,12 @@ class AdminAPI:
 
     async def get_capacity(self, request: Request) -> Response:
         """Desired and actual engine replicas per pool: the capacity rule's last evaluation."""
-        cap = self.sluice.pool.capacity
-        if cap is None or cap.last is None:
-            return JSONResponse({"every_s": CAPACITY_EVERY_S, "pools": []})
-        return JSONResponse({"every_s": CAPACITY_EVERY_S, "pools": [cap.last.to_dict()],
-                             "params": dataclasses.asdict(cap.params), "behaviour": dataclasses.asdict(cap.behaviour)})
+        caps = [p.capacity for p in self.sluice.pools.values() if p.capacity is not None]
+        body: dict[str, Any] = {"every_s": CAPACITY_EVERY_S,
+                                "pools": [c.last.to_dict() for c in caps if c.last is not None]}
+        if body["pools"]:  # the rule's parameters (the same in every pool)
+            body.update(params=dataclasses.asdict(caps[0].params), behaviour=dataclasses.asdict(caps[0].behaviour))
+        return JSONResponse(body)
 
     async def get_gpus(self, request: Request) -> Response:
         """GPU readings (NVML or simulated)."""
@@ -299,7 +304,7 @@ class AdminAPI:
 
 
 _REQUEST_FIELDS = ("rid", "trace_id", "tenant", "slo_class", "engine", "status", "arrival_ts", "ttft_ms", "tpot_ms",
-                   "e2e_ms", "prompt_tokens", "completion_tokens", "decision", "reason")
+                   "e2e_ms", "prompt_tokens", "completion_tokens", "decision", "reason", "model", "pool")
 
 
 def _sse(kind: str, payload: dict[str, Any]) -> bytes:

@@ -33,7 +33,9 @@ def _ref(name: str) -> dict[str, Any]:
 _ERROR = _object({"error": _object({"message": _STR, "type": _STR, "param": _nullable(_STR),
                                     "code": _nullable(_STR)})})
 _TENANT_POLICY = _object({"weight": _NUM, "slo_class": _STR, "paused": _BOOL},
-                         {"rate_limit_rps": _nullable(_NUM), "rate_limit_tpm": _nullable(_NUM)})
+                         {"rate_limit_rps": _nullable(_NUM), "rate_limit_tpm": _nullable(_NUM),
+                          # the weight in a model pool where it differs: pool (name or alias) -> weight
+                          "weights": {"type": "object", "additionalProperties": _NUM}})
 _POLICY = _object({"version": _INT, "scheduler": _STR, "slo_classes": {"type": "object", "additionalProperties": _OBJ},
                    "tenants": {"type": "object", "additionalProperties": _TENANT_POLICY}},
                   {"holistic_alpha": _NUM, "admission": _BOOL, "admission_margin": _NUM, "pass_priority": _BOOL,
@@ -66,19 +68,27 @@ _ENGINE_STATE = _object(
     {"name": _STR, "kind": _nullable(_STR), "simulated": _BOOL, "healthy": _BOOL, "url": _nullable(_STR),
      "running": _nullable(_INT), "waiting": _nullable(_INT), "kv_usage": _nullable(_NUM),
      "gen_throughput": _nullable(_NUM), "window": _INT, "in_flight": _INT,
-     "forecast": _nullable(_object({"ttft_ms": _NUM, "tpot_ms": _NUM}))})
+     "forecast": _nullable(_object({"ttft_ms": _NUM, "tpot_ms": _NUM}))},
+    {"pool": _STR})  # the model pool it serves in
+# one model pool (controlplane/model_pools.py): its engines, and each tenant's weight and share there
+_POOL_STATE = _object(
+    {"name": _STR, "aliases": {"type": "array", "items": _STR}, "engines": {"type": "array", "items": _STR},
+     "queued": _INT, "in_flight": _INT,
+     "tenants": {"type": "array", "items": _object({"name": _STR, "weight": _NUM, "fair_share": _NUM,
+                                                     "queued": _INT, "in_flight": _INT, "counters": _OBJ})}})
 STATE = _object({"now": _NUM, "policy_version": _INT, "scheduler": _STR, "totals": _TOTALS,
                  "tenants": {"type": "array", "items": _TENANT_STATE},
                  "engines": {"type": "array", "items": _ENGINE_STATE}, **_GPUS,
                  "policy_choices": _object({"scheduler": {"type": "array", "items": _STR},
                                             "on_miss": {"type": "array", "items": _STR}}),
-                 "forecast_errors": _OBJ})
+                 "forecast_errors": _OBJ},
+                {"pools": {"type": "array", "items": _POOL_STATE}})
 _REQUEST_ROW = _object({"rid": _STR, "tenant": _STR, "status": _STR},
                        {"trace_id": _nullable(_STR), "slo_class": _nullable(_STR), "engine": _nullable(_STR),
                         "arrival_ts": _NUM, "ttft_ms": _nullable(_NUM), "tpot_ms": _nullable(_NUM),
                         "e2e_ms": _nullable(_NUM), "prompt_tokens": _nullable(_INT),
                         "completion_tokens": _nullable(_INT), "decision": _nullable(_STR),
-                        "reason": _nullable(_STR)})
+                        "reason": _nullable(_STR), "model": _nullable(_STR), "pool": _nullable(_STR)})
 _CHANGE = _object({"version": _INT, "ts": _NUM, "actor": _STR, "reason": _STR},
                   {"before": _nullable(_OBJ), "after": _nullable(_OBJ)})
 _SPAN = _object({"span_id": _STR, "name": _STR, "attributes": _OBJ, "events": {"type": "array", "items": _OBJ}},

@@ -1,34 +1,70 @@
-"""`GET /admin/v1/state`: the decision core's snapshot, serialised, beside what only the runtime
-knows (rolling request statistics, the engines' own load reports, GPU readings, forecast errors).
+"""`GET /admin/v1/state`: the decision cores' snapshots (one per model pool), serialised, beside
+what only the runtime knows (rolling request statistics, the engines' own load reports, GPU
+readings, forecast errors). Top-level `tenants` and `engines` span every pool; `pools` has each
+pool's engines and each tenant's weight, share and requests in that pool.
 
 The field names are the console's and docs/admin-api.md's; `controlplane/admin/openapi.py`
 describes the document (`STATE`), and the console's fake admin in tests is held to it.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
-from controlplane.core.policy import ON_MISS, SCHEDULERS
+from controlplane.core.policy import ON_MISS, SCHEDULERS, Policy
 from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot
 from controlplane.livestats import LiveStats
 
 
-def state_document(snap: CoreSnapshot, stats: LiveStats, loads: Mapping[str, Any], infos: Mapping[str, Any],
-                   gpus: tuple[list[dict[str, Any]], str], forecast_errors: dict[str, object]) -> dict[str, Any]:
-    """The `/state` body at `snap.now`: tenants the policy names or that sent requests, every engine."""
-    now = snap.now
-    names = set(snap.policy.tenants) | set(stats.tenants)
+def state_document(snaps: Mapping[str, CoreSnapshot], stats: LiveStats, loads: Mapping[str, Any],
+                   infos: Mapping[str, Any], gpus: tuple[list[dict[str, Any]], str],
+                   forecast_errors: dict[str, object], aliases: Mapping[str, Sequence[str]] | None = None,
+                   policy: Policy | None = None) -> dict[str, Any]:
+    """The `/state` body: tenants the policy names or that sent requests, every engine, and each
+    model pool (`snaps`: pool -> its core's snapshot; `aliases`: the pools' other names; `policy`:
+    the one in force, whose base weights the top-level tenants show where pools weigh them apart)."""
+    first = next(iter(snaps.values()))
+    now, policy = first.now, policy or first.policy
+    names = set(policy.tenants) | set(stats.tenants)
     service = {n: stats.tenant(n, now) for n in names}
     total_service = sum(s["service"] for s in service.values()) or 1.0
-    tenants = [_tenant(snap.tenants[n], service[n], total_service) for n in sorted(names)]
-    engines = [_engine(e, loads.get(e.name), infos.get(e.name)) for e in snap.engines.values()]
+    tenants = [_tenant(_across(n, snaps, policy), service[n], total_service) for n in sorted(names)]
+    engines = [_engine(e, loads.get(e.name), infos.get(e.name)) | {"pool": pool}
+               for pool, snap in snaps.items() for e in snap.engines.values()]
+    pools = [{"name": pool, "aliases": list((aliases or {}).get(pool, ())), "engines": list(snap.engines),
+              "queued": snap.queued, "in_flight": snap.in_flight,
+              "tenants": [_pool_tenant(t) for n, t in sorted(snap.tenants.items()) if n in names]}
+             for pool, snap in snaps.items()]
     gpu_list, gpu_status = gpus
-    return {"now": now, "policy_version": snap.policy.version, "scheduler": snap.scheduler,
-            "totals": stats.totals(now) | {"queued": snap.queued, "in_flight": snap.in_flight},
-            "tenants": tenants, "engines": engines, "gpus": gpu_list, "gpu_status": gpu_status,
+    return {"now": now, "policy_version": policy.version, "scheduler": first.scheduler,
+            "totals": stats.totals(now) | {"queued": sum(s.queued for s in snaps.values()),
+                                           "in_flight": sum(s.in_flight for s in snaps.values())},
+            "tenants": tenants, "engines": engines, "pools": pools, "gpus": gpu_list, "gpu_status": gpu_status,
             "policy_choices": {"scheduler": list(SCHEDULERS), "on_miss": list(ON_MISS)},
             "forecast_errors": forecast_errors}
+
+
+def _across(name: str, snaps: Mapping[str, CoreSnapshot], policy: Policy) -> TenantSnapshot:
+    """A tenant over every pool: its own snapshot where there is one pool; else its queued and
+    running requests and fairness counters summed, its base weight, and its largest fair share."""
+    if len(snaps) == 1:
+        return next(iter(snaps.values())).tenants[name]
+    parts = [s.tenants[name] for s in snaps.values() if name in s.tenants]
+    counters: dict[str, float] = {}
+    tp = policy.tenant(name)
+    for t in parts:
+        for k, v in t.counters.items():
+            counters[k] = tp.weight if k == "weight" else counters.get(k, 0.0) + v
+    return replace(parts[0], weight=tp.weight, slo_class=tp.slo_class, paused=tp.paused,
+                   queued=sum(t.queued for t in parts), in_flight=sum(t.in_flight for t in parts),
+                   fair_share=max(t.fair_share for t in parts), counters=counters)
+
+
+def _pool_tenant(t: TenantSnapshot) -> dict[str, Any]:
+    """A tenant in one pool: its weight there, fair share, requests and counters."""
+    return {"name": t.name, "weight": t.weight, "fair_share": t.fair_share, "queued": t.queued,
+            "in_flight": t.in_flight, "counters": dict(t.counters)}
 
 
 def _tenant(t: TenantSnapshot, stats: dict[str, Any], total_service: float) -> dict[str, Any]:

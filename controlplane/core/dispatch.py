@@ -2,7 +2,7 @@
 shape of llm-d's endpoint picker; docs/dispatch.md).
 
 - **Filters** drop the engines that cannot take the request: unhealthy ones and ones without a free
-  window slot. (Model pools will add "serves the request's model" here.)
+  window slot. (Every candidate serves the request's model: each model pool has a core of its own.)
 - **Scorers** rate each remaining engine, higher is better, each in its own unit:
   `ttft`: minus the forecast TTFT (s) with that engine's expected cached prompt tokens (the old
   rule: the lowest forecast TTFT); `prefix`: the prefill seconds that engine's expected prefix-cache
@@ -39,7 +39,6 @@ class Candidate:
 class DispatchRequest:
     prompt_tokens: float
     output_tokens: float  # predicted
-    # model pools (issue 13) add the request's model here, for a "serves this model" filter
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +67,6 @@ Scorer = Callable[[Candidate, DispatchRequest, Forecast], float]
 FILTERS: tuple[tuple[str, Filter], ...] = (
     ("healthy", lambda c, r: c.healthy),
     ("free_slot", lambda c, r: c.view.free_slots > 0),
-    # ("serves_model", ...) goes here with model pools
 )
 
 

@@ -6,7 +6,7 @@ the core swaps policies atomically and every decision names the version it was m
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -84,6 +84,9 @@ class TenantPolicy:
     paused: bool = False
     rate_limit_rps: float | None = None
     rate_limit_tpm: float | None = None
+    # the weight in a model pool, where it differs from `weight`: pool (its name or an alias) -> weight
+    # (docs/configuration.md); the runtime checks that each key names a pool
+    weights: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +114,21 @@ class Policy:
         """The policy document as JSON (SLO times in ms): the admin API's and the audit log's form."""
         out = asdict(self)
         out["slo_classes"] = {name: slo_class_to_json(c) for name, c in self.slo_classes.items()}
+        for t in out["tenants"].values():
+            if not t["weights"]:  # none set: the document stays as it was before model pools
+                del t["weights"]
         return out
+
+    def for_pool(self, names: Collection[str]) -> Policy:
+        """The policy one model pool's core decides by (same version): each tenant's weight is its
+        `weights` entry for the pool (named by any of `names`: its name and aliases), else `weight`."""
+        if not any(t.weights for t in self.tenants.values()):
+            return self
+        tenants = {}
+        for name, t in self.tenants.items():
+            w = next((t.weights[n] for n in names if n in t.weights), t.weight)
+            tenants[name] = t if w == t.weight else replace(t, weight=w)
+        return replace(self, tenants=tenants)
 
     def tenant(self, name: str) -> TenantPolicy:
         return self.tenants.get(name) or TenantPolicy()
@@ -166,6 +183,10 @@ class Policy:
                 value = getattr(t, attr)
                 if value is not None:
                     _check_range(f"{where}.{attr}", value, 1e-6, 1e12)
+            if not isinstance(t.weights, dict):
+                raise PolicyError(f"{where}.weights: must be an object of model pool -> weight")
+            for pool, w in t.weights.items():
+                _check_range(f"{where}.weights.{pool}", w, 1e-6, 1e6)
         return self
 
 
@@ -217,9 +238,16 @@ def policy_from_dict(raw: Any) -> Policy:
     return replace(
         policy,
         slo_classes={k: _slo_class_from_json(v, f"slo_classes.{k}") for k, v in classes.items()},
-        tenants={k: _build(TenantPolicy, v, f"tenants.{k}") for k, v in tenants.items()},
+        tenants={k: _tenant_from_json(v, f"tenants.{k}") for k, v in tenants.items()},
         dispatch=dispatch,
     ).validate()
+
+
+def _tenant_from_json(raw: Any, where: str) -> TenantPolicy:
+    t = _build(TenantPolicy, raw, where)
+    if isinstance(t.weights, dict):  # a copy; null removes a pool's weight (as a merge patch's null removes a key)
+        t = replace(t, weights={k: w for k, w in t.weights.items() if w is not None})
+    return t
 
 
 def _slo_class_from_json(raw: Any, where: str) -> SLOClassPolicy:

@@ -115,8 +115,7 @@ class CompletionsEndpoint:
             body = await read_body(receive, headers, sluice.config.server.max_body_bytes)
             req = oa.parse_completion(body, self.kind, max_tokens_limit=sluice.config.server.max_tokens_limit,
                                       count=sluice.count_tokens)
-            if req.model not in sluice.model_names:
-                raise ApiError(404, f"The model '{req.model}' does not exist", code="model_not_found", param="model")
+            sluice.route(tenant, req)  # its model pool: 404 unknown model, 403 one the tenant may not use
             sluice.fit_context(req)
             ticket = sluice.submit(tenant, req)  # a refusal here has its row already (and its request_id)
         except ApiError as err:
@@ -310,34 +309,37 @@ def build_app(sluice: Sluice, extra_routes: list[Any] | None = None) -> Gateway:
     def model_object(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": started, "owned_by": "sluice"}
 
-    def authenticate(request: Request) -> None:
+    def authenticate(request: Request) -> TenantConfig:
         try:
-            sluice.authenticate(canonical_bearer(request.headers.get("authorization")))
+            return sluice.authenticate(canonical_bearer(request.headers.get("authorization")))
         except ApiError as err:
             count_unauthenticated(sluice, err)
             raise
 
     async def models(request: Request) -> Response:
+        """Every model the key may use: each pool's names, its adapters (`model:adapter`), aliases."""
         try:
-            authenticate(request)
+            tenant = authenticate(request)
         except ApiError as err:
             return _error_response(err)
-        return JSONResponse({"object": "list", "data": [model_object(m) for m in sorted(sluice.model_names)]})
+        return JSONResponse({"object": "list", "data": [model_object(m) for m in sluice.model_list(tenant)]})
 
     async def model(request: Request) -> Response:
         """GET /v1/models/{id} (ids may hold slashes: `meta-llama/Llama-3.1-8B-Instruct`)."""
         try:
-            authenticate(request)
+            tenant = authenticate(request)
             name = request.path_params["model"]
-            if name not in sluice.model_names:
-                raise ApiError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
+            sluice.resolve_model(tenant, name)
         except ApiError as err:
             return _error_response(err)
         return JSONResponse(model_object(name))
 
     async def health(request: Request) -> Response:
-        healthy = [e.name for e in sluice.snapshot(with_tenants=False).healthy_engines()]
-        body = {"status": "ok" if healthy else "unavailable", "engines": healthy}
+        """Up while any engine of any pool is healthy; `pools`: each pool's healthy engines."""
+        pools = {name: [e.name for e in snap.healthy_engines()]
+                 for name, snap in sluice.snapshots(with_tenants=False).items()}
+        healthy = [e for names in pools.values() for e in names]
+        body = {"status": "ok" if healthy else "unavailable", "engines": healthy, "pools": pools}
         return JSONResponse(body, 200 if healthy else 503, headers=None if healthy else {"Retry-After": "5"})
 
     chat, text = CompletionsEndpoint(sluice, "chat"), CompletionsEndpoint(sluice, "text")
