@@ -20,6 +20,12 @@ quit (console exit plus the load's and the server's stop; target < 2 s).
 
     .venv/bin/python bench/bench_console.py [--tenants 1000] [--requests 10000] [--updates 200]
     .venv/bin/python bench/bench_console.py --demo
+    .venv/bin/python bench/bench_console.py --compare DIR [--rounds 3]
+
+`--compare DIR` measures key to screen with the console in DIR (another checkout's `tui`
+package, e.g. `git archive HEAD tui | tar -x -C DIR`) against this one's, in alternating child
+processes (one run of each per round, at 10 and at `--tenants` tenants), and prints both medians
+and their ratio: on a shared machine only a side-by-side ratio from one run means anything.
 """
 
 from __future__ import annotations
@@ -38,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+if "--tui-from" in sys.argv:  # another checkout's console (for --compare), ahead of this one
+    sys.path.insert(0, sys.argv[sys.argv.index("--tui-from") + 1])
 
 from tui.app import SluiceConsole  # noqa: E402
 
@@ -227,6 +235,42 @@ async def run_demo(port: int) -> dict[str, Any]:
     return out
 
 
+def keys_only(n_tenants: int, n_requests: int) -> None:
+    """One key-to-screen measurement as a JSON line (a --compare child)."""
+    import json
+
+    r = asyncio.run(run(n_tenants, n_requests, 0, "overview", 0))
+    med, p95, worst, cpu = r["key_to_screen"]
+    print(json.dumps({"median": med, "p95": p95, "max": worst, "cpu": cpu,
+                      "tui": str(Path(sys.modules["tui"].__file__ or "").parent)}))
+
+
+def compare(before: str, tenants: list[int], n_requests: int, rounds: int) -> None:
+    """Key to screen, `before` (a directory holding a `tui` package) against this checkout, in
+    alternating child processes; prints the medians of the rounds and after/before."""
+    import json
+    import subprocess
+
+    me = [sys.executable, __file__, "--keys-only", "--requests", str(n_requests)]
+    print(f"key to screen (ms), before = {before}, after = this checkout; median of {rounds} runs of 40 keys each, "
+          "runs alternating")
+    print(f"{'tenants':>7}  {'metric':<12} {'before':>8} {'after':>8} {'after/before':>12}")
+    for n in tenants:
+        runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+        for _ in range(rounds):
+            for side, extra in (("before", ["--tui-from", before]), ("after", [])):
+                out = subprocess.run([*me, "--tenants", str(n), *extra], capture_output=True, text=True, check=True)
+                runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        used = {side: {r["tui"] for r in rs} for side, rs in runs.items()}
+        if used["before"] == used["after"]:
+            raise SystemExit(f"both sides ran the same console ({used['after']}): is {before}/tui there?")
+        for metric in ("median", "p95", "cpu"):
+            b = statistics.median(r[metric] for r in runs["before"])
+            a = statistics.median(r[metric] for r in runs["after"])
+            label = {"median": "wall median", "p95": "wall p95", "cpu": "CPU median"}[metric]
+            print(f"{n:>7}  {label:<12} {b:8.1f} {a:8.1f} {a / b:12.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tenants", type=int, default=1000)
@@ -237,7 +281,17 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the key presses (press to frame only) and print the top functions")
     parser.add_argument("--port", type=int, default=8792, help="the demo's port (with --demo)")
+    parser.add_argument("--compare", metavar="DIR", help="key to screen: the `tui` package in DIR against this one")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each side (with --compare)")
+    parser.add_argument("--keys-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--tui-from", metavar="DIR", help=argparse.SUPPRESS)  # read before the imports
     args = parser.parse_args()
+    if args.keys_only:
+        keys_only(args.tenants, args.requests)
+        return
+    if args.compare:
+        compare(args.compare, sorted({10, args.tenants}), args.requests, args.rounds)
+        return
     if args.profile:
         profiler = cProfile.Profile()
         r = asyncio.run(run(args.tenants, args.requests, 0, "overview", 0, profiler))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -22,9 +23,10 @@ from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
-from textual.widgets import Footer, Header, Static, TabbedContent, TabPane
+from textual.widgets import Header, Static, TabbedContent, TabPane
 
 from .client import AdminClient, AdminError, ApiError, Unauthorized, Unreachable
+from .footer import KeyFooter
 from .format import plural, policy_document, unified_diff, utc_time
 from .messages import (
     ConnectionChanged,
@@ -147,7 +149,7 @@ class SluiceConsole(App[None]):
             with TabPane("Policy [4]", id="policy"):
                 yield self.policy_pane
         yield Static("", id="statusbar")
-        yield Footer()
+        yield KeyFooter()
 
     def main(self, selector: str) -> Any:
         """Query the console's main screen (not whatever dialog or trace is on top)."""
@@ -158,11 +160,17 @@ class SluiceConsole(App[None]):
     def on_mount(self) -> None:
         self._wake = asyncio.Event()
         self._show_connection()
-        self.main("#engines").focus()
+        self.screen.set_focus(self.main("#engines"))  # now, not deferred: a first key must not race it
+        # What exists now (modules, Textual, the widget tree) lives as long as the console: out of
+        # the cyclic GC's reach, a full collection walks half as many objects (one took ~110 ms
+        # of a key's time to screen under load; bench/bench_console.py).
+        gc.collect()
+        gc.freeze()
         if self.live:
             self.start_workers()
 
     async def on_unmount(self) -> None:
+        gc.unfreeze()  # another app in this process (tests) starts from a clean slate
         await self.client.close()
 
     def start_workers(self) -> None:
@@ -422,6 +430,10 @@ class SluiceConsole(App[None]):
             return
         pane = event.pane
         if not self.screen_stack:  # a late message while the app shuts down (no screen to focus in)
+            return
+        if self.main("#tabs").active != tab:
+            # stale: another tab was shown since (a key, a click, a focus); pulling the focus back
+            # here would re-activate this tab and start a ping-pong of deferred focus changes
             return
         focused = self.focused
         if focused is None or pane not in focused.ancestors:

@@ -22,7 +22,7 @@ from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
 
 
-CELL_RENDERS = 10_000  # rendered cells kept per table (about the screen's cells a few times over)
+CELL_RENDERS = 4_000  # rendered cells kept per table (the screen's cells a few times over)
 LINE_RENDERS = 2_000  # rendered lines kept per table
 
 
@@ -189,9 +189,17 @@ class KeyedTable(DataTable[Any]):
         else:
             lines = super()._render_cell(row_index, column_index, base_style, width, cursor, hover)
             if len(self._cell_renders) >= CELL_RENDERS:
-                self._cell_renders.clear()
+                self._sweep_cell_renders()
         self._cell_renders[key] = (cell, row_index, lines)
         return lines
+
+    def _sweep_cell_renders(self) -> None:
+        """Drop the renders of cells the table no longer holds (`sync` replaced them): they can
+        never be drawn again, and every object kept is one more for each full GC pass to walk
+        (tens of ms of a key's time when one lands on it). If the live ones alone fill it, clear."""
+        live = {id(cell) for cells in self._cells.values() for cell in cells}
+        kept = {key: entry for key, entry in self._cell_renders.items() if key[1] in live}
+        self._cell_renders = kept if len(kept) < CELL_RENDERS // 2 else {}
 
     def _restore_cursor(self, key: str) -> None:
         try:

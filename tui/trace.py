@@ -15,10 +15,11 @@ from textual.binding import Binding
 from textual.containers import Vertical, VerticalScroll
 from textual.events import Resize
 from textual.screen import Screen
-from textual.widgets import Footer, Header, LoadingIndicator, OptionList, Static
+from textual.widgets import Header, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
 
 from .client import AdminError
+from .footer import KeyFooter
 from .format import (
     SERVICE_STYLE,
     WaterfallRow,
@@ -66,7 +67,7 @@ class TraceScreen(Screen[None]):
             yield OptionList(id="waterfall")
             with VerticalScroll(id="span-detail-box"):
                 yield Static("", id="span-detail")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         self.query_one("#waterfall", OptionList).display = False
