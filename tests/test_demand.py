@@ -15,20 +15,20 @@ from tests.core_helpers import make_core, make_policy
 
 def test_a_share_is_measured_only_after_the_tenant_has_waited() -> None:
     s = Demand(lambda tenant: 1.0)
-    s.backlog(0.0, "a", DEFERRABLE, 1)
+    s.backlog(0.0, "a", DEFERRABLE, 1, 1)
     for i in range(9):
         s.dispatched(0.1 * i, "b", DEFERRABLE)
     s.dispatched(1.0, "a", DEFERRABLE)
     assert s.measured_share(MIN_BACKLOG_S - 0.1, "a", DEFERRABLE) is None
     assert s.measured_share(MIN_BACKLOG_S, "a", DEFERRABLE) == pytest.approx((1 + 1) / (10 + 1))
     assert s.measured_share(MIN_BACKLOG_S, "a", LATENCY) is None  # backlogged in the other tier only
-    s.backlog(4.0, "a", DEFERRABLE, 0)  # its queue emptied: what it gets now says only what it asks
+    s.backlog(4.0, "a", DEFERRABLE, 0, 0)  # its queue emptied: what it gets now says only what it asks
     assert s.measured_share(5.0, "a", DEFERRABLE) is None
 
 
 def test_shares_and_tier_rates_forget_what_left_the_window() -> None:
     s = Demand(lambda tenant: 1.0)
-    s.backlog(0.0, "a", DEFERRABLE, 3)
+    s.backlog(0.0, "a", DEFERRABLE, 3, 3)
     for i in range(10):
         s.dispatched(float(i), "b", LATENCY)
     assert s.tier_rate(9.0, LATENCY) == pytest.approx(10 / SHARE_WINDOW_S)
@@ -45,7 +45,7 @@ def _ahead(core, now: float, tenant: str, tier: str) -> tuple[float, float]:
 def _queue(core, tenant: str, tier: str, n: int, now: float = 0.0) -> None:
     for i in range(n):
         core.scheduler.push(tier, tenant, f"{tenant}-{tier}-{i}", Work(500, 50), 500.0)
-        core.demand.backlog(now, tenant, tier, core.scheduler.tiers[tier].scheduler.queued(tenant))
+        core.demand.backlog(now, tenant, tier, core.scheduler.tiers[tier].scheduler.queued(tenant), core.scheduler.tiers[tier].queued)
 
 
 def test_light_tenants_that_asked_lately_put_ahead_only_what_they_ask_for_meanwhile() -> None:
@@ -90,8 +90,11 @@ def test_the_deferrable_tier_starves_when_the_latency_tier_had_twice_its_service
         core.arrive(now, RequestSpec(f"b{i}", "bulk", 500, 50))
     lat, dfr = core.scheduler.tiers[LATENCY], core.scheduler.tiers[DEFERRABLE]
     assert dfr.queued  # its head has waited nothing of its 600 s deadline
-    lat.service, dfr.service = 1900.0, 1000.0
-    assert not core._deferrable_starving(now)  # 1.9x: behind, but not starving
+    lat.service, dfr.service = 2100.0, 1000.0
+    assert not core._deferrable_starving(now)  # in its first seconds any latency service is "twice" none
+    later = now + MIN_BACKLOG_S  # (both tiers' service decays alike meanwhile)
+    lat.service = 1900.0
+    assert not core._deferrable_starving(later)  # 1.9x: behind, but not starving
     lat.service = 2100.0
-    assert core._deferrable_starving(now)  # 2.1x
-    assert core._over_share(now, LATENCY)  # new latency requests are refused while it is so far ahead
+    assert core._deferrable_starving(later)  # 2.1x
+    assert core._over_share(later, LATENCY)  # new latency requests are refused while it is so far ahead

@@ -18,7 +18,8 @@ take everything (fairness inverts). Instead each tier gets its weighted share:
 - with admission, the latency tier goes first (its queue is bounded by admission: what could not
   start within its TTFT was refused), and is held to its share from the other side: while it is
   ahead of its share and the deferrable tier *starves* (its head has waited a quarter of its
-  deadline, or the latency tier has had STARVING_BEHIND times its service per unit of weight), new
+  deadline, or it has been backlogged for a few seconds while the latency tier had STARVING_BEHIND
+  times its service per unit of weight), new
   latency requests are refused (`over_share`, DecisionCore._over_share), and a starving deferrable
   request is dispatched even into a prefill queue that a latency request would wait behind (the
   latency tier's forecasts then see that queue);
