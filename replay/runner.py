@@ -13,14 +13,18 @@ one `SimCore` per engine (engine_adapter/sim) as a discrete-event simulation:
   nothing queued changes nothing), `core.engine_load` at its load-report instants, with the
   engine's own load report: the cadence, the action routing, the engine specs, the decision rows
   and the SLO accounting are controlplane/driver.py's, the same the serving runtime uses;
-- the next event is min(next arrival, each engine's next step end, next tick, next load report);
-  at one instant: engine events, then arrivals, then the tick, then the load reports (the driver's
-  order; tests/test_driver_parity.py holds serving to it).
+- the next stop is min(next arrival, next tick, next load report, and while requests are queued
+  each engine's next event); at one instant: engine events, then arrivals, then the tick, then
+  the load reports (the driver's order; tests/test_driver_parity.py holds serving to it).
 
-Causality: a finish can dispatch a queued request, so while requests are queued the loop stops at
-every step end. While nothing is queued, no engine event can produce an action (the core only
-learns), so the engines are advanced straight to the next arrival or load report, which lets the
-simulator merge decode-only steps (`advance(per_token=False)`).
+Causality: a first token or a finish can dispatch a queued request, so while requests are queued
+the loop stops where an engine's next event can come (`SimCore.next_event_time`: the end of a
+step with prefill, else the end of the decode step in which a request finishes); the steps
+ending before it emit nothing the core could act on. While nothing is queued, no engine event can
+produce an action (the core only learns), so the engines are advanced straight to the next
+arrival or load report. Either way the simulator runs stretches of decode-only steps in one go
+(`advance(per_token=False)`), and the results are those of stopping at every step end, exactly
+(`step_by_step`, the reference tests/test_sim_fastforward.py holds the loop to).
 
 Model pools: `engines` may map pool names to engine counts; each pool gets its own core (its own
 fair queues, admission and dispatch, the policy's per-pool weights: `Policy.for_pool`) over its own
@@ -123,6 +127,8 @@ class _PoolSink:
 
 class VirtualRun:
     """One run: the core, the simulated engines and the records; `run()`, then `result()`."""
+
+    step_by_step = False  # True: stop at every engine step while requests are queued (the reference)
 
     def __init__(self, workload: Sequence[WorkloadRequest], policy: Policy, engines: int | Mapping[str, int],
                  profile: SimProfile, seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
@@ -262,17 +268,34 @@ class VirtualRun:
         """The frequency rule's change (`ClockSteering`): the engine runs at it from its next step."""
         self.clock_log[engine].append((now, self.sims[engine].set_frequency(mhz)))
 
+    def next_engine_event(self, limit: float, t_eng: float) -> float:
+        """The earliest time an engine can emit an event (a first token or a finish, which may
+        dispatch a queued request), given nothing is submitted before it: every step ending
+        earlier changes nothing the core sees, so the loop need not stop there (SimCore
+        fast-forwards over those steps, with the same results as stepping through them).
+        `step_by_step`: every step end (the reference the tests hold the fast-forward to)."""
+        if self.step_by_step:
+            return t_eng
+        times = [t for t in (s.next_event_time(limit) for s in self.sims.values()) if t is not None]
+        return min(times) if times else math.inf
+
     def advance_engines(self, until: float) -> None:
         """Run every engine to `until`, feeding their events to the core in time order (ties: by
         engine, then by each engine's own order); repeat while handling them submits more work."""
         self.advanced_to = max(self.advanced_to, until)
+        per_token = self.step_by_step  # (the reference steps each engine one step at a time)
         while True:
-            batch: list[tuple[float, int, int, SimEvent]] = []
-            for e, name in enumerate(self.names):
-                for k, ev in enumerate(self.sims[name].advance(until, per_token=False)):
-                    batch.append((ev.time, e, k, ev))
-            if not batch:
+            due = [(e, self.sims[name]) for e, name in enumerate(self.names) if self.sims[name].due(until)]
+            if not due:
                 return
+            if len(due) == 1:  # one engine's events come in time order
+                for ev in due[0][1].advance(until, per_token):
+                    self.engine_event(ev)
+                continue
+            batch: list[tuple[float, int, int, SimEvent]] = []
+            for e, sim in due:
+                for k, ev in enumerate(sim.advance(until, per_token)):
+                    batch.append((ev.time, e, k, ev))
             batch.sort(key=lambda x: (x[0], x[1], x[2]))
             for *_, ev in batch:
                 self.engine_event(ev)
@@ -302,9 +325,14 @@ class VirtualRun:
                 break
             t_tick = next_tick(self.last_event) if queued else inf
             external = min(t_arr, t_load, t_tick)
-            until = min(external, t_eng) if queued else external
+            until = min(external, self.next_engine_event(external, t_eng)) if queued else external
             if until > horizon:
                 if min(t_eng, external) > horizon:
+                    break
+                if queued:  # stepping stops at each step end up to the horizon: where it would last stop
+                    self.advance_engines(horizon)
+                    last = [s.last_end for s in sims.values() if s.last_end is not None]
+                    self.last_event = max([self.last_event, *last])
                     break
                 until = horizon
             self.advance_engines(until)

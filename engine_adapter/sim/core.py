@@ -29,121 +29,39 @@ in short:
 * **Tokens.** At the end of a step each decoding request gains one token; a request whose last
   prefill chunk was in the step gains its first token (TTFT). A request finishes when it reaches
   its output length (``"stop"``) or ``max_new_tokens`` (``"length"``); its KV is freed.
-* **Prefix cache.** An LRU of Mooncake ``hash_ids`` (one id per ``prefix_block_size``-token block).
-  At admission the longest run of leading ids present is a hit: those tokens are cached (at most
-  prompt - 1, so one token is always computed). A request's blocks enter the cache when its
-  prefill completes. The cache is accounted apart from the KV pool.
+* **Prefix cache.** An LRU of Mooncake ``hash_ids`` (engine_adapter/sim/prefix.py).
+
+How it runs: the requests whose prefill is complete form a decode batch that keeps running totals
+(engine_adapter/sim/batch.py), so a step costs the same whatever the batch size (planning and
+completing it touch only the prefill chunks and the requests that finish); stretches of identical
+decode steps run in one loop and a driver can ask when the next event can come
+(engine_adapter/sim/fastforward.py); the GPU's energy and readings are engine_adapter/sim/meter.py.
+Results are identical, bit for bit, however the engine is advanced.
 """
 from __future__ import annotations
 
 import bisect
 import hashlib
 import math
-from collections import OrderedDict, deque
-from collections.abc import Sequence
-from dataclasses import dataclass
 from statistics import NormalDist
 
 from engine_adapter.base import EngineLoad
+from engine_adapter.sim.batch import CLIP_MAX_NEW_TOKENS, DONE, RUNNING, WAITING, DecodeBatch, Req
+from engine_adapter.sim.events import SimEvent, SimRequest, SimStats, StepInfo
+from engine_adapter.sim.fastforward import DecodeFastForward, Step
+from engine_adapter.sim.meter import GPU_WINDOW_S, GpuMeter
+from engine_adapter.sim.prefix import PrefixCache
 from engine_adapter.sim.profile import SimProfile
 
-CLIP_MAX_NEW_TOKENS = 4096  # SGLang clips each request's reserve at this many tokens
+__all__ = ["CLIP_MAX_NEW_TOKENS", "GPU_WINDOW_S", "SimCore", "SimEvent", "SimRequest", "SimStats", "StepInfo"]
+
 OUTPUT_LEN_MEDIAN = 180.0  # drawn output lengths: log-normal, median 180, sigma 1.0 (mean ~300)
 OUTPUT_LEN_SIGMA = 1.0
-THROUGHPUT_WINDOW_S = 5.0
-# GPU readings average over the last second, as NVML's do (H100: power is a 1 s average,
-# utilisation the busy fraction of a sample period of up to 1 s).
-GPU_WINDOW_S = 1.0
 
-_WAITING, _RUNNING, _DONE = 0, 1, 2
 _NORMAL = NormalDist()
 
 
-@dataclass(slots=True)
-class SimRequest:
-    rid: str
-    prompt_tokens: int
-    max_new_tokens: int
-    output_tokens: int | None = None  # None: a length drawn from (seed, rid)
-    hash_ids: Sequence[int] | None = None
-    priority: int | None = None  # higher runs first
-
-
-@dataclass(slots=True, frozen=True)
-class SimEvent:
-    rid: str
-    time: float
-    kind: str  # "first_token" | "tokens" | "finish"
-    completion_tokens: int  # cumulative
-    prompt_tokens: int
-    cached_tokens: int
-    finish_reason: str | None = None  # "stop" | "length" | "abort" on "finish"
-    num_retractions: int = 0
-    gpu_seconds: float = 0.0  # step time attributed to this request so far (share of each step's tokens)
-    energy_j: float = 0.0  # simulated energy attributed the same way
-    message: str | None = None
-
-
-@dataclass(slots=True, eq=False)
-class _Req:
-    req: SimRequest
-    seq: int
-    key: tuple[int, int]
-    target: int  # tokens it will produce
-    length_limited: bool  # reaching `target` means max_new_tokens ("length") rather than EOS ("stop")
-    state: int = _WAITING
-    generated: int = 0
-    kv: int = 0  # KV tokens held
-    prefill_target: int = 0  # tokens its (re)prefill must cover
-    scheduled: int = 0  # prefill tokens covered so far (cached + scheduled chunks)
-    prefilled: bool = False
-    cached: int = -1  # cached tokens at first admission (-1: not admitted yet)
-    retractions: int = 0
-    gpu_s: float = 0.0
-    energy_j: float = 0.0
-
-
-@dataclass(slots=True, eq=False)
-class _Step:
-    start: float
-    end: float
-    decoders: list[_Req]
-    prefill: list[tuple[_Req, int]]
-    kv_decode: int
-    n_prefill: int
-    power_w: float
-    pairs: float  # prefill attention work: sum of chunk * (context + chunk / 2)
-
-
-@dataclass(slots=True, frozen=True)
-class StepInfo:
-    """The step in progress: its span and composition (for introspection, attribution and tests)."""
-
-    start: float
-    end: float
-    n_decode: int
-    kv_decode: int
-    n_prefill: int
-    prefill_rids: tuple[str, ...]
-    decode_rids: tuple[str, ...]
-    power_w: float
-    prefill_pairs: float = 0.0  # sum over prefill chunks of chunk * (context + chunk / 2)
-
-
-@dataclass(slots=True)
-class SimStats:
-    steps: int = 0
-    busy_s: float = 0.0
-    output_tokens: int = 0
-    prefill_tokens: int = 0  # computed
-    cached_tokens: int = 0
-    admitted_prompt_tokens: int = 0
-    retractions: int = 0
-    finished: int = 0
-    aborted: int = 0
-
-
-class SimCore:
+class SimCore(DecodeFastForward):
     def __init__(self, profile: SimProfile, seed: int = 0) -> None:
         profile.validate()
         self.profile = profile
@@ -155,21 +73,22 @@ class SimCore:
         self._clock = profile.clock
         self._freq = profile.f_max_mhz
         self._pscale = self._dscale = 1.0  # prefill and decode time factors at the current clock
-        self._reqs: dict[str, _Req] = {}
+        self._power = (self._clock.power_w(self._freq, False), self._clock.power_w(self._freq, True))
+        self._reqs: dict[str, Req] = {}
         self._waiting: list[tuple[tuple[int, int], str]] = []  # sorted by key
         self._waiting_tokens = 0
-        self._running: dict[str, _Req] = {}  # admission order: the last is the newest
+        self._running: dict[str, Req] = {}  # admission order: the last is the newest
+        self._prefilling: dict[str, Req] = {}  # the running ones whose prefill is in progress (same order)
+        self._batch = DecodeBatch()  # the running ones whose prefill is complete
+        self._reserve_prefilling = 0  # their terms of the admission reserve
         self._used = 0
-        self._seq = 0
-        self._step: _Step | None = None
+        self._seq = self._run_seq = 0
+        self._step: Step | None = None
         self._pending: list[SimEvent] = []
         self._dirty = False  # a submit or abort happened since the current step was planned
-        self._lru: OrderedDict[int, None] = OrderedDict()
-        self._energy_j = 0.0
-        self._energy_t: float | None = None
-        self._origin: float | None = None  # the first submit: readings do not average over before it
-        self._busy: deque[tuple[float, float, float]] = deque()  # completed busy spans (start, end, W)
-        self._tput: deque[tuple[float, int]] = deque()
+        self._cache = PrefixCache(profile.prefix_block_size, profile.prefix_cache_blocks)
+        self._meter = GpuMeter(profile)
+        self.last_end: float | None = None  # end of the last completed step
         self.stats = SimStats()
 
     # -- public API ------------------------------------------------------------------------
@@ -179,8 +98,7 @@ class SimCore:
             raise ValueError(f"duplicate rid {req.rid!r}")
         if req.prompt_tokens < 1 or req.max_new_tokens < 0:
             raise ValueError("need prompt_tokens >= 1 and max_new_tokens >= 0")
-        if self._energy_t is None:
-            self._energy_t = self._origin = now
+        self._meter.start(now)
         if req.output_tokens is not None:
             target = min(max(0, req.output_tokens), req.max_new_tokens)
             length_limited = req.output_tokens >= req.max_new_tokens
@@ -190,7 +108,7 @@ class SimCore:
             length_limited = drawn >= req.max_new_tokens
         self._seq += 1
         key = (-(req.priority or 0), self._seq)
-        r = _Req(req, self._seq, key, target, length_limited, prefill_target=req.prompt_tokens)
+        r = Req(req, self._seq, key, target, length_limited, prefill_target=req.prompt_tokens)
         if req.prompt_tokens + 1 > self._cap:
             self._pending.append(self._event(r, now, "finish", "abort",
                                              message="prompt longer than the KV capacity"))
@@ -206,15 +124,13 @@ class SimCore:
     def abort(self, now: float, rid: str) -> bool:
         """Drop a waiting or running request; its finish event ("abort") comes with the next advance."""
         r = self._reqs.get(rid)
-        if r is None or r.state == _DONE:
+        if r is None or r.state == DONE:
             return False
-        if r.state == _WAITING:
-            self._remove_waiting(r)
+        if r.state == RUNNING:
+            self._leave(r)
         else:
-            del self._running[rid]
-            self._used -= r.kv
-            r.kv = 0
-        r.state = _DONE
+            self._remove_waiting(r)
+        r.state = DONE
         del self._reqs[rid]
         self._dirty = True
         self.stats.aborted += 1
@@ -225,8 +141,15 @@ class SimCore:
         """End of the step in progress; None when idle."""
         return self._step.end if self._step is not None else None
 
+    def due(self, until: float) -> bool:
+        """Would `advance(until)` run a step or return an event?"""
+        return bool(self._pending) or (self._step is not None and self._step.end <= until)
+
     def advance(self, until: float, per_token: bool = True) -> list[SimEvent]:
-        """Run every step ending at or before `until`; return the events in time order."""
+        """Run every step ending at or before `until`; return the events in time order.
+
+        With per_token=False only first_token and finish events are emitted, and stretches of
+        identical decode steps run in one go (`_run_merged`), with the same results bit for bit."""
         events = self._pending
         self._pending = []
         while self._step is not None and self._step.end <= until:
@@ -244,9 +167,9 @@ class SimCore:
         st = self._step
         if st is None:
             return None
-        return StepInfo(st.start, st.end, len(st.decoders), st.kv_decode, st.n_prefill,
-                        tuple(r.req.rid for r, _ in st.prefill), tuple(r.req.rid for r in st.decoders), st.power_w,
-                        st.pairs)
+        decoding = tuple(r.req.rid for r in self._running.values() if r.prefilled)
+        return StepInfo(st.start, st.end, st.n_decode, st.kv_decode, st.n_prefill,
+                        tuple(r.req.rid for r, _ in st.prefill), decoding, st.power_w, st.pairs)
 
     def load(self, now: float) -> EngineLoad:
         st = self.stats
@@ -256,7 +179,7 @@ class SimCore:
             used_tokens=self._used,
             total_tokens=self._cap,
             waiting_uncached_tokens=self._waiting_tokens,
-            gen_throughput=self._throughput(now),
+            gen_throughput=self._meter.throughput(now),
             cache_hit_rate=st.cached_tokens / st.admitted_prompt_tokens if st.admitted_prompt_tokens else 0.0,
             timestamp=now,
         )
@@ -264,49 +187,16 @@ class SimCore:
     def gpu(self, now: float) -> dict[str, float]:
         """Simulated NVML-like readings at `now`: power and utilisation averaged over the last
         `GPU_WINDOW_S` (since the first submit, if later), energy since then, memory in use."""
-        p = self.profile
-        step = self._step
-        energy = self._energy_j
-        t0 = self._energy_t if self._energy_t is not None else now
-        if step is not None and now > step.start:
-            energy += p.idle_w * max(0.0, step.start - t0) + step.power_w * (min(now, step.end) - step.start)
-            energy += p.idle_w * max(0.0, now - step.end)
-        else:
-            energy += p.idle_w * max(0.0, now - t0)
-        w0 = now - GPU_WINDOW_S if self._origin is None else max(now - GPU_WINDOW_S, self._origin)
-        busy = above_idle_j = 0.0
-        spans = list(self._busy)
-        if step is not None and step.start < now:
-            spans.append((step.start, min(now, step.end), step.power_w))
-        for start, end, power in spans:
-            overlap = min(end, now) - max(start, w0)
-            if overlap > 0:
-                busy += overlap
-                above_idle_j += (power - p.idle_w) * overlap
-        if now > w0:
-            utilization, power_w = min(1.0, busy / (now - w0)), p.idle_w + above_idle_j / (now - w0)
-        elif step is not None and step.start <= now:  # nothing to average over yet (the first submit)
-            utilization, power_w = 1.0, step.power_w
-        else:
-            utilization, power_w = 0.0, p.idle_w
-        # SGLang preallocates its KV pool (NVML shows it whole, a constant): the simulator reports
-        # the weights plus the KV tokens in use instead, so that memory follows the load
-        kv_bytes = p.kv_bytes_per_token
-        weights = max(0, p.memory_used_bytes - p.kv_capacity_tokens * kv_bytes)
-        return {
-            "power_w": power_w,
-            "energy_j": energy,
-            "sm_clock_mhz": self._freq,
-            "utilization": utilization,
-            "memory_used_bytes": float(weights + self._used * kv_bytes if kv_bytes else p.memory_used_bytes),
-            "memory_total_bytes": float(p.memory_total_bytes),
-        }
+        st = self._step
+        return self._meter.readings(now, None if st is None else (st.start, st.end, st.power_w), self._freq,
+                                    self._used)
 
     def set_frequency(self, mhz: float) -> float:
         """Lock the SM clock (clamped to [f_min, f_max]); applies from the next step. Returns it."""
         self._freq = self._clock.clamp(mhz)
         self._pscale = self._clock.prefill_scale(self._freq)
         self._dscale = self._clock.decode_scale(self._freq)
+        self._power = (self._clock.power_w(self._freq, False), self._clock.power_w(self._freq, True))
         return self._freq
 
     @property
@@ -320,7 +210,7 @@ class SimCore:
         """
         t = 0.0
         if n_decode:
-            t += self._decode_time(n_decode, kv_decode) * self._dscale
+            t += (self._c + self._d * n_decode + self._e * kv_decode) * self._dscale
         if n_prefill:
             t += (self._a + self._b * n_prefill + self._f * prefill_pairs) * self._pscale
         return t
@@ -329,64 +219,49 @@ class SimCore:
         return len(self._reqs)
 
     # -- internals ---------------------------------------------------------------------------
-    def _decode_time(self, n: int, kv: int) -> float:
-        return self._c + self._d * n + self._e * kv
-
     def _draw_output_len(self, rid: str) -> int:
         h = hashlib.blake2b(f"{self.seed}\x00{rid}".encode(), digest_size=8).digest()
         u = (int.from_bytes(h, "big") + 0.5) / 2.0**64
         z = _NORMAL.inv_cdf(u)
         return max(1, int(round(OUTPUT_LEN_MEDIAN * math.exp(OUTPUT_LEN_SIGMA * z))))
 
-    def _event(self, r: _Req, t: float, kind: str, reason: str | None = None,
+    def _event(self, r: Req, t: float, kind: str, reason: str | None = None,
                message: str | None = None) -> SimEvent:
-        return SimEvent(r.req.rid, t, kind, r.generated, r.req.prompt_tokens, max(0, r.cached), reason,
-                        r.retractions, r.gpu_s, r.energy_j, message)
+        if r.prefilled and r.state == RUNNING:  # in the decode batch: its live figures
+            generated, _, gpu_s, energy_j = self._batch.live(r)
+        else:
+            generated, gpu_s, energy_j = r.generated, r.gpu_s, r.energy_j
+        return SimEvent(r.req.rid, t, kind, generated, r.req.prompt_tokens, max(0, r.cached), reason,
+                        r.retractions, gpu_s, energy_j, message)
 
-    def _remove_waiting(self, r: _Req) -> None:
+    def _remove_waiting(self, r: Req) -> None:
         item = (r.key, r.req.rid)
         i = bisect.bisect_left(self._waiting, item)
         del self._waiting[i]
         self._waiting_tokens -= r.prefill_target
 
-    def _block_sizes(self, r: _Req) -> list[int]:
-        ids = r.req.hash_ids
-        if not ids:
-            return []
-        bs = self.profile.prefix_block_size
-        n = min(len(ids), -(-r.req.prompt_tokens // bs))
-        return [min(bs, r.req.prompt_tokens - bs * i) for i in range(n)]
+    def _admit(self, r: Req) -> None:
+        """Waiting -> running (its prefill in progress)."""
+        r.state = RUNNING
+        self._run_seq += 1
+        r.run_seq = self._run_seq
+        self._running[r.req.rid] = r
+        self._prefilling[r.req.rid] = r
+        self._reserve_prefilling += r.reserve()
 
-    def _prefix_hit(self, r: _Req) -> tuple[int, int]:
-        """(cached tokens, blocks hit) for r's prompt, without touching the LRU."""
-        if not self.profile.prefix_cache_blocks or not r.req.hash_ids:
-            return 0, 0
-        tokens = blocks = 0
-        for hid, size in zip(r.req.hash_ids, self._block_sizes(r)):
-            if hid not in self._lru:
-                break
-            tokens += size
-            blocks += 1
-        return min(tokens, r.req.prompt_tokens - 1), blocks
-
-    def _cache_insert(self, r: _Req) -> None:
-        cap = self.profile.prefix_cache_blocks
-        if not cap or not r.req.hash_ids:
-            return
-        lru = self._lru
-        for hid in r.req.hash_ids[: len(self._block_sizes(r))]:
-            if hid in lru:
-                lru.move_to_end(hid)
-            else:
-                lru[hid] = None
-        while len(lru) > cap:
-            lru.popitem(last=False)
-
-    def _retract(self, r: _Req) -> None:
+    def _leave(self, r: Req) -> None:
+        """Running -> out (finish, retraction, abort): its KV is freed, its fields up to date."""
+        if r.prefilled:
+            self._batch.leave(r)
+        elif self._prefilling.pop(r.req.rid, None) is not None:  # (else: between the two, see _complete)
+            self._reserve_prefilling -= r.reserve()
         del self._running[r.req.rid]
         self._used -= r.kv
         r.kv = 0
-        r.state = _WAITING
+
+    def _retract(self, r: Req) -> None:
+        self._leave(r)
+        r.state = WAITING
         r.prefilled = False
         r.scheduled = 0
         r.prefill_target = r.req.prompt_tokens + r.generated
@@ -395,31 +270,24 @@ class SimCore:
         bisect.insort(self._waiting, (r.key, r.req.rid))
         self._waiting_tokens += r.prefill_target
 
-    def _finish(self, r: _Req, t: float, reason: str, out: list[SimEvent]) -> None:
-        del self._running[r.req.rid]
+    def _finish(self, r: Req, t: float, reason: str, out: list[SimEvent]) -> None:
+        """A running request ends (its last token, or the context limit)."""
+        self._leave(r)
+        r.state = DONE
         del self._reqs[r.req.rid]
-        self._used -= r.kv
-        r.kv = 0
-        r.state = _DONE
         self.stats.finished += 1
         out.append(self._event(r, t, "finish", reason))
 
     def _plan(self, t: float) -> None:
         """Plan the step starting at t (or go idle)."""
         self._dirty = False
-        cap = self._cap
-        running = self._running
-        decoders = []
+        cap, running, batch = self._cap, self._running, self._batch
         unprefilled = 0  # prompt tokens admitted requests still have to prefill (already committed)
-        for r in running.values():
-            if r.prefilled:
-                decoders.append(r)
-            else:
-                unprefilled += r.prefill_target - r.scheduled
-        n = len(decoders)
+        for r in self._prefilling.values():
+            unprefilled += r.prefill_target - r.scheduled
         # 1. room for one more KV token per decoding request (and for the committed prefills),
         #    retracting the newest running request while it does not fit
-        while n and self._used + n + unprefilled > cap:
+        while batch.n and self._used + batch.n + unprefilled > cap:
             victim = next(reversed(running.values()))
             if not victim.prefilled:
                 unprefilled -= victim.prefill_target - victim.scheduled
@@ -427,21 +295,17 @@ class SimCore:
                 self._finish(victim, t, "length", self._pending)
             else:
                 self._retract(victim)
-            decoders = [r for r in decoders if r is not victim]
-            n = len(decoders)
-        kv_decode = 0
-        for r in decoders:
-            r.kv += 1
-            kv_decode += r.kv
-        self._used += n
+        n = batch.n
+        if n:
+            batch.allocate()
+            self._used += n
+        kv_decode = batch.kv if n else 0
         # 2. prefill chunks: in-progress prefills first, then admissions
         budget = self.profile.chunked_prefill_size - n
-        prefill: list[tuple[_Req, int]] = []
+        prefill: list[tuple[Req, int]] = []
         pending_prefill = 0
         pairs = 0.0  # attention work of the chunks: each attends to its context and causally to itself
-        for r in running.values():
-            if r.prefilled:
-                continue
+        for r in self._prefilling.values():
             left = r.prefill_target - r.scheduled
             chunk = min(left, budget) if budget > 0 else 0
             if chunk:
@@ -453,109 +317,98 @@ class SimCore:
                 prefill.append((r, chunk))
             pending_prefill += left - chunk
         if self._waiting and budget > 0 and len(running) < self.profile.max_running_requests:
-            ratio = self.profile.new_token_ratio
-            reserve = ratio * sum(min(r.req.max_new_tokens - r.generated, CLIP_MAX_NEW_TOKENS)
-                                  for r in running.values()) if ratio else 0.0
-            while self._waiting and budget > 0 and len(running) < self.profile.max_running_requests:
-                r = self._reqs[self._waiting[0][1]]
-                if r.prefill_target + 1 > cap:  # recompute no longer fits: it hit the context limit
-                    self._remove_waiting(r)
-                    r.state = _RUNNING
-                    running[r.req.rid] = r
-                    self._finish(r, t, "length", self._pending)
-                    continue
-                hit, blocks = self._prefix_hit(r)
-                own = ratio * min(r.req.max_new_tokens - r.generated, CLIP_MAX_NEW_TOKENS)
-                if running and self._used + pending_prefill + r.prefill_target + reserve + own > cap:
-                    break  # head-of-line: wait for KV to free up
-                self._waiting.pop(0)
-                self._waiting_tokens -= r.prefill_target
-                if blocks:
-                    for hid in r.req.hash_ids[:blocks]:  # type: ignore[index]
-                        self._lru.move_to_end(hid)
-                if r.cached < 0:
-                    r.cached = hit
-                    self.stats.cached_tokens += hit
-                    self.stats.admitted_prompt_tokens += r.req.prompt_tokens
-                r.state = _RUNNING
-                running[r.req.rid] = r
-                reserve += own
-                chunk = min(r.prefill_target - hit, budget)
-                pairs += chunk * (hit + chunk / 2)
-                r.scheduled = hit + chunk
-                r.kv = hit + chunk
-                self._used += hit + chunk
-                budget -= chunk
-                pending_prefill += r.prefill_target - r.scheduled
-                prefill.append((r, chunk))
+            pairs = self._admit_waiting(t, budget, pending_prefill, pairs, prefill)
         n_prefill = sum(c for _, c in prefill)
         if not n and not n_prefill:
             self._step = None
             return
         dur = self.step_time(n, kv_decode, n_prefill, pairs)
-        power = self._clock.power_w(self._freq, n_prefill > 0)
-        self._step = _Step(t, t + dur, decoders, prefill, kv_decode, n_prefill, power, pairs)
+        self._step = Step(t, t + dur, n, prefill, kv_decode, n_prefill, self._power[n_prefill > 0], pairs)
 
-    def _account_energy(self, start: float, end: float, power: float) -> None:
-        if self._energy_t is None:
-            self._energy_t = start
-        self._energy_j += self.profile.idle_w * max(0.0, start - self._energy_t) + power * (end - start)
-        self._energy_t = end
-        self._record_busy(start, end, power)
+    def _admit_waiting(self, t: float, budget: int, pending_prefill: int, pairs: float,
+                       prefill: list[tuple[Req, int]]) -> float:
+        """Admit from the head of the waiting queue while SGLang's rule allows (step 3 above);
+        their first chunks join `prefill`. Returns the chunks' attention work so far."""
+        cap, running, cache = self._cap, self._running, self._cache
+        ratio = self.profile.new_token_ratio
+        reserve = ratio * (self._reserve_prefilling + self._batch.reserve()) if ratio else 0.0
+        while self._waiting and budget > 0 and len(running) < self.profile.max_running_requests:
+            r = self._reqs[self._waiting[0][1]]
+            if r.prefill_target + 1 > cap:  # recompute no longer fits: it hit the context limit
+                self._remove_waiting(r)
+                self._admit(r)
+                self._finish(r, t, "length", self._pending)
+                continue
+            hit, blocks = cache.hit(r.req.hash_ids, r.req.prompt_tokens)
+            own = ratio * r.reserve()
+            if running and self._used + pending_prefill + r.prefill_target + reserve + own > cap:
+                break  # head-of-line: wait for KV to free up
+            self._waiting.pop(0)
+            self._waiting_tokens -= r.prefill_target
+            if blocks:
+                cache.touch(r.req.hash_ids[:blocks])  # type: ignore[index]
+            if r.cached < 0:
+                r.cached = hit
+                self.stats.cached_tokens += hit
+                self.stats.admitted_prompt_tokens += r.req.prompt_tokens
+            self._admit(r)
+            reserve += own
+            chunk = min(r.prefill_target - hit, budget)
+            pairs += chunk * (hit + chunk / 2)
+            r.scheduled = hit + chunk
+            r.kv = hit + chunk
+            self._used += hit + chunk
+            budget -= chunk
+            pending_prefill += r.prefill_target - r.scheduled
+            prefill.append((r, chunk))
+        return pairs
 
-    def _record_busy(self, start: float, end: float, power: float) -> None:
-        """Keep the busy spans of the last GPU window (back-to-back steps at one power merge)."""
-        busy = self._busy
-        if busy and busy[-1][1] == start and busy[-1][2] == power:
-            busy[-1] = (busy[-1][0], end, power)
-        else:
-            busy.append((start, end, power))
-        while len(busy) > 1 and busy[0][1] < end - GPU_WINDOW_S:
-            busy.popleft()
-
-    def _record_tput(self, t: float) -> None:
-        self._tput.append((t, self.stats.output_tokens))
-        while len(self._tput) > 2 and self._tput[1][0] <= t - THROUGHPUT_WINDOW_S:
-            self._tput.popleft()
-
-    def _throughput(self, now: float) -> float:
-        if not self._tput:
-            return 0.0
-        t0, c0 = self._tput[0]
-        t1, c1 = self._tput[-1]
-        if len(self._tput) == 1 or c1 == c0:
-            return 0.0
-        return (c1 - c0) / max(now - t0, t1 - t0, 1e-9)
-
-    def _complete(self, step: _Step, events: list[SimEvent], per_token: bool) -> None:
+    def _complete(self, step: Step, events: list[SimEvent], per_token: bool) -> None:
         t = step.end
         dur = t - step.start
-        self._account_energy(step.start, t, step.power_w)
+        self._meter.account(step.start, t, step.power_w)
         st = self.stats
         st.steps += 1
         st.busy_s += dur
         st.prefill_tokens += step.n_prefill
-        total_tokens = len(step.decoders) + step.n_prefill
-        share_s = dur / total_tokens
+        self.last_end = t
+        share_s = dur / (step.n_decode + step.n_prefill)
         share_j = step.power_w * share_s
+        batch = self._batch
+        # the decode batch first (so that requests joining it now do not count), its events after
+        # the prefills' as when each request was stepped in turn
+        done: list[Req] = []
+        decoding: list[Req] = []
+        if step.n_decode:
+            if per_token:
+                decoding = [r for r in self._running.values() if r.prefilled]
+            st.output_tokens += batch.n
+            done = batch.complete(share_s, share_j)
         for r, chunk in step.prefill:
-            if r.state != _RUNNING:
+            if r.state != RUNNING:
                 continue
             r.gpu_s += share_s * chunk
             r.energy_j += share_j * chunk
-            if r.scheduled == r.prefill_target:
-                r.prefilled = True
-                self._cache_insert(r)
-                self._token(r, t, events, per_token)
-        for r in step.decoders:
-            if r.state != _RUNNING:
-                continue
-            r.gpu_s += share_s
-            r.energy_j += share_j
-            self._token(r, t, events, per_token)
-        self._record_tput(t)
+            if r.scheduled == r.prefill_target:  # out of the prefilling set, into the batch (or done)
+                del self._prefilling[r.req.rid]
+                self._reserve_prefilling -= r.reserve()
+                self._cache.insert(r.req.hash_ids, r.req.prompt_tokens)
+                self._first_token(r, t, events, per_token)
+        if per_token:
+            ending = {id(r) for r in done}
+            for r in decoding:
+                if id(r) in ending:
+                    self._finish(r, t, "length" if r.length_limited else "stop", events)
+                else:
+                    events.append(self._event(r, t, "tokens"))
+        else:
+            for r in done:
+                self._finish(r, t, "length" if r.length_limited else "stop", events)
+        self._meter.record_tokens(t, st.output_tokens)
 
-    def _token(self, r: _Req, t: float, events: list[SimEvent], per_token: bool) -> None:
+    def _first_token(self, r: Req, t: float, events: list[SimEvent], per_token: bool) -> None:
+        """Its prefill completed (it is in neither the prefilling set nor the batch): its first
+        token (or its next one, after a retraction); then it joins the batch or finishes."""
         if r.target == 0:
             self._finish(r, t, "length" if r.length_limited else "stop", events)
             return
@@ -567,56 +420,6 @@ class SimCore:
             events.append(self._event(r, t, "tokens"))
         if r.generated >= r.target:
             self._finish(r, t, "length" if r.length_limited else "stop", events)
-
-    def _run_merged(self, step: _Step, until: float) -> bool:
-        """Complete `step` and the identical decode-only steps after it in one go (per_token=False).
-
-        Used only when nothing can change between those steps: no prefill, no submit or abort
-        since `step` was planned (so admission stays blocked or the queue empty), nobody reaches
-        its output length, and each step's KV allocation fits. Step times are summed exactly as
-        step-by-step planning computes them, so event times are the same bit for bit.
-        """
-        decoders = step.decoders
-        n = len(decoders)
-        if not n or n != len(self._running):  # a starved prefill pending: step one at a time
-            return False
-        kmax = min(r.target - r.generated for r in decoders) - 1  # steps with no finish
-        if kmax < 2:
-            return False
-        cap, scale = self._cap, self._dscale
-        power = self._clock.power_w(self._freq, False)
-        t, used, kv, k = step.end, self._used, step.kv_decode, 1
-        busy = step.end - step.start
-        extra_j = 0.0
-        while k < kmax and used + n <= cap:
-            dur = self._decode_time(n, kv + n) * scale
-            end = t + dur
-            if end > until:
-                break
-            used += n
-            kv += n
-            t = end
-            busy += dur
-            extra_j += power * dur
-            k += 1
-        if k < 2:
-            return False
-        self._account_energy(step.start, step.end, step.power_w)
-        self._energy_j += extra_j
-        self._energy_t = t
-        self._record_busy(step.end, t, power)
-        st = self.stats
-        st.steps += k
-        st.busy_s += busy
-        st.output_tokens += n * k
-        self._used = used
-        share_s = busy / n
-        share_j = (step.power_w * (step.end - step.start) + extra_j) / n
-        for r in decoders:
-            r.generated += k
-            r.kv += k - 1
-            r.gpu_s += share_s
-            r.energy_j += share_j
-        self._record_tput(t)
-        self._plan(t)
-        return True
+        else:
+            r.prefilled = True
+            self._batch.join(r)
