@@ -17,6 +17,7 @@ from dataclasses import KW_ONLY, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from controlplane.core.capacity import CapacityParams
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, PolicyError, TenantPolicy, policy_from_dict, \
     slo_class_to_json
 from controlplane.model_pools import ModelCatalog
@@ -112,6 +113,7 @@ class Config:
     tenants: list[TenantConfig] = field(default_factory=list)
     engines: list[EngineConfig] = field(default_factory=list)
     policy: Policy = field(default_factory=Policy)  # the starting policy (version 1)
+    capacity: CapacityParams = field(default_factory=CapacityParams)  # [capacity]: the scaling rule (docs/capacity.md)
     # [models."<model>"] tables: aliases and LoRA adapters of the engines' model pools (model_pools.py)
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -223,7 +225,7 @@ def _build(cls: type, raw: dict[str, Any], where: str, also: tuple[str, ...] = (
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     try:
         return cls(**raw)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:  # a missing or unknown field; a value its class refuses
         raise ConfigError(f"{where}: {exc}") from None
 
 
@@ -257,7 +259,8 @@ def _policy(raw: dict[str, Any]) -> Policy:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines", "dispatch", "models"}
+    unknown = set(raw) - {"server", "scheduler", "telemetry", "tenants", "slo_classes", "engines", "dispatch", "models",
+                        "capacity"}
     if unknown:
         raise ConfigError(f"unknown top-level keys {sorted(unknown)}")
     identities = []
@@ -273,7 +276,15 @@ def parse_config(raw: dict[str, Any]) -> Config:
         engines=[_build(EngineConfig, e, f"[[engines]] #{i}") for i, e in enumerate(raw.get("engines", []))],
         policy=_policy(raw),
         models=raw.get("models", {}),
+        capacity=_build(CapacityParams, _table(raw, "capacity"), "[capacity]"),
     )
+
+
+def _table(raw: dict[str, Any], name: str) -> dict[str, Any]:
+    table = raw.get(name, {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{name}] must be a table, got {table!r}")
+    return table
 
 
 def load_config(path: str | Path) -> Config:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from controlplane.core.capacity import Controller, Replica
+from controlplane.core.capacity import CapacityParams, Controller, Replica
 from controlplane.core.core import DecisionCore, ForecastLog
 from controlplane.core.frequency import FrequencyController, FrequencyParams
 from controlplane.core.policy import Policy
@@ -43,7 +43,8 @@ class EnginePool:
                    forecasts: ForecastLog, tickets: dict[str, Ticket], recorder: Recorder | None,
                    clock: Callable[[], float], *,
                    clock_control: FrequencyParams | None = None,
-                   set_clock: Callable[[str, float], str] | None = None) -> EnginePool:
+                   set_clock: Callable[[str, float], str] | None = None,
+                   capacity_params: CapacityParams | None = None) -> EnginePool:
         """`policy`: the pool's own (`Policy.for_pool`). Raises RuntimeError naming an engine that
         does not answer `info()`."""
         infos = {}
@@ -68,7 +69,8 @@ class EnginePool:
         first = next(iter(snap.values()), None)
         capacity = None
         if first is not None:
-            capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running), pool=name)
+            capacity = Controller(Replica(first.profile, first.kv_capacity, first.max_running),
+                                  params=capacity_params or CapacityParams(), pool=name)
             capacity.start(len(snap), clock())
         return cls(name, engines, infos, core, driver, capacity, steering, clocks.status)
 

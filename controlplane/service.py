@@ -91,7 +91,8 @@ class Sluice:
             names = self.catalog.pools[name].names
             pool = await EnginePool.open(name, engines, self._policy.for_pool(names), self.predictor, self.forecasts,
                                          self.tickets, self.recorder, self.clock,
-                                         clock_control=self.clock_control, set_clock=self.set_clock)
+                                         clock_control=self.clock_control, set_clock=self.set_clock,
+                                         capacity_params=self.config.capacity)
             self._pools[name] = pool
             self._engine_pool.update(dict.fromkeys(engines, pool))
         for pool in self._pools.values():

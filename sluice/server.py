@@ -306,22 +306,33 @@ def http_protocol(header_timeout_s: float, body_timeout_s: float, max_connection
                  "max_connections": max_connections})
 
 
-def clock_control(config: Config) -> dict[str, Any]:
+def clock_control(config: Config, nvml: Any = None) -> dict[str, Any]:
     """Sluice's frequency-control arguments from [server] clock_control and each engine's `gpu`:
-    a simulated engine sets its own clock, a real one's GPU is locked through NVML (a dry run, with
-    one log line, where not permitted or not configured)."""
+    a simulated engine sets its own clock, a real one's GPU is locked through `nvml` (an
+    `NvmlClocks`, closed at shutdown; a dry run, with one log line, where not permitted or not
+    configured)."""
     if not config.server.clock_control:
         return {}
     from controlplane.core.frequency import FrequencyParams
     from telemetry.nvml import NvmlClocks
 
-    nvml, gpus = NvmlClocks(), {e.name: e.gpu for e in config.engines}
+    nvml, gpus = nvml or NvmlClocks(), {e.name: e.gpu for e in config.engines}
 
     def set_clock(engine: str, mhz: float) -> str:
         gpu = gpus.get(engine)
         return nvml.set_sm_clock(gpu, mhz) if gpu is not None else "dry run: the engine names no [[engines]] gpu"
 
     return {"clock_control": FrequencyParams(), "set_clock": set_clock}
+
+
+def _nvml_clocks(config: Config) -> Any:
+    """The NVML clock actuator when clock_control may lock a real GPU's clock (an engine names a
+    `gpu`), else None."""
+    if not config.server.clock_control or all(e.gpu is None for e in config.engines):
+        return None
+    from telemetry.nvml import NvmlClocks
+
+    return NvmlClocks()
 
 
 def check_mig_bindings(config: Config, sampler: GpuSampler | None = None) -> None:
@@ -344,7 +355,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
     check_mig_bindings(config)
     engines = engines if engines is not None else build_engines(config)
     telemetry = Telemetry(config, engines, store=store)
-    sluice = Sluice(config, engines, recorder=telemetry.recorder, **clock_control(config))
+    clocks = _nvml_clocks(config)
+    sluice = Sluice(config, engines, recorder=telemetry.recorder, **clock_control(config, clocks))
     policies = PolicyStore(sluice, store=telemetry.store)
     admin = AdminAPI(sluice, sluice.stats, policies, token=config.admin_token(),
                      gpus=telemetry.gpu_state, trace=telemetry.trace_of,
@@ -374,6 +386,8 @@ def create_app(config: Config, engines: dict[str, Engine] | None = None, *,
                 sampler.cancel()
             await asyncio.to_thread(telemetry.stop_otlp_server)
             await sluice.stop()
+            if clocks is not None:  # the engines are stopped: give back the clocks sluice locked
+                await asyncio.to_thread(clocks.close)
             telemetry.recorder.close()  # flush spans and rows, checkpoint the DuckDB file
 
     app.router.lifespan_context = lifespan

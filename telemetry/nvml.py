@@ -322,17 +322,35 @@ class NvmlClocks:
         """Give the clock back to the driver (at shutdown); silent where nothing was locked."""
         with self._lock:
             self.targets.pop(gpu, None)
-            if self.status.get(gpu) not in ("locked", "application clocks") or not self._ready:
+            how = self.status.get(gpu)
+            if how not in ("locked", "application clocks") or not self._ready:
                 return
             try:
                 h = self._nvml.nvmlDeviceGetHandleByIndex(gpu)
-                if self.status[gpu] == "locked":
+                if how == "locked":
                     self._nvml.nvmlDeviceResetGpuLockedClocks(h)
                 else:
                     self._nvml.nvmlDeviceResetApplicationsClocks(h)
+                log.info("GPU %d: SM clock given back to the driver (sluice had set %s)", gpu, how)
             except Exception as exc:
                 log.warning("GPU %d: could not reset its clocks: %s", gpu, _describe(exc))
             self.status.pop(gpu, None)
+
+    def close(self) -> list[int]:
+        """At shutdown: reset every GPU whose clock sluice set (locked clocks outlive the process,
+        until `nvidia-smi -rgc` or a reboot), then release NVML. Returns those GPUs; never raises."""
+        with self._lock:
+            gpus = sorted(g for g, how in self.status.items() if how in ("locked", "application clocks"))
+        for gpu in gpus:
+            self.reset(gpu)
+        with self._lock:
+            if self._ready:
+                try:
+                    self._nvml.nvmlShutdown()
+                except Exception as exc:  # noqa: BLE001 - shutting down: nothing left to protect
+                    log.debug("nvmlShutdown: %s", _describe(exc))
+            self._ready = None
+        return gpus
 
     def _done(self, gpu: int, how: str) -> str:
         self.status[gpu] = how

@@ -80,6 +80,9 @@ class PoolLoad:
 
 @dataclass(frozen=True, slots=True)
 class CapacityParams:
+    """The rule's knobs (the `[capacity]` table, docs/configuration.md). A value of the wrong kind
+    or out of range is a ValueError naming the field: a typo must not scale a fleet."""
+
     target_utilisation: float = 0.7  # of a replica's SLO capacity the latency tier may use
     batch_utilisation: float = 0.95  # latency + deadline-bound batch work together
     tolerance: float = 0.1  # scale down only when the need is below (1 - tolerance) x current
@@ -87,6 +90,31 @@ class CapacityParams:
     max_replicas: int = 64
     idle_to_zero_s: float = 60.0  # no demand this long: zero replicas (if min_replicas is 0)
     lead_s: float = 60.0  # how long a new replica takes to serve (its cold start): a rising rate is met there
+
+    def __post_init__(self) -> None:
+        for name, lo, hi, closed_lo in _PARAM_RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+            if value < lo or (value == lo and not closed_lo) or value > hi:
+                raise ValueError(f"{name} must be in {'[' if closed_lo else '('}{lo:g}, {hi:g}], got {value!r}")
+        for name in ("min_replicas", "max_replicas"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.max_replicas < max(1, self.min_replicas):
+            raise ValueError(f"max_replicas ({self.max_replicas}) must be >= 1 and >= min_replicas "
+                             f"({self.min_replicas})")
+        if self.batch_utilisation < self.target_utilisation:
+            raise ValueError(f"batch_utilisation ({self.batch_utilisation}) must be >= target_utilisation "
+                             f"({self.target_utilisation}): latency and batch work together may use more than "
+                             "latency work alone")
+
+
+# (field, low, high, low included): the float knobs' ranges
+_PARAM_RANGES = (("target_utilisation", 0.0, 1.0, False), ("batch_utilisation", 0.0, 1.0, False),
+                 ("tolerance", 0.0, 0.99, True), ("idle_to_zero_s", 0.0, math.inf, True),
+                 ("lead_s", 0.0, math.inf, True))
 
 
 def replica_window(r: Replica, tpot_budget_s: float | None, per_request_tokens: float) -> int:
