@@ -45,6 +45,12 @@ class TenantConfig:
     api_key_sha256: str | None = None
     api_key_env: str | None = None
     models: list[str] | None = None  # the model names it may use (None: every model; docs/configuration.md)
+    # its own LoRA adapter(s), "model:adapter" (a string or a list, one per model): its requests to
+    # that model that name no adapter run with it
+    adapter: str | list[str] | None = None
+
+    def adapters(self) -> list[str]:
+        return [self.adapter] if isinstance(self.adapter, str) else list(self.adapter or [])
 
     def key_hashes(self) -> list[str]:
         hashes = [self.api_key_sha256] if self.api_key_sha256 else []
@@ -65,6 +71,7 @@ class EngineConfig:
     api_key_env: str | None = None  # SGLang --api-key, read from this environment variable
     gpu: int | None = None  # the GPU index (NVML) whose SM clock [server] clock_control sets for this engine
     mig: str | None = None  # or the MIG instance it runs on: its NVML UUID ("MIG-..."), checked at start-up
+    max_loaded_loras: int | None = None  # sim only: LoRA adapters it holds at once (SGLang's --max-loaded-loras)
 
 
 @dataclass(slots=True)
@@ -155,6 +162,9 @@ class Config:
                 raise ConfigError(f"engine {e.name!r}: unknown kind {e.kind!r}")
             if e.kind == "sglang" and not e.url:
                 raise ConfigError(f"engine {e.name!r}: kind 'sglang' needs a url")
+            if e.max_loaded_loras is not None and (isinstance(e.max_loaded_loras, bool)
+                                                   or not isinstance(e.max_loaded_loras, int) or e.max_loaded_loras < 1):
+                raise ConfigError(f"engine {e.name!r}: max_loaded_loras must be an integer >= 1")
             _check_binding(e)
         self._check_models()
 
@@ -186,6 +196,8 @@ class Config:
             for name in t.models:
                 if not isinstance(name, str) or catalog.resolve(name) is None:
                     raise ConfigError(f"tenant {t.name!r}: models: {name!r} names no model; known: {catalog.listed()}")
+        for t in self.tenants:
+            _check_tenant_adapters(t, catalog)
         problem = catalog.weights_problem(self.policy.tenants)
         if problem:
             raise ConfigError(f"policy: {problem}")
@@ -200,6 +212,21 @@ class Config:
 
 
 _MODEL_KEYS = {"aliases", "adapters", "adapter_aliases"}
+
+
+def _check_tenant_adapters(t: TenantConfig, catalog: ModelCatalog) -> None:
+    """A tenant's `adapter`: "model:adapter" names, each a declared adapter, one per model."""
+    if t.adapter is not None and not isinstance(t.adapter, (str, list)):
+        raise ConfigError(f"tenant {t.name!r}: adapter must be \"model:adapter\" or a list of them")
+    pools: set[str] = set()
+    for name in t.adapters():
+        route = catalog.resolve(name) if isinstance(name, str) else None
+        if route is None or route.adapter is None:
+            raise ConfigError(f"tenant {t.name!r}: adapter {name!r} is not \"model:adapter\" for a declared "
+                              f"adapter; known: {[n for n in catalog.listed() if (r := catalog.resolve(n)) and r.adapter]}")
+        if route.pool in pools:
+            raise ConfigError(f"tenant {t.name!r}: two adapters for model {route.pool!r}")
+        pools.add(route.pool)
 
 
 def _check_binding(e: EngineConfig) -> None:

@@ -146,8 +146,12 @@ class Driver:
         self.apply(now, self.core.tick(now))
 
     def engine_load(self, now: float, name: str, load: EngineLoad) -> None:
-        """An engine's load report: the prompt tokens it still has to compute and its KV in use."""
+        """An engine's load report: the prompt tokens it still has to compute and its KV in use, and
+        the LoRA adapters it holds when it says."""
         self.apply(now, self.core.engine_load(now, name, load.waiting_uncached_tokens, load.used_tokens))
+        a = load.adapters
+        if a is not None:
+            self.apply(now, self.core.engine_adapters(now, name, a.loaded, a.slots, a.load_s))
 
     def engine_health(self, now: float, name: str, healthy: bool) -> None:
         self.apply(now, self.core.engine_health(now, name, healthy))

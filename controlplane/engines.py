@@ -2,17 +2,25 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from controlplane.config import Config, EngineConfig
 from engine_adapter.base import Engine
 
 
-def build_engine(cfg: EngineConfig) -> Engine:
+def build_engine(cfg: EngineConfig, adapters: Mapping[str, str | None] | None = None) -> Engine:
+    """`adapters`: the LoRA adapters its model pool declares (name -> path); a simulated engine holds
+    those without a path from the start, as SGLang does its --lora-paths, and loads the others when
+    a request brings their path."""
     if cfg.kind == "sim":
         from engine_adapter.sim.engine import SimEngine
         from engine_adapter.sim.profile import load_profile
 
-        return SimEngine(cfg.name, load_profile(cfg.profile), seed=cfg.seed, speedup=cfg.speedup)
+        lora = None
+        if adapters or cfg.max_loaded_loras is not None:
+            lora = {name: None for name, path in (adapters or {}).items() if path is None}
+        return SimEngine(cfg.name, load_profile(cfg.profile), seed=cfg.seed, speedup=cfg.speedup, lora_paths=lora,
+                         max_loaded_loras=cfg.max_loaded_loras)
     if cfg.kind == "sglang":
         from engine_adapter.sglang_http import SGLangHTTPEngine
 
@@ -24,4 +32,5 @@ def build_engine(cfg: EngineConfig) -> Engine:
 
 
 def build_engines(config: Config) -> dict[str, Engine]:
-    return {cfg.name: build_engine(cfg) for cfg in config.engines}
+    pools = config.catalog().pools
+    return {cfg.name: build_engine(cfg, pools[cfg.model].adapters) for cfg in config.engines}

@@ -28,6 +28,7 @@ class CompletionRequest:
     max_tokens_default: bool = False  # the client did not set max_tokens: it may shrink to fit the context
     estimate: int = 0  # the raw prompt-token estimate, before the per-model correction
     pool: str = ""  # the model pool `model` names (controlplane/model_pools.py), set by the runtime's `route`
+    adapter: str | None = None  # the LoRA adapter it runs with (`model:adapter`, an alias, the tenant's own)
 
     def fit_context(self, context: int) -> None:
         """Fit the model's context window as SGLang counts it (prompt + max_tokens < context): a default

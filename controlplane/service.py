@@ -58,6 +58,8 @@ class Sluice:
         self.catalog = config.catalog()  # the model pools and every name clients may send (model_pools.py)
         self._allowed = {t.name: [self.catalog.resolve(m) for m in t.models] for t in config.tenants
                          if t.models is not None}
+        self._own_adapter = {t.name: {r.pool: r.adapter for r in map(self.catalog.resolve, t.adapters()) if r}
+                             for t in config.tenants if t.adapter is not None}  # pool -> the tenant's adapter
         self._policy = config.policy  # the one policy; each pool's core takes it with its own weights
         self.tickets: dict[str, Ticket] = {}
         self.predictor = predictor if predictor is not None else OutputLengthPredictor(seed=0, torch_expert=True)
@@ -171,11 +173,15 @@ class Sluice:
 
     # -- the request path ------------------------------------------------------------------------
     def resolve_model(self, tenant: TenantConfig, name: str) -> Route:
-        """Where `name` goes for this tenant: OpenAI's 404 `model_not_found` for a name that names no
-        model, 403 `model_not_allowed` for one outside the tenant's `models` (docs/configuration.md)."""
+        """Where `name` goes for this tenant (its own adapter on a base model that names none): OpenAI's
+        404 `model_not_found` for a name that names no model, 403 `model_not_allowed` for one
+        outside the tenant's `models` (docs/configuration.md)."""
         route = self.catalog.resolve(name)
         if route is None:
             raise ApiError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
+        if route.adapter is None:
+            own = self._own_adapter.get(tenant.name, {}).get(route.pool)
+            route = Route(route.pool, own) if own else route
         if not self._may_use(tenant.name, route):
             raise ApiError(403, f"The model '{name}' is not available to this API key", code="model_not_allowed",
                            param="model")
@@ -190,8 +196,9 @@ class Sluice:
         return [n for n in self.catalog.listed() if self._may_use(tenant.name, self.catalog.resolve(n))]  # type: ignore[arg-type]
 
     def route(self, tenant: TenantConfig, req: CompletionRequest) -> None:
-        """Sets `req.pool`, the pool its model names (`resolve_model`'s errors otherwise)."""
-        req.pool = self.resolve_model(tenant, req.model).pool
+        """Sets `req.pool` and `req.adapter`, where its model goes (`resolve_model`'s errors otherwise)."""
+        route = self.resolve_model(tenant, req.model)
+        req.pool, req.adapter = route.pool, route.adapter
 
     def fit_context(self, req: CompletionRequest) -> None:
         """Correct the prompt estimate for the model, then fit the smallest context window of its
@@ -210,7 +217,7 @@ class Sluice:
             self.recorder.begin(ticket)
         hashes, block = request_prefix(req)  # where dispatch expects the prompt cached (docs/dispatch.md)
         pool.driver.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens, None, req.stream,
-                                            hashes, block))
+                                            hashes, block, req.adapter))
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
             rej = ticket.waiter.result()
             err = refusal(rej.code, rej.message, rej.retry_after_s)
@@ -274,6 +281,9 @@ class Sluice:
         greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
                                stream=True, priority=ticket.priority, traceparent=traceparent,
                                prompt_tokens=req.prompt_tokens, openai=body)
+        if req.adapter is not None:  # SGLang's lora_path, and the configured path to load it from
+            greq.lora_path = req.adapter
+            greq.lora_source = self.catalog.pools[req.pool].adapters.get(req.adapter)
         batches = getattr(engine, "submit_batches", None)
         if batches is not None:
             return batches(greq)

@@ -127,7 +127,7 @@ def _new_row(rid: str, tenant: str, slo_class: str, req: CompletionRequest, now:
             "e2e_ms": None, "prompt_tokens": req.prompt_tokens, "cached_tokens": 0, "completion_tokens": 0,
             "max_tokens": req.max_tokens, "predicted_output_tokens": None, "predicted_ttft_ms": None,
             "predicted_tpot_ms": None, "policy_version": None, "slo_met": None, "end_user": req.user,
-            "energy_j": None, "pool": req.pool or None}
+            "energy_j": None, "pool": req.pool or None, "adapter": req.adapter}
 
 
 def _derive_latencies(row: dict[str, Any], slo: SLOClassPolicy) -> None:

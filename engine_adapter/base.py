@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from engine_adapter.lora import AdapterState
+
 
 @dataclass(slots=True)
 class GenerateRequest:
@@ -29,6 +31,10 @@ class GenerateRequest:
     # own chat template and tool-call/reasoning parsers. When set, `prompt`/`input_ids` and
     # `sampling_params` are not used; `rid`, `priority` and `traceparent` still are.
     openai: dict[str, Any] | None = None
+    # A LoRA adapter (SGLang's `lora_path`: the adapter's name, engine_adapter/lora.py), and where
+    # the engine loads it from when it does not hold it (None: it must hold it already).
+    lora_path: str | None = None
+    lora_source: str | None = None
 
 
 @dataclass(slots=True)
@@ -58,6 +64,7 @@ class EngineLoad:
     gen_throughput: float = 0.0  # output tokens/s
     cache_hit_rate: float = 0.0
     timestamp: float = 0.0
+    adapters: AdapterState | None = None  # its LoRA adapters (None: LoRA not enabled, or not known)
 
     @property
     def kv_usage(self) -> float:

@@ -63,7 +63,8 @@ class GenerateEndpoints:
                 Route("/abort_request", self.abort_request, methods=["POST"])]
 
     def make_request(self, *, rid: str | None, text: str | None, input_ids: list[int] | None,
-                     sp: dict[str, Any], stream: bool, priority: Any, headers: Any) -> GenerateRequest:
+                     sp: dict[str, Any], stream: bool, priority: Any, headers: Any,
+                     lora_path: str | None = None) -> GenerateRequest:
         sp = dict(sp)
         sp.setdefault("max_new_tokens", 128)
         output_tokens = None
@@ -80,6 +81,7 @@ class GenerateEndpoints:
             prompt_tokens=len(input_ids) if input_ids else None,
             hash_ids=_hash_blocks(input_ids) if input_ids else None,
             output_tokens=output_tokens,
+            lora_path=lora_path,
         )
 
     # ---------------------------------------------------------------- native /generate
@@ -106,9 +108,13 @@ class GenerateEndpoints:
             return JSONResponse({"error": {"message": "malformed text, input_ids or sampling_params"}},
                                 status_code=400)
         stream = bool(body.get("stream", False))
+        lora = body.get("lora_path")  # the adapter's name (engine_adapter/lora.py)
+        if lora is not None and not isinstance(lora, str):
+            return JSONResponse({"error": {"message": "lora_path must be an adapter's name (one request: a string)"}},
+                                status_code=400)
         try:
             req = self.make_request(rid=rid, text=text, input_ids=ids, sp=sp, stream=stream,
-                                    priority=body.get("priority"), headers=request.headers)
+                                    priority=body.get("priority"), headers=request.headers, lora_path=lora)
         except (TypeError, ValueError) as e:
             return JSONResponse({"error": {"message": str(e)}}, status_code=400)
         stop = sp.get("stop")

@@ -36,6 +36,7 @@ from engine_adapter.base import (
     GenerateRequest,
     StepProfile,
 )
+from engine_adapter.sglang_adapters import RemoteAdapters
 from engine_adapter.sglang_wire import (
     StreamDecoder,
     abort_error,
@@ -118,6 +119,7 @@ class SGLangHTTPEngine:
         self._load_source: str | None = None  # "loads" | "metrics" | "get_load", learned on first success
         self._max_total_tokens: int = 0
         self._bg: set[asyncio.Task[None]] = set()
+        self.adapters: RemoteAdapters | None = None  # the server's LoRA adapters, when it runs --enable-lora
 
     # ------------------------------------------------------------------ plumbing
 
@@ -176,6 +178,8 @@ class SGLangHTTPEngine:
         body.update(rid=req.rid, stream=True, stream_options={"include_usage": True, "continuous_usage_stats": True})
         if req.priority is not None:
             body["priority"] = req.priority
+        if req.lora_path is not None:  # explicit: SGLang takes it before a `model: base:adapter`
+            body["lora_path"] = req.lora_path
         return dumps(body)
 
     def _body(self, req: GenerateRequest) -> bytes:
@@ -195,6 +199,8 @@ class SGLangHTTPEngine:
         body["rid"] = req.rid
         if req.priority is not None:
             body["priority"] = req.priority
+        if req.lora_path is not None:
+            body["lora_path"] = req.lora_path
         return dumps(body)
 
     async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
@@ -212,10 +218,16 @@ class SGLangHTTPEngine:
         finally:
             await batches.aclose()
 
-    async def submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
+    def submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
         """`submit`, one non-empty list of chunks per read from the socket: the events that arrived
         together come together (the gateway sends them to its client in one write). Same errors and
-        the same abort-on-close as `submit`."""
+        the same abort-on-close as `submit`. A LoRA request's adapter is loaded first where the
+        server lacks it (engine_adapter/sglang_adapters.py)."""
+        if request.lora_path is not None and self.adapters is not None:
+            return self.adapters.run(request, self._submit_batches)
+        return self._submit_batches(request)
+
+    async def _submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
         rid = request.rid
         oai: bool | None = None  # None: the native /generate; True/False: OpenAI chat/text completions
         if request.openai is not None:
@@ -371,6 +383,11 @@ class SGLangHTTPEngine:
             self._load_source = src
             if el.total_tokens:
                 self._max_total_tokens = el.total_tokens
+            if self.adapters is not None:
+                try:
+                    el.adapters = await self.adapters.refresh()
+                except (_Unavailable, EngineError):
+                    pass  # the load report stands without them
             return el
         raise EngineError(f"{self.name}: no load source (/v1/loads, /metrics, /get_load)", retryable=False)
 
@@ -434,6 +451,9 @@ class SGLangHTTPEngine:
             self.model = model
         version = si.get("version")
         context = await self._context_length(model, si)
+        if si.get("enable_lora") and self.adapters is None:  # SGLang's --enable-lora (or --lora-paths)
+            slots = si.get("max_loaded_loras")
+            self.adapters = RemoteAdapters(self, slots if isinstance(slots, int) and slots > 0 else None)
         return EngineInfo(
             name=self.name,
             kind=self.kind,

@@ -92,6 +92,8 @@ class SGLangInProcessEngine:
             kw["priority"] = request.priority
         if request.traceparent:
             kw["external_trace_header"] = {"traceparent": request.traceparent}
+        if request.lora_path is not None:  # Engine.async_generate's lora_path: the adapter's name
+            kw["lora_path"] = request.lora_path
         rid = request.rid
         finished = False
         yielded = False

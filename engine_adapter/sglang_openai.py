@@ -17,6 +17,7 @@ from starlette.routing import Route
 
 from engine_adapter.base import Chunk, EngineError, EngineOverloaded, GenerateRequest
 from engine_adapter.openai_chunks import message_fields, stream_choice
+from engine_adapter.sglang_lora import model_cards
 from engine_adapter.sglang_surface import (
     SSE_DONE,
     DuplicateRid,
@@ -42,11 +43,12 @@ class OpenAIEndpoints:
 
     async def models(self, request: Request) -> Response:
         info = await self.surface.info()
+        created = int(self.surface.startup)
         return JSONResponse({"object": "list", "data": [{
-            "id": self.surface.model_name, "object": "model", "created": int(self.surface.startup), "owned_by": "sglang",
+            "id": self.surface.model_name, "object": "model", "created": created, "owned_by": "sglang",
             "root": self.surface.model_name, "parent": None,
             "max_model_len": self.surface.context_length or info.context_length or info.max_total_tokens,
-        }]})
+        }, *model_cards(self.surface, created)]})
 
     async def chat_completions(self, request: Request) -> Response:
         return await self._openai(request, chat=True)
@@ -67,6 +69,7 @@ class OpenAIEndpoints:
         try:
             engine_body = _openai_body(body, chat)
             priority = int(body["priority"]) if body.get("priority") is not None else None
+            lora = _lora_path(body)
         except (TypeError, ValueError) as e:
             return openai_error_response(str(e), 400)
         stream = bool(body.get("stream", False))
@@ -75,7 +78,7 @@ class OpenAIEndpoints:
         continuous = bool(isinstance(opts, dict) and opts.get("continuous_usage_stats"))
         # the engine applies the chat template and the parsers, as SGLang's serving_chat does
         req = GenerateRequest(rid=body.get("rid") or uuid.uuid4().hex, stream=stream, priority=priority,
-                              traceparent=request.headers.get("traceparent"), openai=engine_body)
+                              traceparent=request.headers.get("traceparent"), openai=engine_body, lora_path=lora)
         model = body.get("model") or self.surface.model_name
         if stream:
             return StreamingResponse(self._openai_stream(req, chat, model, include_usage, continuous),
@@ -183,4 +186,18 @@ def _openai_body(body: dict[str, Any], chat: bool) -> dict[str, Any]:
     return out
 
 
-_TRANSPORT = ("rid", "priority", "stream", "stream_options", "model")
+_TRANSPORT = ("rid", "priority", "stream", "stream_options", "model", "lora_path")
+
+
+def _lora_path(body: dict[str, Any]) -> str | None:
+    """The request's LoRA adapter as SGLang's OpenAI serving resolves it: an explicit `lora_path`
+    first, else the part of `model` after its first colon (`base-model:adapter-name`)."""
+    explicit = body.get("lora_path")
+    if explicit is not None:
+        if not isinstance(explicit, str) or not explicit:
+            raise ValueError("lora_path must be an adapter's name")
+        return explicit
+    model = body.get("model")
+    if isinstance(model, str) and ":" in model:
+        return model.split(":", 1)[1].strip() or None
+    return None

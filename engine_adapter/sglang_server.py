@@ -6,8 +6,9 @@ incremental SSE, ``meta_info``, ``finish_reason`` dicts, in-band abort chunks wi
 503 "queue full" for non-streaming requests, 400 on a duplicate in-flight rid), ``/abort_request``
 (always 200, rid matched by prefix like SGLang's scheduler), ``/v1/loads`` (LoadSnapshot),
 ``/metrics`` (SGLang's metric names), ``/health``, ``/health_generate``, ``/server_info``,
-``/model_info`` (and their deprecated ``/get_*`` names), ``/get_load``, and the OpenAI-compatible
-``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``.
+``/model_info`` (and their deprecated ``/get_*`` names), ``/get_load``, the OpenAI-compatible
+``/v1/models``, ``/v1/completions``, ``/v1/chat/completions``, and the LoRA adapters' ``lora_path``,
+``/load_lora_adapter`` and ``/unload_lora_adapter`` over an engine that holds adapters.
 
 `sluice sim-server` puts the simulated engine behind it so that `SGLangHTTPEngine` is exercised end
 to end over real HTTP exactly as it talks to SGLang. ``version`` selects which release's surface is
@@ -15,8 +16,8 @@ emulated (renamed fields and endpoints; see ``docs/engines.md``).
 
 The parts: `sglang_surface.py` (the engine as SGLang presents it: release, in-flight table,
 metrics, driving a request), `sglang_generate.py` (native ``/generate``, ``/abort_request``),
-`sglang_status.py` (loads, metrics, health, server and model info) and `sglang_openai.py` (the
-OpenAI-compatible endpoints).
+`sglang_status.py` (loads, metrics, health, server and model info), `sglang_openai.py` (the
+OpenAI-compatible endpoints) and `sglang_lora.py` (the LoRA endpoints).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine_adapter.base import Engine
 from engine_adapter.sglang_generate import GenerateEndpoints
+from engine_adapter.sglang_lora import LoraEndpoints
 from engine_adapter.sglang_openai import OpenAIEndpoints
 from engine_adapter.sglang_status import StatusEndpoints
 from engine_adapter.sglang_surface import DEFAULT_VERSION, SGLangSurface
@@ -72,7 +74,7 @@ def make_sglang_app(
     surface = SGLangSurface(engine, model_name, version, incremental_streaming_output, enable_cache_report,
                             max_running_requests, context_length)
     routes = [*GenerateEndpoints(surface).routes(), *StatusEndpoints(surface).routes(),
-              *OpenAIEndpoints(surface).routes()]
+              *OpenAIEndpoints(surface).routes(), *LoraEndpoints(surface).routes()]
     app = Starlette(routes=routes, middleware=[Middleware(_ApiKeyMiddleware, api_key=api_key)])
     app.state.sglang = surface
     return app

@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from engine_adapter.base import EngineError, EngineLoad, GenerateRequest
+from engine_adapter.sglang_lora import adapters_of, load_section
 from engine_adapter.sglang_surface import SGLangSurface
 
 
@@ -65,6 +66,10 @@ class StatusEndpoints:
         except EngineError as e:
             return JSONResponse({"detail": str(e)}, status_code=503)
         loads = [] if dp not in (None, "", "0") else [self._load_entry(ld)]
+        include = set((request.query_params.get("include") or "").split(","))
+        lora = load_section(self.surface)
+        if loads and lora is not None and include & {"lora", "all"}:
+            loads[0]["lora"] = lora
         if request.query_params.get("format") == "prometheus":
             lines = []
             for k, v in (loads[0].items() if loads else ()):
@@ -165,6 +170,7 @@ class StatusEndpoints:
             "incremental_streaming_output": self.surface.incremental,
             "enable_cache_report": self.surface.enable_cache_report,
             "context_length": self.surface.context_length or info.context_length,
+            **self._lora_args(),
         }
         internal = [{
             **args,
@@ -186,6 +192,14 @@ class StatusEndpoints:
         body["version"] = self.surface.version
         body["sluice_simulated"] = info.simulated
         return body
+
+    def _lora_args(self) -> dict[str, Any]:
+        """SGLang's LoRA server arguments, as the engine's adapter table has them."""
+        lora = adapters_of(self.surface)
+        if lora is None:
+            return {"enable_lora": False, "lora_paths": None, "max_loaded_loras": None}
+        return {"enable_lora": True, "lora_paths": [f"{n}={p}" if p else n for n, p in lora.paths().items()],
+                "max_loaded_loras": lora.slots}
 
     async def server_info(self, request: Request) -> Response:
         if not self.surface.release.server_info:

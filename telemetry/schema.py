@@ -54,6 +54,7 @@ TABLES: dict[str, Columns] = {
         # engine step it was in (docs/telemetry.md); NULL where the engine does not report it
         ("energy_j", "DOUBLE"),
         ("pool", "VARCHAR"),  # the model pool that served it (the model its engines serve; `model` is as sent)
+        ("adapter", "VARCHAR"),  # the LoRA adapter it ran with (SGLang's lora_path); NULL: the base model
     ),
     "decisions": (
         ("ts", "DOUBLE"),

@@ -74,6 +74,7 @@ class Sluice:
     PREDICTED_OUTPUT_TOKENS = "sluice.predicted.output_tokens"
     SLO_MET = "sluice.slo_met"
     POOL = "sluice.pool"  # the model pool that served the request (gen_ai.request.model: the name as sent)
+    ADAPTER = "sluice.lora_adapter"  # the LoRA adapter it ran with
 
 
 # request-row key -> span attribute, for annotate_request_span
@@ -93,6 +94,7 @@ _ROW_TO_ATTR: dict[str, str] = {
     "slo_met": Sluice.SLO_MET,
     "model": GenAI.REQUEST_MODEL,
     "pool": Sluice.POOL,
+    "adapter": Sluice.ADAPTER,
     "max_tokens": GenAI.REQUEST_MAX_TOKENS,
     "stream": GenAI.REQUEST_STREAM,
     "prompt_tokens": GenAI.USAGE_INPUT_TOKENS,

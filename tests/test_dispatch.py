@@ -119,7 +119,7 @@ def test_the_default_policy_weighs_the_forecast_ttft_alone() -> None:
 
 
 @pytest.mark.parametrize(("scorers", "message"), [
-    ({"locality": 1.0}, "unknown scorer 'locality'; known: ['load', 'prefix', 'ttft']"),
+    ({"locality": 1.0}, "unknown scorer 'locality'; known: ['adapter', 'load', 'prefix', 'ttft']"),
     ({"ttft": 0.0}, "at least one scorer needs a positive weight"),
     ({"ttft": -1.0}, "ttft: the weight must be a number in [0, 1e6], got -1.0"),
     ({"ttft": True}, "ttft: the weight must be a number"),

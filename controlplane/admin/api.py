@@ -304,7 +304,8 @@ class AdminAPI:
 
 
 _REQUEST_FIELDS = ("rid", "trace_id", "tenant", "slo_class", "engine", "status", "arrival_ts", "ttft_ms", "tpot_ms",
-                   "e2e_ms", "prompt_tokens", "completion_tokens", "decision", "reason", "model", "pool")
+                   "e2e_ms", "prompt_tokens", "completion_tokens", "decision", "reason", "model", "pool",
+                   "adapter")
 
 
 def _sse(kind: str, payload: dict[str, Any]) -> bytes:

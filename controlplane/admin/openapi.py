@@ -88,7 +88,8 @@ _REQUEST_ROW = _object({"rid": _STR, "tenant": _STR, "status": _STR},
                         "arrival_ts": _NUM, "ttft_ms": _nullable(_NUM), "tpot_ms": _nullable(_NUM),
                         "e2e_ms": _nullable(_NUM), "prompt_tokens": _nullable(_INT),
                         "completion_tokens": _nullable(_INT), "decision": _nullable(_STR),
-                        "reason": _nullable(_STR), "model": _nullable(_STR), "pool": _nullable(_STR)})
+                        "reason": _nullable(_STR), "model": _nullable(_STR), "pool": _nullable(_STR),
+                        "adapter": _nullable(_STR)})
 _CHANGE = _object({"version": _INT, "ts": _NUM, "actor": _STR, "reason": _STR},
                   {"before": _nullable(_OBJ), "after": _nullable(_OBJ)})
 _SPAN = _object({"span_id": _STR, "name": _STR, "attributes": _OBJ, "events": {"type": "array", "items": _OBJ}},

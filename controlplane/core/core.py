@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from typing import Protocol
 
+from controlplane.core.adapters import AdapterIndex
 from controlplane.core.admission import AdmissionInputs, EngineView, decide, forecast
 from controlplane.core.dispatch import Candidate, DispatchRequest, choose
 from controlplane.core.demand import MIN_BACKLOG_S, Demand
@@ -79,6 +80,7 @@ class DecisionCore:
         self._ttft_error = 1.0
         self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
         self.prefix_index = PrefixIndex()  # where each prompt prefix should be cached (dispatch's locality)
+        self.adapters = AdapterIndex()  # which LoRA adapters each engine holds (dispatch's `adapter` scorer)
         self._resize_windows()
         for eng in self.engines.values():
             eng.prior_window = eng.window
@@ -219,6 +221,12 @@ class DecisionCore:
         self._resize_windows()  # the learned step model and request sizes move the windows
         return self.engine_health(now, name, True)
 
+    def engine_adapters(self, now: float, name: str, loaded: Iterable[str], slots: int | None,
+                        load_s: float) -> list[Action]:
+        """An engine's LoRA adapters as it reports them (core/adapters.py)."""
+        self.adapters.report(name, loaded, slots, load_s)
+        return []
+
     def engine_health(self, now: float, name: str, healthy: bool) -> list[Action]:
         self.engines[name].healthy = healthy
         return self._pump(now) if healthy else []
@@ -240,6 +248,7 @@ class DecisionCore:
             raise ValueError(f"engine {name!r} still runs {len(self.engines[name].in_flight)} requests")
         del self.engines[name], self._inflight_deferrable[name]
         self.prefix_index.drop(name)
+        self.adapters.drop(name)
         return []
 
     def set_policy(self, now: float, policy: Policy) -> list[Action]:
@@ -522,7 +531,9 @@ class DecisionCore:
         cached = t.spec.prompt_tokens - t.prompt_cost
         spec, rule = t.spec, self.policy.dispatch
         by_engine = self._expected_cached(t, free)
-        choice = choose([Candidate(v, by_engine[k] if by_engine else cached) for k, v in enumerate(views)],
+        lora = self.adapters.costs(spec.adapter, (v.name for v in views)) if spec.adapter else None
+        choice = choose([Candidate(v, by_engine[k] if by_engine else cached, True, *lora[k]) if lora
+                         else Candidate(v, by_engine[k] if by_engine else cached) for k, v in enumerate(views)],
                         DispatchRequest(spec.prompt_tokens, t.predicted_output), rule.scorers)
         i, fc = choice.index, choice.chosen.forecast
         best = views[i]
@@ -530,6 +541,8 @@ class DecisionCore:
         if by_engine is not None:  # the prompt tokens it will compute are those this engine lacks
             t.prompt_cost = max(1.0, spec.prompt_tokens - by_engine[i])
         self.prefix_index.add(best.name, spec.prefix_hashes, eng.spec.kv_capacity // max(1, spec.block_tokens))
+        if spec.adapter:
+            self.adapters.used(best.name, spec.adapter)
         t.engine, t.dispatched_at, t.expected_finish = best.name, now, now + fc.e2e_s
         t.engine_waiting_at_dispatch = max(eng.waiting_tokens, eng.reported_waiting_tokens)
         eng.in_flight[t.spec.rid] = t
@@ -558,6 +571,7 @@ class DecisionCore:
                           "engines": [shallow_dict(v) for v in views], "prompt_tokens": t.spec.prompt_tokens,
                           "output_tokens": t.predicted_output, "cached_tokens": cached,
                           **({"engine_cached": by_engine} if by_engine is not None else {}),
+                          **({"adapter": spec.adapter, "engine_adapter": lora} if lora is not None else {}),
                           "weights": dict(rule.scorers),
                           "scores": [s.record() if s else None for s in choice.scored]},
                          {"priority": priority})]

@@ -7,7 +7,10 @@ shape of llm-d's endpoint picker; docs/dispatch.md).
   `ttft`: minus the forecast TTFT (s) with that engine's expected cached prompt tokens (the old
   rule: the lowest forecast TTFT); `prefix`: the prefill seconds that engine's expected prefix-cache
   hit saves (Mooncake / SGLang prefix locality); `load`: minus the share of its window in flight
-  (least-load). The policy's weights (`policy.dispatch.scorers`) turn them into one total:
+  (least-load); `adapter`: the seconds of LoRA adapter load the choice saves: the load where the
+  engine holds the request's adapter, minus one where loading it there pushes another adapter out
+  (its reload), 0 otherwise (core/adapters.py). The forecast of an engine that must load the
+  adapter counts the load (`ttft` sees it too). The policy's weights (`policy.dispatch.scorers`) turn them into one total:
   sum(weight x score), in the units of the weights (a `load` weight of 0.5 makes a full window cost
   half a second of TTFT).
 - **The picker** takes the highest total; ties go to the engine with fewer requests in flight,
@@ -20,7 +23,7 @@ the audit calls it again on the record (replay/audit.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 
 from controlplane.core.admission import EngineView, Forecast, forecast
@@ -33,6 +36,9 @@ class Candidate:
     view: EngineView
     cached_tokens: float  # of the prompt, expected from this engine's prefix cache
     healthy: bool = True
+    adapter_cost_s: float = 0.0  # what loading the request's LoRA adapter takes here (0: no adapter)
+    adapter_held: bool = False  # this engine holds the adapter already: no load
+    adapter_evicts: bool = False  # loading it here pushes another adapter out (the engine's slots are full)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +100,14 @@ def _load(c: Candidate, r: DispatchRequest, fc: Forecast) -> float:
     return -c.view.in_flight / max(c.view.window, 1)
 
 
-SCORERS: Mapping[str, Scorer] = MappingProxyType({"ttft": _ttft, "prefix": _prefix, "load": _load})
+def _adapter(c: Candidate, r: DispatchRequest, fc: Forecast) -> float:
+    if c.adapter_held:
+        return c.adapter_cost_s
+    return -c.adapter_cost_s if c.adapter_evicts else 0.0
+
+
+SCORERS: Mapping[str, Scorer] = MappingProxyType({"ttft": _ttft, "prefix": _prefix, "load": _load,
+                                                  "adapter": _adapter})
 DEFAULT_WEIGHTS: Mapping[str, float] = MappingProxyType({"ttft": 1.0})
 
 
@@ -114,6 +127,8 @@ def check_weights(weights: object) -> str | None:
 
 def score(c: Candidate, r: DispatchRequest, weights: Mapping[str, float]) -> Scored:
     fc = forecast(c.view, 0, 0, r.prompt_tokens, r.output_tokens, c.cached_tokens)
+    if c.adapter_cost_s and not c.adapter_held:  # the adapter is loaded before the request runs
+        fc = replace(fc, ttft_s=fc.ttft_s + c.adapter_cost_s, e2e_s=fc.e2e_s + c.adapter_cost_s)
     scores = {name: SCORERS[name](c, r, fc) for name in weights}
     total = 0.0
     for name, w in weights.items():  # 0.0 + 1.0 * x == x: the default total is exactly -TTFT
@@ -137,7 +152,9 @@ def choose(candidates: Sequence[Candidate], request: DispatchRequest,
 def rechoose(views: Sequence[EngineView], inputs: Mapping[str, object]) -> Choice:
     """`choose` re-run on a dispatch decision row's inputs (the audit and the "why" read), with the
     recorded `views`. Rows recorded before dispatch had scorers carry no weights (then: the default,
-    the lowest forecast TTFT) and one cached-token estimate (`cached_tokens`) for every engine."""
+    the lowest forecast TTFT) and one cached-token estimate (`cached_tokens`) for every engine; a
+    LoRA request's row has each engine's adapter cost, whether it held it and whether loading it
+    would push another out (`engine_adapter`)."""
     cached = inputs.get("engine_cached")
     if cached is None:
         cached = [inputs.get("cached_tokens", 0.0)] * len(views)
@@ -149,4 +166,8 @@ def rechoose(views: Sequence[EngineView], inputs: Mapping[str, object]) -> Choic
     prompt, output = inputs["prompt_tokens"], inputs["output_tokens"]
     if not isinstance(prompt, (int, float)) or not isinstance(output, (int, float)):
         raise ValueError(f"bad request sizes {prompt!r}, {output!r}")
-    return choose([Candidate(v, float(c)) for v, c in zip(views, cached)], DispatchRequest(prompt, output), weights)
+    adapter = inputs.get("engine_adapter") or [(0.0, False, False)] * len(views)
+    if not isinstance(adapter, list) or len(adapter) != len(views) or any(len(a) != 3 for a in adapter):
+        raise ValueError(f"engine_adapter {adapter!r} does not match the {len(views)} engine views")
+    return choose([Candidate(v, float(c), True, float(a[0]), bool(a[1]), bool(a[2]))
+                   for v, c, a in zip(views, cached, adapter)], DispatchRequest(prompt, output), weights)

@@ -25,6 +25,7 @@ class RequestSpec:
     # passes Mooncake's hash_ids.
     prefix_hashes: tuple[int, ...] = ()
     block_tokens: int = 512
+    adapter: str | None = None  # the LoRA adapter it runs with (dispatch prefers an engine holding it)
 
 
 @dataclass(frozen=True, slots=True)

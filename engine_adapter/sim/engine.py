@@ -8,6 +8,13 @@ The text is synthetic and says so; the timings are the point.
 
 With the zero-delay profile every step takes no time: a request completes as soon as the driver
 runs, and its stream yields the first token and the final chunk only.
+
+LoRA (`lora_paths` / `max_loaded_loras`, engine_adapter/lora.py): the engine holds adapters as
+SGLang does, by name, least recently used out; a request whose adapter it does not hold is refused
+in SGLang's words unless it says where to load it from (`GenerateRequest.lora_source`, sluice's
+configured path). A load stalls the whole engine for `lora_load_s` simulated seconds (its clock
+stops: every step in progress ends that much later), as SGLang's scheduler loads an adapter between
+batches while every running request waits.
 """
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from pathlib import Path
 
 from engine_adapter.base import Chunk, EngineError, EngineInfo, EngineLoad, GenerateRequest
 from engine_adapter.clock import ClockModel
+from engine_adapter.lora import AdapterError, AdapterSet
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import DEFAULT_PROFILE, SimProfile, load_profile
 from engine_adapter.sim.surface import Script, native_body, script_for, stop_cut
@@ -28,6 +36,10 @@ DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
 VOCAB = ("synthetic", "simulated", "tokens", "from", "the", "sluice", "sim", "engine", "lorem", "ipsum",
          "dolor", "sit", "amet")
 VERSION = "sluice-sim/1"
+# seconds to load a LoRA adapter (an assumption, not a measurement: reading a rank-16 8B adapter's
+# ~30-160 MB of safetensors and copying it to the GPU; override per engine with `lora_load_s`)
+LORA_LOAD_S = 0.1
+_DUE_S = 1e-9  # a step end this close to the clock is due (a sleep that short may not move the clock)
 
 
 class _Stream:
@@ -76,7 +88,8 @@ def _check_context(prompt_tokens: int, max_new: int, context: int) -> None:
 
 class SimEngine:
     def __init__(self, name: str, profile: SimProfile | str | Path = DEFAULT_PROFILE, seed: int = 0,
-                 speedup: float = 1.0) -> None:
+                 speedup: float = 1.0, *, lora_paths: dict[str, str | None] | None = None,
+                 max_loaded_loras: int | None = None, lora_load_s: float = LORA_LOAD_S) -> None:
         if speedup <= 0:
             raise ValueError("speedup must be > 0")
         self.name = name
@@ -94,6 +107,14 @@ class SimEngine:
         self._wake: asyncio.Event | None = None
         self._closed = False
         self._error: BaseException | None = None
+        # LoRA: None unless enabled (SGLang's --enable-lora); the adapters given here are loaded at start
+        self.lora: AdapterSet | None = None
+        if lora_paths is not None or max_loaded_loras is not None:
+            self.lora = AdapterSet(max_loaded_loras, lora_load_s)
+            for adapter, path in (lora_paths or {}).items():
+                self.lora.load(adapter, path)
+        self._loading: asyncio.Lock | None = None  # one adapter load at a time
+        self._stalled: asyncio.Event | None = None  # set while the clock runs; cleared during a load
 
     # -- clock and driver ----------------------------------------------------------------------
     def _now(self) -> float:
@@ -101,6 +122,8 @@ class SimEngine:
         try:
             loop_time = asyncio.get_running_loop().time()
         except RuntimeError:  # no loop (e.g. a generator finalised at shutdown): last known time
+            return self._last_now
+        if self._stalled is not None and not self._stalled.is_set():  # a LoRA load: the clock stands still
             return self._last_now
         if self._t0 is None:
             self._t0, self._loop = loop_time, asyncio.get_running_loop()
@@ -129,15 +152,19 @@ class SimEngine:
         assert self._wake is not None
         try:
             while not self._closed:
+                if self._stalled is not None and not self._stalled.is_set():
+                    await self._stalled.wait()
                 nt = self.core.next_time()
                 if nt is None:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 now = self._now()
-                if nt > now:
+                if nt > now + _DUE_S:
                     await asyncio.sleep((nt - now) / self.speedup)
                     continue
+                if nt > now:  # a rounding error short of the step's end (a clock shifted by a stall): it is due
+                    now = self._last_now = nt
                 self._sync(now)
                 await asyncio.sleep(0)
         except asyncio.CancelledError:
@@ -194,7 +221,12 @@ class SimEngine:
                 script.pieces = None
         if script is not None and script.pieces is not None:
             output_tokens = len(script.pieces)
-        self._ensure_driver()
+        adapter = await self._take_adapter(request)  # after every check: held from here to the stream's end
+        try:
+            self._ensure_driver()
+        except EngineError:
+            self._drop_adapter(adapter)
+            raise
         now = self._now()
         self._sync(now)
         was_idle = self.core.next_time() is None
@@ -237,10 +269,72 @@ class SimEngine:
                             extra=extra)
         finally:
             self._streams.pop(rid, None)
+            self._drop_adapter(adapter)
             if not finished:  # the consumer went away (or was cancelled): free the engine's work
                 now = self._now()
                 self._sync(now)
                 self.core.abort(now, rid)
+
+    # -- LoRA adapters -------------------------------------------------------------------------------
+    async def _take_adapter(self, request: GenerateRequest) -> str | None:
+        """The request's adapter, held for it until it ends: loaded first from its `lora_source`
+        when the engine does not hold it; EngineError (400) as SGLang refuses otherwise."""
+        name = request.lora_path
+        if name is None:
+            return None
+        if self.lora is None:
+            raise EngineError("LoRA is not enabled on this engine (start it with --enable-lora)", status_code=400,
+                              retryable=False)
+        try:
+            if name not in self.lora and request.lora_source is not None:
+                await self.load_adapter(name, request.lora_source)
+            self.lora.acquire(name)
+        except AdapterError as e:
+            raise EngineError(str(e), status_code=400, retryable=False) from None
+        return name
+
+    def _drop_adapter(self, name: str | None) -> None:
+        if name is not None and self.lora is not None:
+            self.lora.release(name)
+
+    async def load_adapter(self, name: str, path: str | None, pinned: bool = False) -> str | None:
+        """Load a LoRA adapter (SGLang's /load_lora_adapter): the engine stalls for the load; the
+        least recently used idle adapter makes room. Returns the one evicted; AdapterError when
+        LoRA is off or there is no room."""
+        if self.lora is None:
+            raise AdapterError("LoRA is not enabled on this engine (start it with --enable-lora)")
+        if self._loading is None:
+            self._loading = asyncio.Lock()
+        async with self._loading:
+            if name in self.lora:
+                return self.lora.load(name, path, pinned)
+            self.lora.victim()  # no room: refused before the engine pays for a load
+            await self._stall(self.lora.load_s)
+            return self.lora.load(name, path, pinned)
+
+    def unload_adapter(self, name: str) -> None:
+        """SGLang's /unload_lora_adapter; AdapterError when it is not loaded or still in use."""
+        if self.lora is None:
+            raise AdapterError("LoRA is not enabled on this engine (start it with --enable-lora)")
+        self.lora.unload(name)
+
+    async def _stall(self, seconds: float) -> None:
+        """Stop the engine's clock for `seconds` of simulated time: what runs ends that much later."""
+        if seconds <= 0:
+            return
+        self._ensure_driver()
+        self._sync(self._now())
+        loop = asyncio.get_running_loop()
+        if self._stalled is None:
+            self._stalled = asyncio.Event()
+        self._stalled.clear()
+        start = loop.time()
+        try:
+            await asyncio.sleep(seconds / self.speedup)
+        finally:
+            if self._t0 is not None:
+                self._t0 += loop.time() - start  # the stall's wall time never reaches the engine's clock
+            self._stalled.set()
 
     async def abort(self, rid: str) -> None:
         now = self._now()
@@ -254,6 +348,8 @@ class SimEngine:
         load = self.core.load(now)
         load.gen_throughput *= self.speedup  # per wall second
         load.timestamp = time.time()
+        if self.lora is not None:
+            load.adapters = self.lora.state()
         return load
 
     async def info(self) -> EngineInfo:
@@ -290,7 +386,8 @@ class SimEngine:
         # the server samples from a worker thread: read the engine loop's clock (without moving
         # _last_now, which belongs to the loop), so an idle engine's readings do not stand still
         now, loop = self._now(), self._loop
-        if loop is not None and self._t0 is not None and not loop.is_closed():
+        stalled = self._stalled is not None and not self._stalled.is_set()
+        if loop is not None and self._t0 is not None and not loop.is_closed() and not stalled:
             now = max(now, (loop.time() - self._t0) * self.speedup)
         return {**self.core.gpu(now), "power_limit_w": self.core.profile.max_w}
 
