@@ -144,8 +144,10 @@ class OverviewPane(Vertical):
 
     def _engines(self, engines: list[dict[str, Any]], new_sample: bool) -> None:
         rows: dict[str, tuple[Any, ...]] = {}
+        several = len({e.get("pool") for e in engines}) > 1  # model pools: each engine's beside its name
         for e in engines:
             name = str(e.get("name"))
+            label = f"{name} · {e.get('pool')}" if several else name
             hist = self.engine_tput.setdefault(name, deque(maxlen=HISTORY))
             if new_sample:
                 hist.append(float(e.get("gen_throughput") or 0.0))
@@ -157,7 +159,7 @@ class OverviewPane(Vertical):
             kv = e.get("kv_usage")
             fc = e.get("forecast") or {}
             rows[name] = (
-                Text(name), kind, health, num(e.get("running")), num(e.get("waiting")), num(e.get("window")),
+                Text(label), kind, health, num(e.get("running")), num(e.get("waiting")), num(e.get("window")),
                 Text(bar(kv, 10) + " " + pct(kv, 0).rjust(4), style=_load_style(kv)),
                 si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK, hi=peak(hist)), style="cyan"),
                 ms(fc.get("ttft_ms")), ms(fc.get("tpot_ms")),

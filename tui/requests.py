@@ -20,7 +20,8 @@ from .format import IN_FLIGHT, STATUS_STYLE, filter_terms, ms, num, request_matc
 from .tables import KeyedTable
 
 COLUMNS: list[tuple[str, str, int | None]] = [
-    ("rid", "Request", 14), ("tenant", "Tenant", 12), ("slo_class", "Class", 11), ("status", "Status", 8),
+    ("rid", "Request", 14), ("tenant", "Tenant", 12), ("model", "Model", 14), ("slo_class", "Class", 11),
+    ("status", "Status", 8),
     ("engine", "Engine", 8), ("arrival", "Arrived (UTC)", 13), ("ttft", "TTFT", 7), ("tpot", "TPOT", 7),
     ("e2e", "E2E", 7), ("in", "In tok", 6), ("out", "Out tok", 7), ("decision", "Decision", 24),
 ]
@@ -35,6 +36,7 @@ def request_cells(r: dict[str, Any]) -> tuple[Any, ...]:
     return (
         Text(str(r.get("rid"))),
         Text(str(r.get("tenant") or "–")),
+        Text(str(r.get("model") or "–")),  # as the client sent it (an alias, model:adapter)
         Text(str(r.get("slo_class") or "–")),
         Text(status, style=STATUS_STYLE.get(status, "")),
         Text(str(r.get("engine") or "–")),
