@@ -119,7 +119,21 @@ def _tenant_state(i: int, name: str, weight: float, slo: str, paused: bool, k: i
         "rejected": 3 * k,
         "rejected_by_reason": {"ttft_unattainable": 3 * k} if k else {},
         "finished": 1180 - 90 * k + i,
+        "energy_j": round(52000.0 + 9000.0 * k + 310.0 * i, 1),
     }
+
+
+def _clock(i: int, now: float | None, target: float, slo: float, energy: float, action: str,
+           status: str = "simulated") -> dict[str, Any]:
+    """An engine's `clock` (controlplane/admin/state.py engine_clocks): the GPU's SM clock now and
+    the frequency rule's last evaluation, with a reason in the rule's words."""
+    if slo >= energy:
+        why = f"SLO: below {slo:.0f} MHz the forecast TTFT or TPOT leaves the margin"
+    else:
+        why = f"energy: below {energy:.0f} MHz this mix costs more energy per unit of work"
+    return {"sm_clock_mhz": now, "control": True, "target_mhz": target, "wanted_mhz": target,
+            "slo_floor_mhz": slo, "energy_floor_mhz": energy, "reason": f"{action}: {why}", "ts": NOW + i - 0.5,
+            "status": status}
 
 
 def state_at(i: int = 0, policy: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -134,19 +148,22 @@ def state_at(i: int = 0, policy: dict[str, Any] | None = None) -> dict[str, Any]
         {"name": "sim-0", "kind": "sim", "simulated": True, "healthy": True, "url": None,
          "running": 12, "waiting": 1, "kv_usage": round(0.43 + 0.1 * wave, 3),
          "gen_throughput": round(2300.0 + 300 * wave, 1), "window": 16, "in_flight": 12,
-         "forecast": {"ttft_ms": 95.0, "tpot_ms": 22.0}},
+         "forecast": {"ttft_ms": 95.0, "tpot_ms": 22.0}, "clock": _clock(i, 990.0, 990.0, 840.0, 990.0, "hold")},
         {"name": "sim-1", "kind": "sim", "simulated": True, "healthy": True, "url": None,
          "running": 9, "waiting": 0, "kv_usage": round(0.31 + 0.05 * wave, 3),
          "gen_throughput": round(1800.0 - 200 * wave, 1), "window": 16, "in_flight": 9,
-         "forecast": {"ttft_ms": 80.0, "tpot_ms": 20.0}},
+         "forecast": {"ttft_ms": 80.0, "tpot_ms": 20.0},
+         "clock": _clock(i, 1410.0, 1680.0, 1680.0, 1050.0, "raise")},
         {"name": "h100-a", "kind": "sglang", "simulated": False, "healthy": False,
          "url": "http://10.0.0.5:30000", "running": 0, "waiting": 0, "kv_usage": 0.0,
-         "gen_throughput": 0.0, "window": 16, "in_flight": 0, "forecast": None},
+         "gen_throughput": 0.0, "window": 16, "in_flight": 0, "forecast": None,
+         "clock": _clock(i, None, 1980.0, 1980.0, 1050.0, "hold",
+                         "dry run: not permitted (setting GPU clocks needs root: NVMLError_NoPermission)")},
     ]
     gpus = [
         {"gpu": g, "name": "H100 (simulated)", "simulated": True,
          "power_w": round(410.0 + 60 * math.sin((i + 4 * g) / 4.0), 1),
-         "energy_j": round(123456.0 + 410.0 * i + 5000 * g, 1), "sm_clock_mhz": 1980 - 300 * g,
+         "energy_j": round(123456.0 + 410.0 * i + 5000 * g, 1), "sm_clock_mhz": (990, 1410)[g],
          "utilization": round(0.93 - 0.2 * g, 2),
          "memory_used_bytes": 70_000_000_000 - 10_000_000_000 * g, "memory_total_bytes": 80_000_000_000}
         for g in range(2)

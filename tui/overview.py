@@ -7,10 +7,11 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Grid, Vertical
 from textual.widget import Widget
-from textual.widgets import Label, Static
+from textual.widgets import DataTable, Label, Static
 
 from .format import bar, chart, gib, ms, num, peak, pct, si, spark
 from .tables import KeyedTable
@@ -98,6 +99,7 @@ ENGINE_COLUMNS = [
     ("name", "Engine", 12), ("kind", "Type", 12), ("health", "Health", 7), ("running", "Run", 4),
     ("waiting", "Wait", 4), ("window", "Win", 4), ("kv", "KV cache", 16), ("tput", "Gen tok/s", 9),
     ("trend", "Gen tok/s, 0→peak", TABLE_SPARK), ("fc_ttft", "Fc TTFT", 8), ("fc_tpot", "Fc TPOT", 8),
+    ("clock", "SM MHz, rule", 16),
 ]
 
 GPU_COLUMNS = [
@@ -112,6 +114,7 @@ class OverviewPane(Vertical):
         self.series: dict[str, deque[float]] = {key: deque(maxlen=HISTORY) for key, *_ in CARDS}
         self.engine_tput: dict[str, deque[float]] = {}
         self.gpu_power: dict[str, deque[float]] = {}
+        self.clocks: dict[str, dict[str, Any]] = {}  # each engine's `clock` in the last state
 
     def compose(self) -> ComposeResult:
         with Grid(id="cards"):
@@ -120,6 +123,7 @@ class OverviewPane(Vertical):
         yield Static("", id="overview-status")
         yield Label("Engines", classes="section-title")
         yield KeyedTable(ENGINE_COLUMNS, id="engines", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="engine-clock")
         yield Label("GPUs", classes="section-title")
         yield Static("", id="gpu-status")
         yield KeyedTable(GPU_COLUMNS, id="gpus", cursor_type="row", zebra_stripes=True)
@@ -162,9 +166,21 @@ class OverviewPane(Vertical):
                 Text(label), kind, health, num(e.get("running")), num(e.get("waiting")), num(e.get("window")),
                 Text(bar(kv, 10) + " " + pct(kv, 0).rjust(4), style=_load_style(kv)),
                 si(e.get("gen_throughput")), Text(spark(hist, TABLE_SPARK, hi=peak(hist)), style="cyan"),
-                ms(fc.get("ttft_ms")), ms(fc.get("tpot_ms")),
+                ms(fc.get("ttft_ms")), ms(fc.get("tpot_ms")), clock_cell(e.get("clock")),
             )
+        self.clocks = {str(e.get("name")): e["clock"] for e in engines if e.get("clock")}
         self.query_one("#engines", KeyedTable).sync(rows)
+        self._show_clock()
+
+    @on(DataTable.RowHighlighted, "#engines")
+    def _show_clock(self) -> None:
+        """Under the engines, the selected engine's clock in words: now, the target, the floors and
+        why (the frequency rule's last evaluation, docs/frequency.md). Hidden without clock control."""
+        line = self.query_one("#engine-clock", Static)
+        line.display = any(c.get("control") for c in self.clocks.values())
+        if line.display:
+            name = self.query_one("#engines", KeyedTable).cursor_key()
+            line.update(clock_text(name or "", self.clocks.get(name or "")))
 
     def _gpus(self, state: dict[str, Any], new_sample: bool) -> None:
         gpus = state.get("gpus") or []
@@ -193,6 +209,51 @@ class OverviewPane(Vertical):
                 Text(bar(util, 10) + " " + pct(util, 0).rjust(4), style=_load_style(util)), mem,
             )
         self.query_one("#gpus", KeyedTable).sync(rows)
+
+
+def _mhz(value: Any) -> str:
+    return "–" if value is None else f"{float(value):.0f}"
+
+
+def _clock_tag(reason: str) -> str:
+    """Which floor the rule's clock sits on, from its reason ("hold: energy: below ...")."""
+    why = reason.split(": ", 1)[-1]
+    if why.startswith("SLO"):
+        return "SLO"
+    if why.startswith("energy"):
+        return "energy"
+    return "min" if "minimum clock" in why else ""
+
+
+def clock_cell(c: dict[str, Any] | None) -> Text:
+    """An engine's SM clock now and the rule's target ("1410→1680 SLO": raising to meet the SLO;
+    "990 energy": held at the energy floor); a dry run in yellow; without the rule, the clock only."""
+    if not c:
+        return Text("–", style="dim")
+    now, target = c.get("sm_clock_mhz"), c.get("target_mhz")
+    if not c.get("control") or target is None:
+        return Text(f"{_mhz(now)} fixed", style="dim")
+    text = _mhz(target) if now is None or round(float(now)) == round(float(target)) else f"{_mhz(now)}→{_mhz(target)}"
+    tag = _clock_tag(str(c.get("reason") or ""))
+    dry = str(c.get("status") or "").startswith("dry run")
+    return Text(f"{text} {tag}".strip() + (" dry" if dry else ""), style="yellow" if dry else "")
+
+
+def clock_text(name: str, c: dict[str, Any] | None) -> Text:
+    text = Text(f"{name}: ", style="bold")
+    if not c or not c.get("control"):
+        text.append(f"SM {_mhz((c or {}).get('sm_clock_mhz'))} MHz, not steered (clock_control off)", style="dim")
+        return text
+    text.append(f"SM {_mhz(c.get('sm_clock_mhz'))} MHz now, target {_mhz(c.get('target_mhz'))}")
+    if c.get("wanted_mhz") is not None:
+        text.append(f" (wants {_mhz(c.get('wanted_mhz'))}; floors: SLO {_mhz(c.get('slo_floor_mhz'))}, "
+                    f"energy {_mhz(c.get('energy_floor_mhz'))})")
+    if c.get("reason"):
+        text.append(f" · {c['reason']}")
+    status = str(c.get("status") or "")
+    if status:
+        text.append(f" · {status}", style="yellow" if status.startswith("dry run") else "dim")
+    return text
 
 
 def _mig_row(index: str, g: dict[str, Any]) -> tuple[Any, ...]:

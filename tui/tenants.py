@@ -100,6 +100,7 @@ COLUMNS: list[tuple[str, str, int, Callable[[dict[str, Any]], Any], Callable[[An
     ("user", "U tok/w", 8, _counter("user"), si),
     ("resource", "R GPU·s/w", 9, _counter("resource"), lambda v: num(v, 1)),
     ("holistic", "H ×avg", 6, _counter("holistic"), lambda v: num(v, 2)),
+    ("energy", "Energy J", 8, lambda t: t.get("energy_j"), si),
     ("queued", "Queue", 5, lambda t: t.get("queued"), num),
     ("in_flight", "In fl.", 6, lambda t: t.get("in_flight"), num),
     ("ttft_p50_ms", "TTFT p50", 8, lambda t: t.get("ttft_p50_ms"), ms),
@@ -114,7 +115,8 @@ LEGEND = (
     "Fair 60s: weight ÷ the weights of the tenants with work queued, averaged over the same 60 s · "
     "Shr/fair: 1.00× is fair\n"
     "U: weighted tokens served ÷ weight · R: GPU-seconds ÷ weight · H: U and R against the mean of "
-    "the queued tenants (1.00 = mean, 0 = nothing queued) · Refused: rejections since start, by reason"
+    "the queued tenants (1.00 = mean, 0 = nothing queued) · Energy: GPU joules of its requests since start "
+    "(engines that report it) · Refused: rejections since start, by reason"
 )
 COLUMN_KEYS = [c[0] for c in COLUMNS]
 RAW = {c[0]: c[3] for c in COLUMNS}

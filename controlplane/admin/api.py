@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from controlplane.admin import plan, why
 from controlplane.admin.openapi import openapi_document
-from controlplane.admin.state import state_document
+from controlplane.admin.state import engine_clocks, state_document
 from controlplane.config import hash_key
 from controlplane.driver import CAPACITY_EVERY_S
 from controlplane.errors import ApiError, parse_json
@@ -99,8 +99,12 @@ class AdminAPI:
         loads = {n: v for p in pools for n, v in p.loads.items()}
         infos = {n: v for p in pools for n, v in p.infos.items()}
         aliases = {name: p.aliases for name, p in sluice.catalog.pools.items()}
-        return state_document(sluice.snapshots(also=self.stats.tenants), self.stats, loads, infos, self.gpus(),
-                              sluice.errors.state(), aliases, sluice.policy)
+        gpus = self.gpus()
+        bindings = {e.name: e.gpu for e in sluice.config.engines}
+        clocks = {n: c for p in pools for n, c in engine_clocks(
+            p.engines, p.steering.controllers if p.steering else {}, p.clock_status, bindings, gpus[0]).items()}
+        return state_document(sluice.snapshots(also=self.stats.tenants), self.stats, loads, infos, gpus,
+                              sluice.errors.state(), aliases, sluice.policy, clocks)
 
     async def get_state(self, request: Request) -> Response:
         """Tenants, engines, totals, GPUs and forecasts now."""

@@ -69,7 +69,11 @@ _ENGINE_STATE = _object(
      "running": _nullable(_INT), "waiting": _nullable(_INT), "kv_usage": _nullable(_NUM),
      "gen_throughput": _nullable(_NUM), "window": _INT, "in_flight": _INT,
      "forecast": _nullable(_object({"ttft_ms": _NUM, "tpot_ms": _NUM}))},
-    {"pool": _STR})  # the model pool it serves in
+    {"pool": _STR,  # the model pool it serves in
+     # its GPU's SM clock now and the frequency rule's last evaluation (admin/state.py engine_clocks)
+     "clock": _nullable(_object({"sm_clock_mhz": _MS, "control": _BOOL, "target_mhz": _MS, "wanted_mhz": _MS,
+                                 "slo_floor_mhz": _MS, "energy_floor_mhz": _MS, "reason": _nullable(_STR),
+                                 "ts": _MS, "status": _nullable(_STR)}))})
 # one model pool (controlplane/model_pools.py): its engines, and each tenant's weight and share there
 _POOL_STATE = _object(
     {"name": _STR, "aliases": {"type": "array", "items": _STR}, "engines": {"type": "array", "items": _STR},
