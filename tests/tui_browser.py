@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -83,9 +86,11 @@ async def look(url: str, until: Any, *, size: tuple[int, int] = (1400, 900), wai
         raise RuntimeError("no Chromium binary")
     port = _free_port()
     with tempfile.TemporaryDirectory() as profile:
+        # its own process group: Debian's chromium-headless-shell is a shell script that runs the
+        # browser as its child, so terminating the script alone left the browser running
         proc = subprocess.Popen([binary, "--headless", "--no-sandbox", "--disable-gpu", f"--remote-debugging-port={port}",
                                  f"--user-data-dir={profile}", f"--window-size={size[0]},{size[1]}", "about:blank"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         try:
             async with aiohttp.ClientSession() as http:
                 for _ in range(200):
@@ -120,8 +125,22 @@ async def look(url: str, until: Any, *, size: tuple[int, int] = (1400, 900), wai
                     shot = await page.call("Page.captureScreenshot", format="png")
                     return text, base64.b64decode(shot["data"])
         finally:
-            proc.terminate()
-            proc.wait(timeout=10)
+            _stop(proc)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """End the browser and every process it started (its process group); SIGKILL what lingers."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, sig)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader: a zombie still counts as a member of its group
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 async def _browser_call(root: Page, method: str, **params: Any) -> dict[str, Any]:
