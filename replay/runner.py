@@ -44,19 +44,16 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from controlplane.core.core import DecisionCore
-from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, EngineSpec, FinishReport, Reject, RequestSpec
-from controlplane.core.frequency import FrequencyController, FrequencyParams
+from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, FinishReport, Reject, RequestSpec
+from controlplane.core.frequency import FrequencyParams
 from controlplane.core.policy import DEFAULT_SLO_CLASSES, Policy, SLOClassPolicy
-from controlplane.driver import (LOAD_EVERY_S, TICK_EVERY_S, ClockSteering, Driver, decision_row, engine_model,
-                                 next_frequency, next_load, next_tick)
+from controlplane.driver import LOAD_EVERY_S, TICK_EVERY_S, Driver, decision_row, next_frequency, next_load, next_tick
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
-from controlplane.predict.step_time import StepTimeModel
-from engine_adapter.base import EngineInfo
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import SimProfile, load_profile
 from replay.outcomes import VirtualResult, fairness_figures, judge, outcomes, served
+from replay.pools import build_pools, check_workload, engine_specs
 from replay.records import RequestRecord
 from replay.report import CANCELLED, ERROR, EXPIRED, OK, REJECTED, SLOSpec
 from replay.workload import WorkloadRequest
@@ -85,44 +82,6 @@ def default_policy(scheduler: str = "fcfs", *, admission: bool = False, weights:
                   **overrides).validate()
 
 
-def engine_specs(profile: SimProfile, engines: int, first: int = 0) -> list[tuple[EngineSpec, StepTimeModel]]:
-    """What `Sluice.start` builds (`driver.engine_model`) from the `info()` of `engines` simulated
-    engines named sim-<first>, sim-<first + 1>, ... (SimEngine.info reports this)."""
-    return [engine_model(f"sim-{i}", EngineInfo(f"sim-{i}", "sim", profile.model, None, profile.kv_capacity_tokens,
-                                                 True, profile.step)) for i in range(first, first + engines)]
-
-
-def _check_classes(workload: Sequence[WorkloadRequest], policy: Policy, pools: Sequence[str]) -> None:
-    """Every request's SLO class (its own, else its tenant's) must exist in the policy, and its
-    model name a pool: an unknown one is an error that names it, never silently something else."""
-    for k, w in enumerate(workload):
-        name = w.slo_class or policy.tenant(w.tenant).slo_class
-        if name not in policy.slo_classes:
-            raise ValueError(f"workload request {k} (tenant {w.tenant!r}): unknown slo_class {name!r}; "
-                             f"the policy's classes are {sorted(policy.slo_classes)}")
-        if w.model is not None and len(pools) > 1 and w.model not in pools:
-            raise ValueError(f"workload request {k} (tenant {w.tenant!r}): model {w.model!r} names no pool; "
-                             f"the pools are {list(pools)}")
-
-
-class _PoolSink:
-    """One pool's actions to the run, its decision rows marked with the pool (several pools only)."""
-
-    __slots__ = ("pool", "run")
-
-    def __init__(self, run: VirtualRun, pool: str) -> None:
-        self.run, self.pool = run, pool
-
-    def dispatch(self, now: float, a: Dispatch) -> None:
-        self.run.dispatch(now, a)
-
-    def reject(self, now: float, a: Reject) -> None:
-        self.run.reject(now, a)
-
-    def decision(self, d: Decision, pool: str | None = None) -> None:
-        self.run.decision(d, self.pool)
-
-
 # -- the run --------------------------------------------------------------------------------------
 
 class VirtualRun:
@@ -134,7 +93,7 @@ class VirtualRun:
                  profile: SimProfile, seed: int, horizon_s: float | None, record_decisions: bool, torch_expert: bool,
                  train_every: int, clock_control: FrequencyParams | None = None) -> None:
         counts = {"": engines} if isinstance(engines, int) else dict(engines)
-        _check_classes(workload, policy, list(counts))
+        check_workload(workload, policy, list(counts))
         order = sorted(range(len(workload)), key=lambda i: (workload[i].timestamp_ms, i))
         self.workload = [workload[i] for i in order]
         self.policy = policy
@@ -143,24 +102,10 @@ class VirtualRun:
         self.predictor = OutputLengthPredictor(seed=seed, torch_expert=torch_expert, train_every=train_every)
         self.names = [f"sim-{i}" for i in range(sum(counts.values()))]
         self.sims = {name: SimCore(profile, seed=seed + i) for i, name in enumerate(self.names)}
-        # one core per model pool (engines sim-0.. numbered across the pools in order); with one,
-        # the run is its own sink, as it always was
-        self.pools, self.engine_pool, self.drivers = list(counts), {}, {}
-        self.steerings: dict[str, ClockSteering] = {}
-        first = 0
-        for pool, n in counts.items():
-            core = DecisionCore(policy.for_pool((pool,)), engine_specs(profile, n, first), self.predictor,
-                                self.errors)
-            self.drivers[pool] = Driver(core, self if len(counts) == 1 else _PoolSink(self, pool))
-            mine = self.names[first:first + n]
-            self.engine_pool.update(dict.fromkeys(mine, pool))
-            first += n
-            # the frequency rule per engine (None: every engine stays at f_max), planning with the
-            # engine's prior step profile at f_max, as serving does with what the engine reports
-            if clock_control is not None:
-                self.steerings[pool] = ClockSteering(core, {
-                    name: FrequencyController(name, profile.step, profile.clock, clock_control) for name in mine},
-                    self.set_clock)
+        # one core per model pool (replay/pools.py); with one, the run is its own sink, as it always was
+        self.pools = list(counts)
+        self.drivers, self.engine_pool, self.steerings = build_pools(
+            self, policy, counts, profile, self.names, self.predictor, self.errors, clock_control)
         self.driver = self.drivers[self.pools[0]]  # the first pool's (replay/autoscale.py: one pool)
         self.core = self.driver.core
         self.steering = self.steerings.get(self.pools[0])
