@@ -395,16 +395,24 @@ class SimCore(DecodeFastForward):
                 self._cache.insert(r.req.hash_ids, r.req.prompt_tokens)
                 self._first_token(r, t, events, per_token)
         if per_token:
-            ending = {id(r) for r in done}
-            for r in decoding:
-                if id(r) in ending:
-                    self._finish(r, t, "length" if r.length_limited else "stop", events)
-                else:
-                    events.append(self._event(r, t, "tokens"))
+            self._token_events(decoding, t, events)
         else:
             for r in done:
                 self._finish(r, t, "length" if r.length_limited else "stop", events)
         self._meter.record_tokens(t, st.output_tokens)
+
+    def _token_events(self, decoding: list[Req], t: float, events: list[SimEvent]) -> None:
+        """per_token: each member of the step's batch emits its token (its live figures, computed
+        here rather than through `_event`: this runs once per token), or finishes."""
+        b = self._batch
+        k_done, g_s, g_j = b.k_done, b.g_s, b.g_j
+        for r in decoding:
+            generated = r.generated + k_done - r.a_done
+            if generated >= r.target:  # (batch.complete returned it)
+                self._finish(r, t, "length" if r.length_limited else "stop", events)
+            else:
+                events.append(SimEvent(r.req.rid, t, "tokens", generated, r.req.prompt_tokens, max(0, r.cached),
+                                       None, r.retractions, r.gpu_s + (g_s - r.a_s), r.energy_j + (g_j - r.a_j)))
 
     def _first_token(self, r: Req, t: float, events: list[SimEvent], per_token: bool) -> None:
         """Its prefill completed (it is in neither the prefilling set nor the batch): its first

@@ -13,8 +13,8 @@ totals (engine_adapter/sim/batch.py), so
 Neither is a closed-form sum: each step's duration, energy and shares get exactly the float
 operations `SimCore._plan` and `SimCore._complete` would give them, in the same order, so results
 are identical, bit for bit, to stepping one step at a time (tests/test_sim_fastforward.py holds
-this). What is left per step is a dozen float operations (~0.3 us), against ~5-10 us for planning
-and completing a step and O(batch) per step before the batch kept totals.
+this). What is left per step is a dozen float operations: 0.2-0.7 us inside a stretch, against
+~3 us for a step planned and completed on its own (bench/bench_sim_clock.py).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from engine_adapter.sim.batch import DecodeBatch, Req
-from engine_adapter.sim.meter import THROUGHPUT_WINDOW_S, GpuMeter
+from engine_adapter.sim.meter import GpuMeter
 
 if TYPE_CHECKING:
     from engine_adapter.sim.events import SimEvent, SimStats
@@ -113,22 +113,20 @@ class DecodeFastForward:
             return False
         cap, scale, e, power = self._cap, self._dscale, self._e, self._power[0]
         base = self._c + self._d * n
-        st, meter, window = self.stats, self._meter, THROUGHPUT_WINDOW_S
-        tput = meter.tput
+        st, meter = self.stats, self._meter
         t = step.end
         meter.account(step.start, t, step.power_w)  # `step` itself, as _complete does
         dur = t - step.start
         share_s = dur / n
         g_s, g_j = batch.g_s + share_s, batch.g_j + step.power_w * share_s
         steps, busy_s, out = st.steps + 1, st.busy_s + dur, st.output_tokens + n
-        tput.append((t, out))
-        while len(tput) > 2 and tput[1][0] <= t - window:
-            tput.popleft()
+        meter.record_tokens(t, out)
         used, kv, energy_j, run_start = self._used, batch.kv, meter.energy_j, t
         # steps `step` + 1 .. kstop - 1 have no finish and their KV allocation fits
         kstop = min(kmax, (cap - used) // n + 1)
         k = 1
         planned = None
+        ends: list[float] = []  # of the steps after `step`, for the throughput window
         while k < kstop:
             kv += n  # plan the next step at t, as _plan does
             end = t + (base + e * kv) * scale
@@ -142,9 +140,7 @@ class DecodeFastForward:
             g_s += share_s
             g_j += power * share_s
             k += 1
-            tput.append((end, out + n * (k - 1)))
-            while len(tput) > 2 and tput[1][0] <= end - window:
-                tput.popleft()
+            ends.append(end)
             t = end
         allocated = k - 1 + (planned is not None)
         batch.k_done += k
@@ -152,8 +148,9 @@ class DecodeFastForward:
         batch.g_s, batch.g_j, batch.kv = g_s, g_j, kv
         st.steps, st.busy_s, st.output_tokens = steps + k - 1, busy_s, out + n * (k - 1)
         self._used, meter.energy_j, meter.energy_t, self.last_end = used + n * allocated, energy_j, t, t
-        if t > run_start:
+        if ends:
             meter.record_busy(run_start, t, power)
+            meter.record_token_run(ends, out, n)
         if planned is not None:
             self._step = planned
         else:

@@ -6,6 +6,7 @@ use) and `throughput` the engine's generation rate over the last `THROUGHPUT_WIN
 """
 from __future__ import annotations
 
+import bisect
 from collections import deque
 
 from engine_adapter.sim.profile import SimProfile
@@ -53,6 +54,26 @@ class GpuMeter:
         tput.append((t, output_tokens))
         while len(tput) > 2 and tput[1][0] <= t - THROUGHPUT_WINDOW_S:
             tput.popleft()
+
+    def record_token_run(self, ends: list[float], tokens: int, per_step: int) -> None:
+        """Steps ending at `ends` (increasing) each produced `per_step` tokens after `tokens`: what
+        `record_tokens` for each in turn leaves, in one go. It drops the oldest entries while there
+        are more than two and the second is a window old, so the end state is that of one sweep
+        with the last time, and the entries it would drop need not be appended at all."""
+        if not ends:
+            return
+        tput, cut = self.tput, ends[-1] - THROUGHPUT_WINDOW_S
+        old, total = len(tput), len(tput) + len(ends)
+        older = 0  # entries (old, then new) at or before the cut
+        while older < old and tput[older][0] <= cut:
+            older += 1
+        if older == old:
+            older += bisect.bisect_right(ends, cut)
+        drop = max(0, min(older - 1, total - 2))
+        for _ in range(min(drop, old)):
+            tput.popleft()
+        for j in range(max(0, drop - old), len(ends)):
+            tput.append((ends[j], tokens + per_step * (j + 1)))
 
     def throughput(self, now: float) -> float:
         """Output tokens per second over the recorded window."""
