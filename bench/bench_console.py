@@ -20,12 +20,13 @@ quit (console exit plus the load's and the server's stop; target < 2 s).
 
     .venv/bin/python bench/bench_console.py [--tenants 1000] [--requests 10000] [--updates 200]
     .venv/bin/python bench/bench_console.py --demo
-    .venv/bin/python bench/bench_console.py --compare DIR [--rounds 3]
+    .venv/bin/python bench/bench_console.py --compare DIR [--rounds 3] [--demo]
 
 `--compare DIR` measures key to screen with the console in DIR (another checkout's `tui`
 package, e.g. `git archive HEAD tui | tar -x -C DIR`) against this one's, in alternating child
-processes (one run of each per round, at 10 and at `--tenants` tenants), and prints both medians
-and their ratio: on a shared machine only a side-by-side ratio from one run means anything.
+processes (one run of each per round, at 10 and at `--tenants` tenants; with `--demo`, under
+`sluice demo`, quit too), and prints both medians and their ratio: on a shared machine only a
+side-by-side ratio from one run means anything.
 """
 
 from __future__ import annotations
@@ -245,30 +246,32 @@ def keys_only(n_tenants: int, n_requests: int) -> None:
                       "tui": str(Path(sys.modules["tui"].__file__ or "").parent)}))
 
 
-def compare(before: str, tenants: list[int], n_requests: int, rounds: int) -> None:
+def compare(before: str, cases: list[tuple[str, list[str]]], rounds: int) -> None:
     """Key to screen, `before` (a directory holding a `tui` package) against this checkout, in
-    alternating child processes; prints the medians of the rounds and after/before."""
+    alternating child processes (`cases`: label, the child's arguments); prints the medians of
+    the rounds and after/before."""
     import json
     import subprocess
 
-    me = [sys.executable, __file__, "--keys-only", "--requests", str(n_requests)]
     print(f"key to screen (ms), before = {before}, after = this checkout; median of {rounds} runs of 40 keys each, "
           "runs alternating")
-    print(f"{'tenants':>7}  {'metric':<12} {'before':>8} {'after':>8} {'after/before':>12}")
-    for n in tenants:
-        runs: dict[str, list[dict[str, float]]] = {"before": [], "after": []}
+    print(f"{'case':>14}  {'metric':<12} {'before':>8} {'after':>8} {'after/before':>12}")
+    for label, args in cases:
+        runs: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
         for _ in range(rounds):
             for side, extra in (("before", ["--tui-from", before]), ("after", [])):
-                out = subprocess.run([*me, "--tenants", str(n), *extra], capture_output=True, text=True, check=True)
+                out = subprocess.run([sys.executable, __file__, *args, *extra], capture_output=True, text=True,
+                                     check=True)
                 runs[side].append(json.loads(out.stdout.strip().splitlines()[-1]))
         used = {side: {r["tui"] for r in rs} for side, rs in runs.items()}
         if used["before"] == used["after"]:
             raise SystemExit(f"both sides ran the same console ({used['after']}): is {before}/tui there?")
-        for metric in ("median", "p95", "cpu"):
+        metrics = [m for m in ("median", "p95", "cpu", "quit_s") if m in runs["after"][0]]
+        for metric in metrics:
             b = statistics.median(r[metric] for r in runs["before"])
             a = statistics.median(r[metric] for r in runs["after"])
-            label = {"median": "wall median", "p95": "wall p95", "cpu": "CPU median"}[metric]
-            print(f"{n:>7}  {label:<12} {b:8.1f} {a:8.1f} {a / b:12.2f}")
+            name = {"median": "wall median", "p95": "wall p95", "cpu": "CPU median", "quit_s": "quit s"}[metric]
+            print(f"{label:>14}  {name:<12} {b:8.2f} {a:8.2f} {a / b:12.2f}")
 
 
 def main() -> None:
@@ -284,13 +287,19 @@ def main() -> None:
     parser.add_argument("--compare", metavar="DIR", help="key to screen: the `tui` package in DIR against this one")
     parser.add_argument("--rounds", type=int, default=3, help="runs of each side (with --compare)")
     parser.add_argument("--keys-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # --demo as a --compare child
     parser.add_argument("--tui-from", metavar="DIR", help=argparse.SUPPRESS)  # read before the imports
     args = parser.parse_args()
     if args.keys_only:
         keys_only(args.tenants, args.requests)
         return
     if args.compare:
-        compare(args.compare, sorted({10, args.tenants}), args.requests, args.rounds)
+        if args.demo:
+            cases = [("sluice demo", ["--demo", "--json", "--port", str(args.port)])]
+        else:
+            cases = [(f"{n} tenants", ["--keys-only", "--tenants", str(n), "--requests", str(args.requests)])
+                     for n in sorted({10, args.tenants})]
+        compare(args.compare, cases, args.rounds)
         return
     if args.profile:
         profiler = cProfile.Profile()
@@ -303,6 +312,13 @@ def main() -> None:
     if args.demo:
         r = asyncio.run(run_demo(args.port))
         med, p95, worst, cpu = r["key_to_screen"]
+        if args.json:  # a --compare child
+            import json
+
+            print(json.dumps({"median": med, "p95": p95, "max": worst, "cpu": cpu, "quit_s": r["quit_s"],
+                              "first_live_s": r["first_live_s"],
+                              "tui": str(Path(sys.modules["tui"].__file__ or "").parent)}))
+            return
         print(f"sluice demo: console up {r['console_up_s']:.1f} s (banner: {r['starting_banner'][:70]!r}), "
               f"first live data {r['first_live_s']:.1f} s (target < 5 s)\n"
               f"  key to screen under the demo's load: median {med:.0f} ms, p95 {p95:.0f} ms, max {worst:.0f} ms "
