@@ -228,7 +228,7 @@ def test_the_core_learns_the_90th_percentile_of_ttft_error() -> None:
         core.arrive(float(i), RequestSpec(f"r{i}", "a", 1000, 10))
         forecast_s = core.requests[f"r{i}"].forecast_ttft_s
         core.finish(float(i) + 0.5, f"r{i}", FinishReport("ok", 1000, 0, 10, float(i) + 2 * forecast_s))
-    assert core._ttft_error == pytest.approx(2.0, rel=0.05)
+    assert core.costs.ttft_error == pytest.approx(2.0, rel=0.05)
 
 
 def test_simulate_takes_a_matrix_scenario_with_its_classes_and_weights() -> None:

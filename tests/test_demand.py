@@ -39,7 +39,7 @@ def test_shares_and_tier_rates_forget_what_left_the_window() -> None:
 
 
 def _ahead(core, now: float, tenant: str, tier: str) -> tuple[float, float]:
-    return core.demand.ahead(now, core.scheduler, tenant, tier, True, core._mean_prompt)
+    return core.demand.ahead(now, core.scheduler, tenant, tier, True, core.costs.mean_prompt)
 
 
 def _queue(core, tenant: str, tier: str, n: int, now: float = 0.0) -> None:
@@ -63,7 +63,7 @@ def test_light_tenants_that_asked_lately_put_ahead_only_what_they_ask_for_meanwh
     drain = (2 + 1) / (50 / SHARE_WINDOW_S)
     ahead, tokens = _ahead(core, now, "t0", LATENCY)
     assert ahead == pytest.approx(2 + 7 / 5.0 * drain)  # its 2 queued + 7 arrivals per 5 s while they drain
-    assert tokens == pytest.approx(1000 + (ahead - 2) * core._mean_prompt)
+    assert tokens == pytest.approx(1000 + (ahead - 2) * core.costs.mean_prompt)
 
 
 def test_a_deferrable_tenant_that_has_waited_is_forecast_from_what_it_really_got() -> None:

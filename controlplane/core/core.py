@@ -17,6 +17,7 @@ from controlplane.core.admission import AdmissionInputs, EngineView, decide, for
 from controlplane.core.dispatch import Candidate, DispatchRequest, choose
 from controlplane.core.demand import MIN_BACKLOG_S, Demand
 from controlplane.core.engine_state import RATE_WINDOW_S, EngineState, StepModel, Tracked
+from controlplane.core.learning import Costs, learn_step_times
 from controlplane.core.events import (
     Action,
     Decision,
@@ -71,13 +72,7 @@ class DecisionCore:
         self.demand = Demand(lambda tenant: self.policy.tenant(tenant).weight)  # who asked, who got what
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
         self._inflight_deferrable: dict[str, int] = {name: 0 for name in self.engines}  # per engine
-        self._hit_rate: dict[str, float] = {}  # per tenant: EWMA of the prefix-cache hit share of prompts
-        # EWMAs of what requests cost: they size the windows and the mean service time
-        self._mean_prompt, self._mean_output = 512.0, 512.0
-        self._latency_service_s = 1.0  # of latency-tier requests, dispatch to finish
-        # the 90th percentile of actual / forecast TTFT of admitted latency requests, tracked online
-        # (a quantile by stochastic gradient): admission holds forecast x this to the budget
-        self._ttft_error = 1.0
+        self.costs = Costs()  # what requests have been costing lately (learning.py)
         self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
         self.prefix_index = PrefixIndex()  # where each prompt prefix should be cached (dispatch's locality)
         self.adapters = AdapterIndex()  # which LoRA adapters each engine holds (dispatch's `adapter` scorer)
@@ -114,7 +109,7 @@ class DecisionCore:
             return refuse("over_share", _REJECT_MESSAGES["over_share"], 1.0, tier=tier)
         predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
             spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
-        cost = max(1.0, spec.prompt_tokens * (1.0 - self._hit_rate.get(spec.tenant, 0.0)))
+        cost = self.costs.prompt_cost(spec.tenant, spec.prompt_tokens)
         inputs = self._admission_inputs(now, spec, cls_name, predicted, tier, cost)
         result = decide(inputs)
         if result.decision == "reject" and tier == LATENCY and result.reason in _LOAD_REASONS \
@@ -177,9 +172,7 @@ class DecisionCore:
         if report.status == "ok":
             self._learn(now, t, eng, report, ttft, tpot)
             if t.tier == LATENCY and t.forecast_ttft_s and first is not None:
-                ratio = (first - t.arrival) / t.forecast_ttft_s
-                step = 0.02 * (0.9 - (1.0 if ratio <= self._ttft_error else 0.0))
-                self._ttft_error = min(3.0, max(1.0, self._ttft_error + step))
+                self.costs.observe_ttft(first - t.arrival, t.forecast_ttft_s)
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.tiers[t.tier].scheduler.finish(t.spec.tenant, t.work, Outcome(
             actual, self._latency_factor(t.slo_class, ttft_total, tpot),
@@ -310,7 +303,7 @@ class DecisionCore:
         queued = self.scheduler.queued_by_tenant()
         tenants = self._tenant_snapshots(queued, running, also) if with_tenants else {}
         return CoreSnapshot(now, self.policy, tenants, queued, tiers, engines, self.scheduler.total,
-                            sum(running.values()), self._mean_prompt, self._mean_output, self._ttft_error,
+                            sum(running.values()), self.costs.mean_prompt, self.costs.mean_output, self.costs.ttft_error,
                             self._latency_refused_at, tuple(sorted(deferred)))
 
     def _tenant_snapshots(self, queued: dict[str, int], running: dict[str, int],
@@ -346,7 +339,7 @@ class DecisionCore:
                                                       for t in eng.in_flight.values())))
         while eng.finishes and eng.finishes[0] < now - RATE_WINDOW_S:
             eng.finishes.popleft()
-        mean_service = view.prefill_through(self._mean_prompt, batch, kv) + self._mean_output * step
+        mean_service = view.prefill_through(self.costs.mean_prompt, batch, kv) + self.costs.mean_output * step
         return replace(view, departure_rate=len(eng.finishes) / RATE_WINDOW_S, mean_service_s=mean_service,
                        departures=departures)
 
@@ -364,7 +357,7 @@ class DecisionCore:
         q = self.scheduler.tiers[LATENCY]
         ahead = q.queued / n
         f = forecast(self.engine_view(self.engines[name], now, ahead), ahead, q.tokens / n,
-                     self._mean_prompt, self._mean_output)
+                     self.costs.mean_prompt, self.costs.mean_output)
         return f.ttft_s, f.tpot_s
 
     # -- internals --------------------------------------------------------------------------
@@ -409,7 +402,7 @@ class DecisionCore:
         cls = self.policy.slo(cls_name)
         healthy = [e for e in self.engines.values() if e.healthy]
         ahead, ahead_tokens = self.demand.ahead(now, self.scheduler, spec.tenant, tier,
-                                                 self.policy.scheduler != "fcfs", self._mean_prompt)
+                                                 self.policy.scheduler != "fcfs", self.costs.mean_prompt)
         n = max(1, len(healthy))
         running = [self.policy.slo(c).tpot_s for c, k in self._inflight_tpot.items() if k > 0]
         running_slos = [v for v in running if v is not None]
@@ -422,7 +415,7 @@ class DecisionCore:
             inflight_tpot_slo_s=min(running_slos) if running_slos else None,
             engines=tuple(self.engine_view(e, now, ahead / n) for e in healthy),
             cached_tokens=spec.prompt_tokens - cost,
-            ttft_error=self._ttft_error if tier == LATENCY else 1.0,
+            ttft_error=self.costs.ttft_error if tier == LATENCY else 1.0,
         )
 
     def _latency_reserve(self, eng: EngineState, now: float) -> int:
@@ -433,7 +426,7 @@ class DecisionCore:
         if eng.window <= 1 or not active[LATENCY]:
             return 0
         rate = self.demand.tier_arrivals[LATENCY] / RATE_WINDOW_S / max(1, len(self.engines))
-        need = math.ceil(rate * self._latency_service_s) + 1
+        need = math.ceil(rate * self.costs.latency_service_s) + 1
         w_lat = self.scheduler.tiers[LATENCY].weight(active)
         w_dfr = self.scheduler.tiers[DEFERRABLE].weight(active)
         return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
@@ -600,23 +593,9 @@ class DecisionCore:
         that were other requests' work taken out (docs/admission.md, "Learning from outcomes")."""
         self.predictor.observe(t.spec.tenant, report.prompt_tokens, t.spec.max_tokens, t.slo_class,
                                report.completion_tokens)
-        computed = max(1, report.prompt_tokens - report.cached_tokens)
-        # Per-request timings mix other requests' work into every step; learn step times only from
-        # the clean cases where the step composition is known: a prefill on an idle engine (one
-        # step of a + b*tokens), a decode with no prefill dispatched meanwhile (steps of
-        # c + d*batch + e*kv).
-        if ttft is not None and t.batch_at_dispatch == 1 and t.engine_waiting_at_dispatch == 0:
-            eng.model.observe_prefill(computed, ttft, context=report.cached_tokens)
-        if tpot is not None and eng.dispatched == t.dispatched_at_first_token:
-            batch = (t.batch_at_first_token + len(eng.in_flight) + 1) / 2
-            eng.model.observe_decode(batch, t.kv_at_dispatch, tpot)
-        self._mean_prompt += 0.02 * (computed - self._mean_prompt)
-        self._mean_output += 0.02 * (report.completion_tokens - self._mean_output)
-        if report.prompt_tokens > 0:
-            hit = self._hit_rate.get(t.spec.tenant, 0.0)
-            self._hit_rate[t.spec.tenant] = hit + 0.1 * (report.cached_tokens / report.prompt_tokens - hit)
-        if t.tier == LATENCY and t.dispatched_at is not None:
-            self._latency_service_s += 0.05 * (now - t.dispatched_at - self._latency_service_s)
+        learn_step_times(eng, t, report, ttft, tpot)
+        self.costs.observe(t.spec.tenant, report, now - t.dispatched_at
+                           if t.tier == LATENCY and t.dispatched_at is not None else None)
         if self.errors is not None:
             self.errors.record("output_tokens", t.predicted_output, report.completion_tokens)
             if t.forecast_ttft_s is not None and report.first_token_at is not None:
@@ -626,7 +605,7 @@ class DecisionCore:
 
     def _resize_windows(self) -> None:
         """Every engine's window and prefill meter for the policy and the mean request (windows.py)."""
-        per = self._mean_prompt + self._mean_output
+        per = self.costs.mean_prompt + self.costs.mean_output
         for eng in self.engines.values():
             size_window(eng, self.policy, per)
 
