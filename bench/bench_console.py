@@ -37,6 +37,7 @@ import cProfile
 import gc
 import pstats
 import resource
+import shutil
 import statistics
 import sys
 import time
@@ -233,6 +234,7 @@ async def run_demo(port: int) -> dict[str, Any]:
     out["quit_s"] = out["console_exit_s"] + out["stop_s"]
     with open(child.log) as log:
         out["sent"] = next((line.strip() for line in log if "requests finished" in line), "?")
+    shutil.rmtree(state_dir, ignore_errors=True)  # its config, keys, token and store
     return out
 
 
