@@ -1,10 +1,13 @@
 """`SluiceConsole`: the operator console, a Textual app that is a client of the admin API only.
 
-Data flow: background workers (async `@work`, one exclusive group each) read `/admin/v1/state`
-every `refresh_interval` seconds, follow the `/admin/v1/events` stream and page
-`/admin/v1/requests`; they post small typed messages (`tui.messages`) and the panes update their
-widgets in place. The UI never awaits the network itself. Failures show a banner (unreachable,
-token refused) and the workers retry with exponential backoff.
+Data flow: background workers (`tui.live`: async `@work`, one exclusive group each) read
+`/admin/v1/state` every `refresh_interval` seconds, follow the `/admin/v1/events` stream and page
+`/admin/v1/requests`; they post small typed messages (`tui.messages`) and this app's handlers
+update the panes' widgets in place. The UI never awaits the network itself. Failures show a
+banner (unreachable, token refused) and the workers retry with exponential backoff. The
+operator's changes (weights, pause, abort, policy) are `tui.actions`: a dialog, then a worker.
+This module is the shell: layout, the handlers of the workers' and panes' messages, tabs, keys and
+the command palette.
 """
 
 from __future__ import annotations
@@ -12,22 +15,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import random
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
 from textual.screen import ModalScreen, Screen
 from textual.widgets import Header, Static, TabbedContent, TabPane
 
-from .client import AdminClient, AdminError, ApiError, Unauthorized, Unreachable
+from .actions import OperatorActions
+from .client import AdminClient
 from .footer import KeyFooter
 from .format import plural, policy_document, unified_diff, utc_time
+from .live import LiveUpdates
 from .messages import (
     ConnectionChanged,
     HistoryLoaded,
@@ -36,7 +40,7 @@ from .messages import (
     RequestsLoaded,
     StateUpdated,
 )
-from .modals import ChangeScreen, ConfirmScreen, HelpScreen, PolicyReviewScreen, WeightScreen
+from .modals import ChangeScreen, HelpScreen
 from .overview import OverviewPane
 from .policy import PolicyPane, change_summary
 from .requests import RequestsPane
@@ -48,25 +52,7 @@ FOCUS_TARGET = {"overview": "#engines", "tenants": "#tenant-table", "requests": 
                 "policy": "#policy-text"}
 
 
-class Backoff:
-    """Exponential backoff with a little jitter: initial, 2x, 4x, ... capped at `maximum`."""
-
-    def __init__(self, initial: float = 0.5, maximum: float = 15.0, jitter: float = 0.1) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.jitter = jitter
-        self.attempt = 0
-
-    def next(self) -> float:
-        delay = min(self.maximum, self.initial * (2 ** self.attempt))
-        self.attempt += 1
-        return delay * (1.0 + random.uniform(0.0, self.jitter)) if self.jitter else delay
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-class SluiceConsole(App[None]):
+class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
     """The sluice operator console.
 
     `SluiceConsole(url, token)` is all a test or the CLI needs; the rest are knobs:
@@ -172,121 +158,6 @@ class SluiceConsole(App[None]):
     async def on_unmount(self) -> None:
         gc.unfreeze()  # another app in this process (tests) starts from a clean slate
         await self.client.close()
-
-    def start_workers(self) -> None:
-        """(Re)start every background worker; exclusive groups cancel the previous ones."""
-        self.state_loop()
-        self.events_loop()
-        self.requests_loop()
-        self.load_policy()
-
-    # -- background workers -----------------------------------------------------------------------
-
-    async def _sleep(self, delay: float) -> None:
-        wake = self._wake
-        if wake is None:
-            await asyncio.sleep(delay)
-            return
-        try:
-            await asyncio.wait_for(wake.wait(), timeout=delay)
-        except TimeoutError:
-            pass
-        wake.clear()
-
-    def poke(self) -> None:
-        """Read the state now instead of at the next tick (after a change)."""
-        if self._wake is not None:
-            self._wake.set()
-
-    @work(exclusive=True, group="state", exit_on_error=False)
-    async def state_loop(self) -> None:
-        backoff = Backoff(self.backoff_initial, self.backoff_max)
-        while True:
-            if self.connection == "ok" and time.monotonic() - self._state_seen < self.refresh_interval * 0.9:
-                # the event stream brought a state within the interval: reading another would
-                # double the work of every refresh for nothing new (this loop still reports the
-                # connection: it reads whenever the connection is not known to be fine)
-                await self._sleep(self.refresh_interval)
-                continue
-            try:
-                state = await self.client.get_state()
-            except Unauthorized as exc:
-                delay = backoff.next()
-                self.post_message(ConnectionChanged("unauthorized", f"{exc.status}: {exc.message}", delay))
-            except Unreachable as exc:
-                delay = backoff.next()
-                if self.starting is not None and self.state is None:
-                    delay = min(delay, 0.25)  # the server is on its way: pick it up at once
-                self.post_message(ConnectionChanged("unreachable", exc.message, delay))
-            except ApiError as exc:
-                delay = backoff.next()
-                self.post_message(ConnectionChanged("error", str(exc), delay))
-            except Exception as exc:  # noqa: BLE001 - keep the loop alive whatever the server sends
-                delay = backoff.next()
-                self.post_message(ConnectionChanged("error", f"{type(exc).__name__}: {exc}", delay))
-            else:
-                recovered = backoff.attempt > 0
-                backoff.reset()
-                delay = self.refresh_interval
-                self.post_message(StateUpdated(state))
-                self.post_message(ConnectionChanged("ok"))
-                if recovered:
-                    self.requests_loop()
-                    self.load_policy()
-                    self.events_loop()
-            await self._sleep(delay)
-
-    @work(exclusive=True, group="events", exit_on_error=False)
-    async def events_loop(self) -> None:
-        backoff = Backoff(self.backoff_initial, self.backoff_max)
-        while True:
-            try:
-                async for event in self.client.events():
-                    backoff.reset()
-                    if event.kind == "state" and isinstance(event.data, dict):
-                        self.post_message(StateUpdated(event.data))
-                    elif event.kind == "request" and isinstance(event.data, dict):
-                        self.post_message(RequestEvent(event.data))
-                    elif event.kind == "policy" and isinstance(event.data, dict):
-                        self.post_message(PolicyUpdated(event.data))
-                        self.load_history()
-            except Unauthorized as exc:
-                self.post_message(ConnectionChanged("unauthorized", f"{exc.status}: {exc.message}",
-                                                    self.backoff_max))
-            except AdminError:
-                pass  # the state loop reports reachability; just reconnect
-            except Exception:  # noqa: BLE001
-                pass
-            await asyncio.sleep(backoff.next())
-
-    @work(exclusive=True, group="requests", exit_on_error=False)
-    async def requests_loop(self) -> None:
-        while True:
-            try:
-                page = await self.client.requests(limit=self.max_requests)
-            except Exception:  # noqa: BLE001 - reported by the state loop
-                await asyncio.sleep(max(self.requests_interval, self.backoff_initial))
-                continue
-            self.post_message(RequestsLoaded(page))
-            await asyncio.sleep(self.requests_interval)
-
-    @work(exclusive=True, group="policy", exit_on_error=False)
-    async def load_policy(self) -> None:
-        try:
-            policy = await self.client.get_policy()
-            changes = await self.client.policy_history()
-        except AdminError:
-            return  # the state loop shows the banner and reloads on recovery
-        self.post_message(PolicyUpdated(policy))
-        self.post_message(HistoryLoaded(changes))
-
-    @work(exclusive=True, group="history", exit_on_error=False)
-    async def load_history(self) -> None:
-        try:
-            changes = await self.client.policy_history()
-        except AdminError:
-            return
-        self.post_message(HistoryLoaded(changes))
 
     # -- data handlers ----------------------------------------------------------------------------
 
@@ -449,128 +320,29 @@ class SluiceConsole(App[None]):
         self._show_connection()
         self.start_workers()
 
-    # -- tenants ----------------------------------------------------------------------------------
+    # -- operator actions (tui.actions: a dialog, then the admin API) ---------------------------
 
     @on(TenantsPane.WeightRequested)
     def _weight_requested(self, message: TenantsPane.WeightRequested) -> None:
-        tenant = message.tenant
-
-        def done(result: tuple[float, str] | None) -> None:
-            if result is not None:
-                self.set_weight(tenant, result[0], result[1])
-
-        self.push_screen(WeightScreen(tenant, message.weight), done)
-
-    @work(group="actions", exit_on_error=False)
-    async def set_weight(self, tenant: str, weight: float, reason: str) -> None:
-        try:
-            await self.client.set_weight(tenant, weight, reason)
-        except AdminError as exc:
-            self.notify(f"Weight of {tenant} not changed: {exc.message}", severity="error", timeout=8)
-            return
-        self.notify(f"Weight of {tenant} set to {weight:g}")
-        self.poke()
-        self.load_policy()
+        self.ask_weight(message.tenant, message.weight)
 
     @on(TenantsPane.PauseRequested)
     def _pause_requested(self, message: TenantsPane.PauseRequested) -> None:
-        tenant, paused = message.tenant, message.paused
-        if paused:
-            title, body, verb = (f"Resume tenant {tenant}?", "Its queued requests will be scheduled again "
-                                 "and new requests admitted.", "Resume")
-        else:
-            title, body, verb = (f"Pause tenant {tenant}?", "New requests get 429 tenant_paused; queued "
-                                 "requests stay queued until it is resumed.", "Pause")
+        self.ask_pause(message.tenant, message.paused)
 
-        def done(reason: str | None) -> None:
-            if reason is not None:
-                self.pause_tenant(tenant, not paused, reason)
+    @on(RequestsPane.AbortRequested)
+    def _abort_requested(self, message: RequestsPane.AbortRequested) -> None:
+        self.ask_abort(message.request)
 
-        reason = f"{verb.lower()}d from the console"
-        self.push_screen(ConfirmScreen(title, body, verb, reason=reason, danger=not paused), done)
+    @on(PolicyPane.ApplyRequested)
+    def _apply_requested(self, message: PolicyPane.ApplyRequested) -> None:
+        self.ask_apply(message.diff, message.changes, message.version)
 
-    @work(group="actions", exit_on_error=False)
-    async def pause_tenant(self, tenant: str, pause: bool, reason: str) -> None:
-        try:
-            if pause:
-                await self.client.pause_tenant(tenant, reason)
-            else:
-                await self.client.resume_tenant(tenant, reason)
-        except AdminError as exc:
-            self.notify(f"{tenant}: {exc.message}", severity="error", timeout=8)
-            return
-        self.notify(f"Tenant {tenant} {'paused' if pause else 'resumed'}")
-        self.poke()
-        self.load_policy()
-
-    # -- requests ---------------------------------------------------------------------------------
+    # -- views of one request and one policy change ----------------------------------------------
 
     @on(RequestsPane.TraceRequested)
     def _trace_requested(self, message: RequestsPane.TraceRequested) -> None:
         self.push_screen(TraceScreen(message.request, self.client.trace, self.client.why))
-
-    @on(RequestsPane.AbortRequested)
-    def _abort_requested(self, message: RequestsPane.AbortRequested) -> None:
-        r = message.request
-        rid = str(r.get("rid"))
-
-        def done(reason: str | None) -> None:
-            if reason is not None:
-                self.abort_request(rid, reason)
-
-        self.push_screen(ConfirmScreen(
-            f"Abort request {rid}?",
-            f"Tenant {r.get('tenant')}, status {r.get('status')}, engine {r.get('engine') or '–'}. "
-            "The client gets an error and the engine stops generating.",
-            "Abort", reason="aborted from the console", danger=True), done)
-
-    @work(group="actions", exit_on_error=False)
-    async def abort_request(self, rid: str, reason: str) -> None:
-        try:
-            await self.client.abort(rid, reason)
-        except AdminError as exc:
-            self.notify(f"{rid} not aborted: {exc.message}", severity="error", timeout=8)
-            return
-        self.notify(f"Request {rid} aborted")
-        try:
-            page = await self.client.requests(limit=self.max_requests)
-        except AdminError:
-            return
-        self.post_message(RequestsLoaded(page))
-
-    # -- policy -----------------------------------------------------------------------------------
-
-    @on(PolicyPane.ApplyRequested)
-    def _apply_requested(self, message: PolicyPane.ApplyRequested) -> None:
-        changes, version = message.changes, message.version
-
-        def done(reason: str | None) -> None:
-            if reason is not None:
-                self.apply_policy(changes, reason, version)
-
-        self.push_screen(PolicyReviewScreen(message.diff, changes, version), done)
-
-    @work(group="actions", exit_on_error=False)
-    async def apply_policy(self, changes: dict[str, Any], reason: str, version: int | None) -> None:
-        try:
-            policy = await self.client.patch_policy(changes, reason, expected_version=version)
-        except ApiError as exc:
-            if exc.status == 409:
-                text = (f"The policy changed on the server since v{version}: {exc.message}. "
-                        "Revert (ctrl+o) to load it, then redo your edit.")
-            else:
-                text = f"Policy not applied ({exc.status}): {exc.message}"
-            self.policy_pane.show_error(text)
-            self.notify(text, severity="error", timeout=10)
-            return
-        except AdminError as exc:
-            self.policy_pane.show_error(f"Policy not applied: {exc.message}")
-            self.notify(f"Policy not applied: {exc.message}", severity="error", timeout=10)
-            return
-        self.policy_pane.update_policy(policy, force=True)
-        self.notify(f"Policy v{policy.get('version')} applied")
-        self.load_history()
-        self.poke()
 
     @on(PolicyPane.ChangeSelected)
     def _change_selected(self, message: PolicyPane.ChangeSelected) -> None:

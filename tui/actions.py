@@ -1,0 +1,146 @@
+"""The operator's actions: each asks in a dialog, then calls the admin API in a worker.
+
+`OperatorActions` is mixed into `SluiceConsole`; its handlers of the panes' requests
+(`TenantsPane.WeightRequested`, ...) call `ask_*`, which pushes the dialog; on confirmation an
+`@work` worker (group "actions", not exclusive: two changes in a row both go out) sends the change
+with the operator's reason and reports the outcome as a notification. After a change the state is
+read at once (`poke`) so the console shows it without waiting for the next tick.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from textual import work
+
+from .client import AdminClient, AdminError, ApiError
+from .messages import RequestsLoaded
+from .modals import ConfirmScreen, PolicyReviewScreen, WeightScreen
+from .policy import PolicyPane
+
+
+class OperatorActions:
+    """The actions of `SluiceConsole` (an `App`, which provides `push_screen`, `notify`,
+    `post_message` and `run_worker`; `poke`, `load_policy` and `load_history` are `LiveUpdates`')."""
+
+    client: AdminClient
+    max_requests: int
+    policy_pane: PolicyPane
+
+    push_screen: Callable[..., Any]
+    notify: Callable[..., None]
+    post_message: Callable[..., bool]
+    poke: Callable[[], None]
+    load_policy: Callable[[], Any]
+    load_history: Callable[[], Any]
+
+    # -- tenants ----------------------------------------------------------------------------------
+
+    def ask_weight(self, tenant: str, weight: float | None) -> None:
+        def done(result: tuple[float, str] | None) -> None:
+            if result is not None:
+                self.set_weight(tenant, result[0], result[1])
+
+        self.push_screen(WeightScreen(tenant, weight), done)
+
+    @work(group="actions", exit_on_error=False)
+    async def set_weight(self, tenant: str, weight: float, reason: str) -> None:
+        try:
+            await self.client.set_weight(tenant, weight, reason)
+        except AdminError as exc:
+            self.notify(f"Weight of {tenant} not changed: {exc.message}", severity="error", timeout=8)
+            return
+        self.notify(f"Weight of {tenant} set to {weight:g}")
+        self.poke()
+        self.load_policy()
+
+    def ask_pause(self, tenant: str, paused: bool) -> None:
+        """Confirm pausing `tenant` (or resuming it when it is `paused`)."""
+        if paused:
+            title, body, verb = (f"Resume tenant {tenant}?", "Its queued requests will be scheduled again "
+                                 "and new requests admitted.", "Resume")
+        else:
+            title, body, verb = (f"Pause tenant {tenant}?", "New requests get 429 tenant_paused; queued "
+                                 "requests stay queued until it is resumed.", "Pause")
+
+        def done(reason: str | None) -> None:
+            if reason is not None:
+                self.pause_tenant(tenant, not paused, reason)
+
+        reason = f"{verb.lower()}d from the console"
+        self.push_screen(ConfirmScreen(title, body, verb, reason=reason, danger=not paused), done)
+
+    @work(group="actions", exit_on_error=False)
+    async def pause_tenant(self, tenant: str, pause: bool, reason: str) -> None:
+        try:
+            if pause:
+                await self.client.pause_tenant(tenant, reason)
+            else:
+                await self.client.resume_tenant(tenant, reason)
+        except AdminError as exc:
+            self.notify(f"{tenant}: {exc.message}", severity="error", timeout=8)
+            return
+        self.notify(f"Tenant {tenant} {'paused' if pause else 'resumed'}")
+        self.poke()
+        self.load_policy()
+
+    # -- requests ---------------------------------------------------------------------------------
+
+    def ask_abort(self, r: dict[str, Any]) -> None:
+        rid = str(r.get("rid"))
+
+        def done(reason: str | None) -> None:
+            if reason is not None:
+                self.abort_request(rid, reason)
+
+        self.push_screen(ConfirmScreen(
+            f"Abort request {rid}?",
+            f"Tenant {r.get('tenant')}, status {r.get('status')}, engine {r.get('engine') or '–'}. "
+            "The client gets an error and the engine stops generating.",
+            "Abort", reason="aborted from the console", danger=True), done)
+
+    @work(group="actions", exit_on_error=False)
+    async def abort_request(self, rid: str, reason: str) -> None:
+        try:
+            await self.client.abort(rid, reason)
+        except AdminError as exc:
+            self.notify(f"{rid} not aborted: {exc.message}", severity="error", timeout=8)
+            return
+        self.notify(f"Request {rid} aborted")
+        try:
+            page = await self.client.requests(limit=self.max_requests)
+        except AdminError:
+            return
+        self.post_message(RequestsLoaded(page))
+
+    # -- policy -----------------------------------------------------------------------------------
+
+    def ask_apply(self, diff: list[str], changes: dict[str, Any], version: int | None) -> None:
+        def done(reason: str | None) -> None:
+            if reason is not None:
+                self.apply_policy(changes, reason, version)
+
+        self.push_screen(PolicyReviewScreen(diff, changes, version), done)
+
+    @work(group="actions", exit_on_error=False)
+    async def apply_policy(self, changes: dict[str, Any], reason: str, version: int | None) -> None:
+        try:
+            policy = await self.client.patch_policy(changes, reason, expected_version=version)
+        except ApiError as exc:
+            if exc.status == 409:
+                text = (f"The policy changed on the server since v{version}: {exc.message}. "
+                        "Revert (ctrl+o) to load it, then redo your edit.")
+            else:
+                text = f"Policy not applied ({exc.status}): {exc.message}"
+            self.policy_pane.show_error(text)
+            self.notify(text, severity="error", timeout=10)
+            return
+        except AdminError as exc:
+            self.policy_pane.show_error(f"Policy not applied: {exc.message}")
+            self.notify(f"Policy not applied: {exc.message}", severity="error", timeout=10)
+            return
+        self.policy_pane.update_policy(policy, force=True)
+        self.notify(f"Policy v{policy.get('version')} applied")
+        self.load_history()
+        self.poke()
