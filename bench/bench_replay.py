@@ -7,7 +7,7 @@ Cases (`--cases`, default all):
   admission, the output-length predictor without its MLP expert (torch never imported);
 - ``azure+mlp``: the same with the MLP expert trained inline every 256 finishes, as serving does
   (torch imported once per process, before timing);
-- ``servegen``: an hour of ServeGen language m-mid (38 tenants, every fourth batch) at 1.5x its SLO
+- ``servegen``: an hour of ServeGen language m-mid (48 tenants, every fourth batch) at 1.5x its SLO
   capacity (bench/bench_matrix.py's scenario and capacity factor), equinox with admission.
 
 Each run is its own process with the checkout's packages first on the path; the checkouts
