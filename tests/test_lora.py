@@ -11,7 +11,7 @@ import json
 import pytest
 
 from controlplane.config import ConfigError, parse_config
-from controlplane.core.adapters import AdapterIndex
+from controlplane.core.adapters import STALE_REPORTS, AdapterIndex
 from controlplane.core.dispatch import Candidate, choose, rechoose
 from controlplane.core.events import Decision, Dispatch, RequestSpec
 from controlplane.driver import decision_row
@@ -60,6 +60,24 @@ def test_the_index_follows_reports_and_dispatches() -> None:
     assert index.costs("sql", ["e0"]) == [(0.1, False, True)] and index.costs("chat", ["e0"]) == [(0.1, True, False)]
     index.drop("e0")
     assert index.costs("chat", ["e0"]) == [(0.0, False, False)]
+
+
+def test_a_report_taken_before_a_load_does_not_forget_it() -> None:
+    """The poll and the dispatch race: a report that predates the load still leaves the adapter
+    held, for STALE_REPORTS reports; one that never confirms it forgets it then (seen in a loaded
+    CI run: the second adapter went to the engine whose only slot held the first)."""
+    index = AdapterIndex()
+    index.report("e0", [], 1, 0.1)
+    index.used("e0", "sql")
+    for _ in range(STALE_REPORTS):
+        index.report("e0", [], 1, 0.1)  # taken before the load landed
+        assert index.costs("chat", ["e0"]) == [(0.1, False, True)]  # chat would still push sql out
+    index.report("e0", [], 1, 0.1)  # the engine never loaded it (or evicted it)
+    assert index.costs("chat", ["e0"]) == [(0.1, False, False)]
+    index.used("e0", "sql")
+    index.report("e0", ["sql"], 1, 0.1)  # confirmed: from now on the reports alone say
+    index.report("e0", [], 1, 0.1)
+    assert index.costs("sql", ["e0"]) == [(0.1, False, False)]
 
 
 def test_the_forecast_counts_the_load_and_the_adapter_scorer_its_saving() -> None:
