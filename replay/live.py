@@ -28,17 +28,15 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp
 import numpy as np
 
+from replay.live_request import endpoint_url, measure_request
 from replay.report import (
     CANCELLED,
     ERROR,
-    OK,
-    REJECTED,
     RequestResult,
     SLOSpec,
     Summary,
@@ -122,161 +120,100 @@ def synth_prompt(req: WorkloadRequest, index: int) -> str:
     return f"r{index}" + " hi" * (n - 1)
 
 
-def _retry_after(value: str | None) -> float | None:
-    if not value:
-        return None
+@dataclass(slots=True)
+class _Sender:
+    """A run's fixed request settings and its results: sends one request, records its result (also
+    when it is cancelled or measurement breaks) and hands it to ``on_result``."""
+
+    session: aiohttp.ClientSession
+    url: str
+    keys: Mapping[str, str]
+    model: str
+    endpoint: str
+    extra_body: Mapping[str, Any] | None
+    prompt_fn: Callable[[WorkloadRequest, int], str]
+    sem: asyncio.Semaphore | None
+    on_result: OnResult | None
+    run_start: float
+    results: list[RequestResult] = field(default_factory=list)
+
+    async def send(self, idx: int, req: WorkloadRequest, scheduled_s: float) -> RequestResult:
+        partial: list[RequestResult] = []
+        try:
+            r = await measure_request(self.session, self.url, idx, req, model=self.model,
+                                      key=self.keys.get(req.tenant, self.keys.get("*")), endpoint=self.endpoint,
+                                      extra_body=self.extra_body, run_start=self.run_start,
+                                      scheduled_s=scheduled_s, prompt_fn=self.prompt_fn, sem=self.sem,
+                                      partial=partial)
+        except asyncio.CancelledError:
+            if partial:
+                partial[0].status, partial[0].error = CANCELLED, "cancelled"
+            self.results.append(partial[0] if partial else _unfinished(idx, req, scheduled_s, CANCELLED, "cancelled"))
+            raise
+        except Exception as exc:  # defensive: a bug in measurement never kills the run
+            log.exception("request %d failed unexpectedly", idx)
+            r = _unfinished(idx, req, scheduled_s, ERROR, f"{type(exc).__name__}: {exc}")
+        await self._deliver(r)
+        return r
+
+    async def _deliver(self, r: RequestResult) -> None:
+        self.results.append(r)
+        if self.on_result is not None:
+            try:
+                out = self.on_result(r)
+                if inspect.isawaitable(out):
+                    await out
+            except Exception:  # a broken callback must not stop the run
+                log.exception("on_result callback failed")
+
+
+async def _wait_until_due(delay: float, stop: asyncio.Event | None) -> bool:
+    """Sleep ``delay`` seconds, or until ``stop`` is set; True if it is."""
+    if stop is not None:
+        if delay > 0 and not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+        # checked after the wait too: its timeout and the stop can come in the same loop turn
+        return stop.is_set()
+    if delay > 0:
+        await asyncio.sleep(delay)
+    return False
+
+
+async def _send_on_schedule(workload: Sequence[WorkloadRequest], speedup: float, stop: asyncio.Event | None,
+                            sender: _Sender, tasks: set[asyncio.Task[RequestResult]],
+                            sent: dict[int, float]) -> bool:
+    """Start each request's task at its due time, in timestamp order, noting it in ``tasks`` and
+    ``sent`` (index -> due time, s); True if ``stop`` ended the sending early."""
+    for idx in sorted(range(len(workload)), key=lambda i: workload[i].timestamp_ms):
+        req = workload[idx]
+        # timestamps count from the workload start (0): leading idle time is kept
+        due_s = req.timestamp_ms / 1e3 / speedup if math.isfinite(speedup) else 0.0
+        if await _wait_until_due(sender.run_start + due_s - time.perf_counter(), stop):
+            return True
+        task = asyncio.create_task(sender.send(idx, req, due_s))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+        sent[idx] = due_s
+    return False
+
+
+async def _await_tasks(tasks: set[asyncio.Task[RequestResult]], stop: asyncio.Event | None) -> bool:
+    """Wait for the requests in flight to finish; True if ``stop`` came first."""
+    pending = set(tasks)
+    if stop is None:
+        await asyncio.gather(*pending, return_exceptions=True)
+        return False
+    waiter = asyncio.create_task(stop.wait())
     try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = parsedate_to_datetime(value)
-        return max(0.0, when.timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
-def _error_message(body: str) -> str:
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return body[:500]
-    if isinstance(obj, dict):
-        err = obj.get("error", obj)
-        if isinstance(err, dict):
-            msg = err.get("message") or err.get("detail") or err
-            return str(msg)[:500]
-        if "message" in obj:
-            return str(obj["message"])[:500]
-        return str(err)[:500]
-    return body[:500]
-
-
-def _error_code(body: str) -> str | None:
-    """The OpenAI error body's ``code`` (sluice: the refusal reason, e.g. ``ttft_unattainable``)."""
-    try:
-        err = json.loads(body).get("error")
-    except (ValueError, AttributeError):
-        return None
-    code = err.get("code") if isinstance(err, dict) else None
-    return None if code is None else str(code)
-
-
-def _endpoint_url(base_url: str, endpoint: str) -> str:
-    base = base_url.rstrip("/")
-    if not base.endswith("/v1"):
-        base += "/v1"
-    return base + ("/chat/completions" if endpoint == "chat" else "/completions")
-
-
-async def _one(session: aiohttp.ClientSession, url: str, idx: int, req: WorkloadRequest, *, model: str,
-               key: str | None, endpoint: str, extra_body: Mapping[str, Any] | None, run_start: float,
-               scheduled_s: float, prompt_fn: Callable[[WorkloadRequest, int], str],
-               sem: asyncio.Semaphore | None, partial: list[RequestResult]) -> RequestResult:
-    res = RequestResult(tenant=req.tenant, status=ERROR, index=idx, slo_class=req.slo_class,
-                        scheduled_s=scheduled_s, input_tokens=req.input_length,
-                        requested_output_tokens=req.output_length)
-    partial.append(res)  # what a cancelled request got so far (its send time, first token, chunks)
-    max_tokens = max(1, req.output_length)
-    prompt = prompt_fn(req, idx)
-    body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "stream": True,
-                            "stream_options": {"include_usage": True}}
-    if endpoint == "chat":
-        body["messages"] = [{"role": "user", "content": prompt}]
-    else:
-        body["prompt"] = prompt
-    if extra_body:
-        body.update(extra_body)
-    headers = {"Content-Type": "application/json"}
-    if key:
-        headers["Authorization"] = f"Bearer {key}"
-    if sem is not None:
-        await sem.acquire()
-    sent = time.perf_counter()
-    res.sent_s = sent - run_start
-    first: float | None = None
-    last: float | None = None
-    chunks = 0
-    usage_out: int | None = None
-    try:
-        async with session.post(url, json=body, headers=headers) as resp:
-            res.http_status = resp.status
-            if resp.status != 200:
-                text = await resp.text(errors="replace")
-                res.error = f"HTTP {resp.status}: {_error_message(text)}"
-                res.error_code = _error_code(text)
-                res.retry_after_s = _retry_after(resp.headers.get("Retry-After"))
-                res.status = REJECTED if resp.status == 429 else ERROR
-                res.e2e_s = time.perf_counter() - sent
-                return res
-            async for raw in resp.content:
-                line = raw.decode("utf-8", "replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                payload = line[5:].strip()
-                if payload == "[DONE]":
-                    break
-                now = time.perf_counter()
-                try:
-                    obj = json.loads(payload)
-                except ValueError:
-                    res.error = f"bad stream chunk: {payload[:200]}"
-                    continue
-                if isinstance(obj, dict) and obj.get("error"):
-                    res.error = f"stream error: {_error_message(payload)}"
-                    res.error_code = _error_code(payload)
-                    break
-                usage = obj.get("usage") if isinstance(obj, dict) else None
-                if isinstance(usage, dict):
-                    if isinstance(usage.get("completion_tokens"), int):
-                        usage_out = usage["completion_tokens"]
-                    if isinstance(usage.get("prompt_tokens"), int) and usage["prompt_tokens"] > 0:
-                        res.input_tokens = usage["prompt_tokens"]
-                text = ""
-                for choice in (obj.get("choices") or []) if isinstance(obj, dict) else []:
-                    if endpoint == "chat":
-                        text += (choice.get("delta") or {}).get("content") or ""
-                    else:
-                        text += choice.get("text") or ""
-                if not text:
-                    continue
-                if first is None:
-                    first = now
-                    res.ttft_s = now - sent
-                else:
-                    assert last is not None
-                    res.itl_s.append(now - last)
-                last = now
-                chunks += 1
-            end = time.perf_counter()
-            res.e2e_s = end - sent
-            res.output_tokens = usage_out if usage_out is not None else chunks
-            if res.error is not None and res.error.startswith("stream error"):
-                res.status = ERROR
-            elif first is None:
-                res.status = ERROR
-                res.error = res.error or "no tokens streamed"
-            else:
-                res.status = OK
-                if res.output_tokens > 1 and res.ttft_s is not None:
-                    res.tpot_s = (res.e2e_s - res.ttft_s) / (res.output_tokens - 1)
-            return res
-    except asyncio.CancelledError:
-        res.status = CANCELLED
-        res.error = "cancelled"
-        res.e2e_s = None
-        res.output_tokens = chunks  # received before the cancel (not counted: the request is unfinished)
-        raise
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        res.status = ERROR
-        res.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        res.e2e_s = time.perf_counter() - sent
-        if first is not None:
-            res.output_tokens = usage_out if usage_out is not None else chunks
-        return res
+        while pending:
+            done, _ = await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
+            pending = {t for t in pending if not t.done()}
+            if waiter in done:
+                return True
     finally:
-        if sem is not None:
-            sem.release()
+        waiter.cancel()
+    return False
 
 
 async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Mapping[str, str] | None, *,
@@ -300,84 +237,24 @@ async def run_live(base_url: str, workload: Sequence[WorkloadRequest], keys: Map
         raise ValueError(f"speedup must be > 0, got {speedup!r}")
     if endpoint not in ("completions", "chat"):
         raise ValueError("endpoint must be 'completions' or 'chat'")
-    url = _endpoint_url(base_url, endpoint)
-    order = sorted(range(len(workload)), key=lambda i: workload[i].timestamp_ms)
-    keys = keys or {}
     sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    results: list[RequestResult] = []
     tasks: set[asyncio.Task[RequestResult]] = set()
     stopped = False
     sent: dict[int, float] = {}  # index -> due time (s) of every request handed to a task
-
-    async def deliver(r: RequestResult) -> None:
-        results.append(r)
-        if on_result is not None:
-            try:
-                out = on_result(r)
-                if inspect.isawaitable(out):
-                    await out
-            except Exception:  # a broken callback must not stop the run
-                log.exception("on_result callback failed")
-
-    async def wrapped(idx: int, req: WorkloadRequest, scheduled_s: float) -> RequestResult:
-        partial: list[RequestResult] = []
-        try:
-            r = await _one(session, url, idx, req, model=model, key=keys.get(req.tenant, keys.get("*")),
-                           endpoint=endpoint, extra_body=extra_body, run_start=run_start,
-                           scheduled_s=scheduled_s, prompt_fn=prompt_fn, sem=sem, partial=partial)
-        except asyncio.CancelledError:
-            if partial:
-                partial[0].status, partial[0].error = CANCELLED, "cancelled"
-            results.append(partial[0] if partial else _unfinished(idx, req, scheduled_s, CANCELLED, "cancelled"))
-            raise
-        except Exception as exc:  # defensive: a bug in measurement never kills the run
-            log.exception("request %d failed unexpectedly", idx)
-            r = _unfinished(idx, req, scheduled_s, ERROR, f"{type(exc).__name__}: {exc}")
-        await deliver(r)
-        return r
-
     timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=connect_timeout_s)
     connector = aiohttp.TCPConnector(limit=max_concurrency or 0, force_close=False)
     session = aiohttp.ClientSession(timeout=timeout, connector=connector, trust_env=False)
     run_start, started_unix = time.perf_counter(), time.time()  # sent_s counts from run_start
+    sender = _Sender(session, endpoint_url(base_url, endpoint), keys or {}, model, endpoint, extra_body,
+                     prompt_fn, sem, on_result, run_start)
+    results = sender.results
     try:
-        for idx in order:
-            req = workload[idx]
-            # timestamps count from the workload start (0): leading idle time is kept
-            due_s = req.timestamp_ms / 1e3 / speedup if math.isfinite(speedup) else 0.0
-            delay = run_start + due_s - time.perf_counter()
-            if stop is not None:
-                if delay > 0 and not stop.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=delay)
-                # checked after the wait too: its timeout and the stop can come in the same loop turn
-                if stop.is_set():
-                    stopped = True
-                    break
-            elif delay > 0:
-                await asyncio.sleep(delay)
-            task = asyncio.create_task(wrapped(idx, req, due_s))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-            sent[idx] = due_s
-        if tasks:
-            pending = set(tasks)
-            if stop is not None and not stopped:
-                waiter = asyncio.create_task(stop.wait())
-                try:
-                    while pending:
-                        done, _ = await asyncio.wait(pending | {waiter}, return_when=asyncio.FIRST_COMPLETED)
-                        pending = {t for t in pending if not t.done()}
-                        if waiter in done:
-                            stopped = True
-                            break
-                finally:
-                    waiter.cancel()
-            elif not stopped:
-                await asyncio.gather(*pending, return_exceptions=True)
+        stopped = await _send_on_schedule(workload, speedup, stop, sender, tasks, sent)
+        if tasks and not stopped:
+            stopped = await _await_tasks(tasks, stop)
         if stopped:
             await _cancel_all(tasks)
-            # a task cancelled before its first step never ran wrapped(): it still gets its result
+            # a task cancelled before its first step never ran send(): it still gets its result
             recorded = {r.index for r in results}
             results += [_unfinished(i, workload[i], due, CANCELLED, "cancelled")
                         for i, due in sent.items() if i not in recorded]
