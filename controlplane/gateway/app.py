@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -93,6 +93,47 @@ class _DisconnectWatch:
         self._watcher.cancel()
 
 
+class _Reply:
+    """What one response has sent so far: the streaming writes fill it in, and the error paths need
+    it (a started stream ends with an in-band error event; its held final events go out first)."""
+
+    __slots__ = ("rid_header", "started", "held", "first", "last", "texts")
+
+    def __init__(self, rid: str) -> None:
+        self.rid_header = (b"x-request-id", rid.encode())
+        self.started = False
+        self.held = b""  # the final batch's events, sent with the response's end (one write)
+        self.first = True
+        self.last: Chunk | None = None
+        self.texts: list[Chunk] = []  # a non-streamed response's chunks, joined at the end
+
+    async def stream_batch(self, batch: Sequence[Chunk], enc: oa.StreamEncoder, send: Send) -> None:
+        """One batch's SSE events; the final batch's are held back for the response's end."""
+        last = batch[-1]
+        if not self.started:
+            await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, self.rid_header]})
+            self.started = True
+        if len(batch) == 1:
+            if last.text or last.extra or last.finish_reason or self.first:
+                data = enc.chunk(last.text, last.finish_reason, self.first, last.extra)
+                self.first = False
+                if last.finish_reason is not None:
+                    self.held = data  # leaves with the usage chunk and [DONE]: one write
+                    return
+                await send({"type": "http.response.body", "more_body": True, "body": data})
+            return
+        # events that arrived together leave in one write
+        parts = []
+        for chunk in batch:
+            if chunk.text or chunk.extra or chunk.finish_reason or self.first:
+                parts.append(enc.chunk(chunk.text, chunk.finish_reason, self.first, chunk.extra))
+                self.first = False
+        if last.finish_reason is not None:
+            self.held = b"".join(parts)
+        elif parts:
+            await send({"type": "http.response.body", "more_body": True, "body": b"".join(parts)})
+
+
 class CompletionsEndpoint:
     """POST /v1/chat/completions and /v1/completions."""
 
@@ -141,77 +182,13 @@ class CompletionsEndpoint:
         await self._serve(ticket, receive, send)
 
     async def _serve(self, ticket: Ticket, receive: Receive, send: Send) -> None:
-        sluice, req = self.sluice, ticket.request
+        """Wait for dispatch, send the response, and close the request's row however it ended."""
         gone = _DisconnectWatch(receive)
         ticket.task = asyncio.current_task()
-        started = False
-        held = b""  # the final batch's events, sent with the response's end (one write)
-        last: Chunk | None = None
+        reply = _Reply(ticket.rid)
         status, http_status, error, code = "error", 500, "internal_error", "internal_error"
-        rid_header = (b"x-request-id", ticket.rid.encode())
         try:
-            await sluice.wait_dispatch(ticket)
-            created = int(time.time())
-            texts: list[Chunk] = []
-            first = True
-            stream = req.stream
-            enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if stream else None
-            # the engine's own generator, no hop of sluice's: first-token bookkeeping, engine
-            # failure and abort-on-close are done here (see Sluice.open_stream)
-            batches = sluice.open_stream(ticket)
-            try:
-                async for batch in batches:
-                    if ticket.first_token_at is None:
-                        sluice.first_token(ticket, batch)
-                    last = batch[-1]
-                    if stream:
-                        if not started:
-                            await send({"type": "http.response.start", "status": 200,
-                                        "headers": [*_SSE_HEADERS, rid_header]})
-                            started = True
-                        if len(batch) == 1:
-                            if last.text or last.extra or last.finish_reason or first:
-                                data = enc.chunk(last.text, last.finish_reason, first, last.extra)  # type: ignore[union-attr]
-                                first = False
-                                if last.finish_reason is not None:
-                                    held = data  # leaves with the usage chunk and [DONE]: one write
-                                    continue
-                                await send({"type": "http.response.body", "more_body": True, "body": data})
-                            continue
-                        # events that arrived together leave in one write
-                        parts = []
-                        for chunk in batch:
-                            if chunk.text or chunk.extra or chunk.finish_reason or first:
-                                parts.append(enc.chunk(chunk.text, chunk.finish_reason, first, chunk.extra))  # type: ignore[union-attr]
-                                first = False
-                        if last.finish_reason is not None:
-                            held = b"".join(parts)
-                        elif parts:
-                            await send({"type": "http.response.body", "more_body": True, "body": b"".join(parts)})
-                    else:
-                        for chunk in batch:
-                            texts.append(chunk)
-            except EngineError as exc:
-                sluice.engine_failed(ticket, exc)
-                raise
-            finally:
-                await batches.aclose()  # type: ignore[attr-defined]  # early exit: aborts at the engine
-            usage = oa.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens) if last else None
-            if last is None or last.finish_reason is None:
-                raise EngineError("the engine ended the stream without a final chunk")
-            gone.disarm()  # the response is complete: a disconnect from here on is not an abort
-            if req.stream:
-                tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
-                await send({"type": "http.response.body", "body": held + tail + oa.DONE})
-            else:
-                payload = oa.full_response(self.kind, ticket.rid, req.model, created, texts,
-                                           last.finish_reason, usage)
-                await send({"type": "http.response.start", "status": 200,
-                            "headers": [(b"content-type", b"application/json"), rid_header]})
-                await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
-            status, http_status, error, code = "ok", 200, None, None
-            if last.finish_reason == "abort":
-                status, error = "aborted", last.message or "aborted by the engine"
+            status, http_status, error, code = await self._respond(ticket, gone, reply, send)
         except ApiError as err:  # refused or expired while queued: wait_dispatch wrote the row
             status, http_status, error, code = ticket.row.get("status") or "rejected", err.status, err.code, err.code
             if not gone.gone:
@@ -220,21 +197,68 @@ class CompletionsEndpoint:
             err = engine_error(exc, ticket.rid)
             # the tenant gets a stable message and the rid; the row and the span get the detail
             status, error, code = "error", f"engine {ticket.engine}: {exc}", err.code
-            http_status = await self._fail(send, err, started, held)
+            http_status = await self._fail(send, err, reply.started, reply.held)
         except asyncio.CancelledError:
             if not gone.gone and ticket.abort_reason is None:
                 raise  # the server is shutting down, not a client going away or an operator abort
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status, error, code = "aborted", ticket.abort_reason or "client_disconnected", None
-            http_status = 200 if started else 499  # 499: the client left before any response
+            http_status = 200 if reply.started else 499  # 499: the client left before any response
             if not gone.gone:  # an operator abort: tell the client
                 err = ApiError(503, f"request aborted: {ticket.abort_reason}", code="aborted")
                 err.request_id = ticket.rid
                 code = err.code
-                http_status = await self._fail(send, err, started, held)
+                http_status = await self._fail(send, err, reply.started, reply.held)
         finally:
             gone.disarm()
-            sluice.close(ticket, status, http_status, chunk=last, error=error, code=code)
+            self.sluice.close(ticket, status, http_status, chunk=reply.last, error=error, code=code)
+
+    async def _respond(self, ticket: Ticket, gone: _DisconnectWatch, reply: _Reply,
+                       send: Send) -> tuple[str, int, str | None, str | None]:
+        """The success path: the engine's batches relayed (streamed, or gathered for one JSON reply).
+        Returns the row's status, HTTP status, error and code."""
+        sluice, req = self.sluice, ticket.request
+        await sluice.wait_dispatch(ticket)
+        created = int(time.time())
+        enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if req.stream else None
+        # the engine's own generator, no hop of sluice's: first-token bookkeeping, engine
+        # failure and abort-on-close are done here (see Sluice.open_stream)
+        batches = sluice.open_stream(ticket)
+        try:
+            async for batch in batches:
+                if ticket.first_token_at is None:
+                    sluice.first_token(ticket, batch)
+                reply.last = batch[-1]
+                if enc is not None:
+                    await reply.stream_batch(batch, enc, send)
+                else:
+                    reply.texts.extend(batch)
+        except EngineError as exc:
+            sluice.engine_failed(ticket, exc)
+            raise
+        finally:
+            await batches.aclose()  # type: ignore[attr-defined]  # early exit: aborts at the engine
+        last = reply.last
+        if last is None or last.finish_reason is None:
+            raise EngineError("the engine ended the stream without a final chunk")
+        gone.disarm()  # the response is complete: a disconnect from here on is not an abort
+        await self._send_end(ticket, reply, created, last, send)
+        if last.finish_reason == "abort":
+            return "aborted", 200, last.message or "aborted by the engine", None
+        return "ok", 200, None, None
+
+    async def _send_end(self, ticket: Ticket, reply: _Reply, created: int, last: Chunk, send: Send) -> None:
+        """The response's last write: the held events, usage and [DONE], or the whole JSON reply."""
+        req = ticket.request
+        usage = oa.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
+        if req.stream:
+            tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
+            await send({"type": "http.response.body", "body": reply.held + tail + oa.DONE})
+            return
+        payload = oa.full_response(self.kind, ticket.rid, req.model, created, reply.texts, last.finish_reason, usage)
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), reply.rid_header]})
+        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
 
     @staticmethod
     async def _fail(send: Send, err: ApiError, started: bool, held: bytes) -> int:

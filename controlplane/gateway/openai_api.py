@@ -1,4 +1,5 @@
-"""OpenAI request parsing and validation, and response shaping (chat and text completions).
+"""OpenAI request parsing and validation (chat and text completions); the responses are shaped in
+`openai_responses` (re-exported here).
 
 Validation is strict where a mistake would be silent (types, ranges, unknown roles, unknown keys:
 OpenAI's own API answers "Unrecognized request argument supplied" too). Every OpenAI
@@ -8,16 +9,25 @@ or refused with a 400 naming it; none is accepted and dropped.
 """
 from __future__ import annotations
 
-import json
 import math
-from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from controlplane.errors import ApiError, parse_json
+from controlplane.gateway.openai_responses import (
+    DONE,
+    StreamEncoder,
+    error_event,
+    finish_reason,
+    full_response,
+    response_id,
+    usage,
+    usage_chunk,
+)
 from controlplane.requests import CompletionRequest
-from engine_adapter.base import Chunk
-from engine_adapter.openai_chunks import message_fields, stream_choice
 from engine_adapter.tokens import Counter, estimate_chat_tokens, estimate_tokens
+
+__all__ = ["DONE", "StreamEncoder", "error_event", "finish_reason", "full_response", "parse_completion",
+           "response_id", "usage", "usage_chunk"]
 
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 # OpenAI sampling fields -> SGLang sampling_params names
@@ -219,51 +229,85 @@ def _refuse_unknown(body: dict[str, Any]) -> None:
 
 def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_max_tokens: int = 256,
                      count: Counter = estimate_tokens) -> CompletionRequest:
-    """`count`: the prompt's token count before the engine's (the model's tokenizer when configured)."""
+    """`count`: the prompt's token count before the engine's (the model's tokenizer when configured).
+
+    The checks run in a fixed order (the first mistake found is the one reported), and `out` (the
+    body forwarded to the engine) keeps the order its keys are added in."""
+    body, model = _body_and_model(raw)
+    chat = kind == "chat"
+    _refuse_unknown(body)
+    _refuse_unsupported(body, chat)
+    out: dict[str, Any] = {}
+    prompt, prompt_tokens, limit_key = _chat_input(body, out, count) if chat else _text_input(body, out, count)
+    _logprobs(body, out, chat)
+    _response_format(body, out)
+    _logit_bias(body, out)
+    max_tokens, default = _max_tokens(body, out, limit_key, default_max_tokens, max_tokens_limit)
+    stream, include_usage = _stream(body)
+    sampling = _sampling(body, out, max_tokens)
+    _engine_extensions(body, out)
+    _stop(body, sampling, out)
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise _bad("'user' must be a string", "user", "invalid_type")
+    return CompletionRequest(kind, model, prompt, prompt_tokens, max_tokens, stream, include_usage, sampling, user,
+                             out, default, prompt_tokens)
+
+
+def _body_and_model(raw: bytes) -> tuple[dict[str, Any], str]:
     body = parse_json(raw)
     if not isinstance(body, dict):
         raise _bad("the request body must be a JSON object", code="invalid_json")
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise _bad("'model' is required and must be a string", "model", "missing_required_parameter")
-    chat = kind == "chat"
-    _refuse_unknown(body)
-    _refuse_unsupported(body, chat)
-    out: dict[str, Any] = {}
-    if chat:
-        messages = _messages(body)
-        prompt, prompt_tokens = "", estimate_chat_tokens(messages, count)
-        out["messages"] = messages
-        limit_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-        _tools(body, out)
-        if body.get("reasoning_effort") is not None:
-            if not isinstance(body["reasoning_effort"], str):
-                raise _bad("'reasoning_effort' must be a string", "reasoning_effort", "invalid_type")
-            out["reasoning_effort"] = body["reasoning_effort"]
-    else:
-        p = body.get("prompt")
-        if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
-            p = p[0]
-        if not isinstance(p, str):
-            raise _bad("'prompt' is required and must be a string (batched prompts are not supported)", "prompt",
-                       "missing_required_parameter" if p is None else "invalid_type")
-        prompt, prompt_tokens = p, count(p)
-        out["prompt"] = p
-        limit_key = "max_tokens"
-    _logprobs(body, out, chat)
-    _response_format(body, out)
-    _logit_bias(body, out)
+    return body, model
 
+
+def _chat_input(body: dict[str, Any], out: dict[str, Any], count: Counter) -> tuple[str, int, str]:
+    """A chat request's messages, tools and reasoning effort: (prompt, its tokens, the token limit's key)."""
+    messages = _messages(body)
+    prompt_tokens = estimate_chat_tokens(messages, count)
+    out["messages"] = messages
+    limit_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    _tools(body, out)
+    if body.get("reasoning_effort") is not None:
+        if not isinstance(body["reasoning_effort"], str):
+            raise _bad("'reasoning_effort' must be a string", "reasoning_effort", "invalid_type")
+        out["reasoning_effort"] = body["reasoning_effort"]
+    return "", prompt_tokens, limit_key
+
+
+def _text_input(body: dict[str, Any], out: dict[str, Any], count: Counter) -> tuple[str, int, str]:
+    """A text completion's prompt (one string, or an array of exactly one): as `_chat_input`."""
+    p = body.get("prompt")
+    if isinstance(p, list) and len(p) == 1 and isinstance(p[0], str):
+        p = p[0]
+    if not isinstance(p, str):
+        raise _bad("'prompt' is required and must be a string (batched prompts are not supported)", "prompt",
+                   "missing_required_parameter" if p is None else "invalid_type")
+    prompt_tokens = count(p)
+    out["prompt"] = p
+    return p, prompt_tokens, "max_tokens"
+
+
+def _max_tokens(body: dict[str, Any], out: dict[str, Any], limit_key: str, default_max_tokens: int,
+                max_tokens_limit: int) -> tuple[int, bool]:
+    """The completion's token limit and whether it is the default (the client gave none)."""
     max_tokens = _int(body, limit_key)
     default = max_tokens is None
-    if default:
+    if max_tokens is None:
         max_tokens = default_max_tokens
     if max_tokens < 1:
         raise _bad(f"'{limit_key}' must be at least 1, got {max_tokens}", limit_key, "invalid_value")
     if max_tokens > max_tokens_limit:
         raise _bad(f"'{limit_key}' must be at most {max_tokens_limit}, got {max_tokens}", limit_key, "invalid_value")
     out["max_tokens"] = max_tokens
+    return max_tokens, default
 
+
+def _stream(body: dict[str, Any]) -> tuple[bool, bool]:
+    """`stream` and `stream_options.include_usage`."""
     stream = body.get("stream")
     if stream is None:  # null means the default, as OpenAI's own API reads it
         stream = False
@@ -278,13 +322,22 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
         if not stream:
             raise _bad("'stream_options' is only allowed when 'stream' is true", "stream_options")
         include_usage = opts.get("include_usage", False)
+    return stream, include_usage
 
+
+def _sampling(body: dict[str, Any], out: dict[str, Any], max_tokens: int) -> dict[str, Any]:
+    """SGLang's sampling_params from the OpenAI sampling fields (each also forwarded in `out`)."""
     sampling: dict[str, Any] = {"max_new_tokens": max_tokens}
     for key, target in _SAMPLING.items():
         value = _int(body, key) if key == "seed" else _number(body, key)
         if value is not None:
             sampling[target] = value
             out[key] = value
+    return sampling
+
+
+def _engine_extensions(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """SGLang's own request fields beyond OpenAI's: extra sampling numbers, ignore_eos, grammars."""
     for key in _EXTRA_NUMBERS:
         value = _number(body, key)
         if value is not None:
@@ -296,6 +349,9 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
             if not isinstance(body[key], str):
                 raise _bad(f"'{key}' must be a string", key, "invalid_type")
             out[key] = body[key]
+
+
+def _stop(body: dict[str, Any], sampling: dict[str, Any], out: dict[str, Any]) -> None:
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -304,102 +360,3 @@ def parse_completion(raw: bytes, kind: str, *, max_tokens_limit: int, default_ma
             raise _bad("'stop' must be a string or an array of at most 4 strings", "stop", "invalid_type")
         sampling["stop"] = stop
         out["stop"] = stop
-    user = body.get("user")
-    if user is not None and not isinstance(user, str):
-        raise _bad("'user' must be a string", "user", "invalid_type")
-    return CompletionRequest(kind, model, prompt, prompt_tokens, max_tokens, stream, include_usage, sampling, user,
-                             out, default, prompt_tokens)
-
-
-# -- responses ---------------------------------------------------------------------------------
-
-
-def response_id(kind: str, rid: str) -> str:
-    return ("chatcmpl-" if kind == "chat" else "cmpl-") + rid
-
-
-def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
-            "prompt_tokens_details": {"cached_tokens": cached}}
-
-
-def finish_reason(reason: str | None) -> str | None:
-    return {"abort": "stop"}.get(reason, reason) if reason else None  # OpenAI has no "abort"
-
-
-_FINISH_TAILS: dict[str | None, bytes] = {}
-
-
-def _finish_tail(reason: str | None) -> bytes:
-    """`,"logprobs":null,"finish_reason":<reason>}]}` + the event's end, cached per reason."""
-    tail = _FINISH_TAILS.get(reason)
-    if tail is None:
-        mapped = finish_reason(reason)
-        tail = (b',"logprobs":null,"finish_reason":' + (json.dumps(mapped).encode() if mapped else b"null")
-                + b"}]}\n\n")
-        if len(_FINISH_TAILS) < 64:
-            _FINISH_TAILS[reason] = tail
-    return tail
-
-
-class StreamEncoder:
-    """The SSE events of one streamed response, byte for byte what a dict through json.dumps gives (tests/test_stream_encoder.py).
-
-    The part that is the same in every chunk (id, object, created, model) is encoded once per
-    request; a chunk only escapes its text delta (the C JSON string encoder) and appends a cached
-    finish_reason tail.
-    """
-
-    __slots__ = ("_head", "_chat")
-
-    def __init__(self, kind: str, rid: str, model: str, created: int) -> None:
-        self._chat = kind == "chat"
-        obj = "chat.completion.chunk" if self._chat else "text_completion"
-        head = (f'data: {{"id":{_json_str(response_id(kind, rid))},"object":"{obj}","created":{int(created)},'
-                f'"model":{_json_str(model)},"choices":[{{"index":0,')
-        self._head = head.encode()
-
-    def chunk(self, text: str | None, reason: str | None, first: bool = False,
-              extra: dict[str, Any] | None = None) -> bytes:
-        if extra:
-            return self._rich(text, reason, first, extra)
-        if self._chat:
-            if text:
-                body = (b'"delta":{"role":"assistant","content":' if first else b'"delta":{"content":') \
-                    + _json_str(text).encode() + b"}"
-            else:
-                body = b'"delta":{"role":"assistant"}' if first else b'"delta":{}'
-        else:
-            body = b'"text":' + _json_str(text).encode() if text else b'"text":""'
-        return self._head + body + _finish_tail(reason)
-
-    def _rich(self, text: str | None, reason: str | None, first: bool, extra: dict[str, Any]) -> bytes:
-        """A delta with tool calls, reasoning or logprobs: the plain JSON encoder (off the fast path)."""
-        choice = stream_choice(text, extra, self._chat, first)
-        choice["finish_reason"] = finish_reason(reason)
-        return self._head + json.dumps(choice, separators=(",", ":"))[1:].encode() + b"]}\n\n"
-
-
-def usage_chunk(kind: str, rid: str, model: str, created: int, u: dict[str, Any]) -> bytes:
-    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
-    payload = {"id": response_id(kind, rid), "object": obj, "created": created, "model": model, "choices": [],
-               "usage": u}
-    return b"data: " + json.dumps(payload, separators=(",", ":")).encode() + b"\n\n"
-
-
-def error_event(err: ApiError) -> bytes:
-    return b"data: " + err.to_bytes() + b"\n\n"
-
-
-DONE = b"data: [DONE]\n\n"
-
-
-def full_response(kind: str, rid: str, model: str, created: int, chunks: list[Chunk], reason: str | None,
-                  u: dict[str, Any]) -> dict[str, Any]:
-    """A non-streamed reply from the engine's chunks: texts joined, tool-call deltas merged into
-    calls, logprobs concatenated."""
-    chat = kind == "chat"
-    choice = {"index": 0, **message_fields("".join(c.text for c in chunks), [c.extra for c in chunks if c.extra], chat),
-              "finish_reason": finish_reason(reason)}
-    return {"id": response_id(kind, rid), "object": "chat.completion" if chat else "text_completion",
-            "created": created, "model": model, "choices": [choice], "usage": u}
