@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.predict import OutputLengthPredictor, Prediction
-from controlplane.predict.output_length import Features, MLPExpert
+from controlplane.predict.features import Features
+from controlplane.predict.mlp_expert import MLPExpert
 
 MEANS = {"chat": 40.0, "code": 200.0, "docs": 900.0}
 
