@@ -17,8 +17,8 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+
+from .metrics_collectors import GpuCollector, StoreCollector
 
 OTHER = "other"
 HIDDEN = "all"  # the one tenant label value when tenant names are hidden
@@ -81,6 +81,25 @@ class Metrics:
         self.class_label = _Bounded(32)
         self.pool_label = _Bounded(32)
         r = self.registry
+        self._add_request_metrics(r)
+        self._add_engine_metrics(r)
+        self.forecast_error = Histogram(
+            "sluice_forecast_error", "Absolute percentage error of forecasts, |pred - actual| / actual",
+            ["kind"], buckets=APE_BUCKETS, registry=r,
+        )
+        self._gpu = GpuCollector()
+        r.register(self._gpu)
+        self._store = StoreCollector()
+        r.register(self._store)
+        # label children resolved once per (tenant, slo_class, pool) / forecast kind: .labels() takes
+        # a lock and builds tuples, and observe_request would call it up to six times per request
+        self._request_children: dict[tuple[Any, Any, Any], _RequestChildren] = {}
+        self._forecast_children: dict[str, Any] = {}
+        self._decision_children: dict[tuple[Any, Any], Any] = {}
+        self._refusal_children: dict[tuple[Any, Any], Any] = {}
+
+    def _add_request_metrics(self, r: CollectorRegistry) -> None:
+        """Per-request series: outcomes, admission and refusals, loop lag, queues, latencies, tokens."""
         self.requests_total = Counter(
             "sluice_requests", "Finished requests by outcome", ["tenant", "slo_class", "outcome", "pool"], registry=r
         )
@@ -115,6 +134,9 @@ class Metrics:
             "sluice_tenant_energy_joules", "GPU energy attributed to the tenant's requests (their share of each "
             "engine step by tokens computed; engines that report it)", ["tenant"], registry=r
         )
+
+    def _add_engine_metrics(self, r: CollectorRegistry) -> None:
+        """Per-engine load and the pool's replica counts (the autoscaling signal)."""
         self.engine_running = Gauge("sluice_engine_running", "Engine's running requests", ["engine", "pool"],
                                     registry=r)
         self.engine_waiting = Gauge("sluice_engine_waiting", "Engine's waiting requests", ["engine", "pool"],
@@ -126,20 +148,6 @@ class Metrics:
                                       "SLOs (capacity rule, stabilised)", ["pool"], registry=r)
         self.actual_replicas = Gauge("sluice_actual_replicas", "Engine replicas serving now (healthy)", ["pool"],
                                      registry=r)
-        self.forecast_error = Histogram(
-            "sluice_forecast_error", "Absolute percentage error of forecasts, |pred - actual| / actual",
-            ["kind"], buckets=APE_BUCKETS, registry=r,
-        )
-        self._gpu = _GpuCollector()
-        r.register(self._gpu)
-        self._store = _StoreCollector()
-        r.register(self._store)
-        # label children resolved once per (tenant, slo_class, pool) / forecast kind: .labels() takes
-        # a lock and builds tuples, and observe_request would call it up to six times per request
-        self._request_children: dict[tuple[Any, Any, Any], _RequestChildren] = {}
-        self._forecast_children: dict[str, Any] = {}
-        self._decision_children: dict[tuple[Any, Any], Any] = {}
-        self._refusal_children: dict[tuple[Any, Any], Any] = {}
 
     def _children(self, tenant_raw: Any, cls_raw: Any, pool_raw: Any) -> _RequestChildren:
         key = (tenant_raw, cls_raw, pool_raw)
@@ -298,85 +306,3 @@ class _RequestChildren:
                 c = m.tokens_total.labels(self.tenant, label, self.pool)
             self.cache[(metric, label)] = c
         return c
-
-
-class _GpuCollector(Collector):
-    """Whole GPUs as `sluice_gpu_*{gpu, name}`; MIG instances in families of their own,
-    `sluice_gpu_mig_memory_{used,total}_bytes{gpu, mig, profile}`, so that summing a family never
-    counts a GPU's memory twice (NVML gives an instance its memory, not its power, clock or
-    utilisation: telemetry/nvml.py)."""
-
-    def __init__(self) -> None:
-        self.latest: list[dict[str, Any]] = []
-
-    def collect(self) -> Iterable[Metric]:
-        rows = [s for s in self.latest if not s.get("mig")]
-        yield from self._whole(rows)
-        yield from self._mig([s for s in self.latest if s.get("mig")], rows)
-
-    @staticmethod
-    def _mig(instances: list[dict[str, Any]], gpus: list[dict[str, Any]]) -> Iterable[Metric]:
-        mode = GaugeMetricFamily("sluice_gpu_mig_mode", "MIG enabled on the GPU (1) or not (0)", labels=["gpu", "name"])
-        for s in gpus:
-            if s.get("mig_mode") is not None:
-                mode.add_metric([str(s.get("gpu", "")), str(s.get("name") or "")], 1.0 if s["mig_mode"] else 0.0)
-        labels = ["gpu", "mig", "profile"]
-        used = GaugeMetricFamily("sluice_gpu_mig_memory_used_bytes", "MIG instance memory used", labels=labels)
-        total = GaugeMetricFamily("sluice_gpu_mig_memory_total_bytes", "MIG instance memory", labels=labels)
-        for s in instances:
-            values = [str(s.get("gpu", "")), str(s["mig"]), str(s.get("mig_profile") or "")]
-            if s.get("memory_used_bytes") is not None:
-                used.add_metric(values, float(s["memory_used_bytes"]))
-            if s.get("memory_total_bytes") is not None:
-                total.add_metric(values, float(s["memory_total_bytes"]))
-        yield from (mode, used, total)
-
-    @staticmethod
-    def _whole(latest: list[dict[str, Any]]) -> Iterable[Metric]:
-        gauges = {
-            "power_w": GaugeMetricFamily("sluice_gpu_power_watts", "GPU power draw", labels=["gpu", "name"]),
-            "sm_clock_mhz": GaugeMetricFamily("sluice_gpu_sm_clock_mhz", "GPU SM clock", labels=["gpu", "name"]),
-            "utilization": GaugeMetricFamily("sluice_gpu_utilization", "GPU utilisation (0..1)",
-                                             labels=["gpu", "name"]),
-            "memory_used_bytes": GaugeMetricFamily("sluice_gpu_memory_used_bytes", "GPU memory used",
-                                                   labels=["gpu", "name"]),
-        }
-        energy = CounterMetricFamily("sluice_gpu_energy_joules", "GPU energy since driver load",
-                                     labels=["gpu", "name"])
-        for s in latest:
-            labels = [str(s.get("gpu", "")), str(s.get("name") or "")]
-            for key, fam in gauges.items():
-                if s.get(key) is not None:
-                    fam.add_metric(labels, float(s[key]))
-            if s.get("energy_j") is not None:
-                energy.add_metric(labels, float(s["energy_j"]))
-        yield from gauges.values()
-        yield energy
-
-
-class _StoreCollector(Collector):
-    def __init__(self) -> None:
-        self.stats: Callable[[], Mapping[str, Any]] | None = None
-
-    def collect(self) -> Iterable[Metric]:
-        lag = GaugeMetricFamily("sluice_store_lag_seconds", "Age of the oldest row not yet written")
-        pending = GaugeMetricFamily("sluice_store_pending_rows", "Rows queued for the store", labels=["table"])
-        written = CounterMetricFamily("sluice_store_written_rows", "Rows written to the store", labels=["table"])
-        dropped = CounterMetricFamily("sluice_store_dropped_rows", "Rows given up (counted loss)",
-                                      labels=["table"])
-        failures = CounterMetricFamily("sluice_store_write_failures", "Failed batch writes (retried)")
-        if self.stats is not None:
-            try:
-                st = self.stats()
-            except Exception:  # a closed store: export nothing rather than fail the scrape
-                st = None
-            if st:
-                lag.add_metric([], float(st.get("lag_s") or 0.0))
-                for t, n in st.get("pending", {}).items():
-                    pending.add_metric([t], n)
-                for t, n in st.get("written", {}).items():
-                    written.add_metric([t], n)
-                for t, n in st.get("dropped", {}).items():
-                    dropped.add_metric([t], n)
-                failures.add_metric([], st.get("write_failures", 0))
-        yield from (lag, pending, written, dropped, failures)

@@ -21,7 +21,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from controlplane.config import TelemetryConfig
 from sluice.server import create_app, otlp_receiver
 from telemetry import queries
-from telemetry.otlp_receiver import OtlpReceiver, decode_protobuf, response_summary
+from telemetry.otlp_decode import decode_protobuf
+from telemetry.otlp_receiver import OtlpReceiver, response_summary
 from tests.fake_engine import FakeEngine
 from tests.gateway_fixtures import make_config
 from tests.servers import ServerThread, free_port

@@ -22,11 +22,11 @@ from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from telemetry import queries
 from telemetry.otlp_receiver import (
-    MAX_ATTR_CHARS,
     OtlpServer,
     handle_otlp_traces,
     response_summary,
 )
+from telemetry.otlp_rows import MAX_ATTR_CHARS
 from telemetry.store import Store
 
 PB = "application/x-protobuf"
