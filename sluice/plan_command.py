@@ -161,11 +161,11 @@ def _demand(args: argparse.Namespace, specs: list[ModelSpec]) -> Demand | None:
 def store_demand(db: str, since: str | None, until: str | None) -> Demand | None:
     """The load of a recorded window by Little's law: arrivals/s x mean seconds in the engine
     sequences in flight, holding the mean prompt + output tokens of the requests served."""
-    from sluice.cli import _open_store, parse_time
+    from sluice.store_window import open_store, parse_time
 
     lo = parse_time(since) if since else 0.0
     hi = parse_time(until) if until else float("inf")
-    con = _open_store(db)
+    con = open_store(db)
     try:
         n, first, last, e2e_ms, context = con.execute(
             "SELECT count(*), min(arrival_ts), max(arrival_ts), avg(e2e_ms) FILTER (WHERE status = 'ok'), "

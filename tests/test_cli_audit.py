@@ -14,10 +14,11 @@ import duckdb
 import pytest
 
 from replay.live import run_live
-from sluice.cli import main, parse_window
+from sluice.cli import main
 from sluice.demo import demo_workload
 from sluice.devsetup import dev_config, dev_state
 from sluice.server import create_app
+from sluice.store_window import parse_window
 from tests.servers import ServerThread
 from tests.test_gateway import raw
 
