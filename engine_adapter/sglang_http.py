@@ -7,10 +7,7 @@
   default, incremental with ``--incremental-streaming-output``) into `Chunk` objects carrying *delta*
   text and *cumulative* counts;
 * `abort` -> ``POST /abort_request``; a consumer that stops iterating early triggers it too;
-* `load` -> ``GET /v1/loads``, falling back to ``GET /metrics`` and then the deprecated ``/get_load``;
-* `info` -> ``/server_info`` (falling back to ``/get_server_info``) and ``/model_info``
-  (``/get_model_info``);
-* `health` -> ``GET /health``.
+* `load`, `info`, `health`: engine_adapter/sglang_http_status.py (`SGLangStatusQueries`).
 
 This is the gateway's hot path: per read from the socket one bytes-level split into lines, per
 streamed event one ``orjson.loads`` and one `Chunk`; `submit_batches` hands over the events of one
@@ -21,49 +18,32 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from engine_adapter.base import (
-    Chunk,
-    EngineError,
-    EngineInfo,
-    EngineLoad,
-    GenerateRequest,
-    StepProfile,
-)
+from engine_adapter.base import Chunk, EngineError, GenerateRequest, StepProfile
 from engine_adapter.sglang_adapters import RemoteAdapters
+from engine_adapter.sglang_http_status import SGLangStatusQueries
 from engine_adapter.sglang_wire import (
     StreamDecoder,
     abort_error,
     chunk_error,
     describe,
     dumps,
-    error_message,
     final_chunk,
     http_error,
     loads,
-    max_total_tokens,
-    parse_prometheus_load,
-    parse_v1_loads,
     prompt_input,
 )
 
 
 __all__ = ["SGLangHTTPEngine"]
 
-_NOT_THERE = (404, 405)  # an endpoint this SGLang version does not have
 
-
-class _Unavailable(Exception):
-    """An optional endpoint is absent on this engine (404/405): try the next source."""
-
-
-class SGLangHTTPEngine:
+class SGLangHTTPEngine(SGLangStatusQueries):
     """An `Engine` speaking SGLang's native HTTP API.
 
     Args:
@@ -148,27 +128,6 @@ class SGLangHTTPEngine:
         if s is not None and not s.closed and self._session_loop is asyncio.get_running_loop():
             await s.close()
 
-    async def _get(self, path: str, params: dict[str, str] | None = None) -> tuple[int, bytes]:
-        try:
-            async with self._sess().get(self._u(path), params=params, timeout=self._ctl_timeout) as r:
-                return r.status, await r.read()
-        except (TimeoutError, aiohttp.ClientError, OSError) as e:
-            raise EngineError(f"{self.name}: GET {path} failed: {describe(e)}") from e
-
-    async def _get_json(self, path: str, params: dict[str, str] | None = None) -> Any:
-        status, body = await self._get(path, params)
-        if status in _NOT_THERE:
-            raise _Unavailable(path)
-        if status != 200:
-            raise EngineError(
-                f"{self.name}: GET {path} returned {status}: {error_message(body)}",
-                status_code=status if status >= 400 else 502,
-            )
-        try:
-            return loads(body)
-        except ValueError as e:
-            raise EngineError(f"{self.name}: GET {path} returned invalid JSON") from e
-
     # ------------------------------------------------------------------ generate
 
     def _openai_body(self, req: GenerateRequest) -> bytes:
@@ -229,13 +188,7 @@ class SGLangHTTPEngine:
 
     async def _submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
         rid = request.rid
-        oai: bool | None = None  # None: the native /generate; True/False: OpenAI chat/text completions
-        if request.openai is not None:
-            oai = "messages" in request.openai
-            url, data = (self._chat_url if oai else self._completions_url), self._openai_body(request)
-        else:
-            url, data = self._generate_url, self._body(request)
-        headers = {"traceparent": request.traceparent} if request.traceparent else None
+        oai, url, data, headers = self._route(request)
         need_abort = False  # the engine may still be working on this rid
         consumer_left = False
         yielded = False  # a chunk has been produced (yielded, or in the batch being built)
@@ -243,9 +196,7 @@ class SGLangHTTPEngine:
             sess = self._sess()
             need_abort = True
             try:
-                async with sess.post(
-                    url, data=data, headers=headers, timeout=self._gen_timeout
-                ) as resp:
+                async with sess.post(url, data=data, headers=headers, timeout=self._gen_timeout) as resp:
                     try:
                         if resp.status != 200:
                             body = await resp.read()
@@ -253,8 +204,7 @@ class SGLangHTTPEngine:
                             raise http_error(self.name, resp.status, body)
                         if not request.stream and oai is None:
                             obj = loads(await resp.read())
-                            need_abort = False
-                            yielded = True
+                            need_abort, yielded = False, True
                             yield [self._final_from_json(obj, rid)]
                             return
                         # ---- the streaming hot loop: one read, one feed, one batch ----
@@ -276,46 +226,45 @@ class SGLangHTTPEngine:
                         if tail:
                             yield tail
                         if decoder.final is not None:
-                            # read the rest ("data: [DONE]" and the end of the body) so that the
-                            # connection goes back to the pool
-                            while await content.readany():
-                                pass
+                            await _drain(content)
                             return
                         need_abort = False
                         raise EngineError(
-                            f"{self.name}: stream for {rid} ended before its final chunk",
-                            retryable=not yielded,
+                            f"{self.name}: stream for {rid} ended before its final chunk", retryable=not yielded
                         )
                     except (GeneratorExit, asyncio.CancelledError):
-                        # Abort while the response is still open: the engine must still know the
-                        # rid when /abort_request arrives (closing the connection first would let
-                        # a server that aborts on disconnect forget it).
+                        # abort before closing: a server that aborts on disconnect would forget the rid
                         consumer_left = True
                         if need_abort:
                             need_abort = False
                             await self._abort_now(rid)
                         raise
-            except EngineError:
-                raise
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:  # an EngineError is none of these
                 if isinstance(e, aiohttp.ClientConnectorError):
                     need_abort = False  # the request never reached the engine
-                raise EngineError(
-                    f"{self.name}: /generate {rid} failed: {describe(e)}",
-                    status_code=504 if isinstance(e, asyncio.TimeoutError) else 502,
-                    retryable=not yielded,
-                ) from e
+                raise self._transport_error(rid, e, retryable=not yielded) from e
         except (GeneratorExit, asyncio.CancelledError):
             consumer_left = True
             raise
         finally:
             if need_abort:
-                if consumer_left:  # cancelled before the response headers arrived
-                    await self._abort_now(rid)
-                else:  # transport failure: tell the engine without delaying the error
-                    task = asyncio.get_running_loop().create_task(self._abort_quietly(rid))
-                    self._bg.add(task)
-                    task.add_done_callback(self._bg.discard)
+                await self._abort_after(rid, consumer_left)
+
+    def _route(self, req: GenerateRequest) -> tuple[bool | None, URL, bytes, dict[str, str] | None]:
+        """Where `req` goes, its body and its headers: `oai` is None for the native /generate,
+        True/False for OpenAI chat/text completions."""
+        headers = {"traceparent": req.traceparent} if req.traceparent else None
+        if req.openai is None:
+            return None, self._generate_url, self._body(req), headers
+        oai = "messages" in req.openai
+        return oai, (self._chat_url if oai else self._completions_url), self._openai_body(req), headers
+
+    def _transport_error(self, rid: str, e: BaseException, *, retryable: bool) -> EngineError:
+        return EngineError(
+            f"{self.name}: /generate {rid} failed: {describe(e)}",
+            status_code=504 if isinstance(e, asyncio.TimeoutError) else 502,
+            retryable=retryable,
+        )
 
     def _final_from_json(self, obj: Any, rid: str) -> Chunk:
         if isinstance(obj, list):
@@ -349,13 +298,25 @@ class SGLangHTTPEngine:
 
     async def _abort_now(self, rid: str) -> None:
         """Send the abort in a task and wait for it, shielded; never raises (cancellation aside)."""
-        task = asyncio.get_running_loop().create_task(self._abort_quietly(rid))
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        task = self._abort_in_background(rid)
         try:
             await asyncio.shield(task)
         except Exception:
             pass
+
+    async def _abort_after(self, rid: str, consumer_left: bool) -> None:
+        """The abort a `/generate` call still owes once its response is closed."""
+        if consumer_left:  # cancelled before the response headers arrived
+            await self._abort_now(rid)
+        else:  # transport failure: tell the engine without delaying the error
+            self._abort_in_background(rid)
+
+    def _abort_in_background(self, rid: str) -> asyncio.Task[None]:
+        """Send the abort in a task the engine keeps until done (`close` waits for it)."""
+        task = asyncio.get_running_loop().create_task(self._abort_quietly(rid))
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+        return task
 
     async def _abort_quietly(self, rid: str) -> None:
         try:
@@ -363,131 +324,9 @@ class SGLangHTTPEngine:
         except Exception:  # fire-and-forget: the engine may be gone, which is fine
             pass
 
-    # ------------------------------------------------------------------ load
 
-    async def load(self) -> EngineLoad:
-        """Current load: ``/v1/loads``, else ``/metrics``, else ``/get_load``. Raises EngineError."""
-        order = ("loads", "metrics", "get_load")
-        if self._load_source is not None:
-            order = (self._load_source,) + tuple(s for s in order if s != self._load_source)
-        for src in order:
-            try:
-                if src == "loads":
-                    el = parse_v1_loads(await self._get_json("/v1/loads", {"include": "core"}))
-                elif src == "metrics":
-                    el = await self._load_from_metrics()
-                else:
-                    el = await self._load_from_get_load()
-            except _Unavailable:
-                continue
-            self._load_source = src
-            if el.total_tokens:
-                self._max_total_tokens = el.total_tokens
-            if self.adapters is not None:
-                try:
-                    el.adapters = await self.adapters.refresh()
-                except (_Unavailable, EngineError):
-                    pass  # the load report stands without them
-            return el
-        raise EngineError(f"{self.name}: no load source (/v1/loads, /metrics, /get_load)", retryable=False)
-
-    async def _load_from_metrics(self) -> EngineLoad:
-        status, body = await self._get("/metrics")
-        if status in _NOT_THERE:
-            raise _Unavailable("/metrics")
-        if status != 200:
-            raise EngineError(f"{self.name}: GET /metrics returned {status}")
-        el = parse_prometheus_load(body.decode("utf-8", "replace"))
-        if el is None:  # /metrics exists but carries no sglang gauges (e.g. a proxy's)
-            raise _Unavailable("/metrics")
-        if not el.total_tokens and self._max_total_tokens:
-            el.total_tokens = self._max_total_tokens
-        return el
-
-    async def _load_from_get_load(self) -> EngineLoad:
-        data = await self._get_json("/get_load")
-        rows = data if isinstance(data, list) else [data]
-        running = waiting = used = 0
-        for row in rows:
-            if not isinstance(row, dict):
-                continue
-            w = int(row.get("num_waiting_reqs", 0) or 0)
-            # [INFERRED] num_reqs counts running and waiting requests together.
-            running += max(int(row.get("num_reqs", 0) or 0) - w, 0)
-            waiting += w
-            used += int(row.get("num_tokens", 0) or 0)
-        if not self._max_total_tokens:
-            try:
-                self._max_total_tokens = (await self.info()).max_total_tokens
-            except EngineError:
-                pass
-        return EngineLoad(running, waiting, used, self._max_total_tokens, timestamp=time.time())
-
-    # ------------------------------------------------------------------ info / health
-
-    async def info(self) -> EngineInfo:
-        """Static facts: KV capacity, version, model. Raises EngineError when unreachable."""
-        try:
-            si = await self._get_json("/server_info")
-        except _Unavailable:
-            si = await self._get_json("/get_server_info")
-        if not isinstance(si, dict):
-            raise EngineError(f"{self.name}: server_info is not an object")
-        max_tokens = max_total_tokens(si)
-        if max_tokens:
-            self._max_total_tokens = max_tokens
-        model = self.model
-        if model is None:
-            try:
-                mi = await self._get_json("/model_info")
-            except _Unavailable:
-                try:
-                    mi = await self._get_json("/get_model_info")
-                except _Unavailable:
-                    mi = {}
-            if isinstance(mi, dict):
-                model = mi.get("served_model_name") or mi.get("model_path")
-            model = model or si.get("served_model_name") or si.get("model_path") or "unknown"
-            self.model = model
-        version = si.get("version")
-        context = await self._context_length(model, si)
-        if si.get("enable_lora") and self.adapters is None:  # SGLang's --enable-lora (or --lora-paths)
-            slots = si.get("max_loaded_loras")
-            self.adapters = RemoteAdapters(self, slots if isinstance(slots, int) and slots > 0 else None)
-        return EngineInfo(
-            name=self.name,
-            kind=self.kind,
-            model=model,
-            url=self.url,
-            max_total_tokens=max_tokens or self._max_total_tokens,
-            simulated=False,
-            profile=self.profile,
-            version=str(version) if version is not None else None,
-            context_length=context,
-        )
-
-    async def _context_length(self, model: str, si: dict[str, Any]) -> int | None:
-        """The model's context window: `/v1/models`' `max_model_len` (SGLang's
-        `model_config.context_len`, what its tokenizer manager checks requests against), else the
-        `context_length` server argument (None unless the operator set it)."""
-        try:
-            models = await self._get_json("/v1/models")
-        except (_Unavailable, EngineError):  # optional: the window then comes from the server args
-            models = None
-        cards = models.get("data") if isinstance(models, dict) else None
-        if isinstance(cards, list):
-            card = next((c for c in cards if isinstance(c, dict) and c.get("id") == model), None)
-            card = card or (cards[0] if cards and isinstance(cards[0], dict) else {})
-            if isinstance(card.get("max_model_len"), int):
-                return card["max_model_len"]
-        value = si.get("context_length")
-        return value if isinstance(value, int) and value > 0 else None
-
-    async def health(self) -> bool:
-        """True when ``GET /health`` answers 2xx; never raises."""
-        try:
-            async with self._sess().get(self._u("/health"), timeout=self._ctl_timeout) as r:
-                await r.read()
-                return 200 <= r.status < 300
-        except Exception:
-            return False
+async def _drain(content: aiohttp.StreamReader) -> None:
+    """Read the rest of a finished stream ("data: [DONE]" and the end of the body) so that the
+    connection goes back to the pool."""
+    while await content.readany():
+        pass

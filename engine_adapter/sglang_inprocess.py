@@ -72,7 +72,8 @@ class SGLangInProcessEngine:
     def sglang_engine(self) -> Any:
         return self._engine
 
-    async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+    def _generate_kwargs(self, request: GenerateRequest) -> dict[str, Any]:
+        """`request` as keyword arguments of `sglang.Engine.async_generate`."""
         kw: dict[str, Any] = {}
         if request.openai is not None:
             text, ids, sp = self._from_openai(request.openai), None, native_sampling(request.openai)
@@ -94,6 +95,23 @@ class SGLangInProcessEngine:
             kw["external_trace_header"] = {"traceparent": request.traceparent}
         if request.lora_path is not None:  # Engine.async_generate's lora_path: the adapter's name
             kw["lora_path"] = request.lora_path
+        return kw
+
+    def _failure(self, e: Exception, yielded: bool) -> tuple[EngineError, bool]:
+        """The `EngineError` for what `sglang.Engine` raised, and whether the engine is done with the
+        request (it refused it: nothing left to abort)."""
+        if isinstance(e, ValueError):  # SGLang's request validation errors (e.g. a duplicate rid)
+            return EngineError(f"{self.name}: {e}", status_code=400, retryable=False,
+                               client_message=str(e)[:500]), True
+        status = getattr(e, "status_code", None)
+        if status == 503:
+            return EngineOverloaded(f"{self.name}: {getattr(e, 'detail', e)}"), True
+        return EngineError(f"{self.name}: {type(e).__name__}: {e}",
+                           status_code=int(status) if isinstance(status, int) else 500,
+                           retryable=not yielded), False
+
+    async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:  # type: ignore[override]
+        kw = self._generate_kwargs(request)
         rid = request.rid
         finished = False
         yielded = False
@@ -137,9 +155,7 @@ class SGLangInProcessEngine:
                     yield chunk
                     return
             finally:
-                aclose = getattr(gen, "aclose", None)
-                if aclose is not None:
-                    await aclose()
+                await _close_stream(gen)
             finished = True
             raise EngineError(f"{self.name}: stream for {rid} ended before its final chunk",
                               retryable=not yielded)
@@ -147,17 +163,10 @@ class SGLangInProcessEngine:
             raise
         except (GeneratorExit, asyncio.CancelledError):
             raise
-        except ValueError as e:  # SGLang's request validation errors (e.g. a duplicate rid)
-            finished = True
-            raise EngineError(f"{self.name}: {e}", status_code=400, retryable=False, client_message=str(e)[:500]) from e
         except Exception as e:
-            status = getattr(e, "status_code", None)
-            if status == 503:
-                finished = True
-                raise EngineOverloaded(f"{self.name}: {getattr(e, 'detail', e)}") from e
-            raise EngineError(f"{self.name}: {type(e).__name__}: {e}",
-                              status_code=int(status) if isinstance(status, int) else 500,
-                              retryable=not yielded) from e
+            error, refused = self._failure(e, yielded)
+            finished = finished or refused
+            raise error from e
         finally:
             if not finished:
                 await self.abort(rid)
@@ -241,6 +250,13 @@ class SGLangInProcessEngine:
         shutdown = getattr(self._engine, "shutdown", None)
         if shutdown is not None:
             await asyncio.to_thread(shutdown)
+
+
+async def _close_stream(gen: Any) -> None:
+    """Close `async_generate`'s stream where it can be closed (SGLang's is an async generator)."""
+    aclose = getattr(gen, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 # The parts of SGLang's OpenAI serving that live in its HTTP layer, not in `sglang.Engine`: the

@@ -299,22 +299,8 @@ def sample_servegen(profile: ServeGenProfile, *, start_s: float = 0, duration_s:
     if not rate_scale > 0:
         raise ValueError("rate_scale must be > 0")
     end_s = start_s + duration_s
-    chosen = list(clients) if clients is not None else profile.client_ids()
-    for c in chosen:
-        if c not in profile.clients:
-            raise KeyError(f"client {c} not in {profile.name}")
-    if top_n is not None:
-        ranked = profile.top_clients(None, start_s, end_s)
-        chosen_set = set(chosen)
-        chosen = [c for c in ranked if c in chosen_set][:top_n]
-    no_pmf = [c for c in chosen if not profile.clients[c].has_lengths]
-    if no_pmf and fallback_lengths is None:
-        raise ValueError(f"clients {no_pmf} of {profile.name} have no length distribution; "
-                         "pass fallback_lengths ('pooled' or a LengthTable)")
-    donors = [c for c in profile.client_ids() if profile.clients[c].has_lengths]
-    if no_pmf and fallback_lengths == "pooled" and not donors:
-        raise ValueError(f"{profile.name} ships no length distributions to pool; pass a LengthTable "
-                         "as fallback_lengths (e.g. load_length_table(...) or LengthTable.from_workload(...))")
+    chosen = _chosen_clients(profile, clients, top_n, start_s, end_s)
+    donors = _length_donors(profile, chosen, fallback_lengths)
 
     overlap = profile._overlap(start_s, end_s)
     out: list[WorkloadRequest] = []
@@ -348,6 +334,33 @@ def sample_servegen(profile: ServeGenProfile, *, start_s: float = 0, duration_s:
                 out.append(r)
     out.sort(key=lambda r: r.timestamp_ms)
     return out
+
+
+def _chosen_clients(profile: ServeGenProfile, clients: Sequence[int] | None, top_n: int | None,
+                    start_s: float, end_s: float) -> list[int]:
+    """`clients` (default: all), checked, then the busiest `top_n` of them over [start_s, end_s)."""
+    chosen = list(clients) if clients is not None else profile.client_ids()
+    for c in chosen:
+        if c not in profile.clients:
+            raise KeyError(f"client {c} not in {profile.name}")
+    if top_n is not None:
+        ranked = profile.top_clients(None, start_s, end_s)
+        chosen_set = set(chosen)
+        chosen = [c for c in ranked if c in chosen_set][:top_n]
+    return chosen
+
+
+def _length_donors(profile: ServeGenProfile, chosen: list[int], fallback_lengths: FallbackLengths) -> list[int]:
+    """The clients a pooled fallback draws lengths from; an error if a chosen client can get none."""
+    no_pmf = [c for c in chosen if not profile.clients[c].has_lengths]
+    if no_pmf and fallback_lengths is None:
+        raise ValueError(f"clients {no_pmf} of {profile.name} have no length distribution; "
+                         "pass fallback_lengths ('pooled' or a LengthTable)")
+    donors = [c for c in profile.client_ids() if profile.clients[c].has_lengths]
+    if no_pmf and fallback_lengths == "pooled" and not donors:
+        raise ValueError(f"{profile.name} ships no length distributions to pool; pass a LengthTable "
+                         "as fallback_lengths (e.g. load_length_table(...) or LengthTable.from_workload(...))")
+    return donors
 
 
 def _lengths(profile: ServeGenProfile, client: ServeGenClient, w: ArrivalWindow, n: int,

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -228,38 +229,32 @@ def _f(x: float | None, d: int = 3, scale: float = 1.0) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x * scale:.{d}f}"
 
 
+# the column group of each run: (header, figure of a TenantOutcome)
+_SIDE_COLUMNS: list[tuple[str, Callable[[Any], str]]] = [
+    ("adm%", lambda o: _f(o.admitted / o.requests if o.requests else None, 1, 100)),
+    ("ref%", lambda o: _f(o.refused, 1, 100)),
+    ("good/s", lambda o: _f(o.goodput_rps, 2)),
+    ("goodtok/s", lambda o: _f(o.goodput_tps, 0)),
+    ("SLO%", lambda o: _f(o.slo_attainment_admitted, 1, 100)),
+    ("TTFT50", lambda o: _f(o.ttft_p50_s)),
+    ("TTFT99", lambda o: _f(o.ttft_p99_s)),
+    ("fair", lambda o: _f(o.fair_ratio, 2))]
+
+
 def format_side_by_side(results: dict[str, VirtualResult]) -> str:
     """One row per tenant, then one per SLO class and one for all; one column group per policy:
     admitted %, refused % (at arrival or expired in the queue), goodput (req/s and prompt + output
     tokens/s of requests that met every SLO), SLO attainment of admitted requests (%), TTFT p50 / p99
     (s), and for tenants their SLO-met service over their max-min fair share of what they asked for
     (refusals included)."""
-    cols = [("adm%", lambda o: _f(o.admitted / o.requests if o.requests else None, 1, 100)),
-            ("ref%", lambda o: _f(o.refused, 1, 100)),
-            ("good/s", lambda o: _f(o.goodput_rps, 2)),
-            ("goodtok/s", lambda o: _f(o.goodput_tps, 0)),
-            ("SLO%", lambda o: _f(o.slo_attainment_admitted, 1, 100)),
-            ("TTFT50", lambda o: _f(o.ttft_p50_s)),
-            ("TTFT99", lambda o: _f(o.ttft_p99_s)),
-            ("fair", lambda o: _f(o.fair_ratio, 2))]
-
-    def group(r: VirtualResult, key: str) -> Any:
-        kind, _, name = key.partition(":")
-        return r.overall if kind == "all" else (r.per_class if kind == "class" else r.per_tenant).get(name)
-
-    keys: list[str] = []
-    for r in results.values():
-        keys += [f"tenant:{t}" for t in r.per_tenant if f"tenant:{t}" not in keys]
-    n_tenants = len(keys)
-    for r in results.values():
-        keys += [f"class:{c}" for c in r.per_class if f"class:{c}" not in keys]
-    keys.append("all:")
+    cols = _SIDE_COLUMNS
+    keys, n_tenants = _side_row_keys(results)
     head1 = ["", ""]
     head2 = ["tenant / class", "req"]
     first = next(iter(results.values()))
     rows = []
     for key in keys:
-        o0 = group(first, key)
+        o0 = _side_group(first, key)
         name = key.partition(":")[2]
         rows.append([name if key.startswith("tenant:") else (f"[{name}]" if name else "all"),
                      str(o0.requests if o0 else "-")])
@@ -268,7 +263,7 @@ def format_side_by_side(results: dict[str, VirtualResult]) -> str:
             head1.append(label if k == 0 else "")
             head2.append(name)
             for row, key in zip(rows, keys):
-                o = group(r, key)
+                o = _side_group(r, key)
                 row.append(fn(o) if o is not None else "-")
     widths = [max(len(h1), len(h2), *(len(r[k]) for r in rows)) for k, (h1, h2) in enumerate(zip(head1, head2))]
     sep = lambda k: " | " if k >= 2 and (k - 2) % len(cols) == 0 else "  "  # noqa: E731
@@ -285,17 +280,39 @@ def format_side_by_side(results: dict[str, VirtualResult]) -> str:
            line(head1), line(head2), rule]
     out += [line(r) for r in rows[:n_tenants]] + [rule]
     out += [line(r) for r in rows[n_tenants:-1]] + [rule, line(rows[-1]), ""]
-    for label, r in results.items():
-        fz = r.fairness
-        apes = "  ".join(f"{c} {_f(o.ttft_ape_p50, 1, 100)}%" for c, o in r.per_class.items()
-                         if o.ttft_ape_p50 is not None)
-        worst = (f" (worst {fz['min_fair_tenant']} at {_f(fz['min_fair_ratio'], 2)})"
-                 if fz.get("min_fair_tenant") is not None else "")
-        out.append(f"{label:>20}: Jain over fair shares of demand {_f(fz['jain_demand'])}{worst}"
-                   f"  max service diff {_f(fz['service_difference'], 0)}"
-                   f"  TTFT forecast MdAPE {apes or '-'}"
-                   f"  {r.makespan_s:.0f} virtual s in {r.wall_s:.1f} s ({r.virtual_per_wall:.0f}x)")
+    out += [_side_run_line(label, r) for label, r in results.items()]
     return "\n".join(out)
+
+
+def _side_group(r: VirtualResult, key: str) -> Any:
+    """The outcome of a row key: "tenant:<name>", "class:<name>" or "all:"; None if the run has none."""
+    kind, _, name = key.partition(":")
+    return r.overall if kind == "all" else (r.per_class if kind == "class" else r.per_tenant).get(name)
+
+
+def _side_row_keys(results: dict[str, VirtualResult]) -> tuple[list[str], int]:
+    """The rows' keys, every run's tenants then every run's classes then all; and how many are tenants."""
+    keys: list[str] = []
+    for r in results.values():
+        keys += [f"tenant:{t}" for t in r.per_tenant if f"tenant:{t}" not in keys]
+    n_tenants = len(keys)
+    for r in results.values():
+        keys += [f"class:{c}" for c in r.per_class if f"class:{c}" not in keys]
+    keys.append("all:")
+    return keys, n_tenants
+
+
+def _side_run_line(label: str, r: VirtualResult) -> str:
+    """A run's fairness, forecast accuracy and speed, under the table."""
+    fz = r.fairness
+    apes = "  ".join(f"{c} {_f(o.ttft_ape_p50, 1, 100)}%" for c, o in r.per_class.items()
+                     if o.ttft_ape_p50 is not None)
+    worst = (f" (worst {fz['min_fair_tenant']} at {_f(fz['min_fair_ratio'], 2)})"
+             if fz.get("min_fair_tenant") is not None else "")
+    return (f"{label:>20}: Jain over fair shares of demand {_f(fz['jain_demand'])}{worst}"
+            f"  max service diff {_f(fz['service_difference'], 0)}"
+            f"  TTFT forecast MdAPE {apes or '-'}"
+            f"  {r.makespan_s:.0f} virtual s in {r.wall_s:.1f} s ({r.virtual_per_wall:.0f}x)")
 
 
 if __name__ == "__main__":  # pragma: no cover

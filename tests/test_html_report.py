@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from replay.html_report import (FIGURES, ReportRequest, ReportRun, _figures, _summary_rows, run_from_virtual,
-                                share_over_time, write_report)
+from replay.html_report import FIGURES, ReportRequest, ReportRun, run_from_virtual, share_over_time, write_report
+from replay.html_report_figures import figures
+from replay.html_report_tables import summary_rows
 from replay.loaders import LengthTable, poisson_workload
 from replay.outcomes import VirtualResult
 from replay.runner import default_policy, run_virtual
@@ -72,7 +73,7 @@ def test_the_run_from_virtual_replay_keeps_the_runner_figures() -> None:
         assert len(run.requests) == len(res.records)
         statuses = {r.status for r in run.requests}
         assert {"ok", "rejected"} <= statuses  # the load exercises refusals
-        rows = {row["name"]: row for row in _summary_rows(run, "tenant")}
+        rows = {row["name"]: row for row in summary_rows(run, "tenant")}
         for tenant, o in res.per_tenant.items():
             row = rows[tenant]
             assert (row["requests"], row["admitted"], row["rejected"], row["expired"], row["completed"]) == (
@@ -81,14 +82,14 @@ def test_the_run_from_virtual_replay_keeps_the_runner_figures() -> None:
             assert row["fair_ratio"] == pytest.approx(o.fair_ratio)
             assert row["share"] == pytest.approx(o.share)
             assert row["ttft_p50_ms"] == pytest.approx(o.ttft_p50_s * 1e3)
-        classes = {row["name"]: row for row in _summary_rows(run, "slo_class")}
+        classes = {row["name"]: row for row in summary_rows(run, "slo_class")}
         assert set(classes) == {"interactive", "batch", "all"}
         assert classes["batch"]["requests"] == res.per_class["batch"].requests
 
 
 def test_every_figure_has_a_title_axis_titles_and_names_its_runs() -> None:
     runs = _runs()
-    figs = _figures(runs)
+    figs = figures(runs)
     assert tuple(figs) == FIGURES
     for key, fig in figs.items():
         layout = fig.layout

@@ -10,7 +10,7 @@ import pytest
 
 from engine_adapter.base import Chunk, EngineError, GenerateRequest, StepProfile
 from engine_adapter.sim import SimEngine, load_profile, zero_delay
-from engine_adapter.sim.engine import DEFAULT_MAX_NEW_TOKENS, VOCAB
+from engine_adapter.sim.reply import DEFAULT_MAX_NEW_TOKENS, VOCAB
 from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 from tests.conditions import eventually
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 from pathlib import Path
 
 from engine_adapter.base import Chunk, EngineError, EngineInfo, EngineLoad, GenerateRequest
@@ -29,12 +28,9 @@ from engine_adapter.clock import ClockModel
 from engine_adapter.lora import AdapterError, AdapterSet
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import DEFAULT_PROFILE, SimProfile, load_profile
-from engine_adapter.sim.surface import Script, native_body, script_for, stop_cut
+from engine_adapter.sim.reply import plan_reply, reply_delta
 from engine_adapter.tokens import estimate_chat_tokens, estimate_tokens
 
-DEFAULT_MAX_NEW_TOKENS = 128  # SGLang's default
-VOCAB = ("synthetic", "simulated", "tokens", "from", "the", "sluice", "sim", "engine", "lorem", "ipsum",
-         "dolor", "sit", "amet")
 VERSION = "sluice-sim/1"
 # seconds to load a LoRA adapter (an assumption, not a measurement: reading a rank-16 8B adapter's
 # ~30-160 MB of safetensors and copying it to the GPU; override per engine with `lora_load_s`)
@@ -49,41 +45,6 @@ class _Stream:
         self.latest: SimEvent | None = None
         self.wake = asyncio.Event()
         self.offset = offset  # where this request starts in the vocabulary
-
-
-def synthetic_text(offset: int, start: int, end: int) -> str:
-    """Words for tokens [start, end) of a request: one word and a space per token."""
-    n = len(VOCAB)
-    return "".join(VOCAB[(offset + i) % n] + " " for i in range(start, end))
-
-
-def synthetic_pieces(offset: int, n: int) -> list[str]:
-    return [VOCAB[(offset + i) % len(VOCAB)] + " " for i in range(n)]
-
-
-def _delta(script: Script | None, offset: int, start: int, end: int) -> tuple[str, dict[str, Any] | None]:
-    """The text of tokens [start, end) and, for an OpenAI request, the fields that go with it."""
-    if script is None:
-        return synthetic_text(offset, start, end), None
-    pieces = script.pieces[start:end] if script.pieces is not None else synthetic_pieces(offset + start, end - start)
-    extra = script.extra(pieces, start == 0)
-    text = "" if script.tool is not None else "".join(pieces)
-    if start == 0 and script.echo is not None:
-        text = script.echo + text
-    return text, extra
-
-
-def _check_context(prompt_tokens: int, max_new: int, context: int) -> None:
-    """SGLang's TokenizerManager._validate_one_request, its messages verbatim."""
-    if prompt_tokens >= context:
-        raise EngineError(f"The input ({prompt_tokens} tokens) is longer than the model's context length "
-                          f"({context} tokens).", status_code=400, retryable=False)
-    if prompt_tokens + max_new >= context:
-        raise EngineError(
-            f"Requested token count exceeds the model's maximum context length of {context} tokens. You requested "
-            f"a total of {prompt_tokens + max_new} tokens: {prompt_tokens} tokens from the input messages and "
-            f"{max_new} tokens for the completion. Please reduce the number of tokens in the input messages or "
-            f"the completion to fit within the limit.", status_code=400, retryable=False)
 
 
 class SimEngine:
@@ -188,6 +149,21 @@ class SimEngine:
             return max(1, len(request.input_ids))
         return estimate_tokens(request.prompt or "")
 
+    def _enqueue(self, request: GenerateRequest, prompt_tokens: int, max_new: int,
+                 output_tokens: int | None) -> tuple[_Stream, float]:
+        """Hand `request` to the core now, waking the driver if the core was idle; its stream and the
+        submit time."""
+        rid = request.rid
+        now = self._now()
+        self._sync(now)
+        was_idle = self.core.next_time() is None
+        st = self._streams[rid] = _Stream(0)  # every reply reads "synthetic simulated tokens from ..."
+        self.core.submit(now, SimRequest(rid, prompt_tokens, max_new, output_tokens,
+                                         request.hash_ids, request.priority))
+        if was_idle and self._wake is not None:
+            self._wake.set()
+        return st, now
+
     async def submit(self, request: GenerateRequest) -> AsyncIterator[Chunk]:
         if self._closed:
             raise EngineError("simulated engine is closed", status_code=503)
@@ -198,44 +174,14 @@ class SimEngine:
         if prompt_tokens + 1 > self.profile.kv_capacity_tokens:
             raise EngineError(f"prompt of {prompt_tokens} tokens exceeds the KV capacity "
                               f"({self.profile.kv_capacity_tokens})", status_code=400, retryable=False)
-        sampling = request.sampling_params
-        if request.openai is not None:
-            body = request.openai
-            sampling = {"max_new_tokens": body.get("max_completion_tokens") or body.get("max_tokens"),
-                        "ignore_eos": body.get("ignore_eos")}  # SGLang's OpenAI endpoints take it too
-        max_new = sampling.get("max_new_tokens")
-        max_new = DEFAULT_MAX_NEW_TOKENS if max_new is None else int(max_new)
-        if max_new < 0:
-            raise EngineError("max_new_tokens must be >= 0", status_code=400, retryable=False)
-        _check_context(prompt_tokens, max_new, self.profile.context_length)
-        # SGLang's ignore_eos: no end-of-sequence stop, the output runs to max_new_tokens
-        output_tokens = max_new if sampling.get("ignore_eos") else request.output_tokens
-        wanted = request.openai if request.openai is not None else native_body(sampling)
-        try:
-            script = script_for(wanted, rid) if wanted is not None else None
-        except ValueError as e:  # a grammar the simulator cannot honour: refused, not ignored
-            raise EngineError(str(e), status_code=400, retryable=False) from None
-        if script is not None and script.pieces is None and script.stop:
-            script.pieces, matched = stop_cut(synthetic_pieces(0, max_new), script.stop)
-            if not matched:
-                script.pieces = None
-        if script is not None and script.pieces is not None:
-            output_tokens = len(script.pieces)
+        max_new, output_tokens, script = plan_reply(request, prompt_tokens, self.profile.context_length)
         adapter = await self._take_adapter(request)  # after every check: held from here to the stream's end
         try:
             self._ensure_driver()
         except EngineError:
             self._drop_adapter(adapter)
             raise
-        now = self._now()
-        self._sync(now)
-        was_idle = self.core.next_time() is None
-        st = self._streams[rid] = _Stream(0)  # every reply reads "synthetic simulated tokens from ..."
-        self.core.submit(now, SimRequest(rid, prompt_tokens, max_new, output_tokens,
-                                         request.hash_ids, request.priority))
-        if was_idle and self._wake is not None:
-            self._wake.set()
-        start = now
+        st, start = self._enqueue(request, prompt_tokens, max_new, output_tokens)
         sent = 0
         finished = False
         try:
@@ -254,7 +200,7 @@ class SimEngine:
                     continue
                 if ev.kind != "finish" and not request.stream:
                     continue  # non-streaming: one chunk at the end, with all the text
-                text, extra = _delta(script, st.offset, sent, ev.completion_tokens)
+                text, extra = reply_delta(script, st.offset, sent, ev.completion_tokens)
                 sent = ev.completion_tokens
                 if ev.kind == "finish":
                     finished = True

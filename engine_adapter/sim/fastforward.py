@@ -151,8 +151,13 @@ class DecodeFastForward:
         if ends:
             meter.record_busy(run_start, t, power)
             meter.record_token_run(ends, out, n)
+        self._resume_after(planned, t)
+        return True
+
+    def _resume_after(self, planned: Step | None, t: float) -> None:
+        """Carry on after a merged stretch that ended at `t`: with the step it planned but could not
+        complete before `until`, else with a new step planned at `t`."""
         if planned is not None:
             self._step = planned
         else:
             self._plan(t)
-        return True
