@@ -14,7 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from controlplane.core.capacity import CapacityParams, Controller, Replica
-from controlplane.core.core import DecisionCore, ForecastLog
+from controlplane.core.core import DecisionCore
+from controlplane.core.learning import ForecastLog
 from controlplane.core.frequency import FrequencyController, FrequencyParams
 from controlplane.core.policy import Policy
 from controlplane.driver import DEFAULT_PROFILE, ClockSteering, Driver, engine_model

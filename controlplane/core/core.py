@@ -9,15 +9,13 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Iterable
-from dataclasses import replace
-from typing import Protocol
 
 from controlplane.core.adapters import AdapterIndex
-from controlplane.core.admission import AdmissionInputs, EngineView, decide, forecast
+from controlplane.core.admission import AdmissionInputs, EngineView, decide, feasible_alone, forecast
 from controlplane.core.dispatch import Candidate, DispatchRequest, choose
-from controlplane.core.demand import MIN_BACKLOG_S, Demand
-from controlplane.core.engine_state import RATE_WINDOW_S, EngineState, StepModel, Tracked
-from controlplane.core.learning import Costs, learn_step_times
+from controlplane.core.demand import Demand
+from controlplane.core.engine_state import EngineState, StepModel, Tracked
+from controlplane.core.learning import Costs, ForecastLog, OutputPredictor, learn
 from controlplane.core.events import (
     Action,
     Decision,
@@ -30,27 +28,16 @@ from controlplane.core.events import (
 )
 from controlplane.core.policy import Policy, PolicyError
 from controlplane.core.prefix_index import PrefixIndex
+from controlplane.core.records import LOAD_REASONS, REJECT_MESSAGES, admission_record
 from controlplane.core.rate_limits import RateLimits
-from controlplane.core.snapshot import CoreSnapshot, EngineSnapshot, TenantSnapshot, TierSnapshot
-from controlplane.core.tiers import DEFERRABLE, LATENCY, STARVING_BEHIND, TieredQueue, tier_of
+from controlplane.core.snapshot import CoreSnapshot, take_snapshot
+from controlplane.core.tier_balance import TierBalance
+from controlplane.core.tiers import DEFERRABLE, LATENCY, configure_scheduler, tier_of, tiered_queue
 from controlplane.core.windows import size_window
-from fairness import Outcome, Scheduler, Work, make_scheduler
+from fairness import Outcome, Work
 
 
-class Prediction(Protocol):
-    tokens: float
-
-
-class OutputPredictor(Protocol):
-    def predict(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None) -> Prediction: ...
-    def observe(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None, actual: int) -> None: ...
-
-
-class ForecastLog(Protocol):
-    def record(self, kind: str, predicted: float, actual: float) -> None: ...
-
-
-class DecisionCore:
+class DecisionCore(TierBalance):
     def __init__(
         self,
         policy: Policy,
@@ -63,7 +50,7 @@ class DecisionCore:
         self.errors = errors
         self.engines = {spec.name: EngineState(spec, model, profile=model.profile()) for spec, model in engines}
         self.requests: dict[str, Tracked] = {}
-        self.scheduler = self._new_queue(policy)
+        self.scheduler = tiered_queue(policy, lambda tenant: self.policy.tenant(tenant).weight)
         self.rate_limits = RateLimits()
         # heap of queued requests' (deadline, arrival number, rid): ties go by arrival, not by rid
         # (serving's rids are random, replay's ordered: the same decisions need the same tie-break)
@@ -73,7 +60,7 @@ class DecisionCore:
         self._inflight_tpot: dict[str, int] = {}  # SLO class -> requests running
         self._inflight_deferrable: dict[str, int] = {name: 0 for name in self.engines}  # per engine
         self.costs = Costs()  # what requests have been costing lately (learning.py)
-        self._latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
+        self.latency_refused_at = -math.inf  # the last refusal of a latency request for lack of capacity
         self.prefix_index = PrefixIndex()  # where each prompt prefix should be cached (dispatch's locality)
         self.adapters = AdapterIndex()  # which LoRA adapters each engine holds (dispatch's `adapter` scorer)
         self._resize_windows()
@@ -106,21 +93,21 @@ class DecisionCore:
         tier = tier_of(cls)
         self.demand.arrived(now, spec.tenant, tier)
         if self._over_share(now, tier):
-            return refuse("over_share", _REJECT_MESSAGES["over_share"], 1.0, tier=tier)
+            return refuse("over_share", REJECT_MESSAGES["over_share"], 1.0, tier=tier)
         predicted = min(float(spec.max_tokens), max(1.0, self.predictor.predict(
             spec.tenant, spec.prompt_tokens, spec.max_tokens, cls_name).tokens))
         cost = self.costs.prompt_cost(spec.tenant, spec.prompt_tokens)
         inputs = self._admission_inputs(now, spec, cls_name, predicted, tier, cost)
         result = decide(inputs)
-        if result.decision == "reject" and tier == LATENCY and result.reason in _LOAD_REASONS \
-                and self._feasible_alone(inputs):
-            self._latency_refused_at = now
+        if result.decision == "reject" and tier == LATENCY and result.reason in LOAD_REASONS \
+                and feasible_alone(inputs):
+            self.latency_refused_at = now
         if result.decision == "reject":
-            message = _REJECT_MESSAGES.get(result.reason, result.reason)
+            message = REJECT_MESSAGES.get(result.reason, result.reason)
             return [
                 Reject(spec.rid, result.reason, message, result.retry_after_s),
                 Decision(now, spec.rid, spec.tenant, "reject", result.reason, result.engine, version,
-                         _inputs_record(inputs, cls_name), shallow_dict(result)),
+                         admission_record(inputs, cls_name), shallow_dict(result)),
             ]
 
         work = Work(int(round(cost)), int(round(predicted)))
@@ -133,7 +120,7 @@ class DecisionCore:
         self.rate_limits.take(now, spec.tenant, spec.prompt_tokens + predicted, tp.rate_limit_rps, tp.rate_limit_tpm)
         self._enqueue(tracked)
         actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
-                                          version, _inputs_record(inputs, cls_name), shallow_dict(result))]
+                                          version, admission_record(inputs, cls_name), shallow_dict(result))]
         actions += self._pump(now)
         return actions
 
@@ -170,12 +157,12 @@ class DecisionCore:
         ttft = first - t.dispatched_at if first is not None and t.dispatched_at is not None else None
         tpot = (now - first) / (report.completion_tokens - 1) if first is not None and report.completion_tokens > 1 else None
         if report.status == "ok":
-            self._learn(now, t, eng, report, ttft, tpot)
+            learn(self.predictor, self.errors, self.costs, now, t, eng, report, ttft, tpot)
             if t.tier == LATENCY and t.forecast_ttft_s and first is not None:
                 self.costs.observe_ttft(first - t.arrival, t.forecast_ttft_s)
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.tiers[t.tier].scheduler.finish(t.spec.tenant, t.work, Outcome(
-            actual, self._latency_factor(t.slo_class, ttft_total, tpot),
+            actual, self.policy.slo(t.slo_class).latency_factor(ttft_total, tpot),
             gpu_seconds=eng.profile.prefill_time(computed, report.cached_tokens) + report.completion_tokens * (
                 eng.profile.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
         self.rate_limits.reconcile(now, t.spec.tenant, t.spec.prompt_tokens + t.predicted_output
@@ -250,12 +237,12 @@ class DecisionCore:
         old, self.policy = self.policy, policy
         if policy.scheduler != old.scheduler:
             queued = self._drain_scheduler()
-            self.scheduler = self._new_queue(policy)
+            self.scheduler = tiered_queue(policy, lambda tenant: self.policy.tenant(tenant).weight)
             for t in queued:
                 self.scheduler.push(t.tier, t.spec.tenant, t.spec.rid, t.work, t.prompt_cost)
         else:
             for sched in self.scheduler.schedulers():
-                self._configure_scheduler(sched, policy)
+                configure_scheduler(sched, policy)
             for q in self.scheduler.tiers.values():
                 q.backlogged_weight = sum(policy.tenant(n).weight for n in q.tenant_tokens)
         self.demand.reweigh()
@@ -281,75 +268,11 @@ class DecisionCore:
         """What the core knows at `now`, as frozen values (controlplane/core/snapshot.py): its
         readers' contract. The tenants (one pass over all of them) only `with_tenants`: every tenant
         the policy or the queues know, and those named in `also`."""
-        self.demand.active_weight(now)  # ages the arrival window to `now`
-        running: dict[str, int] = {}
-        deferred = []
-        for t in self.requests.values():
-            if t.engine is not None:
-                running[t.spec.tenant] = running.get(t.spec.tenant, 0) + 1
-            elif t.tier == DEFERRABLE and t.deadline is not None:
-                deferred.append(t.deadline - now)
-        tiers = {name: TierSnapshot(name, q.queued, q.tokens, q.backlogged_weight,
-                                    self.demand.tier_arrivals[name] / RATE_WINDOW_S)
-                 for name, q in self.scheduler.tiers.items()}
-        engines = {}
-        for name, e in self.engines.items():
-            ttft, tpot = self.typical_forecast(name, now)
-            engines[name] = EngineSnapshot(name, e.healthy, len(e.in_flight), e.window,
-                                           max(e.kv_tokens, e.reported_kv_tokens), e.spec.kv_capacity,
-                                           e.spec.max_running, e.profile, ttft, tpot,
-                                           max(e.waiting_tokens, e.reported_waiting_tokens), e.rates(now)[0],
-                                           e.spec.chunk)
-        queued = self.scheduler.queued_by_tenant()
-        tenants = self._tenant_snapshots(queued, running, also) if with_tenants else {}
-        return CoreSnapshot(now, self.policy, tenants, queued, tiers, engines, self.scheduler.total,
-                            sum(running.values()), self.costs.mean_prompt, self.costs.mean_output, self.costs.ttft_error,
-                            self._latency_refused_at, tuple(sorted(deferred)))
-
-    def _tenant_snapshots(self, queued: dict[str, int], running: dict[str, int],
-                          also: Iterable[str]) -> dict[str, TenantSnapshot]:
-        policy, queues = self.policy, self.scheduler
-        backlogged = set(queues.backlogged())
-        backlogged_weight = sum(policy.tenant(n).weight for n in backlogged) or 1.0
-        out = {}
-        for name in dict.fromkeys([*queued, *policy.tenants, *also]):
-            tp = policy.tenant(name)
-            out[name] = TenantSnapshot(name, tp.weight, tp.slo_class, tp.paused, queued.get(name, 0),
-                                       running.get(name, 0), tp.weight / backlogged_weight if name in backlogged
-                                       else 0.0, queues.counters(name))
-        return out
+        return take_snapshot(self, now, with_tenants, also)
 
     def engine_view(self, eng: EngineState, now: float, ahead: float = 0.0) -> EngineView:
         """The engine as the forecast sees it; `ahead` requests queued before the one forecast."""
-        p = eng.profile
-        batch = max(1, min(eng.window, len(eng.in_flight) + 1))
-        kv = max(eng.kv_tokens, eng.reported_kv_tokens)
-        prefill_rate, dispatch_rate = eng.rates(now)
-        m = eng.meter
-        meter = (min(m.burst, m.level + max(0.0, now - m.stamp) * m.rate), m.rate) if m else (0.0, 0.0)
-        view = EngineView(eng.spec.name, eng.window, len(eng.in_flight),
-                          max(eng.waiting_tokens, eng.reported_waiting_tokens), kv, 0.0, prefill_rate,
-                          dispatch_rate, (), p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e,
-                          eng.spec.chunk, eng.prefill_budget, *meter, p.prefill_f, max(0.0, eng.waiting_attention_s))
-        step = view.step_time(batch, kv)
-        departures: tuple[float, ...] = ()
-        if ahead >= view.free_slots and eng.in_flight:  # only a queued request needs them
-            need = min(len(eng.in_flight), int(ahead - view.free_slots) + 1)
-            departures = tuple(heapq.nsmallest(need, (self._remaining(t, now, step)
-                                                      for t in eng.in_flight.values())))
-        while eng.finishes and eng.finishes[0] < now - RATE_WINDOW_S:
-            eng.finishes.popleft()
-        mean_service = view.prefill_through(self.costs.mean_prompt, batch, kv) + self.costs.mean_output * step
-        return replace(view, departure_rate=len(eng.finishes) / RATE_WINDOW_S, mean_service_s=mean_service,
-                       departures=departures)
-
-    @staticmethod
-    def _remaining(t: Tracked, now: float, step: float) -> float:
-        """Predicted seconds until an in-flight request finishes, from its progress at today's pace."""
-        if t.first_token_at is None:
-            return max(step, t.expected_finish - now)
-        done = (now - t.first_token_at) / step
-        return max(step, (t.predicted_output - 1 - done) * step)
+        return eng.view(now, self.costs.mean_prompt, self.costs.mean_output, ahead)
 
     def typical_forecast(self, name: str, now: float) -> tuple[float, float]:
         """TTFT and TPOT (s) a typical new request of the latency tier would see on this engine now."""
@@ -361,27 +284,6 @@ class DecisionCore:
         return f.ttft_s, f.tpot_s
 
     # -- internals --------------------------------------------------------------------------
-    def _new_queue(self, policy: Policy) -> TieredQueue:
-        params = {"alpha": policy.holistic_alpha} if policy.scheduler == "equinox" else {}
-
-        def make() -> Scheduler:
-            scheduler = make_scheduler(policy.scheduler, None, **params)  # weights: _configure_scheduler
-            self._configure_scheduler(scheduler, policy)
-            return scheduler
-
-        return TieredQueue(make, lambda tenant: self.policy.tenant(tenant).weight)
-
-    @staticmethod
-    def _configure_scheduler(scheduler: Scheduler, policy: Policy) -> None:
-        """A tenant's weight lives in the policy; the schedulers' copies are made here only, and
-        the tiers' weight sums (`Tier.backlogged_weight`, `Demand`'s active weights) are recomputed from
-        the policy by `set_policy`: every weight the core uses is the policy's."""
-        for name, tp in policy.tenants.items():
-            scheduler.set_weight(name, tp.weight)
-            scheduler.set_paused(name, tp.paused)
-        if hasattr(scheduler, "set_alpha"):
-            scheduler.set_alpha(policy.holistic_alpha)
-
     def _drain_scheduler(self) -> list[Tracked]:
         queued = [t for t in self.requests.values() if t.engine is None]
         queued.sort(key=lambda t: t.arrival)
@@ -417,86 +319,6 @@ class DecisionCore:
             cached_tokens=spec.prompt_tokens - cost,
             ttft_error=self.costs.ttft_error if tier == LATENCY else 1.0,
         )
-
-    def _latency_reserve(self, eng: EngineState, now: float) -> int:
-        """Window slots deferrable requests leave free on `eng` for the latency tier: its expected
-        concurrency (Little's law: recent arrival rate x mean service time) plus one for the next
-        arrival, but never more than the latency tier's weighted share of the window."""
-        active = self.demand.active_weight(now)
-        if eng.window <= 1 or not active[LATENCY]:
-            return 0
-        rate = self.demand.tier_arrivals[LATENCY] / RATE_WINDOW_S / max(1, len(self.engines))
-        need = math.ceil(rate * self.costs.latency_service_s) + 1
-        w_lat = self.scheduler.tiers[LATENCY].weight(active)
-        w_dfr = self.scheduler.tiers[DEFERRABLE].weight(active)
-        return min(need, max(1, int(eng.window * w_lat / (w_lat + w_dfr))))
-
-    def _deferrable_starving(self, now: float) -> bool:
-        """Whether the deferrable tier starves: backlogged for MIN_BACKLOG_S, it has had less than
-        1 / STARVING_BEHIND of the latency tier's service per unit of weight; or its head has
-        waited a quarter of its deadline."""
-        head = self.scheduler.tiers[DEFERRABLE].scheduler.peek()
-        if head is None:
-            return False
-        if self.demand.backlogged_for(now, DEFERRABLE) >= MIN_BACKLOG_S and self.scheduler.ahead_of_share(
-                self.scheduler.tiers[LATENCY], now, self.demand.active_weight(now), by=STARVING_BEHIND):
-            return True  # (not in its first seconds, when any latency service is "twice" none)
-        t = self.requests[str(head[1])]
-        return t.deadline is not None and now - t.arrival >= 0.25 * (t.deadline - t.arrival)
-
-    def _over_share(self, now: float, tier: str) -> bool:
-        """With admission, the latency tier runs first; it is held to its weighted share by refusing
-        its new requests while it is ahead of that share and the deferrable tier is starving."""
-        return (self.policy.admission and tier == LATENCY and self._deferrable_starving(now)
-                and self.scheduler.ahead_of_share(self.scheduler.tiers[LATENCY], now, self.demand.active_weight(now)))
-
-    def _feasible_alone(self, x: AdmissionInputs) -> bool:
-        """Whether the request would meet its TTFT on an idle engine (else its refusal says
-        nothing about load)."""
-        if x.ttft_slo_s is None:
-            return True
-        idle = [replace(v, in_flight=0, waiting_tokens=0.0, kv_tokens=0.0, waiting_attention_s=0.0, meter_rate=0.0)
-                for v in x.engines]
-        return any(forecast(v, 0, 0, x.prompt_tokens, x.output_tokens, x.cached_tokens).ttft_s
-                   <= x.margin * x.ttft_slo_s for v in idle)
-
-    def _leaves_room(self, e: EngineState, now: float, t: Tracked) -> bool:
-        """Whether a deferrable request may go to `e` now and leave the latency tier what it needs:
-        its reserve of window slots, and a prefill queue short enough that a latency request
-        arriving next still gets its first token within half of its TTFT budget (a longer prompt
-        goes only when the engine has nothing else to prefill)."""
-        if self._inflight_deferrable[e.spec.name] >= e.window - self._latency_reserve(e, now):
-            return False
-        if now - self._latency_refused_at < RATE_WINDOW_S and self.scheduler.ahead_of_share(
-                self.scheduler.tiers[DEFERRABLE], now, self.demand.active_weight(now)):
-            return False
-        if not self.demand.active_weight(now)[LATENCY] or e.profile.prefill_b <= 0:
-            return True
-        if self._deferrable_starving(now):  # it gets its share; the latency tier's admission sees the queue
-            return True
-        ttfts = [c.ttft_s for c in self.policy.slo_classes.values() if c.ttft_s is not None and tier_of(c) == LATENCY]
-        if not ttfts:
-            return True
-        waiting = max(e.waiting_tokens, e.reported_waiting_tokens)
-        room = 0.5 * self.policy.admission_margin * min(ttfts) / e.profile.prefill_b
-        return waiting <= 0 or waiting + t.prompt_cost <= room
-
-    def _free_engines(self, now: float, t: Tracked) -> tuple[list[EngineState], bool]:
-        """Engines `t` may be dispatched to now: a slot in the window (deferrable requests leave the
-        latency reserve free) and prompt tokens in the prefill meter (a prompt longer than the
-        meter's burst goes when the meter is full, and runs alone). Also: whether only the meter
-        held it back (then nothing else may take the meter's tokens first)."""
-        free, metered = [], False
-        for e in self.engines.values():
-            if not e.healthy or len(e.in_flight) >= e.window:
-                continue
-            if t.tier == DEFERRABLE and not self._leaves_room(e, now, t):
-                continue
-            if e.meter is not None and e.meter.wait_for(now, t.prompt_cost) > 0:
-                metered = True
-                continue
-            free.append(e)
-        return free, metered and not free
 
     def _pump(self, now: float) -> list[Action]:
         actions: list[Action] = []
@@ -578,52 +400,8 @@ class DecisionCore:
         return [self.prefix_index.cached_tokens(e.spec.name, spec.prefix_hashes, spec.block_tokens,
                                                 spec.prompt_tokens) for e in free]
 
-    def _latency_factor(self, cls_name: str, ttft: float | None, tpot: float | None) -> float:
-        cls = self.policy.slo(cls_name)
-        factor = 1.0
-        if cls.ttft_s is not None and ttft is not None and ttft > 0:
-            factor *= min(1.0, cls.ttft_s / ttft)
-        if cls.tpot_s is not None and tpot is not None and tpot > 0:
-            factor *= min(1.0, cls.tpot_s / tpot)
-        return factor
-
-    def _learn(self, now: float, t: Tracked, eng: EngineState, report: FinishReport, ttft: float | None,
-               tpot: float | None) -> None:
-        """Feed the predictors with what this request really cost, with the parts of its timings
-        that were other requests' work taken out (docs/admission.md, "Learning from outcomes")."""
-        self.predictor.observe(t.spec.tenant, report.prompt_tokens, t.spec.max_tokens, t.slo_class,
-                               report.completion_tokens)
-        learn_step_times(eng, t, report, ttft, tpot)
-        self.costs.observe(t.spec.tenant, report, now - t.dispatched_at
-                           if t.tier == LATENCY and t.dispatched_at is not None else None)
-        if self.errors is not None:
-            self.errors.record("output_tokens", t.predicted_output, report.completion_tokens)
-            if t.forecast_ttft_s is not None and report.first_token_at is not None:
-                self.errors.record("ttft", t.forecast_ttft_s, report.first_token_at - t.arrival)
-            if t.forecast_tpot_s is not None and tpot is not None:
-                self.errors.record("tpot", t.forecast_tpot_s, tpot)
-
     def _resize_windows(self) -> None:
         """Every engine's window and prefill meter for the policy and the mean request (windows.py)."""
         per = self.costs.mean_prompt + self.costs.mean_output
         for eng in self.engines.values():
             size_window(eng, self.policy, per)
-
-
-_LOAD_REASONS = ("ttft_unattainable", "tpot_unattainable", "protects_running")
-
-_REJECT_MESSAGES = {
-    "over_share": "the tenant's SLO tier is above its fair share while another tier waits",
-    "ttft_unattainable": "the time-to-first-token SLO cannot be met at the current load",
-    "tpot_unattainable": "the time-per-output-token SLO cannot be met at the current load",
-    "protects_running": "admitting the request would push running requests past their SLO",
-    "deadline_unattainable": "the request's deadline cannot be met at the current load",
-    "no_healthy_engine": "no healthy engine is available",
-}
-
-
-def _inputs_record(inputs: AdmissionInputs, cls_name: str) -> dict[str, object]:
-    record = shallow_dict(inputs)
-    record["engines"] = [shallow_dict(e) for e in inputs.engines]
-    record["slo_class"] = cls_name
-    return record

@@ -6,11 +6,12 @@ its window and prefill meter (sized by `windows.py`), and its recent dispatch an
 """
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from controlplane.core.admission import TokenBucket
+from controlplane.core.admission import EngineView, TokenBucket
 from controlplane.core.events import EngineSpec, RequestSpec
 from engine_adapter.base import StepProfile
 from fairness import Work
@@ -78,3 +79,34 @@ class EngineState:
         while self.recent and self.recent[0][0] < now - RATE_WINDOW_S:
             self.recent_tokens -= self.recent.popleft()[1]
         return self.recent_tokens / RATE_WINDOW_S, len(self.recent) / RATE_WINDOW_S
+
+    def view(self, now: float, mean_prompt: float, mean_output: float, ahead: float = 0.0) -> EngineView:
+        """The engine as the forecast sees it; `ahead` requests queued before the one forecast, and
+        requests of `mean_prompt` computed and `mean_output` output tokens on average."""
+        p = self.profile
+        batch = max(1, min(self.window, len(self.in_flight) + 1))
+        kv = max(self.kv_tokens, self.reported_kv_tokens)
+        prefill_rate, dispatch_rate = self.rates(now)
+        m = self.meter
+        meter = (min(m.burst, m.level + max(0.0, now - m.stamp) * m.rate), m.rate) if m else (0.0, 0.0)
+        view = EngineView(self.spec.name, self.window, len(self.in_flight),
+                          max(self.waiting_tokens, self.reported_waiting_tokens), kv, 0.0, prefill_rate,
+                          dispatch_rate, (), p.prefill_a, p.prefill_b, p.decode_c, p.decode_d, p.decode_e,
+                          self.spec.chunk, self.prefill_budget, *meter, p.prefill_f, max(0.0, self.waiting_attention_s))
+        step = view.step_time(batch, kv)
+        departures: tuple[float, ...] = ()
+        if ahead >= view.free_slots and self.in_flight:  # only a queued request needs them
+            need = min(len(self.in_flight), int(ahead - view.free_slots) + 1)
+            departures = tuple(heapq.nsmallest(need, (remaining(t, now, step) for t in self.in_flight.values())))
+        while self.finishes and self.finishes[0] < now - RATE_WINDOW_S:
+            self.finishes.popleft()
+        mean_service = view.prefill_through(mean_prompt, batch, kv) + mean_output * step
+        return view.with_queue(departures, mean_service, len(self.finishes) / RATE_WINDOW_S)
+
+
+def remaining(t: Tracked, now: float, step: float) -> float:
+    """Predicted seconds until an in-flight request finishes, from its progress at today's pace."""
+    if t.first_token_at is None:
+        return max(step, t.expected_finish - now)
+    done = (now - t.first_token_at) / step
+    return max(step, (t.predicted_output - 1 - done) * step)

@@ -3,15 +3,32 @@
 `Costs` holds what requests have been costing lately: the mean computed prompt and output (they
 size the windows and the mean service time), each tenant's prefix-cache hit share (a new request's
 expected hit), the latency tier's service time (its window reserve) and the 90th percentile of
-actual / forecast TTFT (admission's uncertainty margin). `learn_step_times` feeds an engine's step
-model from the finished requests whose step composition is known. Pure.
+actual / forecast TTFT (admission's uncertainty margin). `learn` feeds a finished request to them, to
+the output-length predictor and to the engine's step model (`learn_step_times`: only from the
+requests whose step composition is known). Pure.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from controlplane.core.engine_state import EngineState, Tracked
 from controlplane.core.events import FinishReport
+from controlplane.core.tiers import LATENCY
+
+
+class Prediction(Protocol):
+    tokens: float
+
+
+class OutputPredictor(Protocol):
+    def predict(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None) -> Prediction: ...
+    def observe(self, tenant: str, prompt_tokens: int, max_tokens: int, slo_class: str | None, actual: int) -> None: ...
+
+
+class ForecastLog(Protocol):
+    def record(self, kind: str, predicted: float, actual: float) -> None: ...
+
 
 TTFT_ERROR_QUANTILE = 0.9
 TTFT_ERROR_MAX = 3.0
@@ -60,3 +77,19 @@ def learn_step_times(eng: EngineState, t: Tracked, report: FinishReport, ttft: f
     if tpot is not None and eng.dispatched == t.dispatched_at_first_token:
         batch = (t.batch_at_first_token + len(eng.in_flight) + 1) / 2
         eng.model.observe_decode(batch, t.kv_at_dispatch, tpot)
+
+
+def learn(predictor: OutputPredictor, errors: ForecastLog | None, costs: Costs, now: float, t: Tracked,
+          eng: EngineState, report: FinishReport, ttft: float | None, tpot: float | None) -> None:
+    """Feed the predictors with what a finished request really cost, with the parts of its timings
+    that were other requests' work taken out."""
+    predictor.observe(t.spec.tenant, report.prompt_tokens, t.spec.max_tokens, t.slo_class, report.completion_tokens)
+    learn_step_times(eng, t, report, ttft, tpot)
+    costs.observe(t.spec.tenant, report, now - t.dispatched_at
+                  if t.tier == LATENCY and t.dispatched_at is not None else None)
+    if errors is not None:
+        errors.record("output_tokens", t.predicted_output, report.completion_tokens)
+        if t.forecast_ttft_s is not None and report.first_token_at is not None:
+            errors.record("ttft", t.forecast_ttft_s, report.first_token_at - t.arrival)
+        if t.forecast_tpot_s is not None and tpot is not None:
+            errors.record("tpot", t.forecast_tpot_s, tpot)

@@ -11,11 +11,17 @@ fair shares) only when asked for; every tenant's queue length always.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from controlplane.core.engine_state import RATE_WINDOW_S
 from controlplane.core.policy import Policy
+from controlplane.core.tiers import DEFERRABLE
 from engine_adapter.base import StepProfile
+
+if TYPE_CHECKING:
+    from controlplane.core.core import DecisionCore
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +86,45 @@ class CoreSnapshot:
 
     def healthy_engines(self) -> list[EngineSnapshot]:
         return [e for e in self.engines.values() if e.healthy]
+
+
+def take_snapshot(core: DecisionCore, now: float, with_tenants: bool, also: Iterable[str]) -> CoreSnapshot:
+    """`DecisionCore.snapshot`: one pass over the requests, the engines and (`with_tenants`) the tenants."""
+    core.demand.active_weight(now)  # ages the arrival window to `now`
+    running: dict[str, int] = {}
+    deferred = []
+    for t in core.requests.values():
+        if t.engine is not None:
+            running[t.spec.tenant] = running.get(t.spec.tenant, 0) + 1
+        elif t.tier == DEFERRABLE and t.deadline is not None:
+            deferred.append(t.deadline - now)
+    tiers = {name: TierSnapshot(name, q.queued, q.tokens, q.backlogged_weight,
+                                core.demand.tier_arrivals[name] / RATE_WINDOW_S)
+             for name, q in core.scheduler.tiers.items()}
+    engines = {}
+    for name, e in core.engines.items():
+        ttft, tpot = core.typical_forecast(name, now)
+        engines[name] = EngineSnapshot(name, e.healthy, len(e.in_flight), e.window,
+                                       max(e.kv_tokens, e.reported_kv_tokens), e.spec.kv_capacity,
+                                       e.spec.max_running, e.profile, ttft, tpot,
+                                       max(e.waiting_tokens, e.reported_waiting_tokens), e.rates(now)[0],
+                                       e.spec.chunk)
+    queued = core.scheduler.queued_by_tenant()
+    tenants = _tenant_snapshots(core, queued, running, also) if with_tenants else {}
+    return CoreSnapshot(now, core.policy, tenants, queued, tiers, engines, core.scheduler.total,
+                        sum(running.values()), core.costs.mean_prompt, core.costs.mean_output, core.costs.ttft_error,
+                        core.latency_refused_at, tuple(sorted(deferred)))
+
+
+def _tenant_snapshots(core: DecisionCore, queued: dict[str, int], running: dict[str, int],
+                      also: Iterable[str]) -> dict[str, TenantSnapshot]:
+    policy, queues = core.policy, core.scheduler
+    backlogged = set(queues.backlogged())
+    backlogged_weight = sum(policy.tenant(n).weight for n in backlogged) or 1.0
+    out = {}
+    for name in dict.fromkeys([*queued, *policy.tenants, *also]):
+        tp = policy.tenant(name)
+        out[name] = TenantSnapshot(name, tp.weight, tp.slo_class, tp.paused, queued.get(name, 0),
+                                   running.get(name, 0), tp.weight / backlogged_weight if name in backlogged
+                                   else 0.0, queues.counters(name))
+    return out

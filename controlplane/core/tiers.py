@@ -37,8 +37,8 @@ import math
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 
-from controlplane.core.policy import SLOClassPolicy
-from fairness import Scheduler, Work
+from controlplane.core.policy import Policy, SLOClassPolicy
+from fairness import Scheduler, Work, make_scheduler
 
 LATENCY, DEFERRABLE = "latency", "deferrable"
 TIERS = (LATENCY, DEFERRABLE)
@@ -178,3 +178,27 @@ class TieredQueue:
 
     def schedulers(self) -> list[Scheduler]:
         return [q.scheduler for q in self.tiers.values()]
+
+
+def tiered_queue(policy: Policy, weight_of: Callable[[str], float]) -> TieredQueue:
+    """The two tiers' queues, each a `policy.scheduler` over its tenants (`weight_of`: a tenant's
+    weight in the policy in force)."""
+    params = {"alpha": policy.holistic_alpha} if policy.scheduler == "equinox" else {}
+
+    def make() -> Scheduler:
+        scheduler = make_scheduler(policy.scheduler, None, **params)  # weights: configure_scheduler
+        configure_scheduler(scheduler, policy)
+        return scheduler
+
+    return TieredQueue(make, weight_of)
+
+
+def configure_scheduler(scheduler: Scheduler, policy: Policy) -> None:
+    """A tenant's weight lives in the policy; the schedulers' copies are made here only, and
+    the tiers' weight sums (`Tier.backlogged_weight`, `Demand`'s active weights) are recomputed from
+    the policy by `DecisionCore.set_policy`: every weight the core uses is the policy's."""
+    for name, tp in policy.tenants.items():
+        scheduler.set_weight(name, tp.weight)
+        scheduler.set_paused(name, tp.paused)
+    if hasattr(scheduler, "set_alpha"):
+        scheduler.set_alpha(policy.holistic_alpha)
