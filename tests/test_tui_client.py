@@ -17,9 +17,8 @@ from tui.format import (
     merge_patch_diff,
     request_matches,
     spark,
-    waterfall_line,
-    waterfall_rows,
 )
+from tui.waterfall import waterfall_line, waterfall_rows
 
 
 async def test_reads_state_policy_history_requests_trace(fake_admin: FakeAdmin) -> None:

@@ -199,7 +199,7 @@ async def test_opening_a_request_shows_why_and_its_phases(fake_admin) -> None:  
 
 
 def test_phases_that_start_together_keep_their_order() -> None:
-    from tui.format import phase_spans, waterfall_rows
+    from tui.waterfall import phase_spans, waterfall_rows
 
     root = {"span_id": "r", "parent_span_id": None, "name": "root", "start_ts": 0.0, "end_ts": 2.0}
     why = {"phases": [{"name": n, "start_ts": 1.0, "end_ts": 1.0 + d} for n, d in

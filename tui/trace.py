@@ -20,13 +20,12 @@ from textual.widgets.option_list import Option
 
 from .client import AdminError
 from .footer import KeyFooter
-from .format import (
+from .format import ms, utc_time
+from .waterfall import (
     SERVICE_STYLE,
     WaterfallRow,
     axis_line,
-    ms,
     phase_spans,
-    utc_time,
     waterfall_line,
     waterfall_rows,
     why_text,
