@@ -1,7 +1,8 @@
 """Tenant accounting and scheduling policies. Pure: imports nothing of ours, no I/O, no clock."""
-from fairness.base import LazyHeap, Outcome, Scheduler, TenantState, Work
+from fairness.base import Outcome, Scheduler, TenantState, Work
 from fairness.equinox import Equinox
 from fairness.fcfs import FCFS
+from fairness.lazy_heap import LazyHeap
 from fairness.vtc import VTC
 from fairness.wrr import WRR
 

@@ -26,7 +26,8 @@ moves). alpha = 1 keys on U (VTC's order), alpha = 0 on R; both are exact.
 """
 from __future__ import annotations
 
-from fairness.base import LazyHeap, Scheduler, TenantState
+from fairness.base import Scheduler, TenantState
+from fairness.lazy_heap import LazyHeap
 
 
 class Equinox(Scheduler):

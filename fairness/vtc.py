@@ -17,7 +17,8 @@ Decisions are O(log T): a heap of counters with lazy invalidation.
 """
 from __future__ import annotations
 
-from fairness.base import LazyHeap, Scheduler, TenantState
+from fairness.base import Scheduler, TenantState
+from fairness.lazy_heap import LazyHeap
 
 
 class VTC(Scheduler):
