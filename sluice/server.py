@@ -197,7 +197,7 @@ def clock_control(config: Config, nvml: Any = None) -> dict[str, Any]:
     if not config.server.clock_control:
         return {}
     from controlplane.core.frequency import FrequencyParams
-    from telemetry.nvml import NvmlClocks
+    from telemetry.nvml_clocks import NvmlClocks
 
     nvml, gpus = nvml or NvmlClocks(), {e.name: e.gpu for e in config.engines}
 
@@ -213,7 +213,7 @@ def _nvml_clocks(config: Config) -> Any:
     `gpu`), else None."""
     if not config.server.clock_control or all(e.gpu is None for e in config.engines):
         return None
-    from telemetry.nvml import NvmlClocks
+    from telemetry.nvml_clocks import NvmlClocks
 
     return NvmlClocks()
 

@@ -1,5 +1,5 @@
 """Locked GPU clocks outlive the process (until `nvidia-smi -rgc` or a reboot): when sluice stops,
-every clock it set is given back to the driver (telemetry/nvml.py `NvmlClocks.close`, called by
+every clock it set is given back to the driver (telemetry/nvml_clocks.py `NvmlClocks.close`, called by
 the server's shutdown), against the fake NVML."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from starlette.testclient import TestClient
 
 from controlplane.config import Config, EngineConfig, ServerConfig
 from sluice.server import create_app
-from telemetry.nvml import NvmlClocks
+from telemetry.nvml_clocks import NvmlClocks
 from tests.fake_engine import FakeEngine
 from tests.test_frequency import ClockNvml, NVMLError_NoPermission
 

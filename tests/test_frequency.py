@@ -24,7 +24,7 @@ from replay.audit import audit_decisions
 from replay.runner import default_policy, engine_specs, run_virtual
 from replay.simulate import energy_per_good_token, format_energy
 from replay.workload import WorkloadRequest, scale_rate
-from telemetry.nvml import NvmlClocks
+from telemetry.nvml_clocks import NvmlClocks
 from tests.test_telemetry_nvml import FakeNvml, NVMLError, NVMLError_LibraryNotFound, NVMLError_NotSupported
 
 PROFILE = load_profile()
