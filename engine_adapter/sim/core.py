@@ -33,9 +33,10 @@ in short:
 
 How it runs: the requests whose prefill is complete form a decode batch that keeps running totals
 (engine_adapter/sim/batch.py), so a step costs the same whatever the batch size (planning and
-completing it touch only the prefill chunks and the requests that finish); stretches of identical
-decode steps run in one loop and a driver can ask when the next event can come
-(engine_adapter/sim/fastforward.py); the GPU's energy and readings are engine_adapter/sim/meter.py.
+completing it, engine_adapter/sim/completion.py, touch only the prefill chunks and the requests
+that finish); stretches of identical decode steps run in one loop and a driver can ask when the
+next event can come (engine_adapter/sim/fastforward.py); the GPU's energy and readings are
+engine_adapter/sim/meter.py.
 Results are identical, bit for bit, however the engine is advanced.
 """
 from __future__ import annotations
@@ -47,6 +48,7 @@ from statistics import NormalDist
 
 from engine_adapter.base import EngineLoad
 from engine_adapter.sim.batch import CLIP_MAX_NEW_TOKENS, DONE, RUNNING, WAITING, DecodeBatch, Req
+from engine_adapter.sim.completion import StepCompletion
 from engine_adapter.sim.events import SimEvent, SimRequest, SimStats, StepInfo
 from engine_adapter.sim.fastforward import DecodeFastForward, Step
 from engine_adapter.sim.meter import GPU_WINDOW_S, GpuMeter
@@ -61,7 +63,7 @@ OUTPUT_LEN_SIGMA = 1.0
 _NORMAL = NormalDist()
 
 
-class SimCore(DecodeFastForward):
+class SimCore(StepCompletion, DecodeFastForward):
     def __init__(self, profile: SimProfile, seed: int = 0) -> None:
         profile.validate()
         self.profile = profile
@@ -362,72 +364,3 @@ class SimCore(DecodeFastForward):
             pending_prefill += r.prefill_target - r.scheduled
             prefill.append((r, chunk))
         return pairs
-
-    def _complete(self, step: Step, events: list[SimEvent], per_token: bool) -> None:
-        t = step.end
-        dur = t - step.start
-        self._meter.account(step.start, t, step.power_w)
-        st = self.stats
-        st.steps += 1
-        st.busy_s += dur
-        st.prefill_tokens += step.n_prefill
-        self.last_end = t
-        share_s = dur / (step.n_decode + step.n_prefill)
-        share_j = step.power_w * share_s
-        batch = self._batch
-        # the decode batch first (so that requests joining it now do not count), its events after
-        # the prefills' as when each request was stepped in turn
-        done: list[Req] = []
-        decoding: list[Req] = []
-        if step.n_decode:
-            if per_token:
-                decoding = [r for r in self._running.values() if r.prefilled]
-            st.output_tokens += batch.n
-            done = batch.complete(share_s, share_j)
-        for r, chunk in step.prefill:
-            if r.state != RUNNING:
-                continue
-            r.gpu_s += share_s * chunk
-            r.energy_j += share_j * chunk
-            if r.scheduled == r.prefill_target:  # out of the prefilling set, into the batch (or done)
-                del self._prefilling[r.req.rid]
-                self._reserve_prefilling -= r.reserve()
-                self._cache.insert(r.req.hash_ids, r.req.prompt_tokens)
-                self._first_token(r, t, events, per_token)
-        if per_token:
-            self._token_events(decoding, t, events)
-        else:
-            for r in done:
-                self._finish(r, t, "length" if r.length_limited else "stop", events)
-        self._meter.record_tokens(t, st.output_tokens)
-
-    def _token_events(self, decoding: list[Req], t: float, events: list[SimEvent]) -> None:
-        """per_token: each member of the step's batch emits its token (its live figures, computed
-        here rather than through `_event`: this runs once per token), or finishes."""
-        b = self._batch
-        k_done, g_s, g_j = b.k_done, b.g_s, b.g_j
-        for r in decoding:
-            generated = r.generated + k_done - r.a_done
-            if generated >= r.target:  # (batch.complete returned it)
-                self._finish(r, t, "length" if r.length_limited else "stop", events)
-            else:
-                events.append(SimEvent(r.req.rid, t, "tokens", generated, r.req.prompt_tokens, max(0, r.cached),
-                                       None, r.retractions, r.gpu_s + (g_s - r.a_s), r.energy_j + (g_j - r.a_j)))
-
-    def _first_token(self, r: Req, t: float, events: list[SimEvent], per_token: bool) -> None:
-        """Its prefill completed (it is in neither the prefilling set nor the batch): its first
-        token (or its next one, after a retraction); then it joins the batch or finishes."""
-        if r.target == 0:
-            self._finish(r, t, "length" if r.length_limited else "stop", events)
-            return
-        r.generated += 1
-        self.stats.output_tokens += 1
-        if r.generated == 1:
-            events.append(self._event(r, t, "first_token"))
-        elif per_token and r.generated < r.target:
-            events.append(self._event(r, t, "tokens"))
-        if r.generated >= r.target:
-            self._finish(r, t, "length" if r.length_limited else "stop", events)
-        else:
-            r.prefilled = True
-            self._batch.join(r)
