@@ -24,10 +24,12 @@ import argparse
 import dataclasses
 import math
 import sys
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from controlplane.config import load_config
 from controlplane.core.capacity import Behaviour, CapacityParams, Controller, Replica, Stabiliser
 from controlplane.core.policy import Policy
 from controlplane.driver import CAPACITY_EVERY_S, next_capacity
@@ -57,6 +59,7 @@ class Scaling:
     utilisation_tolerance: float = 0.1
     params: CapacityParams = field(default_factory=CapacityParams)
     behaviour: Behaviour = field(default_factory=Behaviour)
+    lead_from_cold_start: bool = True  # the rule's lead_s is cold_start_s (False: params.lead_s stands)
 
 
 @dataclass(slots=True)
@@ -99,7 +102,8 @@ class _ScaledRun(VirtualRun):
         self.target = len(self.names)
         self.busy = {name: 0.0 for name in self.names}
         # the operator knows its cold start: a rising rate is met where a replica asked for now serves
-        params = dataclasses.replace(scaling.params, lead_s=scaling.cold_start_s)
+        params = dataclasses.replace(scaling.params, lead_s=scaling.cold_start_s) if scaling.lead_from_cold_start \
+            else scaling.params
         self.controller = Controller(Replica(profile.step, profile.kv_capacity_tokens, profile.max_running_requests),
                                      params, scaling.behaviour)
         self.controller.start(self.target, 0.0)
@@ -145,7 +149,8 @@ class _ScaledRun(VirtualRun):
         ratio = sum(utils) / len(utils) / self.scaling.utilisation_target
         n = len(utils)
         rec = n if abs(ratio - 1.0) <= self.scaling.utilisation_tolerance else math.ceil(n * ratio)
-        return self.hpa.update(now, max(1, min(self.scaling.params.max_replicas, rec)))
+        bounds = self.scaling.params  # HPA's minReplicas (at least 1: it cannot scale to zero) and maxReplicas
+        return self.hpa.update(now, max(1, bounds.min_replicas, min(bounds.max_replicas, rec)))
 
     def _in_flight(self, now: float) -> dict[str, int]:
         return {e.name: e.in_flight for e in self.core.snapshot(now, with_tenants=False).engines.values()}
@@ -296,8 +301,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "is still local (default 10)")
     g.add_argument("--warm-keep", type=float, default=900.0, help="how long a release stays warm (default 900 s)")
     g.add_argument("--down-window", type=float, default=300.0, help="scale-down stabilisation window (default 300 s)")
-    g.add_argument("--max-replicas", type=int, default=64)
-    g.add_argument("--min-replicas", type=int, default=0, help="0: idle pools scale to zero (default)")
+    g.add_argument("--max-replicas", type=int, help="the ceiling (default: --config's [capacity], else 64)")
+    g.add_argument("--min-replicas", type=int, help="0: idle pools scale to zero (default: --config's [capacity], "
+                   "else 0)")
 
 
 def run_from_args(args: argparse.Namespace, workload: Sequence[WorkloadRequest], policy: Policy, label: str
@@ -306,17 +312,39 @@ def run_from_args(args: argparse.Namespace, workload: Sequence[WorkloadRequest],
     bad = [m for m in modes if m not in MODES]
     if bad:
         raise SystemExit(f"sluice simulate: unknown --autoscale {bad}; use {'|'.join(MODES)}|all")
+    try:
+        params = capacity_params(args)
+    except ValueError as exc:  # a bound out of range, named as the config's errors are
+        raise SystemExit(f"sluice simulate: {exc}") from None
     out = {}
     for mode in modes:
-        scaling = Scaling(mode=mode, initial=args.engines, cold_start_s=args.cold_start,  # type: ignore[arg-type]
-                          warm_start_s=args.warm_start, warm_keep_s=args.warm_keep,
-                          params=CapacityParams(min_replicas=args.min_replicas, max_replicas=args.max_replicas),
+        scaling = Scaling(mode=mode, initial=args.engines, cold_start_s=args.cold_start,
+                          warm_start_s=args.warm_start, warm_keep_s=args.warm_keep, params=params,
+                          lead_from_cold_start=not _sets_lead(args.config),
                           behaviour=Behaviour(down_window_s=args.down_window))
         print(f"sluice simulate: {label}, autoscale {mode}: {len(workload)} requests from {args.engines} engine(s)...",
               file=sys.stderr)
         out[mode] = run_autoscaled(workload, policy, scaling, profile=args.profile, seed=args.seed,
                                    torch_expert=not args.no_torch)
     return out
+
+
+def capacity_params(args: argparse.Namespace) -> CapacityParams:
+    """The scaling rule's parameters a `sluice serve` with `--config` would run with (its
+    `[capacity]` table), with `--min-replicas` / `--max-replicas` overriding where given."""
+    base = load_config(args.config).capacity if args.config else CapacityParams()
+    bounds = {k: v for k, v in (("min_replicas", args.min_replicas), ("max_replicas", args.max_replicas))
+              if v is not None}
+    return dataclasses.replace(base, **bounds) if bounds else base
+
+
+def _sets_lead(config: str | None) -> bool:
+    """Whether the config's [capacity] table names `lead_s`: then the operator's own lead stands,
+    otherwise the simulated fleet's cold start is the lead (the operator knows its cold start)."""
+    if not config:
+        return False
+    with open(config, "rb") as f:
+        return "lead_s" in tomllib.load(f).get("capacity", {})
 
 
 def format_fleets(results: Mapping[str, VirtualResult], fleets: Mapping[str, FleetReport]) -> str:

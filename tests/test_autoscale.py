@@ -3,6 +3,8 @@ baselines (a fixed fleet, an HPA on GPU utilisation) add and remove simulated en
 warm starts and scale to zero are accounted in GPU-seconds and energy."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -106,3 +108,29 @@ def test_simulate_autoscale_cli(capsys: pytest.CaptureFixture[str]) -> None:
     for mode in ("sluice", "utilisation", "fixed"):
         assert f"fcfs+admission/{mode}" in out
     assert "GPU-s" in out and "energy kJ" in out
+
+
+def _peaks(out: str) -> dict[str, int]:
+    """run label -> peak fleet, from `format_fleets`' table."""
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith("fcfs")]
+    return {r[0]: int(r[-1]) for r in rows if len(r) == 8}
+
+
+def test_simulate_autoscale_honours_the_configs_capacity_table(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--config`'s [capacity] table is what the rule runs with (as `sluice serve` would); the
+    replica-bound flags override it only where given; a bad combination is refused, named."""
+    from replay.simulate import simulate_main
+
+    cfg = tmp_path / "sluice.toml"
+    cfg.write_text("[capacity]\nmin_replicas = 3\n")
+    base = ["--workload", "vtc-overload", "--policy", "fcfs", "--admission", "--duration", "20",
+            "--autoscale", "sluice", "--no-torch", "--cold-start", "5", "--down-window", "10"]
+    assert simulate_main(base) == 0
+    assert _peaks(capsys.readouterr().out) == {"fcfs+admission/sluice": 1}  # this light load needs one
+    assert simulate_main([*base, "--config", str(cfg)]) == 0
+    assert _peaks(capsys.readouterr().out) == {"fcfs+admission/sluice": 3}  # the config's floor of 3
+    assert simulate_main([*base, "--config", str(cfg), "--min-replicas", "1"]) == 0
+    assert _peaks(capsys.readouterr().out) == {"fcfs+admission/sluice": 1}
+    with pytest.raises(SystemExit, match=r"max_replicas \(2\) must be >= 1 and >= min_replicas \(3\)"):
+        simulate_main([*base, "--config", str(cfg), "--max-replicas", "2"])
