@@ -5,8 +5,8 @@ table with its complete `AdmissionInputs` (engines as a list of `EngineView` dic
 class) and its `AdmissionResult` as outputs; every dispatch with the views of the free engines, each
 engine's expected cached tokens, the request's sizes, the scorer weights and every candidate's
 scores that `dispatch.choose` saw and gave (controlplane/core). Both functions are pure, so
-re-running them on the recorded inputs must give the recorded outputs bit for bit (JSON round-trips
-Python floats exactly). When the policy versions are known (the `policy_changes` audit log), each
+re-running them on the recorded inputs (replay/rederive.py) must give the recorded outputs bit for
+bit (JSON round-trips Python floats exactly). When the policy versions are known (the `policy_changes` audit log), each
 row is also checked against the policy of its version: the margin, admission switch and SLO bounds
 its inputs carry, dispatch priorities, scheduler and scorer weights, operator pauses, rate limits,
 deadlines.
@@ -23,24 +23,19 @@ import math
 import os
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import orjson
 
 from controlplane.core.events import ADMISSION_KINDS
-from controlplane.core.admission import AdmissionInputs, AdmissionResult, EngineView, decide
-from controlplane.core.dispatch import Choice, rechoose
 from controlplane.core.frequency import rederive as rederive_clock
 from controlplane.core.policy import Policy, policy_from_dict
+from replay.rederive import rederive, rederive_choice
 
 __all__ = ["AuditMismatch", "AuditReport", "PolicyChange", "audit_db", "audit_decisions", "policies_from_changes",
-           "policy_diff", "rederive", "rederive_choice", "rederive_dispatch", "timeline_from_changes"]
+           "policy_diff", "timeline_from_changes"]
 
-_INPUT_FIELDS = tuple(f.name for f in fields(AdmissionInputs))
-_REQUIRED_INPUTS = tuple(f.name for f in fields(AdmissionInputs) if f.default is MISSING)
-_VIEW_FIELDS = tuple(f.name for f in fields(EngineView))
-_RESULT_FIELDS = tuple(f.name for f in fields(AdmissionResult))
 _RATE_LIMITED = ("rate_limited_requests", "rate_limited_tokens")
 _DECISION_COLUMNS = ("ts", "rid", "tenant", "kind", "reason", "engine", "policy_version", "inputs", "outputs")
 
@@ -143,45 +138,6 @@ def _json(value: Any) -> Any:
             except ValueError:
                 return value
     return value
-
-
-def _views(engines: Any) -> tuple[EngineView, ...]:
-    if not isinstance(engines, list):
-        raise ValueError(f"engines is not a list: {engines!r}")
-    try:  # a recorded view holds exactly EngineView's fields, in order (the core's _shallow)
-        return tuple(EngineView(*e.values()) if tuple(e) == _VIEW_FIELDS else _view(e) for e in engines)
-    except (AttributeError, TypeError, KeyError):
-        raise ValueError(f"bad engine views {engines!r}") from None
-
-
-def _view(e: Mapping[str, Any]) -> EngineView:
-    return EngineView(**{k: e[k] for k in _VIEW_FIELDS})  # KeyError when a field is missing
-
-
-def rederive(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    """Run `decide()` on a recorded admission inputs record; returns the AdmissionResult as a dict.
-    Raises ValueError if the record is not a complete AdmissionInputs."""
-    missing = [k for k in _REQUIRED_INPUTS if k not in inputs]
-    if missing:
-        raise ValueError(f"inputs lack {missing}")
-    kw = {k: inputs[k] for k in _INPUT_FIELDS if k in inputs}  # later fields have defaults: older rows lack them
-    kw["engines"] = _views(kw["engines"])
-    result = decide(AdmissionInputs(**kw))
-    return {f: getattr(result, f) for f in _RESULT_FIELDS}
-
-
-def rederive_choice(inputs: Mapping[str, Any]) -> tuple[tuple[EngineView, ...], Choice]:
-    """`dispatch.choose` re-run on a recorded dispatch's inputs: the engine views and the choice."""
-    views = _views(inputs.get("engines"))
-    if not views:
-        raise ValueError("no engine views")
-    return views, rechoose(views, inputs)
-
-
-def rederive_dispatch(inputs: Mapping[str, Any]) -> str:
-    """The engine `dispatch.choose` picks from a recorded dispatch's inputs."""
-    views, choice = rederive_choice(inputs)
-    return views[choice.index].name
 
 
 def _same(a: Any, b: Any) -> bool:

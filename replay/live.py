@@ -41,10 +41,9 @@ from replay.report import (
     SLOSpec,
     Summary,
     clean_json,
-    format_benchmark_block,
-    format_table,
     summarize,
 )
+from replay.tables import format_benchmark_block, format_table
 from replay.workload import HASH_BLOCK_TOKENS, WorkloadRequest
 
 __all__ = ["LiveReport", "run_live", "synth_prompt"]

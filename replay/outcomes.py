@@ -8,7 +8,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,8 +19,11 @@ from fairness.metrics import (DemandFairness, Served, demand_fairness, fairness_
 from replay.records import RequestRecord
 from replay.report import CANCELLED, ERROR, EXPIRED, OK, REJECTED, STATUSES, SLOSpec, Summary, resolve_slo, summarize
 
-__all__ = ["W_P", "W_Q", "TenantOutcome", "VirtualResult", "fairness_figures", "judge", "outcomes", "served",
-           "tenant_outcome"]
+if TYPE_CHECKING:
+    from engine_adapter.sim.core import SimCore
+
+__all__ = ["W_P", "W_Q", "TenantOutcome", "VirtualResult", "engine_figures", "fairness_figures", "judge", "outcomes",
+           "served", "tenant_outcome"]
 
 W_P, W_Q = 1.0, 2.0  # VTC's service weights for the fairness metrics
 
@@ -269,6 +272,37 @@ def _all_backlogged(backlogged: Mapping[str, list[tuple[float, float]]], tenants
         ivs = sorted(backlogged.get(t, []))
         common = ivs if common is None else intersect_intervals(common, ivs)
     return common or []
+
+
+# -- per engine -------------------------------------------------------------------------------------
+
+def engine_figures(sims: Mapping[str, SimCore], windows: Mapping[str, Any],
+                   clock_log: Mapping[str, list[tuple[float, float]]], makespan: float) -> dict[str, dict[str, Any]]:
+    """Per engine: the simulator's step statistics, utilisation, energy and clocks up to `makespan`;
+    `windows`: each engine's window as its core's snapshot holds it."""
+    engines = {}
+    for name, sim in sims.items():
+        st = sim.stats
+        engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
+                         "prefill_tokens": st.prefill_tokens, "cached_tokens": st.cached_tokens,
+                         "retractions": st.retractions, "finished": st.finished, "aborted": st.aborted,
+                         "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
+                                            if st.admitted_prompt_tokens else None),
+                         "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
+                         "window": windows[name],
+                         "energy_j": sim.gpu(makespan)["energy_j"],  # idle between steps included
+                         "idle_w": sim.profile.idle_w,
+                         "clock_changes": len(clock_log.get(name, [])[1:]),
+                         "mean_clock_mhz": _time_mean(clock_log.get(name) or [(0.0, sim.frequency_mhz)], makespan)}
+    return engines
+
+
+def _time_mean(log: list[tuple[float, float]], end: float) -> float | None:
+    """The time-weighted mean of a step function given as (from, value) pairs, up to `end`."""
+    if end <= 0 or not log:
+        return log[-1][1] if log else None
+    total = sum(v * (min(end, t1) - t0) for (t0, v), (t1, _) in zip(log, log[1:] + [(end, 0.0)]) if t1 > t0)
+    return total / end
 
 
 def _clean(x: Any) -> Any:

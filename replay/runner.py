@@ -52,7 +52,7 @@ from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from engine_adapter.sim.core import SimCore, SimEvent, SimRequest
 from engine_adapter.sim.profile import SimProfile, load_profile
-from replay.outcomes import VirtualResult, fairness_figures, judge, outcomes, served
+from replay.outcomes import VirtualResult, engine_figures, fairness_figures, judge, outcomes, served
 from replay.pools import build_pools, check_workload, engine_specs
 from replay.records import RequestRecord
 from replay.report import CANCELLED, ERROR, EXPIRED, OK, REJECTED, SLOSpec
@@ -245,6 +245,19 @@ class VirtualRun:
             for *_, ev in batch:
                 self.engine_event(ev)
 
+    def report_loads(self, now: float, t_freq: float) -> tuple[float, float]:
+        """A load-report instant: the autoscaler's hook, every engine's load report, then the
+        frequency rule when it is due. Returns the next load-report and frequency instants."""
+        self.scale(now)
+        for name in self.names:
+            self._driver_of(name).engine_load(now, name, self.sims[name].load(now))
+        t_load = next_load(now)
+        if self.steerings and t_freq <= now:
+            for pool, steering in self.steerings.items():
+                self.drivers[pool].apply(now, steering.evaluate(now))
+            t_freq = next_frequency(now)
+        return t_load, t_freq
+
     def run(self) -> None:
         sims, drivers = self.sims, self.drivers
         cores = [d.core for d in drivers.values()]
@@ -294,14 +307,7 @@ class VirtualRun:
                 for driver in drivers.values():
                     driver.tick(now)
             if t_load <= now:
-                self.scale(now)
-                for name in self.names:
-                    self._driver_of(name).engine_load(now, name, sims[name].load(now))
-                t_load = next_load(now)
-                if self.steerings and t_freq <= now:
-                    for pool, steering in self.steerings.items():
-                        drivers[pool].apply(now, steering.evaluate(now))
-                    t_freq = next_frequency(now)
+                t_load, t_freq = self.report_loads(now, t_freq)
         for rec in self.records:  # the horizon cut the rest off
             if rec.status is None:
                 rec.status = CANCELLED
@@ -326,25 +332,10 @@ class VirtualRun:
                              forecast, self.engine_figures(makespan), self.decisions, done, self.backlogged)
 
     def engine_figures(self, makespan: float) -> dict[str, dict[str, Any]]:
-        """Per engine: the simulator's step statistics, utilisation, energy and clocks up to `makespan`."""
-        engines = {}
+        """Per engine: the simulator's figures up to `makespan` with its window from its pool's core."""
         snaps = {p: d.core.snapshot(makespan, with_tenants=False) for p, d in self.drivers.items()}
-        for name, sim in self.sims.items():
-            snap = snaps[self.engine_pool.get(name, self.pools[0])]
-            st = sim.stats
-            engines[name] = {"steps": st.steps, "busy_s": st.busy_s, "output_tokens": st.output_tokens,
-                             "prefill_tokens": st.prefill_tokens, "cached_tokens": st.cached_tokens,
-                             "retractions": st.retractions, "finished": st.finished, "aborted": st.aborted,
-                             "cache_hit_rate": (st.cached_tokens / st.admitted_prompt_tokens
-                                                if st.admitted_prompt_tokens else None),
-                             "utilization": st.busy_s / makespan if makespan > 0 else 0.0,
-                             "window": snap.engines[name].window,
-                             "energy_j": sim.gpu(makespan)["energy_j"],  # idle between steps included
-                             "idle_w": sim.profile.idle_w,
-                             "clock_changes": len(self.clock_log.get(name, [])[1:]),
-                             "mean_clock_mhz": _time_mean(self.clock_log.get(name) or [(0.0, sim.frequency_mhz)],
-                                                          makespan)}
-        return engines
+        windows = {name: snaps[self.engine_pool.get(name, self.pools[0])].engines[name].window for name in self.sims}
+        return engine_figures(self.sims, windows, self.clock_log, makespan)
 
 
 def run_virtual(
@@ -393,11 +384,3 @@ def run_virtual(
     run.run()
     wall = time.perf_counter() - t0
     return run.result(slo, wall, service_difference, fairness_ticks)
-
-
-def _time_mean(log: list[tuple[float, float]], end: float) -> float | None:
-    """The time-weighted mean of a step function given as (from, value) pairs, up to `end`."""
-    if end <= 0 or not log:
-        return log[-1][1] if log else None
-    total = sum(v * (min(end, t1) - t0) for (t0, v), (t1, _) in zip(log, log[1:] + [(end, 0.0)]) if t1 > t0)
-    return total / end

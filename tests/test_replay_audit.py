@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from controlplane.core.policy import apply_patch
-from replay.audit import audit_db, audit_decisions, policies_from_changes, rederive
+from replay.audit import audit_db, audit_decisions, policies_from_changes
 from replay.loaders import vtc_overload
 from replay.outcomes import VirtualResult
+from replay.rederive import rederive
 from replay.runner import default_policy, run_virtual
 from telemetry.store import Store
 

@@ -18,11 +18,10 @@ from replay.report import (
     OVERALL,
     SLO,
     RequestResult,
-    format_benchmark_block,
-    format_table,
     resolve_slo,
     summarize,
 )
+from replay.tables import format_benchmark_block, format_table
 from replay.workload import WorkloadRequest
 
 FIRST_DELAY_S = 0.05  # the fake server's time to first token
