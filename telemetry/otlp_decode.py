@@ -125,13 +125,7 @@ def parse_request(raw: bytes, media_type: str) -> ExportTraceServiceRequest:
         except (DecodeError, RecursionError, ValueError) as exc:
             raise BadData(f"cannot decode ExportTraceServiceRequest protobuf: {exc}") from None
         return req
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise BadData(f"invalid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadData("OTLP-JSON body must be an object")
-    return _from_json_doc(doc)
+    return _from_json_doc(_json_object(raw))
 
 
 def _from_json_doc(doc: dict[str, Any]) -> ExportTraceServiceRequest:
@@ -276,12 +270,7 @@ def decode_request(raw: bytes, media_type: str, max_spans: int) -> tuple[list[Gr
     """Groups of at most ``max_spans`` spans and the request's span count, protobuf or OTLP-JSON."""
     if media_type == PROTOBUF:
         return decode_protobuf(raw, max_spans)
-    try:
-        doc = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        raise BadData(f"invalid JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise BadData("OTLP-JSON body must be an object")
+    doc = _json_object(raw)
     total, room = 0, max_spans
     for rs in _list(doc.get("resourceSpans")):
         for ss in _list(_dict(rs).get("scopeSpans")):
@@ -300,3 +289,13 @@ def groups_of(req: ExportTraceServiceRequest) -> Any:
         for ss in rs.scope_spans:
             yield rs.resource, ss.scope, ss.spans
 
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """An OTLP-JSON body's top-level object."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise BadData(f"invalid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise BadData("OTLP-JSON body must be an object")
+    return doc
