@@ -267,17 +267,21 @@ def sluice_main(spec: dict[str, Any]) -> None:
 # ----------------------------------------------------------------------------------- client role
 
 
-async def one_request(session: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[bool, float | None]:
-    """POST a streaming completion; (ok, seconds to the first chunk with non-empty text)."""
+async def one_request(session: Any, url: str, body: bytes, headers: dict[str, str]) -> tuple[bool, float | None, int]:
+    """POST a streaming completion; (ok, seconds to the first chunk with non-empty text, SSE events
+    received: every `data:` line, [DONE] included)."""
     t0 = time.perf_counter()
     ttft = None
+    events = 0
     async with session.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
             await resp.read()
-            return False, None
+            return False, None, 0
         content = resp.content
         done = False
         async for line in content:
+            if line.startswith(b"data: "):
+                events += 1
             if ttft is None:
                 if line.startswith(b"data: "):
                     payload = line[6:].strip()
@@ -293,7 +297,7 @@ async def one_request(session: Any, url: str, body: bytes, headers: dict[str, st
                 break
         if done:
             await content.read()
-        return done and ttft is not None, ttft
+        return done and ttft is not None, ttft, events
 
 
 def request_body(max_tokens: int) -> bytes:
@@ -335,7 +339,7 @@ async def open_loop(spec: dict[str, Any]) -> dict[str, Any]:
                 label, url = targets[int((at - warmup) // block) % len(targets)]
                 record = True
             try:
-                ok, ttft = await one_request(session, url, body, hdrs[i % len(hdrs)])
+                ok, ttft, _ = await one_request(session, url, body, hdrs[i % len(hdrs)])
             except Exception:
                 ok, ttft = False, None
             if record:
@@ -373,7 +377,7 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
     body = request_body(spec["max_tokens"])
     hdrs = auth_headers()
     pids: dict[str, int] = spec.get("pids", {})
-    state = {"measuring": False, "done": 0, "failed": 0, "stop": False}
+    state = {"measuring": False, "done": 0, "failed": 0, "events": 0, "stop": False}
     ttfts: list[float] = []
     conn = aiohttp.TCPConnector(limit=0, keepalive_timeout=60)
     async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
@@ -382,10 +386,11 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
             h = hdrs[w % len(hdrs)]
             while not state["stop"]:
                 try:
-                    ok, ttft = await one_request(session, url, body, h)
+                    ok, ttft, events = await one_request(session, url, body, h)
                 except Exception:
-                    ok, ttft = False, None
+                    ok, ttft, events = False, None, 0
                 if state["measuring"]:
+                    state["events"] += events
                     if ok:
                         state["done"] += 1
                         ttfts.append(ttft or 0.0)
@@ -409,7 +414,8 @@ async def closed_loop(spec: dict[str, Any]) -> dict[str, Any]:
         await asyncio.gather(*workers, return_exceptions=True)
     elapsed = t1 - t0
     cpu["client"] = (me1.user - me0.user) + (me1.system - me0.system)
-    return {"concurrency": n, "done": state["done"], "failed": state["failed"], "elapsed_s": elapsed,
+    return {"concurrency": n, "done": state["done"], "failed": state["failed"], "events": state["events"],
+            "elapsed_s": elapsed,
             "rps": state["done"] / elapsed, "cpu_s": cpu,
             "sluice_threads_cpu_s": {k: round(v - th0.get(k, 0.0), 3) for k, v in th1.items()
                                      if v - th0.get(k, 0.0) >= 0.01},
@@ -479,10 +485,13 @@ def sweep(procs: Procs, url: str, pids: dict[str, int], args: argparse.Namespace
             for k, v in r["cpu_s"].items():
                 r[f"{k}_cpu_ms_per_req"] = v / r["done"] * 1e3
             r[f"{who}_util"] = r["cpu_s"][who] / r["elapsed_s"]
+        if r["events"]:  # per proxied SSE event, the per-request work included (an upper bound)
+            r[f"{who}_cpu_us_per_event"] = r["cpu_s"][who] / r["events"] * 1e6
         rows.append(r)
         print(f"  {tag or who:>20} N={n:<4} {r['rps']:7.0f} req/s  failed={r['failed']}  "
               f"{who} CPU {r['cpu_s'][who] / r['elapsed_s'] * 100:5.1f}%  "
               f"{r.get(who + '_cpu_ms_per_req', float('nan')):.3f} ms CPU/req  "
+              f"{r.get(who + '_cpu_us_per_event', float('nan')):.1f} us CPU/event  "
               f"client {r['cpu_s']['client'] / r['elapsed_s'] * 100:5.1f}%  "
               f"TTFT p50 {r['ttft_p50_ms']:.1f} ms", flush=True)
     return rows
@@ -523,7 +532,9 @@ def summarize_capacity(cap: dict[str, Any]) -> dict[str, Any]:
         # CPU per request: the median over the sweep (stable across N once saturated)
         per = sorted(r[f"{who}_cpu_ms_per_req"] for r in rows if f"{who}_cpu_ms_per_req" in r)
         cpu_ms = per[len(per) // 2] if per else float("nan")
+        ev = sorted(r[f"{who}_cpu_us_per_event"] for r in rows if f"{who}_cpu_us_per_event" in r)
         s[label] = {"max_rps": best["rps"], "at_n": best["concurrency"], "cpu_ms_per_req": cpu_ms,
+                    "cpu_us_per_event": ev[len(ev) // 2] if ev else float("nan"),
                     "cpu_ceiling_rps": 1e3 / cpu_ms if cpu_ms else float("nan"),
                     "util_at_max": best.get(f"{who}_util")}
     s["sluice_vs_sim_rps"] = s["tracing_on"]["max_rps"] / s["sim_alone"]["max_rps"]
@@ -619,7 +630,8 @@ def main() -> None:
                     continue
                 r = s[label]
                 print(f"  {label:>20}: max {r['max_rps']:7.0f} req/s (N={r['at_n']}), "
-                      f"{r['cpu_ms_per_req']:.3f} ms CPU/request -> one-core ceiling {r['cpu_ceiling_rps']:6.0f} req/s")
+                      f"{r['cpu_ms_per_req']:.3f} ms CPU/request ({r['cpu_us_per_event']:.1f} us/SSE event) "
+                      f"-> one-core ceiling {r['cpu_ceiling_rps']:6.0f} req/s")
             print(f"  sluice/sim-alone throughput: {s['sluice_vs_sim_rps']:.2f}; "
                   f"tracing CPU/request on/off: {s['tracing_cpu_ratio_on_off']:.2f} "
                   f"(target >= 1000 req/s: {'met' if s['tracing_on']['max_rps'] >= 1000 else 'MISSED'})")

@@ -1,6 +1,8 @@
 """SGLang over HTTP: the real engine, spoken to through SGLang's native API.
 
-`SGLangHTTPEngine` implements `engine_adapter.base.Engine` on top of one pooled aiohttp session:
+`SGLangHTTPEngine` implements `engine_adapter.base.Engine`: generation through the lean streaming
+client of engine_adapter/http_stream.py (pooled keep-alive connections, httptools), everything else
+through one pooled aiohttp session:
 
 * `submit` -> ``POST /generate`` (``text`` or ``input_ids``, ``sampling_params``, ``stream``, ``rid``,
   ``priority`` when set, W3C ``traceparent`` header) and turns SGLang's SSE stream (cumulative text by
@@ -25,6 +27,7 @@ import aiohttp
 from yarl import URL
 
 from engine_adapter.base import Chunk, EngineError, GenerateRequest, StepProfile
+from engine_adapter.http_stream import ConnectFailed, StreamClient
 from engine_adapter.sglang_adapters import RemoteAdapters
 from engine_adapter.sglang_http_status import SGLangStatusQueries
 from engine_adapter.sglang_wire import (
@@ -82,20 +85,16 @@ class SGLangHTTPEngine(SGLangStatusQueries):
         self.model = model
         self.profile = profile
         self._incremental = incremental
-        self._gen_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=connect_timeout, sock_read=timeout
-        )
         self._ctl_timeout = aiohttp.ClientTimeout(total=control_timeout, sock_connect=connect_timeout)
         self._urls: dict[str, URL] = {}
-        self._generate_url = self._u("/generate")
-        self._chat_url = self._u("/v1/chat/completions")
-        self._completions_url = self._u("/v1/completions")
+        self._timeouts = (connect_timeout, timeout)
         self._abort_url = self._u("/abort_request")
         self._headers: dict[str, str] = {"Content-Type": "application/json"}
         if api_key:
             self._headers["Authorization"] = f"Bearer {api_key}"
         self._session: aiohttp.ClientSession | None = None
         self._session_loop: asyncio.AbstractEventLoop | None = None
+        self._streams: StreamClient | None = None  # /generate and the OpenAI endpoints (the hot path)
         self._load_source: str | None = None  # "loads" | "metrics" | "get_load", learned on first success
         self._max_total_tokens: int = 0
         self._bg: set[asyncio.Task[None]] = set()
@@ -121,9 +120,20 @@ class SGLangHTTPEngine(SGLangStatusQueries):
             self._session_loop = loop
         return s
 
+    def _stream_client(self) -> StreamClient:
+        """The lean streaming client, created lazily in the running loop (recreated if it changed)."""
+        c = self._streams
+        if c is None or c.loop is not asyncio.get_running_loop():
+            c = self._streams = StreamClient(self.url, self._headers, connect_timeout=self._timeouts[0],
+                                             read_timeout=self._timeouts[1])
+        return c
+
     async def close(self) -> None:
         if self._bg:
             await asyncio.gather(*list(self._bg), return_exceptions=True)
+        streams, self._streams = self._streams, None
+        if streams is not None:
+            streams.close()
         s, self._session = self._session, None
         if s is not None and not s.closed and self._session_loop is asyncio.get_running_loop():
             await s.close()
@@ -188,59 +198,61 @@ class SGLangHTTPEngine(SGLangStatusQueries):
 
     async def _submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
         rid = request.rid
-        oai, url, data, headers = self._route(request)
+        oai, path, data, headers = self._route(request)
         need_abort = False  # the engine may still be working on this rid
         consumer_left = False
         yielded = False  # a chunk has been produced (yielded, or in the batch being built)
         try:
-            sess = self._sess()
+            client = self._stream_client()
             need_abort = True
             try:
-                async with sess.post(url, data=data, headers=headers, timeout=self._gen_timeout) as resp:
-                    try:
-                        if resp.status != 200:
-                            body = await resp.read()
-                            need_abort = False
-                            raise http_error(self.name, resp.status, body)
-                        if not request.stream and oai is None:
-                            obj = loads(await resp.read())
-                            need_abort, yielded = False, True
-                            yield [self._final_from_json(obj, rid)]
-                            return
-                        # ---- the streaming hot loop: one read, one feed, one batch ----
-                        content = resp.content
-                        decoder = StreamDecoder(self.name, oai, self._incremental)
-                        while not decoder.over:
-                            piece = await content.readany()
-                            if not piece:
-                                break
-                            batch = decoder.feed(piece)
-                            if decoder.settled:
-                                need_abort = False
-                            yielded = decoder.produced
-                            if batch:
-                                yield batch
-                            if decoder.failure is not None:
-                                raise decoder.failure
-                        tail = decoder.end()
-                        if tail:
-                            yield tail
-                        if decoder.final is not None:
-                            await _drain(content)
-                            return
+                resp = await client.post(path, data, headers)
+                try:
+                    if resp.status != 200:
+                        body = await resp.read()
                         need_abort = False
-                        raise EngineError(
-                            f"{self.name}: stream for {rid} ended before its final chunk", retryable=not yielded
-                        )
-                    except (GeneratorExit, asyncio.CancelledError):
-                        # abort before closing: a server that aborts on disconnect would forget the rid
-                        consumer_left = True
-                        if need_abort:
+                        raise http_error(self.name, resp.status, body)
+                    if not request.stream and oai is None:
+                        obj = loads(await resp.read())
+                        need_abort, yielded = False, True
+                        yield [self._final_from_json(obj, rid)]
+                        return
+                    # ---- the streaming hot loop: one read, one feed, one batch ----
+                    decoder = StreamDecoder(self.name, oai, self._incremental)
+                    read_some = resp.read_some
+                    while not decoder.over:
+                        piece = await read_some()
+                        if not piece:
+                            break
+                        batch = decoder.feed(piece)
+                        if decoder.settled:
                             need_abort = False
-                            await self._abort_now(rid)
-                        raise
-            except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as e:  # an EngineError is none of these
-                if isinstance(e, aiohttp.ClientConnectorError):
+                        yielded = decoder.produced
+                        if batch:
+                            yield batch
+                        if decoder.failure is not None:
+                            raise decoder.failure
+                    tail = decoder.end()
+                    if tail:
+                        yield tail
+                    if decoder.final is not None:
+                        await resp.read()  # "data: [DONE]" and the body's end: the connection is reused
+                        return
+                    need_abort = False
+                    raise EngineError(
+                        f"{self.name}: stream for {rid} ended before its final chunk", retryable=not yielded
+                    )
+                except (GeneratorExit, asyncio.CancelledError):
+                    # abort before closing: a server that aborts on disconnect would forget the rid
+                    consumer_left = True
+                    if need_abort:
+                        need_abort = False
+                        await self._abort_now(rid)
+                    raise
+                finally:
+                    resp.release()
+            except (TimeoutError, OSError, ValueError) as e:  # an EngineError is none of these
+                if isinstance(e, ConnectFailed):
                     need_abort = False  # the request never reached the engine
                 raise self._transport_error(rid, e, retryable=not yielded) from e
         except (GeneratorExit, asyncio.CancelledError):
@@ -250,19 +262,19 @@ class SGLangHTTPEngine(SGLangStatusQueries):
             if need_abort:
                 await self._abort_after(rid, consumer_left)
 
-    def _route(self, req: GenerateRequest) -> tuple[bool | None, URL, bytes, dict[str, str] | None]:
-        """Where `req` goes, its body and its headers: `oai` is None for the native /generate,
-        True/False for OpenAI chat/text completions."""
+    def _route(self, req: GenerateRequest) -> tuple[bool | None, str, bytes, dict[str, str] | None]:
+        """Where `req` goes (a path), its body and its headers: `oai` is None for the native
+        /generate, True/False for OpenAI chat/text completions."""
         headers = {"traceparent": req.traceparent} if req.traceparent else None
         if req.openai is None:
-            return None, self._generate_url, self._body(req), headers
+            return None, "/generate", self._body(req), headers
         oai = "messages" in req.openai
-        return oai, (self._chat_url if oai else self._completions_url), self._openai_body(req), headers
+        return oai, ("/v1/chat/completions" if oai else "/v1/completions"), self._openai_body(req), headers
 
     def _transport_error(self, rid: str, e: BaseException, *, retryable: bool) -> EngineError:
         return EngineError(
             f"{self.name}: /generate {rid} failed: {describe(e)}",
-            status_code=504 if isinstance(e, asyncio.TimeoutError) else 502,
+            status_code=504 if isinstance(e, TimeoutError) or isinstance(e.__cause__, TimeoutError) else 502,
             retryable=retryable,
         )
 
@@ -324,9 +336,3 @@ class SGLangHTTPEngine(SGLangStatusQueries):
         except Exception:  # fire-and-forget: the engine may be gone, which is fine
             pass
 
-
-async def _drain(content: aiohttp.StreamReader) -> None:
-    """Read the rest of a finished stream ("data: [DONE]" and the end of the body) so that the
-    connection goes back to the pool."""
-    while await content.readany():
-        pass
