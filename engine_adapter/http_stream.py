@@ -208,6 +208,7 @@ class StreamClient:
         host = self.host if self.port in (80, 443) else f"{self.host}:{self.port}"
         self._fixed = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **headers}.items())
         self._idle: list[StreamResponse] = []
+        self._pruned = 0.0
 
     async def post(self, path: str, body: bytes, headers: dict[str, str] | None = None) -> StreamResponse:
         """Send ``POST prefix+path``; the response with its status. Raises `ConnectFailed`,
@@ -244,11 +245,18 @@ class StreamClient:
                 self.loop.create_connection(lambda: StreamResponse(self), self.host, self.port, ssl=self.ssl),
                 self.connect_timeout)
         except (OSError, TimeoutError) as e:
-            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {e or type(e).__name__}") from e
+            raise ConnectFailed(f"cannot connect to {self.host}:{self.port}: {str(e) or type(e).__name__}") from e
         return conn, False
 
     def _put(self, conn: StreamResponse) -> None:
-        conn.idle_since = self.loop.time()
+        now = conn.idle_since = self.loop.time()
+        if now - self._pruned > self.keepalive_s:  # LIFO reuse leaves a burst's extra connections at the bottom
+            self._pruned = now
+            for old in self._idle:
+                if old.transport is not None and now - old.idle_since >= self.keepalive_s:
+                    old.closed = True
+                    old.transport.close()
+            self._idle = [c for c in self._idle if not c.closed]
         self._idle.append(conn)
 
     def close(self) -> None:
