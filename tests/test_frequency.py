@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import RequestSpec
 from controlplane.core.frequency import (ClockInputs, FrequencyController, FrequencyParams, choose_clock,
-                                         clock_inputs, forecast_at, rederive)
+                                         clock_inputs, forecast_at, guard_clock, rederive, rederive_guard)
 from controlplane.driver import decision_row
 from controlplane.predict.output_length import OutputLengthPredictor
 from engine_adapter.sim.profile import load_profile
@@ -122,6 +122,68 @@ def test_raises_at_once_lowers_after_persistent_asks() -> None:
     assert not ctl.step(light, 11.0).changed
 
 
+@settings(max_examples=200, deadline=None)
+@given(batches, rates, waits, waits, prompts)
+def test_the_prefill_guard_is_the_lowest_clock_keeping_short_answers_within_the_margin(
+        batch: int, rate: float, w1: float, w2: float, prompt: float) -> None:
+    """More prompt tokens waiting never lowers the guard; at the guard a short answer's forecast
+    TPOT is within the margin, one step below it is not (or the guard is f_max: nothing to save);
+    with no more than `guard_chunks` of a chunk waiting there is none."""
+    lo, hi = (inputs(batch, rate, w, mean_prompt=prompt) for w in sorted((w1, w2)))
+    g_lo, g_hi = guard_clock(lo, STEP, CLOCK, PARAMS)[0], guard_clock(hi, STEP, CLOCK, PARAMS)[0]
+    assert CLOCK.f_min_mhz <= g_lo <= g_hi <= CLOCK.f_max_mhz
+    budget = PARAMS.margin * 0.05
+
+    def short_tpot(mhz: float) -> float:
+        return forecast_at(hi, STEP, CLOCK, mhz, PARAMS.short_output).tpot_s
+
+    if hi.waiting_tokens <= PARAMS.guard_chunks * hi.chunk:
+        assert g_hi == CLOCK.f_min_mhz  # no long prompt or burst waits: no guard
+    elif g_hi < CLOCK.f_max_mhz:
+        assert short_tpot(g_hi) <= budget
+        if g_hi - PARAMS.step_mhz >= CLOCK.f_min_mhz:
+            assert short_tpot(g_hi - PARAMS.step_mhz) > budget
+
+
+def test_a_burst_of_long_prompts_beside_short_answers_raises_at_once_then_lapses() -> None:
+    """Azure code at a lowered clock: prompts of thousands of tokens arrive beside 20-token answers
+    while the learned mean answer is still near its 512-token prior. Spread over that mean answer,
+    the waiting prefill looks harmless (the SLO floor stays near the idle clock), but a short
+    answer's few steps carry it: the dispatch raises the clock at once (the prefill guard), and the
+    next evaluation after the tokens are prefilled drops it again, without the 8-evaluation hold."""
+    ctl = FrequencyController("sim-0", STEP, CLOCK, PARAMS)
+    idle = inputs(0, 0.0, mean_prompt=952.0, mean_output=405.0)
+    for k in range(PARAMS.down_after):
+        ctl.step(idle, float(k))
+    low = ctl.current_mhz
+    assert low < 0.5 * CLOCK.f_max_mhz
+    burst = inputs(2, 1090.0, 5448.0, kv_tokens=2000.0, mean_prompt=952.0, mean_output=405.0)
+    want = choose_clock(burst, STEP, CLOCK, PARAMS)[0]
+    assert want < 0.5 * CLOCK.f_max_mhz  # the mean-answer forecast alone would not raise
+    assert forecast_at(burst, STEP, CLOCK, low, PARAMS.short_output).tpot_s > 0.05  # a short answer misses
+    up = ctl.on_dispatch(burst, 8.2)
+    assert up is not None and up.changed and up.reason.startswith("raise: guard")
+    assert up.target_mhz == up.guard_mhz > 1.5 * want
+    assert forecast_at(burst, STEP, CLOCK, up.target_mhz, PARAMS.short_output).tpot_s <= PARAMS.margin * 0.05
+    assert ctl.on_dispatch(burst, 8.3) is None  # already there
+    down = ctl.step(idle, 9.0)  # prefilled: the guard lapses at once
+    assert down.changed and down.guard_mhz == CLOCK.f_min_mhz and down.target_mhz < 0.5 * CLOCK.f_max_mhz
+
+
+def test_no_lowering_while_the_load_builds_up() -> None:
+    """An engine filling up (a run's first seconds, a rising load) asks each evaluation for more
+    than before, all far below f_max: the clock stays up until the asks stop climbing (lowered at
+    the start of a ramp to capacity, Azure conv at 1x lost 1.85-4 points it never caught up)."""
+    ctl = FrequencyController("sim-0", STEP, CLOCK, PARAMS)
+    ramp = [inputs(2 + 8 * k, 500.0 + 800.0 * k) for k in range(12)]
+    asks = [wanted(x) for x in ramp]
+    assert asks == sorted(asks) and asks[-1] > asks[-PARAMS.down_after] + PARAMS.band_mhz
+    assert asks[-1] < CLOCK.f_max_mhz - PARAMS.band_mhz
+    assert not any(ctl.step(x, float(k)).changed for k, x in enumerate(ramp))
+    held = [ctl.step(ramp[-1], 12.0 + k) for k in range(PARAMS.down_after)]  # the load settles
+    assert any(c.changed for c in held) and ctl.current_mhz == asks[-1]
+
+
 def test_a_change_is_an_auditable_decision_row() -> None:
     ctl = FrequencyController("sim-0", STEP, CLOCK, PARAMS)
     for k in range(PARAMS.down_after):
@@ -135,6 +197,8 @@ def test_a_change_is_an_auditable_decision_row() -> None:
     # auditable from the row alone: its inputs give the same clock
     assert rederive(ins) == outs["wanted_mhz"]
     assert rederive({**ins, "batch": 400, "prompt_rate": 50_000.0}) > outs["wanted_mhz"]
+    assert ins["params"]["short_output"] == PARAMS.short_output and rederive_guard(ins) == outs["guard_mhz"]
+    assert rederive_guard({**ins, "waiting_tokens": 20_000.0}) > outs["guard_mhz"]
 
 
 def test_inputs_come_from_the_core() -> None:

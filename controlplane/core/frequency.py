@@ -26,6 +26,10 @@ The rule, per engine (docs/simulator.md has the clock model, engine_adapter/cloc
    evaluations too, when a dispatch leaves the clock in force short: `on_dispatch`); a lower one
    only when the last `down_after` evaluations all asked for at least `band_mhz` less, and then
    the highest of them (HPA's scale-down stabilisation), so a steady or jittering load settles.
+5. The prefill guard (`guard_clock`): while a long prompt or a burst waits (more than 0.6 of a chunk
+   of prompt tokens), the clock in force is at least the lowest at which a short answer decoding
+   beside their prefill keeps its TPOT within the margin; raised on the dispatch itself, dropped by
+   the next evaluation without such a backlog (no hysteresis: it guards the tokens, not the load).
 
 Not an oracle: the inputs are what serving knows (requests in flight, KV, prompt tokens waiting and
 dispatched lately, the mean prompt, the SLO classes). The profile is the engine's prior at f_max,
@@ -35,7 +39,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,9 +50,10 @@ from engine_adapter.base import StepProfile
 from engine_adapter.clock import ClockModel
 
 __all__ = ["ClockChoice", "ClockForecast", "ClockInputs", "FrequencyController", "FrequencyParams", "choose_clock",
-           "clock_inputs", "forecast_at", "rederive"]
+           "clock_inputs", "forecast_at", "guard_clock", "rederive", "rederive_guard"]
 
 NVML_STEP_MHZ = 15.0  # the clock granularity NVML accepts on Volta and newer
+SHORT_OUTPUT = 8.0  # tokens: FrequencyParams.short_output
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,11 @@ class FrequencyParams:
     # jitter repeats within this many evaluations never lowers and raises the clock in turn
     down_after: int = 8
     band_mhz: float = 60.0  # a lower clock is taken only when it is at least this much lower
+    # the prefill guard (`guard_clock`): while more than `guard_chunks` of the engine's chunk of
+    # prompt tokens wait (a long prompt, or a burst), a short answer (at most `short_output` tokens)
+    # decoding beside their prefill must keep its TPOT within the margin
+    short_output: float = SHORT_OUTPUT
+    guard_chunks: float = 0.6
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +117,7 @@ class ClockChoice:
     energy_floor_mhz: float
     previous_mhz: float
     reason: str
+    guard_mhz: float  # the prefill guard's clock (f_min: none); target_mhz is at least this
     inputs: ClockInputs
     forecast: ClockForecast  # at target_mhz
 
@@ -117,12 +128,15 @@ class ClockChoice:
     def to_dict(self) -> dict[str, object]:
         return {"engine": self.engine, "ts": self.ts, "target_mhz": self.target_mhz, "wanted_mhz": self.wanted_mhz,
                 "slo_floor_mhz": self.slo_floor_mhz, "energy_floor_mhz": self.energy_floor_mhz,
-                "previous_mhz": self.previous_mhz, "reason": self.reason, "inputs": self.inputs.to_dict(),
+                "previous_mhz": self.previous_mhz, "reason": self.reason, "guard_mhz": self.guard_mhz,
+                "inputs": self.inputs.to_dict(),
                 "forecast": self.forecast.to_dict()}
 
 
-def forecast_at(x: ClockInputs, p: StepProfile, clock: ClockModel, mhz: float) -> ClockForecast:
-    """What a typical new latency request would see on this engine at SM clock `mhz`, by the model."""
+def forecast_at(x: ClockInputs, p: StepProfile, clock: ClockModel, mhz: float, answer: float = math.inf
+                ) -> ClockForecast:
+    """What a typical new latency request would see on this engine at SM clock `mhz`, by the model;
+    its TPOT for an answer of min(`answer`, the mean answer) tokens."""
     pre, dec = clock.prefill_scale(mhz), clock.decode_scale(mhz)
     # seconds per prompt token at f_max, the attention of a typical prompt included
     per_token = p.prefill_b + p.prefill_f * x.mean_prompt / 2
@@ -136,10 +150,10 @@ def forecast_at(x: ClockInputs, p: StepProfile, clock: ClockModel, mhz: float) -
     steps = math.ceil(tokens / max(1, x.chunk - batch))
     ttft = step + steps * (decode + p.prefill_a * pre) + tokens * per_token * pre
     # TPOT: the steady step, plus the prompt tokens already waiting, which the next steps prefill
-    # beside this request's decodes, spread over a typical answer (a short answer feels them most)
+    # beside this request's decodes, spread over its answer (a short answer feels them most)
     backlog = (math.ceil(x.waiting_tokens / max(1, x.chunk - batch)) * p.prefill_a
                + x.waiting_tokens * per_token) * pre
-    tpot = step + backlog / max(1.0, x.mean_output - 1)
+    tpot = step + backlog / max(1.0, min(answer, x.mean_output) - 1)
     # dynamic energy per unit of work relative to f_max: the prefill share at its power and time,
     # the rest decode
     share = min(1.0, x.prompt_rate * per_token)
@@ -166,6 +180,18 @@ def _grid(clock: ClockModel, step: float) -> list[float]:
     return [clock.f_max_mhz - k * step for k in range(n, -1, -1)]
 
 
+def _lowest(grid: list[float], meets: Callable[[float], bool]) -> int:
+    """The index of the lowest clock of `grid` that `meets`, given that grid[-1] does (monotone in f)."""
+    lo, hi = 0, len(grid) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if meets(grid[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
 def choose_clock(x: ClockInputs, p: StepProfile, clock: ClockModel, params: FrequencyParams
                  ) -> tuple[float, float, float, str]:
     """(wanted clock, SLO floor, energy floor, why) for one engine, before hysteresis."""
@@ -174,13 +200,7 @@ def choose_clock(x: ClockInputs, p: StepProfile, clock: ClockModel, params: Freq
         return grid[-1], grid[-1], grid[-1], "saturated: the engine runs its whole in-flight window"
     if not _meets(forecast_at(x, p, clock, grid[-1]), x, params):
         return grid[-1], grid[-1], grid[-1], "the SLO is not met with margin even at the maximum clock"
-    lo, hi = 0, len(grid) - 1  # grid[hi] meets the SLO; find the lowest that does (monotone in f)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if _meets(forecast_at(x, p, clock, grid[mid]), x, params):
-            hi = mid
-        else:
-            lo = mid + 1
+    lo = _lowest(grid, lambda f: _meets(forecast_at(x, p, clock, f), x, params))
     floor = grid[lo]
     best = min(grid[lo:], key=lambda f: (forecast_at(x, p, clock, f).energy, f))
     energy_floor = min(grid, key=lambda f: (forecast_at(x, p, clock, f).energy, f))
@@ -193,6 +213,27 @@ def choose_clock(x: ClockInputs, p: StepProfile, clock: ClockModel, params: Freq
     return best, floor, energy_floor, why
 
 
+def guard_clock(x: ClockInputs, p: StepProfile, clock: ClockModel, params: FrequencyParams) -> tuple[float, str]:
+    """The prefill guard (f_min: none) and why: while more than `guard_chunks` of a chunk of prompt
+    tokens wait, the lowest clock at which a short answer (`short_output` tokens) decoding beside
+    their prefill keeps its TPOT within the margin. The SLO floor spreads that prefill over the
+    learned mean answer, which a long prompt's chunks beside short answers overrun (Azure code:
+    prompts of thousands of tokens, 20-token answers, a mean that starts at 512 and learns at 2 %
+    a completion). No hysteresis: the next evaluation without such a backlog drops it."""
+    grid = _grid(clock, params.step_mhz)
+    if x.tpot_budget_s is None or x.waiting_tokens <= params.guard_chunks * x.chunk:
+        return grid[0], ""
+    budget = params.margin * x.tpot_budget_s
+
+    def meets(f: float) -> bool:
+        return forecast_at(x, p, clock, f, params.short_output).tpot_s <= budget
+
+    if not meets(grid[-1]):
+        return grid[-1], f"guard: {x.waiting_tokens:.0f} prompt tokens waiting, short answers' TPOT"
+    guard = grid[_lowest(grid, meets)]
+    return guard, f"guard: below {guard:.0f} MHz a short answer's TPOT beside {x.waiting_tokens:.0f} waiting prompt tokens leaves the margin"
+
+
 @dataclass(slots=True)
 class FrequencyController:
     """The rule plus its hysteresis for one engine. `profile`: the engine's step profile at f_max."""
@@ -201,7 +242,10 @@ class FrequencyController:
     profile: StepProfile
     clock: ClockModel
     params: FrequencyParams = field(default_factory=FrequencyParams)
-    current_mhz: float = 0.0  # 0: f_max (the clock an engine starts at)
+    current_mhz: float = 0.0  # in force: the held clock or the prefill guard, the higher (0: f_max)
+    # the rule's clock after hysteresis, where the prefill guard lifts the clock in force above it
+    # (0: the clock in force is the held one)
+    held_mhz: float = 0.0
     _asks: deque[float] = field(default_factory=deque)
     last: ClockChoice | None = None
 
@@ -211,22 +255,25 @@ class FrequencyController:
 
     def step(self, x: ClockInputs, now: float) -> ClockChoice:
         want, floor, efloor, why = choose_clock(x, self.profile, self.clock, self.params)
+        guard, gwhy = guard_clock(x, self.profile, self.clock, self.params)
         asks = self._asks
         asks.append(want)
         while len(asks) > max(1, self.params.down_after):
             asks.popleft()
-        before = self.current_mhz
-        target = before
-        if want > before:
-            target, reason = want, f"raise: {why}"
+        held = self.held_mhz or self.current_mhz
+        if want > held:
+            held = want
             asks.clear()
-        elif len(asks) >= self.params.down_after and max(asks) <= before - self.params.band_mhz:
-            target, reason = max(asks), f"lower: {why}"
+        elif len(asks) >= self.params.down_after and max(asks) <= held - self.params.band_mhz \
+                and asks[-1] <= asks[0] + self.params.band_mhz:  # not while the asks climb: a load building up
+            held = max(asks)
             asks.clear()
-        else:
-            reason = f"hold: {why}"
-        self.current_mhz = target
-        self.last = ClockChoice(self.engine, now, target, want, floor, efloor, before, reason, x,
+        before, target = self.current_mhz, max(held, guard)
+        if guard > held:
+            why = gwhy
+        action = "raise" if target > before else "lower" if target < before else "hold"
+        self.held_mhz, self.current_mhz = (held if guard > held else 0.0), target
+        self.last = ClockChoice(self.engine, now, target, want, floor, efloor, before, f"{action}: {why}", guard, x,
                                 forecast_at(x, self.profile, self.clock, target))
         return self.last
 
@@ -237,10 +284,14 @@ class FrequencyController:
 
     def on_dispatch(self, x: ClockInputs, now: float) -> ClockChoice | None:
         """Between evaluations: a dispatch after which the clock in force would miss the SLO itself
-        (the budgets without the margin) raises the clock at once (a burst does not wait for the
-        cadence); never lowers it. Without the margin: each raise holds the clock up for a whole
-        down window, so only a real shortfall is worth one."""
-        if not self.can_raise or _meets(forecast_at(x, self.profile, self.clock, self.current_mhz), x, _NO_MARGIN):
+        (the budgets without the margin), or that lifts the prefill guard above it, raises the
+        clock at once (a burst does not wait for the cadence); never lowers it. The SLO without the
+        margin: each such raise holds the clock up for a whole down window, so only a real
+        shortfall is worth one; the guard's lapses at the next evaluation, so it keeps the margin."""
+        if not self.can_raise:
+            return None
+        if _meets(forecast_at(x, self.profile, self.clock, self.current_mhz), x, _NO_MARGIN) \
+                and guard_clock(x, self.profile, self.clock, self.params)[0] <= self.current_mhz:
             return None
         return self.step(x, now)
 
@@ -251,17 +302,25 @@ class FrequencyController:
         inputs: dict[str, object] = {**c.inputs.to_dict(), "previous_mhz": c.previous_mhz,
                                      "params": shallow_dict(self.params), "profile": shallow_dict(self.profile),
                                      "clock": shallow_dict(self.clock)}
-        outputs: dict[str, object] = {"target_mhz": c.target_mhz, "wanted_mhz": c.wanted_mhz,
+        outputs: dict[str, object] = {"target_mhz": c.target_mhz, "wanted_mhz": c.wanted_mhz, "guard_mhz": c.guard_mhz,
                                       "slo_floor_mhz": c.slo_floor_mhz, "energy_floor_mhz": c.energy_floor_mhz,
                                       **{f"forecast_{k}": v for k, v in c.forecast.to_dict().items()}}
         return Decision(c.ts, "", "", "clock", c.reason, c.engine, policy_version, inputs, outputs)
 
 
+def _from_row(inputs: Mapping[str, Any]) -> tuple[ClockInputs, StepProfile, ClockModel, FrequencyParams]:
+    x = ClockInputs(**{k: inputs[k] for k in ClockInputs.__dataclass_fields__})
+    return x, StepProfile(**inputs["profile"]), ClockModel(**inputs["clock"]), FrequencyParams(**inputs["params"])
+
+
 def rederive(inputs: Mapping[str, Any]) -> float:
     """The clock a `clock` decision row's inputs ask for (its outputs' `wanted_mhz`): the audit."""
-    x = ClockInputs(**{k: inputs[k] for k in ClockInputs.__dataclass_fields__})
-    return choose_clock(x, StepProfile(**inputs["profile"]), ClockModel(**inputs["clock"]),
-                        FrequencyParams(**inputs["params"]))[0]
+    return choose_clock(*_from_row(inputs))[0]
+
+
+def rederive_guard(inputs: Mapping[str, Any]) -> float:
+    """The prefill guard a `clock` decision row's inputs give (its outputs' `guard_mhz`)."""
+    return guard_clock(*_from_row(inputs))[0]
 
 
 def clock_inputs(snap: CoreSnapshot, name: str) -> ClockInputs:
