@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import ssl as _ssl
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 import httptools
 
-__all__ = ["ConnectFailed", "StreamClient", "StreamResponse"]
+__all__ = ["ConnectFailed", "StreamClient", "StreamResponse", "check_url"]
 
 _PAUSE_AT = 1 << 20  # bytes buffered unread before the socket stops being read
 
@@ -188,15 +188,21 @@ class StreamResponse(asyncio.Protocol):
             self._arm(timeout - silent)
 
 
+def check_url(url: str) -> SplitResult:
+    """`url` split, or ValueError unless it is ``http(s)://host[:port][/prefix]``."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"engine URL must be http(s)://host[:port][/prefix], got {url!r}")
+    return parts
+
+
 class StreamClient:
     """Pooled keep-alive connections to one engine for streamed POSTs (created in the loop that
     uses it). `post` returns once the response's headers are in."""
 
     def __init__(self, url: str, headers: dict[str, str], *, connect_timeout: float, read_timeout: float,
                  keepalive_s: float = 4.0) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"engine URL must be http(s)://host[:port][/prefix], got {url!r}")
+        parts = check_url(url)
         self.loop = asyncio.get_running_loop()
         self.host = parts.hostname
         self.port = parts.port or (443 if parts.scheme == "https" else 80)

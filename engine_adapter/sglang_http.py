@@ -27,7 +27,7 @@ import aiohttp
 from yarl import URL
 
 from engine_adapter.base import Chunk, EngineError, GenerateRequest, StepProfile
-from engine_adapter.http_stream import ConnectFailed, StreamClient
+from engine_adapter.http_stream import ConnectFailed, StreamClient, check_url
 from engine_adapter.sglang_adapters import RemoteAdapters
 from engine_adapter.sglang_http_status import SGLangStatusQueries
 from engine_adapter.sglang_wire import (
@@ -81,6 +81,7 @@ class SGLangHTTPEngine(SGLangStatusQueries):
     ) -> None:
         self.name = name
         self.url = url.rstrip("/")
+        check_url(self.url)  # a URL without http(s):// fails here, at startup, not on the first request
         self.api_key = api_key
         self.model = model
         self.profile = profile

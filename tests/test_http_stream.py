@@ -142,9 +142,7 @@ async def test_a_refused_port_is_connect_failed() -> None:
         await client.post("/generate", b"{}")
 
 
-def test_a_bad_url_is_refused() -> None:
-    async def make() -> None:
-        StreamClient("ftp://h/x", {}, connect_timeout=1, read_timeout=1)
-
-    with pytest.raises(ValueError, match="http"):
-        asyncio.run(make())
+def test_a_bad_url_is_refused_when_the_engine_is_built() -> None:
+    for url in ("ftp://h/x", "10.0.0.5:30000"):
+        with pytest.raises(ValueError, match="http"):
+            SGLangHTTPEngine("sg", url)
