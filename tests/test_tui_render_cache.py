@@ -2,9 +2,13 @@
 tab switch repaints only what changed, and what changed is never served stale."""
 from __future__ import annotations
 
+from rich.text import Text
+from textual.coordinate import Coordinate
+from textual.geometry import Region
 from textual.widgets import DataTable
 
 from tui.app import SluiceConsole
+from tui.tables import KeyedTable
 
 
 def state(now: float, weights: dict[str, float]) -> dict:
@@ -24,12 +28,21 @@ async def test_a_tab_switch_repaints_only_what_changed(monkeypatch):
     rendered: list[str] = []
     original = DataTable._render_cell
 
+    plain = KeyedTable._render_plain_cell
+
     def counting(self, row_index, column_index, *args, **kwargs):
         if self.id == "tenant-table" and row_index >= 0:
             rendered.append(str(self.ordered_rows[row_index].key.value))
         return original(self, row_index, column_index, *args, **kwargs)
 
+    def counting_plain(self, cell, row_index, *args, **kwargs):
+        lines = plain(self, cell, row_index, *args, **kwargs)
+        if lines is not None and self.id == "tenant-table" and row_index >= 0:
+            rendered.append(str(self.ordered_rows[row_index].key.value))
+        return lines
+
     monkeypatch.setattr(DataTable, "_render_cell", counting)
+    monkeypatch.setattr(KeyedTable, "_render_plain_cell", counting_plain)  # both ways of rendering a cell
     app = SluiceConsole("http://127.0.0.1:9", None, live=False)
     weights = {f"t{i:02d}": 1.0 for i in range(20)}
     async with app.run_test(size=(160, 40)) as pilot:
@@ -74,3 +87,91 @@ async def test_a_cell_moved_to_another_row_renders_as_textual_would_there():
             table._cell_renders.clear()
             textual = DataTable._render_cell(table, 2, column, style, 12)
             assert stamped == textual and stamped[0][0].style.meta == {"row": 2, "column": column}
+
+
+EDGE_CELLS = [  # what the fast path takes, and what it must leave to Textual (the result is the same)
+    "", "12.3 ms", "12:34:56.7", "a:smile:b", "x[b]y[/b]", "a\tb", "two\nlines", "…", "·", "×",
+    "a" * 40, "表格" * 3, "表", 3.14159, 42, None,
+    Text(""), Text("red", style="red"), Text("bold yellow", style="bold yellow"), Text("dim", style="dim"),
+    Text("b" * 30, style="green"), Text.assemble(("a", "red"), "b"), Text("right", justify="right"),
+    Text("ellipsis " * 5, overflow="ellipsis"), Text("x", style="not-a-style"),
+]
+
+
+async def test_the_fast_cell_render_is_textuals_segment_for_segment():
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False)
+    async with app.run_test(size=(200, 40)) as pilot:
+        app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 + i / 3 for i in range(20)}))
+        app.ingest_requests([{"rid": f"r{i}", "tenant": "t01", "status": s, "arrival_ts": 1.7e9 + i,
+                              "ttft_ms": 12.5 * i, "decision": "reject" if s == "rejected" else "admit",
+                              "reason": "tenant_paused" if s == "rejected" else ""}
+                             for i, s in enumerate(("queued", "running", "ok", "rejected", "error"))])
+        edge = KeyedTable([(f"c{i}", f"C{i}", 6 + i % 5) for i in range(len(EDGE_CELLS))], id="edge",
+                          cursor_type="row", zebra_stripes=True)
+        await app.main("#tenants-pane").mount(edge)
+        edge.sync({"e0": tuple(EDGE_CELLS), "e1": tuple(reversed(EDGE_CELLS))})
+        checked = fast = 0
+        for tab in ("tenants", "requests"):
+            app.action_show_tab(tab)
+            await pilot.pause()
+            tables = [app.tenants.table, edge] if tab == "tenants" else [app.requests_pane.table]
+            for table in tables:
+                for focused in (True, False):
+                    (table if focused else app.main(f"#{'tenant' if tab == 'tenants' else 'request'}-filter")).focus()
+                    await pilot.pause()
+                    assert table.size.width and app.main("#tabs").active == tab
+                    style = table.rich_style
+                    for row in range(table.row_count):
+                        for column, col in enumerate(table.ordered_columns):
+                            width = col.get_render_width(table)
+                            for cursor, hover in ((False, False), (True, False), (False, True)):
+                                table._cell_renders.clear()
+                                ours = table._render_cell(row, column, style, width, cursor, hover)
+                                theirs = DataTable._render_cell(table, row, column, style, width, cursor, hover)
+                                assert ours == theirs, (table.id, row, column, cursor, hover)
+                                assert [[s.style.meta if s.style else None for s in line] for line in ours] == [
+                                    [s.style.meta if s.style else None for s in line] for line in theirs]
+                                checked += 1
+                                styles = table._get_styles_to_render_cell(
+                                    False, False, False, hover, cursor, table.show_cursor,
+                                    table._show_hover_cursor, table.cursor_foreground_priority == "css",
+                                    table.cursor_background_priority == "css")
+                                cell = table._data[table._row_locations.get_key(row)][
+                                    table._column_locations.get_key(column)]
+                                fast += table._render_plain_cell(cell, row, column, style, width, styles) is not None
+        assert checked > 1000 and fast > checked * 0.8  # most cells take the fast path, all agree
+
+
+async def test_the_line_render_is_textuals_segment_for_segment():
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False)
+    async with app.run_test(size=(200, 40)) as pilot:
+        app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 + i / 3 for i in range(12)}))
+        app.action_show_tab("tenants")
+        await pilot.pause()
+        table = app.tenants.table
+        keys = [table._header_row_key] + [row.key for row in table.ordered_rows]
+        checked = 0
+        for focused in (True, False):
+            (table if focused else app.main("#tenant-filter")).focus()
+            await pilot.pause()
+            assert table.size.width > 150 and table.has_focus == focused
+            table._pseudo_class_state = table.get_pseudo_class_state()
+            for cursor_row in (0, 5):
+                table.move_cursor(row=cursor_row, animate=False)
+                for hover in ((0, 0), (3, 2), (-1, 0)):
+                    for memo in (None, {}):  # outside and inside a render pass (styles computed once)
+                        table._pass_styles = memo
+                        base = table.rich_style
+                        for key in keys:
+                            ours = table._render_line_in_row(key, 0, base, table.cursor_coordinate,
+                                                             Coordinate(*hover))
+                            table._row_render_cache.clear()
+                            theirs = DataTable._render_line_in_row(table, key, 0, base, table.cursor_coordinate,
+                                                                   Coordinate(*hover))
+                            assert ours == theirs, (key, focused, cursor_row, hover, memo)
+                            checked += 1
+                        assert table._get_row_style(3, base) == DataTable._get_row_style(table, 3, base)
+                table._pass_styles = None
+        assert checked == 2 * 2 * 3 * 2 * len(keys)
+        assert table.render_lines(Region(0, 0, table.size.width, table.size.height))
+        assert table._pass_styles is None  # the memo lives for one pass only
