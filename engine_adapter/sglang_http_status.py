@@ -20,10 +20,8 @@ from engine_adapter.sglang_wire import (
     describe,
     error_message,
     loads,
-    max_total_tokens,
-    parse_prometheus_load,
-    parse_v1_loads,
 )
+from engine_adapter.sglang_load import max_total_tokens, parse_prometheus_load, parse_v1_loads
 
 __all__ = ["SGLangStatusQueries"]
 

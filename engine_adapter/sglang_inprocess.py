@@ -26,10 +26,9 @@ from engine_adapter.sglang_wire import (
     abort_error,
     chunk_error,
     final_chunk,
-    max_total_tokens,
-    parse_v1_loads,
     prompt_input,
 )
+from engine_adapter.sglang_load import max_total_tokens, parse_v1_loads
 
 __all__ = ["SGLangInProcessEngine", "SGLANG_MISSING"]
 

@@ -22,7 +22,8 @@ from starlette.routing import Route
 
 from engine_adapter.base import Chunk, EngineError, EngineOverloaded, GenerateRequest
 from engine_adapter.sglang_http import SGLangHTTPEngine
-from engine_adapter.sglang_wire import parse_prometheus_load, synthetic_input_ids
+from engine_adapter.sglang_load import parse_prometheus_load
+from engine_adapter.sglang_wire import synthetic_input_ids
 from engine_adapter.sglang_server import make_sglang_app
 from tests.test_sglang_server import MODEL, FakeEngine, _wait_holding, expected_text, fake_app, serve
 
