@@ -167,7 +167,14 @@ class Demand:
         rate = self.tier_rate(now, q.name)
         drain_s = (q.queued + 1) / rate if rate > 0 else math.inf
         asked_meanwhile = q.queued + (asked - mine) / RATE_WINDOW_S * drain_s
-        if asked_meanwhile < modelled:
-            return asked_meanwhile, q.tokens + (asked_meanwhile - q.queued) * mean_prompt
-        return modelled, q.tenant_tokens[tenant] / share
+        ahead = asked_meanwhile if asked_meanwhile < modelled else modelled  # (NaN without a rate: modelled)
+        # the tokens ahead: its own queued prompts, then the others' as queued, then what they ask
+        # meanwhile at the mean prompt. (Its own prompts scaled up by 1 / share made a backlogged
+        # tenant of short prompts look as if everyone sent short prompts: it was admitted where a
+        # tenant below its fair share was refused; tests/test_fair_admission.py.)
+        mine_tokens = q.tenant_tokens[tenant]
+        others = q.queued - own
+        from_queue = min(others, max(0.0, ahead - own))
+        tokens = mine_tokens + (q.tokens - mine_tokens) * from_queue / others if others else mine_tokens
+        return ahead, tokens + max(0.0, ahead - own - others) * mean_prompt
 
