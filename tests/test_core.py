@@ -3,12 +3,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from controlplane.core.admission import AdmissionInputs, decide
 from controlplane.core.events import Decision, Dispatch, FinishReport, Reject, RequestSpec
-from controlplane.core.policy import TenantPolicy
+from controlplane.core.policy import SLOClassPolicy, TenantPolicy
 from tests.core_helpers import make_core, make_policy
 
 
@@ -165,3 +166,22 @@ def test_no_request_is_lost_or_duplicated(ops, scheduler, admission):
         assert core.queued() == len(core.scheduler)
     for rid, f in fate.items():
         assert f in ([], ["dispatch"], ["dispatch", "finish"], ["reject"], ["abort"]), (rid, f)
+
+
+def test_an_engine_view_with_its_queue_is_the_view_with_those_three_fields_replaced() -> None:
+    from dataclasses import fields
+
+    from controlplane.core.admission import EngineView
+
+    values = {f.name: (f"e{i}" if f.name == "name" else ((i + 1.5,) if f.name == "departures" else i + 1.25))
+              for i, f in enumerate(fields(EngineView))}
+    view = EngineView(**values)  # every field a different value: a swapped pair would show
+    assert view.with_queue((9.0, 10.0), 7.5, 3.25) == replace(view, departures=(9.0, 10.0), mean_service_s=7.5,
+                                                               departure_rate=3.25)
+
+
+def test_a_long_prompt_that_met_its_longer_ttft_budget_counts_as_met_for_fairness() -> None:
+    cls = SLOClassPolicy(ttft_s=0.5, tpot_s=0.05, ttft_s_per_ktok=0.05)
+    assert cls.latency_factor(10_000, 0.8, 0.04) == 1.0  # budget 0.5 + 0.05 x 10 = 1.0 s
+    assert cls.latency_factor(0, 0.8, 0.04) == pytest.approx(0.5 / 0.8)
+    assert cls.latency_factor(10_000, 2.0, 0.1) == pytest.approx(0.5 * 0.5)

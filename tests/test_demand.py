@@ -98,3 +98,29 @@ def test_the_deferrable_tier_starves_when_the_latency_tier_had_twice_its_service
     lat.service = 2100.0
     assert core._deferrable_starving(later)  # 2.1x
     assert core._over_share(later, LATENCY)  # new latency requests are refused while it is so far ahead
+
+
+def test_the_tokens_ahead_of_a_backlogged_tenant_are_its_own_then_the_others_as_queued() -> None:
+    core = make_core(make_policy(scheduler="vtc", tenants={"a": TenantPolicy(1.0), "b": TenantPolicy(1.0)}))
+    core.scheduler.push(LATENCY, "a", "a-0", Work(100, 50), 100.0)
+    for i in range(3):
+        core.scheduler.push(LATENCY, "b", f"b-{i}", Work(2000, 50), 2000.0)
+    # no dispatch rate yet: its guaranteed share (1/2) alone counts, (1 + 1) x 2 - 1 = 3 requests ahead
+    ahead, tokens = _ahead(core, 1.0, "a", LATENCY)
+    assert ahead == pytest.approx(3.0)
+    # its own 100 tokens, then two of b's 2,000-token prompts (not its own short prompt scaled up: 200)
+    assert tokens == pytest.approx(100 + 2 * 2000)
+
+
+def test_a_deferrable_tenants_measured_wait_counts_the_mean_prompt_for_what_others_ask_meanwhile() -> None:
+    core = make_core(make_policy(scheduler="vtc", tenants={"bulk": TenantPolicy(1.0, "batch"),
+                                                          "other": TenantPolicy(1.0, "batch")}))
+    _queue(core, "bulk", DEFERRABLE, 9, now=0.0)
+    core.demand.arrived(0.0, "bulk", DEFERRABLE)
+    for i in range(19):
+        core.demand.dispatched(1.0 + 0.1 * i, "other", DEFERRABLE)
+    core.demand.dispatched(3.0, "bulk", DEFERRABLE)
+    ahead, tokens = _ahead(core, MIN_BACKLOG_S + 0.5, "bulk", DEFERRABLE)
+    assert ahead == pytest.approx((9 + 1) / (2 / 21) - 1)
+    # its own 9 x 500 queued tokens, and the mean prompt for each other request served meanwhile
+    assert tokens == pytest.approx(9 * 500 + (ahead - 9) * core.costs.mean_prompt)

@@ -3,7 +3,7 @@ furthest above their fair share.
 
 Stated exactly, on the core's own state: take any instant of a random overloaded multi-tenant run and
 two tenants A and B of the latency tier where A is no further above its fair share than B on every
-count the core can see: A's weight is at least B's, and A has no more requests and no more prompt
+count admission's forecast uses: A's weight is at least B's, and A has no more requests and no more prompt
 tokens queued, and has asked no more often lately, than B. Offer the same request (same prompt, cap and class) once from A and once
 from B, each on its own copy of the core. If B's is admitted, A's must be (tolerance: none beyond the
 dominance itself). The output-length predictor is a constant here, so that the property is about
@@ -61,7 +61,8 @@ def _admitted(core: DecisionCore, now: float, spec: RequestSpec) -> bool:
 
 
 def _dominates(core: DecisionCore, a: str, b: str) -> bool:
-    """Whether tenant `a` is no further above its fair share than `b` on every count the core sees."""
+    """Whether tenant `a` is no further above its fair share than `b` on every count admission's
+    forecast uses (not the fair queue's service counters, which it does not read)."""
     q = core.scheduler.tiers[LATENCY]
     return (core.policy.tenant(a).weight >= core.policy.tenant(b).weight
             and q.scheduler.queued(a) <= q.scheduler.queued(b)

@@ -162,7 +162,7 @@ class DecisionCore(TierBalance):
                 self.costs.observe_ttft(first - t.arrival, t.forecast_ttft_s)
         ttft_total = first - t.arrival if first is not None else None
         self.scheduler.tiers[t.tier].scheduler.finish(t.spec.tenant, t.work, Outcome(
-            actual, self.policy.slo(t.slo_class).latency_factor(ttft_total, tpot),
+            actual, self.policy.slo(t.slo_class).latency_factor(t.spec.prompt_tokens, ttft_total, tpot),
             gpu_seconds=eng.profile.prefill_time(computed, report.cached_tokens) + report.completion_tokens * (
                 eng.profile.decode_time(t.batch_at_dispatch, t.kv_at_dispatch) / max(1, t.batch_at_dispatch))))
         self.rate_limits.reconcile(now, t.spec.tenant, t.spec.prompt_tokens + t.predicted_output

@@ -139,7 +139,8 @@ class Demand:
         if measured is not None:
             waited = (q.scheduler.queued(tenant) + 1) / measured - 1
             if waited > total:
-                total, tokens = waited, q.tenant_tokens.get(tenant, 0.0) / measured
+                own = float(q.scheduler.queued(tenant))
+                total, tokens = waited, _tokens_ahead(q, tenant, own, waited, mean_prompt)
         return total, tokens
 
     def _backlogged_ahead(self, now: float, tenant: str, q: Tier, own: float,
@@ -168,13 +169,18 @@ class Demand:
         drain_s = (q.queued + 1) / rate if rate > 0 else math.inf
         asked_meanwhile = q.queued + (asked - mine) / RATE_WINDOW_S * drain_s
         ahead = asked_meanwhile if asked_meanwhile < modelled else modelled  # (NaN without a rate: modelled)
-        # the tokens ahead: its own queued prompts, then the others' as queued, then what they ask
-        # meanwhile at the mean prompt. (Its own prompts scaled up by 1 / share made a backlogged
-        # tenant of short prompts look as if everyone sent short prompts: it was admitted where a
-        # tenant below its fair share was refused; tests/test_fair_admission.py.)
-        mine_tokens = q.tenant_tokens[tenant]
-        others = q.queued - own
-        from_queue = min(others, max(0.0, ahead - own))
-        tokens = mine_tokens + (q.tokens - mine_tokens) * from_queue / others if others else mine_tokens
-        return ahead, tokens + max(0.0, ahead - own - others) * mean_prompt
+        return ahead, _tokens_ahead(q, tenant, own, ahead, mean_prompt)
+
+
+def _tokens_ahead(q: Tier, tenant: str, own: float, ahead: float, mean_prompt: float) -> float:
+    """The prompt tokens of `ahead` requests served before a new one of `tenant` (`own` of them its
+    own): its own queued prompts, then the others' as queued, then the mean prompt for each they ask
+    meanwhile. (Its own prompts scaled up by 1 / share made a backlogged tenant of short prompts
+    look as if everyone sent short prompts: it was admitted where a tenant below its fair share was
+    refused; tests/test_fair_admission.py.)"""
+    mine = q.tenant_tokens.get(tenant, 0.0)
+    others = q.queued - own
+    from_queue = min(others, max(0.0, ahead - own))
+    tokens = mine + (q.tokens - mine) * from_queue / others if others > 0 else mine
+    return tokens + max(0.0, ahead - own - max(0.0, others)) * mean_prompt
 

@@ -82,7 +82,8 @@ class EngineState:
 
     def view(self, now: float, mean_prompt: float, mean_output: float, ahead: float = 0.0) -> EngineView:
         """The engine as the forecast sees it; `ahead` requests queued before the one forecast, and
-        requests of `mean_prompt` computed and `mean_output` output tokens on average."""
+        requests of `mean_prompt` computed and `mean_output` output tokens on average. Advances the
+        rate windows to `now` (and changes nothing else)."""
         p = self.profile
         batch = max(1, min(self.window, len(self.in_flight) + 1))
         kv = max(self.kv_tokens, self.reported_kv_tokens)

@@ -50,12 +50,14 @@ class SLOClassPolicy:
             return None
         return self.ttft_s + self.ttft_s_per_ktok * prompt_tokens / 1e3
 
-    def latency_factor(self, ttft_s: float | None, tpot_s: float | None) -> float:
+    def latency_factor(self, prompt_tokens: float, ttft_s: float | None, tpot_s: float | None) -> float:
         """How far a finished request's TTFT (from arrival) and TPOT fell short of this class's
-        targets, as the product of target / actual (1.0: met both); latency-aware fairness counters use it."""
+        targets for its prompt, as the product of target / actual (1.0: met both); latency-aware
+        fairness counters use it."""
         factor = 1.0
-        if self.ttft_s is not None and ttft_s is not None and ttft_s > 0:
-            factor *= min(1.0, self.ttft_s / ttft_s)
+        budget = self.ttft_budget_s(prompt_tokens)
+        if budget is not None and ttft_s is not None and ttft_s > 0:
+            factor *= min(1.0, budget / ttft_s)
         if self.tpot_s is not None and tpot_s is not None and tpot_s > 0:
             factor *= min(1.0, self.tpot_s / tpot_s)
         return factor

@@ -3,7 +3,8 @@ runs first, keeps a reserve of window slots and a short prefill queue, and is he
 share while the deferrable tier starves (docs/admission.md, "Two tiers of SLO classes").
 
 A mixin of `DecisionCore` (core.py), apart only to keep each module about one thing: it reads the
-core's state, declared below, and changes none of it.
+core's state, declared below, and changes none of it beyond advancing its windows (arrivals,
+tier service) to `now`.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ take everything (fairness inverts). Instead each tier gets its weighted share:
   ahead of its share and the deferrable tier *starves* (its head has waited a quarter of its
   deadline, or it has been backlogged for a few seconds while the latency tier had STARVING_BEHIND
   times its service per unit of weight), new
-  latency requests are refused (`over_share`, DecisionCore._over_share), and a starving deferrable
+  latency requests are refused (`over_share`, tier_balance.py), and a starving deferrable
   request is dispatched even into a prefill queue that a latency request would wait behind (the
   latency tier's forecasts then see that queue);
 - while the latency tier is refusing requests for lack of capacity (not ones that no engine could
@@ -29,7 +29,7 @@ take everything (fairness inverts). Instead each tier gets its weighted share:
 
 So refusals fall on the tier furthest above its fair share. Within a tier, the policy's scheduler
 chooses. The core also keeps window slots and prefill headroom free for the latency tier
-(`DecisionCore._leaves_room`), so an interactive request rarely waits for a long batch request.
+(`TierBalance._leaves_room`, tier_balance.py), so an interactive request rarely waits for a long batch request.
 """
 from __future__ import annotations
 
