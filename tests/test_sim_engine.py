@@ -46,10 +46,12 @@ def check_stream(chunks: list[Chunk]) -> None:
 
 
 async def test_streams_up_to_max_new_tokens(engine):
-    chunks = await collect(engine, req("a", n_out=20, max_new=20))
+    # 120 tokens: ~1 s of decode steps, so that even a consumer starved on a loaded machine reads
+    # them in several pieces (20 tokens arrived in one lump once under a load average of 5)
+    chunks = await collect(engine, req("a", n_out=120, max_new=120))
     check_stream(chunks)
     last = chunks[-1]
-    assert last.completion_tokens == 20 and last.finish_reason == "length"
+    assert last.completion_tokens == 120 and last.finish_reason == "length"
     assert last.prompt_tokens == 32 and last.e2e_latency and last.e2e_latency > 0
     assert len(chunks) > 2  # streamed, not one lump
     assert "".join(c.text for c in chunks).startswith("synthetic simulated tokens")
