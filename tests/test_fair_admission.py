@@ -74,7 +74,7 @@ arrivals = st.lists(st.tuples(st.floats(0.0, 0.08), st.integers(0, 4), st.sample
                     min_size=20, max_size=60)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scheduler=st.sampled_from(["vtc", "equinox", "wrr"]),
        weights=st.lists(st.sampled_from([1.0, 2.0, 3.0]), min_size=2, max_size=5),
        load=arrivals, probe_prompt=st.sampled_from(PROMPTS))
