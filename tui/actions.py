@@ -9,7 +9,7 @@ read at once (`poke`) so the console shows it without waiting for the next tick.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from textual import work
@@ -46,14 +46,8 @@ class OperatorActions:
 
     @work(group="actions", exit_on_error=False)
     async def set_weight(self, tenant: str, weight: float, reason: str) -> None:
-        try:
-            await self.client.set_weight(tenant, weight, reason)
-        except AdminError as exc:
-            self.notify(f"Weight of {tenant} not changed: {exc.message}", severity="error", timeout=8)
-            return
-        self.notify(f"Weight of {tenant} set to {weight:g}")
-        self.poke()
-        self.load_policy()
+        await self._tenant_change(self.client.set_weight(tenant, weight, reason),
+                                  f"Weight of {tenant} not changed", f"Weight of {tenant} set to {weight:g}")
 
     def ask_pause(self, tenant: str, paused: bool) -> None:
         """Confirm pausing `tenant` (or resuming it when it is `paused`)."""
@@ -73,15 +67,17 @@ class OperatorActions:
 
     @work(group="actions", exit_on_error=False)
     async def pause_tenant(self, tenant: str, pause: bool, reason: str) -> None:
+        call = self.client.pause_tenant if pause else self.client.resume_tenant
+        await self._tenant_change(call(tenant, reason), tenant, f"Tenant {tenant} {'paused' if pause else 'resumed'}")
+
+    async def _tenant_change(self, call: Awaitable[Any], failed: str, done: str) -> None:
+        """Send a change to a tenant's policy entry; say how it went, then read the state and policy."""
         try:
-            if pause:
-                await self.client.pause_tenant(tenant, reason)
-            else:
-                await self.client.resume_tenant(tenant, reason)
+            await call
         except AdminError as exc:
-            self.notify(f"{tenant}: {exc.message}", severity="error", timeout=8)
+            self.notify(f"{failed}: {exc.message}", severity="error", timeout=8)
             return
-        self.notify(f"Tenant {tenant} {'paused' if pause else 'resumed'}")
+        self.notify(done)
         self.poke()
         self.load_policy()
 
