@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import EngineSpec
+from controlplane.core.learning import OutputPredictor
 from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
@@ -22,7 +23,9 @@ def make_policy(**overrides: object) -> Policy:
     return Policy(**base)  # type: ignore[arg-type]
 
 
-def make_core(policy: Policy | None = None, engines: int = 1, kv: int = 200_000) -> DecisionCore:
+def make_core(policy: Policy | None = None, engines: int = 1, kv: int = 200_000,
+              predictor: OutputPredictor | None = None) -> DecisionCore:
     specs = [(EngineSpec(f"e{i}", kv, PROFILE.prefill_a, PROFILE.prefill_b, PROFILE.decode_c, PROFILE.decode_d,
                          PROFILE.decode_e), StepTimeModel(PROFILE)) for i in range(engines)]
-    return DecisionCore(policy or make_policy(), specs, OutputLengthPredictor(torch_expert=False), ForecastErrors())
+    return DecisionCore(policy or make_policy(), specs, predictor or OutputLengthPredictor(torch_expert=False),
+                        ForecastErrors())

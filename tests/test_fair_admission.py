@@ -19,12 +19,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from controlplane.core.core import DecisionCore
-from controlplane.core.events import Decision, Dispatch, EngineSpec, FinishReport, RequestSpec
-from controlplane.core.policy import Policy, SLOClassPolicy, TenantPolicy
+from controlplane.core.events import Decision, Dispatch, FinishReport, RequestSpec
+from controlplane.core.policy import TenantPolicy
 from controlplane.core.tiers import LATENCY
-from controlplane.predict.errors import ForecastErrors
-from controlplane.predict.step_time import StepTimeModel
-from tests.core_helpers import PROFILE
+from tests.core_helpers import make_core, make_policy
 
 OUTPUT = 64  # every request's output; the predictor says exactly this
 PROMPTS = (128, 512, 2048, 6000)
@@ -46,13 +44,7 @@ class ConstantPredictor:
 def _core(scheduler: str, weights: list[float]) -> DecisionCore:
     tenants = {f"t{i}": TenantPolicy(w) for i, w in enumerate(weights)}
     tenants["bulk"] = TenantPolicy(1.0, "batch")
-    policy = Policy(scheduler=scheduler, admission=True,
-                    slo_classes={"interactive": SLOClassPolicy(0.5, 0.05),
-                                 "batch": SLOClassPolicy(None, None, 60.0, "defer")},
-                    tenants=tenants)
-    spec = EngineSpec("e0", 200_000, PROFILE.prefill_a, PROFILE.prefill_b, PROFILE.decode_c, PROFILE.decode_d,
-                      PROFILE.decode_e)
-    return DecisionCore(policy, [(spec, StepTimeModel(PROFILE))], ConstantPredictor(), ForecastErrors())
+    return make_core(make_policy(scheduler=scheduler, admission=True, tenants=tenants), predictor=ConstantPredictor())
 
 
 def _admitted(core: DecisionCore, now: float, spec: RequestSpec) -> bool:
