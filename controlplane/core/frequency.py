@@ -28,8 +28,9 @@ The rule, per engine (docs/simulator.md has the clock model, engine_adapter/cloc
    the highest of them (HPA's scale-down stabilisation), so a steady or jittering load settles.
 5. The prefill guard (`guard_clock`): while a long prompt or a burst waits (more than 0.6 of a chunk
    of prompt tokens), the clock in force is at least the lowest at which a short answer decoding
-   beside their prefill keeps its TPOT within the margin; raised on the dispatch itself, dropped by
-   the next evaluation without such a backlog (no hysteresis: it guards the tokens, not the load).
+   beside their prefill keeps its TPOT within the margin; raised on the dispatch itself, held at its
+   highest while the backlog lasts, dropped by the next evaluation without one (no down window: it
+   guards the tokens, not the load).
 
 Not an oracle: the inputs are what serving knows (requests in flight, KV, prompt tokens waiting and
 dispatched lately, the mean prompt, the SLO classes). The profile is the engine's prior at f_max,
@@ -219,7 +220,8 @@ def guard_clock(x: ClockInputs, p: StepProfile, clock: ClockModel, params: Frequ
     their prefill keeps its TPOT within the margin. The SLO floor spreads that prefill over the
     learned mean answer, which a long prompt's chunks beside short answers overrun (Azure code:
     prompts of thousands of tokens, 20-token answers, a mean that starts at 512 and learns at 2 %
-    a completion). No hysteresis: the next evaluation without such a backlog drops it."""
+    a completion). The controller holds the highest guard while the backlog lasts and drops it at
+    the next evaluation without one (`FrequencyController.guard_held_mhz`)."""
     grid = _grid(clock, params.step_mhz)
     if x.tpot_budget_s is None or x.waiting_tokens <= params.guard_chunks * x.chunk:
         return grid[0], ""
@@ -246,6 +248,10 @@ class FrequencyController:
     # the rule's clock after hysteresis, where the prefill guard lifts the clock in force above it
     # (0: the clock in force is the held one)
     held_mhz: float = 0.0
+    # the prefill guard in force: the highest it asked while the prompt backlog lasted (a guard
+    # that followed each evaluation flapped with the batch beside a steady backlog: 33 changes in
+    # 40 evaluations, batch 0 and 5 in turn); it lapses with the backlog
+    guard_held_mhz: float = 0.0
     _asks: deque[float] = field(default_factory=deque)
     last: ClockChoice | None = None
 
@@ -268,11 +274,13 @@ class FrequencyController:
                 and asks[-1] <= asks[0] + self.params.band_mhz:  # not while the asks climb: a load building up
             held = max(asks)
             asks.clear()
-        before, target = self.current_mhz, max(held, guard)
-        if guard > held:
-            why = gwhy
+        self.guard_held_mhz = max(self.guard_held_mhz, guard) if gwhy else 0.0
+        before, target = self.current_mhz, max(held, self.guard_held_mhz)
+        if self.guard_held_mhz > held:
+            why = gwhy if self.guard_held_mhz == guard else \
+                f"guard: held at {self.guard_held_mhz:.0f} MHz while {x.waiting_tokens:.0f} prompt tokens wait"
         action = "raise" if target > before else "lower" if target < before else "hold"
-        self.held_mhz, self.current_mhz = (held if guard > held else 0.0), target
+        self.held_mhz, self.current_mhz = (held if self.guard_held_mhz > held else 0.0), target
         self.last = ClockChoice(self.engine, now, target, want, floor, efloor, before, f"{action}: {why}", guard, x,
                                 forecast_at(x, self.profile, self.clock, target))
         return self.last
