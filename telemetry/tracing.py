@@ -136,7 +136,9 @@ class SpanSink(Protocol):
     def record_spans(self, rows: list[dict[str, Any]], events: list[dict[str, Any]] | None = None) -> bool: ...
 
 
-_KIND = {0: "INTERNAL", 1: "SERVER", 2: "CLIENT", 3: "PRODUCER", 4: "CONSUMER"}
+# an enum member's .name is a descriptor call: a dict lookup per span is cheaper
+_KIND_NAME = {k: k.name for k in trace_api.SpanKind}
+_STATUS_NAME = {c: c.name for c in trace_api.StatusCode}
 
 
 def _attr_json(attrs: Mapping[str, Any] | None) -> str | None:
@@ -185,19 +187,21 @@ def spans_to_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], 
                 separators=(",", ":"),
             )
         scope = span.instrumentation_scope.name if span.instrumentation_scope is not None else None
+        status = span.status
+        start, end = span.start_time, span.end_time
         rows.append(
             {
                 "trace_id": trace_id,
                 "span_id": span_id,
                 "parent_span_id": f"{span.parent.span_id:016x}" if span.parent is not None else None,
                 "name": span.name,
-                "kind": _KIND.get(span.kind.value, "UNSPECIFIED"),
+                "kind": _KIND_NAME[span.kind],
                 "service": cached[0],
                 "scope": scope,
-                "start_ts": span.start_time / 1e9 if span.start_time else None,
-                "end_ts": span.end_time / 1e9 if span.end_time else None,
-                "status_code": span.status.status_code.name,
-                "status_message": span.status.description,
+                "start_ts": start / 1e9 if start else None,
+                "end_ts": end / 1e9 if end else None,
+                "status_code": _STATUS_NAME[status.status_code],
+                "status_message": status.description,
                 "attributes": _attr_json(span.attributes),
                 "resource": cached[1],
                 "links": links,
@@ -256,14 +260,17 @@ class SluiceTracerProvider(TracerProvider):
     generator and sampler, as `start_span` would take them.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, *, sample_ratio: float = 1.0, resource: Resource | None = None) -> None:
+        # a request's root span has no parent, so ParentBased would always ask its root sampler,
+        # after looking up the (always empty) current context: ask that sampler directly
+        self.root_sampler = TraceIdRatioBased(sample_ratio)
+        super().__init__(sampler=ParentBased(self.root_sampler), resource=resource)
         self.scope = InstrumentationScope("sluice")
 
     def new_trace(self, name: str, kind: trace_api.SpanKind) -> tuple[int, int, bool]:
         """(trace_id, span_id, sampled) for a new root span."""
         trace_id = self.id_generator.generate_trace_id()
-        decision = self.sampler.should_sample(None, trace_id, name, kind)
+        decision = self.root_sampler.should_sample(None, trace_id, name, kind)
         return trace_id, self.id_generator.generate_span_id(), decision.decision.is_sampled()
 
     def new_span_id(self) -> int:
@@ -331,10 +338,7 @@ def setup_tracing(
         raise ValueError(f"sample_ratio must be in [0, 1], got {sample_ratio}")
     attrs: dict[str, Any] = {"service.name": service_name}
     attrs.update(resource_attributes or {})
-    provider = SluiceTracerProvider(
-        sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
-        resource=Resource.create(attrs),
-    )
+    provider = SluiceTracerProvider(sample_ratio=sample_ratio, resource=Resource.create(attrs))
 
     def batch(exporter: SpanExporter) -> BatchSpanProcessor:
         return BatchSpanProcessor(
