@@ -20,24 +20,25 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from controlplane.cadence import Cadence
-from controlplane.config import Config, TenantConfig, hash_key
+from controlplane.config import Config, TenantConfig
 from controlplane.core.events import FinishReport, Reject, RequestSpec
 from controlplane.core.frequency import FrequencyParams
 from controlplane.core.policy import Policy, PolicyError
 from controlplane.core.snapshot import CoreSnapshot
+from controlplane.engine_call import engine_batches, generate_request
 from controlplane.engine_pool import EnginePool
-from controlplane.errors import ApiError, refusal
+from controlplane.errors import refusal
 from controlplane.livestats import LiveStats
-from controlplane.model_pools import Route
 from controlplane.predict.errors import ForecastErrors
 from controlplane.predict.output_length import OutputLengthPredictor
 from controlplane.prefix_hash import request_prefix
 from controlplane.prompt_tokens import PromptTokenEstimator
 from controlplane.recorder import Recorder
+from controlplane.tenant_access import TenantAccess
 from controlplane.requests import CompletionRequest
 from controlplane.tickets import Ticket
 from controlplane.trainer import PredictorTrainer
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, GenerateRequest
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded
 from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice")
@@ -54,12 +55,10 @@ class Sluice:
         self.engines = engines
         self.clock = clock
         self.recorder = recorder  # telemetry sink: spans, request rows, decisions, metrics (see observe.py)
-        self.keys = config.tenant_by_key_hash()
-        self.catalog = config.catalog()  # the model pools and every name clients may send (model_pools.py)
-        self._allowed = {t.name: [self.catalog.resolve(m) for m in t.models] for t in config.tenants
-                         if t.models is not None}
-        self._own_adapter = {t.name: {r.pool: r.adapter for r in map(self.catalog.resolve, t.adapters()) if r}
-                             for t in config.tenants if t.adapter is not None}  # pool -> the tenant's adapter
+        self.access = TenantAccess(config)  # keys and the model catalog (tenant_access.py)
+        self.keys, self.catalog = self.access.keys, self.access.catalog
+        self.authenticate, self.resolve_model = self.access.authenticate, self.access.resolve_model
+        self.model_list, self.route = self.access.model_list, self.access.route
         self._policy = config.policy  # the one policy; each pool's core takes it with its own weights
         self.tickets: dict[str, Ticket] = {}
         self.predictor = predictor if predictor is not None else OutputLengthPredictor(seed=0, torch_expert=True)
@@ -162,44 +161,7 @@ class Sluice:
             pool.driver.set_policy(now, policy.for_pool(self.catalog.pools[name].names))
         self._emit("policy", policy.to_dict())
 
-    # -- authentication ------------------------------------------------------------------------
-    def authenticate(self, authorization: str | None) -> TenantConfig:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise ApiError(401, "missing API key: send 'Authorization: Bearer <key>'", code="invalid_api_key")
-        tenant = self.keys.get(hash_key(authorization[7:].strip()))
-        if tenant is None:
-            raise ApiError(401, "invalid API key", code="invalid_api_key")
-        return tenant
-
     # -- the request path ------------------------------------------------------------------------
-    def resolve_model(self, tenant: TenantConfig, name: str) -> Route:
-        """Where `name` goes for this tenant (its own adapter on a base model that names none): OpenAI's
-        404 `model_not_found` for a name that names no model, 403 `model_not_allowed` for one
-        outside the tenant's `models` (docs/configuration.md)."""
-        route = self.catalog.resolve(name)
-        if route is None:
-            raise ApiError(404, f"The model '{name}' does not exist", code="model_not_found", param="model")
-        if route.adapter is None:
-            own = self._own_adapter.get(tenant.name, {}).get(route.pool)
-            route = Route(route.pool, own) if own else route
-        if not self._may_use(tenant.name, route):
-            raise ApiError(403, f"The model '{name}' is not available to this API key", code="model_not_allowed",
-                           param="model")
-        return route
-
-    def _may_use(self, tenant: str, route: Route) -> bool:
-        allowed = self._allowed.get(tenant)
-        return allowed is None or any(a is not None and a.allows(route) for a in allowed)
-
-    def model_list(self, tenant: TenantConfig) -> list[str]:
-        """The model names this tenant may send (`GET /v1/models`)."""
-        return [n for n in self.catalog.listed() if self._may_use(tenant.name, self.catalog.resolve(n))]  # type: ignore[arg-type]
-
-    def route(self, tenant: TenantConfig, req: CompletionRequest) -> None:
-        """Sets `req.pool` and `req.adapter`, where its model goes (`resolve_model`'s errors otherwise)."""
-        route = self.resolve_model(tenant, req.model)
-        req.pool, req.adapter = route.pool, route.adapter
-
     def fit_context(self, req: CompletionRequest) -> None:
         """Correct the prompt estimate for the model, then fit the smallest context window of its
         pool's engines (any of them may serve it); raises OpenAI's 400 `context_length_exceeded`."""
@@ -208,14 +170,17 @@ class Sluice:
         if window is not None:
             req.fit_context(window)
 
-    def submit(self, tenant: TenantConfig, req: CompletionRequest) -> Ticket:
-        """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal."""
-        pool, now, rid = self._request_pool(req), self.clock(), self._new_rid()
+    def submit(self, tenant: TenantConfig, req: CompletionRequest, *, rid: str | None = None,
+               prefix: tuple[tuple[int, ...], int] | None = None) -> Ticket:
+        """Admission: returns a ticket that is queued or already dispatched; raises ApiError on refusal.
+        `rid` and `prefix` (its prefix hashes and block size): given by a gateway worker, which
+        names its requests and hashes their prompts itself (controlplane/worker_hub.py)."""
+        pool, now, rid = self._request_pool(req), self.clock(), rid or self._new_rid()
         ticket = Ticket.open(rid, tenant.name, req, pool.core.policy.tenant(tenant.name).slo_class, now)
         self.tickets[rid] = ticket
         if self.recorder is not None:
             self.recorder.begin(ticket)
-        hashes, block = request_prefix(req)  # where dispatch expects the prompt cached (docs/dispatch.md)
+        hashes, block = prefix or request_prefix(req)  # where dispatch expects the prompt cached (docs/dispatch.md)
         pool.driver.arrive(now, RequestSpec(rid, tenant.name, req.prompt_tokens, req.max_tokens, None, req.stream,
                                             hashes, block, req.adapter))
         if ticket.waiter.done() and isinstance(ticket.waiter.result(), Reject):
@@ -242,10 +207,10 @@ class Sluice:
         return f"{self._rid_bits(128):032x}"
 
     def refuse(self, tenant: TenantConfig, kind: str, req: CompletionRequest | None, status: str,
-               http_status: int, *, code: str | None, error: str | None) -> str:
+               http_status: int, *, code: str | None, error: str | None, rid: str | None = None) -> str:
         """An authenticated request that never reached admission (bad input, unknown model, a client
         gone while sending it): its one row and span, nothing for the core to reconcile. Returns its rid."""
-        now, rid, parsed = self.clock(), self._new_rid(), req is not None
+        now, rid, parsed = self.clock(), rid or self._new_rid(), req is not None
         req = req or CompletionRequest(kind, "", "", 0, 0, False, False)
         ticket = Ticket.open(rid, tenant.name, req, self.policy.tenant(tenant.name).slo_class, now)
         if not parsed:  # nothing is known of what was asked
@@ -257,7 +222,12 @@ class Sluice:
 
     async def wait_dispatch(self, ticket: Ticket) -> None:
         """Wait in sluice's queue until the core dispatches the request (or expires it)."""
-        outcome = await ticket.waiter
+        await ticket.waiter
+        self.settle(ticket)
+
+    def settle(self, ticket: Ticket) -> None:
+        """Once its waiter is resolved: a refusal in the queue closes the ticket and raises its ApiError."""
+        outcome = ticket.waiter.result()
         if isinstance(outcome, Reject):
             status = {"deadline_expired": "expired", "aborted": "aborted"}.get(outcome.code, "rejected")
             err = refusal(outcome.code, outcome.message, outcome.retry_after_s)
@@ -274,30 +244,31 @@ class Sluice:
         the iterator when it stops early (which aborts the request at the engine).
         """
         assert ticket.engine is not None
-        engine = self.engines[ticket.engine]
-        req = ticket.request
+        traceparent, model = self.engine_call(ticket)
+        greq = generate_request(ticket.rid, ticket.request, ticket.priority, traceparent, model,
+                                self.catalog.pools[ticket.request.pool].adapters if ticket.request.adapter else None)
+        return engine_batches(self.engines[ticket.engine], greq)
+
+    def engine_call(self, ticket: Ticket) -> tuple[str | None, str | None]:
+        """A dispatched ticket's engine call begins: the traceparent to send (its engine span's) and
+        the model name its engine serves."""
+        assert ticket.engine is not None
         traceparent = self.recorder.engine_call(ticket) if self.recorder is not None else None
-        body = None if req.body is None else {**req.body, "model": self.pool_of(ticket.engine).infos[ticket.engine].model}
-        greq = GenerateRequest(rid=ticket.rid, prompt=req.prompt, sampling_params=dict(req.sampling),
-                               stream=True, priority=ticket.priority, traceparent=traceparent,
-                               prompt_tokens=req.prompt_tokens, openai=body)
-        if req.adapter is not None:  # SGLang's lora_path, and the configured path to load it from
-            greq.lora_path = req.adapter
-            greq.lora_source = self.catalog.pools[req.pool].adapters.get(req.adapter)
-        batches = getattr(engine, "submit_batches", None)
-        if batches is not None:
-            return batches(greq)
-        return _singles(engine.submit(greq))
+        return traceparent, self.pool_of(ticket.engine).infos[ticket.engine].model
 
     def first_token(self, ticket: Ticket, batch: Sequence[Chunk]) -> None:
         """Record the first token if `batch` has it (call while ticket.first_token_at is None)."""
         for chunk in batch:
             if chunk.completion_tokens or chunk.finish_reason:
-                ticket.first_token_at = self.clock()
-                self._request_pool(ticket.request).driver.first_token(ticket.first_token_at, ticket.rid)
-                if self.recorder is not None:
-                    self.recorder.first_token(ticket)
+                self.mark_first_token(ticket)
                 return
+
+    def mark_first_token(self, ticket: Ticket) -> None:
+        """Its first token (or its end) has come: the core and the recorder learn it now."""
+        ticket.first_token_at = self.clock()
+        self._request_pool(ticket.request).driver.first_token(ticket.first_token_at, ticket.rid)
+        if self.recorder is not None:
+            self.recorder.first_token(ticket)
 
     def engine_failed(self, ticket: Ticket, exc: EngineError) -> None:
         """A stream ended in an EngineError: a dead engine is marked unhealthy (an overloaded one is not,
@@ -353,15 +324,6 @@ class Sluice:
     def _emit(self, kind: str, payload: dict[str, Any]) -> None:
         for listener in list(self.listeners):
             listener(kind, payload)
-
-
-async def _singles(gen: AsyncIterator[Chunk]) -> AsyncIterator[Sequence[Chunk]]:
-    """An engine without `submit_batches`: one chunk per batch."""
-    try:
-        async for chunk in gen:
-            yield (chunk,)
-    finally:
-        await gen.aclose()  # type: ignore[attr-defined]
 
 
 class _ForecastTee:

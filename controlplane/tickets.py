@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from controlplane.core.events import ADMISSION_KINDS, Decision, Dispatch, Reject
 from controlplane.core.policy import SLOClassPolicy
@@ -21,7 +21,11 @@ from engine_adapter.base import Chunk
 
 log = logging.getLogger("sluice")
 
-__all__ = ["Ticket", "TicketSink"]
+__all__ = ["Cancellable", "Ticket", "TicketSink"]
+
+
+class Cancellable(Protocol):
+    def cancel(self, msg: Any = None) -> Any: ...
 
 
 @dataclass(slots=True)
@@ -41,7 +45,7 @@ class Ticket:
     first_token_at: float | None = None
     closed: bool = False
     spans: dict[str, Any] | None = None  # the recorder's open spans
-    task: asyncio.Task[Any] | None = None  # the handler serving it, cancelled by an operator abort
+    task: Cancellable | None = None  # the handler serving it (a task, or a worker's: worker_hub.py), cancelled by an operator abort
     abort_reason: str | None = None
     decisions: list[Decision] = field(default_factory=list)
 

@@ -49,12 +49,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
     def announce() -> None:  # once the socket is bound and start-up is complete, never before
+        workers = f", {args.workers} worker processes" if args.workers > 1 else ""
         print(f"sluice: serving on http://{config.server.host}:{config.server.port} "
-              f"({len(config.engines)} engine(s): {', '.join(e.name + '/' + e.kind for e in config.engines)})",
-              file=sys.stderr)
+              f"({len(config.engines)} engine(s): {', '.join(e.name + '/' + e.kind for e in config.engines)}"
+              f"{workers})", file=sys.stderr)
 
     try:
-        _run(serve(config, announce))
+        if args.workers > 1:
+            from sluice.workers import serve_workers
+
+            _run(serve_workers(config, args.workers, announce))
+        else:
+            _run(serve(config, announce))
     except StartupError as exc:
         print(f"sluice: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -95,7 +101,20 @@ def _add_serve_parser(sub: Any) -> None:
     p.add_argument("--state-dir", default=".sluice")
     p.add_argument("--host")
     p.add_argument("--port", type=int)
+    p.add_argument("--workers", type=_positive, default=1, metavar="N",
+                   help="N processes terminate HTTP and stream from the engines, one more decides for all of "
+                        "them (docs/architecture.md); default 1: one process does everything")
     p.set_defaults(func=cmd_serve)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return n
 
 
 def _add_sim_server_parser(sub: Any) -> None:

@@ -288,7 +288,7 @@ class StartupError(Exception):
     """`sluice serve` cannot start; the message is one line for the operator."""
 
 
-class _Server(uvicorn.Server):
+class AnnouncingServer(uvicorn.Server):
     """uvicorn's server, announcing itself only once its socket is bound and start-up is done."""
 
     def __init__(self, config: uvicorn.Config, announce: Callable[[], None] | None) -> None:
@@ -301,20 +301,26 @@ class _Server(uvicorn.Server):
             self._announce()
 
 
-async def serve(config: Config, announce: Callable[[], None] | None = None) -> None:
-    """Open everything that can fail (the store first), then serve; `announce()` once serving.
-
-    Raises StartupError (one line) when the store's file is locked by another process or its
-    directory is not writable, and when start-up did not complete (the reason is logged)."""
+def open_app(config: Config) -> tuple[Gateway, Sluice]:
+    """`create_app`, with what can fail at start-up as a StartupError (one line): the store's file
+    locked by another process or its directory not writable, a token file missing."""
     try:
-        app, _ = create_app(config)
+        return create_app(config)
     except StoreError as exc:
         raise StartupError(str(exc)) from None
     except duckdb.Error as exc:
         raise StartupError(f"cannot open the store {config.server.db_path}: {exc}") from None
     except OSError as exc:  # a token file, the store's directory...
         raise StartupError(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": ")) from None
-    server = _Server(uvicorn_config(app, config.server.host, config.server.port, config), announce)
+
+
+async def serve(config: Config, announce: Callable[[], None] | None = None) -> None:
+    """Open everything that can fail (the store first), then serve; `announce()` once serving.
+
+    Raises StartupError (one line) when `open_app` does, and when start-up did not complete (the
+    reason is logged)."""
+    app, _ = open_app(config)
+    server = AnnouncingServer(uvicorn_config(app, config.server.host, config.server.port, config), announce)
     await server.serve()
     if not server.started:
         raise StartupError("start-up failed (the reason is logged above)")
