@@ -175,3 +175,58 @@ async def test_the_line_render_is_textuals_segment_for_segment():
         assert checked == 2 * 2 * 3 * 2 * len(keys)
         assert table.render_lines(Region(0, 0, table.size.width, table.size.height))
         assert table._pass_styles is None  # the memo lives for one pass only
+
+
+async def test_a_plain_row_is_drawn_as_textual_draws_its_line():
+    """`KeyedTable._plain_line` builds a whole row's line directly; it must equal Textual's line
+    (DataTable._render_line, its caches emptied) for every row, focus, cursor and hover, and
+    leave to Textual the lines it cannot build (markup, a wide cell to crop, horizontal scroll)."""
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False)
+    async with app.run_test(size=(200, 40)) as pilot:
+        app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 + i / 3 for i in range(12)}))
+        app.ingest_requests([{"rid": f"r{i}", "tenant": "t01", "status": s, "arrival_ts": 1.7e9 + i,
+                              "ttft_ms": 12.5 * i, "decision": "reject" if s == "rejected" else "admit",
+                              "reason": "tenant_paused" if s == "rejected" else ""}
+                             for i, s in enumerate(("queued", "running", "ok", "rejected", "error"))])
+        edge = KeyedTable([(f"c{i}", f"C{i}", 6 + i % 5) for i in range(10)], id="edge", cursor_type="row",
+                          zebra_stripes=True)  # narrower than the screen: no horizontal scrolling
+        await app.main("#tenants-pane").mount(edge)
+        edge.sync({f"e{i}": (cell,) * 10 for i, cell in enumerate(EDGE_CELLS)})
+        built: dict[str, int] = {}
+        checked: dict[str, int] = {}
+        for tab in ("tenants", "requests"):
+            app.action_show_tab(tab)
+            await pilot.pause()
+            tables = [app.tenants.table, edge] if tab == "tenants" else [app.requests_pane.table]
+            for table in tables:
+                for focused in (True, False):
+                    (table if focused else app.main(f"#{'tenant' if tab == 'tenants' else 'request'}-filter")).focus()
+                    await pilot.pause()
+                    table._pseudo_class_state = table.get_pseudo_class_state()
+                    width = table.size.width
+                    assert width
+                    for cursor_row, hover in ((0, (0, 0)), (2, (3, 1)), (1, (-1, 0))):
+                        table.move_cursor(row=cursor_row, animate=False)
+                        table.hover_coordinate = Coordinate(*hover)
+                        table._pass_styles = {}
+                        base = table.rich_style
+                        for row in table.ordered_rows:
+                            ours = table._plain_line(row.key, 0, width, base)
+                            table._line_cache.clear()
+                            table._row_render_cache.clear()
+                            table._cell_render_cache.clear()
+                            y = table.get_row_index(row.key) + table.header_height
+                            theirs = DataTable._render_line(table, y, 0, width, base)
+                            if ours is not None:
+                                assert ours == theirs and ours.cell_length == theirs.cell_length, (table.id, row.key)
+                                assert [s.style for s in ours] == [s.style for s in theirs]
+                                built[table.id] = built.get(table.id, 0) + 1
+                            checked[table.id] = checked.get(table.id, 0) + 1
+                            assert table._plain_line(row.key, 1, width + 1, base) is None  # scrolled
+                        table._pass_styles = None
+        # every row of the console's own tables is built directly (and matches), and the plain ones
+        # of the edge cases: the empty and plain texts, crops, emoji codes, wide characters that fit
+        assert built["tenant-table"] == checked["tenant-table"] == 2 * 3 * 12
+        assert built["request-table"] == checked["request-table"] == 2 * 3 * 5
+        assert 10 * 6 <= built["edge"] < checked["edge"]
+        assert edge._plain_line(edge.ordered_rows[4].key, 0, edge.size.width, edge.rich_style) is None  # markup

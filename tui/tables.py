@@ -26,6 +26,7 @@ from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotEx
 
 CELL_RENDERS = 4_000  # rendered cells kept per table (the screen's cells a few times over)
 LINE_RENDERS = 2_000  # rendered lines kept per table
+STYLE_MEMO = 20_000  # cell styles kept per table (by row, column and styles: the screen's a few times over)
 
 
 class KeyedTable(DataTable[Any]):
@@ -49,7 +50,8 @@ class KeyedTable(DataTable[Any]):
         self._cell_renders: dict[tuple[Any, ...], tuple[Any, int, list[list[Segment]]]] = {}
         self._line_renders: dict[tuple[Any, ...], tuple[tuple[Any, ...], Strip]] = {}
         self._last_render: tuple[Any, list[Strip]] | None = None
-        self._pass_styles: dict[str, Style] | None = None  # styles computed once per render pass
+        self._pass_styles: dict[Any, Any] | None = None  # styles computed once per render pass
+        self._style_memo: dict[tuple[Any, ...], tuple[Style, Style]] = {}
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -212,11 +214,87 @@ class KeyedTable(DataTable[Any]):
         kept = self._line_renders.get(key)
         if kept is not None and kept[0] is cells:
             return kept[1]
-        strip = super()._render_line(y, x1, x2, base_style)
+        strip = self._plain_line(row_key, x1, x2, base_style) if line_no == 0 else None
+        if strip is None:
+            strip = super()._render_line(y, x1, x2, base_style)
         if len(self._line_renders) >= LINE_RENDERS:
             self._line_renders.clear()
         self._line_renders[key] = (cells, strip)
         return strip
+
+    def _plain_line(self, row_key: RowKey, x1: int, x2: int, base_style: Style) -> Strip | None:
+        """The line Textual's `_render_line` draws for a row of one-line plain cells (nearly every
+        row here), built in one pass: each cell's text and styles (`_plain_parts`, `_cell_styles`)
+        as the segments Textual's line ends with once simplified, the row's cursor and hover styles
+        once. None where Textual must draw it (a fixed or labelled column, a cell cursor, a taller
+        row, horizontal scrolling, a cell that is not plain)."""
+        width = self.size.width
+        if (x1 or x2 != width or self.fixed_columns or self.fixed_rows or self.cursor_type != "row"
+                or (self._labelled_row_exists and self.show_row_labels)):
+            return None
+        row_index = self._row_locations.get(row_key)
+        if row_index is None or self.rows[row_key].height != 1:
+            return None
+        columns, pad, used_width = self._pass_columns()
+        if used_width > width:
+            return None
+        row_data = self._data[row_key]
+        row_style = self._get_row_style(row_index, base_style)
+        styles = self._row_cell_styles(row_index == self.cursor_coordinate.row,
+                                       row_index == self.hover_coordinate.row)
+        segments: list[Segment] = []
+        add = segments.append
+        for column_index, (column_key, cell_width) in enumerate(columns):
+            parts = self._plain_parts(row_data.get(column_key), cell_width)
+            if parts is None:
+                return None
+            plain, text_style, used = parts
+            blank, styled = self._cell_styles(row_index, column_index, row_style, styles, text_style)
+            fill = " " * (cell_width - 2 * len(pad) - used)
+            # Textual's pad, text, fill, pad, with the neighbours of one style joined (simplify)
+            if styled is blank:
+                add(Segment(pad + plain + fill + pad, blank))
+            else:
+                if pad:
+                    add(Segment(pad, blank))
+                add(Segment(plain, styled))
+                if fill or pad:
+                    add(Segment(fill + pad, blank))
+        if not segments or not segments[0].text:
+            return None  # line_crop drops a leading empty segment: leave that to Textual
+        extend_key = ("extend", row_index, row_style, styles[0])
+        extend_style = self._style_memo.get(extend_key)
+        if extend_style is None:  # the row's style out to the table's edge, as _render_line_in_row
+            extend_style = self._style_memo[extend_key] = row_style + styles[0] + Style.from_meta(
+                {"row": row_index, "column": 0, "out_of_bounds": True})
+        add(Segment(" " * (width - used_width), extend_style))
+        return Strip(segments, width)
+
+    def _pass_columns(self) -> tuple[list[tuple[ColumnKey, int]], str, int]:
+        """The columns' keys and widths, the cell padding and the row's width, once per pass."""
+        memo = self._pass_styles
+        kept = None if memo is None else memo.get("columns")
+        if kept is None:
+            columns = [(column.key, column.get_render_width(self)) for column in self.ordered_columns]
+            kept = (columns, " " * self.cell_padding,
+                    self._row_label_column_width + sum(w for _, w in columns))
+            if memo is not None:
+                memo["columns"] = kept
+        return kept
+
+    def _row_cell_styles(self, cursor: bool, hover: bool) -> tuple[Style, Style]:
+        """`_get_styles_to_render_cell` for a data cell under (or not) the row cursor and hover,
+        once per render pass (several component-style lookups, the same for every row)."""
+        memo = self._pass_styles
+        key = ("cell", cursor, hover)
+        styles = None if memo is None else memo.get(key)
+        if styles is None:
+            styles = self._get_styles_to_render_cell(
+                False, False, False, hover, cursor, self.show_cursor, self._show_hover_cursor,
+                self.cursor_foreground_priority == "css", self.cursor_background_priority == "css")
+            if memo is not None:
+                memo[key] = styles
+        return styles
 
     def _render_cell(self, row_index: int, column_index: int, base_style: Style, width: int,
                      cursor: bool = False, hover: bool = False) -> list[list[Segment]]:
@@ -259,6 +337,17 @@ class KeyedTable(DataTable[Any]):
         and Text (0.1-0.2 ms a cell; a screen of changed tenants is ~500 of them). None for anything
         else (markup, spans, justify, tabs, wide characters to crop, a taller row, fixed cells),
         which Textual renders. tests/test_tui_render_cache.py checks the two agree segment for segment."""
+        if self.fixed_rows or self.fixed_columns or self.rows[self._row_locations.get_key(row_index)].height != 1:
+            return None
+        parts = self._plain_parts(cell, width)
+        if parts is None:
+            return None
+        blank, styled = self._cell_styles(row_index, column_index, base_style, styles, parts[1])
+        return [self._cell_segments(parts[0], parts[2], width, blank, styled)]
+
+    def _plain_parts(self, cell: Any, width: int) -> tuple[str, Any, int] | None:
+        """(text, its style or None, cells it takes) of a cell Textual draws as one line of plain
+        text in one style, cropped to the column; None for anything else."""
         if isinstance(cell, str):
             if "[" in cell:
                 return None
@@ -271,34 +360,51 @@ class KeyedTable(DataTable[Any]):
         plain = cell if text is None else text.plain
         if text is not None and (text.spans or text.justify is not None or text.overflow is not None):
             return None
-        if "\n" in plain or "\t" in plain or self.fixed_rows or self.fixed_columns:
+        if "\n" in plain or "\t" in plain:
             return None
-        if self.rows[self._row_locations.get_key(row_index)].height != 1:
-            return None
-        pad = self.cell_padding
-        room = width - 2 * pad
+        room = width - 2 * self.cell_padding
         used = cell_len(plain)
         if room < 0 or (used > room and used != len(plain)):
             return None
         if used > room:
             plain, used = plain[:room], room  # Rich crops a no-wrap line ("fold" without wrapping)
+        return plain, (text.style or None) if text is not None else None, used
+
+    def _cell_styles(self, row_index: int, column_index: int, base_style: Style, styles: tuple[Style, Style],
+                     text_style: Any) -> tuple[Style, Style]:
+        """The styles of a plain cell's padding and of its text, as Textual's Styled(Padding(cell))
+        applies them (`Segment.apply_style(pre_style, post_style)`). Kept by place and styles: the
+        row and column meta makes every cell's style a new object, and building it (a pickled meta
+        and three Style additions) was most of a changed cell's time."""
+        key = (row_index, column_index, base_style, styles, text_style)
+        kept = self._style_memo.get(key)
+        if kept is not None:
+            return kept
         component_style, post_style = styles
         pre = base_style + Style.from_meta({"row": row_index, "column": column_index}) + component_style
 
-        def finish(style: Style | None) -> Style:  # Segment.apply_style(pre_style, post_style)
+        def finish(style: Style | None) -> Style:
             combined = pre + style
             return (combined + post_style if combined else post_style) if post_style else combined
 
         blank = finish(Style.null())
-        line = [Segment(" " * pad, blank)] if pad else []
-        text_style = text.style if text is not None else None
-        line.append(Segment(plain, finish(self.app.console.get_style(text_style, default=Style.null())
-                                          if text_style else None)))
-        if used < room:
-            line.append(Segment(" " * (room - used), blank))
+        styled = finish(self.app.console.get_style(text_style, default=Style.null())) if text_style else blank
+        kept = (blank, blank if styled == blank else styled)  # one object: the line joins them
+        if len(self._style_memo) >= STYLE_MEMO:
+            self._style_memo.clear()
+        self._style_memo[key] = kept
+        return kept
+
+    def _cell_segments(self, plain: str, used: int, width: int, blank: Style, styled: Style) -> list[Segment]:
+        pad = " " * self.cell_padding
+        fill = " " * (width - 2 * self.cell_padding - used)
+        line = [Segment(pad, blank)] if pad else []
+        line.append(Segment(plain, styled))
+        if fill:
+            line.append(Segment(fill, blank))
         if pad:
-            line.append(Segment(" " * pad, blank))
-        return [line]
+            line.append(Segment(pad, blank))
+        return line
 
     def _sweep_cell_renders(self) -> None:
         """Drop the renders of cells the table no longer holds (`sync` replaced them): they can
