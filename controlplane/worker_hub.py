@@ -102,6 +102,7 @@ class WorkerLink(FrameProtocol):
         self.tickets: dict[str, Ticket] = {}
         self.pid: int | None = None
         self.index: int | None = None
+        self.submitted = 0  # requests this worker sent to admission
         self._ops: dict[str, Callable[[list[Any]], None]] = {
             "submit": self._submit, "first": self._first, "close": self._close, "failed": self._failed,
             "refuse": self._refuse, "unauth": self._unauth, "hello": self._hello}
@@ -121,6 +122,7 @@ class WorkerLink(FrameProtocol):
     def _submit(self, f: list[Any]) -> None:
         _, rid, tenant_name, kind, model, pool, adapter, estimate, max_tokens, default, stream, user, hashes, block = f
         sluice = self.sluice
+        self.submitted += 1
         tenant = sluice.access.tenants[tenant_name]
         req = CompletionRequest(kind, model, "", estimate, max_tokens, stream, False, {"max_new_tokens": max_tokens},
                                 user, None, default, estimate, pool, adapter)
