@@ -102,7 +102,8 @@ class WorkerSupervisor:
         while not self._stopping:
             await asyncio.sleep(RESPAWN_CHECK_S)
             for i, proc in enumerate(self.procs):
-                if not proc.is_alive() and not self._stopping:
+                # exit code 0: it was told to stop (a terminal's Ctrl-C reaches every process): no replacement
+                if not proc.is_alive() and proc.exitcode != 0 and not self._stopping:
                     log.warning("worker %d (pid %s) exited with %s: starting another", i, proc.pid, proc.exitcode)
                     self.procs[i] = self._spawn(i)
 
