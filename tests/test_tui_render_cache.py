@@ -230,3 +230,35 @@ async def test_a_plain_row_is_drawn_as_textual_draws_its_line():
         assert built["request-table"] == checked["request-table"] == 2 * 3 * 5
         assert 10 * 6 <= built["edge"] < checked["edge"]
         assert edge._plain_line(edge.ordered_rows[4].key, 0, edge.size.width, edge.rich_style) is None  # markup
+
+
+async def test_the_header_is_drawn_again_only_when_the_columns_change(monkeypatch):
+    drawn: list[int] = []
+    original = DataTable._render_line
+
+    def counting(self, y, *args, **kwargs):
+        if self.id == "tenant-table":
+            drawn.append(y)
+        return original(self, y, *args, **kwargs)
+
+    monkeypatch.setattr(DataTable, "_render_line", counting)
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False)
+    weights = {f"t{i:02d}": 1.0 for i in range(5)}
+    async with app.run_test(size=(160, 40)) as pilot:
+        app.action_show_tab("tenants")
+        app.ingest_state(state(1.0, weights))
+        await pilot.pause()
+        table = app.tenants.table
+        header = table.render_line(0)
+        assert "Tenant" in header.text and 0 in drawn
+        drawn.clear()
+        for now in (2.0, 3.0):  # every state changes cells: Textual's own cache dropped the header each time
+            weights["t01"] = now
+            app.ingest_state(state(now, weights))
+            await pilot.pause()
+            assert f"{now:.2f}" in line_of(table, "t01")
+        assert 0 not in drawn and table.render_line(0).text == header.text
+        table.columns[table.ordered_columns[0].key].label = Text("Renamed")
+        table.refresh()
+        await pilot.pause()
+        assert "Renamed" in table.render_line(0).text

@@ -42,6 +42,7 @@ from .messages import (
 )
 from .modals import ChangeScreen, HelpScreen
 from .overview import OverviewPane
+from .paint import show
 from .policy import PolicyPane, change_summary
 from .requests import RequestsPane
 from .tenants import TenantsPane
@@ -276,7 +277,7 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
                        f"{plural(len(state.get('engines') or []), 'engine')}")
             if state.get("now") is not None:
                 bar.append(f"  server time {utc_time(state.get('now'))} UTC")
-        self.main("#statusbar").update(bar)
+        show(self.main("#statusbar"), bar)
 
     # -- navigation -------------------------------------------------------------------------------
 

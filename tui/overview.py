@@ -14,6 +14,7 @@ from textual.widget import Widget
 from textual.widgets import DataTable, Label, Static
 
 from .format import bar, chart, gib, ms, num, peak, pct, si, spark
+from .paint import show
 from .tables import KeyedTable
 
 HISTORY = 300  # samples kept per series (one a second: the last five minutes)
@@ -90,7 +91,7 @@ class StatCard(Vertical):
         yield Chart(classes="card-spark")
 
     def show(self, value: str, history: list[float], hi: float, scale: str) -> None:
-        self.query_one(".card-value", Static).update(value)
+        show(self.query_one(".card-value", Static), value)
         self.query_one(Chart).show(history, hi)
         self.border_subtitle = scale
 
@@ -142,7 +143,7 @@ class OverviewPane(Vertical):
         status = Text()
         status.append(f"queued {num(totals.get('queued'))}   in flight {num(totals.get('in_flight'))}   ")
         status.append(f"scheduler {state.get('scheduler', '?')}   policy v{state.get('policy_version', '?')}")
-        self.query_one("#overview-status", Static).update(status)
+        show(self.query_one("#overview-status", Static), status)
         self._engines(state.get("engines") or [], new_sample)
         self._gpus(state, new_sample)
 
@@ -180,14 +181,13 @@ class OverviewPane(Vertical):
         line.display = any(c.get("control") for c in self.clocks.values())
         if line.display:
             name = self.query_one("#engines", KeyedTable).cursor_key()
-            line.update(clock_text(name or "", self.clocks.get(name or "")))
+            show(line, clock_text(name or "", self.clocks.get(name or "")))
 
     def _gpus(self, state: dict[str, Any], new_sample: bool) -> None:
         gpus = state.get("gpus") or []
         gpu_status = str(state.get("gpu_status") or "")
-        self.query_one("#gpu-status", Static).update(
-            "" if gpu_status in ("", "ok") else Text(gpu_status, style="dim italic")
-        )
+        show(self.query_one("#gpu-status", Static),
+             "" if gpu_status in ("", "ok") else Text(gpu_status, style="dim italic"))
         rows: dict[str, tuple[Any, ...]] = {}
         for g in gpus:
             index = g.get("gpu", g.get("index"))  # the admin API's readings name it "gpu"

@@ -17,6 +17,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label
 
 from .format import IN_FLIGHT, STATUS_STYLE, filter_terms, ms, num, request_matches, utc_time
+from .paint import show
 from .tables import KeyedTable
 
 COLUMNS: list[tuple[str, str, int | None]] = [
@@ -199,7 +200,7 @@ class RequestsPane(Vertical):
         else:
             summary.append(f"  ⏸ paused for reading · {self.newer} newer · home: back to live",
                            style="bold yellow")
-        self.query_one("#request-summary", Label).update(summary)
+        show(self.query_one("#request-summary", Label), summary)
 
     # -- user actions -----------------------------------------------------------------------------
 

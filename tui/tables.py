@@ -200,21 +200,27 @@ class KeyedTable(DataTable[Any]):
 
     def _render_line(self, y: int, x1: int, x2: int, base_style: Style) -> Strip:
         """Textual's line render, remembered while the row on that line keeps its cells (the same
-        tuple: `sync` replaces it when a cell changes), as `_render_cell` does for a cell."""
+        tuple: `sync` replaces it when a cell changes), as `_render_cell` does for a cell. The
+        header is remembered while the columns are the same (Textual drew it again on every
+        update: a table's whole header through Rich, 1-2 ms, on each state)."""
         try:
             row_key, line_no = self._get_offsets(y) if self._batch_writes else (None, 0)
         except LookupError:
             row_key = None
-        cells = None if row_key is None or row_key.value is None else self._cells.get(str(row_key.value))
-        if cells is None:  # the header, or DataTable internals changed
+        header = row_key is not None and row_key is self._header_row_key
+        if header:
+            cells: Any = ("header", tuple(self._pass_columns()[0]), tuple(c.label for c in self.ordered_columns))
+        else:
+            cells = None if row_key is None or row_key.value is None else self._cells.get(str(row_key.value))
+        if cells is None:  # DataTable internals changed
             return super()._render_line(y, x1, x2, base_style)
         key = (y, x1, x2, line_no, row_key, self.size.width, base_style, self.cursor_coordinate,
                self.hover_coordinate, self.cursor_type, self.show_cursor, self._show_hover_cursor,
                self._pseudo_class_state, self.app.theme)
         kept = self._line_renders.get(key)
-        if kept is not None and kept[0] is cells:
+        if kept is not None and (kept[0] is cells or (header and kept[0] == cells)):
             return kept[1]
-        strip = self._plain_line(row_key, x1, x2, base_style) if line_no == 0 else None
+        strip = self._plain_line(row_key, x1, x2, base_style) if line_no == 0 and not header else None
         if strip is None:
             strip = super()._render_line(y, x1, x2, base_style)
         if len(self._line_renders) >= LINE_RENDERS:
@@ -410,7 +416,9 @@ class KeyedTable(DataTable[Any]):
         """Drop the renders of cells the table no longer holds (`sync` replaced them): they can
         never be drawn again, and every object kept is one more for each full GC pass to walk
         (tens of ms of a key's time when one lands on it). If the live ones alone fill it, clear."""
-        live = {id(cell) for cells in self._cells.values() for cell in cells}
+        # the cells it draws: `sync` keeps a cell equal to its replacement, so these are not
+        # always the objects in `_cells`
+        live = {id(cell) for row in self._data.values() for cell in row.values()}
         kept = {key: entry for key, entry in self._cell_renders.items() if key[1] in live}
         self._cell_renders = kept if len(kept) < CELL_RENDERS // 2 else {}
 

@@ -16,6 +16,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Input, Label, Static
 
 from .format import ms, num, pct, si
+from .paint import show
 from .tables import KeyedTable
 
 NEG = float("-inf")
@@ -237,7 +238,7 @@ class TenantsPane(Vertical):
         paused = sum(1 for t in self.raw.values() if t.get("paused"))
         arrow = "↓" if self.sort_reverse else "↑"
         text = f"{shown}/{len(self.raw)} tenants · {paused} paused · sort: {LABELS[self.sort_column]} {arrow}"
-        self.query_one("#tenant-summary", Label).update(text)
+        show(self.query_one("#tenant-summary", Label), text)
 
     def _sort(self) -> None:
         col = self.sort_column

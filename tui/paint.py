@@ -1,0 +1,47 @@
+"""Text widgets updated without laying the screen out again when their size cannot change.
+
+`Static.update` asks for a layout by default: the whole screen is reflowed, and every scrollable
+widget is told its size again, which repaints its scrollbars (a table's vertical scrollbar is ~10
+ms to draw). The console updates half a dozen texts on every state (the status bar, the overview's
+numbers, the tables' summaries), so each state paid a layout and a scrollbar repaint, whichever tab
+was shown. `show` skips a text that did not change and lays out only when the widget's size
+follows its text and the text's size changed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.cells import cell_len
+from rich.text import Text
+from textual.widgets import Static
+
+_SHOWN = "_sluice_shown"  # the last (fingerprint, extent) shown, on the widget
+
+
+def show(widget: Static, content: str | Text) -> None:
+    """`widget.update(content)`, or nothing when it shows that already; a layout only where the
+    widget's size depends on its text (an auto width or height) and that text's size changed.
+    With an auto height and a width that is not auto the text may wrap differently at the same
+    size, so any change there lays out, as `update` would."""
+    if isinstance(content, Text):
+        plain = content.plain
+        mark: Any = (plain, str(content.style), tuple(content.spans), content.justify, content.no_wrap,
+                     content.overflow, content.end)
+    else:
+        plain, mark = content, content
+    extent = tuple(cell_len(line) for line in plain.split("\n"))
+    before = getattr(widget, _SHOWN, None)
+    if before is not None and before[0] == mark and type(before[0]) is type(mark):
+        return
+    styles = widget.styles
+    width_auto = styles.width is not None and styles.width.is_auto
+    height_auto = styles.height is None or styles.height.is_auto
+    if not width_auto and not height_auto:
+        layout = False  # a fixed height and a width from the container: the text never resizes it
+    elif width_auto and before is not None and before[1] == extent:
+        layout = False  # sized by its lines, which have the same widths (no wrapping at an auto width)
+    else:
+        layout = True
+    setattr(widget, _SHOWN, (mark, extent))
+    widget.update(content, layout=layout)
