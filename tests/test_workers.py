@@ -192,7 +192,7 @@ def _queue_until(stack: Stack, pool, send, enough, limit: int) -> list[concurren
     while len(futures) < limit and not enough():
         futures.append(pool.submit(send))
         n = len(futures)
-        wait_until(lambda: _queued(stack) == n)  # noqa: B023 (called at once, in this iteration)
+        wait_until(lambda: _queued(stack) == n, timeout=15)  # noqa: B023 (called at once, in this iteration)
     return futures
 
 
@@ -207,7 +207,7 @@ def _complete_or_gone(stack: Stack):
 def test_one_queue_across_workers_in_arrival_order(stack):
     """The engine's window is 1: a long stream holds it while requests arriving on both workers queue
     in the one core, and leave it in their arrival order once an operator aborts the stream."""
-    conn, resp = _stream_open(stack, 4000)
+    conn, resp = _stream_open(stack, 30000)
     running = on_loop(stack, lambda: next(iter(stack.sluice.tickets)))
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         waiting = _queue_until(stack, pool, lambda: stack.complete(max_tokens=2),
@@ -229,7 +229,7 @@ def test_one_queue_across_workers_in_arrival_order(stack):
 
 
 def test_a_killed_worker_leaks_no_slot(stack):
-    conn, resp = _stream_open(stack, 4000)
+    conn, resp = _stream_open(stack, 30000)
     holder = on_loop(stack, lambda: next(link for link in stack.supervisor.hub.links if link.tickets))
     aborted_before = stack.sim.core.stats.aborted
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
