@@ -9,7 +9,7 @@ import gc
 from rich.text import Text
 
 from tests.tui_fake_admin import FakeAdmin, fake_admin, wait_until  # noqa: F401 - fake_admin is a fixture
-from tui.app import SluiceConsole
+from tui.app import GC_THRESHOLDS, SluiceConsole
 from tui.footer import KeyFooter
 from tui.tables import CELL_RENDERS, KeyedTable
 
@@ -71,11 +71,14 @@ async def test_clicking_a_key_in_the_footer_presses_it(fake_admin: FakeAdmin) ->
 
 
 async def test_the_console_freezes_what_lives_as_long_as_it(fake_admin: FakeAdmin) -> None:
+    before = gc.get_threshold()
     app = make_app(fake_admin)
     async with app.run_test(size=SIZE) as pilot:
         await wait_until(pilot, lambda: app.state is not None, "state")
         assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == GC_THRESHOLDS  # young collections every 50,000 allocations
     assert gc.get_freeze_count() == 0  # given back when the console stops
+    assert gc.get_threshold() == before
 
 
 async def test_renders_of_replaced_cells_are_dropped(fake_admin: FakeAdmin) -> None:

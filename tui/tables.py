@@ -26,7 +26,7 @@ from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotEx
 
 CELL_RENDERS = 4_000  # rendered cells kept per table (the screen's cells a few times over)
 LINE_RENDERS = 2_000  # rendered lines kept per table
-STYLE_MEMO = 20_000  # cell styles kept per table (by row, column and styles: the screen's a few times over)
+STYLE_MEMO = 8_000  # cell styles kept per table (by row, column and styles: the screen's a few times over)
 
 
 class KeyedTable(DataTable[Any]):
