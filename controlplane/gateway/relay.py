@@ -21,11 +21,13 @@ log = logging.getLogger("sluice.worker")
 
 __all__ = ["Relay"]
 
-# hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp sets for the body it sends
+# hop-by-hop headers (RFC 9110 7.6.1) and those aiohttp sets for the body it sends. The client's `host`
+# goes through (Starlette builds redirects and URLs from it; aiohttp would send its own, `sluice`);
+# the answer's `date` and `server` are the worker's uvicorn's, which adds them to every response.
 _DROP_REQUEST = {b"connection", b"keep-alive", b"transfer-encoding", b"te", b"upgrade", b"proxy-connection",
-                 b"host", b"content-length"}
+                 b"content-length"}
 _DROP_RESPONSE = {"connection", "keep-alive", "transfer-encoding", "te", "upgrade", "proxy-connection",
-                  "content-length"}
+                  "content-length", "date", "server"}
 
 
 class Relay:
