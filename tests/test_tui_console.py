@@ -138,6 +138,29 @@ async def test_filter_and_sort_tenants(fake_admin: FakeAdmin) -> None:
         assert app.tenants.table.row_keys[0] == "umbrella"
 
 
+async def test_tab_keys_leave_digits_to_text_fields_and_dialogs(fake_admin: FakeAdmin) -> None:
+    """1-4 are the app's keys before any widget's (priority bindings), except where a text field
+    takes digits (a filter, the policy editor, a dialog's field) or a dialog is open."""
+    app = make_app(fake_admin)
+    async with app.run_test(size=SIZE) as pilot:
+        await loaded(pilot, app)
+        tabs = app.query_one("#tabs")
+        await pilot.press("3", "slash", "1", "0", "2", "4")
+        assert tabs.active == "requests" and app.query_one("#request-filter", Input).value == "1024"
+        await pilot.press("escape", "2")  # out of the filter, the digit is a tab key again
+        assert tabs.active == "tenants" and app.focused is app.tenants.table
+        await pilot.press("4", "end", "3")
+        assert tabs.active == "policy" and app.query_one("#policy-text", TextArea).text.startswith("{3")
+        await pilot.press("tab", "1")  # the editor left: back to a tab key
+        assert tabs.active == "overview"
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("2")  # a dialog keeps its keys; the tabs behind it stay
+        assert isinstance(app.screen, HelpScreen) and tabs.active == "overview"
+        await pilot.press("escape", "2")
+        assert tabs.active == "tenants"
+
+
 async def test_edit_policy_shows_diff_and_applies(fake_admin: FakeAdmin) -> None:
     app = make_app(fake_admin)
     async with app.run_test(size=SIZE) as pilot:

@@ -21,6 +21,7 @@ from typing import Any
 
 from rich.text import Text
 from textual import on
+from textual.actions import SkipAction
 from textual.app import App, ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.css.query import NoMatches
@@ -68,10 +69,14 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
     TITLE = "sluice console"
 
     BINDINGS = [
-        Binding("1", "show_tab('overview')", "Overview"),
-        Binding("2", "show_tab('tenants')", "Tenants"),
-        Binding("3", "show_tab('requests')", "Requests"),
-        Binding("4", "show_tab('policy')", "Policy"),
+        # priority: the app takes a tab key as it arrives, before the focused widget and each of
+        # its containers has passed it up (~7 message hops, while the screen repaints the tab
+        # being left); a focused text field still gets its digits (Textual leaves it the keys it
+        # consumes), and so does a dialog (action_tab_key skips)
+        Binding("1", "tab_key('overview')", "Overview", priority=True),
+        Binding("2", "tab_key('tenants')", "Tenants", priority=True),
+        Binding("3", "tab_key('requests')", "Requests", priority=True),
+        Binding("4", "tab_key('policy')", "Policy", priority=True),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("f1", "help", "Help", show=False),
         Binding("ctrl+r", "reconnect", "Reconnect", show=False),
@@ -290,6 +295,11 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
         show(self.main("#statusbar"), bar)
 
     # -- navigation -------------------------------------------------------------------------------
+
+    def action_tab_key(self, tab: str) -> None:
+        if isinstance(self.screen, ModalScreen):
+            raise SkipAction()  # not for a dialog: the key goes on to its focused widget
+        self.action_show_tab(tab)
 
     def action_show_tab(self, tab: str) -> None:
         if isinstance(self.screen, ModalScreen):
