@@ -38,8 +38,10 @@ def build_worker_app(runtime: WorkerRuntime, relay: Relay) -> Gateway:
 
 
 def worker_main(config: Config, sock: socket.socket, ipc_path: str, http_path: str, index: int,
-                log_level: int = logging.WARNING) -> None:
-    """The worker process's entry point (multiprocessing, spawn)."""
+                log_level: int = logging.WARNING, env: dict[str, str] | None = None) -> None:
+    """The worker process's entry point (multiprocessing, spawn). `env`: set in this process only (the
+    key of the engines the decision process serves to it, which its config names by variable)."""
+    os.environ.update(env or {})
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s worker {index}: %(name)s: %(message)s")
     try:
         import uvloop

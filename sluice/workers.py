@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -43,6 +44,7 @@ log = logging.getLogger("sluice.workers")
 __all__ = ["WorkerSupervisor", "bind_listener", "serve_workers", "with_workers"]
 
 WORKER_START_S = 60.0  # spawn, imports, IPC hello
+ENGINE_KEY_ENV = "SLUICE_WORKER_ENGINE_KEY"  # in a worker: the key of the engines served to it (its own env only)
 RESPAWN_CHECK_S = 1.0
 
 
@@ -76,6 +78,7 @@ class WorkerSupervisor:
         self.procs: list[Any] = []
         self._surfaces: list[tuple[_QuietServer, asyncio.Task[None]]] = []
         self._worker_config = config
+        self._engine_key = secrets.token_urlsafe(32)  # any local user can reach a loopback port
         self._stopping = False
         self._watch: asyncio.Task[None] | None = None
         self._ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no forked threads or DuckDB
@@ -94,7 +97,7 @@ class WorkerSupervisor:
     def _spawn(self, index: int) -> Any:
         proc = self._ctx.Process(target=worker_main, name=f"sluice-worker-{index}", daemon=True,
                                  args=(self._worker_config, self.sock, self.ipc_path, self.http_path, index,
-                                       logging.getLogger().level))
+                                       logging.getLogger().level, {ENGINE_KEY_ENV: self._engine_key}))
         proc.start()
         return proc
 
@@ -122,7 +125,9 @@ class WorkerSupervisor:
 
     async def _engine_surfaces(self) -> Config:
         """The config the workers get: each engine this process holds (not reachable from another
-        process) served over SGLang's HTTP API on loopback, and named there as an SGLang engine."""
+        process) served over SGLang's HTTP API on loopback, and named there as an SGLang engine. The
+        surface asks for a key (SGLang's `--api-key`) that only the workers are given: any local user
+        could otherwise generate on it, past admission, fairness and the store."""
         engines = []
         for cfg in self.config.engines:
             if cfg.kind == "sglang":
@@ -131,11 +136,13 @@ class WorkerSupervisor:
             engine = self.sluice.engines[cfg.name]
             model = self.sluice.pool_of(cfg.name).infos[cfg.name].model
             sock = bind_listener("127.0.0.1", 0)
-            server = _QuietServer(uvicorn.Config(make_sglang_app(engine, model_name=model), log_level="warning",
+            server = _QuietServer(uvicorn.Config(make_sglang_app(engine, model_name=model, api_key=self._engine_key),
+                                                 log_level="warning",
                                                  lifespan="off", access_log=False, timeout_graceful_shutdown=2))
             task = asyncio.create_task(server.serve(sockets=[sock]))
             self._surfaces.append((server, task))
-            engines.append(dataclasses.replace(cfg, kind="sglang", url=f"http://127.0.0.1:{sock.getsockname()[1]}"))
+            engines.append(dataclasses.replace(cfg, kind="sglang", url=f"http://127.0.0.1:{sock.getsockname()[1]}",
+                                               api_key_env=ENGINE_KEY_ENV))
         return dataclasses.replace(self.config, engines=engines)
 
 

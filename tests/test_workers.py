@@ -265,6 +265,20 @@ def test_store_has_every_row_once(stack):
     assert len(seen) == len(set(seen))
 
 
+def test_the_engines_served_to_the_workers_need_their_key(stack):
+    """An engine of the decision process is served to the workers on a loopback port, which any local
+    user can reach: without the key the workers were given, it generates nothing."""
+    url = stack.supervisor._worker_config.engines[0].url
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    conn.request("POST", "/generate", body=json.dumps({"text": "x", "sampling_params": {"max_new_tokens": 1}}),
+                 headers={"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 401, resp.read()
+    conn.close()
+    assert stack.complete()[0] == 200  # the workers hold the key
+
+
 def test_a_lost_decision_process_gets_503_and_bad_input_still_answered(stack):
     """Last: it cuts the workers off. Their IPC connections drop, as when the decision process dies."""
     for link in on_loop(stack, lambda: list(stack.supervisor.hub.links)):
