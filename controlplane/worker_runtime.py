@@ -76,6 +76,7 @@ class WorkerRuntime:
         self.pending: dict[str, WorkerTicket] = {}
         self.link: FrameProtocol | None = None
         self.lost = asyncio.Event()
+        self.stopping = False
         self._rid_bits = random.Random(os.urandom(32)).getrandbits
         self._ops = {"dispatch": self._dispatch, "refused": self._refused, "abort": self._abort}
 
@@ -186,8 +187,26 @@ class WorkerRuntime:
             ticket.abort_reason = f[2]
             ticket.task.cancel()
 
+    def abort_all(self, reason: str) -> list[asyncio.Task[Any]]:
+        """Every request still here aborted as an operator abort is (the client gets an in-band error,
+        the row `reason`); returns their tasks, to await so that their `close` frames leave."""
+        tasks = []
+        for ticket in list(self.pending.values()):
+            if not ticket.closed and ticket.task is not None and not ticket.task.done():
+                ticket.abort_reason = ticket.abort_reason or reason
+                ticket.task.cancel()
+                tasks.append(ticket.task)
+        return tasks
+
+    def disconnect(self) -> None:
+        """This worker is stopping: its pending frames leave, then the connection closes."""
+        self.stopping = True
+        if self.link is not None:
+            self.link.close()
+
     def _lost(self) -> None:
-        log.error("the decision process is gone: answering 503 until this worker stops")
+        if not self.stopping:
+            log.error("the decision process is gone: answering 503 until this worker stops")
         self.lost.set()
         for rid, ticket in list(self.pending.items()):
             if not ticket.waiter.done():  # still queued: never dispatched, so it ends here

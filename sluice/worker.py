@@ -3,15 +3,19 @@
 It serves the listening socket the decision process bound and passed it: the two completion
 endpoints through the gateway's own `CompletionsEndpoint` over a `WorkerRuntime` (the engines
 called from here, admission asked over IPC), every other route relayed to the decision process.
-It stops on SIGTERM (uvicorn's graceful shutdown: streams finish), and by itself once its parent
-is gone (orphaned: it would otherwise hold the port).
+It stops on SIGTERM or SIGINT (uvicorn's graceful shutdown: streams finish; a stream still running
+past it, or on a second Ctrl-C, is aborted with an in-band error and its row closed before the
+worker exits 0), and by itself once its parent is gone (orphaned: it would otherwise hold the port).
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from typing import Any
 
 import uvicorn
@@ -29,6 +33,20 @@ log = logging.getLogger("sluice.worker")
 __all__ = ["build_worker_app", "worker_main"]
 
 ORPHAN_CHECK_S = 0.5
+SHUTDOWN_CLOSE_S = 2.0  # for the streams aborted at shutdown to close their rows over the IPC
+
+
+class _WorkerServer(uvicorn.Server):
+    """uvicorn, minus raising the signal it stopped on again once stopped (it does, for its caller's
+    sake): that killed a worker on SIGTERM, or raised KeyboardInterrupt into its clean-up on SIGINT,
+    before the `close` frames of its cut streams left (their rows said `worker_lost`), and its exit
+    code made the supervisor start another during a Ctrl-C. The handlers stay: a late signal is moot."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle_exit)
+        yield
 
 
 def build_worker_app(runtime: WorkerRuntime, relay: Relay) -> Gateway:
@@ -57,17 +75,27 @@ async def _serve(config: Config, sock: socket.socket, ipc_path: str, http_path: 
     runtime = WorkerRuntime(config, engines)
     await runtime.connect(ipc_path, index)
     relay = Relay(http_path, max(config.server.max_body_bytes, config.telemetry.otlp_max_bytes))
-    server = uvicorn.Server(uvicorn.Config(build_worker_app(runtime, relay), log_level="warning", lifespan="off",
-                                           access_log=False, timeout_graceful_shutdown=5,
-                                           **listener_options(config)))
+    server = _WorkerServer(uvicorn.Config(build_worker_app(runtime, relay), log_level="warning", lifespan="off",
+                                          access_log=False, timeout_graceful_shutdown=5,
+                                          **listener_options(config)))
     orphan = asyncio.create_task(_stop_when_orphaned(server))
     try:
         await server.serve(sockets=[sock])
     finally:
         orphan.cancel()
+        await _end_streams(runtime)
         await relay.close()
         for engine in engines.values():
             await engine.close()
+
+
+async def _end_streams(runtime: WorkerRuntime) -> None:
+    """Requests still running once uvicorn has stopped (past its graceful timeout, or forced): aborted
+    (`server_shutdown`), awaited, and their frames flushed before the connection closes."""
+    tasks = runtime.abort_all("server_shutdown")
+    if tasks:
+        await asyncio.wait(tasks, timeout=SHUTDOWN_CLOSE_S)
+    runtime.disconnect()
 
 
 async def _learn_adapters(engines: dict[str, Engine]) -> None:

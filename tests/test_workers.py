@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import threading
+import time
 
 import pytest
 import uvicorn
@@ -251,6 +252,33 @@ def test_a_killed_worker_leaks_no_slot(stack):
     assert all(rows[rid]["status"] == "ok" for rid in served)
     wait_until(lambda: stack.supervisor.hub.ready() == 2, timeout=60)  # a new worker took its place
     assert stack.complete()[0] == 200
+
+
+def test_a_worker_stopped_mid_stream_ends_it_and_its_row_then_exits_0(stack):
+    """Ctrl-C twice (uvicorn's forced quit) on the worker holding a stream: the client gets an in-band
+    abort, the row says why (not `worker_lost`: the close reached the decision process before the
+    worker left), and the worker exits 0 with no traceback (its supervisor does not replace it)."""
+    conn, resp = _stream_open(stack, 30000)
+    holder = on_loop(stack, lambda: next(link for link in stack.supervisor.hub.links if link.tickets))
+    rid = on_loop(stack, lambda: next(iter(holder.tickets)))
+    index = next(i for i, p in enumerate(stack.supervisor.procs) if p.pid == holder.pid)
+    proc = stack.supervisor.procs[index]
+    try:
+        os.kill(holder.pid, signal.SIGINT)
+        time.sleep(0.5)  # two signals, not one: pending ones of a kind merge
+        os.kill(holder.pid, signal.SIGINT)
+        proc.join(30)
+        body = resp.read()
+        conn.close()
+        assert proc.exitcode == 0
+        assert b'"code": "aborted"' in body and b"request aborted: server_shutdown" in body
+        wait_until(lambda: on_loop(stack, lambda: rid not in stack.sluice.tickets), timeout=10)
+        row = on_loop(stack, lambda: next(r for r in stack.sluice.stats.requests if r["rid"] == rid))
+        assert row["status"] == "aborted" and row["error"] == "server_shutdown"
+    finally:
+        if proc.exitcode == 0:  # told to stop: started again here, for the tests that follow
+            stack.supervisor.procs[index] = stack.supervisor._spawn(index)
+        wait_until(lambda: stack.supervisor.hub.ready() == 2, timeout=60)
 
 
 def test_store_has_every_row_once(stack):
