@@ -5,9 +5,11 @@ from __future__ import annotations
 from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.geometry import Region
+from textual.widget import Widget
 from textual.widgets import DataTable
 
 from tui.app import SluiceConsole
+from tui.paint import KeptScrollBar
 from tui.tables import KeyedTable
 
 
@@ -262,3 +264,31 @@ async def test_the_header_is_drawn_again_only_when_the_columns_change(monkeypatc
         table.refresh()
         await pilot.pause()
         assert "Renamed" in table.render_line(0).text
+
+
+async def test_a_tables_scrollbar_is_drawn_again_only_when_it_moves():
+    app = SluiceConsole("http://127.0.0.1:9", None, live=False)
+    async with app.run_test(size=(160, 30)) as pilot:
+        app.action_show_tab("tenants")
+        app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 for i in range(60)}))
+        await pilot.pause()
+        table = app.tenants.table
+        bar = table.vertical_scrollbar
+        assert isinstance(bar, KeptScrollBar) and bar.display and bar.size.height > 5
+        crop = Region(0, 0, bar.size.width, bar.size.height)
+
+        def fresh() -> list:
+            bar._styles_cache.clear()
+            return Widget.render_lines(bar, crop)  # Textual's, nothing kept
+
+        first = bar.render_lines(crop)
+        assert first == fresh()
+        app.action_show_tab("overview")
+        await pilot.pause()
+        app.action_show_tab("tenants")  # re-sized and refreshed, the same to draw
+        await pilot.pause()
+        assert bar.render_lines(crop) is first
+        table.scroll_to(y=20, animate=False)
+        await pilot.pause()
+        moved = bar.render_lines(crop)
+        assert moved != first and moved == fresh()

@@ -312,6 +312,10 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
         target = self.main(FOCUS_TARGET[tab])
         target.screen.set_focus(target)
         self.main("#tabs").active = tab
+        # lay the screen out in the next frame: the panes ask for it only once each has been idle,
+        # and the focus change repaints the screen before that, the old pane included (a full
+        # frame for nothing, 15-35 ms at 1,000 tenants)
+        self.screen_stack[0].refresh(layout=True)
         if tab == "requests" and self.requests_pane.dirty:
             self.requests_pane.render_rows()
 

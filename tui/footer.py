@@ -14,13 +14,15 @@ horizontal scrolling (keys past the width are cut; the palette key stays).
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import Any, NamedTuple
 
 from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.screen import Screen
-from textual.widget import Widget
+
+from .paint import KeptLines
 
 
 class FooterItem(NamedTuple):
@@ -30,7 +32,7 @@ class FooterItem(NamedTuple):
     enabled: bool
 
 
-class KeyFooter(Widget, can_focus=False):
+class KeyFooter(KeptLines, can_focus=False):
     ALLOW_SELECT = False
     COMPONENT_CLASSES = {"key-footer--key", "key-footer--description", "key-footer--bar"}
     DEFAULT_CSS = """
@@ -90,6 +92,10 @@ class KeyFooter(Widget, can_focus=False):
             _node, binding, enabled, _tooltip = found
             palette = FooterItem(binding.key, app.get_key_display(binding), binding.description, bool(enabled))
         return tuple(by_action.values()), palette
+
+    def render_key(self) -> Hashable:
+        return (self.items, self.palette, *(self.get_component_rich_style(name) for name in sorted(
+            self.COMPONENT_CLASSES)))
 
     def render(self) -> Text:
         key_style = self.get_component_rich_style("key-footer--key")

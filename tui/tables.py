@@ -19,9 +19,12 @@ from rich.style import Style
 from rich.text import Text
 from textual.coordinate import Coordinate
 from textual.geometry import Region
+from textual.scrollbar import ScrollBar
 from textual.strip import Strip
 from textual.widgets import DataTable
 from textual.widgets.data_table import CellDoesNotExist, ColumnKey, RowDoesNotExist, RowKey
+
+from .paint import KeptScrollBar
 
 
 CELL_RENDERS = 4_000  # rendered cells kept per table (the screen's cells a few times over)
@@ -52,6 +55,17 @@ class KeyedTable(DataTable[Any]):
         self._last_render: tuple[Any, list[Strip]] | None = None
         self._pass_styles: dict[Any, Any] | None = None  # styles computed once per render pass
         self._style_memo: dict[tuple[Any, ...], tuple[Style, Style]] = {}
+
+    @property
+    def vertical_scrollbar(self) -> ScrollBar:
+        """Textual's, as a `KeptScrollBar`: a tab switch re-sizes the table and repaints its
+        scrollbar whatever moved (Widget.vertical_scrollbar, with textual pinned)."""
+        if self._vertical_scrollbar is None:
+            bar = KeptScrollBar(vertical=True, name="vertical", thickness=self.scrollbar_size_vertical)
+            bar.display = False
+            self._vertical_scrollbar = bar
+            self.app._start_widget(self, bar)
+        return self._vertical_scrollbar
 
     # -- queries ----------------------------------------------------------------------------------
 
