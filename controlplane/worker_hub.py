@@ -152,11 +152,17 @@ class WorkerLink(FrameProtocol):
             return
         try:
             self.sluice.settle(ticket)
+            traceparent, model = self.sluice.engine_call(ticket)
         except ApiError as err:
             self.tickets.pop(ticket.rid, None)
             self._refused(ticket.rid, ticket.row.get("status") or "rejected", err)
             return
-        traceparent, model = self.sluice.engine_call(ticket)
+        except Exception as exc:  # a bug: the worker's client still gets an answer, the core its slot back
+            log.exception("unexpected error at dispatch")
+            self.tickets.pop(ticket.rid, None)
+            self.sluice.close(ticket, "error", 500, error=repr(exc), code="internal_error")
+            self._refused(ticket.rid, "error", ApiError(500, "internal error", code="internal_error"))
+            return
         req = ticket.request
         self.send(["dispatch", ticket.rid, ticket.engine, ticket.priority, traceparent, model, req.prompt_tokens,
                    req.max_tokens])

@@ -293,6 +293,27 @@ def test_store_has_every_row_once(stack):
     assert len(seen) == len(set(seen))
 
 
+def test_a_failure_at_dispatch_answers_500_and_leaves_no_ticket(stack):
+    """A bug between the core's dispatch and the worker's engine call (here the engine call's set-up
+    raises) answers the worker's client in OpenAI's shape, as single-process serving does, instead
+    of leaving it waiting for a dispatch that never comes."""
+    def broken(ticket):
+        raise RuntimeError("boom")
+
+    on_loop(stack, lambda: setattr(stack.sluice, "engine_call", broken))
+    try:
+        status, headers, body = stack.request("/v1/completions", {"model": "sluice-default", "prompt": "x",
+                                                                   "max_tokens": 2}, timeout=10)
+    finally:
+        on_loop(stack, lambda: delattr(stack.sluice, "engine_call"))
+    assert status == 500 and json.loads(body)["error"]["code"] == "internal_error"
+    rid = headers["x-request-id"]
+    wait_until(lambda: on_loop(stack, lambda: not stack.sluice.tickets and stack.sluice.pool.core.in_flight() == 0))
+    row = on_loop(stack, lambda: next(r for r in stack.sluice.stats.requests if r["rid"] == rid))
+    assert row["status"] == "error" and row["http_status"] == 500
+    assert stack.complete()[0] == 200
+
+
 def test_the_engines_served_to_the_workers_need_their_key(stack):
     """An engine of the decision process is served to the workers on a loopback port, which any local
     user can reach: without the key the workers were given, it generates nothing."""
