@@ -11,7 +11,8 @@ from rich.text import Text
 from tests.tui_fake_admin import FakeAdmin, fake_admin, wait_until  # noqa: F401 - fake_admin is a fixture
 from tui.app import GC_THRESHOLDS, SluiceConsole
 from tui.footer import KeyFooter
-from tui.tables import CELL_RENDERS, KeyedTable
+from tui.table_render import CELL_RENDERS
+from tui.tables import KeyedTable
 
 SIZE = (150, 42)
 

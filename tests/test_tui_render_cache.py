@@ -1,4 +1,4 @@
-"""The console's tables keep rendered cells and lines while their content stays (tui/tables.py): a
+"""The console's tables keep rendered cells and lines while their content stays (tui/table_render.py): a
 tab switch repaints only what changed, and what changed is never served stale."""
 from __future__ import annotations
 
