@@ -41,11 +41,22 @@ from sluice.worker import worker_main
 
 log = logging.getLogger("sluice.workers")
 
-__all__ = ["WorkerSupervisor", "bind_listener", "serve_workers", "with_workers"]
+__all__ = ["WorkerSupervisor", "bind_listener", "respawn_delay", "serve_workers", "with_workers"]
 
 WORKER_START_S = 60.0  # spawn, imports, IPC hello
 ENGINE_KEY_ENV = "SLUICE_WORKER_ENGINE_KEY"  # in a worker: the key of the engines served to it (its own env only)
 RESPAWN_CHECK_S = 1.0
+RESPAWN_MAX_S = 60.0  # a worker that keeps dying young is started again at most this often
+WORKER_STABLE_S = 30.0  # a worker that lived this long died of something else: start another at once
+
+
+def respawn_delay(previous_s: float, lived_s: float) -> float:
+    """Seconds to wait before starting a dead worker's replacement: doubling (up to RESPAWN_MAX_S)
+    while each dies within WORKER_STABLE_S of its start (a broken config or engine would otherwise
+    spawn an interpreter a second, forever), back to RESPAWN_CHECK_S after one that lived."""
+    if lived_s >= WORKER_STABLE_S or previous_s <= 0:
+        return RESPAWN_CHECK_S
+    return min(RESPAWN_MAX_S, previous_s * 2)
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -76,6 +87,9 @@ class WorkerSupervisor:
         self.http_path = os.path.join(rundir, "http.sock")
         self.hub = WorkerHub(sluice)
         self.procs: list[Any] = []
+        self._started: list[float] = []  # loop time each slot's worker started
+        self._delay: list[float] = []  # each slot's last respawn delay (respawn_delay)
+        self._due: list[float | None] = []  # when a dead slot's next worker starts
         self._surfaces: list[tuple[_QuietServer, asyncio.Task[None]]] = []
         self._worker_config = config
         self._engine_key = secrets.token_urlsafe(32)  # any local user can reach a loopback port
@@ -87,6 +101,8 @@ class WorkerSupervisor:
         await self.hub.start(self.ipc_path)
         self._worker_config = await self._engine_surfaces()
         self.procs = [self._spawn(i) for i in range(self.n)]
+        now = asyncio.get_running_loop().time()
+        self._started, self._delay, self._due = [now] * self.n, [0.0] * self.n, [None] * self.n
         try:
             await self.hub.wait_workers(self.n, WORKER_START_S)
         except TimeoutError:
@@ -102,13 +118,21 @@ class WorkerSupervisor:
         return proc
 
     async def _replace_dead(self) -> None:
+        loop = asyncio.get_running_loop()
         while not self._stopping:
             await asyncio.sleep(RESPAWN_CHECK_S)
+            now = loop.time()
             for i, proc in enumerate(self.procs):
                 # exit code 0: it was told to stop (a terminal's Ctrl-C reaches every process): no replacement
-                if not proc.is_alive() and proc.exitcode != 0 and not self._stopping:
-                    log.warning("worker %d (pid %s) exited with %s: starting another", i, proc.pid, proc.exitcode)
-                    self.procs[i] = self._spawn(i)
+                if proc.is_alive() or proc.exitcode == 0 or self._stopping:
+                    continue
+                if self._due[i] is None:
+                    self._delay[i] = respawn_delay(self._delay[i], now - self._started[i])
+                    self._due[i] = now + self._delay[i]
+                    log.warning("worker %d (pid %s) exited with %s: starting another in %.0f s", i, proc.pid,
+                                proc.exitcode, self._delay[i])
+                if now >= self._due[i]:  # type: ignore[operator]
+                    self.procs[i], self._started[i], self._due[i] = self._spawn(i), now, None
 
     async def stop(self) -> None:
         self._stopping = True

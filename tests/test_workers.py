@@ -19,7 +19,8 @@ import uvicorn
 from engine_adapter.sim.engine import SimEngine
 from engine_adapter.sim.profile import load_profile
 from sluice.server import create_app
-from sluice.workers import WorkerSupervisor, bind_listener, decision_config, with_workers
+from sluice.workers import (RESPAWN_CHECK_S, RESPAWN_MAX_S, WORKER_STABLE_S, WorkerSupervisor, bind_listener,
+                            decision_config, respawn_delay, with_workers)
 from tests.gateway_fixtures import ADMIN, KEYS, make_config
 from tests.test_gateway import wait_until
 
@@ -338,3 +339,16 @@ def test_a_lost_decision_process_gets_503_and_bad_input_still_answered(stack):
     error = json.loads(body)["error"]
     assert error["code"] == "service_unavailable" and error["type"] == "server_error"
     assert stack.request("/v1/completions", b"{not json")[0] == 400  # no round trip needed
+
+
+def test_a_worker_dying_young_again_and_again_is_restarted_less_and_less_often():
+    """A broken worker (a config or an engine it cannot reach) would otherwise cost an interpreter
+    start every second, forever: each death within WORKER_STABLE_S of its start doubles the wait,
+    up to RESPAWN_MAX_S; one that lived is replaced at once."""
+    delays, d = [], 0.0
+    for _ in range(10):
+        d = respawn_delay(d, lived_s=2.0)
+        delays.append(d)
+    assert delays[:4] == [RESPAWN_CHECK_S, 2 * RESPAWN_CHECK_S, 4 * RESPAWN_CHECK_S, 8 * RESPAWN_CHECK_S]
+    assert delays[-1] == RESPAWN_MAX_S and all(b >= a for a, b in zip(delays, delays[1:]))
+    assert respawn_delay(RESPAWN_MAX_S, lived_s=WORKER_STABLE_S) == RESPAWN_CHECK_S
