@@ -253,3 +253,22 @@ def test_the_openai_user_field_is_recorded_and_unknown_keys_are_named(fake_gatew
                           {"model": "sluice-default", "prompt": "x", "max_token": 3}, auth())
     err = json.loads(data)["error"]
     assert status == 400 and err["param"] == "max_token" and "max_token" in err["message"]
+
+
+def test_a_stream_cut_by_the_server_stopping_is_rowed_as_a_shutdown_abort(tmp_path):
+    """uvicorn cancels a stream still running past its graceful shutdown: the row says so
+    (`aborted` / `server_shutdown`, as a gateway worker's does), not an internal error."""
+    engine = FakeEngine(delay=0.05)
+    with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", "/v1/completions", body=json.dumps(
+            {"model": "sluice-default", "prompt": "x", "max_tokens": 1000, "stream": True}),
+            headers={"Content-Type": "application/json", **auth()})
+        resp = conn.getresponse()
+        resp.fp.readline()  # running at the engine
+        server.server.should_exit = True  # graceful for 2 s, then the stream's task is cancelled
+        server.thread.join(timeout=20)
+        conn.close()
+    rid = engine.submitted[0].rid
+    row = next(r for r in sluice.stats.requests if r["rid"] == rid)
+    assert (row["status"], row["error"], row["http_status"]) == ("aborted", "server_shutdown", 200)

@@ -108,8 +108,10 @@ class CompletionsEndpoint:
             status, error, code = "error", f"engine {ticket.engine}: {exc}", err.code
             http_status = await self._fail(send, err, reply.started, reply.held)
         except asyncio.CancelledError:
-            if not gone.gone and ticket.abort_reason is None:
-                raise  # the server is shutting down, not a client going away or an operator abort
+            if not gone.gone and ticket.abort_reason is None:  # the server is shutting down (past its grace)
+                status, error, code = "aborted", "server_shutdown", "aborted"
+                http_status = 200 if reply.started else 503
+                raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status, error, code = "aborted", ticket.abort_reason or "client_disconnected", None
             http_status = 200 if reply.started else 499  # 499: the client left before any response
