@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from opentelemetry import trace as trace_api
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import Event, ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -156,6 +156,42 @@ def _attr_json(attrs: Mapping[str, Any] | None) -> str | None:
     )
 
 
+def span_row(trace_id: int, span_id: int, parent_span_id: int | None, name: str, kind: trace_api.SpanKind,
+             service: str, scope: str | None, start_ns: int | None, end_ns: int | None, status: trace_api.Status,
+             attributes: Mapping[str, Any] | None, resource: str | None, links: str | None = None) -> dict[str, Any]:
+    """One ``spans`` row: what `spans_to_rows` makes of an SDK span and `SluiceTracerProvider.emit`
+    of a span built whole."""
+    return {
+        "trace_id": f"{trace_id:032x}",
+        "span_id": f"{span_id:016x}",
+        "parent_span_id": f"{parent_span_id:016x}" if parent_span_id is not None else None,
+        "name": name,
+        "kind": _KIND_NAME[kind],
+        "service": service,
+        "scope": scope,
+        "start_ts": start_ns / 1e9 if start_ns else None,
+        "end_ts": end_ns / 1e9 if end_ns else None,
+        "status_code": _STATUS_NAME[status.status_code],
+        "status_message": status.description,
+        "attributes": _attr_json(attributes),
+        "resource": resource,
+        "links": links,
+    }
+
+
+def event_row(trace_id: str, span_id: str, ts_ns: int, name: str, attributes: Mapping[str, Any] | None
+              ) -> dict[str, Any]:
+    """One ``span_events`` row (ids as in the span's row)."""
+    return {"trace_id": trace_id, "span_id": span_id, "ts": ts_ns / 1e9, "name": name,
+            "attributes": _attr_json(attributes)}
+
+
+def _resource_row(res: Resource | None) -> tuple[str, str | None]:
+    """(service name, resource attributes as JSON) of a span's resource."""
+    rattrs = dict(res.attributes) if res is not None else {}
+    return str(rattrs.get("service.name", "unknown_service")), _attr_json(rattrs)
+
+
 def spans_to_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Convert SDK spans into ``spans`` and ``span_events`` rows."""
     rows: list[dict[str, Any]] = []
@@ -165,14 +201,10 @@ def spans_to_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], 
         ctx = span.context
         if ctx is None:
             continue
-        trace_id = f"{ctx.trace_id:032x}"
-        span_id = f"{ctx.span_id:016x}"
         res = span.resource
         cached = resource_cache.get(id(res))
         if cached is None:
-            rattrs = dict(res.attributes) if res is not None else {}
-            cached = (str(rattrs.get("service.name", "unknown_service")), _attr_json(rattrs))
-            resource_cache[id(res)] = cached
+            cached = resource_cache[id(res)] = _resource_row(res)
         links = None
         if span.links:
             links = json.dumps(
@@ -187,36 +219,12 @@ def spans_to_rows(spans: Sequence[ReadableSpan]) -> tuple[list[dict[str, Any]], 
                 separators=(",", ":"),
             )
         scope = span.instrumentation_scope.name if span.instrumentation_scope is not None else None
-        status = span.status
-        start, end = span.start_time, span.end_time
-        rows.append(
-            {
-                "trace_id": trace_id,
-                "span_id": span_id,
-                "parent_span_id": f"{span.parent.span_id:016x}" if span.parent is not None else None,
-                "name": span.name,
-                "kind": _KIND_NAME[span.kind],
-                "service": cached[0],
-                "scope": scope,
-                "start_ts": start / 1e9 if start else None,
-                "end_ts": end / 1e9 if end else None,
-                "status_code": _STATUS_NAME[status.status_code],
-                "status_message": status.description,
-                "attributes": _attr_json(span.attributes),
-                "resource": cached[1],
-                "links": links,
-            }
-        )
+        row = span_row(ctx.trace_id, ctx.span_id, span.parent.span_id if span.parent is not None else None,
+                       span.name, span.kind, cached[0], scope, span.start_time, span.end_time, span.status,
+                       span.attributes, cached[1], links)
+        rows.append(row)
         for ev in span.events:
-            events.append(
-                {
-                    "trace_id": trace_id,
-                    "span_id": span_id,
-                    "ts": ev.timestamp / 1e9,
-                    "name": ev.name,
-                    "attributes": _attr_json(ev.attributes),
-                }
-            )
+            events.append(event_row(row["trace_id"], row["span_id"], ev.timestamp, ev.name, ev.attributes))
     return rows, events
 
 
@@ -254,10 +262,13 @@ class SluiceTracerProvider(TracerProvider):
     """A TracerProvider that can also take spans built whole, after the fact (`emit`).
 
     The gateway's per-request spans are a fixed shape whose times and attributes are all known when
-    the request ends; building them then as `ReadableSpan`s and handing them to the span
-    processors skips the SDK's live-span machinery (locks, attribute cleaning, contexts), several
-    times the cost of the span itself. Ids and the sampling decision come from this provider's id
-    generator and sampler, as `start_span` would take them.
+    the request ends; building them then skips the SDK's live-span machinery (locks, attribute
+    cleaning, contexts), several times the cost of the span itself. Such a span goes to the store
+    as its row, straight into the store's own queue (its writer thread batches; a second batching
+    thread and an SDK span converted back to a row bought nothing), and, as a `ReadableSpan`, to
+    the exporting processors (OTLP, `extra_exporters`) when there are any. Live spans
+    (`get_tracer`) go through every processor as the SDK has them. Ids and the sampling decision
+    come from this provider's id generator and sampler, as `start_span` would take them.
     """
 
     def __init__(self, *, sample_ratio: float = 1.0, resource: Resource | None = None) -> None:
@@ -266,6 +277,15 @@ class SluiceTracerProvider(TracerProvider):
         self.root_sampler = TraceIdRatioBased(sample_ratio)
         super().__init__(sampler=ParentBased(self.root_sampler), resource=resource)
         self.scope = InstrumentationScope("sluice")
+        self.store: SpanSink | None = None  # where a span built whole is written, as its row
+        self._exporting: list[SpanProcessor] = []  # the processors a span built whole is handed to
+        self._service, self._resource_json = _resource_row(self.resource)
+
+    def add_exporting_processor(self, processor: SpanProcessor) -> None:
+        """A processor for every span, the ones built whole included (the store's own is not: see
+        the class docstring)."""
+        self.add_span_processor(processor)
+        self._exporting.append(processor)
 
     def new_trace(self, name: str, kind: trace_api.SpanKind) -> tuple[int, int, bool]:
         """(trace_id, span_id, sampled) for a new root span."""
@@ -279,15 +299,22 @@ class SluiceTracerProvider(TracerProvider):
     def emit(self, name: str, trace_id: int, span_id: int, parent_span_id: int | None, kind: trace_api.SpanKind,
              start_ns: int, end_ns: int, attributes: dict[str, Any], events: Sequence[tuple[str, int, dict[str, Any]]] = (),
              error: str | None = None) -> None:
-        """Hand one finished, sampled span to the span processors (exporters)."""
-        parent = (trace_api.SpanContext(trace_id, parent_span_id, False, _SAMPLED)
-                  if parent_span_id is not None else None)
-        span = ReadableSpan(
-            name, trace_api.SpanContext(trace_id, span_id, False, _SAMPLED), parent, self.resource, attributes,
-            tuple(Event(n, a, ts) for n, ts, a in events), (), kind,
-            status=trace_api.Status(_ERROR, error) if error is not None else _UNSET,
-            start_time=start_ns, end_time=end_ns, instrumentation_scope=self.scope)
-        self._active_span_processor.on_end(span)
+        """One finished, sampled span: its row to the store, the span to the exporting processors."""
+        status = trace_api.Status(_ERROR, error) if error is not None else _UNSET
+        if self.store is not None:
+            row = span_row(trace_id, span_id, parent_span_id, name, kind, self._service, self.scope.name, start_ns,
+                           end_ns, status, attributes, self._resource_json)
+            self.store.record_spans([row], [event_row(row["trace_id"], row["span_id"], ts, n, a)
+                                            for n, ts, a in events])
+        if self._exporting:
+            parent = (trace_api.SpanContext(trace_id, parent_span_id, False, _SAMPLED)
+                      if parent_span_id is not None else None)
+            span = ReadableSpan(
+                name, trace_api.SpanContext(trace_id, span_id, False, _SAMPLED), parent, self.resource, attributes,
+                tuple(Event(n, a, ts) for n, ts, a in events), (), kind, status=status,
+                start_time=start_ns, end_time=end_ns, instrumentation_scope=self.scope)
+            for processor in self._exporting:
+                processor.on_end(span)
 
 
 def request_span_attributes(row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None]:
@@ -330,7 +357,8 @@ def setup_tracing(
 
     Sampling is ``ParentBased(TraceIdRatioBased(sample_ratio))``: a request that arrives with a
     sampled ``traceparent`` is always traced, a fresh one with probability ``sample_ratio``.
-    Spans go to ``store`` (a BatchSpanProcessor into ``StoreSpanExporter``) and, when
+    Spans go to ``store`` (the gateway's, built whole, as rows into the store's queue; live ones
+    through a BatchSpanProcessor into ``StoreSpanExporter``) and, when
     ``otlp_endpoint`` is set (a full URL ending in ``/v1/traces``), to an OTLP/HTTP protobuf
     exporter (``otlp_compression``: ``"gzip"``, ``"deflate"`` or None).
     """
@@ -349,12 +377,13 @@ def setup_tracing(
         )
 
     if store is not None:
-        provider.add_span_processor(batch(StoreSpanExporter(store)))
+        provider.store = store  # spans built whole
+        provider.add_span_processor(batch(StoreSpanExporter(store)))  # live spans
     if otlp_endpoint:
-        provider.add_span_processor(
+        provider.add_exporting_processor(
             batch(make_otlp_exporter(otlp_endpoint, headers=otlp_headers, compression=otlp_compression,
                                      timeout_s=otlp_timeout_s))
         )
     for exporter in extra_exporters:
-        provider.add_span_processor(batch(exporter))
+        provider.add_exporting_processor(batch(exporter))
     return provider

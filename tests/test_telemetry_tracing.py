@@ -135,3 +135,41 @@ def test_otlp_export_reaches_our_own_receiver(compression):
     row = received[0]
     assert row["name"] == "chat m" and row["service"] == "exported" and row["kind"] == "SERVER"
     assert json.loads(row["attributes"])[Sluice.TENANT] == "acme"
+
+
+def test_a_span_built_whole_is_the_row_the_sdk_span_would_make():
+    """`emit` writes its row straight to the store and hands an SDK span to the exporters; the row
+    must be what the store's exporter makes of that span (one shape, whichever way it came)."""
+    from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult, SimpleSpanProcessor
+
+    from telemetry.tracing import spans_to_rows
+
+    class Sink:
+        rows, events = [], []
+
+        def record_spans(self, rows, events=None):
+            self.rows += rows
+            self.events += events or []
+            return True
+
+    class Keep(SpanExporter):
+        spans = []
+
+        def export(self, spans):
+            self.spans += spans
+            return SpanExportResult.SUCCESS
+
+    provider = setup_tracing("whole", sample_ratio=1.0)
+    provider.store = sink = Sink()
+    provider.add_exporting_processor(SimpleSpanProcessor(keep := Keep()))
+    trace_id, root, _ = provider.new_trace("chat m", SpanKind.SERVER)
+    child = provider.new_span_id()
+    provider.emit("engine generate", trace_id, child, root, SpanKind.CLIENT, 1_000_000_000, 3_000_000_000,
+                  {Sluice.ENGINE: "sim-0", GenAI.USAGE_INPUT_TOKENS: 12}, (("first_token", 2_000_000_000, {}),))
+    provider.emit("chat m", trace_id, root, None, SpanKind.SERVER, 500_000_000, 3_000_000_000,
+                  {GenAI.RESPONSE_ID: "r1", GenAI.RESPONSE_FINISH_REASONS: ("stop",)},
+                  (("admission", 600_000_000, {Sluice.DECISION: "admit"}),), error="engine_error")
+    rows, events = spans_to_rows(keep.spans)
+    assert sink.rows == rows and sink.events == events
+    assert [r["status_code"] for r in rows] == ["UNSET", "ERROR"] and rows[0]["parent_span_id"] == rows[1]["span_id"]
+    provider.shutdown()
