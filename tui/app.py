@@ -69,10 +69,9 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
     TITLE = "sluice console"
 
     BINDINGS = [
-        # priority: the app takes a tab key as it arrives, before the focused widget and each of
-        # its containers has passed it up (~7 message hops, while the screen repaints the tab
-        # being left); a focused text field still gets its digits (Textual leaves it the keys it
-        # consumes), and so does a dialog (action_tab_key skips)
+        # priority: taken as the key arrives, not after ~7 message hops up from the focused table
+        # (while the screen repainted the tab being left); a focused text field keeps its digits
+        # (Textual leaves it the keys it consumes), and so does a dialog (action_tab_key skips)
         Binding("1", "tab_key('overview')", "Overview", priority=True),
         Binding("2", "tab_key('tenants')", "Tenants", priority=True),
         Binding("3", "tab_key('requests')", "Requests", priority=True),
@@ -160,12 +159,9 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
         # of a key's time to screen under load; bench/bench_console.py).
         gc.collect()
         gc.freeze()
-        # A tab switch leaves ~5,000 objects in reference cycles (Textual's strips cache
-        # themselves), so at Python's default thresholds (700, 10, 10) a key's time held ~30
-        # young collections and, one key in four, a full one (40-130 ms at 1,000 tenants). The
-        # young generation is collected every GC_THRESHOLDS[0] allocations instead: about once
-        # per state, the garbage it holds bounded by that count (bench/bench_console.py).
-        self._gc_thresholds = gc.get_threshold()
+        # A tab switch leaves ~5,000 objects in cycles (Textual's strips cache themselves): at the
+        # default thresholds (700, 10, 10) a key held ~30 young collections and, one key in four, a
+        # full one (40-130 ms at 1,000 tenants); the garbage stays bounded by GC_THRESHOLDS[0].
         gc.set_threshold(*GC_THRESHOLDS)
         if self.live:
             self.start_workers()
@@ -312,9 +308,8 @@ class SluiceConsole(LiveUpdates, OperatorActions, App[None]):
         target = self.main(FOCUS_TARGET[tab])
         target.screen.set_focus(target)
         self.main("#tabs").active = tab
-        # lay the screen out in the next frame: the panes ask for it only once each has been idle,
-        # and the focus change repaints the screen before that, the old pane included (a full
-        # frame for nothing, 15-35 ms at 1,000 tenants)
+        # lay out in the next frame: the panes ask only once idle, and the focus change repainted
+        # the old pane before that (a full frame for nothing, 15-35 ms at 1,000 tenants)
         self.screen_stack[0].refresh(layout=True)
         if tab == "requests" and self.requests_pane.dirty:
             self.requests_pane.render_rows()
