@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from controlplane.core.capacity import Behaviour, CapacityParams, Replica, replica_capacity  # noqa: E402
+from controlplane.core.capacity import BURST_RESERVE, Behaviour, CapacityParams, Replica, replica_capacity  # noqa: E402
 from engine_adapter.sim.profile import load_profile  # noqa: E402
 from replay.autoscale import Scaling, run_autoscaled, servegen_day  # noqa: E402
 from replay.runner import default_policy  # noqa: E402
@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--period", type=float, default=5.0, help="HPA rate-policy period (s)")
     ap.add_argument("--target", type=float, default=CapacityParams().target_utilisation,
                     help="sluice's target utilisation of a replica's SLO capacity (the interactive headroom)")
+    ap.add_argument("--burst-reserve", type=float, default=BURST_RESERVE,
+                    help="sluice's square-root staffing factor (0: the proportional headroom alone, as before)")
     ap.add_argument("--modes", default="sluice,utilisation,fixed")
     ap.add_argument("--json", dest="json_out")
     args = ap.parse_args()
@@ -80,7 +82,7 @@ def main() -> int:
             t0 = time.perf_counter()
             # maxReplicas: twice the peak-sized fleet, a budget cap an operator would set
             scaling = Scaling(mode=mode, initial=initial, cold_start_s=args.cold_start, warm_start_s=args.warm_start,
-                              behaviour=behaviour,
+                              behaviour=behaviour, burst_reserve=args.burst_reserve,
                               params=CapacityParams(max_replicas=2 * fixed_n, target_utilisation=args.target))
             res, fleet = run_autoscaled(wl, policy, scaling, torch_expert=False)
             serving = [s for _, _, s in fleet.timeline] or [initial]

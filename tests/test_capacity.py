@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controlplane.core.capacity import (Behaviour, CapacityParams, Controller, PoolLoad, Replica, Stabiliser, need,
+from controlplane.core.capacity import (BURST_RESERVE, Behaviour, CapacityParams, Controller, PoolLoad, Replica, Stabiliser, need,
                                         replica_capacity, replica_window, split_pd)
 from controlplane.core.core import DecisionCore
 from controlplane.core.events import RequestSpec
@@ -73,6 +73,8 @@ def test_never_below_what_the_slo_needs_by_the_model(rps: float, current: int, b
     mu = replica_capacity(REPLICA, budget, x.mean_prompt, x.mean_output)
     n = min(n, PARAMS.max_replicas)
     assert rps <= n * mu * PARAMS.target_utilisation + 1e-9 or n == PARAMS.max_replicas
+    # and the burst reserve: R replicas of load get R + BURST_RESERVE * sqrt(R)
+    assert n >= rps / mu + BURST_RESERVE * math.sqrt(rps / mu) - 1e-9 or n == PARAMS.max_replicas
     if rps > 0:
         assert n >= 1
 
@@ -80,12 +82,12 @@ def test_never_below_what_the_slo_needs_by_the_model(rps: float, current: int, b
 def test_batch_deadlines_add_replicas_only_when_the_headroom_cannot_meet_them() -> None:
     mu = replica_capacity(REPLICA, 0.045, 600, 250)
     rps = 3.0 * mu * PARAMS.target_utilisation  # three replicas' worth of interactive load
-    assert need(load(rps), REPLICA, PARAMS, 0) == 3
+    assert need(load(rps), REPLICA, PARAMS, 0, burst_reserve=0.0) == 3
     # a little batch work fits in the headroom of those three
-    assert need(load(rps, deferrable_rps=0.5 * mu), REPLICA, PARAMS, 0) == 3
+    assert need(load(rps, deferrable_rps=0.5 * mu), REPLICA, PARAMS, 0, burst_reserve=0.0) == 3
     # a backlog due soon does not
     due = tuple(float(k) * 0.01 + 1.0 for k in range(int(3 * mu)))
-    assert need(load(rps, deferred=due), REPLICA, PARAMS, 0) > 3
+    assert need(load(rps, deferred=due), REPLICA, PARAMS, 0, burst_reserve=0.0) > 3
 
 
 def test_backpressure_asks_for_one_more_than_serving() -> None:
@@ -106,9 +108,30 @@ def test_scale_to_zero_only_after_the_idle_period() -> None:
 def test_hysteresis_band() -> None:
     mu = replica_capacity(REPLICA, 0.045, 600, 250)
     at = lambda k: k * mu * PARAMS.target_utilisation  # noqa: E731
-    assert need(load(at(4) * 1.01), REPLICA, PARAMS, 4) == 5  # up as soon as the need passes the count
-    assert need(load(at(3) * 0.95), REPLICA, PARAMS, 4) == 4  # not down while within the tolerance
-    assert need(load(at(3) * 0.85), REPLICA, PARAMS, 4) == 3
+    assert need(load(at(4) * 1.01), REPLICA, PARAMS, 4, burst_reserve=0.0) == 5  # up as soon as the need passes the count
+    assert need(load(at(3) * 0.95), REPLICA, PARAMS, 4, burst_reserve=0.0) == 4  # not down while within the tolerance
+    assert need(load(at(3) * 0.85), REPLICA, PARAMS, 4, burst_reserve=0.0) == 3
+
+
+def test_small_fleets_keep_a_burst_reserve() -> None:
+    """Square-root staffing: R replicas of latency load get R + BURST_RESERVE * sqrt(R) at least. A
+    burst while a new replica loads (its cold start) is served by the spare; relative to the load
+    the spare shrinks as the fleet grows, where the proportional headroom governs again."""
+    mu = replica_capacity(REPLICA, 0.045, 600, 250)
+    assert BURST_RESERVE == 2.5
+    three = 3.0 * mu * PARAMS.target_utilisation  # R = 2.1: three replicas by the proportional headroom
+    assert need(load(three), REPLICA, PARAMS, 0, burst_reserve=0.0) == 3
+    assert need(load(three), REPLICA, PARAMS, 0) == math.ceil(2.1 + 2.5 * math.sqrt(2.1)) == 6
+    # R = 42: 60 replicas by the headroom, 42 + 2.5 * 6.5 = 58.2 by the reserve: the headroom governs
+    big = 60.0 * mu * PARAMS.target_utilisation
+    wide = CapacityParams(max_replicas=100)
+    assert need(load(big), REPLICA, wide, 0) == need(load(big), REPLICA, wide, 0, burst_reserve=0.0) == 60
+    # and it scales down through the same tolerance band around the count in force
+    assert need(load(three * 0.97), REPLICA, PARAMS, 6) == 6
+    assert need(load(1.44 * mu), REPLICA, PARAMS, 6) == 5  # 1.44 + 2.5 * 1.2 = 4.44 < 0.9 * 5
+    assert Controller(REPLICA).burst_reserve == BURST_RESERVE
+    with pytest.raises(ValueError, match="burst_reserve must be a number >= 0, got -1.0"):
+        Controller(REPLICA, burst_reserve=-1.0)
 
 
 @settings(max_examples=100, deadline=None)
@@ -164,7 +187,8 @@ def test_controller_reads_a_live_core() -> None:
     for k in range(200):  # 40 req/s for 5 s: more than one replica serves at the SLO
         core.arrive(k * 0.025, RequestSpec(f"r{k}", "a", 600, 250))
     rec = ctl.step(core, 5.0)
-    assert rec.actual == 1 and rec.desired > 1 and rec.need == rec.desired
+    assert rec.actual == 1 and rec.desired > 1
+    assert rec.desired == min(rec.need, 1 + Behaviour().up_pods)  # HPA's up limit from one: +4 pods a period
     assert rec.load.latency_rps == 40.0
     mu = rec.capacity_rps
     assert rec.desired >= math.ceil(40.0 / (mu * PARAMS.target_utilisation))

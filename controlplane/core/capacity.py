@@ -11,8 +11,10 @@ The rule (Chiron's hierarchy, docs/capacity.md):
    model: the rate at which continuous batching's step time (the decodes of the running batch plus
    the prompts arriving meanwhile) stays within the budget and the batch within its window
    (`replica_capacity`).
-   The latency tier's arrival rate (refused requests too: demand, not what got in) needs
-   lambda / (mu * target_utilisation) replicas, the headroom absorbing bursts inside a window.
+   The latency tier's arrival rate (refused requests too: demand, not what got in) is an offered
+   load of R = lambda / mu replicas; it needs max(R / target_utilisation, R + burst_reserve * sqrt(R))
+   replicas: a proportional headroom for forecast error, and square-root staffing (Halfin-Whitt) for
+   bursts, whose size relative to the load shrinks as 1 / sqrt(R), so small fleets keep a spare.
    A rising rate is met where a replica asked for now will serve: `lead_s` (the cold start) ahead
    (`Controller._ahead`).
 2. Batch deadlines second. Deferred work rides in that headroom; only when it cannot finish by its
@@ -48,8 +50,8 @@ from controlplane.core.tiers import DEFERRABLE, LATENCY, tier_of
 from controlplane.core.windows import largest_batch
 from engine_adapter.base import StepProfile
 
-__all__ = ["Behaviour", "CapacityParams", "Controller", "PoolLoad", "Recommendation", "Replica", "Stabiliser",
-           "need", "pool_load", "replica_capacity", "replica_window", "split_pd"]
+__all__ = ["BURST_RESERVE", "Behaviour", "CapacityParams", "Controller", "PoolLoad", "Recommendation", "Replica",
+           "Stabiliser", "check_burst_reserve", "need", "pool_load", "replica_capacity", "replica_window", "split_pd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +113,20 @@ class CapacityParams:
                              "latency work alone")
 
 
+# Square-root staffing's factor: R replicas of latency load get R + BURST_RESERVE * sqrt(R) at least.
+# The spare serves a burst while a replica asked for is still loading (its cold start): on the
+# ServeGen day (docs/capacity.md) 2.5 is the smallest of 1, 2, 2.5 that matched the utilisation HPA's
+# attainment on every bench row. Above R = 34 (49 replicas) the proportional headroom governs again.
+BURST_RESERVE = 2.5
+
+
+
+def check_burst_reserve(value: object) -> float:
+    """`value` as a burst reserve factor, or a ValueError naming it."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
+        raise ValueError(f"burst_reserve must be a number >= 0, got {value!r}")
+    return float(value)
+
 # (field, low, high, low included): the float knobs' ranges
 _PARAM_RANGES = (("target_utilisation", 0.0, 1.0, False), ("batch_utilisation", 0.0, 1.0, False),
                  ("tolerance", 0.0, 0.99, True), ("idle_to_zero_s", 0.0, math.inf, True),
@@ -151,14 +167,17 @@ def replica_capacity(r: Replica, tpot_budget_s: float | None, mean_prompt: float
     return max(0.0, min(lam, lam_w))
 
 
-def need(load: PoolLoad, replica: Replica, params: CapacityParams, current: int) -> int:
+def need(load: PoolLoad, replica: Replica, params: CapacityParams, current: int, *,
+         burst_reserve: float = BURST_RESERVE) -> int:
     """The replicas the pool needs now (before stabilisation); `current` is the count in force
-    (the hysteresis band is around it)."""
+    (the hysteresis band is around it). `burst_reserve`: square-root staffing's factor (0: the
+    proportional headroom alone)."""
     active = bool(load.latency_rps > 0 or load.deferrable_rps > 0 or load.queued or load.in_flight or load.deferred)
     if not active and load.idle_s >= params.idle_to_zero_s:
         return params.min_replicas
     mu = replica_capacity(replica, load.tpot_budget_s, load.mean_prompt, load.mean_output)
-    latency = load.latency_rps / (mu * params.target_utilisation)
+    offered = load.latency_rps / mu  # the latency tier's load in replicas' worth
+    latency = max(offered / params.target_utilisation, offered + burst_reserve * math.sqrt(offered))
     rush = max((k + 1) / max(slack, 1e-3) for k, slack in enumerate(load.deferred)) if load.deferred else 0.0
     batch = (load.latency_rps + load.deferrable_rps + rush) / (mu * params.batch_utilisation)
     exact = max(latency, batch)
@@ -311,12 +330,14 @@ class Controller:
     behaviour: Behaviour = field(default_factory=Behaviour)
     pool: str = "default"
     pd_ratio: tuple[int, int] | None = None
+    burst_reserve: float = BURST_RESERVE
     stabiliser: Stabiliser = field(init=False)
     _rates: deque[tuple[float, float, float]] = field(default_factory=deque)  # (t, latency rps, deferrable rps)
     idle_since: float = 0.0
     last: Recommendation | None = None
 
     def __post_init__(self) -> None:
+        check_burst_reserve(self.burst_reserve)
         self.stabiliser = Stabiliser(self.behaviour)
 
     def start(self, replicas: int, now: float) -> None:
@@ -333,7 +354,7 @@ class Controller:
         if load.latency_rps or load.deferrable_rps or load.queued or load.in_flight:
             self.idle_since = now
         current = self.stabiliser.current
-        rec = need(load, self.replica, self.params, current)
+        rec = need(load, self.replica, self.params, current, burst_reserve=self.burst_reserve)
         desired = self.stabiliser.update(now, rec)
         mu = replica_capacity(self.replica, load.tpot_budget_s, load.mean_prompt, load.mean_output)
         prefill = decode = None
