@@ -143,16 +143,22 @@ def test_bad_input_gets_an_openai_error(fake_gateway, body, headers, status, cod
         (hdrs["x-request-id"], "acme", status, code, "rejected")
 
 
+def _running_stream(server, max_tokens):
+    """A streamed completion whose first event arrived (it runs at the engine): its connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    conn.request("POST", "/v1/completions", body=json.dumps(
+        {"model": "sluice-default", "prompt": "x", "max_tokens": max_tokens, "stream": True}),
+        headers={"Content-Type": "application/json", **auth()})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    resp.fp.readline()
+    return conn
+
+
 def test_client_disconnect_mid_stream_aborts_the_engine_request(tmp_path):
     engine = FakeEngine(delay=0.05)
     with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
-        conn.request("POST", "/v1/completions", body=json.dumps(
-            {"model": "sluice-default", "prompt": "x", "max_tokens": 200, "stream": True}),
-            headers={"Content-Type": "application/json", **auth()})
-        resp = conn.getresponse()
-        assert resp.status == 200
-        resp.fp.readline()  # the first event arrived: the request is running at the engine
+        conn = _running_stream(server, 200)
         conn.sock.close()
         conn.close()
         wait_until(lambda: engine.aborted)
@@ -260,12 +266,7 @@ def test_a_stream_cut_by_the_server_stopping_is_rowed_as_a_shutdown_abort(tmp_pa
     (`aborted` / `server_shutdown`, as a gateway worker's does), not an internal error."""
     engine = FakeEngine(delay=0.05)
     with running_gateway(tmp_path, {"fake": engine}) as (server, sluice):
-        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-        conn.request("POST", "/v1/completions", body=json.dumps(
-            {"model": "sluice-default", "prompt": "x", "max_tokens": 1000, "stream": True}),
-            headers={"Content-Type": "application/json", **auth()})
-        resp = conn.getresponse()
-        resp.fp.readline()  # running at the engine
+        conn = _running_stream(server, 1000)
         server.server.should_exit = True  # graceful for 2 s, then the stream's task is cancelled
         server.thread.join(timeout=20)
         conn.close()
