@@ -216,10 +216,26 @@ def sim_main(spec: dict[str, Any]) -> None:
         pass
 
 
+def sluice_config(spec: dict[str, Any]) -> Any:
+    """The config of the sluice under test: the two bench tenants, one SGLang engine at
+    `spec["engine_url"]`, its store and admin token in `spec["dir"]`, tracing at `spec["trace_ratio"]`."""
+    from controlplane.config import Config, EngineConfig, ServerConfig, TelemetryConfig, TenantConfig, hash_key
+
+    token = os.path.join(spec["dir"], "admin.token")
+    with open(token, "w") as f:
+        f.write("bench-admin-token")
+    return Config(
+        server=ServerConfig(port=spec["port"], db_path=os.path.join(spec["dir"], "sluice.duckdb"),
+                            admin_token_file=token),
+        telemetry=TelemetryConfig(trace_sample_ratio=spec["trace_ratio"]),
+        tenants=[TenantConfig(name, api_key_sha256=hash_key(key)) for name, key in KEYS.items()],
+        engines=[EngineConfig(name="sim", kind="sglang", url=spec["engine_url"], model=MODEL)],
+    )
+
+
 def sluice_main(spec: dict[str, Any]) -> None:
     if spec.get("root"):  # a baseline checkout: its packages before this one's
         sys.path.insert(0, os.path.abspath(spec["root"]))
-    from controlplane.config import Config, EngineConfig, ServerConfig, TelemetryConfig, TenantConfig, hash_key
     if spec.get("root") and not os.path.exists(os.path.join(spec["root"], "sluice", "server.py")):
         from controlplane.server import create_app, uvicorn_config  # a checkout from before sluice/
     else:
@@ -227,17 +243,7 @@ def sluice_main(spec: dict[str, Any]) -> None:
 
     import uvicorn
 
-    token = os.path.join(spec["dir"], "admin.token")
-    with open(token, "w") as f:
-        f.write("bench-admin-token")
-    config = Config(
-        server=ServerConfig(port=spec["port"], db_path=os.path.join(spec["dir"], "sluice.duckdb"),
-                            admin_token_file=token),
-        telemetry=TelemetryConfig(trace_sample_ratio=spec["trace_ratio"]),
-        tenants=[TenantConfig("acme", api_key_sha256=hash_key(KEYS["acme"])),
-                 TenantConfig("globex", api_key_sha256=hash_key(KEYS["globex"]))],
-        engines=[EngineConfig(name="sim", kind="sglang", url=spec["engine_url"], model=MODEL)],
-    )
+    config = sluice_config(spec)
 
     async def serve() -> None:  # what sluice.server.serve does, with the config built here
         app, _ = create_app(config)

@@ -45,20 +45,10 @@ def sluice_main(spec: dict[str, Any]) -> None:
     import uvicorn
     import uvloop
 
-    from controlplane.config import Config, EngineConfig, ServerConfig, TelemetryConfig, TenantConfig, hash_key
     from sluice.server import create_app, uvicorn_config
     from sluice.workers import serve_workers
 
-    token = os.path.join(spec["dir"], "admin.token")
-    with open(token, "w") as f:
-        f.write("bench-admin-token")
-    config = Config(
-        server=ServerConfig(port=spec["port"], db_path=os.path.join(spec["dir"], "sluice.duckdb"),
-                            admin_token_file=token),
-        telemetry=TelemetryConfig(trace_sample_ratio=spec["trace_ratio"]),
-        tenants=[TenantConfig(name, api_key_sha256=hash_key(key)) for name, key in bg.KEYS.items()],
-        engines=[EngineConfig(name="sim", kind="sglang", url=spec["engine_url"], model=bg.MODEL)],
-    )
+    config = bg.sluice_config(spec)
 
     async def single() -> None:
         app, _ = create_app(config)

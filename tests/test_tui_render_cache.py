@@ -100,47 +100,58 @@ EDGE_CELLS = [  # what the fast path takes, and what it must leave to Textual (t
 ]
 
 
+# one request in each status a row can show
+FIVE_REQUESTS = [{"rid": f"r{i}", "tenant": "t01", "status": s, "arrival_ts": 1.7e9 + i, "ttft_ms": 12.5 * i,
+                  "decision": "reject" if s == "rejected" else "admit",
+                  "reason": "tenant_paused" if s == "rejected" else ""}
+                 for i, s in enumerate(("queued", "running", "ok", "rejected", "error"))]
+
+
+async def each_focused_table(app, pilot, edge):
+    """Each table of the tenants and requests tabs (and `edge`, mounted in the tenants pane), shown,
+    then focused and not (its filter focused instead)."""
+    for tab in ("tenants", "requests"):
+        app.action_show_tab(tab)
+        await pilot.pause()
+        tables = [app.tenants.table, edge] if tab == "tenants" else [app.requests_pane.table]
+        for table in tables:
+            for focused in (True, False):
+                (table if focused else app.main(f"#{'tenant' if tab == 'tenants' else 'request'}-filter")).focus()
+                await pilot.pause()
+                assert table.size.width and app.main("#tabs").active == tab
+                yield table
+
+
 async def test_the_fast_cell_render_is_textuals_segment_for_segment():
     app = SluiceConsole("http://127.0.0.1:9", None, live=False)
     async with app.run_test(size=(200, 40)) as pilot:
         app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 + i / 3 for i in range(20)}))
-        app.ingest_requests([{"rid": f"r{i}", "tenant": "t01", "status": s, "arrival_ts": 1.7e9 + i,
-                              "ttft_ms": 12.5 * i, "decision": "reject" if s == "rejected" else "admit",
-                              "reason": "tenant_paused" if s == "rejected" else ""}
-                             for i, s in enumerate(("queued", "running", "ok", "rejected", "error"))])
+        app.ingest_requests(FIVE_REQUESTS)
         edge = KeyedTable([(f"c{i}", f"C{i}", 6 + i % 5) for i in range(len(EDGE_CELLS))], id="edge",
                           cursor_type="row", zebra_stripes=True)
         await app.main("#tenants-pane").mount(edge)
         edge.sync({"e0": tuple(EDGE_CELLS), "e1": tuple(reversed(EDGE_CELLS))})
         checked = fast = 0
-        for tab in ("tenants", "requests"):
-            app.action_show_tab(tab)
-            await pilot.pause()
-            tables = [app.tenants.table, edge] if tab == "tenants" else [app.requests_pane.table]
-            for table in tables:
-                for focused in (True, False):
-                    (table if focused else app.main(f"#{'tenant' if tab == 'tenants' else 'request'}-filter")).focus()
-                    await pilot.pause()
-                    assert table.size.width and app.main("#tabs").active == tab
-                    style = table.rich_style
-                    for row in range(table.row_count):
-                        for column, col in enumerate(table.ordered_columns):
-                            width = col.get_render_width(table)
-                            for cursor, hover in ((False, False), (True, False), (False, True)):
-                                table._cell_renders.clear()
-                                ours = table._render_cell(row, column, style, width, cursor, hover)
-                                theirs = DataTable._render_cell(table, row, column, style, width, cursor, hover)
-                                assert ours == theirs, (table.id, row, column, cursor, hover)
-                                assert [[s.style.meta if s.style else None for s in line] for line in ours] == [
-                                    [s.style.meta if s.style else None for s in line] for line in theirs]
-                                checked += 1
-                                styles = table._get_styles_to_render_cell(
-                                    False, False, False, hover, cursor, table.show_cursor,
-                                    table._show_hover_cursor, table.cursor_foreground_priority == "css",
-                                    table.cursor_background_priority == "css")
-                                cell = table._data[table._row_locations.get_key(row)][
-                                    table._column_locations.get_key(column)]
-                                fast += table._render_plain_cell(cell, row, column, style, width, styles) is not None
+        async for table in each_focused_table(app, pilot, edge):
+            style = table.rich_style
+            for row in range(table.row_count):
+                for column, col in enumerate(table.ordered_columns):
+                    width = col.get_render_width(table)
+                    for cursor, hover in ((False, False), (True, False), (False, True)):
+                        table._cell_renders.clear()
+                        ours = table._render_cell(row, column, style, width, cursor, hover)
+                        theirs = DataTable._render_cell(table, row, column, style, width, cursor, hover)
+                        assert ours == theirs, (table.id, row, column, cursor, hover)
+                        assert [[s.style.meta if s.style else None for s in line] for line in ours] == [
+                            [s.style.meta if s.style else None for s in line] for line in theirs]
+                        checked += 1
+                        styles = table._get_styles_to_render_cell(
+                            False, False, False, hover, cursor, table.show_cursor,
+                            table._show_hover_cursor, table.cursor_foreground_priority == "css",
+                            table.cursor_background_priority == "css")
+                        cell = table._data[table._row_locations.get_key(row)][
+                            table._column_locations.get_key(column)]
+                        fast += table._render_plain_cell(cell, row, column, style, width, styles) is not None
         assert checked > 1000 and fast > checked * 0.8  # most cells take the fast path, all agree
 
 
@@ -186,46 +197,36 @@ async def test_a_plain_row_is_drawn_as_textual_draws_its_line():
     app = SluiceConsole("http://127.0.0.1:9", None, live=False)
     async with app.run_test(size=(200, 40)) as pilot:
         app.ingest_state(state(1.0, {f"t{i:02d}": 1.0 + i / 3 for i in range(12)}))
-        app.ingest_requests([{"rid": f"r{i}", "tenant": "t01", "status": s, "arrival_ts": 1.7e9 + i,
-                              "ttft_ms": 12.5 * i, "decision": "reject" if s == "rejected" else "admit",
-                              "reason": "tenant_paused" if s == "rejected" else ""}
-                             for i, s in enumerate(("queued", "running", "ok", "rejected", "error"))])
+        app.ingest_requests(FIVE_REQUESTS)
         edge = KeyedTable([(f"c{i}", f"C{i}", 6 + i % 5) for i in range(10)], id="edge", cursor_type="row",
                           zebra_stripes=True)  # narrower than the screen: no horizontal scrolling
         await app.main("#tenants-pane").mount(edge)
         edge.sync({f"e{i}": (cell,) * 10 for i, cell in enumerate(EDGE_CELLS)})
         built: dict[str, int] = {}
         checked: dict[str, int] = {}
-        for tab in ("tenants", "requests"):
-            app.action_show_tab(tab)
-            await pilot.pause()
-            tables = [app.tenants.table, edge] if tab == "tenants" else [app.requests_pane.table]
-            for table in tables:
-                for focused in (True, False):
-                    (table if focused else app.main(f"#{'tenant' if tab == 'tenants' else 'request'}-filter")).focus()
-                    await pilot.pause()
-                    table._pseudo_class_state = table.get_pseudo_class_state()
-                    width = table.size.width
-                    assert width
-                    for cursor_row, hover in ((0, (0, 0)), (2, (3, 1)), (1, (-1, 0))):
-                        table.move_cursor(row=cursor_row, animate=False)
-                        table.hover_coordinate = Coordinate(*hover)
-                        table._pass_styles = {}
-                        base = table.rich_style
-                        for row in table.ordered_rows:
-                            ours = table._plain_line(row.key, 0, width, base)
-                            table._line_cache.clear()
-                            table._row_render_cache.clear()
-                            table._cell_render_cache.clear()
-                            y = table.get_row_index(row.key) + table.header_height
-                            theirs = DataTable._render_line(table, y, 0, width, base)
-                            if ours is not None:
-                                assert ours == theirs and ours.cell_length == theirs.cell_length, (table.id, row.key)
-                                assert [s.style for s in ours] == [s.style for s in theirs]
-                                built[table.id] = built.get(table.id, 0) + 1
-                            checked[table.id] = checked.get(table.id, 0) + 1
-                            assert table._plain_line(row.key, 1, width + 1, base) is None  # scrolled
-                        table._pass_styles = None
+        async for table in each_focused_table(app, pilot, edge):
+            table._pseudo_class_state = table.get_pseudo_class_state()
+            width = table.size.width
+            assert width
+            for cursor_row, hover in ((0, (0, 0)), (2, (3, 1)), (1, (-1, 0))):
+                table.move_cursor(row=cursor_row, animate=False)
+                table.hover_coordinate = Coordinate(*hover)
+                table._pass_styles = {}
+                base = table.rich_style
+                for row in table.ordered_rows:
+                    ours = table._plain_line(row.key, 0, width, base)
+                    table._line_cache.clear()
+                    table._row_render_cache.clear()
+                    table._cell_render_cache.clear()
+                    y = table.get_row_index(row.key) + table.header_height
+                    theirs = DataTable._render_line(table, y, 0, width, base)
+                    if ours is not None:
+                        assert ours == theirs and ours.cell_length == theirs.cell_length, (table.id, row.key)
+                        assert [s.style for s in ours] == [s.style for s in theirs]
+                        built[table.id] = built.get(table.id, 0) + 1
+                    checked[table.id] = checked.get(table.id, 0) + 1
+                    assert table._plain_line(row.key, 1, width + 1, base) is None  # scrolled
+                table._pass_styles = None
         # every row of the console's own tables is built directly (and matches), and the plain ones
         # of the edge cases: the empty and plain texts, crops, emoji codes, wide characters that fit
         assert built["tenant-table"] == checked["tenant-table"] == 2 * 3 * 12

@@ -61,11 +61,15 @@ class KeptLines(Widget):
 
     KEPT = 16  # renders kept (the footer has one per focused pane; a scrollbar, a few positions)
 
-    def render_key(self) -> Hashable:
-        raise NotImplementedError
+    def render_key(self) -> Hashable | None:
+        """What the lines show, beyond crop, size, style and theme (None: not known, draw afresh)."""
+        return None
 
     def render_lines(self, crop: Region) -> list[Strip]:
-        key = (crop, self.size, self.rich_style, self.background_colors, self.app.theme, self.render_key())
+        shows = self.render_key()
+        if shows is None:
+            return super().render_lines(crop)
+        key = (crop, self.size, self.rich_style, self.background_colors, self.app.theme, shows)
         kept: dict[Any, list[Strip]] = self.__dict__.setdefault("_kept_lines", {})
         lines = kept.get(key)
         if lines is None:
