@@ -82,8 +82,9 @@ def main() -> int:
             t0 = time.perf_counter()
             # maxReplicas: twice the peak-sized fleet, a budget cap an operator would set
             scaling = Scaling(mode=mode, initial=initial, cold_start_s=args.cold_start, warm_start_s=args.warm_start,
-                              behaviour=behaviour, burst_reserve=args.burst_reserve,
-                              params=CapacityParams(max_replicas=2 * fixed_n, target_utilisation=args.target))
+                              behaviour=behaviour,
+                              params=CapacityParams(max_replicas=2 * fixed_n, target_utilisation=args.target,
+                                                    burst_reserve=args.burst_reserve))
             res, fleet = run_autoscaled(wl, policy, scaling, torch_expert=False)
             serving = [s for _, _, s in fleet.timeline] or [initial]
             row = {"seed": seed, "mode": mode, "requests": len(wl), "gpu_s": fleet.gpu_seconds,

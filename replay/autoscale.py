@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from controlplane.config import load_config
-from controlplane.core.capacity import (BURST_RESERVE, Behaviour, CapacityParams, Controller, Replica, Stabiliser,
-                                        check_burst_reserve)
+from controlplane.core.capacity import Behaviour, CapacityParams, Controller, Replica, Stabiliser
 from controlplane.core.policy import Policy
 from controlplane.driver import CAPACITY_EVERY_S, next_capacity
 from engine_adapter.base import EngineInfo
@@ -61,7 +60,6 @@ class Scaling:
     params: CapacityParams = field(default_factory=CapacityParams)
     behaviour: Behaviour = field(default_factory=Behaviour)
     lead_from_cold_start: bool = True  # the rule's lead_s is cold_start_s (False: params.lead_s stands)
-    burst_reserve: float = BURST_RESERVE  # the rule's square-root staffing factor (0: proportional headroom only)
 
 
 @dataclass(slots=True)
@@ -107,7 +105,7 @@ class _ScaledRun(VirtualRun):
         params = dataclasses.replace(scaling.params, lead_s=scaling.cold_start_s) if scaling.lead_from_cold_start \
             else scaling.params
         self.controller = Controller(Replica(profile.step, profile.kv_capacity_tokens, profile.max_running_requests),
-                                     params, scaling.behaviour, burst_reserve=scaling.burst_reserve)
+                                     params, scaling.behaviour)
         self.controller.start(self.target, 0.0)
         self.hpa = Stabiliser(scaling.behaviour)
         self.hpa.start(self.target, 0.0)
@@ -303,8 +301,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "is still local (default 10)")
     g.add_argument("--warm-keep", type=float, default=900.0, help="how long a release stays warm (default 900 s)")
     g.add_argument("--down-window", type=float, default=300.0, help="scale-down stabilisation window (default 300 s)")
-    g.add_argument("--burst-reserve", type=float, default=BURST_RESERVE, help="the rule's square-root staffing "
-                   f"factor: R replicas of latency load get R + this x sqrt(R) (default {BURST_RESERVE:g}; 0: off)")
+    g.add_argument("--burst-reserve", type=float, help="the rule's square-root staffing factor: R replicas of "
+                   "latency load get R + this x sqrt(R) (default: --config's [capacity], else 2.5; 0: off)")
     g.add_argument("--max-replicas", type=int, help="the ceiling (default: --config's [capacity], else 64)")
     g.add_argument("--min-replicas", type=int, help="0: idle pools scale to zero (default: --config's [capacity], "
                    "else 0)")
@@ -318,14 +316,13 @@ def run_from_args(args: argparse.Namespace, workload: Sequence[WorkloadRequest],
         raise SystemExit(f"sluice simulate: unknown --autoscale {bad}; use {'|'.join(MODES)}|all")
     try:
         params = capacity_params(args)
-        reserve = check_burst_reserve(args.burst_reserve)
     except ValueError as exc:  # a bound out of range, named as the config's errors are
         raise SystemExit(f"sluice simulate: {exc}") from None
     out = {}
     for mode in modes:
         scaling = Scaling(mode=mode, initial=args.engines, cold_start_s=args.cold_start,
                           warm_start_s=args.warm_start, warm_keep_s=args.warm_keep, params=params,
-                          lead_from_cold_start=not _sets_lead(args.config), burst_reserve=reserve,
+                          lead_from_cold_start=not _sets_lead(args.config),
                           behaviour=Behaviour(down_window_s=args.down_window))
         print(f"sluice simulate: {label}, autoscale {mode}: {len(workload)} requests from {args.engines} engine(s)...",
               file=sys.stderr)
@@ -336,11 +333,11 @@ def run_from_args(args: argparse.Namespace, workload: Sequence[WorkloadRequest],
 
 def capacity_params(args: argparse.Namespace) -> CapacityParams:
     """The scaling rule's parameters a `sluice serve` with `--config` would run with (its
-    `[capacity]` table), with `--min-replicas` / `--max-replicas` overriding where given."""
+    `[capacity]` table), with `--min-replicas` / `--max-replicas` / `--burst-reserve` overriding where given."""
     base = load_config(args.config).capacity if args.config else CapacityParams()
-    bounds = {k: v for k, v in (("min_replicas", args.min_replicas), ("max_replicas", args.max_replicas))
-              if v is not None}
-    return dataclasses.replace(base, **bounds) if bounds else base
+    given = {k: v for k, v in (("min_replicas", args.min_replicas), ("max_replicas", args.max_replicas),
+                                ("burst_reserve", args.burst_reserve)) if v is not None}
+    return dataclasses.replace(base, **given) if given else base
 
 
 def _sets_lead(config: str | None) -> bool:

@@ -44,7 +44,8 @@ def burst() -> list[WorkloadRequest]:
 
 def test_sluice_scales_up_for_a_burst_and_back_down(burst: list[WorkloadRequest]) -> None:
     # the proportional headroom alone (no burst reserve): the burst outgrows the fleet, as it would the reserve
-    result, fleet = run(burst, "sluice", initial=1, cold_start_s=10.0, warm_start_s=2.0, burst_reserve=0.0)
+    result, fleet = run(burst, "sluice", initial=1, cold_start_s=10.0, warm_start_s=2.0,
+                        params=CapacityParams(burst_reserve=0.0))
     desired = [d for _, d, _ in fleet.timeline]
     assert max(desired) >= 3 and fleet.peak >= 3
     assert desired[-1] < max(desired)  # down again once the burst is over
@@ -62,7 +63,8 @@ def test_the_burst_reserve_serves_a_burst_while_replicas_load(burst: list[Worklo
     """Square-root staffing keeps spare replicas at a small fleet: the burst's onset, while the
     replicas asked for are still loading, is served by them instead of refused; at a price in
     GPU-seconds. (Before the reserve, the rule ran as burst_reserve=0.)"""
-    bare, f_bare = run(burst, "sluice", initial=1, cold_start_s=10.0, warm_start_s=2.0, burst_reserve=0.0)
+    bare, f_bare = run(burst, "sluice", initial=1, cold_start_s=10.0, warm_start_s=2.0,
+                        params=CapacityParams(burst_reserve=0.0))
     kept, f_kept = run(burst, "sluice", initial=1, cold_start_s=10.0, warm_start_s=2.0)
     refused = {label: sum(r.status == "rejected" for r in res.records) for label, res in (("bare", bare), ("kept", kept))}
     assert refused["bare"] >= 10 and refused["kept"] <= refused["bare"] // 4, refused
@@ -151,7 +153,7 @@ def test_simulate_autoscale_honours_the_configs_capacity_table(
     assert _peaks(capsys.readouterr().out) == {"fcfs+admission/sluice": 3}  # the config's floor of 3
     assert simulate_main([*base, "--config", str(cfg), "--min-replicas", "1", "--burst-reserve", "0"]) == 0
     assert _peaks(capsys.readouterr().out) == {"fcfs+admission/sluice": 1}
-    with pytest.raises(SystemExit, match=r"burst_reserve must be a number >= 0, got -1.0"):
+    with pytest.raises(SystemExit, match=r"burst_reserve must be in \[0, inf\], got -1.0"):
         simulate_main([*base, "--burst-reserve", "-1"])
     with pytest.raises(SystemExit, match=r"max_replicas \(2\) must be >= 1 and >= min_replicas \(3\)"):
         simulate_main([*base, "--config", str(cfg), "--max-replicas", "2"])

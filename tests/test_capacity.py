@@ -19,6 +19,7 @@ from replay.runner import default_policy, engine_specs
 PROFILE = load_profile()
 REPLICA = Replica(PROFILE.step, PROFILE.kv_capacity_tokens, PROFILE.max_running_requests)
 PARAMS = CapacityParams()
+BARE = CapacityParams(burst_reserve=0.0)  # the proportional headroom alone
 
 
 def load(rps: float, **kw: object) -> PoolLoad:
@@ -82,12 +83,12 @@ def test_never_below_what_the_slo_needs_by_the_model(rps: float, current: int, b
 def test_batch_deadlines_add_replicas_only_when_the_headroom_cannot_meet_them() -> None:
     mu = replica_capacity(REPLICA, 0.045, 600, 250)
     rps = 3.0 * mu * PARAMS.target_utilisation  # three replicas' worth of interactive load
-    assert need(load(rps), REPLICA, PARAMS, 0, burst_reserve=0.0) == 3
+    assert need(load(rps), REPLICA, BARE, 0) == 3
     # a little batch work fits in the headroom of those three
-    assert need(load(rps, deferrable_rps=0.5 * mu), REPLICA, PARAMS, 0, burst_reserve=0.0) == 3
+    assert need(load(rps, deferrable_rps=0.5 * mu), REPLICA, BARE, 0) == 3
     # a backlog due soon does not
     due = tuple(float(k) * 0.01 + 1.0 for k in range(int(3 * mu)))
-    assert need(load(rps, deferred=due), REPLICA, PARAMS, 0, burst_reserve=0.0) > 3
+    assert need(load(rps, deferred=due), REPLICA, BARE, 0) > 3
 
 
 def test_backpressure_asks_for_one_more_than_serving() -> None:
@@ -108,9 +109,9 @@ def test_scale_to_zero_only_after_the_idle_period() -> None:
 def test_hysteresis_band() -> None:
     mu = replica_capacity(REPLICA, 0.045, 600, 250)
     at = lambda k: k * mu * PARAMS.target_utilisation  # noqa: E731
-    assert need(load(at(4) * 1.01), REPLICA, PARAMS, 4, burst_reserve=0.0) == 5  # up as soon as the need passes the count
-    assert need(load(at(3) * 0.95), REPLICA, PARAMS, 4, burst_reserve=0.0) == 4  # not down while within the tolerance
-    assert need(load(at(3) * 0.85), REPLICA, PARAMS, 4, burst_reserve=0.0) == 3
+    assert need(load(at(4) * 1.01), REPLICA, BARE, 4) == 5  # up as soon as the need passes the count
+    assert need(load(at(3) * 0.95), REPLICA, BARE, 4) == 4  # not down while within the tolerance
+    assert need(load(at(3) * 0.85), REPLICA, BARE, 4) == 3
 
 
 def test_small_fleets_keep_a_burst_reserve() -> None:
@@ -120,18 +121,19 @@ def test_small_fleets_keep_a_burst_reserve() -> None:
     mu = replica_capacity(REPLICA, 0.045, 600, 250)
     assert BURST_RESERVE == 2.5
     three = 3.0 * mu * PARAMS.target_utilisation  # R = 2.1: three replicas by the proportional headroom
-    assert need(load(three), REPLICA, PARAMS, 0, burst_reserve=0.0) == 3
+    assert need(load(three), REPLICA, BARE, 0) == 3
     assert need(load(three), REPLICA, PARAMS, 0) == math.ceil(2.1 + 2.5 * math.sqrt(2.1)) == 6
     # R = 42: 60 replicas by the headroom, 42 + 2.5 * 6.5 = 58.2 by the reserve: the headroom governs
     big = 60.0 * mu * PARAMS.target_utilisation
     wide = CapacityParams(max_replicas=100)
-    assert need(load(big), REPLICA, wide, 0) == need(load(big), REPLICA, wide, 0, burst_reserve=0.0) == 60
+    assert need(load(big), REPLICA, wide, 0) == need(load(big), REPLICA, CapacityParams(max_replicas=100,
+                                                                                        burst_reserve=0.0), 0) == 60
     # and it scales down through the same tolerance band around the count in force
     assert need(load(three * 0.97), REPLICA, PARAMS, 6) == 6
     assert need(load(1.44 * mu), REPLICA, PARAMS, 6) == 5  # 1.44 + 2.5 * 1.2 = 4.44 < 0.9 * 5
-    assert Controller(REPLICA).burst_reserve == BURST_RESERVE
-    with pytest.raises(ValueError, match="burst_reserve must be a number >= 0, got -1.0"):
-        Controller(REPLICA, burst_reserve=-1.0)
+    assert Controller(REPLICA).params.burst_reserve == BURST_RESERVE
+    with pytest.raises(ValueError, match=r"burst_reserve must be in \[0, inf\], got -1.0"):
+        CapacityParams(burst_reserve=-1.0)
 
 
 @settings(max_examples=100, deadline=None)

@@ -21,7 +21,7 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "configuration.md"
 
 def test_every_key_parses_into_the_cores_params() -> None:
     table = {"target_utilisation": 0.6, "batch_utilisation": 0.9, "tolerance": 0.2, "min_replicas": 1,
-             "max_replicas": 8, "idle_to_zero_s": 120, "lead_s": 30.5}
+             "max_replicas": 8, "idle_to_zero_s": 120, "lead_s": 30.5, "burst_reserve": 1.5}
     assert set(table) == {f.name for f in dataclasses.fields(CapacityParams)}
     assert parse_config({"capacity": table}).capacity == CapacityParams(**table)
     assert parse_config({}).capacity == CapacityParams()

@@ -51,7 +51,7 @@ from controlplane.core.windows import largest_batch
 from engine_adapter.base import StepProfile
 
 __all__ = ["BURST_RESERVE", "Behaviour", "CapacityParams", "Controller", "PoolLoad", "Recommendation", "Replica",
-           "Stabiliser", "check_burst_reserve", "need", "pool_load", "replica_capacity", "replica_window", "split_pd"]
+           "Stabiliser", "need", "pool_load", "replica_capacity", "replica_window", "split_pd"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +80,13 @@ class PoolLoad:
     idle_s: float = 0.0  # how long the pool has had no demand, nothing queued and nothing running
 
 
+# Square-root staffing's factor: R replicas of latency load get R + burst_reserve * sqrt(R) at least.
+# The spare serves a burst while a replica asked for is still loading (its cold start): on the
+# ServeGen day (docs/capacity.md) 2.5 is the smallest of 1, 2, 2.5 that matched the utilisation HPA's
+# attainment on every bench row. Above R = 34 (49 replicas) the proportional headroom governs again.
+BURST_RESERVE = 2.5
+
+
 @dataclass(frozen=True, slots=True)
 class CapacityParams:
     """The rule's knobs (the `[capacity]` table, docs/configuration.md). A value of the wrong kind
@@ -92,6 +99,7 @@ class CapacityParams:
     max_replicas: int = 64
     idle_to_zero_s: float = 60.0  # no demand this long: zero replicas (if min_replicas is 0)
     lead_s: float = 60.0  # how long a new replica takes to serve (its cold start): a rising rate is met there
+    burst_reserve: float = BURST_RESERVE  # square-root staffing's factor (0: the proportional headroom alone)
 
     def __post_init__(self) -> None:
         for name, lo, hi, closed_lo in _PARAM_RANGES:
@@ -113,23 +121,10 @@ class CapacityParams:
                              "latency work alone")
 
 
-# Square-root staffing's factor: R replicas of latency load get R + BURST_RESERVE * sqrt(R) at least.
-# The spare serves a burst while a replica asked for is still loading (its cold start): on the
-# ServeGen day (docs/capacity.md) 2.5 is the smallest of 1, 2, 2.5 that matched the utilisation HPA's
-# attainment on every bench row. Above R = 34 (49 replicas) the proportional headroom governs again.
-BURST_RESERVE = 2.5
-
-
-
-def check_burst_reserve(value: object) -> float:
-    """`value` as a burst reserve factor, or a ValueError naming it."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < math.inf:
-        raise ValueError(f"burst_reserve must be a number >= 0, got {value!r}")
-    return float(value)
-
 # (field, low, high, low included): the float knobs' ranges
 _PARAM_RANGES = (("target_utilisation", 0.0, 1.0, False), ("batch_utilisation", 0.0, 1.0, False),
                  ("tolerance", 0.0, 0.99, True), ("idle_to_zero_s", 0.0, math.inf, True),
+                 ("burst_reserve", 0.0, math.inf, True),
                  ("lead_s", 0.0, math.inf, True))
 
 
@@ -167,17 +162,15 @@ def replica_capacity(r: Replica, tpot_budget_s: float | None, mean_prompt: float
     return max(0.0, min(lam, lam_w))
 
 
-def need(load: PoolLoad, replica: Replica, params: CapacityParams, current: int, *,
-         burst_reserve: float = BURST_RESERVE) -> int:
+def need(load: PoolLoad, replica: Replica, params: CapacityParams, current: int) -> int:
     """The replicas the pool needs now (before stabilisation); `current` is the count in force
-    (the hysteresis band is around it). `burst_reserve`: square-root staffing's factor (0: the
-    proportional headroom alone)."""
+    (the hysteresis band is around it)."""
     active = bool(load.latency_rps > 0 or load.deferrable_rps > 0 or load.queued or load.in_flight or load.deferred)
     if not active and load.idle_s >= params.idle_to_zero_s:
         return params.min_replicas
     mu = replica_capacity(replica, load.tpot_budget_s, load.mean_prompt, load.mean_output)
     offered = load.latency_rps / mu  # the latency tier's load in replicas' worth
-    latency = max(offered / params.target_utilisation, offered + burst_reserve * math.sqrt(offered))
+    latency = max(offered / params.target_utilisation, offered + params.burst_reserve * math.sqrt(offered))
     rush = max((k + 1) / max(slack, 1e-3) for k, slack in enumerate(load.deferred)) if load.deferred else 0.0
     batch = (load.latency_rps + load.deferrable_rps + rush) / (mu * params.batch_utilisation)
     exact = max(latency, batch)
@@ -330,14 +323,12 @@ class Controller:
     behaviour: Behaviour = field(default_factory=Behaviour)
     pool: str = "default"
     pd_ratio: tuple[int, int] | None = None
-    burst_reserve: float = BURST_RESERVE
     stabiliser: Stabiliser = field(init=False)
     _rates: deque[tuple[float, float, float]] = field(default_factory=deque)  # (t, latency rps, deferrable rps)
     idle_since: float = 0.0
     last: Recommendation | None = None
 
     def __post_init__(self) -> None:
-        check_burst_reserve(self.burst_reserve)
         self.stabiliser = Stabiliser(self.behaviour)
 
     def start(self, replicas: int, now: float) -> None:
@@ -354,7 +345,7 @@ class Controller:
         if load.latency_rps or load.deferrable_rps or load.queued or load.in_flight:
             self.idle_since = now
         current = self.stabiliser.current
-        rec = need(load, self.replica, self.params, current, burst_reserve=self.burst_reserve)
+        rec = need(load, self.replica, self.params, current)
         desired = self.stabiliser.update(now, rec)
         mu = replica_capacity(self.replica, load.tpot_budget_s, load.mean_prompt, load.mean_output)
         prefill = decode = None
