@@ -38,7 +38,7 @@ from controlplane.tenant_access import TenantAccess
 from controlplane.requests import CompletionRequest
 from controlplane.tickets import Ticket
 from controlplane.trainer import PredictorTrainer
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, has_first_token
 from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice")
@@ -258,10 +258,8 @@ class Sluice:
 
     def first_token(self, ticket: Ticket, batch: Sequence[Chunk]) -> None:
         """Record the first token if `batch` has it (call while ticket.first_token_at is None)."""
-        for chunk in batch:
-            if chunk.completion_tokens or chunk.finish_reason:
-                self.mark_first_token(ticket)
-                return
+        if has_first_token(batch):
+            self.mark_first_token(ticket)
 
     def mark_first_token(self, ticket: Ticket) -> None:
         """Its first token (or its end) has come: the core and the recorder learn it now."""

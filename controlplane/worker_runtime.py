@@ -30,7 +30,7 @@ from controlplane.ipc import FrameProtocol
 from controlplane.prefix_hash import request_prefix
 from controlplane.requests import CompletionRequest
 from controlplane.tenant_access import TenantAccess
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, has_first_token
 from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice.worker")
@@ -122,11 +122,9 @@ class WorkerRuntime:
         return engine_batches(self.engines[ticket.engine], greq)
 
     def first_token(self, ticket: WorkerTicket, batch: Sequence[Chunk]) -> None:
-        for chunk in batch:
-            if chunk.completion_tokens or chunk.finish_reason:
-                ticket.first_token_at = self.clock()
-                self._send(["first", ticket.rid])
-                return
+        if has_first_token(batch):
+            ticket.first_token_at = self.clock()
+            self._send(["first", ticket.rid])
 
     def engine_failed(self, ticket: WorkerTicket, exc: EngineError) -> None:
         self._send(["failed", ticket.rid, exc.status_code, isinstance(exc, EngineOverloaded), str(exc)])

@@ -6,7 +6,7 @@ so callers never need to know whether the engine streams incrementally.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +52,11 @@ class Chunk:
     # list), `reasoning_content`, `logprobs` (the choice's logprobs for this delta).
     extra: dict[str, Any] | None = None
     energy_j: float | None = None  # GPU joules attributed to the request (last chunk; None: not known)
+
+
+def has_first_token(batch: Sequence[Chunk]) -> bool:
+    """Whether a request's first token (or its end) is in `batch`: its TTFT stops there."""
+    return any(chunk.completion_tokens or chunk.finish_reason for chunk in batch)
 
 
 @dataclass(slots=True)
