@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 
+from fairness.value import value
+
 #: default GPU-seconds per computed prompt token and per output token, used to estimate a
 #: request's GPU time when the prediction does not carry one (rough H100 / 8B-class figures:
 #: prefill ~20k tokens/s; a decode step of ~12 ms shared by a batch of ~64)
@@ -33,7 +35,7 @@ DEFAULT_WATTS = 700.0
 RESOURCE_UNITS = ("gpu_seconds", "joules")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Work:
     """Tokens a request costs: prompt tokens actually computed (not prefix-cached) and output.
 
@@ -46,7 +48,7 @@ class Work:
     gpu_seconds: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Outcome:
     """What a finished request really cost, reported at finish to reconcile the charge."""
 

@@ -33,8 +33,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from fairness.value import value
 
-@dataclass(frozen=True, slots=True)
+
+@value
 class EngineView:
     """One engine as the forecast sees it at decision time."""
 
@@ -115,7 +117,7 @@ class EngineView:
         return wait
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Forecast:
     engine: str
     ttft_s: float
@@ -148,7 +150,7 @@ def forecast(
     return Forecast(engine.name, ttft, tpot, ttft + output_tokens * tpot, slot_wait)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class AdmissionInputs:
     prompt_tokens: float
     output_tokens: float  # predicted
@@ -166,7 +168,7 @@ class AdmissionInputs:
     ttft_error: float = 1.0  # the recent 90th percentile of actual / forecast TTFT (an uncertainty margin)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class AdmissionResult:
     decision: str  # "admit" | "defer" | "reject"
     reason: str

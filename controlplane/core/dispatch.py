@@ -23,13 +23,14 @@ the audit calls it again on the record (replay/audit.py).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from types import MappingProxyType
 
 from controlplane.core.admission import EngineView, Forecast, forecast
+from fairness.value import value
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Candidate:
     """One engine as dispatch weighs it."""
 
@@ -41,13 +42,13 @@ class Candidate:
     adapter_evicts: bool = False  # loading it here pushes another adapter out (the engine's slots are full)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class DispatchRequest:
     prompt_tokens: float
     output_tokens: float  # predicted
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Scored:
     """A candidate's forecast, its score from each scorer (unweighted) and the weighted total."""
 
@@ -60,7 +61,7 @@ class Scored:
         return {**self.scores, "total": self.total}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Choice:
     index: int  # of the chosen candidate
     chosen: Scored

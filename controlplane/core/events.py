@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from fairness.value import value
+
 
 _FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # a dataclass's field names (dataclasses.fields is slow)
 
@@ -17,7 +19,7 @@ def shallow_dict(obj: object) -> dict[str, object]:
     return {name: getattr(obj, name) for name in names}
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class RequestSpec:
     rid: str
     tenant: str
@@ -34,7 +36,7 @@ class RequestSpec:
     adapter: str | None = None  # the LoRA adapter it runs with (dispatch prefers an engine holding it)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class FinishReport:
     """What the driver saw when a dispatched request ended."""
 
@@ -63,14 +65,14 @@ class EngineSpec:
 # -- actions ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Dispatch:
     rid: str
     engine: str
     priority: int | None
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Reject:
     """A refusal and its reason; the HTTP status is the runtime's choice (controlplane/errors.py)."""
 
@@ -83,7 +85,7 @@ class Reject:
 ADMISSION_KINDS = ("admit", "defer", "reject")  # the decisions `decide()` makes (the rest: dispatch, expire...)
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Decision:
     """A record of one decision and the inputs that produced it (written to `decisions`)."""
 

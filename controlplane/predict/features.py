@@ -6,11 +6,12 @@ never rejected: a negative or non-finite prompt length reads as 0, a max_tokens 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any, Protocol
 
+from fairness.value import value
 
-@dataclass(frozen=True, slots=True)
+
+@value
 class Features:
     tenant: str
     prompt_tokens: int

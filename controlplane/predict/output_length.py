@@ -41,17 +41,18 @@ this module holds the gate and the predictor that mixes them.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any
 
 from controlplane.predict.features import Expert, Features, log2_bucket, sanitized_features
 from controlplane.predict.mlp_expert import MLPExpert
 from controlplane.predict.table_experts import BucketExpert, TenantExpert
+from fairness.value import value
 
 EXPERTS = ("tenant", "bucket", "mlp")
 
 
-@dataclass(frozen=True, slots=True)
+@value
 class Prediction:
     tokens: float  # the mixture, clamped to [1, max_tokens]
     by_expert: dict[str, float] = field(default_factory=dict)  # each answering expert, clamped
