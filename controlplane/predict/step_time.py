@@ -63,39 +63,45 @@ class _RLS:
         self.h0 = self.info0 @ self.theta0
         self.inv_noise_var = 1.0 / (noise_std * noise_std)
         self.lam = forgetting
-        self.info = self.info0.copy()
-        self.h = self.h0.copy()
+        # the running sums as Python floats: a 3x3 update in numpy costs ~5x its arithmetic in
+        # allocations (the same operations in the same order: the same values bit for bit)
+        self._info0 = self.info0.tolist()
+        self._h0 = self.h0.tolist()
+        self.info = [row[:] for row in self._info0]
+        self.h = self._h0[:]
         # sign of each coefficient allowed: +1 (>= 0) or -1 (<= 0), from the prior
         self.signs = np.where(self.theta0 < 0.0, -1.0, 1.0)
         self.n_obs = 0
         self.n_rejected = 0
         self.abs_rel_residual = 0.0  # EWMA of |y - x.theta| / y, before the update
         self._theta: np.ndarray | None = self.theta0.copy()
-        self._last_theta = self._theta  # the last solved estimate: observations are scored against it
+        self._last_theta = self.theta0.tolist()  # the last solved estimate: observations are scored against it
 
     # Solving (with the sign constraints) costs ~100 us; observing is an O(n^2) update. The
     # residual is scored against the last solved estimate, so a stream of observations without
     # reads costs no solve at all: the estimate is solved when someone asks for it.
 
-    def observe(self, x: np.ndarray, y: float, weight: float) -> None:
+    def observe(self, x: tuple[float, ...], y: float, weight: float) -> None:
         if y > 0:
-            r = abs(y - float(x @ self._last_theta)) / y
+            r = abs(y - sum(v * t for v, t in zip(x, self._last_theta))) / y
             a = max(1.0 / (self.n_obs + 1), 0.02)
             self.abs_rel_residual += a * (r - self.abs_rel_residual)
-        lam = self.lam
-        wx = (weight * self.inv_noise_var) * x
-        self.info = lam * self.info + (1.0 - lam) * self.info0 + np.outer(wx, x)
-        self.h = lam * self.h + (1.0 - lam) * self.h0 + wx * y
+        lam, keep = self.lam, 1.0 - self.lam
+        wx = [(weight * self.inv_noise_var) * v for v in x]
+        self.info = [[lam * i + keep * i0 + w * v for i, i0, v in zip(row, row0, x)]
+                     for row, row0, w in zip(self.info, self._info0, wx)]
+        self.h = [lam * h + keep * h0 + w * y for h, h0, w in zip(self.h, self._h0, wx)]
         self.n_obs += 1
         self._theta = None
 
     def theta(self) -> np.ndarray:
         if self._theta is None:
-            self._theta = self._last_theta = self._solve()
+            self._theta = self._solve()
+            self._last_theta = self._theta.tolist()
         return self._theta
 
     def _solve(self) -> np.ndarray:
-        info, h = self.info, self.h
+        info, h = np.array(self.info), np.array(self.h)
         theta = np.linalg.solve(info, h)
         if np.all(theta * self.signs >= 0.0):
             return theta
@@ -118,9 +124,9 @@ class _RLS:
         assert best is not None  # the all-zero candidate is always feasible
         return best
 
-    def std(self, x: np.ndarray) -> float:
+    def std(self, x: tuple[float, ...]) -> float:
         """Posterior standard deviation of x.theta (seconds), ignoring the sign constraint."""
-        v = float(x @ np.linalg.solve(self.info, x))
+        v = float(np.dot(x, np.linalg.solve(np.array(self.info), x)))
         return math.sqrt(max(v, 0.0))
 
 
@@ -199,10 +205,10 @@ class StepTimeModel:
 
     def prefill_time(self, tokens: float, context: float = 0.0) -> float:
         """Seconds to prefill `tokens` new tokens after `context` tokens already in the KV."""
-        return max(0.0, float(self._xp(max(0.0, tokens), max(0.0, context)) @ self._prefill.theta()))
+        return max(0.0, float(np.dot(self._xp(max(0.0, tokens), max(0.0, context)), self._prefill.theta())))
 
     def decode_time(self, batch: float, kv_tokens: float) -> float:
-        return max(0.0, float(self._xd(max(0.0, batch), max(0.0, kv_tokens)) @ self._decode.theta()))
+        return max(0.0, float(np.dot(self._xd(max(0.0, batch), max(0.0, kv_tokens)), self._decode.theta())))
 
     def prefill_std(self, tokens: float, context: float = 0.0) -> float:
         """Posterior std (seconds) of the mean prefill time: how sure the model is, not the noise."""
@@ -231,12 +237,12 @@ class StepTimeModel:
             },
         }
 
-    def _xp(self, tokens: float, context: float = 0.0) -> np.ndarray:
+    def _xp(self, tokens: float, context: float = 0.0) -> tuple[float, float, float]:
         t = float(tokens)
-        return np.array([1.0, t / PREFILL_TOKEN_SCALE, t * (float(context) + t / 2) / PREFILL_PAIR_SCALE])
+        return 1.0, t / PREFILL_TOKEN_SCALE, t * (float(context) + t / 2) / PREFILL_PAIR_SCALE
 
-    def _xd(self, batch: float, kv_tokens: float) -> np.ndarray:
-        return np.array([1.0, float(batch) / DECODE_BATCH_SCALE, float(kv_tokens) / DECODE_KV_SCALE])
+    def _xd(self, batch: float, kv_tokens: float) -> tuple[float, float, float]:
+        return 1.0, float(batch) / DECODE_BATCH_SCALE, float(kv_tokens) / DECODE_KV_SCALE
 
 
 def _ok(size: float, seconds: float, weight: float) -> bool:
