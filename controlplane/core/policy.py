@@ -101,6 +101,9 @@ class TenantPolicy:
     weights: dict[str, float] = field(default_factory=dict)
 
 
+_UNLISTED = TenantPolicy()  # what a tenant the policy does not list gets (asked per request: built once)
+
+
 @dataclass(frozen=True, slots=True)
 class DispatchPolicy:
     """How dispatch weighs the free engines (controlplane/core/dispatch.py, docs/dispatch.md)."""
@@ -143,7 +146,7 @@ class Policy:
         return replace(self, tenants=tenants)
 
     def tenant(self, name: str) -> TenantPolicy:
-        return self.tenants.get(name) or TenantPolicy()
+        return self.tenants.get(name) or _UNLISTED
 
     def slo(self, name: str) -> SLOClassPolicy:
         """The class named `name`; an unknown name is an error (never silently interactive)."""
