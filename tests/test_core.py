@@ -185,3 +185,33 @@ def test_a_long_prompt_that_met_its_longer_ttft_budget_counts_as_met_for_fairnes
     assert cls.latency_factor(10_000, 0.8, 0.04) == 1.0  # budget 0.5 + 0.05 x 10 = 1.0 s
     assert cls.latency_factor(0, 0.8, 0.04) == pytest.approx(0.5 / 0.8)
     assert cls.latency_factor(10_000, 2.0, 0.1) == pytest.approx(0.5 * 0.5)
+
+
+@pytest.mark.parametrize("scheduler", ["fcfs", "vtc", "equinox", "wrr"])
+def test_a_dispatch_at_arrival_records_the_engines_as_they_were_when_it_was_decided(scheduler) -> None:
+    """The dispatch right after admission reuses admission's engine views: each must be what the
+    core would compute afresh at that instant (the rows' engines are what the audit re-derives
+    from), and a view with departures (queued arrivals need them, dispatch never) is not reused."""
+    from controlplane.core.events import shallow_dict
+
+    core = make_core(make_policy(scheduler=scheduler, window=3), engines=2)
+    now = 0.0
+    for i in range(6):  # fill both windows, then finish some: load, rates and meters move
+        now += 0.01
+        core.arrive(now, RequestSpec(f"r{i}", "ab"[i % 2], 400 + 50 * i, 64))
+    for i in range(0, 5, 2):
+        now += 0.02
+        core.first_token(now, f"r{i}")
+        core.finish(now + 0.01, f"r{i}", ok(400 + 50 * i, 30, now))
+    now += 0.05
+    rows = []
+    for i in range(9, 13):
+        now += 0.003
+        expected = {e.spec.name: shallow_dict(core.engine_view(e, now)) for e in core.engines.values()}
+        actions = core.arrive(now, RequestSpec(f"r{i}", "b", 300, 32))
+        for d in actions:
+            if isinstance(d, Decision) and d.kind == "dispatch":
+                rows.append(d.inputs["engines"])
+                if d.rid == f"r{i}":  # dispatched at its own arrival: the first dispatch of the pump
+                    assert d.inputs["engines"] == [expected[v["name"]] for v in d.inputs["engines"]]
+    assert rows, "no dispatch happened: the test lost its subject"

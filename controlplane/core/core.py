@@ -121,7 +121,9 @@ class DecisionCore(TierBalance):
         self._enqueue(tracked)
         actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
                                           version, admission_record(inputs, cls_name), shallow_dict(result))]
-        actions += self._pump(now)
+        # the engines have not changed since admission looked at them: the first dispatch reuses its
+        # views (those without departures: dispatch's own never need any)
+        actions += self._pump(now, {v.name: v for v in inputs.engines if not v.departures})
         return actions
 
     def first_token(self, now: float, rid: str) -> list[Action]:
@@ -320,7 +322,9 @@ class DecisionCore(TierBalance):
             ttft_error=self.costs.ttft_error if tier == LATENCY else 1.0,
         )
 
-    def _pump(self, now: float) -> list[Action]:
+    def _pump(self, now: float, fresh: dict[str, EngineView] | None = None) -> list[Action]:
+        """Dispatch queued requests while engines are free. `fresh`: views of engines as of `now`,
+        still true until the first dispatch changes an engine."""
         actions: list[Action] = []
         while True:
             for q in self.scheduler.order(now, self.demand.active_weight(now), self.policy.admission):
@@ -339,10 +343,13 @@ class DecisionCore(TierBalance):
             self._dequeue(t, removed=True)
             self.scheduler.charge(q, now, q.scheduler.token_cost(t.work))
             self.demand.dispatched(now, t.spec.tenant, t.tier)
-            actions += self._dispatch(now, t, free)
+            actions += self._dispatch(now, t, free, fresh)
+            fresh = None
 
-    def _dispatch(self, now: float, t: Tracked, free: list[EngineState]) -> list[Action]:
-        views = [self.engine_view(e, now) for e in free]
+    def _dispatch(self, now: float, t: Tracked, free: list[EngineState],
+                  fresh: dict[str, EngineView] | None = None) -> list[Action]:
+        views = [fresh.get(e.spec.name) or self.engine_view(e, now) if fresh else self.engine_view(e, now)
+                 for e in free]
         cached = t.spec.prompt_tokens - t.prompt_cost
         spec, rule = t.spec, self.policy.dispatch
         by_engine = self._expected_cached(t, free)
