@@ -3,10 +3,16 @@
 `SimCore` feeds them each completed step; `readings` gives NVML-like figures at any time (power
 and utilisation averaged over the last `GPU_WINDOW_S`, energy since the first submit, memory in
 use) and `throughput` the engine's generation rate over the last `THROUGHPUT_WINDOW_S`.
+
+The token window is two lists (step ends, output tokens so far) and the index of its oldest
+entry, trimmed when read rather than at every step: recording a step is then one append each, and
+a fast-forwarded stretch two `extend`s. Trimming drops the oldest entry while more than two are left
+and the second is a window old; step ends never decrease, so with each step's cut or only the
+last one (each later cut is >= the earlier ones) it drops the same entries.
 """
 from __future__ import annotations
 
-import bisect
+from bisect import bisect_right
 from collections import deque
 
 from engine_adapter.sim.profile import SimProfile
@@ -24,7 +30,10 @@ class GpuMeter:
         self.energy_t: float | None = None
         self.origin: float | None = None  # the first submit: readings do not average over before it
         self.busy: deque[tuple[float, float, float]] = deque()  # completed busy spans (start, end, W)
-        self.tput: deque[tuple[float, int]] = deque()  # (step end, output tokens so far)
+        self.tput_t: list[float] = []  # the token window: step ends (never decreasing) ...
+        self.tput_n: list[int] = []  # ... and output tokens so far at each
+        self.tput_head = 0  # its oldest entry (those before it have left the window)
+        self._trim_at = 4096  # trim (and compact) on a record once the lists are this long
 
     def start(self, now: float) -> None:
         """The first submit: energy and readings count from here."""
@@ -50,38 +59,45 @@ class GpuMeter:
             busy.popleft()
 
     def record_tokens(self, t: float, output_tokens: int) -> None:
-        tput = self.tput
-        tput.append((t, output_tokens))
-        while len(tput) > 2 and tput[1][0] <= t - THROUGHPUT_WINDOW_S:
-            tput.popleft()
+        """A step ended at `t` with `output_tokens` produced so far (t never decreases)."""
+        self.tput_t.append(t)
+        self.tput_n.append(output_tokens)
+        if len(self.tput_t) > self._trim_at:
+            self._trim()
 
     def record_token_run(self, ends: list[float], tokens: int, per_step: int) -> None:
-        """Steps ending at `ends` (increasing) each produced `per_step` tokens after `tokens`: what
-        `record_tokens` for each in turn leaves, in one go. It drops the oldest entries while there
-        are more than two and the second is a window old, so the end state is that of one sweep
-        with the last time, and the entries it would drop need not be appended at all."""
-        if not ends:
-            return
-        tput, cut = self.tput, ends[-1] - THROUGHPUT_WINDOW_S
-        old, total = len(tput), len(tput) + len(ends)
-        older = 0  # entries (old, then new) at or before the cut
-        while older < old and tput[older][0] <= cut:
-            older += 1
-        if older == old:
-            older += bisect.bisect_right(ends, cut)
-        drop = max(0, min(older - 1, total - 2))
-        for _ in range(min(drop, old)):
-            tput.popleft()
-        for j in range(max(0, drop - old), len(ends)):
-            tput.append((ends[j], tokens + per_step * (j + 1)))
+        """Steps ending at `ends` (increasing) each produced `per_step` (> 0) tokens after `tokens`:
+        `record_tokens` for each in turn, in one go."""
+        self.tput_t.extend(ends)
+        self.tput_n.extend(range(tokens + per_step, tokens + per_step * (len(ends) + 1), per_step))
+        if len(self.tput_t) > self._trim_at:
+            self._trim()
+
+    def _trim(self) -> None:
+        """Drop the entries that left the window as of the last step end: the oldest while more
+        than two are left and the second is a window old (a bisection: the ends never decrease);
+        compact the lists once the dropped part is long."""
+        times, head = self.tput_t, self.tput_head
+        n = len(times)
+        if n - head > 2:
+            second_new = bisect_right(times, times[-1] - THROUGHPUT_WINDOW_S, head + 1)  # first still in
+            head = max(head, min(n - 2, second_new - 1))
+        if head > 1024 and head * 2 > n:
+            del times[:head]
+            del self.tput_n[:head]
+            head = 0
+        self.tput_head = head
+        self._trim_at = max(4096, 2 * (len(times) - head))
 
     def throughput(self, now: float) -> float:
         """Output tokens per second over the recorded window."""
-        if not self.tput:
+        self._trim()
+        times, head = self.tput_t, self.tput_head
+        if head >= len(times):
             return 0.0
-        t0, c0 = self.tput[0]
-        t1, c1 = self.tput[-1]
-        if len(self.tput) == 1 or c1 == c0:
+        t0, c0 = times[head], self.tput_n[head]
+        t1, c1 = times[-1], self.tput_n[-1]
+        if len(times) - head == 1 or c1 == c0:
             return 0.0
         return (c1 - c0) / max(now - t0, t1 - t0, 1e-9)
 
