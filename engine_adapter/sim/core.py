@@ -303,7 +303,7 @@ class SimCore(StepCompletion, DecodeFastForward):
             self._used += n
         kv_decode = batch.kv if n else 0
         # 2. prefill chunks: in-progress prefills first, then admissions
-        budget = self.profile.chunked_prefill_size - n
+        budget = budget0 = self.profile.chunked_prefill_size - n
         prefill: list[tuple[Req, int]] = []
         pending_prefill = 0
         pairs = 0.0  # attention work of the chunks: each attends to its context and causally to itself
@@ -319,18 +319,21 @@ class SimCore(StepCompletion, DecodeFastForward):
                 prefill.append((r, chunk))
             pending_prefill += left - chunk
         if self._waiting and budget > 0 and len(running) < self.profile.max_running_requests:
-            pairs = self._admit_waiting(t, budget, pending_prefill, pairs, prefill)
-        n_prefill = sum(c for _, c in prefill)
+            pairs, budget = self._admit_waiting(t, budget, pending_prefill, pairs, prefill)
+        n_prefill = budget0 - budget  # the chunks' tokens: the budget they took
         if not n and not n_prefill:
             self._step = None
             return
-        dur = self.step_time(n, kv_decode, n_prefill, pairs)
+        # the step's duration: `step_time`, inline (once per step)
+        dur = (self._c + self._d * n + self._e * kv_decode) * self._dscale if n else 0.0
+        if n_prefill:
+            dur += (self._a + self._b * n_prefill + self._f * pairs) * self._pscale
         self._step = Step(t, t + dur, n, prefill, kv_decode, n_prefill, self._power[n_prefill > 0], pairs)
 
     def _admit_waiting(self, t: float, budget: int, pending_prefill: int, pairs: float,
-                       prefill: list[tuple[Req, int]]) -> float:
+                       prefill: list[tuple[Req, int]]) -> tuple[float, int]:
         """Admit from the head of the waiting queue while SGLang's rule allows (step 3 above);
-        their first chunks join `prefill`. Returns the chunks' attention work so far."""
+        their first chunks join `prefill`. Returns the chunks' attention work so far and the budget left."""
         cap, running, cache = self._cap, self._running, self._cache
         ratio = self.profile.new_token_ratio
         reserve = ratio * (self._reserve_prefilling + self._batch.reserve()) if ratio else 0.0
@@ -363,4 +366,4 @@ class SimCore(StepCompletion, DecodeFastForward):
             budget -= chunk
             pending_prefill += r.prefill_target - r.scheduled
             prefill.append((r, chunk))
-        return pairs
+        return pairs, budget
