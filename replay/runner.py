@@ -221,16 +221,28 @@ class VirtualRun:
         `step_by_step`: every step end (the reference the tests hold the fast-forward to)."""
         if self.step_by_step:
             return t_eng
-        times = [t for t in (s.next_event_time(limit) for s in self.sims.values()) if t is not None]
-        return min(times) if times else math.inf
+        first = math.inf
+        for s in self.sims.values():
+            t = s.next_event_time(limit)
+            if t is not None and t < first:
+                first = t
+        return first
 
     def advance_engines(self, until: float) -> None:
         """Run every engine to `until`, feeding their events to the core in time order (ties: by
         engine, then by each engine's own order); repeat while handling them submits more work."""
-        self.advanced_to = max(self.advanced_to, until)
+        if until > self.advanced_to:
+            self.advanced_to = until
         per_token = self.step_by_step  # (the reference steps each engine one step at a time)
+        sims = self.sims
+        if len(sims) == 1:  # one engine (the common case): its events come in time order
+            sim = next(iter(sims.values()))
+            while sim.due(until):
+                for ev in sim.advance(until, per_token):
+                    self.engine_event(ev)
+            return
         while True:
-            due = [(e, self.sims[name]) for e, name in enumerate(self.names) if self.sims[name].due(until)]
+            due = [(e, sims[name]) for e, name in enumerate(self.names) if sims[name].due(until)]
             if not due:
                 return
             if len(due) == 1:  # one engine's events come in time order
@@ -261,27 +273,41 @@ class VirtualRun:
     def run(self) -> None:
         sims, drivers = self.sims, self.drivers
         cores = [d.core for d in drivers.values()]
+        core = cores[0] if len(cores) == 1 else None  # one pool (the common case): ask it directly
         n, i = len(self.workload), 0
+        arrivals = [w.timestamp_ms / 1e3 for w in self.workload]
         horizon = self.horizon if self.horizon is not None else math.inf
         inf = math.inf
-        first = self.workload[0].timestamp_ms / 1e3 if n else 0.0
+        first = arrivals[0] if n else 0.0
         # the first load report at the grid instant at or before the first arrival (serving reports
         # from its start; reports before anything happened change nothing)
         t_load = LOAD_EVERY_S * int(first / LOAD_EVERY_S)
         if self.steerings:  # the rule counts evaluations from the start, as serving's does
             t_load = 0.0
         t_freq = next_frequency(0.0)  # (a load instant too) serving's first is the first after its start
+        # next_tick(last_event) for last_event in [tick_from, tick): the same grid instant, not
+        # recomputed at every stop (last_event only grows)
+        tick_from, tick = inf, inf
         while True:
-            t_arr = self.workload[i].timestamp_ms / 1e3 if i < n else inf
+            t_arr = arrivals[i] if i < n else inf
             if t_arr > horizon:
                 t_arr = inf
-            ends = [t for t in (s.next_time() for s in sims.values()) if t is not None]
-            t_eng = min(ends) if ends else inf
-            queued = sum(c.queued() for c in cores)
-            busy = queued > 0 or bool(ends) or any(c.in_flight() for c in cores)
+            t_eng = inf  # the earliest end of a step in progress (inf: every engine idle)
+            for s in sims.values():
+                end = s.next_time()
+                if end is not None and end < t_eng:
+                    t_eng = end
+            queued = core.queued() if core is not None else sum(c.queued() for c in cores)
+            busy = queued > 0 or t_eng != inf or any(c.in_flight() for c in cores)
             if t_arr == inf and not busy:
                 break
-            t_tick = next_tick(self.last_event) if queued else inf
+            if queued:
+                last = self.last_event
+                if not tick_from <= last < tick:
+                    tick_from, tick = last, next_tick(last)
+                t_tick = tick
+            else:
+                t_tick = inf
             external = min(t_arr, t_load, t_tick)
             until = min(external, self.next_engine_event(external, t_eng)) if queued else external
             if until > horizon:
@@ -295,8 +321,9 @@ class VirtualRun:
                 until = horizon
             self.advance_engines(until)
             now = until
-            self.last_event = max(self.last_event, now)
-            while i < n and self.workload[i].timestamp_ms / 1e3 <= now and t_arr != inf:
+            if now > self.last_event:
+                self.last_event = now
+            while i < n and arrivals[i] <= now and t_arr != inf:
                 rec = self.records[i]
                 w = self.workload[i]
                 i += 1
