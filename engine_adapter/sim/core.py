@@ -154,14 +154,15 @@ class SimCore(StepCompletion, DecodeFastForward):
         identical decode steps run in one go (`_run_merged`), with the same results bit for bit."""
         events = self._pending
         self._pending = []
-        while self._step is not None and self._step.end <= until:
-            step = self._step
+        step = self._step
+        while step is not None and step.end <= until:
             if per_token or step.prefill or self._dirty or not self._run_merged(step, until):
                 self._complete(step, events, per_token)
                 self._plan(step.end)
             if self._pending:
                 events.extend(self._pending)
                 self._pending = []
+            step = self._step
         return events
 
     def current_step(self) -> StepInfo | None:

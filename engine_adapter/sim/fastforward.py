@@ -120,13 +120,12 @@ class DecodeFastForward:
         share_s = dur / n
         g_s, g_j = batch.g_s + share_s, batch.g_j + step.power_w * share_s
         steps, busy_s, out = st.steps + 1, st.busy_s + dur, st.output_tokens + n
-        meter.record_tokens(t, out)
         used, kv, energy_j, run_start = self._used, batch.kv, meter.energy_j, t
         # steps `step` + 1 .. kstop - 1 have no finish and their KV allocation fits
         kstop = min(kmax, (cap - used) // n + 1)
         k = 1
         planned = None
-        ends: list[float] = []  # of the steps after `step`, for the throughput window
+        ends = [t]  # of `step` and the steps after it, for the throughput window
         while k < kstop:
             kv += n  # plan the next step at t, as _plan does
             end = t + (base + e * kv) * scale
@@ -148,9 +147,9 @@ class DecodeFastForward:
         batch.g_s, batch.g_j, batch.kv = g_s, g_j, kv
         st.steps, st.busy_s, st.output_tokens = steps + k - 1, busy_s, out + n * (k - 1)
         self._used, meter.energy_j, meter.energy_t, self.last_end = used + n * allocated, energy_j, t, t
-        if ends:
+        meter.record_token_run(ends, out - n, n)
+        if k > 1:
             meter.record_busy(run_start, t, power)
-            meter.record_token_run(ends, out, n)
         self._resume_after(planned, t)
         return True
 
