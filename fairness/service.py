@@ -61,18 +61,21 @@ class ServiceCurve:
                   - np.bincount(inverse[n:], weights=rate, minlength=len(knots)))
         slope = np.cumsum(dslope)  # slope on [knot i, knot i+1)
         slope[np.abs(slope) < 1e-12 * max(1.0, float(rate.max(initial=0.0)))] = 0.0
-        right = np.empty(len(knots))
-        left = np.empty(len(knots))
+        # the running sum on Python floats (the same IEEE operations as on numpy scalars, in the
+        # same order, without a numpy scalar per element)
+        ks, sl, jp = knots.tolist(), slope.tolist(), jump.tolist()
+        right: list[float] = []
+        left: list[float] = []
         acc = 0.0
-        for i in range(len(knots)):
+        for i in range(len(ks)):
             if i:
-                acc += slope[i - 1] * (knots[i] - knots[i - 1])
-            left[i] = acc
-            acc += jump[i]
-            right[i] = acc
+                acc += sl[i - 1] * (ks[i] - ks[i - 1])
+            left.append(acc)
+            acc += jp[i]
+            right.append(acc)
         self.knots = knots
-        self._left = left
-        self._right = right
+        self._left = np.array(left, dtype=float)
+        self._right = np.array(right, dtype=float)
         self._slope = slope
 
     @property

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -159,35 +160,56 @@ def _pct(values: list[float], q: float) -> float | None:
 
 def tenant_outcome(tenant: str, weight: float, recs: list[RequestRecord], duration: float) -> TenantOutcome:
     o = TenantOutcome(tenant, weight, requests=len(recs))
-    ok = [r for r in recs if r.status == OK]
+    statuses = Counter(r.status for r in recs)
     o.admitted = sum(r.admitted for r in recs)
-    o.rejected = sum(r.status == REJECTED for r in recs)
-    o.expired = sum(r.status == EXPIRED for r in recs)
-    o.errors = sum(r.status == ERROR for r in recs)
-    o.cancelled = sum(r.status == CANCELLED for r in recs)
-    o.completed = len(ok)
-    o.good = sum(1 for r in ok if r.slo_met)
+    o.rejected, o.expired = statuses[REJECTED], statuses[EXPIRED]
+    o.errors, o.cancelled = statuses[ERROR], statuses[CANCELLED]
+    # one pass over the completed requests (each figure once per request), the lists and sums in
+    # request order as before
+    ttft: list[float] = []
+    tpot: list[float] = []
+    queue: list[float] = []
+    ttft_ape: list[float] = []
+    out_ape: list[float] = []
+    service: list[float] = []
+    completed = good = good_tokens = prompt = cached = 0
+    for r in recs:
+        if r.status != OK:
+            continue
+        completed += 1
+        inp, out = r.input_tokens, r.output_tokens
+        if r.slo_met:
+            good += 1
+            good_tokens += inp + out
+        tt = r.ttft_s
+        if tt is not None:
+            ttft.append(tt)
+        tp = r.tpot_s
+        if tp is not None:
+            tpot.append(tp)
+        if r.dispatch_s is not None:
+            queue.append(r.dispatch_s - r.arrival_s)  # RequestRecord.queue_s
+        if r.predicted_ttft_s is not None and tt:
+            ttft_ape.append(abs(r.predicted_ttft_s - tt) / tt)
+        if r.predicted_output_tokens is not None and out:
+            out_ape.append(abs(r.predicted_output_tokens - out) / out)
+        prompt += inp
+        cached += r.cached_tokens
+        service.append(request_service(inp, out, W_P, W_Q))
+    o.completed = completed
+    o.good = good
     o.goodput_rps = o.good / duration if duration > 0 else 0.0
-    good_tokens = sum(r.input_tokens + r.output_tokens for r in ok if r.slo_met)
     o.goodput_tps = good_tokens / duration if duration > 0 else 0.0
     o.refused = (o.rejected + o.expired) / o.requests if o.requests else None
     o.slo_attainment = o.good / o.requests if o.requests else None
     o.slo_attainment_admitted = o.good / o.admitted if o.admitted else None
-    ttft = [r.ttft_s for r in ok if r.ttft_s is not None]
-    tpot = [r.tpot_s for r in ok if r.tpot_s is not None]
-    queue = [r.queue_s for r in ok if r.queue_s is not None]
-    o.ttft_p50_s, o.ttft_p99_s = _pct(ttft, 50), _pct(ttft, 99)  # type: ignore[arg-type]
-    o.tpot_p50_s, o.tpot_p99_s = _pct(tpot, 50), _pct(tpot, 99)  # type: ignore[arg-type]
-    o.queue_p50_s = _pct(queue, 50)  # type: ignore[arg-type]
-    ttft_ape = [abs(r.predicted_ttft_s - r.ttft_s) / r.ttft_s for r in ok
-                if r.predicted_ttft_s is not None and r.ttft_s]
+    o.ttft_p50_s, o.ttft_p99_s = _pct(ttft, 50), _pct(ttft, 99)
+    o.tpot_p50_s, o.tpot_p99_s = _pct(tpot, 50), _pct(tpot, 99)
+    o.queue_p50_s = _pct(queue, 50)
     o.ttft_ape_p50, o.ttft_ape_p90 = _pct(ttft_ape, 50), _pct(ttft_ape, 90)
-    out_ape = [abs(r.predicted_output_tokens - r.output_tokens) / r.output_tokens for r in ok
-               if r.predicted_output_tokens is not None and r.output_tokens]
     o.output_ape_p50 = _pct(out_ape, 50)
-    prompt = sum(r.input_tokens for r in ok)
-    o.cache_hit_rate = sum(r.cached_tokens for r in ok) / prompt if prompt else None
-    o.service = float(sum(request_service(r.input_tokens, r.output_tokens, W_P, W_Q) for r in ok))
+    o.cache_hit_rate = cached / prompt if prompt else None
+    o.service = float(sum(service))
     o.energy_j = float(sum(r.energy_j for r in recs))
     return o
 
