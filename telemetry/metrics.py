@@ -92,7 +92,7 @@ class Metrics:
         self._store = StoreCollector()
         r.register(self._store)
         # label children resolved once per (tenant, slo_class, pool) / forecast kind: .labels() takes
-        # a lock and builds tuples, and observe_request would call it up to six times per request
+        # a lock and builds tuples, and a request would call it up to six times
         self._request_children: dict[tuple[Any, Any, Any], _RequestChildren] = {}
         self._forecast_children: dict[str, Any] = {}
         self._decision_children: dict[tuple[Any, Any], Any] = {}
@@ -165,8 +165,8 @@ class Metrics:
         """Count a finished request from its request row (the dict given to ``Store.record_request``).
 
         Uses ``tenant``, ``slo_class``, ``pool``, ``status``, ``ttft_ms``, ``tpot_ms``, ``prompt_tokens``,
-        ``completion_tokens``, ``cached_tokens``, and, when present with their actual values,
-        ``predicted_ttft_ms``/``predicted_tpot_ms``/``predicted_output_tokens`` for forecast error.
+        ``completion_tokens``, ``cached_tokens`` and ``energy_j``. Not the forecast errors: those come
+        once per forecast from where the predictors learn (``observe_forecast``), not again from the row.
         """
         c = self._children(row.get("tenant") or "default", row.get("slo_class") or "", row.get("pool") or "")
         status = row.get("status") or "ok"
@@ -187,11 +187,6 @@ class Metrics:
         joules = row.get("energy_j")
         if joules:
             c.child("energy", "").inc(float(joules))
-        if outcome == "ok":
-            for pred, actual, kind in (("predicted_ttft_ms", "ttft_ms", "ttft"),
-                                       ("predicted_tpot_ms", "tpot_ms", "tpot"),
-                                       ("predicted_output_tokens", "completion_tokens", "output_tokens")):
-                self.observe_forecast(kind, row.get(pred), row.get(actual))
 
     def observe_decision(self, decision: str, reason: str | None = None) -> None:
         key = (decision, reason)

@@ -69,3 +69,17 @@ def test_tenant_names_can_be_hidden(tmp_path, monkeypatch):
         ok = [s.value for s in families["sluice_requests"].samples
               if s.name == "sluice_requests_total" and s.labels["outcome"] == "ok"]
         assert sum(ok) == 2  # the totals are all there, summed over tenants
+
+
+def test_each_request_counts_once_in_the_forecast_error(tmp_path, monkeypatch):
+    """Each finished request's forecasts are observed once per kind (they were observed twice: once
+    where the predictors learn, again from its request row)."""
+    monkeypatch.delenv("SLUICE_METRICS_TOKEN", raising=False)
+    with serving(tmp_path) as (server, sluice):
+        for _ in range(3):
+            one_request(server, sluice)
+        wait_until(lambda: len(sluice.stats.requests) >= 3)
+        families = text_string_to_metric_families(raw(server, "GET", "/metrics")[2].decode())
+        counts = {s.labels["kind"]: s.value for f in families for s in f.samples
+                  if s.name == "sluice_forecast_error_count"}
+    assert counts == {"output_tokens": 3, "ttft": 3, "tpot": 3, "prompt_tokens": 3}

@@ -48,8 +48,20 @@ def test_request_metrics_and_genai_buckets():
     assert tpot_les == [str(b) for b in TPOT_BUCKETS] + ["+Inf"]
     assert value(f, "sluice_ttft_seconds_bucket", tenant="acme", slo_class="interactive", pool="", le="0.25") == 1
     assert value(f, "sluice_ttft_seconds_bucket", tenant="acme", slo_class="interactive", pool="", le="0.1") == 0
-    # forecast error: |120-150|/150 = 0.2 ; tpot exact ; output |25-20|/20 = 0.25
+    # the row's predictions are not forecast errors here: those come once, from where the predictors learn
+    assert not samples(f, "sluice_forecast_error_count")
+
+
+def test_forecast_error_is_the_absolute_percentage_error():
+    m = Metrics()
+    m.observe_forecast("ttft", 120.0, 150.0)  # |120-150|/150 = 0.2
+    m.observe_forecast("tpot", 30.0, 30.0)
+    m.observe_forecast("output_tokens", 25, 20)  # 0.25
+    m.observe_forecast("ttft", 1.0, 0.0)  # no actual: no error to speak of
+    m.observe_forecast("ttft", None, 1.0)
+    f = families(m)
     assert value(f, "sluice_forecast_error_sum", kind="ttft") == 0.2
+    assert value(f, "sluice_forecast_error_count", kind="ttft") == 1
     assert value(f, "sluice_forecast_error_sum", kind="tpot") == 0.0
     assert value(f, "sluice_forecast_error_sum", kind="output_tokens") == 0.25
 
