@@ -54,10 +54,21 @@ def sluice_main(spec: dict[str, Any]) -> None:
         app, _ = create_app(config)
         await uvicorn.Server(uvicorn_config(app, "127.0.0.1", spec["port"], config)).serve()
 
+    prof = None
+    if spec.get("profile_out"):  # the main thread's CPU (the event loop), not the wall clock
+        import cProfile
+        import time
+
+        prof = cProfile.Profile(time.thread_time)
+        prof.enable()
     try:
         uvloop.run(serve_workers(config, spec["workers"]) if spec["workers"] else single())
     except KeyboardInterrupt:
         pass
+    finally:
+        if prof is not None:
+            prof.disable()
+            prof.dump_stats(spec["profile_out"])
 
 
 def workers_of(pid: int) -> list[int]:
@@ -87,8 +98,9 @@ def _thread_ms(pid: int, before: dict[str, float], after: dict[str, float], n: i
 def run_mode(procs: bg.Procs, engine_url: str, workers: int, args: argparse.Namespace) -> dict[str, Any]:
     port = bg.free_port()
     d = tempfile.mkdtemp(prefix="sluice-", dir=procs.tmp)
-    spec = {"port": port, "dir": d, "engine_url": engine_url, "trace_ratio": args.trace_ratio, "workers": workers}
     label = f"workers-{workers}" if workers else "single"
+    spec = {"port": port, "dir": d, "engine_url": engine_url, "trace_ratio": args.trace_ratio, "workers": workers,
+            "profile_out": os.path.join(args.profile_dir, f"{label}.prof") if args.profile_dir else None}
     p = procs.start(label, [sys.executable, os.path.abspath(__file__), "_sluice", json.dumps(spec)], None)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -127,6 +139,8 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--trace-ratio", type=float, default=1.0)
     ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--profile-dir", help="cProfile each mode's sluice (the decision process: its event loop's "
+                                          "thread CPU) into DIR/<mode>.prof; the profiler inflates the CPU figures")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="bench-workers-")
     procs = bg.Procs(tmp, pin=False)
