@@ -135,9 +135,10 @@ class VirtualRun:
         w = self.workload[rec.index]
         self.sims[a.engine].submit(now, SimRequest(
             a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
-        steering = self.steerings.get(self.engine_pool.get(a.engine, self.pools[0]))
-        if steering is not None:
-            self._driver_of(a.engine).apply(now, steering.dispatched(now, a.engine))
+        if self.steerings:  # clock control: the engine's pool's frequency rule sees the dispatch
+            steering = self.steerings.get(self.engine_pool.get(a.engine, self.pools[0]))
+            if steering is not None:
+                self._driver_of(a.engine).apply(now, steering.dispatched(now, a.engine))
 
     def reject(self, now: float, a: Reject) -> None:
         rec = self.by_rid[a.rid]
@@ -192,7 +193,8 @@ class VirtualRun:
 
     def engine_event(self, ev: SimEvent) -> None:
         rec = self.by_rid[ev.rid]
-        driver = self._driver_of(rec.engine)  # type: ignore[arg-type]  # dispatched: it has one
+        # (one pool: its driver, without the lookup; else the engine's pool's. Dispatched: it has an engine)
+        driver = self.driver if len(self.pools) == 1 else self._driver_of(rec.engine)  # type: ignore[arg-type]
         if ev.kind == "first_token":
             rec.first_token_s = ev.time
             driver.first_token(ev.time, ev.rid)
