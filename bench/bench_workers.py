@@ -142,6 +142,8 @@ def main() -> None:
     ap.add_argument("--profile-dir", help="cProfile each mode's sluice (the decision process: its event loop's "
                                           "thread CPU) into DIR/<mode>.prof; the profiler inflates the CPU figures")
     args = ap.parse_args()
+    if args.profile_dir:
+        os.makedirs(args.profile_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="bench-workers-")
     procs = bg.Procs(tmp, pin=False)
     load = os.getloadavg()

@@ -215,3 +215,15 @@ def test_a_dispatch_at_arrival_records_the_engines_as_they_were_when_it_was_deci
                 if d.rid == f"r{i}":  # dispatched at its own arrival: the first dispatch of the pump
                     assert d.inputs["engines"] == [expected[v["name"]] for v in d.inputs["engines"]]
     assert rows, "no dispatch happened: the test lost its subject"
+
+
+def test_the_suite_runs_with_value_records_frozen() -> None:
+    """tests/conftest.py freezes every @value record, so code that mypy does not check cannot mutate
+    one unseen anywhere the suite reaches (production builds them as plain slotted dataclasses)."""
+    import dataclasses
+
+    from controlplane.core.admission import Forecast
+
+    f = Forecast("e0", 0.1, 0.02, 1.0, 0.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        f.ttft_s = 0.0  # type: ignore[misc]

@@ -121,8 +121,9 @@ class DecisionCore(TierBalance):
         self._enqueue(tracked)
         actions: list[Action] = [Decision(now, spec.rid, spec.tenant, result.decision, result.reason, result.engine,
                                           version, admission_record(inputs, cls_name), shallow_dict(result))]
-        # the engines have not changed since admission looked at them: the first dispatch reuses its
-        # views (those without departures: dispatch's own never need any)
+        # the engines have not changed since admission looked at them (decide, the rate limits, the
+        # queues, the scheduler's order and _free_engines touch none: a meter's refill at `now` leaves
+        # its view's level as it was): the first dispatch reuses the views without departures
         actions += self._pump(now, {v.name: v for v in inputs.engines if not v.departures})
         return actions
 
@@ -348,8 +349,7 @@ class DecisionCore(TierBalance):
 
     def _dispatch(self, now: float, t: Tracked, free: list[EngineState],
                   fresh: dict[str, EngineView] | None = None) -> list[Action]:
-        views = [fresh.get(e.spec.name) or self.engine_view(e, now) if fresh else self.engine_view(e, now)
-                 for e in free]
+        views = [(fresh.get(e.spec.name) if fresh else None) or self.engine_view(e, now) for e in free]
         cached = t.spec.prompt_tokens - t.prompt_cost
         spec, rule = t.spec, self.policy.dispatch
         by_engine = self._expected_cached(t, free)

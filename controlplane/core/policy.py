@@ -101,7 +101,7 @@ class TenantPolicy:
     weights: dict[str, float] = field(default_factory=dict)
 
 
-_UNLISTED = TenantPolicy()  # what a tenant the policy does not list gets (asked per request: built once)
+_UNLISTED = TenantPolicy()  # what an unlisted tenant gets (asked per request: built once; never mutated)
 
 
 @dataclass(frozen=True, slots=True)

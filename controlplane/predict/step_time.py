@@ -83,7 +83,8 @@ class _RLS:
 
     def observe(self, x: tuple[float, ...], y: float, weight: float) -> None:
         if y > 0:
-            r = abs(y - sum(v * t for v, t in zip(x, self._last_theta))) / y
+            t = self._last_theta  # n = 3: the dot product in a fixed order (sum() compensates from 3.12)
+            r = abs(y - (x[0] * t[0] + x[1] * t[1] + x[2] * t[2])) / y
             a = max(1.0 / (self.n_obs + 1), 0.02)
             self.abs_rel_residual += a * (r - self.abs_rel_residual)
         lam, keep = self.lam, 1.0 - self.lam
