@@ -187,8 +187,9 @@ def tenant_outcome(tenant: str, weight: float, recs: list[RequestRecord], durati
         tp = r.tpot_s
         if tp is not None:
             tpot.append(tp)
-        if r.dispatch_s is not None:
-            queue.append(r.dispatch_s - r.arrival_s)  # RequestRecord.queue_s
+        q = r.queue_s
+        if q is not None:
+            queue.append(q)
         if r.predicted_ttft_s is not None and tt:
             ttft_ape.append(abs(r.predicted_ttft_s - tt) / tt)
         if r.predicted_output_tokens is not None and out:

@@ -135,10 +135,9 @@ class VirtualRun:
         w = self.workload[rec.index]
         self.sims[a.engine].submit(now, SimRequest(
             a.rid, rec.input_tokens, rec.max_tokens, rec.requested_output_tokens, w.hash_ids, a.priority))
-        if self.steerings:  # clock control: the engine's pool's frequency rule sees the dispatch
-            steering = self.steerings.get(self.engine_pool.get(a.engine, self.pools[0]))
-            if steering is not None:
-                self._driver_of(a.engine).apply(now, steering.dispatched(now, a.engine))
+        steering = self.steerings.get(self.engine_pool.get(a.engine, self.pools[0]))
+        if steering is not None:
+            self._driver_of(a.engine).apply(now, steering.dispatched(now, a.engine))
 
     def reject(self, now: float, a: Reject) -> None:
         rec = self.by_rid[a.rid]
@@ -193,8 +192,7 @@ class VirtualRun:
 
     def engine_event(self, ev: SimEvent) -> None:
         rec = self.by_rid[ev.rid]
-        # (one pool: its driver, without the lookup; else the engine's pool's. Dispatched: it has an engine)
-        driver = self.driver if len(self.pools) == 1 else self._driver_of(rec.engine)  # type: ignore[arg-type]
+        driver = self._driver_of(rec.engine)  # type: ignore[arg-type]  # dispatched: it has one
         if ev.kind == "first_token":
             rec.first_token_s = ev.time
             driver.first_token(ev.time, ev.rid)
@@ -277,7 +275,6 @@ class VirtualRun:
     def run(self) -> None:
         sims, drivers = self.sims, self.drivers
         cores = [d.core for d in drivers.values()]
-        core = cores[0] if len(cores) == 1 else None  # one pool (the common case): ask it directly
         n, i = len(self.workload), 0
         arrivals = [w.timestamp_ms / 1e3 for w in self.workload]
         horizon = self.horizon if self.horizon is not None else math.inf
@@ -301,7 +298,7 @@ class VirtualRun:
                 end = s.next_time()
                 if end is not None and end < t_eng:
                     t_eng = end
-            queued = core.queued() if core is not None else sum(c.queued() for c in cores)
+            queued = sum(c.queued() for c in cores)
             busy = queued > 0 or t_eng != inf or any(c.in_flight() for c in cores)
             if t_arr == inf and not busy:
                 break

@@ -325,10 +325,7 @@ class SimCore(StepCompletion, DecodeFastForward):
         if not n and not n_prefill:
             self._step = None
             return
-        # the step's duration: `step_time`, inline (once per step)
-        dur = (self._c + self._d * n + self._e * kv_decode) * self._dscale if n else 0.0
-        if n_prefill:
-            dur += (self._a + self._b * n_prefill + self._f * pairs) * self._pscale
+        dur = self.step_time(n, kv_decode, n_prefill, pairs)
         self._step = Step(t, t + dur, n, prefill, kv_decode, n_prefill, self._power[n_prefill > 0], pairs)
 
     def _admit_waiting(self, t: float, budget: int, pending_prefill: int, pairs: float,
