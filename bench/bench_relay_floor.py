@@ -54,10 +54,14 @@ def engine(port: int, streams: int, interval_s: float, seconds: float) -> None:
 
 
 class _Side(asyncio.Protocol):
+    hop = False  # --hop: each read wakes the stream's task, which writes (sluice's shape before the push path)
+
     def __init__(self) -> None:
         self.peer: asyncio.Transport | None = None
         self.events = 0
         self.reads = 0
+        self.pieces: list[bytes] = []
+        self.waiter: asyncio.Future[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport
@@ -65,16 +69,47 @@ class _Side(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.events += data.count(b"\n\n")
         self.reads += 1
-        if self.peer is not None:
+        if self.hop:
+            self.pieces.append(data)
+            w = self.waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+        elif self.peer is not None:
             self.peer.write(data)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.peer is not None:
+        self.pieces.append(b"")
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        if self.peer is not None and not self.hop:
             self.peer.close()
 
+    async def read_some(self) -> bytes:
+        while not self.pieces:
+            self.waiter = asyncio.get_running_loop().create_future()
+            await self.waiter
+        data = b"".join(self.pieces)
+        self.pieces = []
+        return data
 
-def relay(engine_port: int, listen: socket.socket, streams: int, out: Queue) -> None:
-    """Per client connection, one connection to the engine; bytes from the engine go straight to the client."""
+    async def batches(self):  # the adapter's async generator
+        while piece := await self.read_some():
+            yield piece
+
+    async def pump(self) -> None:
+        """The stream's task: one wake-up, one generator step and one awaited write per read."""
+        async def send(message: dict) -> None:  # an ASGI send that never waits
+            self.peer.write(message["body"])  # type: ignore[union-attr]
+        async for piece in self.batches():
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        self.peer.close()  # type: ignore[union-attr]
+
+
+def relay(engine_port: int, listen: socket.socket, streams: int, out: Queue, hop: bool) -> None:
+    """Per client connection, one connection to the engine; bytes from the engine go straight to the client
+    (or, with `hop`, through a task per stream)."""
+    _Side.hop = hop
+
     async def main() -> None:
         loop = asyncio.get_running_loop()
         sides: list[_Side] = []
@@ -86,6 +121,8 @@ def relay(engine_port: int, listen: socket.socket, streams: int, out: Queue) -> 
                 async def link() -> None:
                     _, up = await loop.create_connection(_Side, "127.0.0.1", engine_port)
                     up.peer = transport  # type: ignore[assignment]
+                    if up.hop:
+                        loop.create_task(up.pump())
                     sides.append(up)
                     if len(sides) == streams:  # measured from here: no start-up, no connection set-up
                         start[:] = [time.process_time(), sum(s.events for s in sides), sum(s.reads for s in sides)]
@@ -121,6 +158,9 @@ def main() -> int:
     ap.add_argument("--streams", type=int, default=32)
     ap.add_argument("--interval-ms", type=float, default=10.0, help="per stream, between its events")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--hop", action="store_true",
+                    help="each read wakes a task per stream that writes it (a future, a task step, an async "
+                         "generator step and an awaited send per read): what a push path saves")
     args = ap.parse_args()
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -132,14 +172,14 @@ def main() -> int:
     eng = Process(target=engine, args=(engine_port, args.streams, args.interval_ms / 1e3, args.seconds))
     eng.start()
     time.sleep(0.5)
-    rel = Process(target=relay, args=(engine_port, listen, args.streams, out))
+    rel = Process(target=relay, args=(engine_port, listen, args.streams, out, args.hop))
     rel.start()
     cli = Process(target=client, args=(listen.getsockname()[1], args.streams))
     cli.start()
     events, reads, cpu = out.get(timeout=args.seconds + 60)
     for p in (rel, cli, eng):
         p.join(timeout=10)
-    print(f"{args.streams} streams, one event each every {args.interval_ms:g} ms ({args.streams / args.interval_ms * 1e3:.0f} "
+    print(f"{'hop through a task: ' if args.hop else ''}{args.streams} streams, one event each every {args.interval_ms:g} ms ({args.streams / args.interval_ms * 1e3:.0f} "
           f"events/s offered): relay forwarded {events} events in {reads} reads at {cpu / max(1, events) * 1e6:.1f} us "
           f"CPU per event "
           f"(the floor of a Python proxy on uvloop here; sluice's target is 20 us)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 
 from controlplane.requests import CompletionRequest
-from engine_adapter.base import Chunk, Engine, GenerateRequest
+from engine_adapter.base import Chunk, Engine, GenerateRequest, Push
 
 __all__ = ["engine_batches", "generate_request"]
 
@@ -27,9 +27,14 @@ def generate_request(rid: str, req: CompletionRequest, priority: int | None, tra
     return greq
 
 
-def engine_batches(engine: Engine, greq: GenerateRequest) -> AsyncIterator[Sequence[Chunk]]:
+def engine_batches(engine: Engine, greq: GenerateRequest, push: Push | None = None) -> AsyncIterator[Sequence[Chunk]]:
     """The engine's own generator of batches (chunks that arrived together); one chunk per batch for
-    an engine without `submit_batches`. The caller `aclose()`s it on an early exit (an abort)."""
+    an engine without `submit_batches`. The caller `aclose()`s it on an early exit (an abort).
+    `push`: where an engine can (`pushes`), its streamed batches go there as they are read, and the
+    generator yields the rest (SGLangHTTPEngine.submit_batches); the caller hands what is yielded
+    to `push` too."""
+    if push is not None and getattr(engine, "pushes", False):
+        return engine.submit_batches(greq, push)  # type: ignore[attr-defined,no-any-return]
     batches = getattr(engine, "submit_batches", None)
     if batches is not None:
         return batches(greq)  # type: ignore[no-any-return]

@@ -38,7 +38,7 @@ from controlplane.tenant_access import TenantAccess
 from controlplane.requests import CompletionRequest
 from controlplane.tickets import Ticket
 from controlplane.trainer import PredictorTrainer
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, has_first_token
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, Push, has_first_token
 from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice")
@@ -235,19 +235,21 @@ class Sluice:
             self.close(ticket, status, err.status, error=outcome.code, code=outcome.code)
             raise err
 
-    def open_stream(self, ticket: Ticket) -> AsyncIterator[Sequence[Chunk]]:
+    def open_stream(self, ticket: Ticket, push: Push | None = None) -> AsyncIterator[Sequence[Chunk]]:
         """The engine's chunks for a dispatched ticket, in batches (those that arrived together).
 
         The hot path: the caller iterates the engine's own generator (no generator of sluice's in
         between), so it owes sluice three things: `first_token` at the first chunk with a token or
         a finish reason (before sending it), `engine_failed` on an EngineError, and `aclose()` on
-        the iterator when it stops early (which aborts the request at the engine).
+        the iterator when it stops early (which aborts the request at the engine). With `push`,
+        an engine that can hands the batches to it as they are read (engine_call.engine_batches)
+        and `push` owes `first_token` in their place.
         """
         assert ticket.engine is not None
         traceparent, model = self.engine_call(ticket)
         greq = generate_request(ticket.rid, ticket.request, ticket.priority, traceparent, model,
                                 self.catalog.pools[ticket.request.pool].adapters if ticket.request.adapter else None)
-        return engine_batches(self.engines[ticket.engine], greq)
+        return engine_batches(self.engines[ticket.engine], greq, push)
 
     def engine_call(self, ticket: Ticket) -> tuple[str | None, str | None]:
         """A dispatched ticket's engine call begins: the traceparent to send (its engine span's) and

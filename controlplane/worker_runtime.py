@@ -30,7 +30,7 @@ from controlplane.ipc import FrameProtocol
 from controlplane.prefix_hash import request_prefix
 from controlplane.requests import CompletionRequest
 from controlplane.tenant_access import TenantAccess
-from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, has_first_token
+from engine_adapter.base import Chunk, Engine, EngineError, EngineOverloaded, Push, has_first_token
 from engine_adapter.tokens import estimate_tokens, tokenizer_counter
 
 log = logging.getLogger("sluice.worker")
@@ -114,12 +114,12 @@ class WorkerRuntime:
         if outcome is not None:
             raise outcome
 
-    def open_stream(self, ticket: WorkerTicket) -> AsyncIterator[Sequence[Chunk]]:
+    def open_stream(self, ticket: WorkerTicket, push: Push | None = None) -> AsyncIterator[Sequence[Chunk]]:
         assert ticket.engine is not None
         req = ticket.request
         adapters = self.access.catalog.pools[req.pool].adapters if req.adapter else None
         greq = generate_request(ticket.rid, req, ticket.priority, ticket.traceparent, ticket.engine_model, adapters)
-        return engine_batches(self.engines[ticket.engine], greq)
+        return engine_batches(self.engines[ticket.engine], greq, push)
 
     def first_token(self, ticket: WorkerTicket, batch: Sequence[Chunk]) -> None:
         if has_first_token(batch):

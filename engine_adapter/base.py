@@ -6,7 +6,7 @@ so callers never need to know whether the engine streams incrementally.
 """
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -52,6 +52,11 @@ class Chunk:
     # list), `reasoning_content`, `logprobs` (the choice's logprobs for this delta).
     extra: dict[str, Any] | None = None
     energy_j: float | None = None  # GPU joules attributed to the request (last chunk; None: not known)
+
+
+# A consumer of streamed batches called as they are read (SGLangHTTPEngine.submit_batches' `push`):
+# an awaitable in return means its far side is backed up, and reading waits for it.
+Push = Callable[[Sequence[Chunk]], Awaitable[None] | None]
 
 
 def has_first_token(batch: Sequence[Chunk]) -> bool:

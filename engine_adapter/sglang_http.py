@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import aiohttp
 from yarl import URL
 
-from engine_adapter.base import Chunk, EngineError, GenerateRequest, StepProfile
-from engine_adapter.http_stream import ConnectFailed, StreamClient, check_url
+from engine_adapter.base import Chunk, EngineError, GenerateRequest, Push, StepProfile
+from engine_adapter.http_stream import ConnectFailed, PushFailed, StreamClient, check_url
 from engine_adapter.sglang_adapters import RemoteAdapters
 from engine_adapter.sglang_http_status import SGLangStatusQueries
 from engine_adapter.sglang_wire import (
@@ -188,16 +188,24 @@ class SGLangHTTPEngine(SGLangStatusQueries):
         finally:
             await batches.aclose()
 
-    def submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
+    pushes = True  # submit_batches takes `push` (controlplane/engine_call.py)
+
+    def submit_batches(self, request: GenerateRequest, push: Push | None = None) -> AsyncIterator[list[Chunk]]:
         """`submit`, one non-empty list of chunks per read from the socket: the events that arrived
         together come together (the gateway sends them to its client in one write). Same errors and
         the same abort-on-close as `submit`. A LoRA request's adapter is loaded first where the
-        server lacks it (engine_adapter/sglang_adapters.py)."""
-        if request.lora_path is not None and self.adapters is not None:
-            return self.adapters.run(request, self._submit_batches)
-        return self._submit_batches(request)
+        server lacks it (engine_adapter/sglang_adapters.py).
 
-    async def _submit_batches(self, request: GenerateRequest) -> AsyncIterator[list[Chunk]]:
+        `push`: a streamed response's batches go to it instead, called from the connection's read
+        callback as they arrive (no task woken per read: http_stream.StreamResponse.relay); the
+        generator then yields only what was not pushed (a reply read whole). An awaitable that
+        `push` returns stops the reads until it is done; what `push` raises ends the stream (an
+        abort at the engine) and comes out of the generator as it was raised."""
+        if request.lora_path is not None and self.adapters is not None:
+            return self.adapters.run(request, lambda req: self._submit_batches(req, push))
+        return self._submit_batches(request, push)
+
+    async def _submit_batches(self, request: GenerateRequest, push: Push | None) -> AsyncIterator[list[Chunk]]:
         rid = request.rid
         oai, path, data, headers = self._route(request)
         need_abort = False  # the engine may still be working on this rid
@@ -220,6 +228,18 @@ class SGLangHTTPEngine(SGLangStatusQueries):
                         return
                     # ---- the streaming hot loop: one read, one feed, one batch ----
                     decoder = StreamDecoder(self.name, oai, self._incremental)
+                    if push is not None:
+                        def consume(piece: bytes) -> Awaitable[None] | None:
+                            batch = decoder.feed(piece)
+                            return push(batch) if batch else None
+                        try:
+                            await resp.relay(consume, lambda: decoder.over)
+                        finally:
+                            need_abort = need_abort and not decoder.settled
+                            yielded = decoder.produced
+                        if decoder.failure is not None:
+                            raise decoder.failure
+                    # pulled: every read wakes this task (and a pushed stream's end is drained here)
                     read_some = resp.read_some
                     while not decoder.over:
                         piece = await read_some()
@@ -259,6 +279,8 @@ class SGLangHTTPEngine(SGLangStatusQueries):
         except (GeneratorExit, asyncio.CancelledError):
             consumer_left = True
             raise
+        except PushFailed as e:  # the consumer's own error, not the engine's
+            raise e.error from None
         finally:
             if need_abort:
                 await self._abort_after(rid, consumer_left)

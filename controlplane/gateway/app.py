@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 from starlette.applications import Starlette
@@ -132,18 +133,25 @@ class CompletionsEndpoint:
         await sluice.wait_dispatch(ticket)
         created = int(time.time())
         enc = oa.StreamEncoder(self.kind, ticket.rid, req.model, created) if req.stream else None
+
+        def push(batch: Sequence[Chunk]) -> Awaitable[None] | None:
+            """Each batch, as the engine connection reads it: no task of ours runs per event."""
+            if ticket.first_token_at is None:
+                sluice.first_token(ticket, batch)
+            reply.last = batch[-1]
+            if enc is not None:
+                return reply.stream_batch(batch, enc, send)
+            reply.texts.extend(batch)
+            return None
+
         # the engine's own generator, no hop of sluice's: first-token bookkeeping, engine
         # failure and abort-on-close are done here (see Sluice.open_stream)
-        batches = sluice.open_stream(ticket)
+        batches = sluice.open_stream(ticket, push)
         try:
-            async for batch in batches:
-                if ticket.first_token_at is None:
-                    sluice.first_token(ticket, batch)
-                reply.last = batch[-1]
-                if enc is not None:
-                    await reply.stream_batch(batch, enc, send)
-                else:
-                    reply.texts.extend(batch)
+            async for batch in batches:  # what the engine did not push (see engine_call.engine_batches)
+                pending = push(batch)
+                if pending is not None:
+                    await pending
         except EngineError as exc:
             sluice.engine_failed(ticket, exc)
             raise

@@ -4,7 +4,7 @@ that the error paths know what has already left."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 from controlplane.errors import ApiError
@@ -39,6 +39,54 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
 async def send_error(send: Send, err: ApiError) -> None:
     await send({"type": "http.response.start", "status": err.status, "headers": err.headers()})
     await send({"type": "http.response.body", "body": err.to_bytes()})
+
+
+def send_now(send: Send, message: dict[str, Any]) -> Awaitable[None] | None:
+    """`send(message)` run to its end right here when it need not wait (the server's transport took
+    the bytes: the usual case), so that a read callback can write to its client with no task; else
+    an awaitable that finishes it (the client is backed up: the server waits for its buffer to drain)."""
+    coro = send(message)
+    try:
+        waiting = coro.send(None)  # type: ignore[attr-defined]
+    except StopIteration:
+        return None
+    except AttributeError:  # not a coroutine (no ASGI server's send, but the protocol allows any awaitable)
+        return coro
+    return _Rest(coro, waiting)
+
+
+class _Rest:
+    """The rest of a coroutine that was started by hand and stopped at `waiting` (see send_now):
+    awaiting it hands `waiting` to the task first, then runs the coroutine on from where it stopped."""
+
+    __slots__ = ("_coro", "_waiting")
+
+    def __init__(self, coro: Any, waiting: Any) -> None:
+        self._coro, self._waiting = coro, waiting
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        coro, waiting = self._coro, self._waiting
+        while True:
+            try:
+                value = yield waiting
+            except BaseException as e:  # a cancellation: the coroutine gets it where it waits
+                try:
+                    waiting = coro.throw(e)
+                except StopIteration:
+                    return
+            else:
+                try:
+                    waiting = coro.send(value)
+                except StopIteration:
+                    return
+
+    def close(self) -> None:
+        self._coro.close()
+
+
+async def _then(first: Awaitable[None], send: Send, message: dict[str, Any]) -> None:
+    await first
+    await send(message)
 
 
 class DisconnectWatch:
@@ -76,29 +124,32 @@ class Reply:
         self.last: Chunk | None = None
         self.texts: list[Chunk] = []  # a non-streamed response's chunks, joined at the end
 
-    async def stream_batch(self, batch: Sequence[Chunk], enc: oa.StreamEncoder, send: Send) -> None:
-        """One batch's SSE events; the final batch's are held back for the response's end."""
-        last = batch[-1]
+    def stream_batch(self, batch: Sequence[Chunk], enc: oa.StreamEncoder, send: Send) -> Awaitable[None] | None:
+        """One batch's SSE events, written now (`send_now`: the engine connection's read callback
+        calls this); the final batch's are held back for the response's end. An awaitable in
+        return: the client is backed up, and nothing more may be written until it is done."""
+        start = None
         if not self.started:
-            await send({"type": "http.response.start", "status": 200, "headers": [*_SSE_HEADERS, self.rid_header]})
+            start = send_now(send, {"type": "http.response.start", "status": 200,
+                                    "headers": [*_SSE_HEADERS, self.rid_header]})
             self.started = True
+        last = batch[-1]
         if len(batch) == 1:
-            if last.text or last.extra or last.finish_reason or self.first:
-                data = enc.chunk(last.text, last.finish_reason, self.first, last.extra)
-                self.first = False
-                if last.finish_reason is not None:
-                    self.held = data  # leaves with the usage chunk and [DONE]: one write
-                    return
-                await send({"type": "http.response.body", "more_body": True, "body": data})
-            return
-        # events that arrived together leave in one write
-        parts = []
-        for chunk in batch:
-            if chunk.text or chunk.extra or chunk.finish_reason or self.first:
-                parts.append(enc.chunk(chunk.text, chunk.finish_reason, self.first, chunk.extra))
-                self.first = False
+            if not (last.text or last.extra or last.finish_reason or self.first):
+                return start
+            data = enc.chunk(last.text, last.finish_reason, self.first, last.extra)
+            self.first = False
+        else:  # events that arrived together leave in one write
+            parts = []
+            for chunk in batch:
+                if chunk.text or chunk.extra or chunk.finish_reason or self.first:
+                    parts.append(enc.chunk(chunk.text, chunk.finish_reason, self.first, chunk.extra))
+                    self.first = False
+            data = b"".join(parts)
         if last.finish_reason is not None:
-            self.held = b"".join(parts)
-        elif parts:
-            await send({"type": "http.response.body", "more_body": True, "body": b"".join(parts)})
-
+            self.held = data  # leaves with the usage chunk and [DONE]: one write
+            return start
+        if not data:
+            return start
+        body = {"type": "http.response.body", "more_body": True, "body": data}
+        return send_now(send, body) if start is None else _then(start, send, body)
