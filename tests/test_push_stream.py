@@ -68,6 +68,27 @@ def _req() -> GenerateRequest:
     return GenerateRequest(rid="r", prompt="p", sampling_params={"max_new_tokens": N})
 
 
+async def _push_all(engine: SGLangHTTPEngine, backed_up_at: int, for_s: float) -> list[tuple[int, float]]:
+    """Streams one request in push mode, the client backed up for `for_s` at the `backed_up_at`-th
+    push; (completion tokens of the batch's last chunk, when) per push."""
+    loop = asyncio.get_running_loop()
+    pushed: list[tuple[int, float]] = []
+
+    def push(batch):
+        pushed.append((batch[-1].completion_tokens, loop.time()))
+        if len(pushed) == backed_up_at:
+            drained = loop.create_future()
+            loop.call_later(for_s, drained.set_result, None)
+            return drained
+        return None
+
+    try:
+        assert [b async for b in engine.submit_batches(_req(), push)] == []  # all of it was pushed
+    finally:
+        await engine.close()
+    return pushed
+
+
 async def test_every_event_is_pushed_in_order_from_the_read_callback() -> None:
     async with StreamingServer() as url:
         engine = SGLangHTTPEngine("sg", url)
@@ -92,22 +113,7 @@ async def test_every_event_is_pushed_in_order_from_the_read_callback() -> None:
 
 async def test_a_backed_up_consumer_stops_the_reads_until_it_drained() -> None:
     async with StreamingServer(gap=0.005) as url:
-        engine = SGLangHTTPEngine("sg", url)
-        loop = asyncio.get_running_loop()
-        drained = loop.create_future()
-        pushed: list[tuple[int, float]] = []
-
-        def push(batch):
-            pushed.append((batch[-1].completion_tokens, loop.time()))
-            if len(pushed) == 2:  # the client stops reading for 0.2 s
-                loop.call_later(0.2, drained.set_result, None)
-                return drained
-            return None
-
-        try:
-            assert [b async for b in engine.submit_batches(_req(), push)] == []
-        finally:
-            await engine.close()
+        pushed = await _push_all(SGLangHTTPEngine("sg", url), backed_up_at=2, for_s=0.2)
     released = pushed[1][1] + 0.2
     later = [(n, t) for n, t in pushed[2:]]
     assert later and all(t >= released - 0.01 for _, t in later)  # nothing was pushed while it was backed up
@@ -201,20 +207,5 @@ async def test_reply_writes_each_batch_and_holds_the_final_one(backed_up: bool) 
 async def test_a_client_backed_up_longer_than_the_read_timeout_is_not_an_engine_stall() -> None:
     # reading stops while the client is backed up; that silence is sluice's, not the engine's
     async with StreamingServer(gap=0.005) as url:
-        engine = SGLangHTTPEngine("sg", url, timeout=0.3)
-        loop = asyncio.get_running_loop()
-        pushed: list[int] = []
-
-        def push(batch):
-            pushed.append(batch[-1].completion_tokens)
-            if len(pushed) == 1:
-                drained = loop.create_future()
-                loop.call_later(0.8, drained.set_result, None)
-                return drained
-            return None
-
-        try:
-            assert [b async for b in engine.submit_batches(_req(), push)] == []
-        finally:
-            await engine.close()
-    assert pushed[-1] == N
+        pushed = await _push_all(SGLangHTTPEngine("sg", url, timeout=0.3), backed_up_at=1, for_s=0.8)
+    assert pushed[-1][0] == N
