@@ -42,8 +42,8 @@ class ConnectFailed(OSError):
 
 
 class PushFailed(Exception):
-    """What a push consumer raised (its `error`), carried out of `relay` so that it is not taken
-    for an error of the connection."""
+    """What a push consumer's far side raised (its `error`: the client's write failed), carried out
+    of `relay` so that it is not taken for an error of the engine or the connection."""
 
     def __init__(self, error: Exception) -> None:
         super().__init__(repr(error))
@@ -183,12 +183,12 @@ class StreamResponse(asyncio.Protocol):
         """Push mode: the body's bytes go to `consume` as they arrive, from the connection's callback
         (no task woken per read), until `over()` says the consumer has all it needs or the body ends.
         `consume` returning an awaitable (its far side is backed up) stops the reads until this task
-        has awaited it. Raises the connection's errors, and `PushFailed` for what `consume` (or its
-        awaitable) raised."""
+        has awaited it. Raises the connection's errors and what `consume` raised, as it was raised;
+        what the awaitable raised comes as `PushFailed` (it is the far side's, never the engine's)."""
         try:
             while not over():
                 if self._pieces:
-                    pending = self._call(consume, self._take())
+                    pending = consume(self._take())
                 elif self._complete:
                     return
                 elif self._error is not None:
@@ -201,26 +201,19 @@ class StreamResponse(asyncio.Protocol):
                         self._push = None
                     pending, self._pending = self._pending, None
                     if self._push_error is not None:
-                        raise PushFailed(self._push_error)
+                        raise self._push_error
                 if pending is not None:
                     try:
                         await pending
                     except Exception as e:
                         raise PushFailed(e) from e
-                    self._resume()
+                self._resume()
         finally:
             if self._pending is not None:  # left by a cancellation: never to be awaited
                 close = getattr(self._pending, "close", None)
                 if close is not None:
                     close()
                 self._pending = None
-
-    @staticmethod
-    def _call(consume: Callable[[bytes], Awaitable[None] | None], data: bytes) -> Awaitable[None] | None:
-        try:
-            return consume(data)
-        except Exception as e:
-            raise PushFailed(e) from e
 
     def _push_now(self) -> None:
         """In `data_received`, push mode: hand the bytes over; wake the task if the push must stop."""
@@ -254,6 +247,7 @@ class StreamResponse(asyncio.Protocol):
             self._watchdog = None
         keep = self._complete and self._keep and not self._pieces
         if keep and not self.closed:
+            self._resume()  # a push may have paused it on its last read (a backed-up write, then cancelled)
             self._client._put(self)
         elif self.transport is not None:
             self.closed = True
@@ -276,7 +270,7 @@ class StreamResponse(asyncio.Protocol):
 
     def _check(self) -> None:
         """Fires at most once per `read_timeout`: a response silent that long has stalled."""
-        if self._paused:  # not reading: the consumer's side is backed up, and the engine is not silent
+        if self._paused:  # not reading (the consumer is behind, or its far side backed up): not the engine's silence
             self._last = self._time()
         silent = self._time() - self._last
         timeout = self._client.read_timeout

@@ -230,8 +230,13 @@ class SGLangHTTPEngine(SGLangStatusQueries):
                     decoder = StreamDecoder(self.name, oai, self._incremental)
                     if push is not None:
                         def consume(piece: bytes) -> Awaitable[None] | None:
-                            batch = decoder.feed(piece)
-                            return push(batch) if batch else None
+                            batch = decoder.feed(piece)  # a malformed event: ValueError, the engine's (below)
+                            if not batch:
+                                return None
+                            try:
+                                return push(batch)
+                            except Exception as e:  # the consumer's own: never an EngineError
+                                raise PushFailed(e) from e
                         try:
                             await resp.relay(consume, lambda: decoder.over)
                         finally:
@@ -263,7 +268,7 @@ class SGLangHTTPEngine(SGLangStatusQueries):
                     raise EngineError(
                         f"{self.name}: stream for {rid} ended before its final chunk", retryable=not yielded
                     )
-                except (GeneratorExit, asyncio.CancelledError):
+                except (GeneratorExit, asyncio.CancelledError, PushFailed):
                     # abort before closing: a server that aborts on disconnect would forget the rid
                     consumer_left = True
                     if need_abort:

@@ -11,8 +11,10 @@ import pytest
 
 from controlplane.gateway import openai_api as oa
 from controlplane.gateway.asgi_io import Reply, send_now
-from engine_adapter.base import GenerateRequest
+from engine_adapter.base import Chunk, EngineError, GenerateRequest
 from engine_adapter.sglang_http import SGLangHTTPEngine
+from tests.test_http_stream import Server, _chunked, _ok
+from tests.test_http_stream import _req as _req2
 
 N = 12  # token events per stream, each its own write with a pause between
 
@@ -209,3 +211,90 @@ async def test_a_client_backed_up_longer_than_the_read_timeout_is_not_an_engine_
     async with StreamingServer(gap=0.005) as url:
         pushed = await _push_all(SGLangHTTPEngine("sg", url, timeout=0.3), backed_up_at=1, for_s=0.8)
     assert pushed[-1][0] == N
+
+
+class _HeadThenBody(Server):
+    """`Server`, the head and the body of each answer in two reads, 50 ms apart."""
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                await reader.readexactly(next(int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n")
+                                              if ln.lower().startswith(b"content-length")))
+                self.heads.append(head)
+                out = self.reply(len(self.heads))
+                cut = out.index(b"\r\n\r\n") + 4
+                writer.write(out[:cut])
+                await asyncio.sleep(0.05)
+                writer.write(out[cut:])
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_a_connection_paused_by_a_push_goes_back_to_the_pool_reading() -> None:
+    # the whole body comes in one read, its push is backed up, the client leaves: the connection is
+    # complete and pooled, and the next request on it must be read (not time out as an engine stall)
+    async with _HeadThenBody(_ok) as port:
+        engine = SGLangHTTPEngine("sg", f"http://127.0.0.1:{port}", timeout=0.5)
+        loop = asyncio.get_running_loop()
+        try:
+            async def first() -> None:
+                async for _ in engine.submit_batches(_req2("r1"), lambda batch: loop.create_future()):
+                    pass
+            task = asyncio.create_task(first())
+            await asyncio.sleep(0.2)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            chunks = [c async for b in engine.submit_batches(_req2("r2")) for c in b]
+        finally:
+            await engine.close()
+    assert chunks[-1].finish_reason == "length"
+
+
+def _malformed(n: int) -> bytes:
+    good = {"text": "a", "meta_info": {"id": "x", "finish_reason": None, "prompt_tokens": 2, "completion_tokens": 1}}
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + _chunked(b"data: " + json.dumps(good).encode() + b"\n\n", b"data: {not json}\n\n"))
+
+
+@pytest.mark.parametrize("push", [None, lambda batch: None])
+async def test_a_malformed_event_is_the_engines_error_pushed_or_pulled(push) -> None:
+    async with Server(_malformed) as port:
+        engine = SGLangHTTPEngine("sg", f"http://127.0.0.1:{port}", timeout=2)
+        try:
+            with pytest.raises(EngineError):
+                async for _ in engine.submit_batches(_req2("r"), push):
+                    pass
+        finally:
+            await engine.close()
+
+
+async def test_send_now_lets_an_error_of_the_send_through() -> None:
+    async def broken_send(message: dict) -> None:
+        raise AttributeError("a bug in the server's send")
+
+    with pytest.raises(AttributeError, match="server's send"):
+        send_now(broken_send, {})
+
+
+async def test_a_start_that_never_left_is_not_counted_as_sent() -> None:
+    # the client is backed up at the response's start and the request is aborted meanwhile: the error
+    # path must still send a start of its own
+    gate = asyncio.Event()
+
+    async def send(message: dict) -> None:
+        await gate.wait()
+
+    reply = Reply("rid")
+    pending = reply.stream_batch([Chunk("hi", 1, 1, 0)], oa.StreamEncoder("text", "rid", "m", 0), send)
+    task = asyncio.ensure_future(pending)  # type: ignore[arg-type]
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert not reply.started

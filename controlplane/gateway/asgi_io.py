@@ -46,18 +46,18 @@ def send_now(send: Send, message: dict[str, Any]) -> Awaitable[None] | None:
     the bytes: the usual case), so that a read callback can write to its client with no task; else
     an awaitable that finishes it (the client is backed up: the server waits for its buffer to drain)."""
     coro = send(message)
+    if not hasattr(coro, "send"):  # not a coroutine (no ASGI server's send, but the spec allows any awaitable)
+        return coro
     try:
-        waiting = coro.send(None)  # type: ignore[attr-defined]
+        waiting = coro.send(None)
     except StopIteration:
         return None
-    except AttributeError:  # not a coroutine (no ASGI server's send, but the protocol allows any awaitable)
-        return coro
-    return _Rest(coro, waiting)
+    return _UnfinishedSend(coro, waiting)
 
 
-class _Rest:
-    """The rest of a coroutine that was started by hand and stopped at `waiting` (see send_now):
-    awaiting it hands `waiting` to the task first, then runs the coroutine on from where it stopped."""
+class _UnfinishedSend:
+    """The rest of a send coroutine that was started by hand and stopped at `waiting` (see
+    send_now): awaiting it hands `waiting` to the task first, then runs the coroutine on from there."""
 
     __slots__ = ("_coro", "_waiting")
 
@@ -69,7 +69,10 @@ class _Rest:
         while True:
             try:
                 value = yield waiting
-            except BaseException as e:  # a cancellation: the coroutine gets it where it waits
+            except GeneratorExit:  # closed unfinished: so is the send
+                coro.close()
+                raise
+            except BaseException as e:  # a cancellation: the send gets it where it waits
                 try:
                     waiting = coro.throw(e)
                 except StopIteration:
@@ -118,7 +121,7 @@ class Reply:
 
     def __init__(self, rid: str) -> None:
         self.rid_header = (b"x-request-id", rid.encode())
-        self.started = False
+        self.started = False  # the response's start has been sent
         self.held = b""  # the final batch's events, sent with the response's end (one write)
         self.first = True
         self.last: Chunk | None = None
@@ -127,12 +130,16 @@ class Reply:
     def stream_batch(self, batch: Sequence[Chunk], enc: oa.StreamEncoder, send: Send) -> Awaitable[None] | None:
         """One batch's SSE events, written now (`send_now`: the engine connection's read callback
         calls this); the final batch's are held back for the response's end. An awaitable in
-        return: the client is backed up, and nothing more may be written until it is done."""
+        return: the client is backed up, and nothing more may be written until it is done (the
+        callers stop reading the engine until then, so no batch comes meanwhile)."""
         start = None
         if not self.started:
             start = send_now(send, {"type": "http.response.start", "status": 200,
                                     "headers": [*_SSE_HEADERS, self.rid_header]})
-            self.started = True
+            if start is None:
+                self.started = True
+            else:
+                start = self._started_after(start)
         last = batch[-1]
         if len(batch) == 1:
             if not (last.text or last.extra or last.finish_reason or self.first):
@@ -153,3 +160,7 @@ class Reply:
             return start
         body = {"type": "http.response.body", "more_body": True, "body": data}
         return send_now(send, body) if start is None else _then(start, send, body)
+
+    async def _started_after(self, start: Awaitable[None]) -> None:
+        await start
+        self.started = True  # only once it has left: an error after a start that never did sends its own
