@@ -87,11 +87,6 @@ class _UnfinishedSend:
         self._coro.close()
 
 
-async def _then(first: Awaitable[None], send: Send, message: dict[str, Any]) -> None:
-    await first
-    await send(message)
-
-
 class DisconnectWatch:
     """Cancels the handling task when the client disconnects (queued or mid-stream), until disarmed."""
 
@@ -136,14 +131,11 @@ class Reply:
         if not self.started:
             start = send_now(send, {"type": "http.response.start", "status": 200,
                                     "headers": [*_SSE_HEADERS, self.rid_header]})
-            if start is None:
-                self.started = True
-            else:
-                start = self._started_after(start)
+            self.started = start is None
         last = batch[-1]
         if len(batch) == 1:
             if not (last.text or last.extra or last.finish_reason or self.first):
-                return start
+                return self._write(start, send, None)
             data = enc.chunk(last.text, last.finish_reason, self.first, last.extra)
             self.first = False
         else:  # events that arrived together leave in one write
@@ -155,12 +147,17 @@ class Reply:
             data = b"".join(parts)
         if last.finish_reason is not None:
             self.held = data  # leaves with the usage chunk and [DONE]: one write
-            return start
-        if not data:
-            return start
-        body = {"type": "http.response.body", "more_body": True, "body": data}
-        return send_now(send, body) if start is None else _then(start, send, body)
+            return self._write(start, send, None)
+        return self._write(start, send, {"type": "http.response.body", "more_body": True, "body": data} if data else None)
 
-    async def _started_after(self, start: Awaitable[None]) -> None:
+    def _write(self, start: Awaitable[None] | None, send: Send, body: dict[str, Any] | None) -> Awaitable[None] | None:
+        if start is None:
+            return None if body is None else send_now(send, body)
+        return self._after_start(start, send, body)
+
+    async def _after_start(self, start: Awaitable[None], send: Send, body: dict[str, Any] | None) -> None:
+        """The rest of a write whose response start was backed up."""
         await start
         self.started = True  # only once it has left: an error after a start that never did sends its own
+        if body is not None:
+            await send(body)
