@@ -4,15 +4,19 @@ from __future__ import annotations
 import concurrent.futures
 import http.client
 import json
+import socket
+import time
 
 import openai
 import pytest
+from uvicorn.protocols.http import httptools_impl
 
 from controlplane.config import EngineConfig
 from controlplane.engines import build_engines
 from engine_adapter.sglang_server import make_sglang_app
 from engine_adapter.sim.engine import SimEngine
 from engine_adapter.sim.profile import load_profile
+from engine_adapter.sim.reply import VOCAB
 from sluice.server import create_app
 from tests.gateway_fixtures import KEYS, make_config
 from tests.servers import ServerThread
@@ -80,3 +84,68 @@ def test_client_disconnect_aborts_at_the_sglang_engine(stack):
     wait_until(lambda: sluice.pool.core.in_flight() == 0)
     row = next(r for r in sluice.stats.requests if r["status"] == "aborted")
     assert row["error"] == "client_disconnected" and row["completion_tokens"] < 4000
+
+
+def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(tmp_path, monkeypatch):
+    # the push path under uvicorn's own flow control: while the client reads nothing, the gateway's
+    # writes back up (send_now hands back the rest of the send), the engine's socket is not read,
+    # and once the client reads again every event arrives, in order, and the request ends ok
+    from controlplane.gateway import asgi_io
+
+    backed_up = []
+    real_send_now = asgi_io.send_now
+
+    def counting_send_now(send, message):
+        rest = real_send_now(send, message)
+        if rest is not None:
+            backed_up.append(message["type"])
+        return rest
+
+    monkeypatch.setattr(asgi_io, "send_now", counting_send_now)
+    # a slow link: the gateway's socket to its client buffers ~8 KiB, not the megabytes loopback
+    # autotunes to, so that uvicorn's own flow control engages within this stream
+    gateway_ports: set[int] = set()
+    made = httptools_impl.HttpToolsProtocol.connection_made
+
+    def small_send_buffer(self, transport):
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.getsockname()[1] in gateway_ports:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        made(self, transport)
+
+    monkeypatch.setattr(httptools_impl.HttpToolsProtocol, "connection_made", small_send_buffer)
+    sim = SimEngine("sim", load_profile("h100-llama3.1-8b"), seed=1, speedup=50.0)
+    with ServerThread(make_sglang_app(sim, model_name="meta-llama/Llama-3.1-8B-Instruct")) as engine_server:
+        config = make_config(tmp_path, ["gpu0"])
+        config.engines = [EngineConfig(name="gpu0", kind="sglang", url=engine_server.url)]
+        app, sluice = create_app(config, build_engines(config))
+        gateway = ServerThread(app)
+        gateway_ports.add(gateway.port)
+        with gateway:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+            sock.connect(("127.0.0.1", gateway.port))
+            conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+            conn.sock = sock
+            conn.request("POST", "/v1/completions", body=json.dumps(
+                {"model": "sluice-default", "prompt": "tell me everything", "max_tokens": 8000, "ignore_eos": True,
+                 "stream": True, "stream_options": {"include_usage": True}}),
+                headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEYS['acme']}"})
+            time.sleep(1.5)  # reads nothing meanwhile
+            resp = conn.getresponse()
+            raw = resp.read().decode()
+            conn.close()
+            wait_until(lambda: any(r["status"] == "ok" for r in sluice.stats.requests))
+            assert [(r["status"], r["completion_tokens"]) for r in sluice.stats.requests] == [("ok", 8000)]
+    assert resp.status == 200
+    events = [e[6:] for e in raw.split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text_events = [c for c in chunks if c["choices"]]
+    assert chunks[-1]["usage"]["completion_tokens"] == 8000
+    assert text_events[-1]["choices"][0]["finish_reason"] == "length"
+    # every token's word, in order: the simulator's words run through its vocabulary in a cycle
+    words = "".join(c["choices"][0]["text"] for c in text_events).split()
+    first = VOCAB.index(words[0])
+    assert words == [VOCAB[(first + i) % len(VOCAB)] for i in range(8000)]
+    assert "http.response.body" in backed_up  # the backed-up path ran, not only the prompt one
