@@ -86,6 +86,7 @@ class ServerConfig:
     model_name: str = "sluice-default"  # the model name clients use; engines' models are aliases too
     header_timeout_s: float = 10.0  # a request's headers must arrive within this (408 and close)
     body_timeout_s: float = 30.0  # its body within this of the headers (408 and close)
+    send_timeout_s: float = 60.0  # a client that reads nothing of its response this long: aborted, no more written
     keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this
     max_connections: int = 1024  # open connections; past it a new one gets 503 and is closed
     clock_control: bool = False  # SLO-aware SM clocks per engine (docs/frequency.md)
@@ -140,7 +141,7 @@ class Config:
             self.policy.validate()
         except PolicyError as exc:
             raise ConfigError(f"policy: {exc}") from None
-        for key in ("header_timeout_s", "body_timeout_s", "keep_alive_timeout_s"):
+        for key in ("header_timeout_s", "body_timeout_s", "send_timeout_s", "keep_alive_timeout_s"):
             value = getattr(self.server, key)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
                 raise ConfigError(f"[server] {key} must be a number of seconds > 0")

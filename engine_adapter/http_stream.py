@@ -161,6 +161,11 @@ class StreamResponse(asyncio.Protocol):
         self._size = 0
         return data
 
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+
     def _resume(self) -> None:
         if self._paused and self.transport is not None:
             self._paused = False
@@ -189,6 +194,8 @@ class StreamResponse(asyncio.Protocol):
             while not over():
                 if self._pieces:
                     pending = consume(self._take())
+                    if pending is not None:
+                        self._pause()
                 elif self._complete:
                     return
                 elif self._error is not None:
@@ -226,9 +233,7 @@ class StreamResponse(asyncio.Protocol):
         if pending is not None:  # the consumer's far side is backed up: read nothing until it drained
             self._pending = pending
             self._push = None
-            if not self._paused and self.transport is not None:
-                self._paused = True
-                self.transport.pause_reading()
+            self._pause()
         elif self._over():
             self._push = None
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import socket
@@ -86,24 +87,12 @@ def test_client_disconnect_aborts_at_the_sglang_engine(stack):
     assert row["error"] == "client_disconnected" and row["completion_tokens"] < 4000
 
 
-def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(tmp_path, monkeypatch):
-    # the push path under uvicorn's own flow control: while the client reads nothing, the gateway's
-    # writes back up (send_now hands back the rest of the send), the engine's socket is not read,
-    # and once the client reads again every event arrives, in order, and the request ends ok
-    from controlplane.gateway import asgi_io
 
-    backed_up = []
-    real_send_now = asgi_io.send_now
-
-    def counting_send_now(send, message):
-        rest = real_send_now(send, message)
-        if rest is not None:
-            backed_up.append(message["type"])
-        return rest
-
-    monkeypatch.setattr(asgi_io, "send_now", counting_send_now)
-    # a slow link: the gateway's socket to its client buffers ~8 KiB, not the megabytes loopback
-    # autotunes to, so that uvicorn's own flow control engages within this stream
+@contextlib.contextmanager
+def _slow_link_stack(tmp_path, monkeypatch, send_timeout_s: float = 60.0):
+    """The stack with the gateway's sockets to its clients buffering ~8 KiB, not the megabytes
+    loopback autotunes to (as on a slow link), so that uvicorn's own flow control engages within
+    one long stream."""
     gateway_ports: set[int] = set()
     made = httptools_impl.HttpToolsProtocol.connection_made
 
@@ -118,25 +107,58 @@ def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(tmp_pa
     with ServerThread(make_sglang_app(sim, model_name="meta-llama/Llama-3.1-8B-Instruct")) as engine_server:
         config = make_config(tmp_path, ["gpu0"])
         config.engines = [EngineConfig(name="gpu0", kind="sglang", url=engine_server.url)]
+        config.server.send_timeout_s = send_timeout_s
         app, sluice = create_app(config, build_engines(config))
         gateway = ServerThread(app)
         gateway_ports.add(gateway.port)
         with gateway:
-            sock = socket.socket()
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
-            sock.connect(("127.0.0.1", gateway.port))
-            conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
-            conn.sock = sock
-            conn.request("POST", "/v1/completions", body=json.dumps(
-                {"model": "sluice-default", "prompt": "tell me everything", "max_tokens": 8000, "ignore_eos": True,
-                 "stream": True, "stream_options": {"include_usage": True}}),
-                headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEYS['acme']}"})
-            time.sleep(1.5)  # reads nothing meanwhile
-            resp = conn.getresponse()
-            raw = resp.read().decode()
-            conn.close()
-            wait_until(lambda: any(r["status"] == "ok" for r in sluice.stats.requests))
-            assert [(r["status"], r["completion_tokens"]) for r in sluice.stats.requests] == [("ok", 8000)]
+            yield gateway, sluice, sim
+
+
+def _long_stream(port: int, max_tokens: int) -> http.client.HTTPConnection:
+    """A streamed completion of exactly `max_tokens` tokens sent by a client with a small receive
+    window, which reads nothing yet."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connecting: a small window
+    sock.connect(("127.0.0.1", port))
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.sock = sock
+    conn.request("POST", "/v1/completions", body=json.dumps(
+        {"model": "sluice-default", "prompt": "tell me everything", "max_tokens": max_tokens, "ignore_eos": True,
+         "stream": True, "stream_options": {"include_usage": True}}),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {KEYS['acme']}"})
+    return conn
+
+
+def _counting_backed_up_writes(monkeypatch) -> list[str]:
+    from controlplane.gateway import asgi_io
+
+    backed_up: list[str] = []
+    real_send_now = asgi_io.send_now
+
+    def counting_send_now(send, message):
+        rest = real_send_now(send, message)
+        if rest is not None:
+            backed_up.append(message["type"])
+        return rest
+
+    monkeypatch.setattr(asgi_io, "send_now", counting_send_now)
+    return backed_up
+
+
+def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(tmp_path, monkeypatch):
+    # the push path under uvicorn's own flow control: while the client reads nothing, the gateway's
+    # writes back up (send_now hands back the rest of the send), the engine's socket is not read,
+    # and once the client reads again every event arrives, in order, and the request ends ok
+    backed_up = _counting_backed_up_writes(monkeypatch)
+    with _slow_link_stack(tmp_path, monkeypatch) as (gateway, sluice, _):
+        conn = _long_stream(gateway.port, 8000)
+        time.sleep(1.5)  # reads nothing meanwhile
+        resp = conn.getresponse()
+        raw = resp.read().decode()
+        conn.close()
+        wait_until(lambda: any(r["status"] == "ok" for r in sluice.stats.requests))
+        assert [(r["status"], r["completion_tokens"]) for r in sluice.stats.requests] == [("ok", 8000)]
     assert resp.status == 200
     events = [e[6:] for e in raw.split("\n\n") if e]
     assert events[-1] == "[DONE]"
@@ -149,3 +171,19 @@ def test_a_client_that_stops_reading_gets_every_event_once_it_reads_again(tmp_pa
     first = VOCAB.index(words[0])
     assert words == [VOCAB[(first + i) % len(VOCAB)] for i in range(8000)]
     assert "http.response.body" in backed_up  # the backed-up path ran, not only the prompt one
+
+
+def test_a_client_that_never_reads_again_is_given_up_on(tmp_path, monkeypatch):
+    # [server] send_timeout_s: a write that waits that long ends the request: the engine gets its
+    # abort, the core its slot back and the row its status, while the client still reads nothing
+    backed_up = _counting_backed_up_writes(monkeypatch)
+    with _slow_link_stack(tmp_path, monkeypatch, send_timeout_s=0.5) as (gateway, sluice, sim):
+        conn = _long_stream(gateway.port, 20000)
+        wait_until(lambda: sluice.stats.requests, timeout=10)
+        row = sluice.stats.requests[0]
+        assert (row["status"], row["error"], row["http_status"]) == ("aborted", "client_stalled", 200)
+        assert row["completion_tokens"] < 20000
+        wait_until(lambda: sim.core.stats.aborted == 1, timeout=10)  # the engine was told
+        assert sluice.pool.core.in_flight() == 0
+        conn.close()
+    assert backed_up

@@ -25,7 +25,8 @@ from starlette.routing import Mount, Route
 from controlplane.config import TenantConfig
 from controlplane.errors import ApiError
 from controlplane.gateway import openai_api as oa
-from controlplane.gateway.asgi_io import DisconnectWatch, Receive, Reply, Send, read_body, send_error
+from controlplane.gateway.asgi_io import (ClientStalled, DisconnectWatch, Receive, Reply, Send, read_body,
+                                         send_error, within)
 from controlplane.requests import CompletionRequest
 from controlplane.service import Sluice
 from controlplane.tickets import Ticket
@@ -103,6 +104,9 @@ class CompletionsEndpoint:
             status, http_status, error, code = ticket.row.get("status") or "rejected", err.status, err.code, err.code
             if not gone.gone:
                 await send_error(send, err)
+        except ClientStalled:  # it reads nothing: its engine request is aborted (or was done), the rest is dropped
+            status, error, code = "aborted", "client_stalled", None
+            http_status = 200 if reply.started else 499
         except EngineError as exc:
             err = engine_error(exc, ticket.rid)
             # the tenant gets a stable message and the rid; the row and the span get the detail
@@ -140,7 +144,8 @@ class CompletionsEndpoint:
                 sluice.first_token(ticket, batch)
             reply.last = batch[-1]
             if enc is not None:
-                return reply.stream_batch(batch, enc, send)
+                backed_up = reply.stream_batch(batch, enc, send)
+                return None if backed_up is None else within(backed_up, self.send_timeout_s)
             reply.texts.extend(batch)
             return None
 
@@ -172,22 +177,29 @@ class CompletionsEndpoint:
         usage = oa.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
         if req.stream:
             tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
-            await send({"type": "http.response.body", "body": reply.held + tail + oa.DONE})
+            await within(send({"type": "http.response.body", "body": reply.held + tail + oa.DONE}), self.send_timeout_s)
             return
         payload = oa.full_response(self.kind, ticket.rid, req.model, created, reply.texts, last.finish_reason, usage)
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-type", b"application/json"), reply.rid_header]})
         await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
 
-    @staticmethod
-    async def _fail(send: Send, err: ApiError, started: bool, held: bytes) -> int:
+    async def _fail(self, send: Send, err: ApiError, started: bool, held: bytes) -> int:
         """Send `err` and return the HTTP status the client got: a stream already started (200) ends
-        with an in-band error event, as SGLang's does."""
-        if started:
-            await send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE})
-            return 200
-        await send_error(send, err)
+        with an in-band error event, as SGLang's does. A client that reads nothing gets no more."""
+        try:
+            if started:
+                await within(send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE}),
+                             self.send_timeout_s)
+                return 200
+            await within(send_error(send, err), self.send_timeout_s)
+        except ClientStalled:
+            return 200 if started else 499
         return err.status
+
+    @property
+    def send_timeout_s(self) -> float:
+        return self.sluice.config.server.send_timeout_s
 
 
 def engine_error(exc: EngineError, rid: str) -> ApiError:

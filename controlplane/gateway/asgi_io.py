@@ -55,6 +55,19 @@ def send_now(send: Send, message: dict[str, Any]) -> Awaitable[None] | None:
     return _UnfinishedSend(coro, waiting)
 
 
+class ClientStalled(Exception):
+    """A write to the client waited `[server] send_timeout_s`: it reads nothing of its response."""
+
+
+async def within(write: Awaitable[None], timeout_s: float) -> None:
+    """`write` (to the client), or ClientStalled once it has waited `timeout_s`: a client that
+    stops reading must not hold its engine request and its slot in the core for ever."""
+    try:
+        await asyncio.wait_for(write, timeout_s)
+    except TimeoutError:
+        raise ClientStalled(f"the client read nothing for {timeout_s:g} s") from None
+
+
 class _UnfinishedSend:
     """The rest of a send coroutine that was started by hand and stopped at `waiting` (see
     send_now): awaiting it hands `waiting` to the task first, then runs the coroutine on from there."""
