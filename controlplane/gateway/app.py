@@ -26,7 +26,7 @@ from controlplane.config import TenantConfig
 from controlplane.errors import ApiError
 from controlplane.gateway import openai_api as oa
 from controlplane.gateway.asgi_io import (ClientStalled, DisconnectWatch, Receive, Reply, Send, read_body,
-                                         send_error, within)
+                                         send_error, send_within, within)
 from controlplane.requests import CompletionRequest
 from controlplane.service import Sluice
 from controlplane.tickets import Ticket
@@ -177,7 +177,7 @@ class CompletionsEndpoint:
         usage = oa.usage(last.prompt_tokens, last.completion_tokens, last.cached_tokens)
         if req.stream:
             tail = oa.usage_chunk(self.kind, ticket.rid, req.model, created, usage) if req.include_usage else b""
-            await within(send({"type": "http.response.body", "body": reply.held + tail + oa.DONE}), self.send_timeout_s)
+            await send_within(send, {"type": "http.response.body", "body": reply.held + tail + oa.DONE}, self.send_timeout_s)
             return
         payload = oa.full_response(self.kind, ticket.rid, req.model, created, reply.texts, last.finish_reason, usage)
         await send({"type": "http.response.start", "status": 200,
@@ -189,10 +189,10 @@ class CompletionsEndpoint:
         with an in-band error event, as SGLang's does. A client that reads nothing gets no more."""
         try:
             if started:
-                await within(send({"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE}),
-                             self.send_timeout_s)
+                await send_within(send, {"type": "http.response.body", "body": held + oa.error_event(err) + oa.DONE},
+                                  self.send_timeout_s)
                 return 200
-            await within(send_error(send, err), self.send_timeout_s)
+            await send_error(send, err, self.send_timeout_s)
         except ClientStalled:
             return 200 if started else 499
         return err.status

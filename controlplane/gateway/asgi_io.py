@@ -36,9 +36,14 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
             return b"".join(parts)
 
 
-async def send_error(send: Send, err: ApiError) -> None:
-    await send({"type": "http.response.start", "status": err.status, "headers": err.headers()})
-    await send({"type": "http.response.body", "body": err.to_bytes()})
+async def send_error(send: Send, err: ApiError, timeout_s: float | None = None) -> None:
+    """`err` as the whole response; with `timeout_s`, each write bounded as `send_within`'s."""
+    for message in ({"type": "http.response.start", "status": err.status, "headers": err.headers()},
+                    {"type": "http.response.body", "body": err.to_bytes()}):
+        if timeout_s is None:
+            await send(message)
+        else:
+            await send_within(send, message, timeout_s)
 
 
 def send_now(send: Send, message: dict[str, Any]) -> Awaitable[None] | None:
@@ -66,6 +71,14 @@ async def within(write: Awaitable[None], timeout_s: float) -> None:
         await asyncio.wait_for(write, timeout_s)
     except TimeoutError:
         raise ClientStalled(f"the client read nothing for {timeout_s:g} s") from None
+
+
+async def send_within(send: Send, message: dict[str, Any], timeout_s: float) -> None:
+    """`send(message)`, done on the spot when the client keeps up (no task: what follows runs in
+    the same step, as after a plain await), else bounded as `within`'s."""
+    rest = send_now(send, message)
+    if rest is not None:
+        await within(rest, timeout_s)
 
 
 class _UnfinishedSend:
