@@ -103,9 +103,8 @@ class StreamResponse(asyncio.Protocol):
                 self._push_now()
             if self._push is not None and not self._complete:
                 return  # pushed: nothing for the consumer's task to do
-        if self._size > _PAUSE_AT and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        if self._size > _PAUSE_AT:
+            self._pause()
         w = self._waiter
         if w is not None and not w.done() and (self._pieces or self._complete or self._headers_done):
             w.set_result(None)
