@@ -180,9 +180,11 @@ class CompletionsEndpoint:
             await send_within(send, {"type": "http.response.body", "body": reply.held + tail + oa.DONE}, self.send_timeout_s)
             return
         payload = oa.full_response(self.kind, ticket.rid, req.model, created, reply.texts, last.finish_reason, usage)
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), reply.rid_header]})
-        await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+        await send_within(send, {"type": "http.response.start", "status": 200,
+                                 "headers": [(b"content-type", b"application/json"), reply.rid_header]},
+                          self.send_timeout_s)
+        await send_within(send, {"type": "http.response.body", "body": json.dumps(payload).encode()},
+                          self.send_timeout_s)
 
     async def _fail(self, send: Send, err: ApiError, started: bool, held: bytes) -> int:
         """Send `err` and return the HTTP status the client got: a stream already started (200) ends
